@@ -1,0 +1,66 @@
+# Arbiter: `make run` serves a demo at http://127.0.0.1:8000, `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+WORKERS ?= 4
+THREADS ?= 2
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+export DJANGO_SETTINGS_MODULE := config.settings
+
+.PHONY: run test test-sqlite test-postgres bench install install-dev browser clean
+
+# Installs are stamped, so a second `make` only re-installs when a requirements file changed.
+$(VENV)/.runtime: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements-dev.txt requirements.txt $(VENV)/.runtime
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.runtime
+install-dev: $(VENV)/.dev
+
+# Debian's Chromium for the browser tests (Playwright drives it; it never downloads a browser).
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "Chromium is missing: sudo apt-get install chromium (browser tests will be skipped)"; fi; }
+
+run: install
+	$(PY) manage.py migrate --noinput -v0
+	$(PY) manage.py seed_demo
+	$(PY) manage.py demo_base_model
+	$(PY) manage.py collectstatic --noinput -v0
+	@echo "Arbiter at http://127.0.0.1:$(PORT)  (Ctrl-C stops the web server and the worker)"
+	@trap 'kill 0' EXIT INT TERM; \
+	  $(PY) manage.py db_worker & \
+	  $(VENV)/bin/gunicorn config.wsgi --bind 127.0.0.1:$(PORT) --workers $(WORKERS) --threads $(THREADS) --access-logfile -
+
+# The whole suite on SQLite, then again on PostgreSQL when one answers at TEST_DATABASE_URL.
+test: install-dev browser
+	$(MAKE) --no-print-directory test-sqlite
+	@if $(PY) -c 'import sys, psycopg; psycopg.connect(sys.argv[1], connect_timeout=3).close()' "$(TEST_DATABASE_URL)" 2>/dev/null; then \
+	  $(MAKE) --no-print-directory test-postgres; \
+	else \
+	  echo "PostgreSQL is not reachable at $(TEST_DATABASE_URL): skipping the PostgreSQL run"; \
+	  if [ -n "$$CI" ]; then exit 1; fi; \
+	fi
+
+test-sqlite:
+	@echo "== tests on SQLite =="
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-postgres:
+	@echo "== tests on PostgreSQL =="
+	DATABASE_URL="$(TEST_DATABASE_URL)" $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install-dev
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) staticfiles test-output .pytest_cache

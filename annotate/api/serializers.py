@@ -1,0 +1,183 @@
+"""Shapes of the API. Serializers parse and present; the writes happen in ``annotate.actions``."""
+
+from rest_framework import serializers
+
+from ..judgments import CHOICES
+from ..models import Flag, Judgment, Kind, Membership, Project, Role, Snapshot, Task
+
+
+class MessageSerializer(serializers.Serializer):
+    role = serializers.CharField()
+    content = serializers.CharField()
+
+
+PROJECT_FIELDS = [
+    "slug", "name", "kind", "instructions", "overlap", "criteria", "scale", "step_separator", "allow_ties",
+    "randomize_order", "lease_seconds", "gold_rate", "gold_feedback", "qualification_required",
+    "qualification_metric", "qualification_threshold", "review_action", "review_min_gold", "review_gold_accuracy",
+    "review_majority_agreement", "review_speed_ratio", "review_position_bias_p",
+]  # fmt: skip
+
+
+class ProjectSettingsSerializer(serializers.ModelSerializer):
+    """The settings a researcher may change on a running project (``models.SETTINGS_FIELDS``)."""
+
+    class Meta:
+        from ..models import SETTINGS_FIELDS
+
+        model = Project
+        fields = SETTINGS_FIELDS
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Project
+        fields = PROJECT_FIELDS
+
+
+class ProjectCreateSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Project
+        fields = PROJECT_FIELDS
+        extra_kwargs = {"name": {"required": False}}
+
+
+class ResponseOutSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    text = serializers.CharField()
+
+
+class TaskSerializer(serializers.Serializer):
+    """A task as its annotator sees it: responses in this annotator's display order, no model names."""
+
+    id = serializers.IntegerField()
+    kind = serializers.ChoiceField(choices=Kind.choices)
+    project = serializers.CharField()
+    prompt = MessageSerializer(many=True)
+    responses = ResponseOutSerializer(many=True)
+    status = serializers.ChoiceField(choices=Task.Status.choices)
+    lease_expires_at = serializers.DateTimeField()
+
+
+def task_payload(task: Task) -> dict:
+    """What an annotator's client needs to show and answer a task; steps projects get each response's steps."""
+    project = task.project
+    responses = {r.id: r for r in task.item.responses.all()}
+    shown = []
+    for rid in task.display_order:
+        entry = {"id": rid, "text": responses[rid].text}
+        if project.kind == Kind.STEPS:
+            entry["steps"] = project.split_steps(responses[rid].text)
+        shown.append(entry)
+    return {
+        "id": task.id,
+        "kind": project.kind,
+        "project": project.slug,
+        "prompt": task.item.prompt,
+        "responses": shown,
+        "status": task.status,
+        "lease_expires_at": task.lease_expires_at,
+    }
+
+
+class JudgmentInSerializer(serializers.Serializer):
+    """One body for every kind; send the fields of your project's kind (docs/task-kinds.md).
+
+    Only documents the shape: ``annotate.judgments`` validates it, the same way for the browser and imports.
+    """
+
+    idempotency_key = serializers.CharField(max_length=100, help_text="The same key again returns the first judgment.")
+    choice = serializers.ChoiceField(choices=CHOICES, required=False, help_text='pairwise: "A" is the first response as displayed.')
+    strength = serializers.IntegerField(min_value=0, max_value=3, required=False, allow_null=True, help_text="pairwise: 0 negligible/unsure … 3 significantly better.")
+    criteria = serializers.DictField(child=serializers.ChoiceField(choices=CHOICES), required=False, help_text="pairwise with criteria: a choice per criterion.")
+    demonstration = serializers.CharField(required=False, help_text='pairwise: a better response, with "both_bad".')
+    ranking = serializers.ListField(child=serializers.JSONField(), required=False, help_text="ranking: response ids best first; a nested list is a group of ties.")
+    ratings = serializers.DictField(child=serializers.DictField(), required=False, help_text="rating: {response id: {criterion: score}}.")
+    steps = serializers.JSONField(required=False, help_text="steps: {response id: [positive|negative|neutral per step]}.")
+    text = serializers.CharField(required=False, help_text="demonstration: the ideal response.")
+    based_on = serializers.IntegerField(required=False, allow_null=True, help_text="demonstration: the response it was edited from.")
+    rationale = serializers.CharField(required=False, allow_blank=True)
+    duration_ms = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+
+
+class SkipInSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=500)
+
+
+class FlagInSerializer(serializers.Serializer):
+    category = serializers.ChoiceField(choices=Flag.Category.choices)
+    note = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+
+
+class FlagSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Flag
+        fields = ["id", "task", "category", "note", "created_at"]
+
+
+class JudgmentSerializer(serializers.ModelSerializer):
+    choice = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Judgment
+        fields = [
+            "id", "task", "outcome", "choice", "winner", "strength", "data", "text", "duration_ms",
+            "idempotency_key", "supersedes", "is_current", "created_at",
+        ]  # fmt: skip
+
+    def get_choice(self, judgment: Judgment) -> str | None:
+        """The answer in the annotator's own display terms (A is the response they saw first)."""
+        if judgment.outcome != Judgment.Outcome.WIN:
+            return judgment.outcome or None
+        return "A" if judgment.task.display_order[0] == judgment.winner_id else "B"
+
+
+class ImportResultSerializer(serializers.Serializer):
+    created = serializers.IntegerField()
+    duplicates = serializers.ListField(child=serializers.DictField())
+    message = serializers.CharField()
+
+
+class MemberSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username")
+
+    class Meta:
+        model = Membership
+        fields = ["username", "role", "status", "status_reason", "status_changed_at", "pseudonym", "created_at"]
+
+
+class MemberInSerializer(serializers.Serializer):
+    username = serializers.RegexField(r"^[\w.@+-]{1,150}$")
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class ExportOptionsSerializer(serializers.Serializer):
+    """Documents the options; ``annotate.exports.ExportOptions`` validates them."""
+
+    format = serializers.ChoiceField(choices=["trl", "hh", "openai-dpo", "kto", "ranking", "ratings", "steps", "sft", "raw"], default="trl")
+    aggregate = serializers.ChoiceField(choices=["majority", "dawid-skene", "bradley-terry", "none"], default="majority")
+    ties = serializers.ChoiceField(choices=["drop", "keep"], default="drop")
+    min_agreement = serializers.FloatField(default=0.0, help_text="Leave out preferences whose winner got a smaller share (or confidence).")
+    include_paused = serializers.BooleanField(default=False)
+    include_gold = serializers.BooleanField(default=False)
+    max_chars = serializers.IntegerField(required=False, allow_null=True)
+    criterion = serializers.CharField(default="", allow_blank=True)
+    container = serializers.ChoiceField(choices=["jsonl", "parquet", "hf"], default="jsonl")
+    test_size = serializers.FloatField(default=0.0, help_text="Share of prompts in the test split (grouped by prompt).")
+    seed = serializers.IntegerField(default=0)
+    dedupe = serializers.BooleanField(default=True)
+    neutral_steps = serializers.BooleanField(default=True, help_text="steps: a neutral step counts as positive.")
+    license = serializers.CharField(default="", allow_blank=True)
+
+
+class SnapshotSerializer(serializers.ModelSerializer):
+    project = serializers.CharField(source="project.slug")
+    files = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Snapshot
+        fields = ["id", "project", "options", "content_hash", "counts", "agreement", "license", "last_judgment_id", "created_at", "files"]
+
+    def get_files(self, snapshot: Snapshot) -> list[str]:
+        """The splits that can be downloaded from ``/api/exports/{id}/files/{split}/``."""
+        return list(snapshot.split_counts)

@@ -1,0 +1,288 @@
+"""REST API: thin views that parse, check the role, call an action or selector, and answer."""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.http import FileResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.decorators import api_view, parser_classes
+from rest_framework.exceptions import NotFound, ParseError, PermissionDenied
+from rest_framework.parsers import FileUploadParser, JSONParser, MultiPartParser
+from rest_framework.response import Response
+
+from .. import actions, agreement, selectors
+from ..exports import ExportError, ExportOptions, create_snapshot, snapshot_files
+from ..imports import detect_format, parse_items
+from ..models import Judgment, Membership, Role, Snapshot, Task
+from ..permissions import require_role, visible_projects
+from .serializers import (
+    ProjectSettingsSerializer,
+    ExportOptionsSerializer,
+    SnapshotSerializer,
+    FlagInSerializer,
+    FlagSerializer,
+    SkipInSerializer,
+    ImportResultSerializer,
+    JudgmentInSerializer,
+    JudgmentSerializer,
+    MemberInSerializer,
+    MemberSerializer,
+    ProjectCreateSerializer,
+    ProjectSerializer,
+    TaskSerializer,
+    task_payload,
+)
+
+
+def can_create_projects(user) -> bool:
+    """Superusers, holders of annotate.add_project, and researchers or admins of any project."""
+    return (
+        user.is_superuser
+        or user.has_perm("annotate.add_project")
+        or Membership.objects.filter(user=user, role__in=[Role.RESEARCHER, Role.ADMIN]).exists()
+    )
+
+
+@extend_schema(methods=["GET"], responses=ProjectSerializer(many=True))
+@extend_schema(methods=["POST"], request=ProjectCreateSerializer, responses={201: ProjectSerializer})
+@api_view(["GET", "POST"])
+def projects(request):
+    """The projects you are a member of; POST creates one (you become its admin)."""
+    if request.method == "GET":
+        return Response(ProjectSerializer(visible_projects(request.user), many=True).data)
+    if not can_create_projects(request.user):
+        raise PermissionDenied("Only researchers and admins create projects.")
+    body = ProjectCreateSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    project = actions.create_project(created_by=request.user, **body.validated_data)
+    return Response(ProjectSerializer(project).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(
+    methods=["GET"],
+    responses=inline_serializer(
+        "ProjectDetail",
+        {"project": ProjectSerializer(), "role": serializers.CharField(), "progress": serializers.DictField()},
+    ),
+)
+@extend_schema(methods=["PATCH"], request=ProjectSettingsSerializer, responses=ProjectSerializer)
+@api_view(["GET", "PATCH"])
+def project_detail(request, slug: str):
+    """The project, your role and progress; PATCH changes its settings (researchers: gold, qualification, review)."""
+    if request.method == "PATCH":
+        project, _ = require_role(request.user, slug, Role.RESEARCHER)
+        body = ProjectSettingsSerializer(project, data=request.data, partial=True)
+        body.is_valid(raise_exception=True)
+        project = actions.update_project_settings(project, **body.validated_data)
+        return Response(ProjectSerializer(project).data)
+    project, membership = require_role(request.user, slug)
+    if membership.has_role(Role.RESEARCHER):
+        progress = selectors.project_progress(project)
+    else:
+        progress = selectors.annotator_progress(project, request.user)
+    return Response({"project": ProjectSerializer(project).data, "role": membership.role, "progress": progress})
+
+
+@extend_schema(
+    parameters=[OpenApiParameter("after", int, description="The task on screen; returns the one after it (preload).")],
+    responses={200: TaskSerializer, 204: OpenApiResponse(description="Nothing left for you in this project.")},
+)
+@api_view(["GET"])
+def next_task(request, slug: str):
+    """Your next task in the project: one you hold, else a newly leased item; 204 when nothing is left."""
+    project, _ = require_role(request.user, slug, Role.ANNOTATOR)
+    after = request.query_params.get("after")
+    if after is not None and not after.isdigit():
+        raise ParseError("after must be a task id.")
+    task = actions.assign_next_task(request.user, project, after=int(after) if after else None)
+    if task is None:
+        return Response(status=status.HTTP_204_NO_CONTENT)
+    return Response(task_payload(task))
+
+
+def _own_task(request, task_id: int) -> Task:
+    task = Task.objects.select_related("project", "item").filter(pk=task_id).first()
+    # Another annotator's task is reported as missing: its existence is not theirs to know.
+    if task is None or task.annotator_id != request.user.id:
+        raise NotFound("No such task.")
+    require_role(request.user, task.project.slug, Role.ANNOTATOR)
+    return task
+
+
+@extend_schema(responses=TaskSerializer)
+@api_view(["GET"])
+def task_detail(request, task_id: int):
+    return Response(task_payload(_own_task(request, task_id)))
+
+
+@extend_schema(
+    request=JudgmentInSerializer,
+    responses={
+        201: JudgmentSerializer,
+        200: OpenApiResponse(JudgmentSerializer, description="The same idempotency_key again: the first judgment."),
+        409: OpenApiResponse(description="The task can no longer be answered."),
+    },
+)
+@api_view(["POST"])
+@parser_classes([JSONParser])
+def task_judgments(request, task_id: int):
+    """Answer a task. The same ``idempotency_key`` again returns the first judgment (200), never a second row."""
+    task = _own_task(request, task_id)
+    if not isinstance(request.data, dict):
+        raise ParseError("The body must be a JSON object.")
+    judgment, created = actions.record_judgment(
+        task, request.data, request.data.get("idempotency_key"), source=Judgment.Source.API
+    )
+    body = JudgmentSerializer(judgment).data
+    feedback = selectors.gold_feedback(task, judgment)
+    if feedback:
+        body["feedback"] = feedback
+    return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+@extend_schema(request=SkipInSerializer, responses={200: TaskSerializer, 409: OpenApiResponse(description="Already answered.")})
+@api_view(["POST"])
+@parser_classes([JSONParser])
+def task_skip(request, task_id: int):
+    """Pass on a task with a reason: the item goes back to the pool for others, never to you again."""
+    task = _own_task(request, task_id)
+    body = SkipInSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    return Response(task_payload(actions.skip_task(task, body.validated_data["reason"])))
+
+
+@extend_schema(request=FlagInSerializer, responses={201: FlagSerializer})
+@api_view(["POST"])
+@parser_classes([JSONParser])
+def task_flags(request, task_id: int):
+    """Flag the task's item (unsafe, broken, personal data, other); the task stays yours to answer or skip."""
+    task = _own_task(request, task_id)
+    body = FlagInSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    flag = actions.flag_task(task, body.validated_data["category"], body.validated_data.get("note", ""))
+    return Response(FlagSerializer(flag).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(
+    request={"multipart/form-data": inline_serializer("ItemUpload", {"file": serializers.FileField()})},
+    parameters=[OpenApiParameter("format", str, enum=["jsonl", "csv", "parquet"], description="Default: from the file name.")],
+    responses={201: ImportResultSerializer, 400: OpenApiResponse(description="Refused whole, with line numbers.")},
+)
+@api_view(["POST"])
+@parser_classes([MultiPartParser, FileUploadParser])
+def project_items(request, slug: str):
+    """Import items (JSONL, CSV or Parquet), all or nothing; duplicates are skipped and reported."""
+    project, _ = require_role(request.user, slug, Role.RESEARCHER)
+    upload = request.data.get("file")
+    if upload is None or isinstance(upload, str):
+        raise ParseError('Send the file as multipart field "file".')
+    fmt = detect_format(upload.name or "", request.query_params.get("format"))
+    data = upload.read()
+    parsed = parse_items(data, fmt, project.kind)
+    report = actions.import_items(project, parsed, source={"file": upload.name, "by": request.user.username})
+    body = {
+        "created": report.created,
+        "duplicates": [{"line": line, "id": ext} for line, ext in report.duplicates],
+        "message": report.summary(),
+    }
+    return Response(body, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(responses=OpenApiTypes.OBJECT)
+@api_view(["GET"])
+def project_agreement(request, slug: str):
+    """Agreement between annotators (researchers and admins)."""
+    project, _ = require_role(request.user, slug, Role.RESEARCHER)
+    return Response(agreement.summary(project))
+
+
+@extend_schema(methods=["GET"], responses=MemberSerializer(many=True))
+@extend_schema(methods=["POST"], request=MemberInSerializer, responses={201: MemberSerializer})
+@api_view(["GET", "POST"])
+def project_members(request, slug: str):
+    """Members and their roles (admins); POST adds a member or changes a role (the user must exist)."""
+    project, _ = require_role(request.user, slug, Role.ADMIN)
+    if request.method == "GET":
+        members = project.memberships.select_related("user")
+        return Response(MemberSerializer(members, many=True).data)
+    body = MemberInSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    if not get_user_model().objects.filter(username=body.validated_data["username"]).exists():
+        raise NotFound("No such user.")
+    membership = actions.add_member(project, body.validated_data["username"], body.validated_data["role"])
+    return Response(MemberSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(responses={204: None})
+@api_view(["DELETE"])
+def project_member(request, slug: str, username: str):
+    project, _ = require_role(request.user, slug, Role.ADMIN)
+    membership = get_object_or_404(Membership, project=project, user__username=username)
+    if membership.user_id == request.user.id:
+        raise PermissionDenied("You cannot remove yourself.")
+    actions.remove_member(membership)
+    return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+@extend_schema(methods=["GET"], responses=SnapshotSerializer(many=True))
+@extend_schema(
+    methods=["POST"],
+    request=ExportOptionsSerializer,
+    responses={201: SnapshotSerializer, 200: OpenApiResponse(SnapshotSerializer, description="Same options, unchanged votes: the existing snapshot.")},
+)
+@api_view(["GET", "POST"])
+@parser_classes([JSONParser])
+def project_exports(request, slug: str):
+    """Snapshots of the project (researchers and admins); POST exports a new immutable, hashed snapshot."""
+    project, _ = require_role(request.user, slug, Role.RESEARCHER)
+    if request.method == "GET":
+        return Response(SnapshotSerializer(project.snapshots.all(), many=True).data)
+    if not isinstance(request.data, dict):
+        raise ParseError("The body must be a JSON object of export options.")
+    try:
+        options = ExportOptions.from_dict(dict(request.data))
+    except TypeError as exc:
+        raise ExportError(str(exc)) from None
+    snapshot, created = create_snapshot(project, options, created_by=request.user)
+    return Response(SnapshotSerializer(snapshot).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+def _snapshot_for(request, snapshot_id: int) -> Snapshot:
+    snapshot = Snapshot.objects.select_related("project").filter(pk=snapshot_id).first()
+    if snapshot is None:
+        raise NotFound("No such snapshot.")
+    require_role(request.user, snapshot.project.slug, Role.RESEARCHER)
+    return snapshot
+
+
+@extend_schema(responses=SnapshotSerializer)
+@api_view(["GET"])
+def export_detail(request, snapshot_id: int):
+    """A snapshot: options, content hash, counts, agreement summary and its downloadable splits."""
+    return Response(SnapshotSerializer(_snapshot_for(request, snapshot_id)).data)
+
+
+@extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
+@api_view(["GET"])
+def export_file(request, snapshot_id: int, split: str):
+    """Download one split of a jsonl or parquet snapshot (an hf snapshot is a folder on the server)."""
+    snapshot = _snapshot_for(request, snapshot_id)
+    files = snapshot_files(snapshot)
+    if split not in files:
+        raise NotFound("No such split.")
+    if snapshot.options["container"] == "hf":
+        raise ParseError("An hf snapshot is a folder; read it with datasets.load_from_disk on the server.")
+    path = files[split]
+    return FileResponse(open(path, "rb"), as_attachment=True, filename=f"{snapshot.project.slug}-{snapshot.pk}-{split}{path[path.rfind('.'):]}")
+
+
+@extend_schema(request=None, responses=MemberSerializer)
+@api_view(["POST"])
+def project_member_reinstate(request, slug: str, username: str):
+    """Let a flagged, paused or refused annotator work again (researchers); their past votes stay as they are."""
+    project, _ = require_role(request.user, slug, Role.RESEARCHER)
+    membership = get_object_or_404(Membership, project=project, user__username=username)
+    return Response(MemberSerializer(actions.reinstate_annotator(membership, request.user)).data)

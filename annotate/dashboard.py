@@ -1,0 +1,743 @@
+"""The researcher dashboard (``/p/<slug>/dashboard/``): its reads, its numbers, its charts and its cache.
+
+- **Reads**, one query per concern: :func:`judgment_frame` (every current judgment as numbers: ids, purpose,
+  time on task, the shown order and the pairwise outcome), :func:`answer_data` (the JSON answers of the other
+  kinds), :func:`response_lengths`, :func:`gold_expectations` (the researchers' answers), :func:`day_starts`,
+  and the status table (:func:`status_rows`, never cached: it is what a researcher acts on).
+- **Numbers**, pure functions over DataFrames that a test can call with ten hand-made rows:
+  :func:`agreement_over_time`, :func:`rolling_gold_accuracy`, :func:`speed`, :func:`position_frame` and
+  :func:`length_frame` (fed to ``reliability.position_bias`` / ``length_bias``), :func:`confusion_matrices`
+  (against the Dawid-Skene labels of ``reliability.dawid_skene``), :func:`page_summary`.
+- **Charts**: :func:`dashboard_charts` turns the numbers and the project's review thresholds into SVG
+  (``annotate/charts.py``).
+
+Caching. The page never recomputes on a plain reload: :func:`cached_summary` (``agreement.summary``, also used by
+the project page) and :func:`dashboard_data` are kept in Django's cache under a key made of the project, its newest
+judgment id and its newest membership status change (:func:`data_version`, one small query). A new or
+superseding judgment, a flag, a pause or a reinstatement changes the key, so the next view computes afresh and
+every later view reads the cache; entries under old keys are never read again and expire after
+``CACHE_SECONDS``. The default cache is local memory, one per process: with several web workers (``gunicorn
+--workers N``) each computes at most once per new judgment; set ``CACHES`` to a shared cache (Redis, Memcached,
+the database cache) to compute once for all of them. The review thresholds drawn on the charts are read from the
+project at every view, so changing them shows at once.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+from django.core.cache import cache
+from django.db.models import Case, IntegerField, Min, OuterRef, Subquery, Value, When
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, Length, TruncDate
+
+from . import agreement, charts
+from .charts import Bar, Point, Reference
+from .judgments import InvalidJudgment, vote_fields
+from .models import Item, Judgment, Kind, Membership, Project, Response
+from .reliability import dawid_skene, length_bias, position_bias
+from .selectors import GOLD_WINDOW
+from .vetting import MIN_POSITION, MIN_TIMED, gold_score
+
+CACHE_SECONDS = 24 * 3600
+CACHE_FORMAT = 1  # bump when the shape of a cached value changes, so a shared cache never serves the old shape
+KAPPA_SHOWN = 20  # the page lists this many of the lowest pairwise κ (or τ)...
+KAPPA_MIN_SHARED = 5  # ...among pairs sharing at least this many items
+MAX_BARS = 40  # per-annotator bar charts show the most worrying this many
+MAX_MATRICES = 12  # confusion matrices of the this many least reliable annotators
+RECENT_TIMED = 2000  # the project's pace: its last this many timed judgments (as selectors.annotator_stats)
+BLOCKS = 20  # agreement over time: about this many blocks of judgments...
+MIN_BLOCK = 20  # ...of at least this many judgments each
+
+NORMAL, GOLD, QUALIFICATION = 0, 1, 2  # judgment_frame's purpose codes
+OUTCOMES = {0: Judgment.Outcome.WIN, 1: Judgment.Outcome.TIE, 2: Judgment.Outcome.BOTH_BAD}
+# The order of classes in a confusion matrix: pairwise names, then step labels (rating scales keep their own order).
+CLASS_ORDER = ["response 0", "response 1", "tie", "both bad", "positive", "neutral", "negative"]
+REINSTATABLE = (Membership.Status.FLAGGED, Membership.Status.PAUSED, Membership.Status.REFUSED)
+
+# How often each cached value was computed in this process: tests read it to check that a view hit the cache.
+computations: Counter = Counter()
+
+
+# --- the cache ---------------------------------------------------------------------------------------------------
+
+
+def data_version(project: Project) -> str:
+    """What the cached numbers depend on, from one query: the newest judgment id and the newest status change.
+
+    Judgments are immutable and an edit is a new row, so any change of the votes raises the newest id. The
+    project's creation time is part of the key too, so a database reset that reuses ids never meets old entries.
+    """
+    newest = Judgment.objects.filter(project=OuterRef("pk")).order_by("-id").values("id")[:1]
+    changed = (
+        Membership.objects.filter(project=OuterRef("pk"), status_changed_at__isnull=False)
+        .order_by("-status_changed_at")
+        .values("status_changed_at")[:1]
+    )
+    last_judgment, last_change = (
+        Project.objects.filter(pk=project.pk)
+        .annotate(last_judgment=Subquery(newest), last_change=Subquery(changed))
+        .values_list("last_judgment", "last_change")
+        .get()
+    )
+    stamp = last_change.timestamp() if last_change else 0
+    return f"{project.pk}.{project.created_at.timestamp():.6f}.{last_judgment or 0}.{stamp:.6f}"
+
+
+def _cached(project: Project, name: str, compute, version: str | None = None):
+    key = f"arbiter:dashboard:{CACHE_FORMAT}:{name}:{version or data_version(project)}"
+    value = cache.get(key)
+    if value is None:
+        computations[name] += 1
+        value = compute()
+        cache.set(key, value, CACHE_SECONDS)
+    return value
+
+
+def _summary(project: Project) -> dict:
+    return page_summary(agreement.summary(project))
+
+
+def cached_summary(project: Project) -> dict:
+    """``agreement.summary(project)`` for pages, cached by :func:`data_version`, with the pairwise lists capped.
+
+    ``cohen_kappa`` (and ``kendall_tau``) hold only the :data:`KAPPA_SHOWN` lowest values among pairs sharing at
+    least :data:`KAPPA_MIN_SHARED` items (see :func:`page_summary`): a project of 1,000 annotators has 435,000
+    pairs, which no page can show and no cache should hold. The full lists are in ``agreement SLUG --json`` and
+    ``GET /api/projects/{slug}/agreement/``.
+    """
+    return _cached(project, "summary", lambda: _summary(project))
+
+
+def dashboard_data(project: Project, over: str = "block") -> dict:
+    """Every number of the dashboard (see :func:`compute_dashboard`), cached by :func:`data_version`; its
+    ``summary`` is the same cached value :func:`cached_summary` returns. ``over``: "block" or "day"."""
+    over = "day" if over == "day" else "block"
+    version = data_version(project)
+
+    def compute() -> dict:
+        summary = _cached(project, "summary", lambda: _summary(project), version)
+        return compute_dashboard(project, summary, over)
+
+    return _cached(project, f"dashboard-{over}", compute, version)
+
+
+def page_summary(summary: dict, shown: int = KAPPA_SHOWN, min_shared: int = KAPPA_MIN_SHARED) -> dict:
+    """``summary`` with ``cohen_kappa`` and ``kendall_tau`` cut to the ``shown`` lowest (sorted ascending) among
+    pairs with ``n >= min_shared`` and a defined value; ``n_cohen_pairs`` and ``n_kendall_pairs`` count all."""
+    result = dict(summary)
+    for key, value, count in (("cohen_kappa", "kappa", "n_cohen_pairs"), ("kendall_tau", "tau", "n_kendall_pairs")):
+        pairs = summary.get(key) or []
+        result[count] = len(pairs)
+        eligible = (p for p in pairs if p["n"] >= min_shared and p[value] is not None)
+        result[key] = heapq.nsmallest(shown, eligible, key=lambda p: (p[value], p["a"], p["b"]))
+    return result
+
+
+# --- reads -------------------------------------------------------------------------------------------------------
+
+FRAME_COLUMNS = ["judgment", "item", "annotator", "purpose", "duration_ms", "imported", "outcome_code", "winner", "first", "second"]
+
+
+def judgment_frame(project: Project) -> pd.DataFrame:
+    """One row per current judgment of ``project``, from one query, every column a number.
+
+    ``judgment`` (id, in the order judgments arrived), ``item``, ``annotator``, ``purpose`` (0 normal, 1 gold,
+    2 qualification), ``duration_ms`` (NaN when not timed), ``imported`` (1 for votes made elsewhere: their shown
+    order is unknown), and for pairwise projects ``outcome_code`` (0 win, 1 tie, 2 both bad), ``winner`` (the
+    response id, 0 when none), ``first`` and ``second`` (the response ids in the order this annotator saw them);
+    -1 and 0 for other kinds.
+    """
+    gold = Item.objects.filter(project=project, purpose=Item.Purpose.GOLD).values("id")
+    qualification = Item.objects.filter(project=project, purpose=Item.Purpose.QUALIFICATION).values("id")
+    annotations = {
+        "purpose_": Case(
+            When(item_id__in=gold, then=Value(GOLD)),
+            When(item_id__in=qualification, then=Value(QUALIFICATION)),
+            default=Value(NORMAL),
+            output_field=IntegerField(),
+        ),
+        "imported_": Case(When(source=Judgment.Source.IMPORT, then=Value(1)), default=Value(0), output_field=IntegerField()),
+    }
+    fields = ["id", "item_id", "annotator_id", "purpose_", "duration_ms", "imported_"]
+    pairwise = project.kind == Kind.PAIRWISE
+    if pairwise:
+        outcome_codes = {name: code for code, name in OUTCOMES.items()}
+        annotations["outcome_code_"] = Case(
+            *[When(outcome=name, then=Value(code)) for name, code in outcome_codes.items()],
+            default=Value(-1),
+            output_field=IntegerField(),
+        )
+        annotations["first_"] = Cast(KeyTextTransform("0", "task__display_order"), IntegerField())
+        annotations["second_"] = Cast(KeyTextTransform("1", "task__display_order"), IntegerField())
+        fields += ["outcome_code_", "winner_id", "first_", "second_"]
+    queryset = Judgment.objects.filter(project=project, is_current=True).annotate(**annotations).order_by().values_list(*fields)
+    table = np.asarray(agreement.numeric_rows(queryset, fields), dtype=float).reshape(-1, len(fields))
+    # numeric_rows marks NULL with the smallest int64 (or NaN): either way NaN here.
+    table[table == float(np.iinfo(np.int64).min)] = np.nan
+    frame = pd.DataFrame(table, columns=FRAME_COLUMNS[: len(fields)])
+    if not pairwise:
+        frame = frame.assign(outcome_code=-1.0, winner=0.0, first=0.0, second=0.0)
+    for column in FRAME_COLUMNS:
+        if column != "duration_ms":
+            fill = -1 if column == "outcome_code" else 0
+            frame[column] = frame[column].fillna(fill).astype(np.int64)
+    return frame.sort_values("judgment", kind="stable").reset_index(drop=True)
+
+
+def answer_data(project: Project) -> dict[int, dict]:
+    """``{judgment id: data}`` of the current judgments on normal and gold items (rankings, ratings, steps)."""
+    return dict(
+        Judgment.objects.filter(project=project, is_current=True)
+        .exclude(item__purpose=Item.Purpose.QUALIFICATION)
+        .order_by()
+        .values_list("id", "data")
+    )
+
+
+def response_lengths(project: Project) -> pd.DataFrame:
+    """Every response of the project: ``response`` id, ``index`` (position in the imported row) and ``length``
+    (characters)."""
+    rows = Response.objects.filter(item__project=project).annotate(n=Length("text")).order_by().values_list("id", "index", "n")
+    return pd.DataFrame(list(rows), columns=["response", "index", "length"])
+
+
+def gold_expectations(project: Project) -> dict[int, dict]:
+    """The researcher's answer of each gold item as judgment fields (``vote_fields`` of ``Item.gold``), from
+    two queries; gold items whose answer is not a valid vote are left out."""
+    items = dict(Item.objects.filter(project=project, purpose=Item.Purpose.GOLD, gold__isnull=False).values_list("id", "gold"))
+    responses: dict[int, list[tuple[int, str]]] = {}
+    for item, response, text in (
+        Response.objects.filter(item__project=project, item__purpose=Item.Purpose.GOLD)
+        .order_by("item_id", "index")
+        .values_list("item_id", "id", "text")
+    ):
+        responses.setdefault(item, []).append((response, text))
+    expected = {}
+    for item, gold in items.items():  # a handful of gold items, not the votes
+        ids = [r for r, _ in responses.get(item, [])]
+        try:
+            expected[item] = vote_fields(project, ids, gold, dict(responses.get(item, [])))
+        except InvalidJudgment:
+            continue
+    return expected
+
+
+def day_starts(project: Project) -> list[tuple]:
+    """``[(day, first judgment id of that day)]`` in order, from one aggregate query.
+
+    Judgment ids grow with time, so a judgment's day is the last day that starts at or before its id (a few
+    judgments written in the same instant by concurrent requests may land on a neighbouring day: harmless here).
+    """
+    return list(
+        Judgment.objects.filter(project=project)
+        .annotate(day=TruncDate("created_at"))
+        .values("day")
+        .annotate(first=Min("id"))
+        .order_by("day")
+        .values_list("day", "first")
+    )
+
+
+def status_rows(project: Project) -> list[Membership]:
+    """Members who are not active (candidates, flagged, paused, refused), with their user, for the status table."""
+    return list(
+        Membership.objects.filter(project=project)
+        .exclude(status=Membership.Status.ACTIVE)
+        .select_related("user")
+        .order_by("status", "user__username")
+    )
+
+
+# --- numbers (pure) ------------------------------------------------------------------------------------------------
+
+
+def block_periods(judgments: np.ndarray, block_size: int) -> tuple[np.ndarray, list[tuple[float, str]]]:
+    """Period of each judgment (ids sorted ascending) in blocks of ``block_size`` judgments, and per period
+    its x value and label: the number of judgments up to the end of the block."""
+    n = len(judgments)
+    period = np.arange(n) // max(block_size, 1)
+    ends = [min((p + 1) * block_size, n) for p in range(int(period.max()) + 1)] if n else []
+    return period, [(float(end), str(end)) for end in ends]
+
+
+def day_periods(judgments: np.ndarray, starts: list[tuple]) -> tuple[np.ndarray, list[tuple[float, str]]]:
+    """Period of each judgment by day (``starts`` from :func:`day_starts`), and per period its x value (the
+    day's index) and label (the date)."""
+    if not starts or not len(judgments):
+        return np.zeros(len(judgments), dtype=np.int64), []
+    first_ids = np.array([first for _, first in starts])
+    period = np.maximum(np.searchsorted(first_ids, judgments, side="right") - 1, 0)
+    return period, [(float(i), day.isoformat()) for i, (day, _) in enumerate(starts)]
+
+
+def item_periods(judgments: pd.DataFrame, period: np.ndarray) -> pd.Series:
+    """Each item's period: the period of its newest judgment (when its last label arrived)."""
+    return pd.Series(period, index=judgments["item"].to_numpy()).groupby(level=0).max()
+
+
+def agreement_over_time(
+    percent_labels: pd.DataFrame, alpha_labels: pd.DataFrame, item_period: pd.Series, level: str
+) -> pd.DataFrame:
+    """Percent agreement and Krippendorff's α per period.
+
+    Both label frames have ``item`` (the item, which places the row in a period), ``unit`` (what is labelled:
+    the item itself, or one response's score on one criterion...), ``annotator`` and ``label``. An item counts in
+    the period of its newest judgment (``item_period``), with all its labels, so each period shows the
+    agreement on the items completed in it. Returns a frame indexed by period with ``n_items`` (items with two
+    or more labels), ``percent_agreement`` and ``alpha`` (NaN when undefined).
+    """
+    def units(labels: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"item": labels["unit"], "annotator": labels["annotator"], "label": labels["label"],
+                             "origin": labels["item"], "period": labels["item"].map(item_period)})  # fmt: skip
+
+    # One pass over each frame (grouped by period) rather than a filter per period.
+    percent_groups = dict(tuple(units(percent_labels).groupby("period", sort=True)))
+    alpha_groups = dict(tuple(units(alpha_labels).groupby("period", sort=True)))
+    rows = []
+    for period in sorted(pd.unique(item_period)):
+        part = percent_groups.get(period)
+        alpha_part = alpha_groups.get(period)
+        n_items = int((part.groupby("origin")["annotator"].nunique() >= 2).sum()) if part is not None else 0
+        rows.append(
+            {
+                "period": int(period),
+                "n_items": n_items,
+                "percent_agreement": agreement.percent_agreement(part) if part is not None and len(part) else None,
+                "alpha": agreement.krippendorff_alpha(alpha_part, level) if alpha_part is not None and len(alpha_part) else None,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=["period", "n_items", "percent_agreement", "alpha"]).set_index("period")
+    return frame.astype({"percent_agreement": float, "alpha": float})
+
+
+def rolling_gold_accuracy(scores: pd.DataFrame, window: int = GOLD_WINDOW) -> pd.DataFrame:
+    """Per annotator, the mean score of their last ``window`` gold answers, as automatic review computes it.
+
+    ``scores`` has ``judgment``, ``annotator`` and ``score`` (0..1, NaN when the gold item has no usable answer:
+    it takes a place in the window but no part in the mean). Returns a frame indexed by annotator with ``n``
+    (scored answers in the window) and ``accuracy`` (NaN without any).
+    """
+    if scores.empty:
+        return pd.DataFrame(columns=["n", "accuracy"], dtype=float)
+    newest = scores.sort_values("judgment", ascending=False, kind="stable").groupby("annotator").head(window)
+    grouped = newest.groupby("annotator")["score"].agg(["count", "mean"])
+    grouped.columns = ["n", "accuracy"]
+    return grouped
+
+
+def speed(frame: pd.DataFrame, recent: int = RECENT_TIMED) -> tuple[pd.DataFrame, float | None]:
+    """Median time on task per annotator (normal items, timed judgments) and the project's median.
+
+    ``frame`` is a :func:`judgment_frame`. Returns a frame indexed by annotator with ``n_timed`` and
+    ``median_ms``, and the project's median over its last ``recent`` timed judgments of any purpose — the two
+    numbers automatic review compares (``vetting.review_findings``).
+    """
+    timed = frame[frame["duration_ms"].notna()]
+    normal = timed[timed["purpose"] == NORMAL]
+    per_annotator = normal.groupby("annotator")["duration_ms"].agg(["count", "median"])
+    per_annotator.columns = ["n_timed", "median_ms"]
+    latest = timed.nlargest(recent, "judgment")
+    project_median = float(latest["duration_ms"].median()) if len(latest) else None
+    return per_annotator, project_median
+
+
+def position_frame(votes: pd.DataFrame) -> pd.DataFrame:
+    """``annotator`` and ``chose_first`` for every pairwise win on a normal item whose shown order is known
+    (imported votes are left out: they were shown elsewhere, in an order nobody recorded)."""
+    wins = votes[(votes["purpose"] == NORMAL) & (votes["outcome_code"] == 0) & (votes["imported"] == 0)]
+    return pd.DataFrame({"annotator": wins["annotator"], "chose_first": wins["winner"] == wins["first"]})
+
+
+def length_frame(votes: pd.DataFrame, lengths: pd.Series) -> pd.DataFrame:
+    """``annotator`` and ``chose_longer`` for every pairwise win on a normal item between responses of
+    different lengths (``lengths``: characters by response id). Imported votes count: lengths need no order."""
+    wins = votes[(votes["purpose"] == NORMAL) & (votes["outcome_code"] == 0)]
+    loser = wins["first"] + wins["second"] - wins["winner"]
+    winner_length = wins["winner"].map(lengths)
+    loser_length = loser.map(lengths)
+    differ = winner_length.notna() & loser_length.notna() & (winner_length != loser_length)
+    return pd.DataFrame({"annotator": wins["annotator"][differ], "chose_longer": (winner_length > loser_length)[differ]})
+
+
+def confusion_matrices(labels: pd.DataFrame, reference: pd.Series, classes: list, annotators) -> dict:
+    """For each of ``annotators``: counts of (reference label, their label) over the units they labelled, as a
+    ``len(classes)`` × ``len(classes)`` list of lists (rows: the reference label, columns: theirs).
+
+    ``labels`` has ``item`` (the unit), ``annotator`` and ``label``; ``reference`` maps each unit to its
+    reference label (e.g. the Dawid-Skene posterior label).
+    """
+    position = {c: i for i, c in enumerate(classes)}
+    result = {}
+    for annotator in annotators:
+        mine = labels[labels["annotator"] == annotator]
+        truth = mine["item"].map(reference)
+        counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
+        for true_label, label in zip(truth, mine["label"]):
+            if true_label in position and label in position:
+                counts[position[true_label], position[label]] += 1
+        result[annotator] = counts.tolist()
+    return result
+
+
+def _number(value):
+    """A JSON-safe float (None for NaN, missing and infinities)."""
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None
+
+
+# --- label frames per kind -------------------------------------------------------------------------------------------
+
+
+PAIRWISE_LABELS = ["response 0", "response 1", "tie", "both bad"]
+
+
+def pairwise_labels(votes: pd.DataFrame, responses: pd.DataFrame) -> pd.DataFrame:
+    """Label frame of pairwise votes on normal items: ``item``, ``unit`` (the item), ``annotator`` and ``label``,
+    the winner named by its position in the imported row ("response 0", "response 1"), "tie" or "both bad".
+
+    Named by import position, not by the order shown, so the labels are shared across items and two annotators
+    who saw the pair swapped and picked the same response agree. The labels are a pandas Categorical: a million
+    votes need no million strings."""
+    normal = votes[votes["purpose"] == NORMAL]
+    index = responses.set_index("response")["index"]
+    outcome = normal["outcome_code"].to_numpy()
+    winner_index = normal["winner"].map(index).fillna(0).to_numpy(dtype=np.int64).clip(0, 1)
+    codes = np.where(outcome == 0, winner_index, np.where(outcome == 1, 2, 3))
+    label = pd.Categorical.from_codes(codes, categories=PAIRWISE_LABELS)
+    return pd.DataFrame({"item": normal["item"].to_numpy(), "unit": normal["item"].to_numpy(), "annotator": normal["annotator"].to_numpy(), "label": label})
+
+
+def unit_label_frame(flat: pd.DataFrame, unit_columns: list[str], label: str = "label") -> pd.DataFrame:
+    """``item``, ``unit`` (a code per distinct ``unit_columns``), ``annotator`` and ``label`` from a flat frame
+    of ``agreement.rating_frame`` / ``steps_frame`` / ``ranking_frame``."""
+    if flat.empty:
+        return pd.DataFrame(columns=["item", "unit", "annotator", "label"])
+    unit = pd.MultiIndex.from_frame(flat[unit_columns]).factorize()[0]
+    return pd.DataFrame({"item": flat["item"].to_numpy(), "unit": unit, "annotator": flat["annotator"].to_numpy(), "label": flat[label].to_numpy()})
+
+
+def kind_labels(project: Project, frame: pd.DataFrame, data: dict[int, dict], responses: pd.DataFrame | None) -> dict:
+    """The label frames of the project's kind: ``percent`` (for percent agreement), ``alpha`` (for α, at
+    ``level``) and, for categorical labels, ``categorical`` (for Dawid-Skene and the confusion matrices)."""
+    if project.kind == Kind.PAIRWISE:
+        labels = pairwise_labels(frame, responses)
+        return {"percent": labels, "alpha": labels, "level": "nominal", "categorical": labels}
+    normal = frame[frame["purpose"] == NORMAL]
+    rows = [(item, annotator, data.get(judgment) or {}) for judgment, item, annotator in zip(normal["judgment"], normal["item"], normal["annotator"])]
+    empty = pd.DataFrame(columns=["item", "unit", "annotator", "label"])
+    if project.kind == Kind.RATING:
+        labels = unit_label_frame(agreement.rating_frame(rows), ["item", "response", "criterion"])
+        numeric = "labels" not in project.rating_scale
+        return {"percent": labels, "alpha": labels, "level": "ordinal" if numeric else "nominal", "categorical": None if numeric else labels}
+    if project.kind == Kind.STEPS:
+        labels = unit_label_frame(agreement.steps_frame(rows), ["item", "response", "step"])
+        return {"percent": labels, "alpha": labels, "level": "nominal", "categorical": labels}
+    if project.kind == Kind.RANKING:
+        ranks = unit_label_frame(agreement.ranking_frame(rows), ["item", "response"], label="rank")
+        whole = pd.DataFrame(
+            [(item, item, annotator, repr([sorted(g) if isinstance(g, list) else [g] for g in d.get("ranking") or []])) for item, annotator, d in rows],
+            columns=["item", "unit", "annotator", "label"],
+        )
+        return {"percent": whole, "alpha": ranks, "level": "ordinal", "categorical": None}
+    return {"percent": empty, "alpha": empty, "level": None, "categorical": None}
+
+
+# --- putting it together -------------------------------------------------------------------------------------------
+
+
+def compute_dashboard(project: Project, summary: dict, over: str = "block") -> dict:
+    """Every number the dashboard shows, JSON-safe, annotators named by pseudonym (see the module docstring).
+
+    Keys: ``summary`` (:func:`page_summary`), ``over_time`` (``by``, ``block_size``, ``level``, ``points``:
+    ``x``, ``label``, ``n_items``, ``percent_agreement``, ``alpha``), ``annotators`` (per annotator: ``name``,
+    ``status``, ``n``, ``gold_n``, ``gold_accuracy`` (rolling), ``n_timed``, ``median_s``, ``position`` and
+    ``length`` (``n``, ``k``, ``rate``, ``p_value``), ``agreement_with_majority``, ``reliability``),
+    ``project_median_s``, ``position_overall``, ``length_overall``, ``confusion`` (``reference``, ``classes``,
+    ``matrices``: ``name``, ``accuracy``, ``counts``; ``n_annotators``).
+    """
+    frame = judgment_frame(project)
+    pairwise = project.kind == Kind.PAIRWISE
+    data = {} if pairwise else answer_data(project)
+    responses = response_lengths(project) if pairwise else None
+    worked = frame[frame["purpose"] != QUALIFICATION]
+    ids = sorted(set(worked["annotator"].tolist()))
+    names = agreement.pseudonyms(project, ids)
+    statuses = dict(Membership.objects.filter(project=project).values_list("user_id", "status"))
+
+    # Agreement over time, on normal items, in the order judgments arrived.
+    normal = frame[frame["purpose"] == NORMAL]
+    labels = kind_labels(project, frame, data, responses)
+    block_size = max(MIN_BLOCK, -(-len(normal) // BLOCKS))
+    if over == "day":
+        period, ticks = day_periods(normal["judgment"].to_numpy(), day_starts(project))
+    else:
+        period, ticks = block_periods(normal["judgment"].to_numpy(), block_size)
+    points = []
+    if labels["level"] and len(normal):
+        timeline = agreement_over_time(labels["percent"], labels["alpha"], item_periods(normal, period), labels["level"])
+        for p, row in timeline.iterrows():
+            x, label = ticks[p]
+            points.append({"x": x, "label": label, "n_items": int(row.n_items),
+                           "percent_agreement": _number(row.percent_agreement), "alpha": _number(row.alpha)})  # fmt: skip
+
+    # Rolling gold accuracy: the newest GOLD_WINDOW gold answers per annotator, scored as review scores them.
+    expected = gold_expectations(project) if (frame["purpose"] == GOLD).any() else {}
+    gold_votes = frame[frame["purpose"] == GOLD].sort_values("judgment", ascending=False).groupby("annotator").head(GOLD_WINDOW)
+    scores = []
+    for judgment, item, annotator, code, winner in zip(
+        gold_votes["judgment"], gold_votes["item"], gold_votes["annotator"], gold_votes["outcome_code"], gold_votes["winner"]
+    ):
+        answer = {"outcome": OUTCOMES.get(code, ""), "winner_id": int(winner) or None, "data": data.get(judgment) or {}}
+        score = gold_score(project.kind, expected[item], answer) if item in expected else None
+        scores.append((judgment, annotator, np.nan if score is None else score))
+    gold = rolling_gold_accuracy(pd.DataFrame(scores, columns=["judgment", "annotator", "score"]))
+
+    per_speed, project_median_ms = speed(frame)
+
+    position = length = None
+    if pairwise:
+        position = position_bias(position_frame(frame))
+        lengths = responses.set_index("response")["length"]
+        length = length_bias(length_frame(frame, lengths))
+
+    # Dawid-Skene on categorical labels: its accuracy per annotator and its posterior labels, the reference of
+    # the confusion matrices.
+    confusion = None
+    categorical = labels.get("categorical")
+    if categorical is not None and len(categorical):
+        units = pd.DataFrame({"item": categorical["unit"], "annotator": categorical["annotator"], "label": categorical["label"]})
+        model = dawid_skene(units)
+        known = [str(v) for v in project.scale_values] if project.kind == Kind.RATING else CLASS_ORDER
+        classes = sorted(pd.unique(units["label"]).tolist(), key=lambda c: (known.index(c), "") if c in known else (len(known), str(c)))
+        shown = model.accuracy.sort_values(kind="stable").index[:MAX_MATRICES].tolist()
+        matrices = confusion_matrices(units, model.labels, classes, shown)
+        confusion = {
+            "reference": "Dawid-Skene",
+            "classes": [str(c) for c in classes],
+            "n_annotators": int(model.accuracy.size),
+            "matrices": [{"name": names[int(a)], "accuracy": _number(model.accuracy[a]), "counts": matrices[a]} for a in shown],
+        }
+
+    from_summary = {row["name"]: row for row in summary.get("annotators", [])}
+    annotators = []
+    for a in ids:
+        name = names[a]
+        row = from_summary.get(name, {})
+        entry = {
+            "name": name,
+            "status": statuses.get(a, ""),
+            "n": int((normal["annotator"] == a).sum()),
+            "gold_n": int(gold["n"].get(a, 0)) if len(gold) else 0,
+            "gold_accuracy": _number(gold["accuracy"].get(a)) if len(gold) else None,
+            "n_timed": int(per_speed["n_timed"].get(a, 0)) if len(per_speed) else 0,
+            "median_s": _number(per_speed["median_ms"].get(a) / 1000) if a in per_speed.index else None,
+            "agreement_with_majority": _number(row.get("agreement_with_majority")),
+            "reliability": _number(row.get("reliability")),
+            "position": _bias_row(position, a),
+            "length": _bias_row(length, a),
+        }
+        annotators.append(entry)
+    annotators.sort(key=lambda r: r["name"])
+    return {
+        "summary": summary,
+        "over_time": {"by": over, "block_size": block_size, "level": labels["level"], "points": points},
+        "annotators": annotators,
+        "project_median_s": None if project_median_ms is None else project_median_ms / 1000,
+        "position_overall": _bias_overall(position),
+        "length_overall": _bias_overall(length),
+        "confusion": confusion,
+    }
+
+
+def _bias_row(report, annotator) -> dict | None:
+    if report is None or annotator not in report.annotators.index:
+        return None
+    row = report.annotators.loc[annotator]
+    p = _number(row["p_value"])
+    return {"n": int(row["n"]), "k": int(row["k"]), "rate": _number(row["rate"]), "p_value": p, "p_text": _p(p)}
+
+
+def _bias_overall(report) -> dict | None:
+    if report is None or not report.overall["n"]:
+        return None
+    overall = {key: _number(value) if key in ("rate", "p_value") else int(value) for key, value in report.overall.items()}
+    return {**overall, "p_text": _p(overall["p_value"])}
+
+
+# --- charts ----------------------------------------------------------------------------------------------------------
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2g}" if value >= 0.001 else f"{value:.1e}"
+
+
+def dashboard_charts(data: dict, project: Project) -> dict:
+    """The dashboard's SVG charts from :func:`dashboard_data` and the project's current review thresholds.
+
+    Per-annotator charts show at most :data:`MAX_BARS` annotators, the most worrying first (lowest gold
+    accuracy, fastest, smallest bias p-value); bars that would trigger automatic review are red, bars with too
+    few answers for review to judge are grey.
+    """
+    result = {}
+    annotators = data["annotators"]
+    over = data["over_time"]
+    level = over["level"] or "nominal"
+    series = {
+        "percent agreement": [(p["x"], p["percent_agreement"]) for p in over["points"] if p["percent_agreement"] is not None],
+        f"Krippendorff's α ({level})": [(p["x"], p["alpha"]) for p in over["points"] if p["alpha"] is not None],
+    }
+    lows = [y for points in series.values() for _, y in points]
+    y0 = min([0.0] + lows)
+    by_day = over["by"] == "day"
+    ticks = [(p["x"], p["label"]) for p in over["points"]]
+    if len(ticks) > 8:
+        ticks = ticks[:: -(-len(ticks) // 8)]
+    result["over_time"] = charts.line_chart(
+        series,
+        title="Percent agreement and Krippendorff's α " + ("per day" if by_day else f"per block of {over['block_size']} judgments"),
+        desc=(
+            "Percent agreement and Krippendorff's alpha on the items completed in each "
+            + ("day" if by_day else f"block of {over['block_size']} judgments")
+            + ": "
+            + "; ".join(f"{p['label']}: {charts.fmt(p['percent_agreement'])}, α {charts.fmt(p['alpha'])} over {p['n_items']} items" for p in over["points"])
+        ),
+        x_label="day" if by_day else "judgments so far",
+        y_range=(y0, 1.0),
+        x_ticks=ticks,
+        references=[Reference(0.0, "chance (α = 0)", "#98a2b3")] if y0 < 0 else [],
+    )
+
+    # Gold accuracy, rolling: the lowest first.
+    judged = [a for a in annotators if a["gold_accuracy"] is not None]
+    judged.sort(key=lambda a: (a["gold_accuracy"], a["name"]))
+    threshold, needed = project.review_gold_accuracy, project.review_min_gold
+    bars = [
+        Bar(a["name"], a["gold_accuracy"], f"n={a['gold_n']}",
+            "muted" if a["gold_n"] < needed else "bad" if threshold and a["gold_accuracy"] < threshold else "default")  # fmt: skip
+        for a in judged[:MAX_BARS]
+    ]
+    result["gold"] = charts.bar_chart(
+        bars,
+        title=f"Gold accuracy (last {GOLD_WINDOW} gold answers)" + _shown(len(bars), len(judged), "lowest"),
+        desc="Rolling gold accuracy per annotator: " + "; ".join(f"{b.label} {b.value:.2f} ({b.note})" for b in bars),
+        x_range=(0.0, 1.0),
+        references=[Reference(threshold, f"review below {threshold:.2f}")] if threshold else [],
+        value_format=lambda v: f"{v:.2f}",
+    )
+
+    # Speed: the fastest first, against the project's median and the review threshold.
+    timed = [a for a in annotators if a["median_s"] is not None]
+    timed.sort(key=lambda a: (a["median_s"], a["name"]))
+    median, ratio = data["project_median_s"], project.review_speed_ratio
+    floor = ratio * median if (ratio and median) else None
+    bars = [
+        Bar(a["name"], a["median_s"], f"n={a['n_timed']}",
+            "muted" if a["n_timed"] < MIN_TIMED else "bad" if floor is not None and a["median_s"] < floor else "default")  # fmt: skip
+        for a in timed[:MAX_BARS]
+    ]
+    references = []
+    if median:
+        references.append(Reference(median, f"project median {median:.1f} s", "#5d6675"))
+    if floor is not None:
+        references.append(Reference(floor, f"review below {floor:.1f} s"))
+    result["speed"] = charts.bar_chart(
+        bars,
+        title="Median time on task" + _shown(len(bars), len(timed), "fastest"),
+        desc="Median seconds per judgment: " + "; ".join(f"{b.label} {b.value:.1f} s ({b.note})" for b in bars),
+        x_label="seconds",
+        references=references,
+        value_format=lambda v: f"{v:.1f} s" if v < 100 else f"{v:.0f} s",
+    )
+
+    if project.kind == Kind.PAIRWISE:
+        p_review = project.review_position_bias_p
+        for key, title, what in (
+            ("position", "Position bias: rate of choosing the response shown first", "first-shown"),
+            ("length", "Length bias: rate of choosing the longer response", "longer"),
+        ):
+            rows = [a for a in annotators if a[key] is not None]
+            rows.sort(key=lambda a: (a[key]["p_value"], a["name"]))
+            overall = data[f"{key}_overall"]
+            bars = []
+            if overall:
+                bars.append(Bar("everyone", overall["rate"], f"p={_p(overall['p_value'])} n={overall['n']}",
+                                "bad" if p_review and overall["p_value"] < p_review else "overall"))  # fmt: skip
+            bars += [
+                Bar(a["name"], a[key]["rate"], f"p={_p(a[key]['p_value'])} n={a[key]['n']}",
+                    "bad" if p_review and a[key]["p_value"] < p_review else "default")  # fmt: skip
+                for a in rows[:MAX_BARS]
+            ]
+            result[key] = charts.bar_chart(
+                bars,
+                title=title + _shown(len(rows[:MAX_BARS]), len(rows), "smallest p"),
+                desc=f"Share of wins given to the {what} response, with the exact two-sided binomial test against 1/2: "
+                + "; ".join(f"{b.label} {b.value:.2f} ({b.note})" for b in bars),
+                x_range=(0.0, 1.0),
+                references=[Reference(0.5, "no bias (0.5)", "#5d6675")],
+                value_format=lambda v: f"{v:.2f}",
+            )
+
+    # Accuracy against speed: one dot per annotator, flagged and paused ones in red.
+    y_key = "gold_accuracy" if any(a["gold_accuracy"] is not None for a in annotators) else "agreement_with_majority"
+    y_name = "gold accuracy" if y_key == "gold_accuracy" else "agreement with majority"
+    dots = [
+        Point(a["median_s"], a[y_key], a["name"],
+              "bad" if a["status"] in (Membership.Status.FLAGGED, Membership.Status.PAUSED) else "default")  # fmt: skip
+        for a in annotators
+        if a["median_s"] is not None and a[y_key] is not None
+    ]
+    result["scatter"] = charts.scatter(
+        dots,
+        title=f"{y_name.capitalize()} against median time on task",
+        desc=f"One dot per annotator: median seconds per judgment and {y_name}; flagged or paused annotators in red.",
+        x_label="median seconds per judgment",
+        y_label=y_name,
+        y_range=(0.0, 1.0),
+        x_references=[Reference(floor, "review below")] if floor else [],
+        y_references=[Reference(project.review_gold_accuracy, "review below")] if y_key == "gold_accuracy" and project.review_gold_accuracy else [],
+    )
+
+    criteria = data["summary"].get("by_criterion") or {}
+    if criteria:
+        bars = [Bar(name, m.get("krippendorff_alpha"), f"agreement {charts.fmt(m.get('percent_agreement'))}") for name, m in criteria.items()]
+        values = [b.value for b in bars if b.value is not None]
+        result["criteria"] = charts.bar_chart(
+            bars,
+            title="Krippendorff's α per criterion",
+            desc="; ".join(f"{b.label}: α {charts.fmt(b.value)}, {b.note}" for b in bars),
+            x_range=(min([0.0] + values), 1.0),
+            label_width=150,
+        )
+
+    confusion = data.get("confusion")
+    if confusion:
+        result["confusion"] = [
+            charts.heatmap(
+                m["counts"],
+                row_labels=confusion["classes"],
+                column_labels=confusion["classes"],
+                title=f"{m['name']} · DS accuracy {charts.fmt(m['accuracy'], 2)}",
+                desc=f"Confusion matrix of {m['name']}: rows the Dawid-Skene label of the unit, columns their label; "
+                + "; ".join(f"{r}: " + ", ".join(str(v) for v in row) for r, row in zip(confusion["classes"], m["counts"])),
+                row_title="Dawid-Skene label",
+                column_title="their label",
+                cell=max(34, min(76, 7 * max(len(c) for c in confusion["classes"]))),
+            )
+            for m in confusion["matrices"]
+        ]
+    return result
+
+
+def _shown(shown: int, total: int, which: str) -> str:
+    return f" — the {which} {shown} of {total}" if total > shown else ""

@@ -1,0 +1,1063 @@
+"""Datasets out of Arbiter, in the formats training reads.
+
+The ORM reads (:func:`vote_frame`, :func:`item_tables`) are separate from the transforms, which are pure
+functions of DataFrames and dicts:
+
+- :func:`pair_votes` turns every kind's votes into pairwise votes — a pairwise judgment is one, a ranking of K
+  responses is C(K, 2) (a shared rank is a tie), a rating compares every two responses by score (equal is a tie);
+- :func:`majority_pairs` aggregates them into one preference per (item, pair), :func:`all_pairs` keeps each vote;
+- ``*_rows`` functions turn preferences, rankings, ratings, steps and demonstrations into rows.
+
+TRL preference rows are *standard* (``prompt``, ``chosen``, ``rejected`` as strings) when every prompt is one
+user message and *conversational* (lists of ``{"role", "content"}``) when any prompt is a conversation: one
+dataset cannot mix the two. ``margin`` is the mean strength (0–3) of the votes for the winner, the margin of
+Llama 2's reward-model loss; a vote without a strength counts 0; ranking votes have none, rating votes use the
+score difference.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+from typing import Iterator
+
+import numpy as np
+import orjson
+import pandas as pd
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Case, Q, Value, When
+from django.db.models.fields.json import KT
+
+from .models import Item, Judgment, Kind, Membership, Project, Response, Snapshot, prompt_hash
+
+FORMATS = ("trl", "hh", "openai-dpo", "kto", "ranking", "ratings", "steps", "sft", "raw")
+PREFERENCE_FORMATS = {"trl", "hh", "openai-dpo", "kto"}
+CONTAINERS = ("jsonl", "parquet", "hf")
+AGGREGATES = ("majority", "dawid-skene", "bradley-terry", "none")
+# Aggregations that fit a model of the annotators over the whole project before rows are written.
+MODEL_AGGREGATES = ("dawid-skene", "bradley-terry")
+# Which formats each kind can produce.
+KIND_FORMATS = {
+    Kind.PAIRWISE: PREFERENCE_FORMATS | {"sft", "raw"},
+    Kind.RANKING: PREFERENCE_FORMATS | {"ranking", "raw"},
+    Kind.RATING: PREFERENCE_FORMATS | {"ratings", "raw"},
+    Kind.STEPS: {"steps", "raw"},
+    Kind.DEMONSTRATION: {"sft", "raw"},
+}
+PAIR_COLUMNS = ["item", "annotator", "a", "b", "winner", "strength", "first"]
+# Votes of annotators in these states are left out of exports unless asked for.
+EXCLUDED_STATUSES = [Membership.Status.PAUSED, Membership.Status.FLAGGED]
+PREFERENCE_COLUMNS = ["item", "chosen", "rejected", "margin", "n_votes", "agreement", "tie"]
+
+
+class ExportError(ValueError):
+    pass
+
+
+@dataclass
+class ItemTables:
+    """What rows need besides the votes: prompts, response texts (in import order), external ids, prompt hashes."""
+
+    prompts: dict[int, list[dict]]
+    responses: dict[int, list[tuple[int, str]]]
+    external_ids: dict[int, str]
+    prompt_hashes: dict[str, str] = field(default_factory=dict)  # external id → prompt hash
+    conversational: bool | None = None
+    texts: dict[int, str] = field(default_factory=dict)  # response id → text
+
+    def __post_init__(self):
+        if self.conversational is None:
+            self.conversational = any(len(p) != 1 or p[0]["role"] != "user" for p in self.prompts.values())
+        if not self.texts:
+            self.texts = {rid: text for pairs in self.responses.values() for rid, text in pairs}
+
+    def text(self, item: int, response: int) -> str:
+        return self.texts[response]
+
+
+# --- reads ----------------------------------------------------------------------------------------
+# Exports stream: items are taken in ranges of CHUNK_ITEMS ids, and each range's votes, prompts and texts are
+# read, turned into rows and written before the next, so memory does not grow with the project.
+CHUNK_ITEMS = 20_000
+
+
+def items_in_scope(project: Project, include_gold: bool = False):
+    items = Item.objects.filter(project=project)
+    return items if include_gold else items.filter(purpose=Item.Purpose.NORMAL)
+
+
+def item_ranges(items, size: int = CHUNK_ITEMS) -> list[tuple[int, int]]:
+    """Inclusive (first id, last id) ranges of ``size`` items each."""
+    ids = np.fromiter(items.order_by("id").values_list("id", flat=True).iterator(chunk_size=50_000), dtype=np.int64)
+    return [(int(ids[i]), int(ids[min(i + size, len(ids)) - 1])) for i in range(0, len(ids), size)]
+
+
+def is_conversational(items) -> bool:
+    """Whether any prompt is more than one user message (then every row of the export is conversational)."""
+    return items.filter(Q(prompt__1__isnull=False) | ~Q(prompt__0__role="user")).exists()
+
+
+def vote_frame(project: Project, include_paused: bool = False, include_gold: bool = False, items: tuple[int, int] | None = None, with_data: bool = True, with_order: bool = False) -> pd.DataFrame:
+    """Current judgments of the project: by default on normal items only, without paused or flagged annotators.
+
+    ``with_order`` adds ``order``, the response ids in the order the annotator saw them."""
+    judgments = Judgment.objects.filter(project=project, is_current=True)
+    if items is not None:
+        judgments = judgments.filter(item_id__gte=items[0], item_id__lte=items[1])
+    # Each filter costs a join or a subquery on the million-vote path: added only when it can exclude anything.
+    if not include_gold and Item.objects.filter(project=project).exclude(purpose=Item.Purpose.NORMAL).exists():
+        judgments = judgments.filter(item__purpose=Item.Purpose.NORMAL)
+    if not include_paused:
+        excluded = Membership.objects.filter(project=project, status__in=EXCLUDED_STATUSES).values("user_id")
+        if excluded.exists():
+            judgments = judgments.exclude(annotator_id__in=excluded)
+    columns = ["item", "annotator", "outcome", "winner", "strength"]
+    fields = ["item_id", "annotator_id", "outcome", "winner_id", "strength"]
+    if not with_data and not with_order:
+        return _numeric_vote_frame(judgments)
+    if with_data:  # a plain pairwise export needs no JSON: skipping it is most of the read time
+        columns, fields = columns + ["data", "text"], fields + ["data", "text"]
+    if with_order:
+        columns, fields = columns + ["order"], fields + ["task__display_order"]
+    frame = pd.DataFrame(list(judgments.values_list(*fields)), columns=columns)
+    if not with_data:
+        frame = frame.assign(data=None, text="")
+    return frame
+
+
+OUTCOMES = np.array([Judgment.Outcome.WIN, Judgment.Outcome.TIE, Judgment.Outcome.BOTH_BAD, ""], dtype=object)
+
+
+def _numeric_vote_frame(judgments) -> pd.DataFrame:
+    """The plain pairwise columns, all integers, through ``agreement.numeric_rows`` (binary COPY on PostgreSQL):
+    the million-vote export path, several times faster than a Python tuple per row."""
+    from .agreement import _NULL, numeric_rows
+
+    code = Case(
+        *(When(outcome=outcome, then=Value(i)) for i, outcome in enumerate(OUTCOMES[:3])), default=Value(3)
+    )
+    fields = ["item_id", "annotator_id", "outcome_code", "winner_id", "strength"]
+    table = numeric_rows(judgments.annotate(outcome_code=code).values_list(*fields), fields)
+    winner = pd.array(table[:, 3], dtype="Int64")
+    winner[table[:, 3] == _NULL] = pd.NA
+    strength = pd.array(table[:, 4], dtype="Int64")
+    strength[table[:, 4] == _NULL] = pd.NA
+    return pd.DataFrame(
+        {"item": table[:, 0], "annotator": table[:, 1], "outcome": OUTCOMES[table[:, 2]], "winner": winner, "strength": strength}
+    ).assign(data=None, text="")
+
+
+def item_tables(project: Project, items: tuple[int, int], conversational: bool) -> ItemTables:
+    """Prompts, responses and ids of the project's items with ids in the inclusive range ``items``."""
+    selected = Item.objects.filter(project=project, id__range=items)
+    # Plain dict(zip(...)) over whole columns: this runs for every item of an export.
+    prompt_column = "prompt" if conversational else KT("prompt__0__content")  # one user message: just its text
+    rows = list(selected.values_list("id", prompt_column, "external_id", "prompt_hash"))
+    ids, prompt_values, external_ids, hashes = zip(*rows) if rows else ((), (), (), ())
+    if not conversational:
+        prompt_values = [[{"role": "user", "content": text}] for text in prompt_values]
+    responses: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    texts = {}
+    for item_id, rid, text in (
+        Response.objects.filter(item__project=project, item_id__gte=items[0], item_id__lte=items[1])
+        .order_by("item", "index")
+        .values_list("item_id", "id", "text")
+    ):
+        responses[item_id].append((rid, text))
+        texts[rid] = text
+    return ItemTables(
+        dict(zip(ids, prompt_values)), dict(responses), dict(zip(ids, external_ids)), dict(zip(external_ids, hashes)),
+        conversational, texts,
+    )  # fmt: skip
+
+
+def pseudonyms(project: Project) -> dict[int, str]:
+    return dict(Membership.objects.filter(project=project).values_list("user_id", "pseudonym"))
+
+
+# --- votes → pairwise votes -----------------------------------------------------------------------
+
+
+def pair_votes(kind: str, votes: pd.DataFrame, responses: dict[int, list[tuple[int, str]]], criterion: str | None = None) -> pd.DataFrame:
+    """Every kind's votes as pairwise votes: ``item``, ``annotator``, ``a``, ``b`` (a < b), ``winner`` (a, b or
+    NA for a tie), ``strength``, and ``first`` (whichever of a and b was shown first, when ``votes`` has the
+    display ``order``; for the Bradley-Terry aggregation)."""
+    if kind == Kind.PAIRWISE and criterion is None:
+        return _pairwise_pair_votes(votes, responses)
+    has_order = "order" in votes.columns
+    rows: list[tuple] = []
+
+    def first_of(order, a, b):
+        if not has_order or order is None:
+            return None
+        return a if order.index(a) < order.index(b) else b
+
+    for vote in votes.itertuples(index=False):
+        order = vote.order if has_order else None
+        if kind == Kind.PAIRWISE:
+            a, b = sorted(rid for rid, _ in responses[vote.item])
+            answer = (vote.data or {}).get("criteria", {}).get(criterion)
+            if answer is None:
+                continue
+            rows.append((vote.item, vote.annotator, a, b, answer["winner"], None, first_of(order, a, b)))
+        elif kind == Kind.RANKING:
+            rank = {rid: position for position, group in enumerate(vote.data["ranking"]) for rid in group}
+            for a, b in combinations(sorted(rank), 2):
+                winner = None if rank[a] == rank[b] else (a if rank[a] < rank[b] else b)
+                rows.append((vote.item, vote.annotator, a, b, winner, None, first_of(order, a, b)))
+        elif kind == Kind.RATING:
+            ratings = vote.data["ratings"]
+            name = criterion or next(iter(next(iter(ratings.values()))))
+            scores = {int(rid): values[name] for rid, values in ratings.items()}
+            if not all(isinstance(v, (int, float)) for v in scores.values()):
+                raise ExportError("A categorical rating scale has no order to turn into preferences.")
+            for a, b in combinations(sorted(scores), 2):
+                diff = scores[a] - scores[b]
+                winner = None if diff == 0 else (a if diff > 0 else b)
+                rows.append((vote.item, vote.annotator, a, b, winner, abs(diff), first_of(order, a, b)))
+        else:
+            raise ExportError(f"{kind} projects have no preferences.")
+    frame = pd.DataFrame(rows, columns=PAIR_COLUMNS)
+    frame["winner"] = frame["winner"].astype("Int64")
+    frame["first"] = frame["first"].astype("Int64")
+    return frame
+
+
+def _pairwise_pair_votes(votes: pd.DataFrame, responses: dict[int, list[tuple[int, str]]]) -> pd.DataFrame:
+    """The pairwise case, vectorised (it is the million-vote path): "both bad" votes carry no preference."""
+    votes = votes[votes["outcome"] != Judgment.Outcome.BOTH_BAD]
+    pairs = pd.DataFrame(
+        [(item, min(p[0][0], p[1][0]), max(p[0][0], p[1][0])) for item, p in responses.items() if len(p) == 2],
+        columns=["item", "a", "b"],
+    )
+    has_order = "order" in votes.columns
+    columns = ["item", "annotator", "winner", "strength"] + (["order"] if has_order else [])
+    frame = votes[columns].merge(pairs, on="item", how="inner")
+    frame["winner"] = frame["winner"].astype("Int64")
+    firsts = [order[0] if order else None for order in frame["order"]] if has_order else [None] * len(frame)
+    frame["first"] = pd.array(firsts, dtype="Int64")
+    return frame[PAIR_COLUMNS]
+
+
+def majority_pairs(pairs: pd.DataFrame, keep_ties: bool = False) -> pd.DataFrame:
+    """One preference per (item, pair) whose most frequent outcome is a response.
+
+    Where two outcomes share the top count there is no majority and the pair is dropped. Where the top
+    outcome is a tie, the pair is dropped too, or kept as a row with ``tie`` true when ``keep_ties``.
+    ``margin`` is the mean strength of the votes for the winner; ``agreement`` the top outcome's share.
+    """
+    if pairs.empty:
+        return pd.DataFrame(columns=PREFERENCE_COLUMNS)
+    keyed = pairs.assign(label=pairs["winner"].fillna(-1).astype(np.int64))
+    counts = keyed.groupby(["item", "a", "b", "label"]).size().rename("count").reset_index()
+    counts["n_votes"] = counts.groupby(["item", "a", "b"])["count"].transform("sum")
+    counts["top"] = counts.groupby(["item", "a", "b"])["count"].transform("max")
+    top = counts[counts["count"] == counts["top"]]
+    top = top[top.groupby(["item", "a", "b"])["label"].transform("size") == 1]
+    if not keep_ties:
+        top = top[top["label"] >= 0]
+    strengths = (
+        keyed[keyed["label"] >= 0]
+        .assign(strength=lambda f: f["strength"].astype(float).fillna(0.0))
+        .groupby(["item", "a", "b", "label"])["strength"]
+        .mean()
+        .rename("margin")
+        .reset_index()
+    )
+    top = top.merge(strengths, on=["item", "a", "b", "label"], how="left")
+    tie = top["label"] < 0
+    chosen = np.where(tie, top["a"], top["label"])
+    return pd.DataFrame(
+        {
+            "item": top["item"].astype(np.int64),
+            "chosen": chosen.astype(np.int64),
+            "rejected": np.where(chosen == top["a"], top["b"], top["a"]).astype(np.int64),
+            "margin": top["margin"].astype(float).fillna(0.0),
+            "n_votes": top["n_votes"].astype(np.int64),
+            "agreement": (top["count"] / top["n_votes"]).astype(float),
+            "tie": tie.to_numpy(),
+        }
+    ).sort_values(["item", "chosen", "rejected"], ignore_index=True)
+
+
+def all_pairs(pairs: pd.DataFrame, keep_ties: bool = False) -> pd.DataFrame:
+    """``--aggregate none``: every pairwise vote is its own preference row; ties are dropped unless kept."""
+    votes = pairs if keep_ties else pairs[pairs["winner"].notna()]
+    tie = votes["winner"].isna().to_numpy()
+    chosen = np.where(tie, votes["a"], votes["winner"].fillna(-1)).astype(np.int64)
+    return pd.DataFrame(
+        {
+            "item": votes["item"].astype(np.int64),
+            "chosen": chosen,
+            "rejected": np.where(chosen == votes["a"], votes["b"], votes["a"]).astype(np.int64),
+            "margin": np.where(tie, 0.0, votes["strength"].astype(float).fillna(0.0)),
+            "n_votes": 1,
+            "agreement": 1.0,
+            "tie": tie,
+        }
+    ).reset_index(drop=True)
+
+
+# --- rows -----------------------------------------------------------------------------------------
+
+
+def _prompt_and_completion(tables: ItemTables, item: int, text: str, conversational: bool):
+    prompt = tables.prompts[item]
+    if conversational:
+        return prompt, [{"role": "assistant", "content": text}]
+    return prompt[-1]["content"], text
+
+
+def trl_rows(preferences: pd.DataFrame, tables: ItemTables) -> list[dict]:
+    """TRL preference rows (``prompt``, ``chosen``, ``rejected``, ``margin``, ``id``; ``tie`` when ties are kept)."""
+    items = preferences["item"].tolist()
+    texts, external = tables.texts, tables.external_ids
+    chosen = [texts[r] for r in preferences["chosen"].tolist()]
+    rejected = [texts[r] for r in preferences["rejected"].tolist()]
+    margins = preferences["margin"].astype(float).tolist()
+    if tables.conversational:
+        prompts = [tables.prompts[i] for i in items]
+        chosen = [[{"role": "assistant", "content": t}] for t in chosen]
+        rejected = [[{"role": "assistant", "content": t}] for t in rejected]
+    else:
+        prompts = [tables.prompts[i][-1]["content"] for i in items]
+    rows = [
+        {"prompt": p, "chosen": c, "rejected": r, "margin": m, "id": external[i]}
+        for p, c, r, m, i in zip(prompts, chosen, rejected, margins, items)
+    ]
+    if len(preferences) and preferences["tie"].any():
+        for row, tie in zip(rows, preferences["tie"].tolist()):
+            row["tie"] = bool(tie)
+    return rows
+
+
+def hh_transcript(messages: list[dict]) -> str:
+    """Chat messages as an Anthropic HH transcript; a system message becomes the first Human turn's preamble."""
+    parts, preamble = [], ""
+    for message in messages:
+        if message["role"] == "system":
+            preamble += message["content"] + "\n\n"
+            continue
+        speaker = "Human" if message["role"] == "user" else "Assistant"
+        parts.append(f"\n\n{speaker}: {preamble if speaker == 'Human' else ''}{message['content']}")
+        if speaker == "Human":
+            preamble = ""
+    return "".join(parts)
+
+
+def hh_rows(preferences: pd.DataFrame, tables: ItemTables) -> list[dict]:
+    """Anthropic HH rows: ``chosen`` and ``rejected`` are whole transcripts ending in the two responses."""
+    rows = []
+    for pref in preferences.itertuples(index=False):
+        prompt = tables.prompts[pref.item]
+        row = {
+            "chosen": hh_transcript(prompt + [{"role": "assistant", "content": tables.text(pref.item, pref.chosen)}]),
+            "rejected": hh_transcript(prompt + [{"role": "assistant", "content": tables.text(pref.item, pref.rejected)}]),
+            "id": tables.external_ids[pref.item],
+        }
+        if pref.tie:
+            row["tie"] = True
+        rows.append(row)
+    return rows
+
+
+def openai_dpo_rows(preferences: pd.DataFrame, tables: ItemTables) -> list[dict]:
+    """OpenAI preference fine-tuning rows: ``input.messages``, ``preferred_output``, ``non_preferred_output``."""
+    return [
+        {
+            "input": {"messages": tables.prompts[pref.item], "tools": [], "parallel_tool_calls": True},
+            "preferred_output": [{"role": "assistant", "content": tables.text(pref.item, pref.chosen)}],
+            "non_preferred_output": [{"role": "assistant", "content": tables.text(pref.item, pref.rejected)}],
+        }
+        for pref in preferences.itertuples(index=False)
+        if not pref.tie
+    ]
+
+
+def kto_rows(preferences: pd.DataFrame, tables: ItemTables) -> list[dict]:
+    """TRL unpaired rows (``prompt``, ``completion``, boolean ``label``).
+
+    A response that wins more than half of its preferences is desirable, one that loses more than half is
+    undesirable, an even one is left out: a pairwise preference gives one of each, a ranking its top and bottom.
+    """
+    wins: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0])
+    for pref in preferences.itertuples(index=False):
+        if pref.tie:
+            continue
+        wins[(pref.item, pref.chosen)][0] += 1
+        wins[(pref.item, pref.rejected)][1] += 1
+    conversational = tables.conversational
+    rows = []
+    for (item, response), (won, lost) in sorted(wins.items()):
+        if won == lost:
+            continue
+        prompt, completion = _prompt_and_completion(tables, item, tables.text(item, response), conversational)
+        rows.append({"prompt": prompt, "completion": completion, "label": won > lost, "id": tables.external_ids[item]})
+    return rows
+
+
+def ratings_kto_rows(votes: pd.DataFrame, tables: ItemTables, project: Project, criterion: str) -> list[dict]:
+    """KTO rows from ratings: a mean score above the middle of the scale is desirable, below undesirable."""
+    scale = project.rating_scale
+    if "labels" in scale:
+        raise ExportError("A categorical rating scale has no middle to split desirable from undesirable.")
+    middle = (scale["min"] + scale["max"]) / 2
+    name = criterion or project.rating_criteria[0]
+    scores: dict[tuple[int, int], list[float]] = defaultdict(list)
+    for vote in votes.itertuples(index=False):
+        for rid, values in vote.data["ratings"].items():
+            scores[(vote.item, int(rid))].append(values[name])
+    conversational = tables.conversational
+    rows = []
+    for (item, response), values in sorted(scores.items()):
+        mean = float(np.mean(values))
+        if mean == middle:
+            continue
+        prompt, completion = _prompt_and_completion(tables, item, tables.text(item, response), conversational)
+        rows.append({"prompt": prompt, "completion": completion, "label": mean > middle, "id": tables.external_ids[item]})
+    return rows
+
+
+def ranking_rows(votes: pd.DataFrame, tables: ItemTables, aggregate: str, names: dict[int, str]) -> list[dict]:
+    """K-wise rows: ``responses`` best first and ``ranks`` (1 = best; equal ranks mark ties).
+
+    With ``majority`` the responses of an item are ordered by their mean rank over annotators.
+    """
+    rows = []
+    if aggregate == "none":
+        for vote in votes.itertuples(index=False):
+            ordered, ranks = [], []
+            for position, group in enumerate(vote.data["ranking"], start=1):
+                for rid in group:
+                    ordered.append(rid)
+                    ranks.append(position)
+            rows.append(_ranking_row(tables, vote.item, ordered, ranks, [names.get(vote.annotator, "")]))
+        return rows
+    for item, group in votes.groupby("item"):
+        positions: dict[int, list[int]] = defaultdict(list)
+        for ranking in group["data"]:
+            for position, members in enumerate(ranking["ranking"], start=1):
+                for rid in members:
+                    positions[rid].append(position)
+        means = {rid: float(np.mean(p)) for rid, p in positions.items()}
+        ordered = sorted(means, key=lambda rid: (means[rid], rid))
+        distinct = sorted(set(means.values()))
+        ranks = [distinct.index(means[rid]) + 1 for rid in ordered]
+        annotators = sorted(names.get(a, "") for a in group["annotator"])
+        rows.append(_ranking_row(tables, int(item), ordered, ranks, annotators))
+    return rows
+
+
+def _ranking_row(tables, item, ordered, ranks, annotators) -> dict:
+    return {
+        "id": tables.external_ids[item],
+        "prompt": tables.prompts[item],
+        "responses": [tables.text(item, rid) for rid in ordered],
+        "ranks": ranks,
+        "annotators": annotators,
+    }
+
+
+def ratings_rows(votes: pd.DataFrame, tables: ItemTables, names: dict[int, str]) -> list[dict]:
+    """One row per prompt: every response with each criterion's scores, their annotators, and the mean."""
+    rows = []
+    for item, group in votes.groupby("item"):
+        item = int(item)
+        per_response = {rid: {"text": text, "scores": defaultdict(list), "annotators": []} for rid, text in tables.responses[item]}
+        for vote in group.itertuples(index=False):
+            for rid, scores in vote.data["ratings"].items():
+                entry = per_response[int(rid)]
+                entry["annotators"].append(names.get(vote.annotator, ""))
+                for criterion, score in scores.items():
+                    entry["scores"][criterion].append(score)
+        responses = []
+        for entry in per_response.values():
+            scores = dict(entry["scores"])
+            mean = {c: float(np.mean(s)) for c, s in scores.items() if all(isinstance(v, (int, float)) for v in s)}
+            responses.append({"text": entry["text"], "scores": scores, "mean": mean, "annotators": entry["annotators"]})
+        rows.append({"id": tables.external_ids[item], "prompt": tables.prompts[item], "responses": responses})
+    return rows
+
+
+def steps_rows(project: Project, votes: pd.DataFrame, tables: ItemTables, aggregate: str, neutral: bool = True) -> list[dict]:
+    """TRL stepwise supervision: ``prompt``, ``completions`` (the steps), ``labels`` (one bool per step).
+
+    A negative step is False and a positive one True; ``neutral`` says what a neutral step counts as. With
+    ``majority`` each step takes its most frequent label (a tie between labels counts as negative).
+    """
+    conversational = tables.conversational
+    value = {"positive": True, "negative": False, "neutral": neutral}
+    rows = []
+    grouped = [(vote.item, [vote]) for vote in votes.itertuples(index=False)] if aggregate == "none" else [
+        (item, list(group.itertuples(index=False))) for item, group in votes.groupby("item")
+    ]
+    for item, group in grouped:
+        item = int(item)
+        for rid, text in tables.responses[item]:
+            steps = project.split_steps(text)
+            per_step = [[value[v.data["steps"][str(rid)][i]] for v in group if str(rid) in v.data["steps"]] for i in range(len(steps))]
+            if not per_step or not per_step[0]:
+                continue
+            labels = [sum(labels) * 2 > len(labels) for labels in per_step]
+            prompt = tables.prompts[item] if conversational else tables.prompts[item][-1]["content"]
+            rows.append({"id": tables.external_ids[item], "prompt": prompt, "completions": steps, "labels": labels})
+    return rows
+
+
+def sft_rows(votes: pd.DataFrame, tables: ItemTables) -> list[dict]:
+    """SFT ``messages``: the prompt then the demonstration (a demonstration answer, or a pairwise rewrite)."""
+    rows = []
+    for vote in votes.itertuples(index=False):
+        text = vote.text if vote.data is None or "demonstration" not in (vote.data or {}) else vote.data["demonstration"]
+        if not text or not text.strip():
+            continue
+        messages = tables.prompts[vote.item] + [{"role": "assistant", "content": text}]
+        rows.append({"id": tables.external_ids[vote.item], "messages": messages})
+    return rows
+
+
+# --- one call -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What an export is made of; stored with a snapshot. The same options over the same votes give the same hash.
+
+    - ``aggregate``: ``majority`` (one row per item or pair) or ``none`` (every vote its own row).
+    - ``ties``: ``drop`` ties from preference formats, or ``keep`` them as rows with ``"tie": true`` (trl, hh,
+      openai-dpo); ranking and raw always keep them.
+    - ``min_agreement``: leave out preferences whose winner got less than this share of the votes.
+    - ``include_paused``: keep votes of paused or flagged annotators (left out by default);
+      ``include_gold``: keep gold and qualification items (left out by default; ``raw`` always has them, marked).
+    - ``max_chars``: leave out rows whose prompt and completions together are longer.
+    - ``criterion``: the criterion preferences come from (pairwise with criteria, rating); empty = overall.
+    """
+
+    format: str = "trl"
+    aggregate: str = "majority"
+    container: str = "jsonl"
+    test_size: float = 0.0
+    seed: int = 0
+    dedupe: bool = True
+    ties: str = "drop"
+    min_agreement: float = 0.0
+    include_paused: bool = False
+    include_gold: bool = False
+    max_chars: int | None = None
+    criterion: str = ""
+    neutral_steps: bool = True
+    license: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ExportOptions":
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ExportError(f"Unknown export options: {', '.join(sorted(unknown))}.")
+        options = cls(**data)
+        options.validate()
+        return options
+
+    def validate(self) -> None:
+        def number(value) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        if self.format not in FORMATS:
+            raise ExportError(f"Unknown format {self.format!r}: use one of {', '.join(FORMATS)}.")
+        if self.aggregate not in AGGREGATES:
+            raise ExportError(f"Unknown aggregation {self.aggregate!r}: use one of {', '.join(AGGREGATES)}.")
+        if self.container not in CONTAINERS:
+            raise ExportError(f"Unknown container {self.container!r}: use one of {', '.join(CONTAINERS)}.")
+        if self.ties not in ("drop", "keep"):
+            raise ExportError('ties must be "drop" or "keep".')
+        if not number(self.test_size) or not 0 <= self.test_size < 1:
+            raise ExportError("test_size must be a number at least 0 and below 1.")
+        if not number(self.min_agreement) or not 0 <= self.min_agreement <= 1:
+            raise ExportError("min_agreement must be a number from 0 to 1.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ExportError("seed must be an integer.")
+        if self.max_chars is not None and (isinstance(self.max_chars, bool) or not isinstance(self.max_chars, int) or self.max_chars < 1):
+            raise ExportError("max_chars must be a positive integer.")
+        for name in ("dedupe", "include_paused", "include_gold", "neutral_steps"):
+            if not isinstance(getattr(self, name), bool):
+                raise ExportError(f"{name} must be true or false.")
+        if not isinstance(self.criterion, str) or not isinstance(self.license, str):
+            raise ExportError("criterion and license must be text.")
+
+
+
+
+def iter_rows(project: Project, options: "ExportOptions") -> Iterator[tuple[list[dict], ItemTables]]:
+    """The export's rows, a chunk of items at a time, each with the tables it was built from."""
+    options.validate()
+    fmt = options.format
+    if fmt not in KIND_FORMATS[project.kind]:
+        allowed = ", ".join(sorted(KIND_FORMATS[project.kind]))
+        raise ExportError(f"A {project.kind} project exports as {allowed}, not {fmt}.")
+    criterion = options.criterion or None
+    if criterion and criterion not in (project.criteria or project.rating_criteria):
+        raise ExportError(f"Unknown criterion {criterion!r} in project {project.slug}.")
+    include_gold = options.include_gold or fmt == "raw"
+    items = items_in_scope(project, include_gold)
+    conversational = is_conversational(items)
+    names = pseudonyms(project) if fmt in ("ranking", "ratings", "raw") else {}
+    with_data = project.kind != Kind.PAIRWISE or bool(criterion) or fmt == "sft"
+    ranges = item_ranges(items)
+    model = None
+    if options.aggregate in MODEL_AGGREGATES and fmt in PREFERENCE_FORMATS:
+        model = fit_preference_model(project, options, ranges, conversational, with_data)
+    for item_range in ranges:
+        tables = item_tables(project, item_range, conversational)
+        if fmt == "raw":
+            rows = raw_rows(project, item_range, names, tables)
+        else:
+            votes = vote_frame(project, options.include_paused, include_gold, item_range, with_data)
+            rows = _rows(project, votes, tables, options, names, model)
+        if options.max_chars:
+            rows = [row for row in rows if _chars(row) <= options.max_chars]
+        yield rows, tables
+
+
+def _rows(project: Project, votes: pd.DataFrame, tables: ItemTables, options: "ExportOptions", names: dict[int, str], model=None) -> list[dict]:
+    fmt = options.format
+    if fmt in PREFERENCE_FORMATS:
+        if fmt == "kto" and project.kind == Kind.RATING:
+            return ratings_kto_rows(votes, tables, project, options.criterion)
+        return _preference_rows(project, votes, tables, options, model)
+    if fmt == "ranking":
+        return ranking_rows(votes, tables, options.aggregate, names)
+    if fmt == "ratings":
+        return ratings_rows(votes, tables, names)
+    if fmt == "steps":
+        return steps_rows(project, votes, tables, options.aggregate, options.neutral_steps)
+    if project.kind == Kind.PAIRWISE:  # sft from pairwise: the rewrites of "both bad" answers
+        votes = votes[votes["outcome"] == Judgment.Outcome.BOTH_BAD]
+    return sft_rows(votes, tables)
+
+
+def build_rows(project: Project, options: "ExportOptions | str" = "trl", **fields) -> list[dict]:
+    """Every row of an export, before deduplication and splitting, in one list (small projects, tests).
+
+    ``build_rows(project, "trl", aggregate="none")`` is short for ``build_rows(project, ExportOptions(...))``.
+    """
+    if isinstance(options, str):
+        options = ExportOptions(format=options, **fields)
+    return [row for rows, _ in iter_rows(project, options) for row in rows]
+
+
+def _preference_rows(project: Project, votes: pd.DataFrame, tables: ItemTables, options: "ExportOptions", model=None) -> list[dict]:
+    pairs = pair_votes(project.kind, votes, tables.responses, options.criterion or None)
+    keep_ties = options.ties == "keep" and options.format != "kto"
+    if options.aggregate == "majority":
+        preferences = majority_pairs(pairs, keep_ties)
+        preferences = preferences[preferences["agreement"] >= options.min_agreement]
+    elif options.aggregate in MODEL_AGGREGATES:
+        preferences = model_pairs(pairs, model, keep_ties)
+        preferences = preferences[preferences["agreement"] >= options.min_agreement]
+    else:
+        preferences = all_pairs(pairs, keep_ties)
+    if options.format == "hh":
+        return hh_rows(preferences, tables)
+    if options.format == "openai-dpo":
+        return openai_dpo_rows(preferences, tables)
+    if options.format == "kto":
+        return kto_rows(preferences, tables)
+    return trl_rows(preferences, tables)
+
+
+def fit_preference_model(project: Project, options: "ExportOptions", ranges, conversational: bool, with_data: bool) -> pd.DataFrame:
+    """Fit Dawid-Skene or Bradley-Terry on every pairwise vote of the project (a first pass over the votes,
+    integers only); returns the aggregated outcome of each (item, a, b): ``label`` (a response id, or -1 for a
+    tie) and ``confidence`` (the posterior of that label, or the model's probability of that outcome)."""
+    from .reliability import dawid_skene, noisy_bradley_terry
+
+    include_gold = options.include_gold
+    frames = []
+    for item_range in ranges:
+        tables = item_tables(project, item_range, conversational)
+        votes = vote_frame(project, options.include_paused, include_gold, item_range, with_data, with_order=options.aggregate == "bradley-terry")
+        frames.append(pair_votes(project.kind, votes, tables.responses, options.criterion or None))
+    pairs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PAIR_COLUMNS)
+    units = pairs[["item", "a", "b"]].drop_duplicates().reset_index(drop=True)
+    if pairs.empty:
+        return units.assign(label=pd.Series(dtype=np.int64), confidence=pd.Series(dtype=float))
+    if options.aggregate == "dawid-skene":
+        # Classes shared by every pair, as Dawid-Skene needs: 0 the lower response id won, 1 the other, 2 a tie.
+        unit = pairs["item"].astype(str) + ":" + pairs["a"].astype(str) + ":" + pairs["b"].astype(str)
+        winner = pairs["winner"].fillna(-1).astype(np.int64)
+        relative = np.where(winner == pairs["a"], 0, np.where(winner == pairs["b"], 1, 2))
+        fitted = dawid_skene(pd.DataFrame({"item": unit, "annotator": pairs["annotator"], "label": relative}))
+        keys = units["item"].astype(str) + ":" + units["a"].astype(str) + ":" + units["b"].astype(str)
+        best = fitted.labels.reindex(keys).to_numpy().astype(np.int64)
+        confidence = fitted.posteriors.max(axis=1).reindex(keys).to_numpy()
+        label = np.where(best == 0, units["a"], np.where(best == 1, units["b"], -1))
+        return units.assign(label=label.astype(np.int64), confidence=confidence.astype(float))
+    first = pairs["first"].fillna(pairs["a"]).astype(np.int64)
+    second = np.where(first == pairs["a"], pairs["b"], pairs["a"])
+    winner = pairs["winner"]
+    outcome = np.where(winner.isna(), "tie", np.where(winner.fillna(-1) == first, "first", "second"))
+    fitted = noisy_bradley_terry(pd.DataFrame({"annotator": pairs["annotator"], "first": first, "second": second, "outcome": outcome}))
+    d = fitted.scores.reindex(units["a"]).to_numpy() - fitted.scores.reindex(units["b"]).to_numpy()
+    # Davidson's probabilities, position aside: a wins ∝ e^{d/2}, b ∝ e^{-d/2}, a tie ∝ ν.
+    weights = np.stack([np.exp(d / 2), np.exp(-d / 2), np.full(len(d), fitted.tie)], axis=1)
+    probabilities = weights / weights.sum(axis=1, keepdims=True)
+    best = probabilities.argmax(axis=1)
+    label = np.where(best == 0, units["a"], np.where(best == 1, units["b"], -1))
+    return units.assign(label=label.astype(np.int64), confidence=probabilities.max(axis=1))
+
+
+def model_pairs(pairs: pd.DataFrame, model: pd.DataFrame, keep_ties: bool = False) -> pd.DataFrame:
+    """Preferences from a fitted model's outcome per pair; ``margin`` from the votes for the chosen response."""
+    if pairs.empty:
+        return pd.DataFrame(columns=PREFERENCE_COLUMNS)
+    counts = pairs.groupby(["item", "a", "b"]).size().rename("n_votes").reset_index()
+    chosen = counts.merge(model, on=["item", "a", "b"], how="inner")
+    if not keep_ties:
+        chosen = chosen[chosen["label"] >= 0]
+    votes_for = pairs[pairs["winner"].notna()].assign(label=lambda f: f["winner"].astype(np.int64), strength=lambda f: f["strength"].astype(float).fillna(0.0))
+    margins = votes_for.groupby(["item", "a", "b", "label"])["strength"].mean().rename("margin").reset_index()
+    chosen = chosen.merge(margins, on=["item", "a", "b", "label"], how="left")
+    tie = (chosen["label"] < 0).to_numpy()
+    winner = np.where(tie, chosen["a"], chosen["label"]).astype(np.int64)
+    return pd.DataFrame(
+        {
+            "item": chosen["item"].astype(np.int64),
+            "chosen": winner,
+            "rejected": np.where(winner == chosen["a"], chosen["b"], chosen["a"]).astype(np.int64),
+            "margin": chosen["margin"].astype(float).fillna(0.0),
+            "n_votes": chosen["n_votes"].astype(np.int64),
+            "agreement": chosen["confidence"].astype(float),
+            "tie": tie,
+        }
+    ).sort_values(["item", "chosen", "rejected"], ignore_index=True)
+
+
+def _chars(value) -> int:
+    """Characters of text in a row (prompt and completions), not counting ids and numbers."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_chars(v) for k, v in value.items() if k not in ("id", "role"))
+    if isinstance(value, list):
+        return sum(_chars(v) for v in value)
+    return 0
+
+
+def raw_rows(project: Project, items: tuple[int, int], names: dict[int, str], tables: ItemTables) -> list[dict]:
+    """Every vote, one row each: superseded ones, gold and qualification items and paused annotators included
+    and marked, annotators by pseudonym only. Responses are named by their index in the item."""
+    statuses = dict(Membership.objects.filter(project=project).values_list("user_id", "status"))
+    index = {rid: position for pairs in tables.responses.values() for position, (rid, _) in enumerate(pairs)}
+    judgments = Judgment.objects.filter(project=project, item_id__gte=items[0], item_id__lte=items[1]).order_by("item_id", "id").values_list(
+        "id", "item__external_id", "item__purpose", "annotator_id", "outcome", "winner_id", "strength", "data", "text",
+        "duration_ms", "source", "is_current", "supersedes_id", "created_at", "task__display_order", "task__leased_at",
+    )  # fmt: skip
+    rows = []
+    for (pk, item, purpose, annotator, outcome, winner, strength, data, text, duration, source, current, supersedes,
+         created, order, leased) in judgments:  # fmt: skip
+        rows.append(
+            {
+                "judgment": pk,
+                "id": item,
+                "annotator": names.get(annotator, ""),
+                "annotator_status": statuses.get(annotator, ""),
+                "kind": project.kind,
+                "outcome": outcome or None,
+                "winner": index.get(winner),
+                "strength": strength,
+                "data": _indices(data, index),
+                "text": text,
+                "display_order": [index[rid] for rid in order],
+                "duration_ms": duration,
+                "source": source,
+                "gold": purpose == Item.Purpose.GOLD,
+                "qualification": purpose == Item.Purpose.QUALIFICATION,
+                "superseded": not current,
+                "supersedes": supersedes,
+                "shown_at": leased.isoformat(),
+                "created_at": created.isoformat(),
+            }
+        )
+    return rows
+
+
+def _indices(data: dict, index: dict[int, int]) -> str:
+    """A judgment's data with response ids replaced by item indices, as JSON text (its shape varies by kind)."""
+
+    def convert(value, key=None):
+        if key in ("ranking",):
+            return [[index.get(rid, rid) for rid in group] for group in value]
+        if key in ("ratings", "steps"):
+            return {str(index.get(int(rid), rid)): v for rid, v in value.items()}
+        if key == "criteria":
+            return {c: {**a, "winner": index.get(a.get("winner"))} for c, a in value.items()}
+        if key == "based_on":
+            return index.get(value, value)
+        return value
+
+    return canonical({key: convert(value, key) for key, value in (data or {}).items()}).decode()
+
+
+# --- writing: splits, deduplication, hashing -----------------------------------------------------
+
+
+def canonical(value) -> bytes:
+    """The canonical bytes of a row: JSON with sorted keys, no spaces, UTF-8. Hashes and JSONL files use them."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def test_prompts(project: Project, options: "ExportOptions") -> set[str]:
+    """The prompt hashes of the test split: the judged prompts, shuffled with the seed, the first share of them.
+
+    Rows are assigned by their item's prompt, so rows sharing a prompt (K-wise pairs, several votes, the same
+    prompt with other responses) are always in the same split.
+    """
+    if not options.test_size:
+        return set()
+    items = items_in_scope(project, options.include_gold).filter(n_judgments__gt=0)
+    groups = sorted(set(items.values_list("prompt_hash", flat=True)))
+    n_test = int(round(options.test_size * len(groups)))
+    if len(groups) >= 2:
+        n_test = min(max(n_test, 1), len(groups) - 1)
+    order = np.random.default_rng(options.seed).permutation(len(groups))
+    return {groups[i] for i in order[:n_test]}
+
+
+def _row_prompt_hash(row: dict, tables: ItemTables) -> str:
+    if "id" in row:
+        return tables.prompt_hashes[row["id"]]
+    return prompt_hash(row["input"]["messages"])  # openai-dpo rows have no id field
+
+
+class _SplitWriter:
+    """Writes one split as it streams: canonical JSONL, or Parquet in row groups (also the source of ``hf``)."""
+
+    PARQUET_BATCH = 50_000
+
+    def __init__(self, folder: Path, name: str, container: str):
+        self.container, self.count = container, 0
+        self.digest = hashlib.sha256()
+        self.path = folder / f"{name}.{'jsonl' if container == 'jsonl' else 'parquet'}"
+        self.file = open(self.path, "wb") if container == "jsonl" else None
+        self.buffer: list[dict] = []
+        self.writer = None
+
+    def write(self, row: dict, data: bytes) -> None:
+        self.digest.update(data + b"\n")
+        self.count += 1
+        if self.file is not None:
+            self.file.write(data + b"\n")
+            return
+        self.buffer.append(row)
+        if len(self.buffer) >= self.PARQUET_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.buffer:
+            return
+        if self.writer is None:
+            table = pa.Table.from_pylist(self.buffer)
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        else:
+            try:
+                table = pa.Table.from_pylist(self.buffer, schema=self.writer.schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise ExportError(f"Rows of this export change column types midway ({exc}); use jsonl.") from None
+        self.writer.write_table(table)
+        self.buffer = []
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            return
+        self._flush()
+        if self.writer is None:  # an empty split still gets a readable file
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.table({}), self.path)
+        else:
+            self.writer.close()
+
+
+@dataclass
+class ExportResult:
+    counts: dict[str, int]
+    content_hash: str
+    files: dict[str, Path]
+
+
+def write_export(project: Project, options: "ExportOptions", folder: Path) -> ExportResult:
+    """Stream the export into ``folder``: ``train.<jsonl|parquet>`` and, with a test size, ``test.…``;
+    ``hf`` adds a ``dataset`` folder (``datasets.DatasetDict.save_to_disk``) built from the Parquet files.
+
+    Deduplicates rows (identical but for their id) when ``options.dedupe``, and hashes the canonical bytes of
+    every row split by split: the content hash does not depend on the container.
+    """
+    folder = Path(folder)
+    test_groups = test_prompts(project, options)
+    names = ["train", "test"] if options.test_size else ["train"]
+    writers = {name: _SplitWriter(folder, name, options.container) for name in names}
+    seen: set[bytes] = set()
+    # An export allocates millions of small acyclic dicts and lists; the cyclic garbage collector would scan
+    # them again and again (a third of the run time), while reference counting frees them anyway.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for rows, tables in iter_rows(project, options):
+            gc.collect()  # once per chunk: frees the previous chunk's cycles (pandas has some) at a fixed cost
+            for row in rows:
+                data = canonical(row)
+                if options.dedupe:
+                    key = hashlib.blake2b(canonical({k: v for k, v in row.items() if k != "id"}), digest_size=16).digest()
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                split = "test" if test_groups and _row_prompt_hash(row, tables) in test_groups else "train"
+                writers[split].write(row, data)
+    finally:
+        for writer in writers.values():
+            writer.close()
+        if collecting:
+            gc.enable()
+    digest = hashlib.sha256()
+    for name in sorted(writers):
+        digest.update(f"{name}:{writers[name].digest.hexdigest()}\n".encode())
+    files = {name: writer.path for name, writer in writers.items()}
+    if options.container == "hf":
+        import datasets
+
+        splits = {name: datasets.Dataset.from_parquet(str(path)) if writers[name].count else datasets.Dataset.from_list([]) for name, path in files.items()}
+        datasets.DatasetDict(splits).save_to_disk(str(folder / "dataset"))
+        for path in files.values():
+            path.unlink()
+        files = {name: folder / "dataset" / name for name in files}
+    return ExportResult({name: w.count for name, w in writers.items()}, digest.hexdigest(), files)
+
+
+def build_splits(project: Project, options: "ExportOptions") -> dict[str, list[dict]]:
+    """The export's rows by split, in memory (for small projects and tests)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = write_export(project, ExportOptions.from_dict({**options.to_dict(), "container": "jsonl"}), Path(tmp))
+        return {name: [orjson.loads(line) for line in path.read_bytes().splitlines()] for name, path in result.files.items()}
+
+
+def export_to(project: Project, options: "ExportOptions", out: Path) -> ExportResult:
+    """``export_dataset``: write to ``out`` atomically — a file for one jsonl or parquet split, else a folder
+    (``<split>.<container>`` files, or the DatasetDict folder for hf)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        result = write_export(project, options, tmp)
+        if options.container == "hf":
+            target = tmp / "dataset"
+        elif list(result.files) == ["train"]:
+            target = result.files["train"]
+        else:
+            target = tmp
+        if out.is_dir():
+            shutil.rmtree(out)
+        elif out.exists():
+            out.unlink()
+        os.replace(target, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def create_snapshot(project: Project, options: "ExportOptions", created_by=None) -> tuple[Snapshot, bool]:
+    """Export ``project`` with ``options`` into an immutable snapshot; returns ``(snapshot, created)``.
+
+    If a snapshot of this project with the same options and the same content hash exists, it is returned
+    instead of a second copy. Files are written to a temporary folder and renamed into place only when
+    complete, so a failed export leaves nothing behind.
+    """
+    options.validate()
+    from . import agreement
+
+    last_judgment = Judgment.objects.filter(project=project).order_by("-id").values_list("id", flat=True).first()
+    root = Path(settings.ARTIFACT_ROOT) / "snapshots" / project.slug
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        result = write_export(project, options, tmp)
+        existing = Snapshot.objects.filter(project=project, content_hash=result.content_hash, options=options.to_dict()).first()
+        if existing is not None and existing.folder.is_dir():
+            return existing, False
+        summary = _json_safe(agreement.summary(project))
+        counts = dict(result.counts)
+        counts.update({key: summary.get(key, 0) for key in ("n_judgments", "n_items", "n_annotators")})
+        relative = Path("snapshots") / project.slug / f"{result.content_hash[:16]}-{uuid.uuid4().hex[:8]}"
+        with transaction.atomic():
+            snapshot = Snapshot.objects.create(
+                project=project, options=options.to_dict(), content_hash=result.content_hash, path=str(relative),
+                counts=counts, agreement=summary, license=options.license, last_judgment_id=last_judgment,
+                created_by=created_by,
+            )  # fmt: skip
+            (tmp / "README.md").write_text(dataset_card(snapshot), encoding="utf-8")
+            os.replace(tmp, Path(settings.ARTIFACT_ROOT) / relative)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return snapshot, True
+
+
+def _json_safe(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def snapshot_files(snapshot: Snapshot) -> dict[str, str]:
+    """Split name → path of its data (a file, or a folder for hf)."""
+    container = snapshot.options["container"]
+    names = list(snapshot.split_counts)
+    if container == "hf":
+        return {name: str(snapshot.folder / "dataset" / name) for name in names}
+    return {name: str(snapshot.folder / f"{name}.{container}") for name in names}
+
+
+def dataset_card(snapshot: Snapshot) -> str:
+    """A README.md whose YAML front matter the Hugging Face hub reads, with the snapshot's provenance."""
+    project, options = snapshot.project, snapshot.options
+    splits = list(snapshot.split_counts)
+    lines = ["---", f"license: {snapshot.license or 'other'}", f"pretty_name: {project.name} ({options['format']})"]
+    lines += ["tags:", "- arbiter", "- preference", "- rlhf", f"- {options['format']}"]
+    if options["container"] != "hf":
+        lines += ["configs:", "- config_name: default", "  data_files:"]
+        for name in splits:
+            lines += [f"  - split: {name}", f"    path: {name}.{options['container']}"]
+    lines += ["---", "", f"# {project.name}: {options['format']} snapshot {snapshot.pk}", ""]
+    lines += [
+        f"Exported by Arbiter from project `{project.slug}` ({project.kind}, overlap {project.overlap}) on "
+        f"{snapshot.created_at:%Y-%m-%d %H:%M} UTC.",
+        "",
+        f"- content hash (sha256 over the canonical rows, split by split): `{snapshot.content_hash}`",
+        "- rows: " + ", ".join(f"{name} {snapshot.counts[name]}" for name in splits),
+        f"- judgments: {snapshot.counts.get('n_judgments')}, items: {snapshot.counts.get('n_items')}, "
+        f"annotators: {snapshot.counts.get('n_annotators')} (pseudonymous)",
+        f"- percent agreement: {snapshot.agreement.get('percent_agreement')}",
+        f"- newest judgment included: {snapshot.last_judgment_id}",
+        "",
+        "## Options",
+        "",
+        "```json",
+        json.dumps(options, indent=2, sort_keys=True),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,428 @@
+"""Browser forms: parsing and per-field messages. Writes happen in ``annotate.actions``.
+
+Each kind's answer form turns the posted fields into exactly the payload of docs/task-kinds.md
+(:meth:`JudgmentForm.payload`), which ``actions.record_judgment`` checks again like any API body. The forms
+also describe their own layout (``rows()``), so the templates need no logic beyond loops.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from django import forms
+
+from .judgments import CHOICES, STRENGTH_LABELS
+from .models import Flag, Kind, Project, Response, Role, Task
+
+MAX_TEXT = 20_000
+CHOICE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both bad"}
+STEP_LABELS = [("positive", "Positive", "+"), ("neutral", "Neutral", "0"), ("negative", "Negative", "−")]
+# Keys for the n-th value of a rating scale (the 10th is 0); larger scales are mouse-only past that.
+SCALE_KEYS = "1234567890"
+
+
+@dataclass
+class Option:
+    """One radio button as the template draws it: value, label and the keys arbiter.js maps to it."""
+
+    value: str
+    label: str
+    keys: str = ""  # space-separated, e.g. "1 +"
+    key_shown: str = ""
+
+
+@dataclass
+class Group:
+    """A radio group (a "cell" the keyboard moves through): a bound field and its options."""
+
+    field: forms.BoundField
+    options: list[Option]
+    title: str = ""
+    text: str = ""  # the step text, for steps
+
+    @property
+    def value(self) -> str:
+        value = self.field.value()
+        return "" if value is None else str(value)
+
+
+@dataclass
+class Shown:
+    """A response as shown to this annotator: its screen label ("A", "1"...) and what goes with it."""
+
+    label: str
+    response: Response
+    groups: list[Group] = field(default_factory=list)
+    rank: forms.BoundField | None = None
+
+
+def shown_responses(task: Task) -> list[tuple[str, Response]]:
+    """The task's responses in display order, labelled A/B for pairwise and 1..K otherwise."""
+    responses = {r.id: r for r in task.item.responses.all()}
+    labels = "AB" if task.project.kind == Kind.PAIRWISE else [str(n) for n in range(1, 10)]
+    return [(label, responses[rid]) for label, rid in zip(labels, task.display_order) if rid in responses]
+
+
+class JudgmentForm(forms.Form):
+    """Fields every kind has; subclasses add theirs in ``add_fields`` and build the payload."""
+
+    idempotency_key = forms.CharField(max_length=100, widget=forms.HiddenInput)
+    duration_ms = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
+    has_rationale = True
+
+    def __init__(self, task: Task, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.task = task
+        self.project: Project = task.project
+        self.shown = shown_responses(task)
+        if self.has_rationale:
+            self.fields["rationale"] = forms.CharField(
+                required=False, max_length=MAX_TEXT, widget=forms.Textarea(attrs={"rows": 2})
+            )
+        self.add_fields()
+
+    def add_fields(self) -> None:
+        pass
+
+    def answer(self) -> dict:
+        raise NotImplementedError
+
+    def payload(self) -> dict:
+        """The body ``record_judgment`` takes (docs/task-kinds.md), without the idempotency key."""
+        data = self.cleaned_data
+        payload = self.answer()
+        if self.has_rationale:
+            payload["rationale"] = data.get("rationale") or ""
+        payload["duration_ms"] = data.get("duration_ms")
+        return payload
+
+
+class PairwiseForm(JudgmentForm):
+    """``{"choice", "strength"?, "criteria"?: {criterion: choice}, "demonstration"?}``."""
+
+    def add_fields(self):
+        self.fields["choice"] = forms.ChoiceField(choices=[(c, CHOICE_LABELS[c]) for c in CHOICES], widget=forms.RadioSelect)
+        self.fields["strength"] = forms.TypedChoiceField(
+            choices=[(str(k), v) for k, v in STRENGTH_LABELS.items()],
+            coerce=int,
+            required=False,
+            empty_value=None,
+            widget=forms.RadioSelect,
+        )
+        for i, criterion in enumerate(self.project.criteria):
+            self.fields[f"criterion_{i}"] = forms.ChoiceField(
+                label=criterion,
+                choices=[(c, CHOICE_LABELS[c]) for c in CHOICES],
+                widget=forms.RadioSelect,
+                error_messages={"required": f"Choose for {criterion} too."},
+            )
+        self.fields["demonstration"] = forms.CharField(
+            required=False, max_length=MAX_TEXT, widget=forms.Textarea(attrs={"rows": 5})
+        )
+
+    def clean(self):
+        data = super().clean()
+        if data.get("choice") in ("A", "B") and data.get("strength") is None:
+            self.add_error("strength", "Say how much better the response is.")
+        return data
+
+    def answer(self) -> dict:
+        data = self.cleaned_data
+        answer: dict = {"choice": data["choice"]}
+        if data.get("strength") is not None:
+            answer["strength"] = data["strength"]
+        if self.project.criteria:
+            answer["criteria"] = {c: data[f"criterion_{i}"] for i, c in enumerate(self.project.criteria)}
+        # "Write a better one" only means something when both responses are bad.
+        if data["choice"] == "both_bad" and data.get("demonstration", "").strip():
+            answer["demonstration"] = data["demonstration"]
+        return answer
+
+    def criteria_rows(self) -> list[Group]:
+        options = [Option(c, CHOICE_LABELS[c], str(n), str(n)) for n, c in enumerate(CHOICES, start=1)]
+        return [
+            Group(self[f"criterion_{i}"], options, title=criterion) for i, criterion in enumerate(self.project.criteria)
+        ]
+
+
+class RankingForm(JudgmentForm):
+    """A rank select per response → ``{"ranking": [id, [id, id], id, ...]}`` best first (lists are ties)."""
+
+    def add_fields(self):
+        k = len(self.shown)
+        for label, response in self.shown:
+            self.fields[f"rank_{response.id}"] = forms.TypedChoiceField(
+                choices=[("", "—")] + [(str(n), str(n)) for n in range(1, k + 1)],
+                coerce=int,
+                widget=forms.Select(attrs={"class": "rank", "aria-label": f"Rank of response {label}"}),
+                error_messages={"required": "Give every response a rank."},
+            )
+
+    def clean(self):
+        data = super().clean()
+        ranks = [data.get(f"rank_{r.id}") for _, r in self.shown]
+        repeated = sorted(rank for rank, n in Counter(r for r in ranks if r is not None).items() if n > 1)
+        if repeated and not self.project.allow_ties:
+            self.add_error(
+                None,
+                f"Each response needs its own rank (rank {', '.join(map(str, repeated))} is given more than once); "
+                "this project does not allow ties.",
+            )
+        return data
+
+    def answer(self) -> dict:
+        groups: dict[int, list[int]] = {}
+        for _, response in self.shown:  # display order inside a tie
+            groups.setdefault(self.cleaned_data[f"rank_{response.id}"], []).append(response.id)
+        ranking = [ids[0] if len(ids) == 1 else ids for _, ids in sorted(groups.items())]
+        return {"ranking": ranking}
+
+    def rows(self) -> list[Shown]:
+        return [Shown(label, response, rank=self[f"rank_{response.id}"]) for label, response in self.shown]
+
+
+class RatingForm(JudgmentForm):
+    """A score per response × criterion → ``{"ratings": {"<id>": {criterion: score}}}``."""
+
+    def add_fields(self):
+        self.values = {str(v): v for v in self.project.scale_values}
+        for _, response in self.shown:
+            for i, criterion in enumerate(self.project.rating_criteria):
+                self.fields[f"rating_{response.id}_{i}"] = forms.ChoiceField(
+                    label=criterion,
+                    choices=[(key, key) for key in self.values],
+                    widget=forms.RadioSelect,
+                    error_messages={"required": f"Rate {criterion}."},
+                )
+
+    def answer(self) -> dict:
+        ratings = {
+            str(response.id): {
+                criterion: self.values[self.cleaned_data[f"rating_{response.id}_{i}"]]
+                for i, criterion in enumerate(self.project.rating_criteria)
+            }
+            for _, response in self.shown
+        }
+        return {"ratings": ratings}
+
+    def scale_options(self) -> list[Option]:
+        keys = SCALE_KEYS if len(self.values) <= len(SCALE_KEYS) else SCALE_KEYS[:9]
+        return [
+            Option(value, value, keys[n] if n < len(keys) else "", keys[n] if n < len(keys) else "")
+            for n, value in enumerate(self.values)
+        ]
+
+    @property
+    def keys_are_scores(self) -> bool:
+        """A scale like 1-7, where key n gives score n: the keys need no legend."""
+        return all(option.key_shown == option.value for option in self.scale_options())
+
+    def rows(self) -> list[Shown]:
+        options = self.scale_options()
+        return [
+            Shown(
+                label,
+                response,
+                groups=[
+                    Group(self[f"rating_{response.id}_{i}"], options, title=criterion)
+                    for i, criterion in enumerate(self.project.rating_criteria)
+                ],
+            )
+            for label, response in self.shown
+        ]
+
+
+class StepsForm(JudgmentForm):
+    """A label per step of every response → ``{"steps": {"<id>": [labels]}}`` (a plain list for one response)."""
+
+    def add_fields(self):
+        self.steps = {response.id: self.project.split_steps(response.text) for _, response in self.shown}
+        for response_id, steps in self.steps.items():
+            for j in range(len(steps)):
+                self.fields[f"step_{response_id}_{j}"] = forms.ChoiceField(
+                    choices=[(value, label) for value, label, _ in STEP_LABELS],
+                    widget=forms.RadioSelect,
+                    error_messages={"required": "Label every step."},
+                )
+
+    def answer(self) -> dict:
+        labels = {
+            str(response_id): [self.cleaned_data[f"step_{response_id}_{j}"] for j in range(len(steps))]
+            for response_id, steps in self.steps.items()
+        }
+        if len(labels) == 1:
+            return {"steps": next(iter(labels.values()))}
+        return {"steps": labels}
+
+    def rows(self) -> list[Shown]:
+        options = [
+            Option(value, label, f"{n} {sign if sign != '−' else '-'}", f"{n}")
+            for n, (value, label, sign) in enumerate(STEP_LABELS, start=1)
+        ]
+        return [
+            Shown(
+                label,
+                response,
+                groups=[
+                    Group(self[f"step_{response.id}_{j}"], options, title=f"Step {j + 1}", text=step)
+                    for j, step in enumerate(self.steps[response.id])
+                ],
+            )
+            for label, response in self.shown
+        ]
+
+
+class DemonstrationForm(JudgmentForm):
+    """The ideal response → ``{"text", "based_on"?: id of the response it was edited from}``."""
+
+    has_rationale = False
+
+    def add_fields(self):
+        self.fields["text"] = forms.CharField(
+            max_length=MAX_TEXT,
+            widget=forms.Textarea(attrs={"rows": 12, "class": "demonstration-text"}),
+            error_messages={"required": "Write the response (or start from one of those shown)."},
+        )
+        self.fields["based_on"] = forms.TypedChoiceField(
+            choices=[("", "Nothing: written from scratch")]
+            + [(str(r.id), f"Response {label}") for label, r in self.shown],
+            coerce=int,
+            required=False,
+            empty_value=None,
+        )
+
+    def answer(self) -> dict:
+        answer: dict = {"text": self.cleaned_data["text"]}
+        if self.cleaned_data.get("based_on") is not None:
+            answer["based_on"] = self.cleaned_data["based_on"]
+        return answer
+
+    def rows(self) -> list[Shown]:
+        return [Shown(label, response) for label, response in self.shown]
+
+
+FORMS: dict[str, type[JudgmentForm]] = {
+    Kind.PAIRWISE: PairwiseForm,
+    Kind.RANKING: RankingForm,
+    Kind.RATING: RatingForm,
+    Kind.STEPS: StepsForm,
+    Kind.DEMONSTRATION: DemonstrationForm,
+}
+
+
+def judgment_form(task: Task, data=None, initial=None) -> JudgmentForm:
+    """The answer form of the task's project kind, bound to ``data`` when given."""
+    return FORMS[task.project.kind](task, data=data, initial=initial)
+
+
+class SkipForm(forms.Form):
+    reason = forms.CharField(max_length=500, error_messages={"required": "Say why you skip this item."})
+
+
+class FlagForm(forms.Form):
+    category = forms.ChoiceField(
+        choices=Flag.Category.choices, widget=forms.RadioSelect, error_messages={"required": "Choose what is wrong."}
+    )
+    note = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
+
+
+class ProjectForm(forms.ModelForm):
+    criteria_text = forms.CharField(
+        label="Criteria",
+        required=False,
+        help_text="Comma-separated, e.g. helpfulness,harmlessness (pairwise and rating); empty for one overall judgment.",
+    )
+    scale_text = forms.CharField(
+        label="Scale",
+        required=False,
+        help_text="Rating projects: a range like 1-7 (the default) or labels like safe,unsafe,unsure.",
+    )
+
+    class Meta:
+        model = Project
+        fields = ["slug", "name", "kind", "overlap", "instructions", "randomize_order", "allow_ties", "step_separator"]
+        widgets = {"instructions": forms.Textarea(attrs={"rows": 4})}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["name"].required = False
+        self.fields["step_separator"].strip = False
+
+    def clean_criteria_text(self) -> list[str]:
+        names = [c.strip() for c in self.cleaned_data["criteria_text"].split(",") if c.strip()]
+        if len(set(names)) != len(names):
+            raise forms.ValidationError("Criteria must be distinct.")
+        return names
+
+    def clean_scale_text(self) -> dict:
+        text = self.cleaned_data["scale_text"].strip()
+        if not text:
+            return {}
+        low, sep, high = text.partition("-")
+        if sep and low.strip().lstrip("-").isdigit() and high.strip().isdigit():
+            low, high = int(low), int(high)
+            if low >= high:
+                raise forms.ValidationError("A numeric scale goes from a lower to a higher integer, e.g. 1-7.")
+            return {"min": low, "max": high}
+        labels = [label.strip() for label in text.split(",") if label.strip()]
+        if len(labels) < 2 or len(set(labels)) != len(labels):
+            raise forms.ValidationError("Give a range like 1-7 or at least two distinct labels, comma-separated.")
+        return {"labels": labels}
+
+    def clean(self):
+        data = super().clean()
+        data["criteria"] = data.pop("criteria_text", [])
+        data["scale"] = data.pop("scale_text", {})
+        if not data.get("step_separator"):
+            data["step_separator"] = "\n"
+        return data
+
+
+class ImportForm(forms.Form):
+    file = forms.FileField(help_text="JSONL, CSV or Parquet.")
+
+
+class MemberForm(forms.Form):
+    username = forms.RegexField(regex=r"^[\w.@+-]{1,150}$", max_length=150)
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class ExportForm(forms.Form):
+    """The export options a researcher picks on the project page (``annotate.exports.ExportOptions``)."""
+
+    format = forms.ChoiceField()
+    aggregate = forms.ChoiceField(
+        choices=[("majority", "Majority vote"), ("dawid-skene", "Dawid-Skene"), ("bradley-terry", "Bradley-Terry (ties, skill, position)"), ("none", "Every vote")],
+        initial="majority",
+        required=False,
+    )
+    ties = forms.ChoiceField(choices=[("drop", "Drop ties"), ("keep", "Keep ties as rows")], initial="drop", required=False)
+    min_agreement = forms.FloatField(min_value=0, max_value=1, initial=0, required=False)
+    test_size = forms.FloatField(min_value=0, max_value=0.9, initial=0.1, required=False, help_text="Snapshots: share of prompts in the test split.")
+    seed = forms.IntegerField(initial=0, required=False)
+    container = forms.ChoiceField(choices=[("jsonl", "JSONL"), ("parquet", "Parquet"), ("hf", "datasets (save_to_disk)")], initial="jsonl", required=False)
+    license = forms.CharField(max_length=100, required=False)
+
+    def __init__(self, project: Project, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from .exports import KIND_FORMATS
+
+        self.fields["format"].choices = [(f, f) for f in sorted(KIND_FORMATS[project.kind])]
+
+    def options(self, **overrides):
+        from .exports import ExportOptions
+
+        data = {k: v for k, v in self.cleaned_data.items() if v not in (None, "")}
+        return ExportOptions.from_dict({**data, **overrides})
+
+
+class ProjectSettingsForm(forms.ModelForm):
+    """What a researcher may change on a running project: instructions, gold items, qualification, review."""
+
+    class Meta:
+        from .models import SETTINGS_FIELDS
+
+        model = Project
+        fields = SETTINGS_FIELDS
+        widgets = {"instructions": forms.Textarea(attrs={"rows": 4})}

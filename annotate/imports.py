@@ -1,0 +1,366 @@
+"""Parsing import files into items and votes, all-or-nothing, with line-numbered errors.
+
+Nothing here writes to the database: :func:`parse_items` and :func:`parse_votes` read a whole file and
+either return every row or raise :class:`ImportFailed` listing the bad rows. ``actions.import_items`` and
+``actions.import_judgments`` then write the rows in one transaction.
+
+Accepted item rows (JSONL objects, Parquet rows, CSV rows):
+
+- Arbiter rows: ``{"prompt": "text" or [{"role", "content"}, ...], "responses": ["text", ...] or
+  [{"text", "model", "metadata"?}, ...], "id"?: external id, "metadata"?: {}, "gold"?: {...}}``
+- TRL preference rows: ``{"prompt", "chosen", "rejected"}`` (strings or message lists).
+- Anthropic HH rows: ``{"chosen", "rejected"}``, each a whole ``\\n\\nHuman: ...\\n\\nAssistant: ...`` transcript.
+
+CSV columns: ``prompt`` (text, or a JSON message list), then either ``responses`` (a JSON list) or
+``response_1``, ``response_2``, ... (``response_a``/``response_b`` also work), optional ``model_1``, ...,
+``id``, ``metadata`` (JSON) and ``gold`` (JSON); TRL (``prompt,chosen,rejected``) and HH (``chosen,rejected``)
+columns work too.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from django.conf import settings
+
+from .models import RESPONSES_PER_KIND, content_hash
+
+ROLES = {"system", "user", "assistant"}
+MAX_ERRORS_REPORTED = 50
+FORMATS = ("jsonl", "csv", "parquet")
+
+
+class ImportFailed(ValueError):
+    """The whole file is refused. ``errors`` is a list of ``(line, message)``; line 0 is the file itself."""
+
+    def __init__(self, errors: list[tuple[int, str]]):
+        self.errors = errors
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        shown = [f"line {line}: {msg}" if line else msg for line, msg in self.errors[:MAX_ERRORS_REPORTED]]
+        more = len(self.errors) - MAX_ERRORS_REPORTED
+        if more > 0:
+            shown.append(f"... and {more} more errors")
+        return "Import refused, nothing was imported.\n" + "\n".join(shown)
+
+
+class RowError(ValueError):
+    pass
+
+
+@dataclass
+class ParsedItem:
+    line: int
+    prompt: list[dict]
+    responses: list[dict]  # {"text", "model", "metadata"}
+    external_id: str | None = None
+    metadata: dict = field(default_factory=dict)
+    gold: Any = None
+    purpose: str = "normal"
+
+    @property
+    def content_hash(self) -> str:
+        return content_hash(self.prompt, [r["text"] for r in self.responses])
+
+
+@dataclass
+class ParsedVote:
+    line: int
+    item: str
+    annotator: str
+    payload: dict
+
+
+def detect_format(filename: str, explicit: str | None = None) -> str:
+    if explicit:
+        fmt = explicit.lower().lstrip(".")
+    else:
+        name = filename.lower()
+        fmt = name.rsplit(".", 1)[-1] if "." in name else ""
+        fmt = {"json": "jsonl", "ndjson": "jsonl", "pq": "parquet"}.get(fmt, fmt)
+    if fmt not in FORMATS:
+        raise ImportFailed([(0, f"Unknown file format {fmt!r}: use .jsonl, .csv or .parquet.")])
+    return fmt
+
+
+# --- reading rows ---------------------------------------------------------------------------------
+
+
+def iter_rows(data: bytes, fmt: str) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line number, row)``; a row that cannot be read at all is yielded as a RowError."""
+    if len(data) > settings.ARBITER_IMPORT_MAX_BYTES:
+        raise ImportFailed([(0, f"The file is larger than the limit of {settings.ARBITER_IMPORT_MAX_BYTES} bytes.")])
+    if fmt == "parquet":
+        yield from _parquet_rows(data)
+        return
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ImportFailed([(line, "the file is not valid UTF-8.")]) from None
+    if fmt == "jsonl":
+        yield from _jsonl_rows(text)
+    else:
+        yield from _csv_rows(text)
+
+
+def _jsonl_rows(text: str) -> Iterator[tuple[int, Any]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, RowError(f"invalid JSON ({exc.msg} at column {exc.colno}).")
+        except RecursionError:
+            yield number, RowError("invalid JSON (nested too deeply).")
+
+
+def _csv_rows(text: str) -> Iterator[tuple[int, Any]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames:
+        return
+    try:
+        for row in reader:
+            if None in row:
+                yield reader.line_num, RowError("more fields than the header has.")
+                continue
+            yield reader.line_num, {k.strip(): v for k, v in row.items() if k is not None}
+    except csv.Error as exc:
+        raise ImportFailed([(reader.line_num, f"CSV error: {exc}")]) from None
+
+
+def _parquet_rows(data: bytes) -> Iterator[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise ImportFailed([(0, f"Not a readable Parquet file: {exc}")]) from None
+    for number, row in enumerate(table.to_pylist(), start=1):
+        yield number, row
+
+
+# --- item rows ------------------------------------------------------------------------------------
+
+# CSV columns that may hold JSON (a message list, a list of responses, an object); others are plain text.
+CSV_JSON_COLUMNS = {"prompt", "responses", "chosen", "rejected", "metadata", "gold"}
+HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def parse_hh_transcript(text: str) -> list[dict]:
+    """``"\\n\\nHuman: hi\\n\\nAssistant: hello"`` → chat messages."""
+    if not isinstance(text, str):
+        raise RowError("an HH transcript must be text.")
+    parts = HH_TURN.split(text if text.startswith("\n\n") else "\n\n" + text)
+    if parts[0].strip() or len(parts) < 3:
+        raise RowError('an HH transcript must consist of "\\n\\nHuman: ..." and "\\n\\nAssistant: ..." turns.')
+    messages = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        messages.append({"role": "user" if speaker == "Human" else "assistant", "content": content})
+    return messages
+
+
+def _maybe_json(value: Any, name: str) -> Any:
+    """CSV cells hold JSON for structured columns; a cell that does not look like JSON stays text."""
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RowError(f"{name} is not valid JSON ({exc.msg}).") from None
+    return value
+
+
+def normalize_messages(value: Any, name: str = "prompt") -> list[dict]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise RowError(f"{name} is empty.")
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise RowError(f"{name} must be text or a non-empty list of messages.")
+    messages = []
+    for position, message in enumerate(value, start=1):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise RowError(f'{name} message {position} must be an object with "role" and text "content".')
+        if message.get("role") not in ROLES:
+            raise RowError(f"{name} message {position} has role {message.get('role')!r}; use system, user or assistant.")
+        messages.append({"role": message["role"], "content": message["content"]})
+    return messages
+
+
+def _response(value: Any, position: int) -> dict:
+    if isinstance(value, str):
+        return {"text": value, "model": "", "metadata": {}}
+    if isinstance(value, list):  # TRL conversational completion: the assistant's message(s)
+        messages = normalize_messages(value, f"response {position}")
+        return {"text": "\n\n".join(m["content"] for m in messages), "model": "", "metadata": {}}
+    if isinstance(value, dict) and isinstance(value.get("text"), str):
+        model = value.get("model") or ""
+        metadata = value.get("metadata") or {}
+        if not isinstance(model, str) or not isinstance(metadata, dict):
+            raise RowError(f'response {position}: "model" must be text and "metadata" an object.')
+        return {"text": value["text"], "model": model, "metadata": metadata}
+    raise RowError(f'response {position} must be text or an object with "text".')
+
+
+def _split_hh_pair(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], str, str]:
+    """HH rows repeat the conversation in both texts and differ in the last assistant turn."""
+    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        raise RowError("an HH transcript must end with an Assistant turn.")
+    if chosen[:-1] != rejected[:-1]:
+        raise RowError("the chosen and rejected HH transcripts must share everything but the last Assistant turn.")
+    return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
+
+
+def parse_item_row(row: Any, line: int, from_csv: bool = False) -> ParsedItem:
+    """One item row. CSV cells are text, so structured CSV columns (a message list, metadata) hold JSON;
+    in JSONL and Parquet a string is always just text, even one that starts with "[" or "{"."""
+    if not isinstance(row, dict):
+        raise RowError("each row must be a JSON object.")
+    row = {k: v for k, v in row.items() if v is not None and v != ""}
+    if from_csv:
+        row = {k: _maybe_json(v, k) if k in CSV_JSON_COLUMNS else v for k, v in row.items()}
+    metadata = row.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise RowError("metadata must be an object.")
+    gold = row.get("gold")
+
+    if "responses" in row or any(k.startswith("response_") for k in row):
+        if "prompt" not in row:
+            raise RowError('"prompt" is missing or empty.')
+        prompt = normalize_messages(row["prompt"])
+        if "responses" in row:
+            raw = row["responses"]
+            if not isinstance(raw, list):
+                raise RowError("responses must be a list.")
+            responses = [_response(value, i + 1) for i, value in enumerate(raw)]
+        else:
+            responses = _csv_responses(row)
+    elif "chosen" in row and "rejected" in row:
+        chosen, rejected = row["chosen"], row["rejected"]
+        if "prompt" in row:  # TRL preference row
+            prompt = normalize_messages(row["prompt"])
+            responses = [_response(chosen, 1), _response(rejected, 2)]
+        else:  # Anthropic HH row
+            prompt, chosen_text, rejected_text = _split_hh_pair(parse_hh_transcript(chosen), parse_hh_transcript(rejected))
+            if not prompt:
+                raise RowError("an HH transcript must start with a Human turn.")
+            responses = [_response(chosen_text, 1), _response(rejected_text, 2)]
+        # The preference given in the file is kept out of sight of annotators, for comparison later.
+        metadata = {**metadata, "source_preference": {"chosen": 0, "rejected": 1}}
+    else:
+        raise RowError('a row needs "prompt" and "responses" (or TRL "prompt"/"chosen"/"rejected", or HH "chosen"/"rejected").')
+
+    for position, response in enumerate(responses, start=1):
+        if not response["text"].strip():
+            raise RowError(f"response {position} is empty.")
+    purpose = row.get("purpose", "normal")
+    if purpose not in ("normal", "gold", "qualification"):
+        raise RowError('purpose must be "normal", "gold" or "qualification".')
+    if purpose != "normal" and gold is None:
+        raise RowError(f'a {purpose} item needs "gold": the researcher\'s answer.')
+    if gold is not None and not isinstance(gold, dict):
+        raise RowError('gold must be an object written like a vote, e.g. {"winner": 0}.')
+    external_id = row.get("id")
+    if external_id is not None:
+        if isinstance(external_id, bool) or not isinstance(external_id, (str, int)):
+            raise RowError("id must be text or an integer.")
+        external_id = str(external_id)
+        if not external_id.strip() or len(external_id) > 200:
+            raise RowError("id must be 1 to 200 characters.")
+    return ParsedItem(line, prompt, responses, external_id, metadata, gold, purpose)
+
+
+def _csv_responses(row: dict) -> list[dict]:
+    keys = [k for k in row if k.startswith("response_")]
+
+    def order(key: str) -> int:
+        suffix = key[len("response_") :]
+        if suffix.isdigit():
+            return int(suffix)
+        if len(suffix) == 1 and suffix.isalpha():
+            return ord(suffix.lower()) - ord("a") + 1
+        raise RowError(f"unknown column {key!r}: use response_1, response_2, ... or response_a, response_b.")
+
+    responses = []
+    for key in sorted(keys, key=order):
+        suffix = key[len("response_") :]
+        model = row.get(f"model_{suffix}", "")
+        responses.append({"text": str(row[key]), "model": str(model), "metadata": {}})
+    return responses
+
+
+def parse_items(data: bytes, fmt: str, kind: str) -> list[ParsedItem]:
+    """Read every row of an item file, or raise :class:`ImportFailed` naming each bad line."""
+    low, high = RESPONSES_PER_KIND[kind]
+    items: list[ParsedItem] = []
+    errors: list[tuple[int, str]] = []
+    seen_ids: dict[str, int] = {}
+    for line, row in iter_rows(data, fmt):
+        if len(items) + len(errors) >= settings.ARBITER_IMPORT_MAX_ROWS:
+            raise ImportFailed([(line, f"more than the limit of {settings.ARBITER_IMPORT_MAX_ROWS} rows.")])
+        try:
+            if isinstance(row, RowError):
+                raise row
+            item = parse_item_row(row, line, from_csv=fmt == "csv")
+            if not low <= len(item.responses) <= high:
+                wanted = f"exactly {low}" if low == high else f"{low} to {high}"
+                raise RowError(f"{kind} projects need {wanted} responses per item; this row has {len(item.responses)}.")
+            if item.external_id is not None:
+                if item.external_id in seen_ids:
+                    raise RowError(f"id {item.external_id!r} is already used on line {seen_ids[item.external_id]}.")
+                seen_ids[item.external_id] = line
+            items.append(item)
+        except RowError as exc:
+            errors.append((line, str(exc)))
+    if errors:
+        raise ImportFailed(errors)
+    if not items:
+        raise ImportFailed([(0, "The file has no rows.")])
+    return items
+
+
+# --- vote rows ------------------------------------------------------------------------------------
+
+
+def parse_votes(data: bytes, fmt: str) -> list[ParsedVote]:
+    """Read every vote row: ``{"item": external id, "annotator": name, ...kind-specific fields}``."""
+    votes: list[ParsedVote] = []
+    errors: list[tuple[int, str]] = []
+    for line, row in iter_rows(data, fmt):
+        if len(votes) + len(errors) >= settings.ARBITER_IMPORT_MAX_ROWS:
+            raise ImportFailed([(line, f"more than the limit of {settings.ARBITER_IMPORT_MAX_ROWS} rows.")])
+        if isinstance(row, RowError):
+            errors.append((line, str(row)))
+            continue
+        if not isinstance(row, dict):
+            errors.append((line, "each row must be a JSON object."))
+            continue
+        row = {k: _maybe_json(v, k) if fmt == "csv" else v for k, v in row.items()}
+        item, annotator = row.get("item"), row.get("annotator")
+        if isinstance(item, int) and not isinstance(item, bool):
+            item = str(item)
+        if not isinstance(item, str) or not item:
+            errors.append((line, 'missing "item" (the external id of an imported item).'))
+            continue
+        if not isinstance(annotator, str) or not re.fullmatch(r"[\w.@+-]{1,150}", annotator):
+            errors.append((line, '"annotator" must be a user name (letters, digits and @.+-_).'))
+            continue
+        if fmt == "csv" and row.get("winner") in ("", "null", "tie"):
+            row["winner"] = None
+        elif fmt == "csv" and isinstance(row.get("winner"), str) and row["winner"].isdigit():
+            row["winner"] = int(row["winner"])
+        payload = {k: v for k, v in row.items() if k not in ("item", "annotator")}
+        votes.append(ParsedVote(line, item, annotator, payload))
+    if errors:
+        raise ImportFailed(errors)
+    if not votes:
+        raise ImportFailed([(0, "The file has no rows.")])
+    return votes

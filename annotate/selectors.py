@@ -1,0 +1,157 @@
+"""Reads for pages and the API: progress and lists. Pure reads, no writes."""
+
+from __future__ import annotations
+
+from django.db.models import Count, Q, Sum
+
+from .models import Item, Judgment, Membership, Project, Task
+
+
+def project_progress(project: Project) -> dict:
+    """Counts a researcher watches: items, how many are fully judged, judgments, open leases."""
+    items = Item.objects.filter(project=project, purpose=Item.Purpose.NORMAL).aggregate(
+        n=Count("id"),
+        complete=Count("id", filter=Q(n_judgments__gte=project.overlap)),
+        judged=Sum("n_judgments"),
+    )
+    leased = Task.objects.filter(project=project, status=Task.Status.LEASED).count()
+    n = items["n"] or 0
+    needed = n * project.overlap
+    judged = min(items["judged"] or 0, needed) if needed else 0
+    return {
+        "items": n,
+        "items_complete": items["complete"] or 0,
+        "judgments": Judgment.objects.filter(project=project, is_current=True).count(),
+        "leased": leased,
+        "percent": round(100 * judged / needed, 1) if needed else 0.0,
+    }
+
+
+def annotator_progress(project: Project, user) -> dict:
+    done = Task.objects.filter(project=project, annotator=user, status=Task.Status.DONE).count()
+    return {"done": done}
+
+
+def annotator_table(project: Project) -> list[dict]:
+    """Per member: role, pseudonym and how many judgments they made."""
+    members = Membership.objects.filter(project=project).select_related("user").order_by("role", "user__username")
+    counts = dict(
+        Judgment.objects.filter(project=project, is_current=True)
+        .values("annotator_id")
+        .annotate(n=Count("id"))
+        .values_list("annotator_id", "n")
+    )
+    return [{"membership": m, "judgments": counts.get(m.user_id, 0)} for m in members]
+
+
+GOLD_WINDOW = 20  # rolling gold accuracy: the last this many gold answers
+
+
+def expected_fields(project: Project, item: Item, response_ids: list[int]) -> dict | None:
+    """The researcher's answer of a gold or qualification item as judgment fields, or None without one."""
+    from .judgments import InvalidJudgment, vote_fields
+
+    if item.gold is None:
+        return None
+    try:
+        return vote_fields(project, response_ids, item.gold, dict(item.responses.values_list("id", "text")))
+    except InvalidJudgment:
+        return None
+
+
+def answer_fields(judgment: Judgment) -> dict:
+    return {"outcome": judgment.outcome, "winner_id": judgment.winner_id, "data": judgment.data, "text": judgment.text}
+
+
+def gold_results(project: Project, user, purpose: str = Item.Purpose.GOLD, limit: int | None = None, since=None) -> list[tuple[Judgment, float | None]]:
+    """The annotator's current answers on gold (or qualification) items with their scores, newest first."""
+    from .vetting import gold_score
+
+    judgments = (
+        Judgment.objects.filter(project=project, annotator=user, is_current=True, item__purpose=purpose)
+        .select_related("item")
+        .order_by("-id")
+    )
+    if since is not None:
+        judgments = judgments.filter(created_at__gt=since)
+    if limit:
+        judgments = judgments[:limit]
+    results = []
+    for judgment in judgments:
+        ids = list(judgment.item.responses.order_by("index").values_list("id", flat=True))
+        expected = expected_fields(project, judgment.item, ids)
+        results.append((judgment, None if expected is None else gold_score(project.kind, expected, answer_fields(judgment))))
+    return results
+
+
+def annotator_stats(project: Project, user, since=None):
+    """Gold accuracy, agreement with the others' majority, speed and position bias of one annotator.
+
+    ``since`` (the last change of their status, e.g. a reinstatement) leaves out the work judged before it,
+    so a reinstated annotator starts with a clean record instead of being flagged again at once."""
+    import numpy as np
+
+    from .vetting import MIN_TIMED, AnnotatorStats
+
+    stats = AnnotatorStats()
+    scores = [s for _, s in gold_results(project, user, limit=GOLD_WINDOW, since=since) if s is not None]
+    stats.n_gold = len(scores)
+    stats.gold_accuracy = float(np.mean(scores)) if scores else None
+
+    mine = Judgment.objects.filter(project=project, annotator=user, is_current=True, item__purpose=Item.Purpose.NORMAL)
+    if since is not None:
+        mine = mine.filter(created_at__gt=since)
+    if project.kind == "pairwise":
+        rows = list(mine.values_list("item_id", "outcome", "winner_id", "task__display_order"))
+        labels = {item: (winner if outcome == "win" else outcome) for item, outcome, winner, _ in rows}
+        others: dict[int, list] = {}
+        for item, outcome, winner in Judgment.objects.filter(project=project, is_current=True, item_id__in=labels).exclude(
+            annotator=user
+        ).values_list("item_id", "outcome", "winner_id"):
+            others.setdefault(item, []).append(winner if outcome == "win" else outcome)
+        agree = []
+        for item, votes in others.items():
+            values, counts = np.unique(np.array(votes, dtype=object).astype(str), return_counts=True)
+            if len(votes) >= 2 and (counts == counts.max()).sum() == 1:
+                agree.append(str(labels[item]) == values[counts.argmax()])
+        stats.n_shared = len(agree)
+        stats.majority_agreement = float(np.mean(agree)) if agree else None
+        wins = [(winner, order) for _, outcome, winner, order in rows if outcome == "win"]
+        stats.n_wins = len(wins)
+        stats.n_first = sum(winner == order[0] for winner, order in wins)
+
+    durations = list(mine.exclude(duration_ms=None).values_list("duration_ms", flat=True))
+    if len(durations) >= MIN_TIMED:
+        stats.median_ms = float(np.median(durations))
+        # The project's recent pace: the last 2,000 timed judgments, so review stays cheap on big projects.
+        everyone = list(
+            Judgment.objects.filter(project=project, is_current=True)
+            .exclude(duration_ms=None)
+            .order_by("-id")
+            .values_list("duration_ms", flat=True)[:2000]
+        )
+        stats.project_median_ms = float(np.median(everyone))
+    return stats
+
+
+def gold_feedback(task: Task, judgment: Judgment) -> str | None:
+    """After a missed gold item, when the project asks for it: what the researcher's answer was.
+
+    Only said after the answer is stored, so the annotator cannot use it on that item; it does tell them
+    the item was a check, which is the point of feedback."""
+    from .vetting import gold_score
+
+    project, item = task.project, task.item
+    if not project.gold_feedback or item.purpose != Item.Purpose.GOLD:
+        return None
+    ids = list(item.responses.order_by("index").values_list("id", flat=True))
+    expected = expected_fields(project, item, ids)
+    if expected is None or gold_score(project.kind, expected, answer_fields(judgment)) == 1.0:
+        return None
+    if project.kind == "pairwise":
+        if expected["outcome"] != "win":
+            said = "a tie" if expected["outcome"] == "tie" else "both responses bad"
+        else:
+            said = f"response {'A' if task.display_order[0] == expected['winner_id'] else 'B'} better"
+        return f"This was a check item: the researchers judged {said}."
+    return "This was a check item, and your answer differs from the researchers' answer."

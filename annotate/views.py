@@ -1,0 +1,425 @@
+"""Annotation pages. With htmx a view renders only the fragment that changes; without it, the whole page,
+and every form also works as a plain POST that redirects, so the pages work with JavaScript off."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db import connection
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods, require_POST
+from django_htmx.http import trigger_client_event
+
+from . import actions, dashboard, selectors
+from .actions import Conflict
+from .api.views import can_create_projects
+from .exports import ExportError, canonical, create_snapshot, iter_rows, snapshot_files
+from .forms import ExportForm, ProjectSettingsForm, FlagForm, ImportForm, JudgmentForm, MemberForm, ProjectForm, SkipForm, judgment_form
+from .imports import ImportFailed, detect_format, parse_items
+from .judgments import InvalidJudgment, STRENGTH_LABELS
+from .models import Judgment, Kind, Membership, Role, Task
+from .rendering import word_diff
+from .permissions import require_role, visible_projects
+
+
+@never_cache
+def healthz(request):
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception:
+        return JsonResponse({"status": "unavailable"}, status=503)
+    return JsonResponse({"status": "ok"})
+
+
+@login_required
+def home(request):
+    memberships = {m.project_id: m.role for m in Membership.objects.filter(user=request.user)}
+    projects = [(p, memberships.get(p.id, Role.ADMIN)) for p in visible_projects(request.user)]
+    return render(request, "annotate/home.html", {"projects": projects, "can_create": can_create_projects(request.user)})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_new(request):
+    if not can_create_projects(request.user):
+        raise PermissionDenied("Only researchers and admins create projects.")
+    form = ProjectForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        project = actions.create_project(created_by=request.user, **form.cleaned_data)
+        messages.success(request, f"Project {project.slug} created.")
+        return redirect("project", slug=project.slug)
+    return render(request, "annotate/project_new.html", {"form": form})
+
+
+@login_required
+def project_detail(request, slug):
+    project, membership = require_role(request.user, slug)
+    context = {"project": project, "membership": membership, "mine": selectors.annotator_progress(project, request.user)}
+    if membership.has_role(Role.RESEARCHER):
+        context.update(
+            progress=selectors.project_progress(project),
+            agreement=dashboard.cached_summary(project),
+            import_form=ImportForm(),
+            export_form=ExportForm(project),
+            snapshots=project.snapshots.all()[:20],
+        )
+    return render(request, "annotate/project.html", context)
+
+
+# --- annotating -----------------------------------------------------------------------------------
+
+
+# The keys shown on screen and handled by static/arbiter/arbiter.js.
+CHOICE_KEYS = [("A", "A is better", "1"), ("B", "B is better", "2"), ("tie", "Tie", "3"), ("both_bad", "Both bad", "4")]
+STRENGTH_KEYS = [(value, label, key) for (value, label), key in zip(STRENGTH_LABELS.items(), "qwer")]
+SKIP_REASONS = [
+    "I cannot judge this topic",
+    "The prompt or responses are unreadable",
+    "I need more context",
+    "It would take too long",
+]
+
+
+def _task_context(task: Task | None, form: JudgmentForm | None = None, initial: dict | None = None) -> dict:
+    if task is None:
+        return {"task": None}
+    # A new key per rendering of a task: resubmitting this very form (double click, retry) reuses it.
+    form = form or judgment_form(task, initial={"idempotency_key": uuid.uuid4().hex, **(initial or {})})
+    shown = form.shown
+    context = {
+        "task": task,
+        "kind_template": f"annotate/kinds/{task.project.kind}.html",
+        "prompt": task.item.prompt,
+        "shown": shown,
+        "form": form,
+        "choice_keys": CHOICE_KEYS,
+        "strength_keys": STRENGTH_KEYS,
+        "skip_form": SkipForm(),
+        "skip_reasons": SKIP_REASONS,
+        "flag_form": FlagForm(),
+    }
+    if len(shown) >= 2:
+        # Raw texts, not the rendered markdown: the marks then point at the words the models wrote.
+        context["diff"] = word_diff(shown[0][1].text, shown[1][1].text)
+        context["diff_labels"] = (shown[0][0], shown[1][0])
+    return context
+
+
+def _render_task(request, project, task, form=None, status=200, error=None, notice=None, initial=None):
+    context = {
+        "project": project,
+        "mine": selectors.annotator_progress(project, request.user),
+        "error": error,
+        "notice": notice,
+        **_task_context(task, form, initial),
+    }
+    template = "annotate/annotate.html#task" if request.htmx else "annotate/annotate.html"
+    return render(request, template, context, status=status)
+
+
+def _own_task(request, slug, task_id):
+    project, _ = require_role(request.user, slug, Role.ANNOTATOR)
+    task = get_object_or_404(
+        Task.objects.select_related("project", "item"), pk=task_id, project=project, annotator=request.user
+    )
+    return project, task
+
+
+def _next_task(request, project, after=None):
+    """The next task and, when the annotator may not work now (paused, not admitted), the reason instead."""
+    try:
+        return actions.assign_next_task(request.user, project, after=after), None
+    except actions.NotAdmitted as exc:
+        return None, str(exc)
+
+
+def _int_param(request, name) -> int | None:
+    value = request.GET.get(name, "")
+    return int(value) if value.isdigit() else None
+
+
+@never_cache
+@login_required
+def annotate(request, slug):
+    """The annotator's current task. ``?after=<task id>`` gives the task after that one instead, which the
+    page fetches ahead of time (the preload); ``?start_from=<response id>`` starts a demonstration from a
+    response's text (the no-JavaScript path of the "start from" links)."""
+    project, _ = require_role(request.user, slug, Role.ANNOTATOR)
+    task, refusal = _next_task(request, project, after=_int_param(request, "after"))
+    if refusal:
+        return _render_task(request, project, None, error=refusal, status=403)
+    initial = {}
+    start_from = _int_param(request, "start_from")
+    if task is not None and start_from in task.display_order and project.kind == Kind.DEMONSTRATION:
+        initial = {"text": task.item.responses.get(pk=start_from).text, "based_on": start_from}
+    return _render_task(request, project, task, initial=initial)
+
+
+@login_required
+@require_POST
+def judge(request, slug, task_id):
+    project, task = _own_task(request, slug, task_id)
+    form = judgment_form(task, request.POST)
+    error = None
+    if form.is_valid():
+        payload = form.payload()
+        if payload.get("duration_ms") is None:
+            # Without JavaScript the page cannot time itself; the lease start is the next best clock.
+            payload["duration_ms"] = int((timezone.now() - task.leased_at).total_seconds() * 1000)
+        try:
+            judgment, _ = actions.record_judgment(
+                task, payload, form.cleaned_data["idempotency_key"], source=Judgment.Source.WEB
+            )
+        except InvalidJudgment as exc:
+            error = str(exc)
+        except Conflict as exc:
+            # This task can no longer be answered (skipped, or its lease ran out and others finished the
+            # item): showing it again would be a dead end, so the annotator moves on, told why.
+            if not request.htmx:
+                messages.error(request, str(exc))
+                return redirect("annotate", slug=slug)
+            following, refusal = _next_task(request, project)
+            response = _render_task(request, project, following, error=refusal or str(exc))
+            return trigger_client_event(response, "arbiter:conflict", {"task": task.pk, "message": str(exc)})
+        else:
+            feedback = selectors.gold_feedback(task, judgment)
+            if not request.htmx:
+                if feedback:
+                    messages.info(request, feedback)
+                return redirect("annotate", slug=slug)
+            following, refusal = _next_task(request, project)
+            response = _render_task(request, project, following, error=refusal, notice=feedback)
+            # The page's outbox and drafts listen for this acknowledgement (static/arbiter/sync.js).
+            done = selectors.annotator_progress(project, request.user)["done"]
+            return trigger_client_event(
+                response, "arbiter:saved", {"task": task.pk, "judgment": judgment.pk, "done": done}
+            )
+    else:
+        error = "; ".join(form.non_field_errors()) or "Some answers are missing; see the marked fields."
+    # The same task again, with the reason and the same idempotency key. htmx swaps only 2xx answers
+    # by default, so the fragment is sent with 200; a plain POST gets an honest 400.
+    response = _render_task(request, project, task, form, status=200 if request.htmx else 400, error=error)
+    if request.htmx:
+        trigger_client_event(response, "arbiter:invalid", {"task": task.pk, "message": error})
+    return response
+
+
+@login_required
+@require_POST
+def skip(request, slug, task_id):
+    """Pass on a task, with a reason: the item goes back to the pool for others, never to this annotator."""
+    project, task = _own_task(request, slug, task_id)
+    form = SkipForm(request.POST)
+    error = None
+    if form.is_valid():
+        try:
+            actions.skip_task(task, form.cleaned_data["reason"])
+        except (InvalidJudgment, Conflict) as exc:
+            error = str(exc)
+        else:
+            if not request.htmx:
+                messages.info(request, "Skipped.")
+                return redirect("annotate", slug=slug)
+            following, refusal = _next_task(request, project)
+            response = _render_task(request, project, following, notice="Skipped.", error=refusal)
+            return trigger_client_event(response, "arbiter:skipped", {"task": task.pk})
+    else:
+        error = "Say why you skip this item."
+    return _render_task(request, project, task, status=200 if request.htmx else 400, error=error)
+
+
+@login_required
+@require_POST
+def flag(request, slug, task_id):
+    """Report the item (unsafe, broken, personal data, other); the task stays on screen to be answered."""
+    project, task = _own_task(request, slug, task_id)
+    form = FlagForm(request.POST)
+    flagged = None
+    if form.is_valid():
+        try:
+            flagged = actions.flag_task(task, form.cleaned_data["category"], form.cleaned_data["note"])
+        except InvalidJudgment as exc:
+            form.add_error(None, str(exc))
+    if flagged is not None and not request.htmx:
+        messages.success(request, f"Thank you: the item is flagged ({flagged.get_category_display().lower()}).")
+        return redirect("annotate", slug=slug)
+    context = {"project": project, "task": task, "flag_form": FlagForm() if flagged else form, "flagged": flagged}
+    if request.htmx:
+        # Only the flag panel changes, so a half-done answer on the page is left alone.
+        return render(request, "annotate/_flag.html", context)
+    return _render_task(request, project, task, status=400, error="; ".join(sum(form.errors.values(), [])))
+
+
+# --- researcher pages ------------------------------------------------------------------------------
+
+
+@login_required
+@require_POST
+def import_items(request, slug):
+    project, _ = require_role(request.user, slug, Role.RESEARCHER)
+    form = ImportForm(request.POST, request.FILES)
+    if not form.is_valid():
+        messages.error(request, "Choose a file to import.")
+        return redirect("project", slug=slug)
+    upload = form.cleaned_data["file"]
+    try:
+        parsed = parse_items(upload.read(), detect_format(upload.name), project.kind)
+        report = actions.import_items(project, parsed, source={"file": upload.name, "by": request.user.username})
+    except ImportFailed as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, report.summary())
+    return redirect("project", slug=slug)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def export(request, slug):
+    """Download an export as JSONL, streamed (no split): the quick look; snapshots are the versioned kind.
+
+    The project page posts its form here; a script can GET with the same fields as query parameters.
+    """
+    project, _ = require_role(request.user, slug, Role.RESEARCHER)
+    data = request.POST if request.method == "POST" else request.GET
+    form = ExportForm(project, data if "format" in data else {**data.dict(), "format": default_format(project)})
+    if not form.is_valid():
+        return HttpResponse(_form_errors(form), status=400, content_type="text/plain")
+    try:
+        options = form.options(container="jsonl", test_size=0.0)
+        chunks = iter_rows(project, options)
+        first = next(chunks, None)  # bad options fail here, before the response starts
+    except ExportError as exc:
+        return HttpResponse(str(exc), status=400, content_type="text/plain")
+
+    def lines():
+        for rows, _ in itertools.chain([first] if first else [], chunks):
+            for row in rows:
+                yield canonical(row) + b"\n"
+
+    response = StreamingHttpResponse(lines(), content_type="application/jsonl; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{project.slug}-{options.format}.jsonl"'
+    return response
+
+
+@login_required
+@require_POST
+def snapshot(request, slug):
+    """Create an immutable, hashed snapshot with the options of the export form."""
+    project, _ = require_role(request.user, slug, Role.RESEARCHER)
+    form = ExportForm(project, request.POST)
+    if not form.is_valid():
+        messages.error(request, _form_errors(form))
+        return redirect("project", slug=slug)
+    try:
+        created_snapshot, created = create_snapshot(project, form.options(), created_by=request.user)
+    except ExportError as exc:
+        messages.error(request, str(exc))
+    else:
+        what = "Created" if created else "Nothing changed since"
+        messages.success(request, f"{what} snapshot {created_snapshot.pk} ({created_snapshot.content_hash[:12]}).")
+    return redirect("project", slug=slug)
+
+
+def default_format(project) -> str:
+    from .exports import KIND_FORMATS
+
+    return "trl" if "trl" in KIND_FORMATS[project.kind] else sorted(KIND_FORMATS[project.kind] - {"raw"})[0]
+
+
+def _form_errors(form) -> str:
+    return "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items())
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def members(request, slug):
+    project, _ = require_role(request.user, slug, Role.ADMIN)
+    form = MemberForm(request.POST or None)
+    if request.method == "POST":
+        if "remove" in request.POST:
+            membership = get_object_or_404(Membership, project=project, pk=request.POST["remove"])
+            if membership.user_id == request.user.id:
+                messages.error(request, "You cannot remove yourself.")
+            else:
+                actions.remove_member(membership)
+                messages.success(request, f"Removed {membership.user.username}.")
+            return redirect("members", slug=slug)
+        if form.is_valid():
+            if not get_user_model().objects.filter(username=form.cleaned_data["username"]).exists():
+                form.add_error("username", "No such user; ask a site admin to create the account.")
+            else:
+                membership = actions.add_member(project, form.cleaned_data["username"], form.cleaned_data["role"])
+                messages.success(request, f"{membership.user.username} is now {membership.role}.")
+                return redirect("members", slug=slug)
+    return render(
+        request,
+        "annotate/members.html",
+        {"project": project, "form": form, "rows": selectors.annotator_table(project), "roles": Role.choices},
+    )
+
+
+# --- the researcher dashboard --------------------------------------------------------------------------------
+
+
+@login_required
+def project_dashboard(request, slug):
+    """Agreement over time, gold accuracy, speed, biases, confusion matrices and the annotators under review.
+
+    The numbers are cached by the newest judgment and status change (``dashboard.dashboard_data``); the status
+    table is read fresh, since researchers act on it. ``?over=day`` plots agreement per day instead of per block.
+    """
+    project, membership = require_role(request.user, slug, Role.RESEARCHER)
+    over = "day" if request.GET.get("over") == "day" else "block"
+    data = dashboard.dashboard_data(project, over)
+    context = {
+        "project": project,
+        "membership": membership,
+        "over": over,
+        "data": data,
+        "summary": data["summary"],
+        "charts": dashboard.dashboard_charts(data, project),
+        "statuses": dashboard.status_rows(project),
+        "reinstatable": dashboard.REINSTATABLE,
+        "min_timed": dashboard.MIN_TIMED,
+        "kappa_min_shared": dashboard.KAPPA_MIN_SHARED,
+    }
+    return render(request, "annotate/dashboard.html", context)
+
+
+@login_required
+@require_POST
+def reinstate_member(request, slug):
+    """Let a flagged, paused or refused annotator work again (researchers); a plain form that redirects."""
+    project, _ = require_role(request.user, slug, Role.RESEARCHER)
+    membership = get_object_or_404(
+        Membership.objects.select_related("user"),
+        project=project,
+        pk=request.POST.get("membership") if str(request.POST.get("membership", "")).isdigit() else None,
+        status__in=dashboard.REINSTATABLE,
+    )
+    actions.reinstate_annotator(membership, request.user)
+    messages.success(request, f"{membership.user.username} is active again.")
+    return redirect("dashboard", slug=slug)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_settings(request, slug):
+    """Instructions, gold items, qualification and automatic review of a running project (researchers)."""
+    project, _ = require_role(request.user, slug, Role.RESEARCHER)
+    form = ProjectSettingsForm(request.POST or None, instance=project)
+    if request.method == "POST" and form.is_valid():
+        actions.update_project_settings(project, **{name: form.cleaned_data[name] for name in form.Meta.fields})
+        messages.success(request, "Settings saved.")
+        return redirect("project", slug=slug)
+    return render(request, "annotate/project_settings.html", {"project": project, "form": form})

@@ -1,0 +1,202 @@
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from annotate import actions
+from annotate.actions import Conflict
+from annotate.judgments import InvalidJudgment
+from annotate.models import Item, Judgment, Task
+
+pytestmark = pytest.mark.django_db
+
+
+def answer(task, choice="A", strength=2, key=None):
+    return actions.record_judgment(task, {"choice": choice, "strength": strength}, key or f"key-{task.pk}")
+
+
+def test_each_item_gets_exactly_overlap_distinct_annotators(make_project, make_member):
+    project = make_project(overlap=2, n_items=5)
+    annotators = [make_member(project, f"ann{i}") for i in range(4)]
+    seen = {a.pk: set() for a in annotators}
+    for _ in range(10):
+        for annotator in annotators:
+            task = actions.assign_next_task(annotator, project)
+            if task is None:
+                continue
+            assert task.item_id not in seen[annotator.pk], "an annotator got the same item twice"
+            seen[annotator.pk].add(task.item_id)
+            answer(task)
+    assert Judgment.objects.filter(project=project).count() == 10
+    per_item = {item.pk: item.n_judgments for item in Item.objects.filter(project=project)}
+    assert set(per_item.values()) == {2}
+    assert all(actions.assign_next_task(a, project) is None for a in annotators)
+
+
+def test_the_same_task_comes_back_until_answered(make_project, make_member):
+    project = make_project(n_items=3)
+    annotator = make_member(project, "ann")
+    first = actions.assign_next_task(annotator, project)
+    assert actions.assign_next_task(annotator, project).pk == first.pk
+    preload = actions.assign_next_task(annotator, project, after=first.pk)
+    assert preload.pk != first.pk
+    # Two leases at most: asking again after the preloaded one returns the first.
+    assert actions.assign_next_task(annotator, project, after=preload.pk).pk == first.pk
+    answer(first)
+    assert actions.assign_next_task(annotator, project).pk == preload.pk
+
+
+def test_display_order_is_a_permutation_and_choice_maps_to_identity(make_project, make_member):
+    project = make_project(n_items=40, overlap=1)
+    annotator = make_member(project, "ann")
+    flipped = 0
+    for _ in range(40):
+        task = actions.assign_next_task(annotator, project)
+        ids = sorted(task.item.responses.values_list("id", flat=True))
+        assert sorted(task.display_order) == ids
+        flipped += task.display_order != ids
+        judgment, created = answer(task, choice="B", strength=3)
+        assert created
+        assert judgment.winner_id == task.display_order[1]
+        assert (judgment.outcome, judgment.strength) == ("win", 3)
+    # Random order: 40 fair coin flips all landing the same way has probability 2^-39.
+    assert 0 < flipped < 40
+
+
+def test_same_idempotency_key_returns_the_first_judgment(make_project, make_member):
+    project = make_project(n_items=2)
+    annotator = make_member(project, "ann")
+    task = actions.assign_next_task(annotator, project)
+    first, created = answer(task, "A", 1, key="k1")
+    again, created_again = answer(task, "B", 3, key="k1")
+    assert created and not created_again
+    assert again.pk == first.pk and again.outcome == "win" and again.strength == 1
+    assert Judgment.objects.count() == 1
+    other = actions.assign_next_task(annotator, project)
+    with pytest.raises(Conflict, match="another task"):
+        answer(other, key="k1")
+
+
+def test_a_new_answer_supersedes_without_overwriting(make_project, make_member):
+    project = make_project(n_items=1)
+    annotator = make_member(project, "ann")
+    task = actions.assign_next_task(annotator, project)
+    first, _ = answer(task, "A", 1, key="k1")
+    second, created = answer(task, "tie", None, key="k2")
+    assert created and second.supersedes_id == first.pk
+    first.refresh_from_db()
+    assert (first.outcome, first.is_current) == ("win", False)
+    assert second.is_current and second.outcome == "tie" and second.strength is None
+    item = Item.objects.get()
+    assert item.n_judgments == 1  # an edit is not a second vote
+
+
+def test_judgments_are_immutable(make_project, make_member):
+    project = make_project(n_items=1)
+    task = actions.assign_next_task(make_member(project, "ann"), project)
+    judgment, _ = answer(task)
+    judgment.strength = 0
+    with pytest.raises(ValueError, match="immutable"):
+        judgment.save()
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ({"choice": "C"}, "choice must be one of"),
+        ({"choice": "A", "strength": 4}, "strength must be an integer from 0 to 3"),
+        ({"choice": "A", "strength": 1.5}, "strength must be an integer"),
+        ({"choice": "A", "strength": True}, "strength must be an integer"),
+        ({"choice": "A", "duration_ms": -1}, "duration_ms"),
+        ({"choice": "A", "rationale": 5}, "rationale must be text"),
+    ],
+)
+def test_bad_answers_are_refused_and_change_nothing(make_project, make_member, payload, message):
+    project = make_project(n_items=1)
+    task = actions.assign_next_task(make_member(project, "ann"), project)
+    with pytest.raises(InvalidJudgment, match=message):
+        actions.record_judgment(task, payload, "k")
+    task.refresh_from_db()
+    assert task.status == Task.Status.LEASED and not Judgment.objects.exists()
+
+
+def test_an_abandoned_lease_returns_the_item_to_the_pool(make_project, make_member):
+    project = make_project(n_items=1, overlap=1, lease_seconds=60)
+    slow, fast = make_member(project, "slow"), make_member(project, "fast")
+    task = actions.assign_next_task(slow, project)
+    assert actions.assign_next_task(fast, project) is None
+    Task.objects.filter(pk=task.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    taken = actions.assign_next_task(fast, project)
+    assert taken is not None and taken.item_id == task.item_id
+    task.refresh_from_db()
+    assert task.status == Task.Status.EXPIRED
+    answer(taken)
+    # The slow annotator comes back after someone else completed the item: refused, nothing stored.
+    with pytest.raises(Conflict, match="expired"):
+        answer(task)
+    assert Judgment.objects.count() == 1
+    assert Item.objects.get().n_judgments == 1
+
+
+def test_a_late_answer_is_accepted_while_the_slot_is_still_free(make_project, make_member):
+    project = make_project(n_items=1, overlap=1)
+    annotator = make_member(project, "late")
+    task = actions.assign_next_task(annotator, project)
+    Task.objects.filter(pk=task.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert actions.reclaim_expired_leases(project) == 1
+    assert Item.objects.get().open_slots == 1
+    judgment, created = answer(task)
+    assert created
+    item = Item.objects.get()
+    assert (item.open_slots, item.n_judgments) == (0, 1)
+
+
+def test_removing_a_member_releases_their_leases(make_project, make_member):
+    project = make_project(n_items=1, overlap=1)
+    annotator = make_member(project, "gone")
+    actions.assign_next_task(annotator, project)
+    actions.remove_member(project.memberships.get(user=annotator))
+    assert Item.objects.get().open_slots == 1
+
+
+def test_import_judgments_counts_toward_overlap(make_project):
+    from annotate.imports import parse_votes
+    from tests.conftest import jsonl
+
+    project = make_project(n_items=2, overlap=2)
+    votes = parse_votes(
+        jsonl(
+            [
+                {"item": "item-0", "annotator": "ext1", "winner": 0, "strength": 3},
+                {"item": "item-0", "annotator": "ext2", "winner": None},
+                {"item": "item-1", "annotator": "ext1", "winner": 1},
+                {"item": "item-1", "annotator": "ext1", "winner": 0},
+            ]
+        ),
+        "jsonl",
+    )
+    report = actions.import_judgments(project, votes)
+    assert (report.created, report.duplicates) == (3, [4])
+    item0 = Item.objects.get(external_id="item-0")
+    assert (item0.open_slots, item0.n_judgments) == (0, 2)
+    winners = Judgment.objects.filter(item=item0).order_by("annotator__username")
+    assert [(j.outcome, j.winner_id, j.strength, j.source) for j in winners] == [
+        ("win", item0.responses.get(index=0).pk, 3, "import"),
+        ("tie", None, None, "import"),
+    ]
+    assert project.memberships.filter(user__username="ext1", role="annotator").exists()
+
+
+def test_import_judgments_is_all_or_nothing(make_project):
+    from annotate.imports import ImportFailed, parse_votes
+    from tests.conftest import jsonl
+
+    project = make_project(n_items=1)
+    votes = parse_votes(
+        jsonl([{"item": "item-0", "annotator": "a", "winner": 0}, {"item": "nope", "annotator": "b", "winner": 5}]),
+        "jsonl",
+    )
+    with pytest.raises(ImportFailed) as caught:
+        actions.import_judgments(project, votes)
+    assert caught.value.errors == [(2, "no item with id 'nope' in project demo.")]
+    assert not Judgment.objects.exists()

@@ -1,0 +1,367 @@
+import copy
+import json
+
+import pandas as pd
+import pytest
+from django.core.management import call_command
+
+from annotate import actions
+from annotate.exports import ExportOptions, ItemTables, all_pairs, build_rows, export_to, majority_pairs, pair_votes, trl_rows
+from annotate.imports import parse_items, parse_votes
+from annotate.models import Item, Kind
+from tests.conftest import jsonl, pairwise_rows
+
+
+def pair_frame(*rows):
+    frame = pd.DataFrame(rows, columns=["item", "a", "b", "winner", "strength"])
+    frame["winner"] = frame["winner"].astype("Int64")
+    return frame
+
+
+def test_majority_picks_the_most_voted_response_and_averages_its_strength():
+    frame = pair_frame(
+        (1, 10, 11, 10, 3), (1, 10, 11, 10, 1), (1, 10, 11, 11, 2),  # 10 wins 2-1, margin (3+1)/2
+        (2, 20, 21, 20, 2), (2, 20, 21, 21, 2),  # split: no majority
+        (3, 30, 31, None, None), (3, 30, 31, None, None), (3, 30, 31, 30, 1),  # tie wins: dropped
+        (4, 40, 41, 41, None),  # single vote without strength: margin 0
+    )
+    result = majority_pairs(frame)
+    assert result["item"].tolist() == [1, 4]
+    assert result["chosen"].tolist() == [10, 41]
+    assert result["rejected"].tolist() == [11, 40]
+    assert result["margin"].tolist() == [2.0, 0.0]
+    assert result["n_votes"].tolist() == [3, 1]
+    assert result["agreement"].round(4).tolist() == [0.6667, 1.0]
+
+
+def test_a_ranking_of_k_becomes_k_choose_2_consistent_pairs():
+    votes = pd.DataFrame({"item": [1], "annotator": [7], "outcome": [""], "winner": [None], "strength": [None],
+                          "data": [{"ranking": [[13], [11, 12], [10]]}], "text": [""]})  # fmt: skip
+    pairs = pair_votes(Kind.RANKING, votes, {1: [(10, "a"), (11, "b"), (12, "c"), (13, "d")]})
+    assert len(pairs) == 6
+    by_pair = {(row.a, row.b): (None if pd.isna(row.winner) else row.winner) for row in pairs.itertuples()}
+    assert by_pair == {(10, 11): 11, (10, 12): 12, (10, 13): 13, (11, 12): None, (11, 13): 13, (12, 13): 13}
+    preferences = all_pairs(pairs)
+    assert len(preferences) == 5  # the tie is not a preference
+
+
+def test_ratings_become_pairs_by_score():
+    votes = pd.DataFrame({"item": [1], "annotator": [7], "outcome": [""], "winner": [None], "strength": [None],
+                          "data": [{"ratings": {"10": {"overall": 6}, "11": {"overall": 2}, "12": {"overall": 6}}}], "text": [""]})  # fmt: skip
+    pairs = pair_votes(Kind.RATING, votes, {1: [(10, "a"), (11, "b"), (12, "c")]})
+    result = majority_pairs(pairs)
+    assert list(zip(result["chosen"], result["rejected"], result["margin"])) == [(10, 11, 4.0), (12, 11, 4.0)]
+
+
+def test_trl_rows_are_standard_for_single_turn_and_conversational_otherwise():
+    prefs = pd.DataFrame({"item": [1], "chosen": [11], "rejected": [10], "margin": [2.0], "n_votes": [2], "agreement": [1.0], "tie": [False]})
+    responses = {1: [(10, "bad"), (11, "good")]}
+    standard = trl_rows(prefs, ItemTables({1: [{"role": "user", "content": "Q"}]}, responses, {1: "x"}))
+    assert standard == [{"prompt": "Q", "chosen": "good", "rejected": "bad", "margin": 2.0, "id": "x"}]
+    chat = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
+    conversational = trl_rows(prefs, ItemTables({1: chat}, responses, {1: "x"}))
+    assert conversational[0]["prompt"] == chat
+    assert conversational[0]["chosen"] == [{"role": "assistant", "content": "good"}]
+    assert conversational[0]["rejected"] == [{"role": "assistant", "content": "bad"}]
+
+
+@pytest.fixture
+def voted_project(db, make_project):
+    """8 items (two of them conversations), 3 external annotators who all prefer response 0 except one dissent."""
+    project = make_project(n_items=0, overlap=3)
+    actions.import_items(project, parse_items(jsonl(pairwise_rows(8, conversation_every=4)), "jsonl", "pairwise"))
+    rows = []
+    for i in range(8):
+        for annotator in ("a1", "a2", "a3"):
+            winner = 1 if (annotator == "a3" and i == 0) else 0
+            rows.append({"item": f"item-{i}", "annotator": annotator, "winner": winner, "strength": 2})
+    actions.import_judgments(project, parse_votes(jsonl(rows), "jsonl"))
+    return project
+
+
+def test_unanimous_winner_is_chosen(voted_project):
+    rows = build_rows(voted_project)
+    assert len(rows) == 8
+    for row in rows:
+        item = Item.objects.get(project=voted_project, external_id=row["id"])
+        good = item.responses.get(index=0).text
+        assert row["chosen"][0]["content"] == good  # conversational: two prompts are conversations
+        assert row["margin"] == 2.0
+
+
+def test_every_vote_rows(voted_project):
+    rows = build_rows(voted_project, aggregate="none")
+    assert len(rows) == 24
+    dissent = [r for r in rows if r["id"] == "item-0" and r["chosen"][0]["content"] == "The answer is 1."]
+    assert len(dissent) == 1
+
+
+@pytest.mark.parametrize("container", ["jsonl", "parquet", "hf"])
+def test_containers_load_with_datasets(voted_project, tmp_path, container):
+    import datasets
+
+    out = tmp_path / f"export.{container}"
+    export_to(voted_project, ExportOptions(container=container), out)
+    if container == "jsonl":
+        loaded = datasets.load_dataset("json", data_files=str(out), split="train")
+    elif container == "parquet":
+        loaded = datasets.load_dataset("parquet", data_files=str(out), split="train")
+    else:
+        loaded = datasets.load_from_disk(str(out))["train"]
+    assert loaded.num_rows == 8
+    assert set(loaded.column_names) == {"prompt", "chosen", "rejected", "margin", "id"}
+    assert loaded[0]["chosen"][0]["role"] == "assistant"
+
+
+def test_export_command_writes_atomically(voted_project, tmp_path):
+    out = tmp_path / "trl.jsonl"
+    call_command("export_dataset", "demo", "--format", "trl", "--out", str(out))
+    lines = out.read_text().splitlines()
+    assert len(lines) == 8 and json.loads(lines[0])["margin"] == 2.0
+    assert [p.name for p in tmp_path.iterdir()] == ["trl.jsonl"]  # no temporary leftovers
+
+
+def _trl_dataset(project, tmp_path):
+    import datasets
+
+    out = tmp_path / "trl.jsonl"
+    export_to(project, ExportOptions(), out)
+    return datasets.load_dataset("json", data_files=str(out), split="train")
+
+
+def test_trl_reward_trainer_accepts_the_export_unchanged(voted_project, tmp_path):
+    import torch
+    from trl import RewardConfig, RewardTrainer
+
+    from tests.tiny import tiny_reward_model, tiny_tokenizer
+
+    dataset = _trl_dataset(voted_project, tmp_path)
+    texts = [m["content"] for row in dataset for m in row["prompt"] + row["chosen"] + row["rejected"]]
+    tokenizer = tiny_tokenizer(texts)
+    model = tiny_reward_model(tokenizer)
+    before = [p.detach().clone() for p in model.parameters()]
+    args = RewardConfig(
+        output_dir=str(tmp_path / "rm"), max_steps=2, per_device_train_batch_size=4, report_to=[],
+        logging_steps=1, save_strategy="no", learning_rate=1e-2, use_cpu=True,
+    )  # fmt: skip
+    trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    assert {"chosen_ids", "rejected_ids", "margin"} <= set(trainer.train_dataset.column_names)
+    trainer.train()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_trl_dpo_trainer_accepts_the_export_unchanged(voted_project, tmp_path):
+    from trl import DPOConfig, DPOTrainer
+
+    from tests.tiny import tiny_causal_lm, tiny_tokenizer
+
+    dataset = _trl_dataset(voted_project, tmp_path)
+    texts = [m["content"] for row in dataset for m in row["prompt"] + row["chosen"] + row["rejected"]]
+    tokenizer = tiny_tokenizer(texts)
+    args = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, per_device_train_batch_size=4, report_to=[], save_strategy="no", use_cpu=True)
+    policy = tiny_causal_lm(tokenizer)
+    reference = copy.deepcopy(policy)
+    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer)
+    columns = set(trainer.train_dataset.column_names)
+    assert {"prompt_ids", "chosen_ids", "rejected_ids"} <= columns
+    metrics = trainer.train().metrics
+    assert metrics["train_loss"] > 0
+
+
+def _project(kind, rows, votes, **fields):
+    project = actions.create_project(slug=kind, kind=kind, **{"overlap": 1, **fields})
+    actions.import_items(project, parse_items(jsonl(rows), "jsonl", kind))
+    if votes:
+        actions.import_judgments(project, parse_votes(jsonl(votes), "jsonl"))
+    return project
+
+
+def _load(rows, tmp_path):
+    import datasets
+
+    out = tmp_path / "rows.jsonl"
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return datasets.load_dataset("json", data_files=str(out), split="train")
+
+
+@pytest.mark.django_db
+def test_ranking_project_exports_k_choose_2_trl_rows_and_k_wise_rows(tmp_path):
+    rows = [{"id": f"q{i}", "prompt": f"Rank {i}", "responses": [f"r{i}-{j}" for j in range(5)]} for i in range(3)]
+    votes = [{"item": f"q{i}", "annotator": "a", "ranking": [4, 2, 0, 1, 3]} for i in range(3)]
+    project = _project(Kind.RANKING, rows, votes)
+    trl = build_rows(project, "trl")
+    assert len(trl) == 3 * 10
+    order = ["4", "2", "0", "1", "3"]
+    for row in trl:
+        chosen, rejected = row["chosen"].split("-")[1], row["rejected"].split("-")[1]
+        assert order.index(chosen) < order.index(rejected)
+    kwise = build_rows(project, "ranking")
+    assert kwise[0]["responses"] == ["r0-4", "r0-2", "r0-0", "r0-1", "r0-3"] and kwise[0]["ranks"] == [1, 2, 3, 4, 5]
+    assert kwise[0]["annotators"][0].startswith("ann-")
+    assert _load(kwise, tmp_path).num_rows == 3
+
+
+@pytest.mark.django_db
+def test_ranking_majority_orders_by_mean_rank_and_marks_ties(tmp_path):
+    rows = [{"id": "q", "prompt": "Rank", "responses": ["x", "y", "z"]}]
+    votes = [
+        {"item": "q", "annotator": "a", "ranking": [0, 1, 2]},
+        {"item": "q", "annotator": "b", "ranking": [1, 0, 2]},
+    ]
+    project = _project(Kind.RANKING, rows, votes, overlap=2)
+    (row,) = build_rows(project, "ranking")
+    assert row["responses"][2] == "z" and row["ranks"] == [1, 1, 2]
+    assert len(build_rows(project, "ranking", aggregate="none")) == 2
+
+
+@pytest.mark.django_db
+def test_rating_project_exports_ratings_and_pairs(tmp_path):
+    rows = [{"id": "q", "prompt": "Rate", "responses": ["x", "y"]}]
+    votes = [
+        {"item": "q", "annotator": "a", "ratings": {"0": {"overall": 6}, "1": {"overall": 3}}},
+        {"item": "q", "annotator": "b", "ratings": {"0": {"overall": 4}, "1": {"overall": 3}}},
+    ]
+    project = _project(Kind.RATING, rows, votes, overlap=2)
+    (row,) = build_rows(project, "ratings")
+    x, y = row["responses"]
+    assert (x["text"], x["scores"], x["mean"], len(x["annotators"])) == ("x", {"overall": [6, 4]}, {"overall": 5.0}, 2)
+    assert y["mean"] == {"overall": 3.0}
+    (pair,) = build_rows(project, "trl")
+    assert (pair["chosen"], pair["rejected"], pair["margin"]) == ("x", "y", 2.0)
+    assert _load([row], tmp_path).num_rows == 1
+
+
+@pytest.mark.django_db
+def test_steps_project_exports_trl_stepwise(tmp_path):
+    rows = [{"id": "q", "prompt": "Solve 2+2", "responses": ["2+2 is 4\nso the answer is 5\nDone."]}]
+    votes = [{"item": "q", "annotator": "a", "steps": ["positive", "negative", "neutral"]}]
+    project = _project(Kind.STEPS, rows, votes)
+    (row,) = build_rows(project, "steps")
+    assert row == {"id": "q", "prompt": "Solve 2+2", "completions": ["2+2 is 4", "so the answer is 5", "Done."], "labels": [True, False, True]}
+    (strict,) = build_rows(project, "steps", neutral_steps=False)
+    assert strict["labels"] == [True, False, False]
+    loaded = _load([row], tmp_path)
+    assert loaded[0]["labels"] == [True, False, True]
+
+
+@pytest.mark.django_db
+def test_demonstrations_and_both_bad_rewrites_export_as_sft(tmp_path):
+    demo = _project(Kind.DEMONSTRATION, [{"id": "d", "prompt": "Write a haiku", "responses": []}], [{"item": "d", "annotator": "a", "text": "Old pond"}])
+    assert build_rows(demo, "sft") == [
+        {"id": "d", "messages": [{"role": "user", "content": "Write a haiku"}, {"role": "assistant", "content": "Old pond"}]}
+    ]
+    pairwise = _project(
+        Kind.PAIRWISE,
+        [{"id": "p", "prompt": "Q", "responses": ["a", "b"]}, {"id": "p2", "prompt": "Q2", "responses": ["a", "b"]}],
+        [{"item": "p", "annotator": "a", "winner": "both_bad", "demonstration": "Better."}, {"item": "p2", "annotator": "a", "winner": 0}],
+    )
+    assert [r["messages"][-1]["content"] for r in build_rows(pairwise, "sft")] == ["Better."]
+
+
+@pytest.mark.django_db
+def test_a_format_the_kind_cannot_produce_is_refused():
+    from annotate.exports import ExportError
+
+    steps = actions.create_project(slug="s", kind=Kind.STEPS)
+    with pytest.raises(ExportError, match="exports as raw, steps, not trl"):
+        build_rows(steps, "trl")
+
+
+@pytest.fixture
+def split_votes(db):
+    """Two items: q0 won 2-1 by response 0, q1 a 1-1 split plus a tie vote... and one paused annotator."""
+    rows = [{"id": "q0", "prompt": "Q0", "responses": ["good", "bad"]}, {"id": "q1", "prompt": "Q1", "responses": ["x", "y"]}]
+    votes = [
+        {"item": "q0", "annotator": "a", "winner": 0, "strength": 3},
+        {"item": "q0", "annotator": "b", "winner": 0, "strength": 1},
+        {"item": "q0", "annotator": "c", "winner": 1, "strength": 2},
+        {"item": "q1", "annotator": "a", "winner": None},
+        {"item": "q1", "annotator": "b", "winner": None},
+        {"item": "q1", "annotator": "c", "winner": 0, "strength": 1},
+    ]
+    return _project(Kind.PAIRWISE, rows, votes, overlap=3)
+
+
+def test_hh_openai_and_kto_formats(split_votes):
+    (hh,) = build_rows(split_votes, "hh")
+    assert hh == {"chosen": "\n\nHuman: Q0\n\nAssistant: good", "rejected": "\n\nHuman: Q0\n\nAssistant: bad", "id": "q0"}
+    (openai,) = build_rows(split_votes, "openai-dpo")
+    assert openai["input"]["messages"] == [{"role": "user", "content": "Q0"}]
+    assert openai["preferred_output"] == [{"role": "assistant", "content": "good"}]
+    assert openai["non_preferred_output"] == [{"role": "assistant", "content": "bad"}]
+    kto = build_rows(split_votes, "kto")
+    assert [(r["completion"], r["label"]) for r in kto] == [("good", True), ("bad", False)]
+
+
+def test_tie_policy_min_agreement_and_paused_annotators(split_votes):
+    kept = build_rows(split_votes, "trl", ties="keep")
+    assert [(r["id"], r["tie"]) for r in kept] == [("q0", False), ("q1", True)]
+    assert [r["id"] for r in build_rows(split_votes, "trl", min_agreement=0.7)] == []
+    assert [r["id"] for r in build_rows(split_votes, "trl", min_agreement=0.6)] == ["q0"]
+    (row,) = build_rows(split_votes, "trl")
+    assert row["margin"] == 2.0  # mean strength of the two votes for "good"
+    split_votes.memberships.filter(user__username="a").update(status="paused")
+    # Without a: q0 is 1-1 (no majority); q1 is a tie vote against a win → no majority either.
+    assert build_rows(split_votes, "trl") == []
+    assert len(build_rows(split_votes, "trl", include_paused=True)) == 1
+    assert len(build_rows(split_votes, "trl", aggregate="none")) == 3  # b and c on q0, c on q1; the tie is dropped
+    assert build_rows(split_votes, "trl", max_chars=5) == []
+
+
+def test_raw_export_has_every_vote_with_pseudonyms_only(split_votes, tmp_path):
+    from annotate.models import Judgment
+
+    first = Judgment.objects.filter(project=split_votes).first()
+    rows = build_rows(split_votes, "raw")
+    assert len(rows) == 6
+    assert all(r["annotator"].startswith("ann-") for r in rows)
+    text = json.dumps(rows)
+    for name in ("\"a\"", "\"b\"", "\"c\""):
+        assert name not in text
+    assert rows[0]["judgment"] == first.pk and rows[0]["winner"] == 0 and rows[0]["display_order"] == [0, 1]
+    assert {r["superseded"] for r in rows} == {False} and {r["gold"] for r in rows} == {False}
+    loaded = _load(rows, tmp_path)
+    assert loaded.num_rows == 6
+
+
+def test_per_criterion_preferences(db):
+    rows = [{"id": "q", "prompt": "Q", "responses": ["x", "y"]}]
+    votes = [{"item": "q", "annotator": "a", "winner": 0, "strength": 1, "criteria": {"helpful": 0, "harmless": 1}}]
+    project = _project(Kind.PAIRWISE, rows, votes, criteria=["helpful", "harmless"])
+    assert build_rows(project, "trl", criterion="helpful")[0]["chosen"] == "x"
+    assert build_rows(project, "trl", criterion="harmless")[0]["chosen"] == "y"
+    from annotate.exports import ExportError
+
+    with pytest.raises(ExportError, match="Unknown criterion"):
+        build_rows(project, "trl", criterion="funny")
+
+
+@pytest.mark.django_db
+def test_dawid_skene_and_bradley_terry_aggregations_follow_the_reliable_annotators(make_member):
+    """On q1..q19 three careful annotators always pick the good response and three careless ones pick at random
+    (by a fixed pattern). On q0 only one careful annotator votes (good) against the three careless ones (bad):
+    majority says bad; models that weigh annotators by their track record say good. Votes go through the
+    annotation flow, so each annotator saw the responses in a random order (Bradley-Terry separates merit from
+    position only then)."""
+    rows = [{"id": f"q{i}", "prompt": f"Q{i}", "responses": [f"good {i}", f"bad {i}"]} for i in range(20)]
+    project = _project(Kind.PAIRWISE, rows, [], overlap=6)
+    careful, careless = ["c1", "c2", "c3"], ["s1", "s2", "s3"]
+    for name in careful + careless:
+        user = make_member(project, name)
+        while (task := actions.assign_next_task(user, project)) is not None:
+            item = Item.objects.get(pk=task.item_id)
+            i = int(item.external_id[1:])
+            if i == 0 and name in ("c2", "c3"):
+                actions.skip_task(task, "not mine")
+                continue
+            good = item.responses.get(index=0).pk
+            wants_good = name in careful or (i > 0 and not (i >> careless.index(name)) & 1)
+            picks_first = (task.display_order[0] == good) == wants_good
+            actions.record_judgment(task, {"choice": "A" if picks_first else "B", "strength": 2 if name in careful else 1}, f"{name}-{i}")
+    majority = {r["id"]: r["chosen"] for r in build_rows(project, "trl")}
+    assert majority["q0"] == "bad 0"
+    for aggregate in ("dawid-skene", "bradley-terry"):
+        result = {r["id"]: r for r in build_rows(project, "trl", aggregate=aggregate)}
+        assert len(result) == 20, aggregate
+        assert all(r["chosen"].startswith("good") for r in result.values()), aggregate
+        assert result["q0"]["margin"] == 2.0  # the strength of the one vote for the chosen response

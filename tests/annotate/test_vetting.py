@@ -1,0 +1,194 @@
+"""Qualification, hidden gold items and automatic review, through the API as annotators would meet them."""
+
+import random
+
+import pytest
+
+from annotate import actions
+from annotate.imports import ImportFailed, parse_items
+from annotate.models import Item, Judgment, Kind, Membership, Role
+from annotate.vetting import AnnotatorStats, cohen_kappa, gold_score, qualify, review_findings
+from tests.conftest import jsonl, pairwise_rows
+
+pytestmark = pytest.mark.django_db
+
+
+def rows_with(purpose, n, start=100):
+    rows = pairwise_rows(n, start=start)
+    for row in rows:
+        row["purpose"], row["gold"] = purpose, {"winner": 0}  # the first response ("2i") is right
+    return rows
+
+
+def answer(client, project, pick):
+    """Answer the next task; ``pick(task, good_id)`` returns "A" or "B". Returns the task or None."""
+    got = client.get(f"/api/projects/{project.slug}/next-task/")
+    if got.status_code != 200:
+        return got
+    task = got.json()
+    good = Item.objects.get(tasks__id=task["id"]).responses.get(index=0).pk
+    choice = pick(task, good)
+    posted = client.post(f"/api/tasks/{task['id']}/judgments/", {"choice": choice, "strength": 1, "idempotency_key": f"k{task['id']}"}, format="json")
+    assert posted.status_code == 201
+    return got
+
+
+def right(task, good):
+    return "A" if task["responses"][0]["id"] == good else "B"
+
+
+def wrong(task, good):
+    return "B" if task["responses"][0]["id"] == good else "A"
+
+
+def test_candidates_qualify_first_and_are_admitted_or_refused(make_project, make_member, api_client_for):
+    project = make_project(n_items=5, qualification_required=True, qualification_threshold=0.75)
+    actions.import_items(project, parse_items(jsonl(rows_with("qualification", 4)), "jsonl", Kind.PAIRWISE))
+    good_user, bad_user = make_member(project, "good"), make_member(project, "bad")
+    assert Membership.objects.get(user=good_user).status == "candidate"
+    good, bad = api_client_for(good_user), api_client_for(bad_user)
+    for _ in range(4):
+        task = answer(good, project, right).json()
+        assert Item.objects.get(tasks__id=task["id"]).purpose == "qualification"
+        answer(bad, project, lambda t, g: right(t, g) if random.random() < 0.25 else wrong(t, g))
+    good_member = Membership.objects.get(user=good_user)
+    assert good_member.status == "active" and "accuracy 1.000 over 4 items (admitted)" in good_member.status_reason
+    bad_member = Membership.objects.get(user=bad_user)
+    assert bad_member.status == "refused" and "not admitted" in bad_member.status_reason
+    # The admitted annotator now gets normal work; the refused one is told why.
+    assert Item.objects.get(tasks__id=answer(good, project, right).json()["id"]).purpose == "normal"
+    refused = bad.get(f"/api/projects/{project.slug}/next-task/")
+    assert refused.status_code == 403 and "not admitted" in refused.json()["detail"]
+
+
+def test_a_random_annotator_is_flagged_within_20_gold_items_and_a_careful_one_is_not(make_project, make_member, api_client_for):
+    project = make_project(n_items=60, overlap=2, gold_rate=0.5, review_min_gold=10, review_gold_accuracy=0.7)
+    actions.import_items(project, parse_items(jsonl(rows_with("gold", 40)), "jsonl", Kind.PAIRWISE))
+    careful_user, random_user = make_member(project, "careful"), make_member(project, "sloppy")
+    careful, sloppy = api_client_for(careful_user), api_client_for(random_user)
+    rng = random.Random(4)
+    for _ in range(60):
+        answer(careful, project, right)
+        if Membership.objects.get(user=random_user).status == "active":
+            answer(sloppy, project, lambda t, g: rng.choice("AB"))
+    gold_answered = Judgment.objects.filter(annotator=random_user, item__purpose="gold").count()
+    sloppy_member = Membership.objects.get(user=random_user)
+    assert sloppy_member.status == "flagged" and gold_answered <= 20
+    assert "gold accuracy" in sloppy_member.status_reason
+    assert Membership.objects.get(user=careful_user).status == "active"
+    assert Judgment.objects.filter(annotator=careful_user, item__purpose="gold").count() >= 10
+    # Flagged annotators keep working (review_action flag) and their votes stay, marked, out of exports.
+    from annotate.exports import build_rows
+
+    assert all(r["annotator_status"] in ("active", "flagged") for r in build_rows(project, "raw"))
+    researcher = api_client_for(make_member(project, "res", Role.RESEARCHER))
+    reinstated = researcher.post("/api/projects/demo/members/sloppy/reinstate/")
+    assert reinstated.status_code == 200 and reinstated.json()["status"] == "active"
+    assert "Reinstated by res" in Membership.objects.get(user=random_user).status_reason
+
+
+def test_pause_stops_work_and_position_bias_is_caught(make_project, make_member, api_client_for):
+    project = make_project(n_items=45, overlap=1, review_action="pause", review_gold_accuracy=0)
+    user = make_member(project, "clicker")
+    client = api_client_for(user)
+    for _ in range(45):
+        got = answer(client, project, lambda t, g: "A")
+        if got.status_code == 403:
+            break
+    member = Membership.objects.get(user=user)
+    assert member.status == "paused" and "first-shown response 100%" in member.status_reason
+    paused = client.get("/api/projects/demo/next-task/")
+    assert paused.status_code == 403 and "paused" in paused.json()["detail"]
+
+
+def test_gold_answers_are_validated_at_import(make_project):
+    project = make_project(n_items=0)
+    rows = rows_with("gold", 2)
+    rows[1]["gold"] = {"winner": 7}
+    with pytest.raises(ImportFailed) as caught:
+        actions.import_items(project, parse_items(jsonl(rows), "jsonl", Kind.PAIRWISE))
+    assert caught.value.errors[0][0] == 2 and "gold: winner must be a response index" in caught.value.errors[0][1]
+    missing = pairwise_rows(1)
+    missing[0]["purpose"] = "gold"
+    with pytest.raises(ImportFailed, match='needs "gold"'):
+        parse_items(jsonl(missing), "jsonl", Kind.PAIRWISE)
+    assert not Item.objects.filter(project=project).exists()
+
+
+def test_gold_items_take_no_overlap_slot_and_look_like_any_task(make_project, make_member, api_client_for):
+    project = make_project(n_items=1, overlap=1, gold_rate=1.0)
+    actions.import_items(project, parse_items(jsonl(rows_with("gold", 1)), "jsonl", Kind.PAIRWISE))
+    gold = Item.objects.get(purpose="gold")
+    assert gold.open_slots == 0
+    clients = [api_client_for(make_member(project, f"a{i}")) for i in range(3)]
+    shapes = set()
+    for client in clients:
+        task = client.get("/api/projects/demo/next-task/").json()
+        shapes.add(tuple(sorted(task)))
+        assert Item.objects.get(tasks__id=task["id"]).pk == gold.pk  # every annotator gets the gold item
+    normal = clients[0].get("/api/projects/demo/next-task/").json()  # held gold task comes back first
+    assert tuple(sorted(normal)) in shapes and len(shapes) == 1
+
+
+def test_scores_and_findings_are_pure_functions():
+    win = {"outcome": "win", "winner_id": 1, "data": {}}
+    assert gold_score(Kind.PAIRWISE, win, win) == 1.0
+    assert gold_score(Kind.PAIRWISE, win, {"outcome": "tie", "winner_id": None}) == 0.0
+    ranking = {"data": {"ranking": [[1], [2], [3]]}}
+    assert gold_score(Kind.RANKING, ranking, {"data": {"ranking": [[1], [3], [2]]}}) == pytest.approx(2 / 3)
+    steps = {"data": {"steps": {"5": ["positive", "negative"]}}}
+    assert gold_score(Kind.STEPS, steps, {"data": {"steps": {"5": ["positive", "positive"]}}}) == 0.5
+    # Cohen's kappa: the textbook 2x2 example (agree 20+15 of 50, marginals 25/25 and 30/20): 0.4.
+    a = ["y"] * 20 + ["y"] * 5 + ["n"] * 10 + ["n"] * 15
+    b = ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15
+    assert cohen_kappa(a, b) == pytest.approx(0.4)
+    result = qualify(Kind.PAIRWISE, "cohen_kappa", 0.3, [({"outcome": "win", "winner_id": x}, {"outcome": "win", "winner_id": y}) for x, y in zip(a, b)])
+    assert result.admitted and result.metric == "cohen_kappa" and result.score == pytest.approx(0.4)
+
+    class Settings:
+        review_gold_accuracy, review_min_gold, review_majority_agreement = 0.7, 10, 0.6
+        review_speed_ratio, review_position_bias_p = 0.2, 0.001
+
+    fine = AnnotatorStats(n_gold=12, gold_accuracy=0.9, n_shared=20, majority_agreement=0.8, median_ms=5000, project_median_ms=6000, n_wins=40, n_first=22)
+    assert review_findings(fine, Settings) == []
+    bad = AnnotatorStats(n_gold=12, gold_accuracy=0.5, n_shared=20, majority_agreement=0.4, median_ms=500, project_median_ms=6000, n_wins=40, n_first=38)
+    assert len(review_findings(bad, Settings)) == 4
+
+
+def test_gold_feedback_after_a_miss_and_settings_by_researchers(make_project, make_member, api_client_for):
+    project = make_project(n_items=0, gold_rate=1.0)
+    actions.import_items(project, parse_items(jsonl(rows_with("gold", 2)), "jsonl", Kind.PAIRWISE))
+    researcher = api_client_for(make_member(project, "res", Role.RESEARCHER))
+    annotator = api_client_for(make_member(project, "ann"))
+    assert annotator.patch("/api/projects/demo/", {"gold_feedback": True}, format="json").status_code == 403
+    changed = researcher.patch("/api/projects/demo/", {"gold_feedback": True, "review_gold_accuracy": 0.8}, format="json")
+    assert changed.status_code == 200 and changed.json()["gold_feedback"] is True
+    assert researcher.patch("/api/projects/demo/", {"gold_rate": 3}, format="json").status_code == 400
+    assert researcher.patch("/api/projects/demo/", {"overlap": 9}, format="json").json()["overlap"] == 2  # not a setting
+    task = annotator.get("/api/projects/demo/next-task/").json()
+    good = Item.objects.get(tasks__id=task["id"]).responses.get(index=0).pk
+    bad_choice = "B" if task["responses"][0]["id"] == good else "A"
+    missed = annotator.post(f"/api/tasks/{task['id']}/judgments/", {"choice": bad_choice, "strength": 1, "idempotency_key": "x"}, format="json").json()
+    right_choice = "A" if bad_choice == "B" else "B"
+    assert missed["feedback"] == f"This was a check item: the researchers judged response {right_choice} better."
+    task = annotator.get("/api/projects/demo/next-task/").json()
+    good = Item.objects.get(tasks__id=task["id"]).responses.get(index=0).pk
+    hit = annotator.post(f"/api/tasks/{task['id']}/judgments/", {"choice": "A" if task["responses"][0]["id"] == good else "B", "strength": 1, "idempotency_key": "y"}, format="json").json()
+    assert "feedback" not in hit
+
+
+def test_a_reinstated_annotator_starts_with_a_clean_record(make_project, make_member):
+    project = make_project(n_items=0, gold_rate=1.0, review_min_gold=3, review_gold_accuracy=0.7)
+    actions.import_items(project, parse_items(jsonl(rows_with("gold", 8)), "jsonl", Kind.PAIRWISE))
+    user = make_member(project, "ann")
+    for i in range(3):  # three misses: flagged
+        task = actions.assign_next_task(user, project)
+        good = Item.objects.get(pk=task.item_id).responses.get(index=0).pk
+        actions.record_judgment(task, {"choice": "B" if task.display_order[0] == good else "A", "strength": 1}, f"m{i}")
+    membership = Membership.objects.get(user=user)
+    assert membership.status == "flagged"
+    actions.reinstate_annotator(membership, user)
+    task = actions.assign_next_task(user, project)
+    good = Item.objects.get(pk=task.item_id).responses.get(index=0).pk
+    actions.record_judgment(task, {"choice": "A" if task.display_order[0] == good else "B", "strength": 1}, "ok")
+    assert Membership.objects.get(user=user).status == "active"

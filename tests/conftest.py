@@ -1,0 +1,84 @@
+"""Shared fixtures: users with roles, projects with items, API clients with tokens."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from rest_framework.test import APIClient
+
+from annotate import actions
+from annotate.imports import parse_items
+from annotate.models import Kind, Role
+
+
+def pairwise_rows(n: int, *, start: int = 0, conversation_every: int = 0) -> list[dict]:
+    """``n`` pairwise item rows with distinct prompts; every ``conversation_every``-th prompt is multi-turn."""
+    rows = []
+    for i in range(start, start + n):
+        prompt: object = f"Question {i}: what is {i} plus {i}?"
+        if conversation_every and i % conversation_every == 0:
+            prompt = [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": f"Hi, question {i}."},
+                {"role": "assistant", "content": "Hello! Ask away."},
+                {"role": "user", "content": f"What is {i} plus {i}?"},
+            ]
+        rows.append(
+            {
+                "id": f"item-{i}",
+                "prompt": prompt,
+                "responses": [
+                    {"text": f"The answer is {2 * i}.", "model": "good-model"},
+                    {"text": f"The answer is {2 * i + 1}.", "model": "bad-model"},
+                ],
+            }
+        )
+    return rows
+
+
+def jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+
+@pytest.fixture
+def make_project(db):
+    def make(slug="demo", kind=Kind.PAIRWISE, overlap=2, n_items=10, **fields):
+        project = actions.create_project(slug=slug, kind=kind, overlap=overlap, **fields)
+        if n_items:
+            actions.import_items(project, parse_items(jsonl(pairwise_rows(n_items)), "jsonl", kind))
+        return project
+
+    return make
+
+
+@pytest.fixture
+def make_member(db):
+    def make(project, username, role=Role.ANNOTATOR, password="a-long-test-password"):
+        return actions.add_member(project, username, role, password).user
+
+    return make
+
+
+@pytest.fixture
+def api_client_for():
+    """An API client authenticated with the user's token, as a script would be."""
+
+    def make(user):
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {actions.issue_token(user)}")
+        return client
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(tmp_path_factory):
+    """SQLite tests use a file, not the shared in-memory database: in-memory SQLite fails concurrent
+    writers with "table is locked" at once, while a file in WAL mode makes them wait for the lock as
+    production does. The concurrency and browser tests need that."""
+    from django.db import connections
+
+    database = connections["default"].settings_dict
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        database["TEST"]["NAME"] = str(tmp_path_factory.mktemp("sqlite") / "test.sqlite3")
