@@ -164,3 +164,17 @@ def test_combined_scorer_standardises_and_weights(trained_reward):
     combined = CombinedScorer([(scorer, 0.25), (scorer, 0.75)]).score(prompts, responses)
     assert combined == pytest.approx([(r - stats["mean"]) / stats["std"] for r in raw], rel=1e-5)
     assert CombinedScorer([(scorer, 2.0)], normalize=False).score(prompts, responses) == pytest.approx([2 * r for r in raw])
+
+
+def test_a_checkpoint_cut_off_mid_save_is_skipped_and_removed(tmp_path):
+    from training.runners.base import last_checkpoint
+
+    for step, files in [(5, ["model.safetensors", "trainer_state.json"]), (10, ["model.safetensors", "trainer_state.json"]),
+                        (15, ["model.safetensors"]), (20, [])]:  # fmt: skip
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_text("x")
+    assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-5"]
+    assert last_checkpoint(str(tmp_path / "missing")) is None

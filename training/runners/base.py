@@ -19,6 +19,7 @@ import difflib
 import importlib.util
 import json
 import os
+import shutil
 import time
 import types
 import typing
@@ -399,12 +400,24 @@ def training_arguments(config: RunConfig, args_class, checkpoint_dir: str, preci
     )
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+
+
+def checkpoint_is_complete(folder: Path) -> bool:
+    """Trainer writes ``trainer_state.json`` last, after the weights, optimizer and RNG state."""
+    return (folder / "trainer_state.json").is_file() and any((folder / name).is_file() for name in WEIGHT_FILES)
+
+
 def last_checkpoint(checkpoint_dir: str | None) -> str | None:
+    """The newest complete ``checkpoint-N`` folder; newer, half-written ones (a worker killed mid-save) are removed."""
     if not checkpoint_dir or not Path(checkpoint_dir).is_dir():
         return None
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(checkpoint_dir)
+    folders = [p for p in Path(checkpoint_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    for folder in sorted(folders, key=lambda p: int(p.name.split("-", 1)[1]), reverse=True):
+        if checkpoint_is_complete(folder):
+            return str(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 def remove_pickles(folder: str | Path) -> None:
