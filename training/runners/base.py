@@ -180,6 +180,8 @@ def _type_name(tp) -> str:
     args = typing.get_args(tp)
     if args and type(None) in args:
         return _type_name(next(a for a in args if a is not type(None))) + " or none"
+    if typing.get_origin(tp) is list:
+        return "list of " + _type_name(typing.get_args(tp)[0])
     return getattr(tp, "__name__", str(tp))
 
 
@@ -213,6 +215,10 @@ def _check_type(key: str, value, tp):
     elif base is str:
         if isinstance(value, str):
             return value
+    elif typing.get_origin(base) is list:
+        (element,) = typing.get_args(base)
+        if isinstance(value, (list, tuple)):
+            return [_check_type(f"{key}[{i}]", v, element) for i, v in enumerate(value)]
     else:  # pragma: no cover - every field uses the types above
         return value
     raise ConfigError(f"{key} must be {_type_name(tp)}, not {type(value).__name__} {value!r}.")
@@ -234,6 +240,10 @@ def _parse_text(key: str, text: str, tp):
             return int(text)
         if base is float:
             return float(text)
+        if typing.get_origin(base) is list:  # "a,b,c" (the command's --set reward_weights=0.7,0.3)
+            (element,) = typing.get_args(base)
+            parts = [part.strip() for part in text.strip("[]").split(",") if part.strip()]
+            return [_parse_text(key, part, element) for part in parts]
     except ValueError:
         raise ConfigError(f"{key} must be {_type_name(tp)}, not {text!r}.") from None
     return text
