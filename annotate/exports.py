@@ -17,9 +17,11 @@ score difference.
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
+import operator
 import os
 import shutil
 import tempfile
@@ -35,7 +37,7 @@ import numpy as np
 import orjson
 import pandas as pd
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 from django.db.models import Case, Q, Value, When
 from django.db.models.fields.json import KT
 
@@ -97,21 +99,27 @@ def items_in_scope(project: Project, include_gold: bool = False):
     return items if include_gold else items.filter(purpose=Item.Purpose.NORMAL)
 
 
-def item_ranges(items, size: int = CHUNK_ITEMS) -> list[tuple[int, int]]:
-    """Inclusive (first id, last id) ranges of ``size`` items each."""
-    ids = np.fromiter(items.order_by("id").values_list("id", flat=True).iterator(chunk_size=50_000), dtype=np.int64)
+def item_ranges(items, size: int | None = None) -> list[tuple[int, int]]:
+    """Inclusive (first id, last id) ranges of ``size`` items each (default ``CHUNK_ITEMS``)."""
+    from .agreement import numeric_rows
+
+    size = size or CHUNK_ITEMS
+    ids = np.sort(numeric_rows(items.values_list("id"), ["id"])[:, 0])  # binary COPY: a million ids in a blink
     return [(int(ids[i]), int(ids[min(i + size, len(ids)) - 1])) for i in range(0, len(ids), size)]
+
+
+def _conversational_prompt() -> Q:
+    return Q(prompt__1__isnull=False) | ~Q(prompt__0__role="user")
 
 
 def is_conversational(items) -> bool:
     """Whether any prompt is more than one user message (then every row of the export is conversational)."""
-    return items.filter(Q(prompt__1__isnull=False) | ~Q(prompt__0__role="user")).exists()
+    return items.filter(_conversational_prompt()).exists()
 
 
-def vote_frame(project: Project, include_paused: bool = False, include_gold: bool = False, items: tuple[int, int] | None = None, with_data: bool = True, with_order: bool = False) -> pd.DataFrame:
-    """Current judgments of the project: by default on normal items only, without paused or flagged annotators.
-
-    ``with_order`` adds ``order``, the response ids in the order the annotator saw them."""
+def current_judgments(project: Project, include_paused: bool = False, include_gold: bool = False, items: tuple[int, int] | None = None):
+    """The judgments an export reads: current ones, by default on normal items only and without paused or
+    flagged annotators; ``items`` an inclusive range of item ids."""
     judgments = Judgment.objects.filter(project=project, is_current=True)
     if items is not None:
         judgments = judgments.filter(item_id__gte=items[0], item_id__lte=items[1])
@@ -122,6 +130,18 @@ def vote_frame(project: Project, include_paused: bool = False, include_gold: boo
         excluded = Membership.objects.filter(project=project, status__in=EXCLUDED_STATUSES).values("user_id")
         if excluded.exists():
             judgments = judgments.exclude(annotator_id__in=excluded)
+    return judgments
+
+
+def vote_frame(project: Project, include_paused: bool = False, include_gold: bool = False, items: tuple[int, int] | None = None, with_data: bool = True, with_order: bool = False, judgments=None) -> pd.DataFrame:
+    """Current judgments of the project: by default on normal items only, without paused or flagged annotators.
+
+    ``with_order`` adds ``order``, the response ids in the order the annotator saw them. A caller reading many
+    ranges passes ``judgments``, :func:`current_judgments` of the whole project, to build it once."""
+    if judgments is None:
+        judgments = current_judgments(project, include_paused, include_gold)
+    if items is not None:
+        judgments = judgments.filter(item_id__gte=items[0], item_id__lte=items[1])
     columns = ["item", "annotator", "outcome", "winner", "strength"]
     fields = ["item_id", "annotator_id", "outcome", "winner_id", "strength"]
     if not with_data and not with_order:
@@ -137,18 +157,27 @@ def vote_frame(project: Project, include_paused: bool = False, include_gold: boo
 
 
 OUTCOMES = np.array([Judgment.Outcome.WIN, Judgment.Outcome.TIE, Judgment.Outcome.BOTH_BAD, ""], dtype=object)
+BOTH_BAD_CODE = 2  # the index of "both bad" in OUTCOMES
 
 
-def _numeric_vote_frame(judgments) -> pd.DataFrame:
-    """The plain pairwise columns, all integers, through ``agreement.numeric_rows`` (binary COPY on PostgreSQL):
-    the million-vote export path, several times faster than a Python tuple per row."""
-    from .agreement import _NULL, numeric_rows
+def vote_table(judgments, fields: list[str]) -> np.ndarray:
+    """Integer columns of ``judgments`` through ``agreement.numeric_rows`` (binary COPY on PostgreSQL), NULL as
+    ``agreement._NULL``; the field ``outcome_code`` is the outcome's index in ``OUTCOMES``."""
+    from .agreement import numeric_rows
 
     code = Case(
         *(When(outcome=outcome, then=Value(i)) for i, outcome in enumerate(OUTCOMES[:3])), default=Value(3)
     )
+    return numeric_rows(judgments.annotate(outcome_code=code).values_list(*fields), fields)
+
+
+def _numeric_vote_frame(judgments) -> pd.DataFrame:
+    """The plain pairwise columns, all integers, through :func:`vote_table`: the million-vote export path,
+    several times faster than a Python tuple per row."""
+    from .agreement import _NULL
+
     fields = ["item_id", "annotator_id", "outcome_code", "winner_id", "strength"]
-    table = numeric_rows(judgments.annotate(outcome_code=code).values_list(*fields), fields)
+    table = vote_table(judgments, fields)
     winner = pd.array(table[:, 3], dtype="Int64")
     winner[table[:, 3] == _NULL] = pd.NA
     strength = pd.array(table[:, 4], dtype="Int64")
@@ -169,17 +198,20 @@ def item_tables(project: Project, items: tuple[int, int], conversational: bool) 
         prompt_values = [[{"role": "user", "content": text}] for text in prompt_values]
     responses: dict[int, list[tuple[int, str]]] = defaultdict(list)
     texts = {}
-    for item_id, rid, text in (
-        Response.objects.filter(item__project=project, item_id__gte=items[0], item_id__lte=items[1])
-        .order_by("item", "index")
-        .values_list("item_id", "id", "text")
-    ):
+    for item_id, rid, text in _responses_of(project, items).order_by("item", "index").values_list("item_id", "id", "text"):
         responses[item_id].append((rid, text))
         texts[rid] = text
     return ItemTables(
         dict(zip(ids, prompt_values)), dict(responses), dict(zip(ids, external_ids)), dict(zip(external_ids, hashes)),
         conversational, texts,
     )  # fmt: skip
+
+
+def _responses_of(project: Project, items: tuple[int, int]):
+    """Responses of the project's items with ids in the inclusive range ``items``. (Filtering on
+    ``item__project`` instead makes PostgreSQL join every item of the project, for each range.)"""
+    selected = Item.objects.filter(project=project, id__range=items)
+    return Response.objects.filter(item__in=selected, item_id__gte=items[0], item_id__lte=items[1])
 
 
 def pseudonyms(project: Project) -> dict[int, str]:
@@ -600,8 +632,8 @@ class ExportOptions:
 
 
 
-def iter_rows(project: Project, options: "ExportOptions") -> Iterator[tuple[list[dict], ItemTables]]:
-    """The export's rows, a chunk of items at a time, each with the tables it was built from."""
+def check_options(project: Project, options: "ExportOptions") -> None:
+    """Raise :class:`ExportError` unless ``options`` are valid and fit the project's kind and criteria."""
     options.validate()
     fmt = options.format
     if fmt not in KIND_FORMATS[project.kind]:
@@ -610,12 +642,20 @@ def iter_rows(project: Project, options: "ExportOptions") -> Iterator[tuple[list
     criterion = options.criterion or None
     if criterion and criterion not in (project.criteria or project.rating_criteria):
         raise ExportError(f"Unknown criterion {criterion!r} in project {project.slug}.")
+
+
+def iter_rows(project: Project, options: "ExportOptions") -> Iterator[tuple[list[dict], ItemTables]]:
+    """The export's rows, a chunk of items at a time, each with the tables it was built from."""
+    check_options(project, options)
+    fmt = options.format
+    criterion = options.criterion or None
     include_gold = options.include_gold or fmt == "raw"
     items = items_in_scope(project, include_gold)
     conversational = is_conversational(items)
     names = pseudonyms(project) if fmt in ("ranking", "ratings", "raw") else {}
     with_data = project.kind != Kind.PAIRWISE or bool(criterion) or fmt == "sft"
     ranges = item_ranges(items)
+    judgments = current_judgments(project, options.include_paused, include_gold)
     model = None
     if options.aggregate in MODEL_AGGREGATES and fmt in PREFERENCE_FORMATS:
         model = fit_preference_model(project, options, ranges, conversational, with_data)
@@ -624,7 +664,7 @@ def iter_rows(project: Project, options: "ExportOptions") -> Iterator[tuple[list
         if fmt == "raw":
             rows = raw_rows(project, item_range, names, tables)
         else:
-            votes = vote_frame(project, options.include_paused, include_gold, item_range, with_data)
+            votes = vote_frame(project, options.include_paused, include_gold, item_range, with_data, judgments=judgments)
             rows = _rows(project, votes, tables, options, names, model)
         if options.max_chars:
             rows = [row for row in rows if _chars(row) <= options.max_chars]
@@ -811,6 +851,307 @@ def _indices(data: dict, index: dict[int, int]) -> str:
     return canonical({key: convert(value, key) for key, value in (data or {}).items()}).decode()
 
 
+# --- the columnar path ----------------------------------------------------------------------------
+# The export that gets large — pairwise votes → TRL rows by majority, prompts of one user message, ties dropped —
+# is computed on whole columns: the votes as integers (binary COPY), the majority as counts per (pair, outcome)
+# with numpy, the texts read by the cursor into Arrow arrays and the canonical JSON of every row joined by Arrow,
+# while a thread reads the next chunk. The general path builds a DataFrame, then a dict per row, and takes
+# about four times as long on the million-vote benchmark (bench/export.py). Both give the same rows, files and
+# hash: tests export the same project both ways and compare.
+
+
+def fits_columns(project: Project, options: "ExportOptions") -> bool:
+    """Whether the columnar path can write this export (single-message prompts are checked on the items)."""
+    return (
+        project.kind == Kind.PAIRWISE and options.format == "trl" and options.aggregate == "majority"
+        and options.ties == "drop" and not options.criterion
+    )  # fmt: skip
+
+
+@dataclass
+class RowBatch:
+    """A chunk of rows as columns: ``table`` (the columns written to Parquet, in row order), ``lines`` (each
+    row's canonical bytes and a newline), ``keys`` (each row's canonical bytes without its id, for deduplication;
+    None without it) and ``prompt_hashes`` (each row's, for splits; None when there is no test split)."""
+
+    table: object  # pyarrow.Table
+    lines: object  # pyarrow.BinaryArray
+    keys: object
+    prompt_hashes: list[str] | None
+
+
+def _fetch(queryset) -> list[tuple]:
+    """The rows of a ``values_list`` queryset straight from the cursor. Only for int and text columns, which the
+    ORM would return unconverted anyway: it saves the ORM's work per row."""
+    sql, params = queryset.query.sql_with_params()
+    with connections[queryset.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _columns(rows: list[tuple], width: int) -> list[tuple]:
+    return list(zip(*rows)) if rows else [()] * width
+
+
+def response_pairs(response_ids: np.ndarray, response_items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(items, a, b)`` for the items with exactly two responses, ``a`` < ``b`` their ids, items ascending."""
+    order = np.lexsort((response_ids, response_items))
+    items, ids = response_items[order], response_ids[order]
+    starts = np.flatnonzero(np.r_[True, items[1:] != items[:-1]]) if len(items) else np.zeros(0, dtype=np.int64)
+    two = starts[np.diff(np.r_[starts, len(items)]) == 2]
+    return items[two], ids[two], ids[two + 1]
+
+
+def majority_columns(votes: np.ndarray, pair_items: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`majority_pairs` with ties dropped, on integer columns: ``votes`` has item, outcome code (index in
+    ``OUTCOMES``), winner and strength (NULL as ``agreement._NULL``); ``pair_items``, ``a``, ``b`` as
+    :func:`response_pairs` gives them. Returns ``item``, ``chosen``, ``rejected``, ``margin`` and ``agreement``
+    arrays, one entry per preference, by item."""
+    from .agreement import _NULL
+
+    votes = votes[votes[:, 1] != BOTH_BAD_CODE]
+    item, winner, strength = votes[:, 0], votes[:, 2], votes[:, 3]
+    n = len(pair_items)
+    pos = np.minimum(np.searchsorted(pair_items, item), max(n - 1, 0))
+    paired = (pair_items[pos] == item) if n else np.zeros(len(item), dtype=bool)
+    pos, winner, strength = pos[paired], winner[paired], strength[paired]
+    # Each vote's outcome as 0 (a won), 1 (b won) or 2 (a tie).
+    outcome = np.where(winner == _NULL, 2, np.where(winner == a[pos], 0, 1))
+    if ((winner != _NULL) & (winner != a[pos]) & (winner != b[pos])).any():
+        return _majority_by_frame(item[paired], a[pos], b[pos], winner, strength)
+    counts = np.bincount(pos * 3 + outcome, minlength=3 * n).reshape(n, 3)
+    strengths = np.where(strength == _NULL, 0.0, strength.astype(float))
+    sums = np.bincount(pos * 3 + outcome, weights=strengths, minlength=3 * n).reshape(n, 3)
+    n_votes, top = counts.sum(axis=1), counts.max(axis=1)
+    best = counts.argmax(axis=1)
+    # A majority: one outcome alone at the top, and a response rather than a tie.
+    keep = (n_votes > 0) & ((counts == top[:, None]).sum(axis=1) == 1) & (best < 2)
+    rows = np.flatnonzero(keep)
+    best, won = best[rows], top[rows]
+    chosen = np.where(best == 0, a[rows], b[rows])
+    return {
+        "item": pair_items[rows],
+        "chosen": chosen,
+        "rejected": np.where(best == 0, b[rows], a[rows]),
+        "margin": sums[rows, best] / won,
+        "agreement": won / n_votes[rows],
+    }
+
+
+def _majority_by_frame(item, a, b, winner, strength) -> dict[str, np.ndarray]:
+    """The general :func:`majority_pairs`, for votes whose winner is neither response of the pair."""
+    from .agreement import _NULL
+
+    frame = pd.DataFrame({"item": item, "a": a, "b": b, "winner": pd.array(winner, dtype="Int64"), "strength": pd.array(strength, dtype="Int64")})
+    frame.loc[winner == _NULL, "winner"] = pd.NA
+    frame.loc[strength == _NULL, "strength"] = pd.NA
+    preferences = majority_pairs(frame)
+    return {name: preferences[name].to_numpy() for name in ("item", "chosen", "rejected", "margin", "agreement")}
+
+
+def _text_column(values):
+    """A string array of ``values`` (text, or None); other values typed as ``Table.from_pylist`` would."""
+    import pyarrow as pa
+
+    try:
+        return pa.array(values, type=pa.string())
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        return pa.array(values)
+
+
+def _lengths(column) -> np.ndarray:
+    """Characters of each value, as :func:`_chars` counts them (0 for None or a number)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not pa.types.is_string(column.type):
+        return np.array([_chars(value) for value in column.to_pylist()], dtype=np.int64)
+    return pc.utf8_length(column).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _json_values(values, column):
+    """:func:`canonical` of each of ``values`` (``column``: their :func:`_text_column`), as a binary array.
+
+    orjson spends microseconds on each call but little on each string of a list, so strings are encoded in one
+    call and the output cut at the quotes that delimit them (a quote with an even number of backslashes
+    before it; splitting at ``","`` would be wrong: a string ending in ``",`` makes a false separator).
+    Anything else (a None, a number) is encoded value by value."""
+    import pyarrow as pa
+
+    if len(values) and pa.types.is_string(column.type) and column.null_count == 0:
+        cut = _cut_json_strings(orjson.dumps(values), len(values))
+        if cut is not None:
+            return cut
+    return pa.array([orjson.dumps(value) for value in values], type=pa.binary())
+
+
+def _cut_json_strings(data: bytes, n: int):
+    """The ``n`` JSON strings of ``data``, a JSON list of them, as a binary array (None if it is not that)."""
+    import pyarrow as pa
+
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    quotes = np.flatnonzero(buffer == ord('"'))
+    escaped = np.zeros(len(quotes), dtype=bool)
+    behind = quotes - 1
+    run = buffer[behind] == ord("\\")
+    while run.any():  # count the backslashes before each quote (rarely more than two rounds)
+        escaped ^= run
+        behind -= 1
+        run &= buffer[behind] == ord("\\")
+    delimiters = quotes[~escaped]
+    if len(delimiters) != 2 * n:
+        return None
+    opens, closes = delimiters[0::2], delimiters[1::2]
+    if opens[0] != 1 or closes[-1] != len(buffer) - 2 or (opens[1:] != closes[:-1] + 2).any():
+        return None
+    between = np.ones(len(buffer), dtype=bool)  # all but the brackets and the commas between the strings
+    between[[0, -1]] = False
+    between[closes[:-1] + 1] = False
+    values = buffer[between]
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(closes - opens + 1, out=offsets[1:])
+    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(values)])
+
+
+class _Conversational(Exception):
+    """The columnar path met a prompt that is a conversation: every row of the export must then be
+    conversational, which only the general path writes."""
+
+
+def iter_trl_batches(project: Project, options: "ExportOptions", with_hashes: bool = False) -> Iterator[RowBatch]:
+    """The rows of a :func:`fits_columns` export as :class:`RowBatch` es, ``CHUNK_ITEMS`` items at a time: the
+    same rows in the same order as :func:`iter_rows`. Raises :class:`_Conversational` (before the rows of its
+    chunk) on meeting a prompt that is more than one user message.
+
+    Chunks are read by keyset (the next ``CHUNK_ITEMS`` items after the last id read), so nothing scans the
+    items beforehand; whether a prompt is a conversation comes with each item."""
+    flagged = items_in_scope(project, options.include_gold).annotate(
+        conversational=Case(When(_conversational_prompt(), then=Value(1)), default=Value(0))
+    )  # fmt: skip
+    fields = ["id", KT("prompt__0__content"), "external_id", "conversational"] + (["prompt_hash"] if with_hashes else [])
+    judgments = current_judgments(project, options.include_paused, options.include_gold).order_by()
+    after = [0]  # the last item id read (ids are positive)
+
+    def read_next() -> _Chunk | None:
+        rows = _fetch(flagged.filter(id__gt=after[0]).order_by("id").values_list(*fields)[:CHUNK_ITEMS])
+        if not rows:
+            return None
+        after[0] = rows[-1][0]
+        return _read_chunk(project, judgments, rows, with_hashes)
+
+    for chunk in _read_ahead(read_next, judgments.db):
+        if chunk.conversational:
+            raise _Conversational
+        batch = _trl_batch(chunk, options)
+        if batch is not None:
+            yield batch
+
+
+def _read_ahead(read_next, using: str) -> Iterator:
+    """``read_next()`` until it returns None; on PostgreSQL, after a first full chunk, the next one is read in a
+    thread, on a connection of its own, while the caller works on the current one.
+
+    Half of an export's time is PostgreSQL's (running the queries, sending the rows) and half Python's; one
+    after the other they add up, side by side (the server is another process) the slower one sets the pace.
+    Only outside a transaction: a second connection would not see what the open transaction wrote."""
+    connection = connections[using]
+    first = read_next()
+    if first is None:
+        return
+    if connection.vendor != "postgresql" or connection.in_atomic_block or len(first.item_ids) < CHUNK_ITEMS:
+        yield first
+        while (chunk := read_next()) is not None:
+            yield chunk
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-read")
+    pending = pool.submit(read_next)
+    try:
+        yield first
+        while (current := pending.result()) is not None:
+            pending = pool.submit(read_next)
+            yield current
+    finally:
+        pending.cancel()
+        pool.submit(connections.close_all).result()  # the thread's own connection, after its last read
+        pool.shutdown()
+
+
+@dataclass
+class _Chunk:
+    """What the rows of a range of items are made of, as read from the database."""
+
+    item_ids: np.ndarray  # ascending
+    prompts: tuple  # the text of each item's one message
+    external_ids: tuple
+    prompt_hashes: tuple | None
+    conversational: bool  # whether any prompt is more than one user message
+    response_ids: np.ndarray  # in no particular order
+    response_items: np.ndarray
+    texts: tuple
+    votes: np.ndarray  # item, outcome code, winner, strength
+
+
+def _read_chunk(project: Project, judgments, item_rows: list[tuple], with_hashes: bool) -> _Chunk:
+    """The chunk of the items ``item_rows`` (id, prompt text, external id, conversational, prompt hash), by id."""
+    item_columns = _columns(item_rows, 5 if with_hashes else 4)
+    item_ids = np.array(item_columns[0], dtype=np.int64)
+    first, last = int(item_ids[0]), int(item_ids[-1])
+    if len(item_ids) == last - first + 1:  # no other item in the range: no join to the project's items needed
+        responses = Response.objects.filter(item_id__gte=first, item_id__lte=last)
+    else:
+        responses = _responses_of(project, (first, last))
+    # In no particular order (sorting them is numpy's job).
+    response_ids, response_items, texts = _columns(_fetch(responses.order_by().values_list("id", "item_id", "text")), 3)
+    return _Chunk(
+        item_ids, item_columns[1], item_columns[2], item_columns[4] if with_hashes else None, any(item_columns[3]),
+        np.array(response_ids, dtype=np.int64), np.array(response_items, dtype=np.int64), texts,
+        vote_table(judgments.filter(item_id__gte=first, item_id__lte=last), ["item_id", "outcome_code", "winner_id", "strength"]),
+    )  # fmt: skip
+
+
+def _trl_batch(chunk: _Chunk, options: "ExportOptions") -> RowBatch | None:
+    """The rows of one chunk (:func:`iter_rows` would give them as dicts)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    item_ids, prompts, external_ids, texts = chunk.item_ids, chunk.prompts, chunk.external_ids, chunk.texts
+    response_ids, response_items, votes = chunk.response_ids, chunk.response_items, chunk.votes
+    preferences = majority_columns(votes, *response_pairs(response_ids, response_items))
+    keep = preferences["agreement"] >= options.min_agreement
+    at_item = np.searchsorted(item_ids, preferences["item"][keep])
+    by_id = np.argsort(response_ids)
+    at_chosen = by_id[np.searchsorted(response_ids, preferences["chosen"][keep], sorter=by_id)]
+    at_rejected = by_id[np.searchsorted(response_ids, preferences["rejected"][keep], sorter=by_id)]
+    margin = preferences["margin"][keep]
+
+    text_array, prompt_array = _text_column(texts), _text_column(prompts)
+    chosen, rejected = text_array.take(at_chosen), text_array.take(at_rejected)
+    prompt_column = prompt_array.take(at_item)
+    if options.max_chars:  # as _chars counts a row: the characters of prompt, chosen and rejected
+        length = sum(_lengths(column) for column in (prompt_column, chosen, rejected))
+        short = length <= options.max_chars
+        at_item, at_chosen, at_rejected, margin = at_item[short], at_chosen[short], at_rejected[short], margin[short]
+        prompt_column, chosen, rejected = prompt_column.filter(short), chosen.filter(short), rejected.filter(short)
+    if not len(at_item):
+        return None
+    id_array = pa.array(external_ids, type=pa.string())
+    table = pa.table({"prompt": prompt_column, "chosen": chosen, "rejected": rejected, "margin": pa.array(margin, type=pa.float64()), "id": id_array.take(at_item)})
+
+    # Canonical JSON (sorted keys, orjson's spelling of each value), joined column by column.
+    json_texts = _json_values(texts, text_array)
+    json_margin = pa.array(orjson.dumps(margin.tolist())[1:-1].split(b","), type=pa.binary())
+    nothing = pa.scalar(b"", type=pa.binary())
+    head = (b'{"chosen":', json_texts.take(at_chosen))
+    tail = (b',"margin":', json_margin, b',"prompt":', _json_values(prompts, prompt_array).take(at_item), b',"rejected":', json_texts.take(at_rejected))
+    lines = pc.binary_join_element_wise(*head, b',"id":', _json_values(external_ids, id_array).take(at_item), *tail, b"}\n", nothing)
+    keys = pc.binary_join_element_wise(*head, *tail, b"}", nothing) if options.dedupe else None
+    at_item_list = at_item.tolist()
+    hashes = [chunk.prompt_hashes[i] for i in at_item_list] if chunk.prompt_hashes is not None else None
+    return RowBatch(table, lines, keys, hashes)
+
+
 # --- writing: splits, deduplication, hashing -----------------------------------------------------
 
 
@@ -843,7 +1184,11 @@ def _row_prompt_hash(row: dict, tables: ItemTables) -> str:
 
 
 class _SplitWriter:
-    """Writes one split as it streams: canonical JSONL, or Parquet in row groups (also the source of ``hf``)."""
+    """Writes one split as it streams: canonical JSONL, or Parquet in row groups (also the source of ``hf``).
+
+    Rows come one at a time (:meth:`write`) or as Arrow tables with their canonical lines (:meth:`write_batch`,
+    the columnar path); either way every row group but the last holds ``PARQUET_BATCH`` rows, so both give the
+    same file."""
 
     PARQUET_BATCH = 50_000
 
@@ -853,6 +1198,8 @@ class _SplitWriter:
         self.path = folder / f"{name}.{'jsonl' if container == 'jsonl' else 'parquet'}"
         self.file = open(self.path, "wb") if container == "jsonl" else None
         self.buffer: list[dict] = []
+        self.tables: list = []  # pyarrow tables of the columnar path, not yet written
+        self.buffered = 0
         self.writer = None
 
     def write(self, row: dict, data: bytes) -> None:
@@ -865,28 +1212,73 @@ class _SplitWriter:
         if len(self.buffer) >= self.PARQUET_BATCH:
             self._flush()
 
+    def write_batch(self, table, lines) -> None:
+        """Rows as a pyarrow table, with ``lines`` (a binary array) the canonical bytes of each plus a newline."""
+        data = _joined(lines)
+        self.digest.update(data)
+        self.count += table.num_rows
+        if self.file is not None:
+            self.file.write(data)
+            return
+        self.tables.append(table)
+        self.buffered += table.num_rows
+        while self.buffered >= self.PARQUET_BATCH:
+            self._flush_tables(self.PARQUET_BATCH)
+
     def _flush(self) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if not self.buffer:
             return
         if self.writer is None:
             table = pa.Table.from_pylist(self.buffer)
-            self.writer = pq.ParquetWriter(self.path, table.schema)
         else:
             try:
                 table = pa.Table.from_pylist(self.buffer, schema=self.writer.schema)
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
                 raise ExportError(f"Rows of this export change column types midway ({exc}); use jsonl.") from None
-        self.writer.write_table(table)
+        self._write_table(table)
         self.buffer = []
+
+    def _flush_tables(self, size: int | None = None) -> None:
+        import pyarrow as pa
+
+        if not self.tables:
+            return
+        # One contiguous array per column, as from_pylist makes: the Parquet writer's pages then fall where the
+        # row path's do, and the files are byte for byte the same.
+        table = pa.concat_tables(self.tables).combine_chunks()
+        size = table.num_rows if size is None else size
+        self._write_table(table.slice(0, size))
+        rest = table.slice(size)
+        self.tables, self.buffered = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def _write_table(self, table) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            # As from_pylist infers it: a column with no value at all has the null type.
+            for i, column in enumerate(table.columns):
+                if column.null_count == len(column) and column.type != pa.null():
+                    table = table.set_column(i, table.field(i).name, pa.nulls(len(column)))
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        elif table.schema != self.writer.schema:
+            for i, (field_, wanted) in enumerate(zip(table.schema, self.writer.schema)):
+                column = table.column(i)
+                if field_.type == wanted.type:
+                    continue
+                if wanted.type != pa.null() or column.null_count != len(column):
+                    raise ExportError(f"Rows of this export change column types midway ({field_.name}: {wanted.type} then {field_.type}); use jsonl.")
+                table = table.set_column(i, wanted, pa.nulls(len(column)))
+        self.writer.write_table(table)
 
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
             return
         self._flush()
+        self._flush_tables()
         if self.writer is None:  # an empty split still gets a readable file
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -896,6 +1288,14 @@ class _SplitWriter:
             self.writer.close()
 
 
+def _joined(array) -> memoryview:
+    """The values of a binary array end to end (its rows in order), without copying."""
+    if len(array) == 0:
+        return memoryview(b"")
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32, count=len(array) + 1, offset=array.offset * 4)
+    return memoryview(array.buffers()[2])[offsets[0] : offsets[-1]]
+
+
 @dataclass
 class ExportResult:
     counts: dict[str, int]
@@ -903,37 +1303,60 @@ class ExportResult:
     files: dict[str, Path]
 
 
-def write_export(project: Project, options: "ExportOptions", folder: Path) -> ExportResult:
+def write_export(project: Project, options: "ExportOptions", folder: Path, columnar: bool = True) -> ExportResult:
     """Stream the export into ``folder``: ``train.<jsonl|parquet>`` and, with a test size, ``test.…``;
     ``hf`` adds a ``dataset`` folder (``datasets.DatasetDict.save_to_disk``) built from the Parquet files.
 
     Deduplicates rows (identical but for their id) when ``options.dedupe``, and hashes the canonical bytes of
     every row split by split: the content hash does not depend on the container.
+
+    The exports :func:`fits_columns` names take the columnar path (:func:`iter_trl_batches`); ``columnar=False``
+    sends them through the general row by row path instead, the reference the tests compare it with.
     """
+    check_options(project, options)
     folder = Path(folder)
     test_groups = test_prompts(project, options)
     names = ["train", "test"] if options.test_size else ["train"]
     writers = {name: _SplitWriter(folder, name, options.container) for name in names}
     seen: set[bytes] = set()
     # An export allocates millions of small acyclic dicts and lists; the cyclic garbage collector would scan
-    # them again and again (a third of the run time), while reference counting frees them anyway.
-    collecting = gc.isenabled()
+    # them again and again (a third of the run time), while reference counting frees them anyway. What exists
+    # before the export (Django, pandas, pyarrow: a million objects) is frozen, so that the one collection
+    # per chunk of the general path scans only the export's own objects. (The columnar path makes a few
+    # hundred objects per chunk, not millions; the odd cycle among them waits for the end of the export.)
+    collecting, freezing = gc.isenabled(), gc.get_freeze_count() == 0
     gc.disable()
+    if freezing:
+        gc.freeze()
     try:
-        for rows, tables in iter_rows(project, options):
-            gc.collect()  # once per chunk: frees the previous chunk's cycles (pandas has some) at a fixed cost
-            for row in rows:
-                data = canonical(row)
-                if options.dedupe:
-                    key = hashlib.blake2b(canonical({k: v for k, v in row.items() if k != "id"}), digest_size=16).digest()
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                split = "test" if test_groups and _row_prompt_hash(row, tables) in test_groups else "train"
-                writers[split].write(row, data)
+        written = False
+        if columnar and fits_columns(project, options):
+            try:
+                for batch in iter_trl_batches(project, options, with_hashes=bool(test_groups)):
+                    _write_batch(batch, writers, seen, test_groups, options.dedupe)
+                written = True
+            except _Conversational:  # start again on the general path, from empty files
+                for writer in writers.values():
+                    writer.close()
+                writers = {name: _SplitWriter(folder, name, options.container) for name in names}
+                seen.clear()
+        if not written:
+            for rows, tables in iter_rows(project, options):
+                gc.collect()  # once per chunk: frees the previous chunk's cycles (pandas has some)
+                for row in rows:
+                    data = canonical(row)
+                    if options.dedupe:
+                        key = hashlib.blake2b(canonical({k: v for k, v in row.items() if k != "id"}), digest_size=16).digest()
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                    split = "test" if test_groups and _row_prompt_hash(row, tables) in test_groups else "train"
+                    writers[split].write(row, data)
     finally:
         for writer in writers.values():
             writer.close()
+        if freezing:
+            gc.unfreeze()
         if collecting:
             gc.enable()
     digest = hashlib.sha256()
@@ -949,6 +1372,35 @@ def write_export(project: Project, options: "ExportOptions", folder: Path) -> Ex
             path.unlink()
         files = {name: folder / "dataset" / name for name in files}
     return ExportResult({name: w.count for name, w in writers.items()}, digest.hexdigest(), files)
+
+
+_BLAKE2B_16 = functools.partial(hashlib.blake2b, digest_size=16)  # the deduplication key of a row's bytes
+_DIGEST = operator.methodcaller("digest")
+
+
+def _write_batch(batch: "RowBatch", writers: dict[str, _SplitWriter], seen: set[bytes], test_groups: set[str], dedupe: bool) -> None:
+    """The columnar path's half of write_export's loop: deduplicate, split and write one batch of rows."""
+    n = batch.table.num_rows
+    if not n:
+        return
+    keep = np.ones(n, dtype=bool)
+    if dedupe:
+        digests = list(map(_DIGEST, map(_BLAKE2B_16, batch.keys.to_pylist())))
+        fresh = set(digests)
+        if len(fresh) == n and seen.isdisjoint(fresh):  # the usual case: every row is new, no loop in Python
+            seen |= fresh
+        else:
+            add = seen.add
+            keep = np.fromiter((d not in seen and not add(d) for d in digests), dtype=bool, count=n)
+    test = np.zeros(n, dtype=bool)
+    if test_groups:
+        test = np.fromiter((h in test_groups for h in batch.prompt_hashes), dtype=bool, count=n)
+    for name, writer in writers.items():
+        mask = keep & (test if name == "test" else ~test)
+        if mask.all():
+            writer.write_batch(batch.table, batch.lines)
+        elif mask.any():
+            writer.write_batch(batch.table.filter(mask), batch.lines.filter(mask))
 
 
 def build_splits(project: Project, options: "ExportOptions") -> dict[str, list[dict]]:

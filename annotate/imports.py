@@ -24,6 +24,7 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Iterator
 
 from django.conf import settings
@@ -93,13 +94,25 @@ def detect_format(filename: str, explicit: str | None = None) -> str:
 # --- reading rows ---------------------------------------------------------------------------------
 
 
+def read_upload(upload) -> bytes:
+    """The bytes of an uploaded file, refused by its size before a byte of it is read."""
+    if upload.size is not None and upload.size > settings.ARBITER_IMPORT_MAX_BYTES:
+        raise ImportFailed([(0, f"The file is larger than the limit of {settings.ARBITER_IMPORT_MAX_BYTES} bytes.")])
+    return upload.read()
+
+
 def iter_rows(data: bytes, fmt: str) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line number, row)``; a row that cannot be read at all is yielded as a RowError."""
+    """Yield ``(line number, row)``; a row that cannot be read at all is yielded as a RowError.
+
+    The limits are checked before anything is parsed: the size, then each line's length and (JSONL) nesting depth,
+    then the number of rows. A file over any of them is refused whole, naming the lines.
+    """
     if len(data) > settings.ARBITER_IMPORT_MAX_BYTES:
         raise ImportFailed([(0, f"The file is larger than the limit of {settings.ARBITER_IMPORT_MAX_BYTES} bytes.")])
     if fmt == "parquet":
         yield from _parquet_rows(data)
         return
+    _check_line_lengths(data)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -111,15 +124,56 @@ def iter_rows(data: bytes, fmt: str) -> Iterator[tuple[int, Any]]:
         yield from _csv_rows(text)
 
 
+def _check_line_lengths(data: bytes) -> None:
+    limit = settings.ARBITER_IMPORT_MAX_LINE_BYTES
+    if len(data) <= limit:
+        return
+    errors = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if len(line) > limit:
+            errors.append((number, f"the line is {len(line)} bytes long, more than the limit of {limit} bytes."))
+    if errors:
+        raise ImportFailed(errors)
+
+
+_ESCAPED = re.compile(r"\\.", re.S)
+_STRING = re.compile(r'"[^"]*"')  # after escapes are removed, quotes pair up: linear, no backtracking
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def json_depth(text: str) -> int:
+    """How deeply the arrays and objects of a JSON text nest, found without parsing it (brackets inside strings
+    do not count). Linear in the text, so a hostile line cannot make it slow."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", _ESCAPED.sub("", text)))
+    return max(accumulate(1 if c in "[{" else -1 for c in brackets), default=0)
+
+
+def _too_deep(text: str) -> str | None:
+    limit = settings.ARBITER_IMPORT_MAX_DEPTH
+    if text.count("[") + text.count("{") <= limit:  # the usual row: fewer openers than the limit, nothing to scan
+        return None
+    depth = json_depth(text)
+    return f"nested {depth} levels deep, more than the limit of {limit}." if depth > limit else None
+
+
 def _jsonl_rows(text: str) -> Iterator[tuple[int, Any]]:
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line: str.splitlines() would also split at U+2028, U+0085 and others that JSON strings
+    # may hold as they are, cutting a valid row in two.
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    deep = [(number, f"invalid JSON ({reason})") for number, line in enumerate(lines, start=1) if (reason := _too_deep(line))]
+    if deep:
+        raise ImportFailed(deep)
+    rows = sum(1 for line in lines if line.strip())
+    if rows > settings.ARBITER_IMPORT_MAX_ROWS:
+        raise ImportFailed([(0, f"The file has {rows} rows, more than the limit of {settings.ARBITER_IMPORT_MAX_ROWS} rows.")])
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             yield number, json.loads(line)
         except json.JSONDecodeError as exc:
             yield number, RowError(f"invalid JSON ({exc.msg} at column {exc.colno}).")
-        except RecursionError:
+        except RecursionError:  # pragma: no cover - json_depth refuses these first
             yield number, RowError("invalid JSON (nested too deeply).")
 
 
@@ -141,12 +195,48 @@ def _parquet_rows(data: bytes) -> Iterator[tuple[int, Any]]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(io.BytesIO(data))
+        metadata = pq.ParquetFile(io.BytesIO(data))
+        rows, depth = metadata.metadata.num_rows, max((_arrow_depth(f.type) for f in metadata.schema_arrow), default=0)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise ImportFailed([(0, f"Not a readable Parquet file: {exc}")]) from None
-    for number, row in enumerate(table.to_pylist(), start=1):
+    if rows > settings.ARBITER_IMPORT_MAX_ROWS:
+        raise ImportFailed([(0, f"The file has {rows} rows, more than the limit of {settings.ARBITER_IMPORT_MAX_ROWS} rows.")])
+    if depth > settings.ARBITER_IMPORT_MAX_DEPTH:
+        raise ImportFailed([(0, f"Its columns nest {depth} levels deep, more than the limit of {settings.ARBITER_IMPORT_MAX_DEPTH}.")])
+    try:
+        # A damaged page can pass the footer checks and fail only when its values are decoded (to_pylist).
+        rows = pq.read_table(io.BytesIO(data)).to_pylist()
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise ImportFailed([(0, f"Not a readable Parquet file: {exc}")]) from None
+    for number, row in enumerate(rows, start=1):
         yield number, row
 
+
+def _arrow_depth(kind) -> int:
+    """Nesting of an Arrow type: a list or struct of scalars is 1."""
+    import pyarrow as pa
+
+    if pa.types.is_struct(kind):
+        return 1 + max((_arrow_depth(kind.field(i).type) for i in range(kind.num_fields)), default=0)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return 1 + _arrow_depth(kind.value_type)
+    if pa.types.is_map(kind):
+        return 1 + max(_arrow_depth(kind.key_type), _arrow_depth(kind.item_type))
+    return 0
+
+
+def has_nul(value: Any) -> bool:
+    """Whether any text in a parsed row holds NUL, which PostgreSQL cannot store (in text or in JSON)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(has_nul(v) for v in value)
+    return False
+
+
+NUL_MESSAGE = "the row contains a NUL character (\\u0000), which cannot be stored."
 
 # --- item rows ------------------------------------------------------------------------------------
 
@@ -171,6 +261,8 @@ def parse_hh_transcript(text: str) -> list[dict]:
 def _maybe_json(value: Any, name: str) -> Any:
     """CSV cells hold JSON for structured columns; a cell that does not look like JSON stays text."""
     if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        if reason := _too_deep(value):
+            raise RowError(f"{name} is not valid JSON ({reason})")
         try:
             return json.loads(value)
         except json.JSONDecodeError as exc:
@@ -310,6 +402,8 @@ def parse_items(data: bytes, fmt: str, kind: str) -> list[ParsedItem]:
             if isinstance(row, RowError):
                 raise row
             item = parse_item_row(row, line, from_csv=fmt == "csv")
+            if has_nul([item.prompt, item.responses, item.metadata, item.gold, item.external_id]):
+                raise RowError(NUL_MESSAGE)
             if not low <= len(item.responses) <= high:
                 wanted = f"exactly {low}" if low == high else f"{low} to {high}"
                 raise RowError(f"{kind} projects need {wanted} responses per item; this row has {len(item.responses)}.")
@@ -343,7 +437,14 @@ def parse_votes(data: bytes, fmt: str) -> list[ParsedVote]:
         if not isinstance(row, dict):
             errors.append((line, "each row must be a JSON object."))
             continue
-        row = {k: _maybe_json(v, k) if fmt == "csv" else v for k, v in row.items()}
+        try:
+            row = {k: _maybe_json(v, k) if fmt == "csv" else v for k, v in row.items()}
+        except RowError as exc:
+            errors.append((line, str(exc)))
+            continue
+        if has_nul(row):
+            errors.append((line, NUL_MESSAGE))
+            continue
         item, annotator = row.get("item"), row.get("annotator")
         if isinstance(item, int) and not isinstance(item, bool):
             item = str(item)

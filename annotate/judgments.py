@@ -49,6 +49,8 @@ def _common(payload: dict) -> dict:
         rationale = ""
     if not isinstance(rationale, str):
         raise InvalidJudgment("rationale must be text.")
+    if "\x00" in rationale:
+        raise InvalidJudgment("rationale must not contain NUL characters.")
     if len(rationale) > MAX_TEXT:
         raise InvalidJudgment(f"rationale is longer than {MAX_TEXT} characters.")
     fields["text"] = rationale
@@ -206,7 +208,8 @@ def _steps(project, responses: dict[int, str], raw: Any, decode) -> dict:
             raise InvalidJudgment(f"response {key} has {n_steps} steps; got {len(labels)} labels.")
         clean = []
         for position, label in enumerate(labels, start=1):
-            label = STEP_ALIASES.get(label, label) if not isinstance(label, bool) else label
+            if isinstance(label, (str, int, float)) and not isinstance(label, bool):  # a list or object is no label
+                label = STEP_ALIASES.get(label, label)
             if label not in STEP_LABELS:
                 raise InvalidJudgment(f"step {position} of response {key}: label must be positive, negative or neutral.")
             clean.append(label)
@@ -221,6 +224,8 @@ def _demonstration(payload: dict, based_on: int | None) -> dict:
     text = payload.get("text")
     if not isinstance(text, str) or not text.strip():
         raise InvalidJudgment("text must be the demonstration: it cannot be empty.")
+    if "\x00" in text:
+        raise InvalidJudgment("text must not contain NUL characters.")
     if len(text) > MAX_TEXT:
         raise InvalidJudgment(f"text is longer than {MAX_TEXT} characters.")
     fields = _common({k: v for k, v in payload.items() if k != "text"})

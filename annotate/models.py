@@ -334,6 +334,8 @@ class Task(models.Model):
         ]
         indexes = [
             models.Index(fields=["annotator", "project", "status"], name="task_annotator_idx"),
+            # The annotator's mark in the next-task pick (their highest item): one step down this index.
+            models.Index(fields=["annotator", "project", "item"], name="task_annotator_item_idx"),
             models.Index(
                 fields=["project", "lease_expires_at"], name="task_lease_idx", condition=Q(status="leased")
             ),

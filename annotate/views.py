@@ -16,7 +16,7 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from django_htmx.http import trigger_client_event
 
 from . import actions, dashboard, selectors
@@ -24,7 +24,7 @@ from .actions import Conflict
 from .api.views import can_create_projects
 from .exports import ExportError, canonical, create_snapshot, iter_rows, snapshot_files
 from .forms import ExportForm, ProjectSettingsForm, FlagForm, ImportForm, JudgmentForm, MemberForm, ProjectForm, SkipForm, judgment_form
-from .imports import ImportFailed, detect_format, parse_items
+from .imports import ImportFailed, detect_format, parse_items, read_upload
 from .judgments import InvalidJudgment, STRENGTH_LABELS
 from .models import Judgment, Kind, Membership, Role, Task
 from .rendering import word_diff
@@ -42,6 +42,7 @@ def healthz(request):
 
 
 @login_required
+@require_safe  # GET and HEAD only: its forms post to other routes, so any other method gets 405
 def home(request):
     memberships = {m.project_id: m.role for m in Membership.objects.filter(user=request.user)}
     projects = [(p, memberships.get(p.id, Role.ADMIN)) for p in visible_projects(request.user)]
@@ -62,6 +63,7 @@ def project_new(request):
 
 
 @login_required
+@require_safe  # GET and HEAD only: its forms post to other routes, so any other method gets 405
 def project_detail(request, slug):
     project, membership = require_role(request.user, slug)
     context = {"project": project, "membership": membership, "mine": selectors.annotator_progress(project, request.user)}
@@ -150,6 +152,7 @@ def _int_param(request, name) -> int | None:
 
 @never_cache
 @login_required
+@require_safe  # GET and HEAD only: its forms post to other routes, so any other method gets 405
 def annotate(request, slug):
     """The annotator's current task. ``?after=<task id>`` gives the task after that one instead, which the
     page fetches ahead of time (the preload); ``?start_from=<response id>`` starts a demonstration from a
@@ -273,7 +276,7 @@ def import_items(request, slug):
         return redirect("project", slug=slug)
     upload = form.cleaned_data["file"]
     try:
-        parsed = parse_items(upload.read(), detect_format(upload.name), project.kind)
+        parsed = parse_items(read_upload(upload), detect_format(upload.name), project.kind)
         report = actions.import_items(project, parsed, source={"file": upload.name, "by": request.user.username})
     except ImportFailed as exc:
         messages.error(request, exc.message)
@@ -372,6 +375,7 @@ def members(request, slug):
 
 
 @login_required
+@require_safe  # GET and HEAD only: its forms post to other routes, so any other method gets 405
 def project_dashboard(request, slug):
     """Agreement over time, gold accuracy, speed, biases, confusion matrices and the annotators under review.
 

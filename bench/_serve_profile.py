@@ -9,7 +9,8 @@ For one project size it prints:
 1. CPU and wall time per request (the WSGI application called directly, one thread), next-task and submit apart.
 2. Every SQL statement of one next-task and one submit, with its time.
 3. A cProfile (CPU time, not wall time) of the same requests, folded into the layers of the stack.
-4. EXPLAIN ANALYZE of the next-task pick as the app writes it, and the same pick forced onto item_open_idx.
+4. EXPLAIN ANALYZE of the next-task pick as the app runs it (``actions.pick_statement``: above the annotator's
+   mark, and the fallback from the start) and of the shape it had before (``ORDER BY id``), for comparison.
 5. Which rows stay locked while a next-task or a submit transaction is open: a second connection tries
    ``FOR KEY SHARE NOWAIT`` on the project row (what every other annotator's next-task and submit needs).
 
@@ -138,7 +139,8 @@ def main(argv=None) -> int:
     connection.force_debug_cursor = False
     for name, queries in (("next-task", q_next), ("submit", q_submit)):
         total = sum(float(q["time"]) for q in queries) * 1000
-        print(f"\n== SQL of one {name}: {len(queries)} statements, {total:.1f} ms (Django's timer, 1 ms resolution)")
+        print(f"\n== SQL of one {name}: {len(queries)} statements, {total:.1f} ms (Django's timer, 1 ms resolution; "
+              "not shown: the SELECT 1 of CONN_HEALTH_CHECKS at each request's first query)")  # fmt: skip
         for q in queries:
             sql = q["sql"]
             print(f"  {float(q['time']) * 1000:5.1f} ms  {sql[:160]}{' ...' if len(sql) > 160 else ''}")
@@ -166,28 +168,32 @@ def main(argv=None) -> int:
     print("\n== top 15 functions by own CPU time")
     print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[-2500:])
 
-    # 4. EXPLAIN ANALYZE of the pick, as the app writes it and forced onto the partial index.
-    pick = (
-        "SELECT id FROM annotate_item WHERE open_slots > 0 AND {project} AND purpose = 'normal' "
+    # 4. EXPLAIN ANALYZE of the pick: the app's statement (actions.pick_statement: above the annotator's mark,
+    # then the fallback from the start) and, for comparison, the shape it had before (ORDER BY id).
+    before = (
+        "SELECT id FROM annotate_item WHERE open_slots > 0 AND project_id = %s AND purpose = 'normal' "
         "AND NOT EXISTS (SELECT 1 FROM annotate_task u0 WHERE u0.annotator_id = %s AND u0.item_id = annotate_item.id) "
-        "ORDER BY {order} LIMIT 1 FOR UPDATE SKIP LOCKED"
+        "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
     )
     variants = [
-        ("as the app writes it (project_id = X ORDER BY id)", pick.format(project="project_id = %s", order="id")),
-        ("project_id = ANY(ARRAY[X]) ORDER BY project_id, id", pick.format(project="project_id = ANY(ARRAY[%s]::bigint[])", order="project_id, id")),
+        ("the app's pick, above the mark (UPDATE ... RETURNING)", *actions.pick_statement(project.id, user.id, above_mark=True, skip_locked=True)),
+        ("the app's fallback, from the start, waiting on locks", *actions.pick_statement(project.id, user.id, above_mark=False, skip_locked=False)),
+        ("the pick before (project_id = X ORDER BY id, SELECT)", before, [project.id, user.id]),
     ]  # fmt: skip
+    history = Task.objects.filter(annotator=user, project=project).count()
     with connection.cursor() as cur:
         cur.execute("SELECT count(*) FROM annotate_item WHERE id < (SELECT min(id) FROM annotate_item WHERE project_id = %s)", [project.id])
-        before = cur.fetchone()[0]
-        print(f"\n== EXPLAIN ANALYZE of the next-task pick ({before} items of other projects have lower ids)")
-        for label, sql in variants:
+        lower = cur.fetchone()[0]
+        print(f"\n== EXPLAIN ANALYZE of the next-task pick ({lower} items of other projects have lower ids; "
+              f"this annotator has {history} tasks in the project)")  # fmt: skip
+        for label, sql, params in variants:
             with transaction.atomic():
-                cur.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql, [project.id, user.id])
+                cur.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql, params)
                 plan = [row[0] for row in cur.fetchall()]
                 transaction.set_rollback(True)
             print(f"  -- {label}")
             for line in plan:
-                if any(k in line for k in ("Scan", "Removed", "Execution", "Anti", "Buffers", "Join Filter")):
+                if any(k in line for k in ("Scan", "Removed", "Execution", "Anti", "Join Filter", "Limit", "Update")):
                     print(f"     {line.strip()}")
 
     # 5. Locks held by an open next-task / submit transaction.

@@ -52,6 +52,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # A database outage (PostgreSQL restarting) answers 503 with a reason and Retry-After, never a 500.
+    "annotate.middleware.DatabaseUnavailableMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -170,6 +172,15 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Several models have a "kind" or "status": name each choice set, so the schema (and `check --deploy`) is clean.
+    "ENUM_NAME_OVERRIDES": {
+        "ProjectKindEnum": "annotate.models.Kind",
+        "TaskStatusEnum": "annotate.models.Task.Status",
+        "MembershipStatusEnum": "annotate.models.Membership.Status",
+        "RunKindEnum": "training.models.RunKind",
+        "RunStatusEnum": "training.models.RunStatus",
+        "ArtifactKindEnum": "training.models.ArtifactKind",
+    },
 }
 
 # --- Jobs: Django Tasks with the database backend; `python manage.py db_worker` serves the queue ----
@@ -185,6 +196,9 @@ ARBITER_LEASE_SECONDS = env_int("ARBITER_LEASE_SECONDS", 30 * 60)
 # Imports are refused whole above these limits, before any parsing.
 ARBITER_IMPORT_MAX_BYTES = env_int("ARBITER_IMPORT_MAX_BYTES", 100 * 1024 * 1024)
 ARBITER_IMPORT_MAX_ROWS = env_int("ARBITER_IMPORT_MAX_ROWS", 200_000)
+# A longer line (JSONL row, CSV record line), or JSON nested deeper, is refused before it is parsed.
+ARBITER_IMPORT_MAX_LINE_BYTES = env_int("ARBITER_IMPORT_MAX_LINE_BYTES", 4 * 1024 * 1024)
+ARBITER_IMPORT_MAX_DEPTH = env_int("ARBITER_IMPORT_MAX_DEPTH", 32)
 ARBITER_IMPORT_MAX_RESPONSES = 9
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 
-import pytest
-from rest_framework.test import APIClient
+# The tests' models are tiny: one thread per process is faster than two, and steady when the CPU is shared
+# (torch reads this when it is first imported; the worker subprocesses the tests start inherit it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from annotate import actions
-from annotate.imports import parse_items
-from annotate.models import Kind, Role
+import pytest  # noqa: E402
+from rest_framework.test import APIClient  # noqa: E402
+
+from annotate import actions  # noqa: E402
+from annotate.imports import parse_items  # noqa: E402
+from annotate.models import Kind, Role  # noqa: E402
 
 
 def pairwise_rows(n: int, *, start: int = 0, conversation_every: int = 0) -> list[dict]:

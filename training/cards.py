@@ -12,7 +12,7 @@ def _number(value) -> str:
 
 
 def model_card(*, name: str, artifact_id: int, kind: str, project, run, base_model: str, snapshot, dataset_hash: str,
-               config: dict, metrics: dict, info: dict) -> str:  # fmt: skip
+               config: dict, metrics: dict, info: dict, lineage: dict | None = None) -> str:  # fmt: skip
     """A README.md: what the model is, the exact data it came from, how it was trained, how well, how to load it."""
     objective = info.get("objective", "")
     criterion = info.get("criterion") or "overall"
@@ -34,6 +34,9 @@ def model_card(*, name: str, artifact_id: int, kind: str, project, run, base_mod
         + (f" (the snapshot's `{criterion}` preferences)" if dataset_hash and dataset_hash != run.snapshot_hash else ""),
         f"- weights: {'a PEFT adapter over the base model' if info.get('is_adapter') else 'full weights'}, safetensors only",
         "",
+    ]
+    lines += _lineage_lines(lineage or {})
+    lines += [
         "## Metrics",
         "",
         "| metric | value |",
@@ -59,3 +62,28 @@ def model_card(*, name: str, artifact_id: int, kind: str, project, run, base_mod
             "",
         ]
     return "\n".join(lines)
+
+
+def _lineage_lines(lineage: dict) -> list[str]:
+    """The chain behind a policy: what it started from, what scored it, which run it continues, which prompts."""
+    if not lineage:
+        return []
+    lines = ["## Lineage", ""]
+    if lineage.get("base_artifact"):
+        lines.append(f"- started from: artifact {lineage['base_artifact']} (`{lineage.get('base_model', '')}`)")
+    else:
+        lines.append(f"- started from: `{lineage.get('base_model', '')}`")
+    for reward in lineage.get("reward_models") or []:
+        if reward.get("artifact"):
+            snap = f", trained on snapshot {reward['snapshot']} (`{reward.get('snapshot_hash') or '—'}`)" if reward.get("snapshot") else ""
+            lines.append(f"- reward model: artifact {reward['artifact']} {reward.get('name', '')}{snap}")
+        else:
+            lines.append(f"- reward model: `{reward.get('path', '')}`")
+    if lineage.get("snapshot"):
+        lines.append(f"- snapshot: {lineage['snapshot']} (`{lineage.get('snapshot_hash') or '—'}`)")
+    if lineage.get("parent_run"):
+        lines.append(f"- continues run {lineage['parent_run']}")
+    inputs = lineage.get("inputs") or {}
+    if inputs.get("prompts_from"):
+        lines.append(f"- prompts: {inputs.get('prompts', '?')} from {inputs['prompts_from']}" + (f" ({inputs['prompts_file']})" if inputs.get("prompts_file") else ""))
+    return lines + [""]

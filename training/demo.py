@@ -1,7 +1,9 @@
-"""A tiny base model for trying training on a fresh install: no download, trains in seconds on a CPU.
+"""Tiny base models for trying the loop on a fresh install: no download, they train in seconds on a CPU.
 
 A byte-level BPE tokenizer trained on the site's own texts (with a chat template) and a 2-layer Llama built from
-a config, saved as safetensors. ``manage.py demo_base_model`` writes it under the first MODEL_ROOT.
+a config, saved as safetensors: a reward backbone (sequence classification) and a policy (causal LM, warmed up for
+a few hundred steps on the site's texts so that it writes words, not noise). ``manage.py demo_base_model`` writes
+both under the first MODEL_ROOT.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ CHAT_TEMPLATE = (
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
 
 
-def save_tiny_llama(folder: Path, texts: list[str], vocab_size: int = 2000) -> Path:
+def save_tiny_llama(folder: Path, texts: list[str], vocab_size: int = 2000, causal: bool = False, warmup_steps: int = 0) -> Path:
+    """A tiny Llama in ``folder``: a reward backbone, or with ``causal`` a language model trained ``warmup_steps``
+    steps on ``texts`` (chat-formatted where a text is a conversation is not needed: plain text teaches the words)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
     corpus = [t for t in texts if t] or ["Arbiter collects human preferences and trains reward models on them."]
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -32,6 +36,41 @@ def save_tiny_llama(folder: Path, texts: list[str], vocab_size: int = 2000) -> P
     )  # fmt: skip
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    LlamaForSequenceClassification(config).save_pretrained(folder)
+    if causal:
+        model = LlamaForCausalLM(config)
+        _warm_up(model, fast, corpus, warmup_steps)
+        end = fast.convert_tokens_to_ids("<|end|>")
+        model.generation_config = GenerationConfig(
+            eos_token_id=[fast.eos_token_id, end], pad_token_id=fast.pad_token_id, bos_token_id=fast.bos_token_id
+        )
+    else:
+        model = LlamaForSequenceClassification(config)
+    model.save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+def _warm_up(model, tokenizer, texts: list[str], steps: int, batch_size: int = 16, length: int = 64) -> None:
+    """A few hundred steps of next-token prediction on the site's texts, each ended by ``<|end|>``."""
+    import random
+
+    import torch
+
+    if steps <= 0:
+        return
+    rng = random.Random(0)
+    torch.manual_seed(0)
+    samples = [tokenizer(text + "<|end|>")["input_ids"][:length] for text in texts if text.strip()]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        batch = rng.choices(samples, k=batch_size)
+        width = max(map(len, batch))
+        ids = torch.tensor([b + [tokenizer.pad_token_id] * (width - len(b)) for b in batch])
+        mask = torch.tensor([[1] * len(b) + [0] * (width - len(b)) for b in batch])
+        labels = ids.masked_fill(mask == 0, -100)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()

@@ -2,15 +2,18 @@
 
 The vocabulary, used the same way in the pages, the API, the command and the docs:
 
-- A **run** is one training job of one ``kind`` (reward now; sft, dpo, rejection_sampling, ppo, grpo, rloo and
-  generate next) on one project's **snapshot**, starting from a **base model** (a folder under ``MODEL_ROOTS`` or a
-  registered artifact). It moves queued → running → succeeded / failed / cancelled. Its ``config`` is the resolved
+- A **run** is one training job of one ``kind`` (reward, sft, dpo, rejection_sampling, ppo, grpo, rloo, generate,
+  evaluate) on one project's **snapshot** (reward, sft, dpo) or on **prompts** chosen at launch (the others),
+  starting from a **base model** (a folder under ``MODEL_ROOTS`` or a registered artifact). It moves queued → running → succeeded / failed / cancelled. Its ``config`` is the resolved
   runner config (every field, defaults included), so a run can be repeated exactly.
 - A worker runs it in a subprocess and keeps its **heartbeat** fresh; a run whose heartbeat goes stale lost its
   worker and is re-queued (resuming from its last **checkpoint**, ``attempt`` + 1) or failed, per
   ``TRAINING_ON_STALE``.
 - An **artifact** is a registered model folder under ``ARTIFACT_ROOT`` (safetensors, tokenizer, ``arbiter.json``
   and a model card ``README.md``), traceable to its run, base model and snapshot hash.
+- A **run round** links a run to the round of items its output became: generate's candidates, rejection sampling's
+  kept samples sent for review, evaluate's human-evaluation pairs. With ``parent`` and ``reward_artifacts`` it makes
+  the lineage chain round → snapshot → reward model → policy → next round (``selectors.round_chain``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import models
 
-from annotate.models import Project, Snapshot
+from annotate.models import Project, Round, Snapshot
 
 
 class RunKind(models.TextChoices):
@@ -32,6 +35,13 @@ class RunKind(models.TextChoices):
     GRPO = "grpo", "GRPO"
     RLOO = "rloo", "RLOO"
     GENERATE = "generate", "Generate candidates"
+    EVALUATE = "evaluate", "Evaluate against a baseline"
+
+
+# Kinds that write a model into the registry; generate and evaluate write data (candidates, comparisons) instead.
+MODEL_KINDS = ("reward", "sft", "dpo", "rejection_sampling", "ppo", "grpo", "rloo")
+# Kinds that read a prompts file (training.datasets) rather than a snapshot's preference rows.
+PROMPT_KINDS = ("generate", "rejection_sampling", "ppo", "grpo", "rloo", "evaluate")
 
 
 class RunStatus(models.TextChoices):
@@ -64,6 +74,15 @@ class TrainingRun(models.Model):
     # Lineage for the policy kinds (next issue): the reward models a run scores with, and the run it continues.
     reward_artifacts = models.ManyToManyField("ModelArtifact", blank=True, related_name="scoring_runs")
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    # generate: the project whose next round receives the candidates (default: the run's own project).
+    target_project = models.ForeignKey(
+        Project, null=True, blank=True, on_delete=models.PROTECT, related_name="incoming_runs",
+        help_text="generate: the project whose new round receives the candidates.",
+    )  # fmt: skip
+    inputs = models.JSONField(
+        default=dict, blank=True,
+        help_text="How the run's data was chosen: prompts source and count, the baseline model, the prompts file's hash.",
+    )  # fmt: skip
     progress_step = models.PositiveIntegerField(default=0)
     progress_total = models.PositiveIntegerField(default=0)
     metrics = models.JSONField(default=dict, blank=True, help_text="The latest (final, once finished) metrics.")
@@ -111,6 +130,36 @@ class TrainingRun(models.Model):
     @property
     def criterion(self) -> str:
         return (self.config or {}).get("criterion") or ""
+
+    @property
+    def makes_model(self) -> bool:
+        return self.kind in MODEL_KINDS
+
+    @property
+    def prompts_path(self) -> Path:
+        """prompt-driven kinds: the prompts file written at launch (``test`` prompts beside it, when there are some)."""
+        return self.work_dir / "data" / "prompts.jsonl"
+
+
+class RoundPurpose(models.TextChoices):
+    CANDIDATES = "candidates", "Candidates written by a policy"
+    REVIEW = "review", "Rejection-sampling samples sent for review"
+    HUMAN_EVAL = "human_eval", "Human evaluation: new policy against the baseline"
+
+
+class RunRound(models.Model):
+    """A round of items that a run's output became: the lineage link from the model side back to annotation."""
+
+    run = models.ForeignKey(TrainingRun, on_delete=models.PROTECT, related_name="made_rounds")
+    round = models.OneToOneField(Round, on_delete=models.CASCADE, related_name="made_by")
+    purpose = models.CharField(max_length=16, choices=RoundPurpose.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.round} from run {self.run_id} ({self.purpose})"
 
 
 class MetricPoint(models.Model):

@@ -81,8 +81,9 @@ def resolve_base_model(value: str) -> BaseModel:
     return BaseModel(path, None, path.name)
 
 
-def allowed_base_models() -> list[tuple[str, str]]:
-    """(value, label) for the launch form: model folders up to two levels under each root, then the registry."""
+def allowed_base_models(user=None) -> list[tuple[str, str]]:
+    """(value, label) for the launch form: model folders up to two levels under each root, then the registry
+    (with a ``user``, only the artifacts of projects they research: others' models are not theirs to see)."""
     choices = []
     for root in model_roots():
         if not root.is_dir():
@@ -94,7 +95,10 @@ def allowed_base_models() -> list[tuple[str, str]]:
             elif child.is_dir() and not child.name.startswith("."):
                 found += [grandchild for grandchild in sorted(child.iterdir()) if is_model_folder(grandchild)]
         choices += [(str(folder), f"{folder.relative_to(root.parent)}") for folder in found]
-    for artifact in ModelArtifact.objects.order_by("-id"):
+    artifacts = ModelArtifact.objects.order_by("-id")
+    if user is not None:
+        artifacts = artifacts.filter(project__in=training_projects(user))
+    for artifact in artifacts:
         choices.append((f"artifact:{artifact.pk}", f"artifact {artifact.pk}: {artifact.name}"))
     return choices
 
@@ -110,6 +114,19 @@ def training_projects(user, role: str = Role.RESEARCHER):
         return Project.objects.all()
     roles = [r for r, rank in ROLE_RANK.items() if rank >= ROLE_RANK[role]]
     return Project.objects.filter(memberships__user=user, memberships__role__in=roles).distinct()
+
+
+def check_launch_access(user, project: Project, artifacts, target: Project | None = None) -> None:
+    """A launcher uses only the models of projects they research and writes only into projects they administer;
+    anything else is answered as if it did not exist. Without a user (the operator's commands) all is allowed."""
+    if user is None:
+        return
+    readable = set(training_projects(user).values_list("pk", flat=True))
+    for artifact in artifacts:
+        if artifact is not None and artifact.project_id not in readable:
+            raise TrainingError(f"No registered model artifact {artifact.pk}.")
+    if target is not None and target != project and not training_projects(user, Role.ADMIN).filter(pk=target.pk).exists():
+        raise TrainingError(f"No project {target.slug!r}.")
 
 
 def sees_training(user) -> bool:
@@ -174,3 +191,202 @@ def check_prompt(prompt) -> None:
     ):
         return
     raise TrainingError('Each prompt must be a string or a list of {"role", "content"} messages.')
+
+
+# --- reward models given to a policy run ------------------------------------------------------------
+
+
+@dataclass
+class RewardModelChoice:
+    path: Path
+    artifact: ModelArtifact | None
+    weight: float | None
+    label: str
+
+
+def _split_weight(value: str) -> tuple[str, float | None]:
+    """``"3:0.7"`` → ("3", 0.7); ``"artifact:3"`` → ("artifact:3", None); a name or folder may end with ``:WEIGHT``."""
+    head, sep, tail = value.rpartition(":")
+    if not sep or not head or head == "artifact":
+        return value, None
+    try:
+        return head, float(tail)
+    except ValueError:
+        return value, None
+
+
+def resolve_reward_model(value: str) -> RewardModelChoice:
+    """A reward model for a policy run: a registered reward artifact (``artifact:ID``, ``ID`` or its name) or a
+    sequence-classification model folder under MODEL_ROOTS, optionally followed by ``:WEIGHT``."""
+    text, weight = _split_weight((value or "").strip())
+    if weight is not None and weight < 0:
+        raise TrainingError(f"Reward model {value!r}: a weight must be 0 or more.")
+    if not text:
+        raise TrainingError("An empty reward model was given: use artifact:ID, a registered name, or a folder under MODEL_ROOTS.")
+    named = None if re.fullmatch(r"(?:artifact:)?\d+", text) else ModelArtifact.objects.filter(name=text).first()
+    chosen = resolve_base_model(f"artifact:{named.pk}" if named else text)
+    if chosen.artifact is not None:
+        if chosen.artifact.kind != "reward":
+            raise TrainingError(f"Artifact {chosen.artifact.pk} ({chosen.artifact.name}) is a {chosen.artifact.kind}, not a reward model.")
+    else:
+        architectures = _architectures(chosen.path)
+        if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+            raise TrainingError(f"{chosen.path} is not a reward model ({', '.join(architectures)}; a reward model is a sequence classifier).")
+    return RewardModelChoice(chosen.path, chosen.artifact, weight, chosen.label)
+
+
+def _architectures(folder: Path) -> list[str]:
+    import json
+
+    try:
+        return list(json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures") or [])
+    except (OSError, ValueError):
+        return []
+
+
+def resolve_reward_models(values) -> list[RewardModelChoice]:
+    """Every ``--reward-model``; weights for all of them or for none."""
+    chosen = [resolve_reward_model(v) for v in values or []]
+    paths = [str(c.path) for c in chosen]
+    if len(set(paths)) != len(paths):
+        raise TrainingError("The same reward model was given twice.")
+    weighted = [c.weight is not None for c in chosen]
+    if any(weighted) and not all(weighted):
+        raise TrainingError("Give a weight to every reward model (artifact:3:0.7 artifact:4:0.3) or to none (equal weights).")
+    return chosen
+
+
+# --- rounds and lineage -------------------------------------------------------------------------------
+
+
+@dataclass
+class RoundStep:
+    """One round of a project and what came out of its votes: the chain round → snapshot → reward model → policy
+    → the next round's candidates. ``made_by`` is the run whose output became this round (None for an import)."""
+
+    round: object
+    made_by: object | None
+    purpose: str
+    snapshots: list
+    reward_runs: list
+    policy_runs: list
+    next_runs: list  # generate runs from this round's policies (their rounds are the next steps)
+
+
+def round_chain(project: Project) -> list[RoundStep]:
+    """The project's rounds in order, each with the snapshots taken after it (before the next round), the reward
+    models trained on those snapshots, the policies trained on them or scored by those reward models, and the
+    generate runs that wrote the next round from those policies. Links come from foreign keys; only "which
+    round a snapshot belongs to" is by time (a snapshot holds every vote up to it, the latest round's included)."""
+    from annotate.models import Round, Snapshot
+
+    from .models import MODEL_KINDS, RunRound
+
+    rounds = list(Round.objects.filter(project=project).order_by("number"))
+    origins = {link.round_id: link for link in RunRound.objects.filter(round__project=project).select_related("run", "run__base_artifact")}
+    snapshots = list(Snapshot.objects.filter(project=project).order_by("id"))
+    runs = list(
+        TrainingRun.objects.filter(project=project).select_related("snapshot", "base_artifact", "target_project")
+        .prefetch_related("reward_artifacts").order_by("id")
+    )  # fmt: skip
+    artifacts = {a.run_id: a for a in ModelArtifact.objects.filter(run__in=runs)}
+    for run in runs:
+        run.made_artifact = artifacts.get(run.pk)
+
+    def round_of(moment) -> int | None:
+        current = None
+        for index, round_ in enumerate(rounds):
+            if round_.created_at <= moment:
+                current = index
+        return current
+
+    steps = []
+    for round_ in rounds:
+        link = origins.get(round_.pk)
+        steps.append(RoundStep(round_, link.run if link else None, link.purpose if link else "", [], [], [], []))
+    if not steps:
+        return steps
+    snapshot_step = {s.pk: round_of(s.created_at) for s in snapshots}
+    for snapshot in snapshots:
+        if snapshot_step[snapshot.pk] is not None:
+            steps[snapshot_step[snapshot.pk]].snapshots.append(snapshot)
+    reward_artifact_step = {}
+    for run in runs:
+        if run.kind == "reward":
+            index = snapshot_step.get(run.snapshot_id) if run.snapshot_id else round_of(run.created_at)
+            if index is not None:
+                steps[index].reward_runs.append(run)
+                if run.made_artifact:
+                    reward_artifact_step[run.made_artifact.pk] = index
+    policy_artifact_step = {}
+    for run in runs:
+        if run.kind in MODEL_KINDS and run.kind != "reward":
+            scored = [reward_artifact_step[a.pk] for a in run.reward_artifacts.all() if a.pk in reward_artifact_step]
+            index = max(scored) if scored else snapshot_step.get(run.snapshot_id) if run.snapshot_id else round_of(run.created_at)
+            if index is not None:
+                steps[index].policy_runs.append(run)
+                if run.made_artifact:
+                    policy_artifact_step[run.made_artifact.pk] = index
+    for run in runs:
+        if run.kind == "generate":
+            index = policy_artifact_step.get(run.base_artifact_id)
+            if index is None:
+                index = round_of(run.created_at)
+            if index is not None:
+                steps[index].next_runs.append(run)
+    return steps
+
+
+def generated_round(run: TrainingRun):
+    """The round a generate run wrote (None before it finished)."""
+    from .models import RoundPurpose, RunRound
+
+    link = RunRound.objects.filter(run=run, purpose=RoundPurpose.CANDIDATES).select_related("round", "round__project").first()
+    return link.round if link else None
+
+
+# --- human evaluation -----------------------------------------------------------------------------------
+
+Z_95 = 1.959963984540054
+
+
+def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (ties counted as half a success): better than the normal
+    approximation at small n and near 0 or 1, and never outside [0, 1].
+
+    >>> [round(x, 3) for x in wilson_interval(8, 10)]
+    [0.49, 0.943]
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def win_rate(wins: int, losses: int, ties: int) -> dict:
+    """``{"n", "wins", "losses", "ties", "win_rate", "ci_low", "ci_high"}``: a tie counts half a win."""
+    n = wins + losses + ties
+    score = wins + 0.5 * ties
+    low, high = wilson_interval(score, n)
+    return {"n": n, "wins": wins, "losses": losses, "ties": ties, "win_rate": (score / n) if n else None, "ci_low": low, "ci_high": high}
+
+
+def human_eval_results(round_) -> dict:
+    """The new policy's win rate in a human-evaluation round: each current judgment of its items decoded through
+    the arm recorded on each response (``metadata["arm"]``: ``new`` or ``baseline``), whatever position it was shown in."""
+    from annotate.models import Judgment, Response
+
+    arms = dict(Response.objects.filter(item__round=round_).values_list("id", "metadata__arm"))
+    wins = losses = ties = 0
+    for outcome, winner in Judgment.objects.filter(item__round=round_, is_current=True, item__purpose="normal").values_list("outcome", "winner_id"):
+        if outcome == "win" and winner in arms:
+            if arms[winner] == "new":
+                wins += 1
+            else:
+                losses += 1
+        else:  # tie, or both bad: neither policy won
+            ties += 1
+    return win_rate(wins, losses, ties)

@@ -13,7 +13,8 @@ loop that follows it is the same:
   nothing is published.
 
 The model is written to a temporary folder under ``ARTIFACT_ROOT/models/<project>/`` and renamed into place by
-:func:`training.actions.register_artifact` only when complete; checkpoints live in the run's work folder and
+:func:`training.actions.register_artifact` only when complete (generate and evaluate publish data instead:
+:func:`training.actions.publish_run`); checkpoints live in the run's work folder and
 survive a lost worker, so the next attempt resumes from them.
 """
 
@@ -346,6 +347,18 @@ class Monitor:
         self.log.close()
 
 
+def disk_full_hint(error: str) -> str:
+    """ENOSPC says nothing of where: name ARTIFACT_ROOT, its free space and what to do (tests/faults/test_disk_full.py)."""
+    if "No space left on device" not in error and "Errno 28" not in error:
+        return ""
+    root = Path(settings.ARTIFACT_ROOT)
+    try:
+        free = f"{shutil.disk_usage(root).free / 2**20:.0f} MiB free now"
+    except OSError:
+        free = "its free space unknown"
+    return f" — the disk under ARTIFACT_ROOT ({root}) ran out of space ({free}); free some, then retry the run: it resumes from its last checkpoint."
+
+
 # --- one attempt ----------------------------------------------------------------------------------
 
 
@@ -375,7 +388,7 @@ def execute(run_id: int, attempt: int, *, in_process: bool = False, echo=None) -
         source = ThreadSource(spec) if in_process else ProcessSource(spec_path)
         metrics = monitor.follow(source)
         monitor.flush()
-        actions.register_artifact(run, output_dir, metrics, dataset_hash)
+        actions.publish_run(run, output_dir, metrics, dataset_hash)
         status = RunStatus.SUCCEEDED
     except actions.RunLost:
         monitor.line("[arbiter] this worker lost the run (it was re-queued or failed); nothing published")
@@ -383,14 +396,17 @@ def execute(run_id: int, attempt: int, *, in_process: bool = False, echo=None) -
     except Cancelled:
         status = RunStatus.CANCELLED
         monitor.line("[arbiter] cancelled")
-    except RunFailed as exc:
+    except (RunFailed, actions.PublishFailed) as exc:
         error = str(exc)
+        monitor.line(f"[arbiter] {error}")
     except Exception as exc:  # noqa: BLE001 - anything else fails the run with its reason, never the worker
         error = f"{type(exc).__name__}: {exc}"
         monitor.line(f"[arbiter] {error}")
     finally:
         monitor.close()
         shutil.rmtree(output_dir, ignore_errors=True)
+    if status == RunStatus.FAILED:
+        error += disk_full_hint(error)
     if status in (RunStatus.FAILED, RunStatus.CANCELLED):
         actions.finish_run(run, status, error=error, metrics=monitor.metrics, log_tail=monitor.tail_text())
     if status in (RunStatus.SUCCEEDED, RunStatus.CANCELLED):

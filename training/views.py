@@ -14,9 +14,11 @@ from django.views.decorators.http import require_http_methods, require_POST
 from annotate.models import Project, Role
 from annotate.permissions import require_role
 
+from annotate.models import Kind
+
 from . import actions, plots, selectors
-from .forms import LaunchForm
-from .models import ModelArtifact, TrainingRun
+from .forms import LaunchForm, NextRoundForm, project_choices
+from .models import ModelArtifact, RoundPurpose, RunRound, TrainingRun
 from .selectors import TrainingError
 
 
@@ -57,13 +59,20 @@ def run_new(request):
     _require_training(request.user)
     if not selectors.training_projects(request.user, Role.ADMIN).exists():
         raise PermissionDenied("Only project admins launch training.")
-    form = LaunchForm(request.POST or None, user=request.user, initial={"project": request.GET.get("project")})
+    initial = {name: request.GET.get(name) for name in ("project", "kind", "base_model", "parent", "target_project", "baseline")}
+    form = LaunchForm(request.POST or None, request.FILES or None, user=request.user, initial=initial)
     if request.method == "POST" and form.is_valid():
-        project, _ = require_role(request.user, form.cleaned_data["project"], Role.ADMIN)
+        data = form.cleaned_data
+        project, _ = require_role(request.user, data["project"], Role.ADMIN)
+        if data["target_project"]:
+            require_role(request.user, data["target_project"], Role.ADMIN)
+        prompts = actions.Prompts(source=data["prompts_from"], data=data["prompts_data"], max_prompts=data["max_prompts"],
+                                  file_name=data["prompts_file"].name if data["prompts_file"] else "")  # fmt: skip
         try:
             run = actions.launch_run(
-                project=project, kind=form.cleaned_data["kind"], base_model=form.cleaned_data["base_model"],
-                snapshot=form.cleaned_data["snapshot"], values=form.cleaned_data["values"], launched_by=request.user,
+                project=project, kind=data["kind"], base_model=data["base_model"], snapshot=data["snapshot"], values=data["values"],
+                launched_by=request.user, reward_models=data["reward_model_values"], target_project=data["target_project"] or None,
+                prompts=prompts, baseline=data["baseline"] or None, parent=data["parent"],
             )  # fmt: skip
         except TrainingError as exc:
             form.add_error(None, str(exc))
@@ -73,14 +82,42 @@ def run_new(request):
     return render(request, "training/run_new.html", {"form": form}, status=400 if form.errors else 200)
 
 
-def _run_context(run: TrainingRun, membership) -> dict:
-    return {
+HEADLINE = ("eval_", "loss", "accuracy", "train_loss", "win_rate", "candidate_items", "kept_samples", "reward", "kl", "comparisons")
+
+
+def _run_context(run: TrainingRun, membership, user=None) -> dict:
+    artifact = ModelArtifact.objects.filter(run=run).first()
+    made = {link.purpose: link.round for link in RunRound.objects.filter(run=run).select_related("round", "round__project")}
+    can_manage = membership.has_role(Role.ADMIN)
+    context = {
         "run": run,
-        "can_manage": membership.has_role(Role.ADMIN),
+        "can_manage": can_manage,
         "charts": plots.run_charts(selectors.metric_series(run)),
-        "artifact": ModelArtifact.objects.filter(run=run).first(),
-        "headline": {k: v for k, v in (run.metrics or {}).items() if k.startswith(("eval_", "loss", "accuracy", "train_loss"))},
+        "artifact": artifact,
+        "headline": {k: v for k, v in (run.metrics or {}).items() if k.startswith(HEADLINE)},
+        "candidates_round": made.get(RoundPurpose.CANDIDATES),
+        "review_round": made.get(RoundPurpose.REVIEW),
+        "human_eval_round": made.get(RoundPurpose.HUMAN_EVAL),
+        "kept_rows": _count_lines(run.work_dir / "kept.jsonl") if run.kind == "rejection_sampling" else 0,
+        "next_runs": list(run.children.filter(kind="generate")),
+        "reward_artifacts": list(run.reward_artifacts.all()),
     }
+    if can_manage and user is not None and run.status == "succeeded":
+        context["can_start_next"] = bool(artifact and artifact.kind == "policy")
+        if context["can_start_next"]:
+            context["next_form"] = NextRoundForm(user=user)
+        if run.kind == "rejection_sampling" and context["kept_rows"] and not context["review_round"]:
+            context["review_targets"] = project_choices(user, [Kind.RATING, Kind.DEMONSTRATION, Kind.STEPS])
+        if run.kind == "evaluate" and not context["human_eval_round"]:
+            context["eval_targets"] = project_choices(user, [Kind.PAIRWISE])
+    return context
+
+
+def _count_lines(path) -> int:
+    try:
+        return sum(1 for line in path.read_bytes().splitlines() if line.strip())
+    except OSError:
+        return 0
 
 
 @never_cache
@@ -91,7 +128,7 @@ def run_detail(request, run_id: int):
         actions.reap_stale_runs()
         run.refresh_from_db()
     template = "training/run.html#status" if request.htmx else "training/run.html"
-    return render(request, template, _run_context(run, membership))
+    return render(request, template, _run_context(run, membership, request.user))
 
 
 @login_required
@@ -100,7 +137,7 @@ def run_cancel(request, run_id: int):
     run, membership = _run(request, run_id, Role.ADMIN)
     run = actions.cancel_run(run)
     if request.htmx:
-        return render(request, "training/run.html#status", _run_context(run, membership))
+        return render(request, "training/run.html#status", _run_context(run, membership, request.user))
     messages.info(request, f"Run {run.pk}: " + ("cancelled." if run.status == "cancelled" else "stopping…"))
     return redirect("training-run", run_id=run.pk)
 
@@ -138,3 +175,86 @@ def _card_body(card: str) -> str:
         if end != -1:
             return card[end + 5 :]
     return card
+
+
+# --- the loop: next round, review, human evaluation, the rounds chain ------------------------------------
+
+
+@login_required
+@require_POST
+def run_next_round(request, run_id: int):
+    """"Start the next round": a generate run with this run's policy, into the project as its next round."""
+    run, _ = _run(request, run_id, Role.ADMIN)
+    form = NextRoundForm(request.POST, user=request.user)
+    if not form.is_valid():
+        messages.error(request, " ".join(str(e) for errors in form.errors.values() for e in errors))
+        return redirect("training-run", run_id=run.pk)
+    target = form.cleaned_data["target_project"] or None
+    if target:
+        require_role(request.user, target, Role.ADMIN)
+    try:
+        child = actions.start_next_round(
+            run, launched_by=request.user, target_project=target, values=form.cleaned_data["values"],
+            prompts=actions.Prompts(source=form.cleaned_data["prompts_from"], max_prompts=form.cleaned_data["max_prompts"]),
+        )  # fmt: skip
+    except TrainingError as exc:
+        messages.error(request, str(exc))
+        return redirect("training-run", run_id=run.pk)
+    messages.success(request, f"Run {child.pk} is queued: it writes the next round of {(child.target_project or child.project).slug}.")
+    return redirect("training-run", run_id=child.pk)
+
+
+def _target(request, role=Role.ADMIN):
+    slug = request.POST.get("project", "")
+    if not slug:
+        raise TrainingError("Choose a project.")
+    project, _ = require_role(request.user, slug, role)
+    return project
+
+
+@login_required
+@require_POST
+def run_send_kept(request, run_id: int):
+    run, _ = _run(request, run_id, Role.ADMIN)
+    try:
+        round_ = actions.send_kept_for_review(run, _target(request), created_by=request.user)
+    except TrainingError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"The kept samples are round {round_.number} of {round_.project.slug}.")
+    return redirect("training-run", run_id=run.pk)
+
+
+@login_required
+@require_POST
+def run_human_eval(request, run_id: int):
+    run, _ = _run(request, run_id, Role.ADMIN)
+    try:
+        round_ = actions.create_human_eval_round(run, _target(request), created_by=request.user)
+    except TrainingError as exc:
+        messages.error(request, str(exc))
+        return redirect("training-run", run_id=run.pk)
+    messages.success(request, f"Round {round_.number} of {round_.project.slug} asks annotators to compare old and new.")
+    return redirect("training-human-eval", run_id=run.pk)
+
+
+@never_cache
+@login_required
+def human_eval(request, run_id: int):
+    """The human win rate of the new policy over the baseline, with its 95% confidence interval."""
+    run, _ = _run(request, run_id)
+    link = RunRound.objects.filter(run=run, purpose=RoundPurpose.HUMAN_EVAL).select_related("round", "round__project").first()
+    if link is None:
+        raise Http404("This run has no human evaluation round.")
+    require_role(request.user, link.round.project.slug, Role.RESEARCHER)
+    context = {"run": run, "round": link.round, "result": selectors.human_eval_results(link.round), "items": link.round.items.count()}
+    return render(request, "training/human_eval.html", context)
+
+
+@never_cache
+@login_required
+def project_rounds(request, slug: str):
+    """The project's rounds as a chain: round N → its snapshots → reward models → policies → round N + 1."""
+    project, membership = require_role(request.user, slug, Role.RESEARCHER)
+    context = {"project": project, "steps": selectors.round_chain(project), "can_manage": membership.has_role(Role.ADMIN)}
+    return render(request, "training/rounds.html", context)

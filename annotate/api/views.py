@@ -8,16 +8,18 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.decorators import api_view, parser_classes
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.decorators import api_view, authentication_classes, parser_classes
 from rest_framework.exceptions import NotFound, ParseError, PermissionDenied
 from rest_framework.parsers import FileUploadParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
-from .. import actions, agreement, selectors
+from .. import actions, agreement, rows, selectors
 from ..exports import ExportError, ExportOptions, create_snapshot, snapshot_files
-from ..imports import detect_format, parse_items
+from ..imports import detect_format, parse_items, read_upload
 from ..models import Judgment, Membership, Role, Snapshot, Task
 from ..permissions import require_role, visible_projects
+from .auth import TokenAuthentication
 from .serializers import (
     ProjectSettingsSerializer,
     ExportOptionsSerializer,
@@ -33,8 +35,13 @@ from .serializers import (
     ProjectCreateSerializer,
     ProjectSerializer,
     TaskSerializer,
+    judgment_payload,
     task_payload,
 )
+
+
+# The schema of the views with their own TokenAuthentication (api/auth.py): the same schemes as every other view.
+HOT_PATH_AUTH = [{"tokenAuth": []}, {"cookieAuth": []}]
 
 
 def can_create_projects(user) -> bool:
@@ -89,11 +96,13 @@ def project_detail(request, slug: str):
 @extend_schema(
     parameters=[OpenApiParameter("after", int, description="The task on screen; returns the one after it (preload).")],
     responses={200: TaskSerializer, 204: OpenApiResponse(description="Nothing left for you in this project.")},
+    auth=HOT_PATH_AUTH,
 )
 @api_view(["GET"])
+@authentication_classes([TokenAuthentication, SessionAuthentication])  # the token lookup without the ORM
 def next_task(request, slug: str):
     """Your next task in the project: one you hold, else a newly leased item; 204 when nothing is left."""
-    project, _ = require_role(request.user, slug, Role.ANNOTATOR)
+    project = _annotator_project(request.user, slug)
     after = request.query_params.get("after")
     if after is not None and not after.isdigit():
         raise ParseError("after must be a task id.")
@@ -103,12 +112,25 @@ def next_task(request, slug: str):
     return Response(task_payload(task))
 
 
+def _annotator_project(user, slug: str):
+    """``require_role(user, slug, Role.ANNOTATOR)``'s project in one query (the project joined with the
+    membership): the annotator role is the lowest, so any membership has it. Non-members (superusers among
+    them) take ``require_role`` itself."""
+    project = rows.member_project(user.id, slug)
+    if project is not None:
+        return project
+    return require_role(user, slug, Role.ANNOTATOR)[0]
+
+
 def _own_task(request, task_id: int) -> Task:
-    task = Task.objects.select_related("project", "item").filter(pk=task_id).first()
+    # The task, its project and item, and whether the user is (still) a member of the project: one query.
+    found = rows.task_with_project_and_item(task_id, request.user.id)
+    task, is_member = found if found else (None, False)
     # Another annotator's task is reported as missing: its existence is not theirs to know.
     if task is None or task.annotator_id != request.user.id:
         raise NotFound("No such task.")
-    require_role(request.user, task.project.slug, Role.ANNOTATOR)
+    if not is_member:
+        require_role(request.user, task.project.slug, Role.ANNOTATOR)  # 404 unless a superuser
     return task
 
 
@@ -125,8 +147,10 @@ def task_detail(request, task_id: int):
         200: OpenApiResponse(JudgmentSerializer, description="The same idempotency_key again: the first judgment."),
         409: OpenApiResponse(description="The task can no longer be answered."),
     },
+    auth=HOT_PATH_AUTH,
 )
 @api_view(["POST"])
+@authentication_classes([TokenAuthentication, SessionAuthentication])  # the token lookup without the ORM
 @parser_classes([JSONParser])
 def task_judgments(request, task_id: int):
     """Answer a task. The same ``idempotency_key`` again returns the first judgment (200), never a second row."""
@@ -136,7 +160,7 @@ def task_judgments(request, task_id: int):
     judgment, created = actions.record_judgment(
         task, request.data, request.data.get("idempotency_key"), source=Judgment.Source.API
     )
-    body = JudgmentSerializer(judgment).data
+    body = judgment_payload(judgment)
     feedback = selectors.gold_feedback(task, judgment)
     if feedback:
         body["feedback"] = feedback
@@ -180,7 +204,7 @@ def project_items(request, slug: str):
     if upload is None or isinstance(upload, str):
         raise ParseError('Send the file as multipart field "file".')
     fmt = detect_format(upload.name or "", request.query_params.get("format"))
-    data = upload.read()
+    data = read_upload(upload)
     parsed = parse_items(data, fmt, project.kind)
     report = actions.import_items(project, parsed, source={"file": upload.name, "by": request.user.username})
     body = {

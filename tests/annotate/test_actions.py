@@ -1,6 +1,9 @@
+import time
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from annotate import actions
@@ -200,3 +203,81 @@ def test_import_judgments_is_all_or_nothing(make_project):
         actions.import_judgments(project, votes)
     assert caught.value.errors == [(2, "no item with id 'nope' in project demo.")]
     assert not Judgment.objects.exists()
+
+
+def test_an_item_back_in_the_pool_below_an_annotators_mark_still_reaches_them(make_project, make_member):
+    # The pick starts above the highest item an annotator was given; an item that comes back below it (here a
+    # skip) is found by the fallback scan from the start once nothing is left above.
+    project = make_project(n_items=3, overlap=1)
+    first, second = make_member(project, "first"), make_member(project, "second")
+    items = list(Item.objects.filter(project=project).order_by("id").values_list("id", flat=True))
+    skipped = actions.assign_next_task(first, project)
+    assert skipped.item_id == items[0]
+    got = []
+    for _ in range(2):
+        task = actions.assign_next_task(second, project)
+        got.append(task.item_id)
+        answer(task)
+    actions.skip_task(skipped, "Not my language.")
+    task = actions.assign_next_task(second, project)
+    assert got + [task.item_id] == [items[1], items[2], items[0]]
+    answer(task)
+    assert actions.assign_next_task(first, project) is None  # never the skipped item again
+    assert Item.objects.filter(project=project, open_slots=0).count() == 3
+
+
+def test_expired_leases_are_reclaimed_every_few_seconds_while_other_items_remain(make_project, make_member):
+    project = make_project(n_items=5, overlap=1, lease_seconds=60)
+    slow, fast = make_member(project, "slow"), make_member(project, "fast")
+    abandoned = actions.assign_next_task(slow, project)
+    Task.objects.filter(pk=abandoned.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    # Reclaimed just now: other items are open, so this request does not look for expired leases.
+    actions._last_reclaim[project.pk] = time.monotonic()
+    answer(actions.assign_next_task(fast, project))
+    abandoned.refresh_from_db()
+    assert abandoned.status == Task.Status.LEASED
+    # RECLAIM_EVERY_SECONDS later the next request reclaims it, and the item is open again.
+    actions._last_reclaim[project.pk] = time.monotonic() - actions.RECLAIM_EVERY_SECONDS
+    task = actions.assign_next_task(fast, project)
+    abandoned.refresh_from_db()
+    assert abandoned.status == Task.Status.EXPIRED
+    assert Item.objects.get(pk=abandoned.item_id).open_slots == 1
+    assert task.item_id != abandoned.item_id  # the pick stays in id order above fast's mark
+    taken = {answer(t)[0].item_id for t in iter(lambda: actions.assign_next_task(fast, project), None)}
+    assert abandoned.item_id in taken and Item.objects.filter(project=project, open_slots__gt=0).count() == 0
+
+
+def test_the_api_loop_costs_a_fixed_number_of_statements(make_project, make_member, api_client_for):
+    # next-task: token, project with membership; savepoint, membership lock, held lease, pick (UPDATE ... RETURNING),
+    # responses, task insert; savepoint release. submit: token, task with project, item and membership; savepoint,
+    # task lock, judgment insert, task update, item count; savepoint release. (Tests run inside a transaction, so
+    # BEGIN/COMMIT show as SAVEPOINT/RELEASE.) The counts do not depend on the project size or on history.
+    project = make_project(n_items=30, overlap=2)
+    client = api_client_for(make_member(project, "ann"))
+    actions._last_reclaim[project.pk] = time.monotonic()
+    counts = []
+    for i in range(12):
+        with CaptureQueriesContext(connection) as next_queries:
+            got = client.get(f"/api/projects/{project.slug}/next-task/")
+        assert got.status_code == 200
+        body = {"choice": "A", "strength": 1, "idempotency_key": f"k{i}"}
+        with CaptureQueriesContext(connection) as submit_queries:
+            # judgment ids ending in 0 also run the automatic review (about one submit in ten): not counted here.
+            posted = client.post(f"/api/tasks/{got.json()['id']}/judgments/", body, format="json")
+        assert posted.status_code == 201
+        if posted.json()["id"] % actions.REVIEW_EVERY:
+            counts.append((len(next_queries), len(submit_queries)))
+    assert set(counts) == {(9, 8)}
+
+
+def test_the_fast_judgment_payload_is_the_serializers(make_project, make_member):
+    from annotate.api.serializers import JudgmentSerializer, judgment_payload
+
+    project = make_project(n_items=2, overlap=1)
+    annotator = make_member(project, "ann")
+    task = actions.assign_next_task(annotator, project)
+    first, _ = actions.record_judgment(task, {"choice": "B", "strength": 3, "rationale": "B is right.", "duration_ms": 1200}, "k1")
+    edit, _ = actions.record_judgment(task, {"choice": "tie"}, "k2")
+    for judgment in (first, edit, Judgment.objects.get(pk=edit.pk)):
+        assert judgment_payload(judgment) == JudgmentSerializer(judgment).data
+    assert judgment_payload(first)["choice"] == "B" and judgment_payload(edit)["supersedes"] == first.pk

@@ -5,10 +5,11 @@ way no item may get more than ``overlap`` annotators and no submit may be stored
 """
 
 import threading
+import time
 from collections import Counter
 
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 
 from annotate import actions
 from annotate.models import Item, Judgment, Task
@@ -83,6 +84,32 @@ def test_one_annotator_asking_twice_at_once_gets_one_lease(make_project, make_me
     in_threads(4, lambda index: tasks.append(actions.assign_next_task(annotator, project).pk))
     assert len(set(tasks)) == 1
     assert Task.objects.filter(annotator=annotator).count() == 1
+
+
+def test_a_pick_waits_for_an_item_a_submit_has_locked_instead_of_answering_nothing_left(make_project, make_member):
+    # A submit counts its judgment on the item row (n_judgments), which locks it until the submit commits. The
+    # pick skips locked rows to spread annotators over items; when the only item left for this annotator is
+    # locked, it must wait for it rather than answer "nothing left" (PostgreSQL; SQLite's write lock waits anyway).
+    project = make_project(n_items=1, overlap=2)
+    first, second = make_member(project, "first"), make_member(project, "second")
+    task = actions.assign_next_task(first, project)
+    submitting = threading.Event()
+    picked = []
+
+    def work(index):
+        if index == 0:
+            with transaction.atomic():
+                actions.record_judgment(task, {"choice": "A", "strength": 1}, "k")
+                submitting.set()
+                time.sleep(0.5)  # the item row stays locked meanwhile
+        else:
+            assert submitting.wait(timeout=30)
+            picked.append(actions.assign_next_task(second, project))
+
+    in_threads(2, work)
+    assert picked[0] is not None and picked[0].item_id == task.item_id
+    item = Item.objects.get()
+    assert (item.open_slots, item.n_judgments) == (0, 1)
 
 
 def test_database_vendor_is_reported(capsys):

@@ -1,6 +1,7 @@
 import copy
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from django.core.management import call_command
@@ -365,3 +366,207 @@ def test_dawid_skene_and_bradley_terry_aggregations_follow_the_reliable_annotato
         assert len(result) == 20, aggregate
         assert all(r["chosen"].startswith("good") for r in result.values()), aggregate
         assert result["q0"]["margin"] == 2.0  # the strength of the one vote for the chosen response
+
+
+# --- the columnar path (pairwise → trl by majority) gives the row path's bytes --------------------------------
+
+TRICKY = ['Say "hi",', "back\\slash\\", "line\nbreak\ttab", 'ünïcødé ✓ \u2028 "," ', "ctrl \x01 and \x7f"]
+
+
+@pytest.fixture
+def tricky_project(db):
+    return _tricky_project()
+
+
+def _tricky_project():
+    """26 pairwise items (prompts sharing text, quotes, escapes, unicode), votes by 4 annotators with ties,
+    "both bad", missing strengths and splits; a paused annotator, two gold items, and two items whose
+    responses are another item's in swapped order, so two rows differ only by id."""
+    import random
+
+    rng = random.Random(5)
+    items = [
+        {"id": f"i{i}", "prompt": f"{TRICKY[i % 5]} {i % 7}", "responses": [f"A{i} {TRICKY[(i + 1) % 5]}", f"B{i} {TRICKY[(i + 2) % 5]}"]}
+        for i in range(22)
+    ]
+    items += [{**items[i], "id": f"dup{i}", "responses": items[i]["responses"][::-1]} for i in (0, 1)]
+    items += [{**items[i], "id": f"gold{i}", "prompt": f"gold {i}", "purpose": "gold", "gold": {"winner": 0}} for i in (2, 3)]
+    votes = []
+    for item in items:
+        for annotator in ("a", "b", "c", "d"):
+            if item["id"] in ("i0", "i1", "dup0", "dup1"):  # unanimous for the same text: duplicate rows
+                winner = 0 if item["id"].startswith("i") else 1
+                votes.append({"item": item["id"], "annotator": annotator, "winner": winner, "strength": 2})
+                continue
+            winner = rng.choice([0, 0, 1, 1, None, "both_bad"])
+            vote = {"item": item["id"], "annotator": annotator, "winner": winner}
+            if winner in (0, 1) and rng.random() < 0.7:
+                vote["strength"] = rng.randint(0, 3)
+            votes.append(vote)
+    project = _project(Kind.PAIRWISE, items, votes, overlap=4)
+    project.memberships.filter(user__username="d").update(status="paused")
+    return project
+
+
+def _export_both_ways(project, options, tmp_path, monkeypatch):
+    from annotate import exports
+
+    def no_rows(*args, **kwargs):
+        raise AssertionError("the columnar path read rows one by one")
+
+    (tmp_path / "columnar").mkdir()
+    (tmp_path / "rows").mkdir()
+    with monkeypatch.context() as patch:
+        patch.setattr(exports, "iter_rows", no_rows)
+        columnar = exports.write_export(project, options, tmp_path / "columnar", columnar=True)
+    rows = exports.write_export(project, options, tmp_path / "rows", columnar=False)
+    return columnar, rows
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"container": "parquet", "test_size": 0.3, "seed": 3},
+        {"container": "parquet", "dedupe": False, "min_agreement": 0.6, "include_paused": True, "include_gold": True},
+        {"max_chars": 50, "test_size": 0.5, "seed": 1},
+    ],
+)
+def test_columnar_export_writes_the_same_bytes_as_the_row_path(tricky_project, tmp_path, monkeypatch, fields):
+    from annotate import exports
+
+    # Chunks of 5 items and row groups of 4 rows: rows cross chunk and row-group boundaries.
+    monkeypatch.setattr(exports, "CHUNK_ITEMS", 5)
+    monkeypatch.setattr(exports._SplitWriter, "PARQUET_BATCH", 4)
+    options = ExportOptions(**fields)
+    assert exports.fits_columns(tricky_project, options)
+    columnar, rows = _export_both_ways(tricky_project, options, tmp_path, monkeypatch)
+    assert columnar.counts == rows.counts and min(rows.counts.values()) > 0, rows.counts
+    assert columnar.content_hash == rows.content_hash
+    for name in rows.files:
+        assert columnar.files[name].read_bytes() == rows.files[name].read_bytes()
+    if not fields:
+        texts = [json.loads(line) for line in rows.files["train"].read_bytes().splitlines()]
+        assert {row["prompt"] for row in texts} & {f"{t} {i}" for i, t in enumerate(TRICKY)}  # the tricky texts are in
+        assert len({row["id"] for row in texts} & {"i0", "dup0", "i1", "dup1"}) == 2  # duplicates dropped
+
+
+def test_columnar_export_reads_ahead_in_a_thread_outside_transactions(transactional_db, tmp_path, monkeypatch):
+    import threading
+
+    from django.db import connection
+
+    from annotate import exports
+
+    project = _tricky_project()
+    monkeypatch.setattr(exports, "CHUNK_ITEMS", 4)
+    readers = []
+    read_chunk = exports._read_chunk
+
+    def recording(*args):
+        readers.append(threading.current_thread().name)
+        return read_chunk(*args)
+
+    monkeypatch.setattr(exports, "_read_chunk", recording)
+    options = ExportOptions(container="parquet", test_size=0.4, seed=2)
+    columnar, rows = _export_both_ways(project, options, tmp_path, monkeypatch)
+    assert columnar.counts == rows.counts and columnar.content_hash == rows.content_hash
+    for name in rows.files:
+        assert columnar.files[name].read_bytes() == rows.files[name].read_bytes()
+    assert len(readers) == 6  # 24 normal items, 4 per chunk
+    if connection.vendor == "postgresql":  # the first chunk on the caller's connection, the others ahead
+        assert readers[0] == threading.current_thread().name
+        assert {name.split("_")[0] for name in readers[1:]} == {"export-read"}
+    assert not any(t.name.startswith("export-read") for t in threading.enumerate())  # the reader is gone
+
+
+@pytest.mark.django_db
+def test_a_conversation_in_a_late_chunk_restarts_the_export_on_the_row_path(tmp_path, monkeypatch):
+    from annotate import exports
+
+    items = pairwise_rows(10)
+    items[8]["prompt"] = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q8?"}]
+    votes = [{"item": f"item-{i}", "annotator": a, "winner": i % 2, "strength": 1} for i in range(10) for a in ("a", "b")]
+    project = _project(Kind.PAIRWISE, items, votes, overlap=2)
+    monkeypatch.setattr(exports, "CHUNK_ITEMS", 3)  # two chunks of standard rows are written before item-8's
+    monkeypatch.setattr(exports._SplitWriter, "PARQUET_BATCH", 2)
+    options = ExportOptions(container="parquet")
+    (tmp_path / "columnar").mkdir()
+    (tmp_path / "rows").mkdir()
+    batches = []
+    trl_batch = exports._trl_batch
+    monkeypatch.setattr(exports, "_trl_batch", lambda *args: batches.append(1) or trl_batch(*args))
+    restarted = exports.write_export(project, options, tmp_path / "columnar")
+    assert len(batches) == 2  # then item-8's chunk sent the export to the row path
+    rows = exports.write_export(project, options, tmp_path / "rows", columnar=False)
+    assert restarted.counts == rows.counts == {"train": 10} and restarted.content_hash == rows.content_hash
+    assert restarted.files["train"].read_bytes() == rows.files["train"].read_bytes()
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(restarted.files["train"]).column("prompt")[0].as_py() == [{"role": "user", "content": items[0]["prompt"]}]
+
+
+def test_json_of_many_strings_at_once_is_orjson_of_each():
+    import random
+
+    import orjson
+
+    from annotate.exports import _json_values, _text_column
+
+    rng = random.Random(3)
+    alphabet = ['"', "\\", ",", "\n", "\t", "\x00", "\x1f", "\x7f", "a", "é", "\u2028", "😀", "[", "]"]
+    for _ in range(500):
+        values = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8))) for _ in range(rng.randint(1, 10))]
+        assert _json_values(values, _text_column(values)).to_pylist() == [orjson.dumps(v) for v in values]
+    tricky = ['He said "hi",', "x", '","', "\\", '\\"', ""]  # a false '","' separator, escaped backslashes
+    assert _json_values(tricky, _text_column(tricky)).to_pylist() == [orjson.dumps(v) for v in tricky]
+    mixed = ["a", None]
+    assert _json_values(mixed, _text_column(mixed)).to_pylist() == [b'"a"', b"null"]
+
+
+def test_columnar_majority_matches_the_frame_majority():
+    from annotate.agreement import _NULL
+    from annotate.exports import majority_columns
+
+    rng = np.random.default_rng(0)
+    n_items = 300
+    pair_items = np.arange(n_items) * 10
+    a, b = pair_items + 1, pair_items + 2
+    item_index = rng.integers(0, n_items + 5, 2000)  # a few votes on items without a pair
+    item = np.where(item_index < n_items, item_index * 10, item_index * 10 + 3)
+    code = rng.choice([0, 1, 2, 3], 2000, p=[0.6, 0.2, 0.1, 0.1])
+    side = rng.integers(0, 2, 2000)
+    winner = np.where(code == 1, _NULL, np.where(side == 0, item + 1, item + 2))
+    strength = np.where(rng.random(2000) < 0.3, _NULL, rng.integers(0, 4, 2000))
+    votes = np.stack([item, code, winner, strength], axis=1)
+
+    def by_frame(votes):
+        kept = votes[(votes[:, 1] != 2) & np.isin(votes[:, 0], pair_items)]
+        frame = pair_frame(*[(i, i + 1, i + 2, None if w == _NULL else w, None if s == _NULL else s) for i, _, w, s in kept.tolist()])
+        return majority_pairs(frame)
+
+    result, expected = majority_columns(votes, pair_items, a, b), by_frame(votes)
+    assert len(expected) > 100
+    for name in ("item", "chosen", "rejected", "margin", "agreement"):
+        assert result[name].tolist() == expected[name].tolist(), name
+    # A winner that is neither response of the pair (not possible through the app) takes the frame's way.
+    votes[0, 2], votes[0, 1] = votes[0, 0] + 5, 0
+    result = majority_columns(votes, pair_items, a, b)
+    assert result["chosen"].tolist() == by_frame(votes)["chosen"].tolist()
+
+
+@pytest.mark.django_db
+def test_copy_out_reports_errors_and_leaves_the_connection_usable():
+    from django.db import DataError, connection, transaction
+
+    from annotate.agreement import copy_out
+
+    if connection.vendor != "postgresql":
+        pytest.skip("COPY is PostgreSQL's")
+    with transaction.atomic():
+        assert copy_out(connection, "COPY (SELECT %s::int AS n UNION ALL SELECT 7) TO STDOUT", [6]) == b"6\n7\n"
+    with pytest.raises(DataError, match="division by zero"), transaction.atomic():
+        copy_out(connection, "COPY (SELECT 1 / (n - 3) FROM generate_series(1, 5) AS n) TO STDOUT")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone() == (1,)

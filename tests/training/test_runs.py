@@ -138,7 +138,10 @@ def test_symlink_out_of_the_model_roots_is_refused(preference_project, tiny_base
 
 
 @pytest.mark.django_db
-def test_kinds_of_the_next_issue_are_refused_until_they_have_a_runner(preference_project):
+def test_a_kind_without_a_runner_is_refused(preference_project, monkeypatch):
+    from training import runners
+
+    monkeypatch.delitem(runners.RUNNERS, "dpo")  # every kind has a runner now; a site may leave one out
     with pytest.raises(CommandError, match="dpo runs are not available yet"):
         _train("dpo", "--project", "prefs", "--base-model", "tiny-llama")
 
@@ -424,3 +427,19 @@ def test_the_demo_base_model_lands_under_the_first_root_and_can_be_chosen(prefer
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     assert (str(folder.resolve()), "models/tiny-demo-llama") in allowed_base_models()
     assert resolve_base_model("tiny-demo-llama").path == folder.resolve()
+    policy = tmp_path / "models" / "tiny-demo-llama-policy"
+    assert resolve_base_model("tiny-demo-llama-policy").path == policy.resolve()
+
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    warmed = LlamaForCausalLM.from_pretrained(policy, use_safetensors=True)
+    torch.manual_seed(0)
+    fresh = LlamaForCausalLM(warmed.config)
+    text = preference_project.items.first().responses.first().text
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        warmed_loss, fresh_loss = (m(input_ids=ids, labels=ids).loss.item() for m in (warmed, fresh))
+    assert warmed_loss < fresh_loss - 1.0, (warmed_loss, fresh_loss)  # the warm-up taught it the site's words
+    assert tokenizer.convert_tokens_to_ids("<|end|>") in warmed.generation_config.eos_token_id

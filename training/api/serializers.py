@@ -2,6 +2,7 @@
 
 from rest_framework import serializers
 
+from ..datasets import PROMPT_SOURCES
 from ..models import ModelArtifact, RunKind, TrainingRun
 
 
@@ -13,6 +14,30 @@ class RunCreateSerializer(serializers.Serializer):
     base_model = serializers.CharField(help_text="A folder under MODEL_ROOTS (absolute or relative to a root) or artifact:ID.")
     snapshot = serializers.IntegerField(required=False, allow_null=True, help_text="Default: a fresh snapshot with a test split.")
     config = serializers.DictField(required=False, default=dict, help_text="Runner options (docs/training.md), JSON-typed.")
+    reward_models = serializers.ListField(
+        child=serializers.CharField(), required=False, default=list, max_length=8,
+        help_text="artifact:ID[:WEIGHT], a registered name or a folder under MODEL_ROOTS (rejection_sampling, ppo, grpo, rloo, evaluate).",
+    )  # fmt: skip
+    target_project = serializers.SlugField(required=False, allow_null=True, help_text="generate: the pairwise or ranking project that gets the candidates.")
+    prompts_from = serializers.ChoiceField(choices=PROMPT_SOURCES, required=False, allow_blank=True)
+    prompts = serializers.ListField(
+        child=serializers.JSONField(), required=False, allow_null=True, max_length=100_000,
+        help_text='Prompt-driven kinds: the prompts themselves, [{"prompt": text or messages}, ...] (prompts_from=file).',
+    )  # fmt: skip
+    max_prompts = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    baseline = serializers.CharField(required=False, allow_blank=True, help_text="evaluate: the policy compared with.")
+    parent = serializers.IntegerField(required=False, allow_null=True, help_text="The run this one continues.")
+
+
+class TargetSerializer(serializers.Serializer):
+    project = serializers.SlugField(help_text="The project that gets the new round; you must be its admin.")
+
+
+class NextRoundSerializer(serializers.Serializer):
+    target_project = serializers.SlugField(required=False, allow_null=True)
+    prompts_from = serializers.ChoiceField(choices=[s for s in PROMPT_SOURCES if s != "file"], required=False, allow_blank=True)
+    max_prompts = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    config = serializers.DictField(required=False, default=dict)
 
 
 class RunSerializer(serializers.ModelSerializer):
@@ -27,7 +52,16 @@ class RunSerializer(serializers.ModelSerializer):
             "id", "project", "kind", "status", "attempt", "percent", "progress_step", "progress_total", "config",
             "snapshot", "snapshot_hash", "dataset_hash", "base_model", "base_artifact", "parent", "metrics", "error",
             "launched_by", "created_at", "started_at", "finished_at", "heartbeat_at", "cancel_requested", "artifact",
+            "reward_artifacts", "target_project", "inputs", "rounds",
         ]  # fmt: skip
+
+    target_project = serializers.CharField(source="target_project.slug", default=None)
+    rounds = serializers.SerializerMethodField()
+
+    def get_rounds(self, run) -> list[dict]:
+        """Rounds this run's output became: ``{"project", "number", "id", "purpose"}``."""
+        return [{"project": link.round.project.slug, "number": link.round.number, "id": link.round_id, "purpose": link.purpose}
+                for link in run.made_rounds.select_related("round", "round__project")]  # fmt: skip
 
     def get_artifact(self, run) -> int | None:
         artifact = getattr(run, "artifact", None) if run.status == "succeeded" else None

@@ -6,6 +6,7 @@ Annotators get 403, non-members 404, as everywhere in Arbiter.
 
 from __future__ import annotations
 
+import orjson
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, parser_classes
@@ -24,10 +25,12 @@ from .serializers import (
     ArtifactDetailSerializer,
     ArtifactSerializer,
     CombinedScoreInSerializer,
+    NextRoundSerializer,
     RunCreateSerializer,
     RunDetailSerializer,
     RunSerializer,
     ScoreInSerializer,
+    TargetSerializer,
 )
 
 
@@ -79,10 +82,19 @@ def runs(request):
         snapshot = Snapshot.objects.filter(pk=body.validated_data["snapshot"], project=project).first()
         if snapshot is None:
             raise BadRequest(f"No snapshot {body.validated_data['snapshot']} in project {project.slug}.")
+    data = body.validated_data
+    if data.get("target_project"):
+        require_role(request.user, data["target_project"], Role.ADMIN)
+    prompts = actions.Prompts(source=data.get("prompts_from") or "", max_prompts=data.get("max_prompts"))
+    if data.get("prompts") is not None:
+        # Given inline: validated like an uploaded file, each prompt's position as its line number.
+        prompts.data = b"\n".join(orjson.dumps(row) for row in data["prompts"])
+        prompts.source, prompts.file_name = prompts.source or "file", "prompts"
     try:
         run = actions.launch_run(
-            project=project, kind=body.validated_data["kind"], base_model=body.validated_data["base_model"],
-            snapshot=snapshot, values=body.validated_data["config"], launched_by=request.user,
+            project=project, kind=data["kind"], base_model=data["base_model"], snapshot=snapshot, values=data["config"],
+            launched_by=request.user, reward_models=data["reward_models"], target_project=data.get("target_project"),
+            prompts=prompts, baseline=data.get("baseline") or None, parent=data.get("parent"),
         )  # fmt: skip
     except TrainingError as exc:
         raise BadRequest(str(exc)) from None
@@ -152,7 +164,7 @@ def model_score(request, artifact_id: int):
     return Response({"scores": scores})
 
 
-@extend_schema(request=CombinedScoreInSerializer, responses=SCORES)
+@extend_schema(request=CombinedScoreInSerializer, responses=SCORES, operation_id="models_score_combined")
 @api_view(["POST"])
 @parser_classes([JSONParser])
 def combined_score(request):
@@ -167,3 +179,94 @@ def combined_score(request):
     except TrainingError as exc:
         raise BadRequest(str(exc)) from None
     return Response({"scores": scores})
+
+
+# --- the loop -------------------------------------------------------------------------------------------------
+
+ROUND = inline_serializer("Round", {"project": serializers.CharField(), "number": serializers.IntegerField(), "id": serializers.IntegerField()})
+
+
+def _round_data(round_) -> dict:
+    return {"project": round_.project.slug, "number": round_.number, "id": round_.pk}
+
+
+@extend_schema(request=NextRoundSerializer, responses={201: RunDetailSerializer})
+@api_view(["POST"])
+@parser_classes([JSONParser])
+def run_next_round(request, run_id: int):
+    """Start the next round from a succeeded policy run: a generate run with its model into the project."""
+    run = _run(request, run_id, Role.ADMIN)
+    body = NextRoundSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    target = body.validated_data.get("target_project")
+    if target:
+        require_role(request.user, target, Role.ADMIN)
+    try:
+        child = actions.start_next_round(
+            run, launched_by=request.user, target_project=target, values=body.validated_data["config"],
+            prompts=actions.Prompts(source=body.validated_data.get("prompts_from") or "", max_prompts=body.validated_data.get("max_prompts")),
+        )  # fmt: skip
+    except TrainingError as exc:
+        raise BadRequest(str(exc)) from None
+    return Response(RunDetailSerializer(child).data, status=status.HTTP_201_CREATED)
+
+
+def _round_action(request, run_id: int, action):
+    run = _run(request, run_id, Role.ADMIN)
+    body = TargetSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    target, _ = require_role(request.user, body.validated_data["project"], Role.ADMIN)
+    try:
+        round_ = action(run, target, created_by=request.user)
+    except TrainingError as exc:
+        raise BadRequest(str(exc)) from None
+    return Response(_round_data(round_), status=status.HTTP_201_CREATED)
+
+
+@extend_schema(request=TargetSerializer, responses={201: ROUND})
+@api_view(["POST"])
+@parser_classes([JSONParser])
+def run_send_kept(request, run_id: int):
+    """A rejection_sampling run's kept samples as a new round of a rating, demonstration or steps project."""
+    return _round_action(request, run_id, actions.send_kept_for_review)
+
+
+HUMAN_EVAL = inline_serializer("HumanEval", {
+    "round": ROUND, "n": serializers.IntegerField(), "wins": serializers.IntegerField(), "losses": serializers.IntegerField(),
+    "ties": serializers.IntegerField(), "win_rate": serializers.FloatField(allow_null=True), "ci_low": serializers.FloatField(),
+    "ci_high": serializers.FloatField(),
+})  # fmt: skip
+
+
+@extend_schema(methods=["POST"], request=TargetSerializer, responses={201: ROUND})
+@extend_schema(methods=["GET"], responses=HUMAN_EVAL)
+@api_view(["GET", "POST"])
+@parser_classes([JSONParser])
+def run_human_eval(request, run_id: int):
+    """POST: an evaluate run's comparisons as a pairwise round (positions randomised, each response's arm recorded).
+    GET: the human win rate of the new policy with its 95% Wilson interval (a tie counts half)."""
+    if request.method == "POST":
+        return _round_action(request, run_id, actions.create_human_eval_round)
+    run = _run(request, run_id)
+    link = run.made_rounds.filter(purpose="human_eval").select_related("round", "round__project").first()
+    if link is None:
+        raise NotFound("This run has no human evaluation round.")
+    return Response({"round": _round_data(link.round), **selectors.human_eval_results(link.round)})
+
+
+@extend_schema(responses=inline_serializer("RoundStep", {"round": ROUND, "made_by": serializers.IntegerField(allow_null=True)}, many=True))
+@api_view(["GET"])
+def project_rounds(request, slug: str):
+    """The project's rounds as a chain: each round, the run that made it, and the snapshots, reward-model runs,
+    policy runs and generate runs that came out of its votes (ids; artifacts where registered)."""
+    project, _ = require_role(request.user, slug, Role.RESEARCHER)
+
+    def runs(items):
+        return [{"run": r.pk, "kind": r.kind, "status": r.status, "artifact": r.made_artifact.pk if r.made_artifact else None} for r in items]
+
+    return Response([
+        {"round": _round_data(step.round), "name": step.round.name, "source": step.round.source, "made_by": step.made_by.pk if step.made_by else None,
+         "purpose": step.purpose, "snapshots": [s.pk for s in step.snapshots], "reward_runs": runs(step.reward_runs),
+         "policy_runs": runs(step.policy_runs), "next_runs": runs(step.next_runs)}
+        for step in selectors.round_chain(project)
+    ])  # fmt: skip

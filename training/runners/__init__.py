@@ -11,6 +11,14 @@ import importlib
 
 RUNNERS = {
     "reward": "training.runners.reward",
+    "generate": "training.runners.generate",
+    "rejection_sampling": "training.runners.rejection_sampling",
+    "evaluate": "training.runners.evaluate",
+    "sft": "training.runners.sft",
+    "dpo": "training.runners.dpo",
+    "ppo": "training.runners.ppo",
+    "grpo": "training.runners.grpo",
+    "rloo": "training.runners.rloo",
 }
 
 

@@ -1,11 +1,13 @@
 import json
+from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from annotate.models import Project, Snapshot
 
-from ... import actions, supervisor
+from ... import actions, selectors, supervisor
+from ...datasets import PROMPT_SOURCES
 from ...models import RunKind, RunStatus
 from ...runners import available_kinds, config_class
 from ...runners.base import ConfigError
@@ -15,7 +17,8 @@ from ...selectors import TrainingError
 class Command(BaseCommand):
     help = (
         "Launch a training run: enqueue it for the worker (prints the run id), or with --foreground run it here, "
-        "streaming progress, and print as the last line {\"run\", \"status\", \"artifact_path\", \"metrics\"}."
+        "streaming progress, and print as the last line {\"run\", \"status\", \"artifact_path\", \"metrics\"} "
+        "(generate adds \"round\")."
     )
 
     def add_arguments(self, parser):
@@ -26,7 +29,16 @@ class Command(BaseCommand):
         parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                             help="A config option (repeatable); --help-config lists them.")  # fmt: skip
         parser.add_argument("--reward-model", action="append", default=[], metavar="ARTIFACT[:WEIGHT]",
-                            help="Reward model(s) to score with (policy kinds; not used by reward runs).")  # fmt: skip
+                            help="Reward model to score with (repeatable; rejection_sampling, ppo, grpo, rloo, evaluate need one): "
+                                 "artifact:ID, a registered name or a folder under MODEL_ROOTS, optionally :WEIGHT.")  # fmt: skip
+        parser.add_argument("--target-project", metavar="SLUG", help="generate: the pairwise or ranking project whose new round gets the candidates (default --project).")
+        parser.add_argument("--prompts-from", choices=PROMPT_SOURCES,
+                            help="Prompt-driven kinds: the project's items (default), items annotators disagree on, items the reward "
+                                 "model(s) are least sure about, a snapshot's train or test prompts (default for evaluate), or --prompts-file.")  # fmt: skip
+        parser.add_argument("--prompts-file", metavar="PATH", help='A JSONL file of {"prompt": text or messages} rows (implies --prompts-from file).')
+        parser.add_argument("--max-prompts", type=int, metavar="N", help="At most this many prompts (low-confidence: the N least confident; default half).")
+        parser.add_argument("--baseline", metavar="PATH_OR_ARTIFACT", help="evaluate: the policy the new one (--base-model) is compared with.")
+        parser.add_argument("--parent", type=int, metavar="RUN", help="The run this one continues (lineage), e.g. the policy run of the previous round.")
         parser.add_argument("--launched-by", help="Username recorded as the launcher.")
         parser.add_argument("--foreground", action="store_true", help="Run in this process instead of the queue.")
         parser.add_argument("--help-config", action="store_true", help="List the config options of KIND and exit.")
@@ -42,6 +54,8 @@ class Command(BaseCommand):
             return
         if options["reward_model"] and kind == RunKind.REWARD:
             raise CommandError("--reward-model is for policy runs; a reward run trains a reward model.")
+        if options["max_prompts"] is not None and options["max_prompts"] < 1:
+            raise CommandError("--max-prompts must be at least 1.")
         project = Project.objects.filter(slug=options["project"]).first()
         if project is None:
             raise CommandError(f"No project {options['project']!r}.")
@@ -50,6 +64,15 @@ class Command(BaseCommand):
             snapshot = Snapshot.objects.filter(pk=options["snapshot"], project=project).first()
             if snapshot is None:
                 raise CommandError(f"No snapshot {options['snapshot']} in project {project.slug}.")
+        prompts = actions.Prompts(source=options["prompts_from"] or "", max_prompts=options["max_prompts"])
+        if options["prompts_file"]:
+            if options["prompts_from"] not in (None, "file"):
+                raise CommandError(f"--prompts-file goes with --prompts-from file, not {options['prompts_from']}.")
+            try:
+                prompts.data = Path(options["prompts_file"]).read_bytes()
+            except OSError as exc:
+                raise CommandError(f"Cannot read {options['prompts_file']}: {exc.strerror}.") from None
+            prompts.source, prompts.file_name = "file", Path(options["prompts_file"]).name
         user = None
         if options["launched_by"]:
             user = get_user_model().objects.filter(username=options["launched_by"]).first()
@@ -59,21 +82,27 @@ class Command(BaseCommand):
             values = config_class(kind).parse_overrides(options["overrides"])
             run = actions.launch_run(
                 project=project, kind=kind, base_model=options["base_model"], snapshot=snapshot, values=values,
-                launched_by=user, enqueue=not options["foreground"],
+                launched_by=user, enqueue=not options["foreground"], reward_models=options["reward_model"],
+                target_project=options["target_project"], prompts=prompts, baseline=options["baseline"], parent=options["parent"],
             )  # fmt: skip
         except (TrainingError, ConfigError) as exc:
             raise CommandError(str(exc)) from None
         if not options["foreground"]:
-            self.stdout.write(f"Queued run {run.pk} ({kind} on snapshot {run.snapshot_id}); a worker (db_worker) runs it.")
+            data = f"snapshot {run.snapshot_id}" if not run.inputs.get("prompts") else f"{run.inputs['prompts']} prompts from {run.inputs['prompts_from']}"
+            self.stdout.write(f"Queued run {run.pk} ({kind} on {data}); a worker (db_worker) runs it.")
             self.stdout.write(str(run.pk))
             return
-        self.stdout.write(f"Run {run.pk}: {kind} on snapshot {run.snapshot_id}, base {run.base_model}")
+        data = f"snapshot {run.snapshot_id}" if not run.inputs.get("prompts") else f"{run.inputs['prompts']} prompts from {run.inputs['prompts_from']}"
+        self.stdout.write(f"Run {run.pk}: {kind} on {data}, base {run.base_model}")
         run = supervisor.execute(run.pk, run.attempt, in_process=True, echo=lambda line: self.stdout.write(line))
         artifact = getattr(run, "artifact", None) if run.status == RunStatus.SUCCEEDED else None
         if run.error:
             self.stderr.write(f"Run {run.pk} {run.status}: {run.error}")
         result = {"run": run.pk, "status": run.status, "artifact_path": str(artifact.folder) if artifact else None,
                   "metrics": run.metrics}  # fmt: skip
+        made = selectors.generated_round(run)
+        if made is not None:  # generate: where the candidates went
+            result["round"] = {"project": made.project.slug, "number": made.number, "id": made.pk}
         self.stdout.write(json.dumps(result, default=str))
         if run.status != RunStatus.SUCCEEDED:
             raise SystemExit(1)

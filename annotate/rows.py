@@ -1,0 +1,152 @@
+"""Model instances from hand-written SQL: the statements every next-task and submit request runs.
+
+On a small server the CPU of a request, not the database, is the limit, and a third of it went into Django
+compiling the same few queries again on every request (``select_related`` of the project's and the item's forty
+columns, prefetches, row locks). These statements are built once per process, and their rows go through the
+converters the ORM uses (JSON, dates, booleans), so the instances are what the ORM would have returned.
+Everything else stays on the ORM.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from django.contrib.auth import get_user_model
+from django.db import connection
+from rest_framework.authtoken.models import Token
+
+from .models import Item, Project, Response, Task
+
+
+def columns(model, alias: str) -> str:
+    return ", ".join(f"{alias}.{connection.ops.quote_name(f.column)}" for f in model._meta.concrete_fields)
+
+
+@cache
+def _converters(vendor: str, model) -> list[tuple[int, list, object]]:
+    """(column index, converters, column expression) of the fields whose database values need converting."""
+    out = []
+    for i, field in enumerate(model._meta.concrete_fields):
+        col = field.get_col(model._meta.db_table)
+        converters = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
+        if converters:
+            out.append((i, converters, col))
+    return out
+
+
+def fetch(sql: str, params: list, models: list) -> list | None:
+    """The first row of ``sql`` as instances of ``models`` (their columns in order, as :func:`columns` lists
+    them), followed by any further columns as they are; None without a row."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return None if row is None else _instances(row, models)
+
+
+def fetch_all(sql: str, params: list, model) -> list:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [_instances(row, [model])[0] for row in cursor.fetchall()]
+
+
+def execute(sql: str, params: list) -> int:
+    """Run a write; returns the number of rows it changed."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
+def for_update() -> str:
+    """The row lock clause: PostgreSQL's lightest exclusive lock (foreign-key checks of other inserts, which take
+    KEY SHARE, do not wait for it); SQLite has none and needs none (its transactions take the write lock)."""
+    return " FOR NO KEY UPDATE" if connection.vendor == "postgresql" else ""
+
+
+def _instances(row, models: list) -> list:
+    out, pos = [], 0
+    for model in models:
+        fields = model._meta.concrete_fields
+        values = list(row[pos : pos + len(fields)])
+        for i, converters, col in _converters(connection.vendor, model):
+            for convert in converters:
+                values[i] = convert(values[i], col, connection)
+        out.append(model.from_db(connection.alias, [f.attname for f in fields], values))
+        pos += len(fields)
+    return out + list(row[pos:])
+
+
+@cache
+def _sql(name: str) -> str:
+    user = get_user_model()
+    if name == "token":
+        return (
+            f"SELECT {columns(Token, 't')}, {columns(user, 'u')} FROM {Token._meta.db_table} t "
+            f"JOIN {user._meta.db_table} u ON u.id = t.user_id WHERE t.key = %s"
+        )
+    if name == "member_project":
+        return (
+            f"SELECT {columns(Project, 'p')} FROM annotate_project p "
+            "JOIN annotate_membership m ON m.project_id = p.id AND m.user_id = %s WHERE p.slug = %s"
+        )
+    if name == "held":
+        return (
+            f"SELECT {columns(Task, 't')}, {columns(Item, 'i')} FROM annotate_task t JOIN annotate_item i ON i.id = t.item_id "
+            "WHERE t.annotator_id = %s AND t.project_id = %s AND t.status = 'leased' AND t.lease_expires_at > %s "
+            "AND t.id <> %s ORDER BY t.id LIMIT 1"
+        )
+    if name == "responses":
+        return f"SELECT {columns(Response, 'r')} FROM annotate_response r WHERE r.item_id = %s ORDER BY r.{connection.ops.quote_name('index')}"
+    if name == "task":
+        return (
+            f"SELECT {columns(Task, 't')}, {columns(Project, 'p')}, {columns(Item, 'i')}, "
+            "EXISTS (SELECT 1 FROM annotate_membership m WHERE m.project_id = t.project_id AND m.user_id = %s) "
+            "FROM annotate_task t JOIN annotate_project p ON p.id = t.project_id "
+            "JOIN annotate_item i ON i.id = t.item_id WHERE t.id = %s"
+        )
+    raise KeyError(name)
+
+
+def token_with_user(key: str) -> Token | None:
+    """The token with its user loaded, as ``Token.objects.select_related("user").get(key=key)``."""
+    found = fetch(_sql("token"), [key], [Token, get_user_model()])
+    if found is None:
+        return None
+    token, user = found
+    token.user = user
+    return token
+
+
+def member_project(user_id: int, slug: str) -> Project | None:
+    """The project ``slug`` if the user is a member of it (any role)."""
+    found = fetch(_sql("member_project"), [user_id, slug], [Project])
+    return found[0] if found else None
+
+
+def task_with_project_and_item(task_id: int, user_id: int) -> tuple[Task, bool] | None:
+    """The task with its project and item loaded, and whether the user is a member of its project."""
+    found = fetch(_sql("task"), [user_id, task_id], [Task, Project, Item])
+    if found is None:
+        return None
+    task, project, item, is_member = found
+    task.project, task.item = project, item
+    return task, bool(is_member)
+
+
+def held_task(annotator_id: int, project_id: int, now, exclude_id: int | None) -> Task | None:
+    """The annotator's oldest unexpired lease in the project other than ``exclude_id``, with its item."""
+    now = connection.ops.adapt_datetimefield_value(now)
+    found = fetch(_sql("held"), [annotator_id, project_id, now, exclude_id or 0], [Task, Item])
+    if found is None:
+        return None
+    task, item = found
+    task.item = item
+    return task
+
+
+def attach_responses(item: Item) -> list[Response]:
+    """The item's responses in import order, also cached as ``item.responses.all()`` (as a prefetch does)."""
+    responses = fetch_all(_sql("responses"), [item.pk], Response)
+    cached = Response.objects.filter(item=item).order_by("index")
+    cached._result_cache, cached._prefetch_done = responses, True
+    item._prefetched_objects_cache = {"responses": cached}
+    return responses

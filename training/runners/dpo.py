@@ -1,0 +1,254 @@
+"""Direct Preference Optimization of a policy with TRL's DPOTrainer. No Django here: the worker runs this in a
+subprocess.
+
+DPO (Rafailov et al. 2023) trains the policy directly on preference pairs, without a reward model: the implicit
+reward of a response is ``β · (log π(y|x) − log π_ref(y|x))``, and the loss pushes the chosen response's reward
+above the rejected one's. It reads a ``trl`` export (``prompt``, ``chosen``, ``rejected``; ties are left out), as
+conversations (a text prompt becomes a user turn, a text response an assistant turn).
+
+The reference model π_ref:
+
+- ``base`` (TRL's default): a frozen copy of the starting policy; with LoRA, QLoRA and virtual tokens the same
+  model with its adapter disabled, so no second copy is held in memory.
+- ``model``: another policy folder (``ref_model``), e.g. the SFT model a DPO run starts from a later checkpoint of.
+- ``none``: reference-free DPO (the reward is ``β · log π(y|x)``). TRL 1.16 dropped its ``reference_free`` flag;
+  Arbiter gets it by handing TRL reference log-probabilities of 0 through its precomputed-reference path.
+
+``precompute_ref_log_probs`` computes the reference's log-probabilities once before training, so the reference
+does not sit in memory during it. Each logged step carries TRL's ``rewards/chosen``, ``rewards/rejected``,
+``rewards/margins`` and ``rewards/accuracies`` (the plots); the test split gives the same on held-out pairs.
+
+    config = DPORunConfig.from_dict({"base_model": "/models/sft-policy", "beta": 0.1, "max_steps": 100})
+    metrics = run(config, {"train": "train.jsonl", "test": "test.jsonl"}, "out/", print)
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import (
+    ConfigError,
+    RunCancelled,
+    RunnerError,
+    check_environment,
+    emit_log,
+    last_checkpoint,
+    load_model,
+    load_tokenizer,
+    make_progress_callback,
+    offline_environment,
+    option,
+    peft_config,
+    quiet_trainer,
+    resolve_precision,
+    training_arguments,
+)
+from .policy import PolicyRunConfig, ensure_policy_chat_template, load_policy_model, save_policy
+from .sft import as_messages, check_trainable_base, read_split
+
+# TRL 1.16's DPOTrainer._compute_loss accepts exactly these (its "Unknown loss type" message lists them).
+DPO_LOSSES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+    "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)  # fmt: skip
+# Losses built on the chosen − rejected reward difference: the only ones with an f-divergence generalisation.
+F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}
+F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+REFERENCES = ("base", "model", "none")
+REWARD_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
+
+
+@dataclass
+class DPORunConfig(PolicyRunConfig):
+    beta: float = option(0.1, "How far the policy may move from the reference: higher β keeps it closer (IPO: the regularisation τ).")
+    loss_type: list[str] = option(
+        ["sigmoid"], "TRL's DPO losses: sigmoid (DPO), ipo, hinge (SLiC), robust, exo_pair, nca_pair, bco_pair, sppo_hard, "
+        "aot, aot_unpaired, apo_zero, apo_down, discopop, sigmoid_norm, sft (the NLL of the chosen response); "
+        "several are added up with loss_weights (e.g. sigmoid,sft is RPO).",
+    )  # fmt: skip
+    loss_weights: list[float] = option([], "Weight of each loss in loss_type; empty: 1 each.")
+    label_smoothing: float = option(0.0, "robust: the probability that a preference label is flipped (below 0.5; 0.1 is typical); exo_pair: ε (above 0; 1e-3 is typical); aot: the smoothing.")
+    f_divergence_type: str = option("reverse_kl", "The divergence from the reference (f-DPO); reverse_kl is standard DPO.", F_DIVERGENCES)
+    f_alpha_divergence_coef: float = option(0.5, "alpha_divergence: its α.")
+    ld_alpha: float | None = option(None, "LD-DPO: weight (0–1) of the tokens of the longer response beyond the shorter one's length; none: off.")
+    use_weighting: bool = option(False, "WPO: weight each pair by the policy's (length-normalised) probability of both responses.")
+    discopop_tau: float = option(0.05, "discopop: the temperature τ of its log-ratio modulation.")
+    reference: str = option(
+        "base", "base: a frozen copy of the starting policy (with adapters: the model with its adapter disabled); "
+        "model: the policy in ref_model; none: reference-free DPO.", REFERENCES,
+    )  # fmt: skip
+    ref_model: str = option("", "reference=model: folder of the reference policy (a registered artifact, resolved by Arbiter).")
+    precompute_ref_log_probs: bool = option(False, "Compute the reference's log-probabilities once before training, so that it needs no memory during training.")
+    sync_ref_model: bool = option(False, "TR-DPO: move the reference towards the policy every ref_model_sync_steps steps (full method only).")
+    ref_model_mixup_alpha: float = option(0.6, "TR-DPO: π_ref ← α·π + (1 − α)·π_ref at each sync.")
+    ref_model_sync_steps: int = option(512, "TR-DPO: steps between syncs.")
+    learning_rate: float = option(1e-6, "Peak learning rate (AdamW).")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.beta <= 0:
+            raise ConfigError(f"beta must be above 0 (it scales the implicit reward), not {self.beta}.")
+        if not self.loss_type:
+            raise ConfigError(f"loss_type needs at least one of: {', '.join(DPO_LOSSES)}.")
+        unknown = [name for name in self.loss_type if name not in DPO_LOSSES]
+        if unknown:
+            raise ConfigError(f"Unknown DPO loss_type {', '.join(map(repr, unknown))}; TRL offers: {', '.join(DPO_LOSSES)}.")
+        if self.loss_weights and len(self.loss_weights) != len(self.loss_type):
+            raise ConfigError("loss_weights needs one weight per loss in loss_type (or none for 1 each).")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError("label_smoothing must be at least 0 and below 1.")
+        if "robust" in self.loss_type and self.label_smoothing >= 0.5:
+            raise ConfigError("robust: label_smoothing is the probability that a label is flipped and must be below 0.5.")
+        if "exo_pair" in self.loss_type and self.label_smoothing == 0:
+            raise ConfigError("exo_pair needs label_smoothing above 0 (the EXO paper uses 1e-3).")
+        if self.f_divergence_type != "reverse_kl" and not set(self.loss_type) <= F_DIVERGENCE_LOSSES:
+            raise ConfigError(f"f_divergence_type={self.f_divergence_type} works only with the losses {', '.join(sorted(F_DIVERGENCE_LOSSES))}.")
+        if self.ld_alpha is not None and not 0 <= self.ld_alpha <= 1:
+            raise ConfigError("ld_alpha must be between 0 and 1 (or none).")
+        if self.use_weighting and {"aot", "aot_unpaired"} & set(self.loss_type):
+            raise ConfigError("use_weighting does not work with the aot losses (they sort the pairs).")
+        if self.discopop_tau <= 0:
+            raise ConfigError("discopop_tau must be above 0.")
+        if self.reference == "model" and not self.ref_model:
+            raise ConfigError("reference=model needs ref_model, the folder of the reference policy.")
+        if self.ref_model and self.reference != "model":
+            raise ConfigError(f"ref_model is set but reference is {self.reference!r}; set reference=model to use it.")
+        if self.sync_ref_model:
+            if self.method != "full" or self.reference == "none" or self.precompute_ref_log_probs:
+                raise ConfigError("sync_ref_model (TR-DPO) needs method=full, a reference model and precompute_ref_log_probs off.")
+            if not 0 <= self.ref_model_mixup_alpha <= 1 or self.ref_model_sync_steps < 1:
+                raise ConfigError("ref_model_mixup_alpha must be between 0 and 1 and ref_model_sync_steps at least 1.")
+
+
+CONFIG_CLASS = DPORunConfig
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def preference_rows(rows: list[dict], split: str = "train") -> list[dict]:
+    """``trl`` export rows → conversational ``prompt``/``chosen``/``rejected`` rows; ties (no preference) left out."""
+    pairs = []
+    for number, row in enumerate(rows, 1):
+        missing = [key for key in ("prompt", "chosen", "rejected") if key not in row]
+        if missing:
+            raise RunnerError(f"The {split} split, row {number}: no {', '.join(missing)}; DPO reads a trl export.")
+        if row.get("tie"):
+            continue
+        pairs.append({"prompt": as_messages(row["prompt"], "user"), "chosen": as_messages(row["chosen"], "assistant"),
+                      "rejected": as_messages(row["rejected"], "assistant")})  # fmt: skip
+    return pairs
+
+
+# --- the trainer ----------------------------------------------------------------------------------------
+
+
+def _trainer_class(reference_free: bool):
+    from trl import DPOTrainer
+
+    if not reference_free:
+        return DPOTrainer
+
+    class ReferenceFreeDPOTrainer(DPOTrainer):
+        """Reference-free DPO through TRL's own hook: the "precomputed" reference log-probabilities are all 0."""
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            zeros = [0.0] * len(dataset)
+            return dataset.add_column("ref_chosen_logps", zeros).add_column("ref_rejected_logps", zeros)
+
+    return ReferenceFreeDPOTrainer
+
+
+def _reference(config: DPORunConfig, model):
+    """The reference model to hand TRL, or None where TRL needs none (adapters, precomputed or no reference)."""
+    if config.reference == "none":
+        return None
+    if config.reference == "model":
+        if not Path(config.ref_model).is_dir():
+            raise RunnerError(f"The reference model folder {config.ref_model!r} does not exist.")
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        return load_model(AutoModelForCausalLM, config.ref_model, dtype=torch.float32).eval().requires_grad_(False)
+    if config.method != "full" or config.precompute_ref_log_probs:
+        return None  # the adapter disabled is the reference; or TRL precomputes from the untrained model
+    # A copy of the loaded policy, not TRL's reload by name: the starting policy may be a merged adapter.
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+# --- the run ------------------------------------------------------------------------------------------
+
+
+def run(config: DPORunConfig, dataset_paths: dict, output_dir, progress_callback, checkpoint_dir=None) -> dict:
+    """Train the policy with DPO on the train split; evaluate on the test split; write the policy to ``output_dir``."""
+    import datasets
+    from trl import DPOConfig
+
+    check_environment(config)
+    offline_environment()
+    check_trainable_base(config)
+    if "train" not in dataset_paths:
+        raise RunnerError("No train split to learn from.")
+    precision = resolve_precision(config)
+    train = preference_rows(read_split(dataset_paths["train"]), "train")
+    if not train:
+        raise RunnerError("The train split has no preference pairs (ties are left out).")
+    tests = preference_rows(read_split(dataset_paths["test"]), "test") if "test" in dataset_paths else []
+
+    tokenizer = load_tokenizer(config.base_model)
+    ensure_policy_chat_template(tokenizer)
+    model = load_policy_model(config.base_model, config, precision)
+    reference = _reference(config, model)
+    reference_free = config.reference == "none"
+    with tempfile.TemporaryDirectory(prefix="arbiter-ckpt-") as scratch:
+        checkpoints = str(checkpoint_dir or scratch)
+        args = training_arguments(
+            config, DPOConfig, checkpoints, precision, has_eval=bool(tests), max_length=config.max_length,
+            beta=config.beta, loss_type=list(config.loss_type), loss_weights=list(config.loss_weights) or None,
+            label_smoothing=config.label_smoothing, f_divergence_type=config.f_divergence_type,
+            f_alpha_divergence_coef=config.f_alpha_divergence_coef, ld_alpha=config.ld_alpha,
+            use_weighting=config.use_weighting, discopop_tau=config.discopop_tau,
+            precompute_ref_log_probs=config.precompute_ref_log_probs or reference_free,
+            sync_ref_model=config.sync_ref_model, ref_model_mixup_alpha=config.ref_model_mixup_alpha,
+            ref_model_sync_steps=config.ref_model_sync_steps,
+        )  # fmt: skip
+        reporter = make_progress_callback(progress_callback, config)
+        trainer = _trainer_class(reference_free)(
+            model=model, ref_model=reference, args=args, train_dataset=datasets.Dataset.from_list(train),
+            eval_dataset=datasets.Dataset.from_list(tests) if tests else None, processing_class=tokenizer,
+            peft_config=peft_config(config, "CAUSAL_LM"), callbacks=[reporter],
+        )  # fmt: skip
+        quiet_trainer(trainer)
+        if not len(trainer.train_dataset):
+            raise RunnerError(f"Every training prompt fills max_length={config.max_length} tokens; raise it.")
+        emit_log(progress_callback, f"{len(trainer.train_dataset)} preference pairs (of {len(train)}), reference "
+                                    f"{config.reference}, precision {precision}, method {config.method}")  # fmt: skip
+        result = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
+        if reporter.stopped:
+            raise RunCancelled()
+        metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
+                   "train_runtime": float(result.metrics.get("train_runtime", 0.0)), "n_train": len(trainer.train_dataset)}  # fmt: skip
+        metrics.update(_last_logged(trainer, REWARD_METRICS[1:], prefix="train_"))
+        if tests:
+            results = trainer.evaluate()
+            metrics.update({k: float(v) for k, v in results.items() if k.removeprefix("eval_") in REWARD_METRICS})
+            metrics["n_eval"] = len(trainer.eval_dataset)
+        trainer.accelerator.wait_for_everyone()
+        if trainer.accelerator.is_main_process:
+            policy = trainer.accelerator.unwrap_model(trainer.model)
+            info = {"kind": "dpo", "reference": config.reference, "ref_model_path": config.ref_model or None}
+            save_policy(policy, tokenizer, config, output_dir, metrics, info)
+    return metrics
+
+
+def _last_logged(trainer, names, prefix: str) -> dict:
+    """The newest logged value of each of ``names`` (TRL averages them over the steps since the previous log)."""
+    found = {}
+    for entry in reversed(trainer.state.log_history):
+        for name in names:
+            if name in entry and prefix + name not in found:
+                found[prefix + name] = float(entry[name])
+    return found

@@ -1,0 +1,90 @@
+"""Candidate generation (PRODUCT.md D2): sample K responses per prompt from a policy, for the next annotation round.
+
+Reads the prompt rows of ``dataset_paths["train"]`` (see policy.py's contract), samples ``num_samples`` responses to
+each with the policy's chat template, in batches of similar length, and writes ``candidates.jsonl`` (one row per
+prompt, each response with its text, finish reason, length in tokens and the label of the model that wrote it)
+and ``arbiter.json`` into ``output_dir``; no weights. With ``reward_models`` each response also gets the combined
+reward-model ``score`` (best-of-K at a glance, or the candidates an annotator should see first).
+
+    config = GenerateRunConfig.from_dict({"base_model": "/models/policy", "num_samples": 4, "temperature": 0.8})
+    metrics = run(config, {"train": "prompts.jsonl"}, "out/", print)   # → out/candidates.jsonl
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import ConfigError, RunnerError, emit_log, offline_environment, option
+from .policy import (
+    PolicyRunConfig,
+    check_policy_environment,
+    free_memory,
+    load_scorer,
+    model_label,
+    read_prompt_rows,
+    sample_prompts,
+    sampling_metrics,
+    score_samples,
+    timed,
+    write_info,
+    write_jsonl,
+)
+
+
+@dataclass
+class GenerateRunConfig(PolicyRunConfig):
+    num_samples: int = option(2, "Responses sampled per prompt (K): 2 for a pairwise round, 3–9 for a ranking round.")
+    model_label: str = option("", "Label written beside each response (the registered model's name); empty: the policy folder's name.")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_samples < 1:
+            raise ConfigError("num_samples must be at least 1.")
+
+
+CONFIG_CLASS = GenerateRunConfig
+
+
+def run(config: GenerateRunConfig, dataset_paths: dict, output_dir, progress_callback, checkpoint_dir=None) -> dict:
+    """Sample, optionally score, write ``candidates.jsonl``; return the metrics (see the module docstring).
+    ``checkpoint_dir`` is unused: a generation pass is short and its samples are written whole or not at all."""
+    check_policy_environment(config)
+    offline_environment()
+    if "train" not in dataset_paths:
+        raise RunnerError("No prompt file (the train split) to sample for.")
+    rows = read_prompt_rows(dataset_paths["train"])
+    prompts = [row["prompt"] for row in rows]
+    samples, seconds = timed(sample_prompts, config, prompts, config.num_samples, progress_callback)
+    metrics = sampling_metrics(samples, seconds)
+    free_memory()
+    scores = None
+    scorer = load_scorer(config)
+    if scorer is not None:
+        emit_log(progress_callback, f"Scoring {metrics['candidates']} candidates with {len(config.reward_models)} reward model(s)")
+        scores = score_samples(scorer, prompts, samples, config.per_device_eval_batch_size)
+        flat = [score for row in scores for score in row]
+        metrics["mean_score"] = sum(flat) / len(flat)
+        metrics["mean_best_score"] = sum(max(row) for row in scores) / len(scores)
+    label = config.model_label or model_label(config.base_model)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(candidate_rows(rows, samples, scores, label), output_dir / "candidates.jsonl")
+    write_info(output_dir, {"kind": "generate", "model": config.base_model, "model_label": label, "config": config.to_dict(),
+                            "metrics": metrics, "files": ["candidates.jsonl"]})  # fmt: skip
+    emit_log(progress_callback, f"{metrics['candidates']} candidates, {metrics['candidates_per_second']:.2f}/s")
+    return metrics
+
+
+def candidate_rows(rows: list[dict], samples: list, scores: list | None, label: str) -> list[dict]:
+    """One ``candidates.jsonl`` row per prompt: the prompt row's fields and its responses, in sampling order."""
+    out = []
+    for index, (row, row_samples) in enumerate(zip(rows, samples)):
+        responses = []
+        for j, sample in enumerate(row_samples):
+            response = {**sample.to_dict(), "model": label}
+            if scores is not None:
+                response["score"] = scores[index][j]
+            responses.append(response)
+        out.append({"prompt": row["prompt"], "item": row["item"], "external_id": row["external_id"], "responses": responses})
+    return out

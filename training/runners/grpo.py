@@ -1,0 +1,178 @@
+"""GRPO (Shao et al. 2024, DeepSeekMath) with TRL's ``GRPOTrainer`` and Arbiter's reward models as the reward
+function. No Django here.
+
+GRPO needs no value model: it samples ``num_generations`` responses per prompt and uses each response's reward
+relative to its group's (mean, and by default spread) as the advantage of all its tokens, with PPO's clipped
+ratio and an optional KL penalty (``beta``) against the starting policy. ``rloo.py`` reuses this module's
+plumbing for TRL's RLOO trainer, whose baseline is the mean reward of the *other* responses of the group.
+
+The reward is :class:`training.scoring.CombinedScorer`: each reward model standardised by its own training spread,
+weighted by ``reward_weights``; responses that TRL hands over as messages are scored as the assistant's turn.
+
+    config = GRPORunConfig.from_dict({"base_model": "/models/policy", "reward_models": ["/models/rm"], "max_steps": 50})
+    metrics = run(config, {"train": "prompts.jsonl"}, "out/", print)
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import (
+    ConfigError,
+    RunCancelled,
+    RunnerError,
+    emit_log,
+    last_checkpoint,
+    make_progress_callback,
+    offline_environment,
+    option,
+    peft_config,
+    quiet_trainer,
+    resolve_precision,
+    training_arguments,
+)
+from .policy import (
+    PolicyRunConfig,
+    check_policy_environment,
+    ensure_policy_chat_template,
+    load_policy_model,
+    load_policy_tokenizer,
+    load_scorer,
+    read_prompt_rows,
+    save_policy,
+)
+
+LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo")
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+@dataclass
+class OnlineRunConfig(PolicyRunConfig):
+    """What GRPO and RLOO share (TRL's names, so TRL's documentation applies)."""
+
+    num_generations: int = option(4, "Responses sampled per prompt; each is judged against the others of its group.")
+    beta: float = option(0.04, "Weight of the KL penalty against the starting policy; 0 loads no reference model.")
+    num_iterations: int = option(1, "Updates per batch of generations (μ); above 1 the clipping starts to matter.")
+    epsilon: float = option(0.2, "Clipping ε of the ratio π/π_old.")
+    mask_truncated_completions: bool = option(False, "Leave responses cut off at max_new_tokens (no eos) out of the loss (DAPO).")
+    per_device_train_batch_size: int = option(
+        8, "Responses (not prompts) per device per forward pass; with gradient_accumulation_steps a multiple of num_generations.",
+    )  # fmt: skip
+    temperature: float = option(1.0, "Sampling temperature of the responses; above 0 (groups of identical greedy samples teach nothing).")
+    max_new_tokens: int = option(64, "Longest response sampled (TRL's max_completion_length), in tokens.")
+    logging_steps: int = option(1, "Report the metrics every this many optimizer steps.")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_generations < 2:
+            raise ConfigError("num_generations must be at least 2: the advantage compares responses to the same prompt.")
+        generated = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if generated % self.num_generations:
+            raise ConfigError(
+                f"per_device_train_batch_size × gradient_accumulation_steps ({generated}) must be a multiple of "
+                f"num_generations ({self.num_generations}): each batch holds whole groups of responses."
+            )  # fmt: skip
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be above 0: online training samples its responses.")
+        if self.beta < 0 or self.epsilon <= 0 or self.num_iterations < 1:
+            raise ConfigError("beta must be 0 or more, epsilon above 0 and num_iterations at least 1.")
+        if self.method in ("prompt_tuning", "prefix_tuning"):
+            raise ConfigError("Online training supports method full, lora or qlora.")
+        if self.generation_backend != "transformers":
+            raise ConfigError("Online training samples with transformers (generation_backend=transformers).")
+
+
+@dataclass
+class GRPORunConfig(OnlineRunConfig):
+    loss_type: str = option(
+        "dapo", "How token losses add up: dapo (tokens of the whole batch, no length bias), grpo (per response, then "
+        "mean; favours short good answers), dr_grpo (a constant), bnpo (tokens of the local batch).", LOSS_TYPES,
+    )  # fmt: skip
+    scale_rewards: str = option(
+        "group", "Divide advantages by the reward spread of the group, of the batch, or not at all (Dr. GRPO).", SCALE_REWARDS
+    )
+
+
+CONFIG_CLASS = GRPORunConfig
+
+
+def run(config: GRPORunConfig, dataset_paths: dict, output_dir, progress_callback, checkpoint_dir=None) -> dict:
+    """Train the policy with GRPO against ``config.reward_models``; write it to ``output_dir``; return metrics."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    extra = {"loss_type": config.loss_type, "scale_rewards": config.scale_rewards}
+    return run_online(config, "grpo", GRPOTrainer, GRPOConfig, extra, dataset_paths, output_dir, progress_callback, checkpoint_dir)
+
+
+# --- shared with rloo.py --------------------------------------------------------------------------------
+
+
+def reward_function(scorer, batch_size: int):
+    """TRL's reward-function protocol over Arbiter's scorer: one float per (prompt, completion)."""
+
+    def reward_model(prompts, completions, **kwargs) -> list[float]:
+        return scorer.score(list(prompts), list(completions), batch_size)
+
+    return reward_model
+
+
+def prompt_dataset(rows: list[dict]):
+    """The ``prompt`` column TRL samples from; all texts or all conversations (Arrow holds one type per column)."""
+    import datasets
+
+    kinds = {isinstance(row["prompt"], list) for row in rows}
+    if len(kinds) > 1:
+        raise RunnerError("The prompts mix plain texts and conversations; online training needs one kind.")
+    return datasets.Dataset.from_list([{"prompt": row["prompt"]} for row in rows])
+
+
+def run_online(config: OnlineRunConfig, kind: str, trainer_class, args_class, extra: dict, dataset_paths: dict,
+               output_dir, progress_callback, checkpoint_dir=None) -> dict:  # fmt: skip
+    """The common run of TRL's online trainers: checks, prompts, policy, reward function, train, save."""
+    if not config.reward_models:
+        raise RunnerError(f"{kind} needs at least one reward model to score the samples (reward_models).")
+    check_policy_environment(config)
+    offline_environment()
+    if "train" not in dataset_paths:
+        raise RunnerError("No train split of prompts to sample from.")
+    rows = read_prompt_rows(dataset_paths["train"])
+    train = prompt_dataset(rows)
+    precision = resolve_precision(config)
+    tokenizer = load_policy_tokenizer(config.base_model)
+    if isinstance(rows[0]["prompt"], list):
+        ensure_policy_chat_template(tokenizer)
+    model = load_policy_model(config.base_model, config, precision)
+    scorer = load_scorer(config)
+    output_dir = Path(output_dir)
+    with tempfile.TemporaryDirectory(prefix=f"arbiter-{kind}-") as scratch:
+        checkpoints = str(checkpoint_dir or scratch)
+        args = training_arguments(
+            config, args_class, checkpoints, precision, has_eval=False,
+            num_generations=config.num_generations, max_completion_length=config.max_new_tokens,
+            temperature=config.temperature, top_p=config.top_p, beta=config.beta, num_iterations=config.num_iterations,
+            epsilon=config.epsilon, mask_truncated_completions=config.mask_truncated_completions, disable_dropout=True,
+            **extra,
+        )  # fmt: skip
+        reporter = make_progress_callback(progress_callback, config)
+        trainer = trainer_class(
+            model=model, reward_funcs=[reward_function(scorer, config.per_device_eval_batch_size)], args=args,
+            train_dataset=train, processing_class=tokenizer, callbacks=[reporter], peft_config=peft_config(config, "CAUSAL_LM"),
+        )  # fmt: skip
+        quiet_trainer(trainer)
+        emit_log(progress_callback, f"{len(rows)} prompts × {config.num_generations} responses, precision {precision}, method {config.method}")
+        result = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
+        if reporter.stopped:
+            raise RunCancelled()
+        logged = [entry for entry in trainer.state.log_history if "reward" in entry]
+        metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
+                   "train_runtime": float(result.metrics.get("train_runtime", 0.0)), "n_prompts": len(rows)}  # fmt: skip
+        if logged:
+            metrics.update({key: float(logged[-1][key]) for key in ("reward", "kl", "entropy") if key in logged[-1]})
+            metrics["reward_first"] = float(logged[0]["reward"])
+        trainer.accelerator.wait_for_everyone()
+        if trainer.accelerator.is_main_process:
+            info = {"kind": kind, "reward_models": list(config.reward_models)}
+            save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, config, output_dir, metrics, info)
+    return metrics

@@ -1,0 +1,221 @@
+"""Supervised fine-tuning of a policy with TRL's SFTTrainer. No Django here: the worker runs this in a subprocess.
+
+Two sources of examples:
+
+- ``demonstrations``: the ``sft`` export, rows of ``messages`` (the prompt's turns, then the demonstration as the
+  assistant's turn): demonstration projects, and the rewrites annotators wrote for "both bad" pairs.
+- ``chosen``: the chosen responses of a ``trl`` export (rows of ``prompt``, ``chosen``, ``rejected``), ties left out:
+  supervised fine-tuning on the preferred answers before (or instead of) DPO.
+
+Either way every row becomes a conversational prompt/completion pair, the format whose loss TRL computes on the
+completion only (``completion_only_loss``, on by default): the policy learns to answer, not to write prompts. A
+model without a chat template gets ``policy.PLAIN_POLICY_CHAT_TEMPLATE``, saved with its tokenizer.
+
+:func:`fine_tune` is the reusable core (rejection sampling fine-tunes on its kept samples with it);
+:func:`run` reads the snapshot splits and calls it.
+
+    config = SFTRunConfig.from_dict({"base_model": "/models/tiny-causal", "max_steps": 20, "learning_rate": 1e-3})
+    metrics = run(config, {"train": "train.jsonl", "test": "test.jsonl"}, "out/", print)
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from .base import (
+    RunCancelled,
+    RunnerError,
+    check_environment,
+    emit_log,
+    is_adapter_folder,
+    last_checkpoint,
+    load_tokenizer,
+    make_progress_callback,
+    offline_environment,
+    option,
+    peft_config,
+    quiet_trainer,
+    resolve_precision,
+    training_arguments,
+)
+from .policy import PolicyRunConfig, check_policy_base, ensure_policy_chat_template, load_policy_model, save_policy
+
+SOURCES = ("demonstrations", "chosen")
+SFT_LOSSES = ("nll", "dft")
+
+
+@dataclass
+class SFTRunConfig(PolicyRunConfig):
+    source: str = option(
+        "demonstrations", "demonstrations: the sft export (a prompt's turns, then the demonstration); chosen: the "
+        "chosen responses of a trl (preference) export.", SOURCES,
+    )  # fmt: skip
+    completion_only_loss: bool = option(True, "Learn only the responses (the loss skips the prompt's tokens); off: learn the whole conversation.")
+    loss_type: str = option("nll", "nll: the usual negative log-likelihood; dft: Dynamic Fine-Tuning (each token's loss weighted by its probability).", SFT_LOSSES)
+    learning_rate: float = option(2e-5, "Peak learning rate (AdamW).")
+
+
+CONFIG_CLASS = SFTRunConfig
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def as_messages(value, role: str) -> list[dict]:
+    """A prompt or a response, as text or as messages, as a list of ``{"role", "content"}`` messages."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def demonstration_rows(rows: list[dict], split: str = "train") -> list[dict]:
+    """``sft`` export rows (``messages`` ending with the assistant's demonstration) → prompt/completion rows."""
+    examples = []
+    for number, row in enumerate(rows, 1):
+        messages = row.get("messages")
+        if not isinstance(messages, list):
+            raise RunnerError(
+                f"The {split} split, row {number}: no \"messages\"; source=demonstrations reads an sft export "
+                "(use source=chosen for a trl export)."
+            )
+        if len(messages) < 2 or messages[-1].get("role") != "assistant":
+            raise RunnerError(f"The {split} split, row {number}: the messages must be a prompt then the assistant's answer.")
+        examples.append({"prompt": as_messages(messages[:-1], "user"), "completion": as_messages(messages[-1:], "assistant")})
+    return examples
+
+
+def chosen_rows(rows: list[dict], split: str = "train") -> list[dict]:
+    """``trl`` export rows → prompt/completion rows of their chosen responses (ties are no one's choice: left out)."""
+    examples = []
+    for number, row in enumerate(rows, 1):
+        if "prompt" not in row or "chosen" not in row:
+            raise RunnerError(
+                f"The {split} split, row {number}: no \"prompt\" and \"chosen\"; source=chosen reads a trl export "
+                "(use source=demonstrations for an sft export)."
+            )
+        if row.get("tie"):
+            continue
+        examples.append({"prompt": as_messages(row["prompt"], "user"), "completion": as_messages(row["chosen"], "assistant")})
+    return examples
+
+
+def read_split(path: str) -> list[dict]:
+    """The rows of a snapshot split: a .jsonl or .parquet file, or a ``save_to_disk`` folder."""
+    from .reward import load_split
+
+    path = Path(path)
+    if not (path.is_file() and path.suffix == ".jsonl"):
+        return load_split(str(path)).to_list()
+    rows = []
+    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
+                raise RunnerError(f"{path}, line {number}: not JSON ({exc}).") from None
+    return rows
+
+
+# --- training -----------------------------------------------------------------------------------------
+
+
+def check_trainable_base(config) -> None:
+    """The starting policy can be loaded, and what training writes over it can be loaded again: an adapter
+    saved over an adapter or a GGUF file would name a base that ``base.load_model`` cannot open."""
+    check_policy_base(config)
+    saves_adapter = config.method != "full" and not (config.method == "lora" and config.merge_adapter)
+    if saves_adapter and (is_adapter_folder(config.base_model) or str(config.base_model).lower().endswith(".gguf")):
+        raise RunnerError(
+            f"{config.base_model} is itself an adapter (or a GGUF file); train over it with method=full, or "
+            "method=lora with merge_adapter on, so that the result is a plain model."
+        )
+
+
+def fine_tune(config, train_rows: list[dict], eval_rows: list[dict] | None, output_dir, progress_callback,
+              checkpoint_dir=None, info: dict | None = None) -> dict:  # fmt: skip
+    """Fine-tune ``config.base_model`` on prompt/completion rows with TRL's SFTTrainer; save the policy; return metrics.
+
+    ``train_rows`` and ``eval_rows`` are ``{"prompt": text or messages, "completion": text or messages}``; texts
+    become a user turn and an assistant turn. ``config`` is any :class:`PolicyRunConfig` (the common fields are
+    used; ``completion_only_loss`` and ``loss_type`` when it has them). ``info`` goes into ``arbiter.json``
+    (default ``{"kind": "sft"}``). Checkpoints go to ``checkpoint_dir`` (a later call resumes from the newest one).
+
+        fine_tune(config, [{"prompt": "Hi?", "completion": "Hello."}], None, "out/", print, info={"kind": "rejection_sampling"})
+    """
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    check_environment(config)
+    offline_environment()
+    check_trainable_base(config)
+    if not train_rows:
+        raise RunnerError("There are no examples to fine-tune on.")
+    precision = resolve_precision(config)
+    train = datasets.Dataset.from_list([_conversation(row) for row in train_rows])
+    evals = datasets.Dataset.from_list([_conversation(row) for row in eval_rows]) if eval_rows else None
+
+    tokenizer = load_tokenizer(config.base_model)
+    ensure_policy_chat_template(tokenizer)
+    model = load_policy_model(config.base_model, config, precision)
+    with tempfile.TemporaryDirectory(prefix="arbiter-ckpt-") as scratch:
+        checkpoints = str(checkpoint_dir or scratch)
+        args = training_arguments(
+            config, SFTConfig, checkpoints, precision, has_eval=evals is not None, max_length=config.max_length,
+            completion_only_loss=getattr(config, "completion_only_loss", True), loss_type=getattr(config, "loss_type", "nll"),
+            packing=False,
+        )  # fmt: skip
+        reporter = make_progress_callback(progress_callback, config)
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=train, eval_dataset=evals, processing_class=tokenizer,
+            peft_config=peft_config(config, "CAUSAL_LM"), callbacks=[reporter],
+        )  # fmt: skip
+        quiet_trainer(trainer)
+        if not len(trainer.train_dataset):
+            raise RunnerError(f"No example keeps a response token within max_length={config.max_length} tokens; raise it.")
+        emit_log(progress_callback, f"{len(trainer.train_dataset)} examples, precision {precision}, method {config.method}")
+        result = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
+        if reporter.stopped:
+            raise RunCancelled()
+        metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
+                   "train_runtime": float(result.metrics.get("train_runtime", 0.0)), "n_train": len(trainer.train_dataset)}  # fmt: skip
+        accuracy = _last_logged(trainer, "mean_token_accuracy")
+        if accuracy is not None:
+            metrics["train_mean_token_accuracy"] = accuracy
+        if evals is not None:
+            results = trainer.evaluate()
+            metrics.update({k: float(v) for k, v in results.items() if k in ("eval_loss", "eval_mean_token_accuracy", "eval_entropy")})
+            metrics["n_eval"] = len(trainer.eval_dataset)
+        trainer.accelerator.wait_for_everyone()
+        if trainer.accelerator.is_main_process:
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            save_policy(model, tokenizer, config, output_dir, metrics, info or {"kind": "sft"})
+    return metrics
+
+
+def _conversation(row: dict) -> dict:
+    return {"prompt": as_messages(row["prompt"], "user"), "completion": as_messages(row["completion"], "assistant")}
+
+
+def _last_logged(trainer, name: str) -> float | None:
+    """The newest value of a training metric in the trainer's log (TRL logs token accuracy; not every setup does)."""
+    for entry in reversed(trainer.state.log_history):
+        if name in entry:
+            return float(entry[name])
+    return None
+
+
+def run(config: SFTRunConfig, dataset_paths: dict, output_dir, progress_callback, checkpoint_dir=None) -> dict:
+    """Fine-tune on the train split (the test split, when there is one, gives the eval loss); see the module docstring."""
+    if "train" not in dataset_paths:
+        raise RunnerError("No train split to learn from.")
+    convert = demonstration_rows if config.source == "demonstrations" else chosen_rows
+    train = convert(read_split(dataset_paths["train"]), "train")
+    if not train:
+        raise RunnerError("The train split is empty: there are no demonstrations to learn from.")
+    evals = convert(read_split(dataset_paths["test"]), "test") if "test" in dataset_paths else None
+    return fine_tune(config, train, evals, output_dir, progress_callback, checkpoint_dir,
+                     info={"kind": "sft", "source": config.source})  # fmt: skip
