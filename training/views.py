@@ -9,7 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from annotate.models import Project, Role
 from annotate.permissions import require_role
@@ -35,6 +35,7 @@ def _run(request, run_id: int, role: str = Role.RESEARCHER) -> tuple[TrainingRun
 
 @never_cache
 @login_required
+@require_safe
 def runs(request):
     _require_training(request.user)
     actions.reap_stale_runs()
@@ -122,6 +123,7 @@ def _count_lines(path) -> int:
 
 @never_cache
 @login_required
+@require_safe
 def run_detail(request, run_id: int):
     run, membership = _run(request, run_id)
     if run.is_active:
@@ -156,12 +158,14 @@ def run_retry(request, run_id: int):
 
 
 @login_required
+@require_safe
 def models(request):
     _require_training(request.user)
     return render(request, "training/models.html", {"artifacts": selectors.visible_artifacts(request.user)[:500]})
 
 
 @login_required
+@require_safe
 def model_detail(request, artifact_id: int):
     artifact = get_object_or_404(ModelArtifact.objects.select_related("project", "run", "snapshot"), pk=artifact_id)
     require_role(request.user, artifact.project.slug, Role.RESEARCHER)
@@ -240,6 +244,7 @@ def run_human_eval(request, run_id: int):
 
 @never_cache
 @login_required
+@require_safe
 def human_eval(request, run_id: int):
     """The human win rate of the new policy over the baseline, with its 95% confidence interval."""
     run, _ = _run(request, run_id)
@@ -253,6 +258,7 @@ def human_eval(request, run_id: int):
 
 @never_cache
 @login_required
+@require_safe
 def project_rounds(request, slug: str):
     """The project's rounds as a chain: round N → its snapshots → reward models → policies → round N + 1."""
     project, membership = require_role(request.user, slug, Role.RESEARCHER)

@@ -61,10 +61,9 @@ MATRIX: dict[str, dict[str, tuple[int, ...]]] = {
     "p/<slug:slug>/dashboard/":                 {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
     "p/<slug:slug>/dashboard/reinstate/":       {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 403, 302, 302, 404)},
     # Training pages: who researches no project sees no training at all (404); the launch form is for admins.
-    # The read-only training pages still answer POST like GET (CSRF refuses it in production): training/views.py.
-    "training/":                                {"GET": (302, 404, 404, 200, 200, 404), "POST": (302, 404, 404, 200, 200, 404)},
+    "training/":                                {"GET": (302, 404, 404, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
     "training/new/":                            {"GET": (302, 404, 404, 403, 200, 404), "POST": (302, 404, 404, 403, 400, 404)},
-    "training/runs/<int:run_id>/":              {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 404, 403, 200, 200, 404)},
+    "training/runs/<int:run_id>/":              {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
     "training/runs/<int:run_id>/cancel/":       {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 403, 403, 302, 404)},
     "training/runs/<int:run_id>/retry/":        {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 403, 403, 302, 404)},
     # The run is a reward run: "next round", "send kept" and a human evaluation are refused (400) past the role
@@ -72,10 +71,10 @@ MATRIX: dict[str, dict[str, tuple[int, ...]]] = {
     "training/runs/<int:run_id>/next-round/":   {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 403, 403, 302, 404)},
     "training/runs/<int:run_id>/send-kept/":    {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 403, 403, 302, 404)},
     "training/runs/<int:run_id>/human-eval/":   {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 403, 403, 302, 404)},
-    "training/runs/<int:run_id>/human-eval/results/": {"GET": (302, 404, 403, 404, 404, 404), "POST": (302, 404, 403, 404, 404, 404)},
-    "training/projects/<slug:slug>/rounds/":    {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 404, 403, 200, 200, 404)},
-    "training/models/":                         {"GET": (302, 404, 404, 200, 200, 404), "POST": (302, 404, 404, 200, 200, 404)},
-    "training/models/<int:artifact_id>/":       {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 404, 403, 200, 200, 404)},
+    "training/runs/<int:run_id>/human-eval/results/": {"GET": (302, 404, 403, 404, 404, 404), "POST": (302, 405, 405, 405, 405, 405)},
+    "training/projects/<slug:slug>/rounds/":    {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
+    "training/models/":                         {"GET": (302, 404, 404, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
+    "training/models/<int:artifact_id>/":       {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
     # --- API --- (list endpoints answer everyone logged in, with only their own projects' rows: see the leak tests)
     "api/projects/":                            {"GET": (401, 200, 200, 200, 200, 200), "POST": (401, 403, 403, 201, 201, 403)},
     "api/projects/<slug:slug>/":                {"GET": (401, 404, 200, 200, 200, 404), "PATCH": (401, 404, 403, 200, 200, 404)},
