@@ -34,9 +34,20 @@ def _converters(vendor: str, model) -> list[tuple[int, list, object]]:
     return out
 
 
+# Ids come from URLs and bodies: one past a 64-bit integer matches no row (and the ORM would say so; raw SQL on
+# SQLite raises OverflowError instead).
+BIGINT_MAX = 2**63 - 1
+
+
+def _matchable(params: list) -> bool:
+    return all(not isinstance(p, int) or -BIGINT_MAX - 1 <= p <= BIGINT_MAX for p in params)
+
+
 def fetch(sql: str, params: list, models: list) -> list | None:
     """The first row of ``sql`` as instances of ``models`` (their columns in order, as :func:`columns` lists
     them), followed by any further columns as they are; None without a row."""
+    if not _matchable(params):
+        return None
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
@@ -44,6 +55,8 @@ def fetch(sql: str, params: list, models: list) -> list | None:
 
 
 def fetch_all(sql: str, params: list, model) -> list:
+    if not _matchable(params):
+        return []
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return [_instances(row, [model])[0] for row in cursor.fetchall()]
@@ -51,6 +64,8 @@ def fetch_all(sql: str, params: list, model) -> list:
 
 def execute(sql: str, params: list) -> int:
     """Run a write; returns the number of rows it changed."""
+    if not _matchable(params):
+        return 0
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount

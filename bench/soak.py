@@ -50,6 +50,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from collections import Counter
@@ -524,11 +525,34 @@ def _close_connections() -> None:
     connections.close_all()
 
 
+def run_in_own_loop(coroutine):
+    """``asyncio.run``, in a thread of its own when this thread already runs a loop (under pytest, Playwright's
+    sync API keeps one running in the main thread while its browser is open)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    result = {}
+
+    def target():
+        try:
+            result["value"] = asyncio.run(coroutine)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name="soak-loop")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
 def run_soak(base: str, project, annotators: list[Annotator], config: SoakConfig) -> SoakRecord:
     """The load against a running server, to its end (main phase, drain); the record of what was answered."""
     soak = Soak(base, project, annotators, config)
     try:
-        return asyncio.run(soak.run())
+        return run_in_own_loop(soak.run())
     finally:
         if config.restart_at is not None:
             ensure_pg_running()

@@ -88,6 +88,18 @@ def test_malformed_json_and_wrong_content_type(make_project, make_member, api_cl
     assert not Judgment.objects.exists()
 
 
+def test_ids_beyond_64_bits_are_not_found(make_project, make_member, api_client_for):
+    """Found by schemathesis: a task id past a 64-bit integer reached SQLite through raw SQL (OverflowError, 500)."""
+    project = make_project(n_items=1)
+    client = api_client_for(make_member(project, "ann"))
+    huge = 2**64 + 7
+    body = {"choice": "A", "strength": 1, "idempotency_key": "k"}
+    assert client.post(f"/api/tasks/{huge}/judgments/", body, format="json").status_code == 404
+    assert client.get(f"/api/tasks/{huge}/").status_code == 404
+    assert client.get(f"/api/projects/demo/next-task/?after={huge}").status_code in (200, 400)
+    assert not Judgment.objects.exists()
+
+
 def test_anonymous_calls_are_refused(make_project):
     make_project(n_items=1)
     client = APIClient()
