@@ -344,7 +344,10 @@ class Monitor:
             raise RunFailed(str(exc) + (" Last output: " + " | ".join(last) if last else "")) from None
 
     def close(self) -> None:
-        self.log.close()
+        try:
+            self.log.close()
+        except OSError:  # a full disk: the log's last lines are lost, but the run's outcome must still be recorded
+            pass
 
 
 def disk_full_hint(error: str) -> str:
