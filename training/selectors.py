@@ -13,6 +13,7 @@ from annotate.models import ROLE_RANK, Project, Role
 
 from .models import MetricPoint, ModelArtifact, TrainingRun
 from .runners.base import has_safetensors, is_adapter_folder
+from .runners.evaluate import wilson_interval  # the reward-model evaluation and the human one report the same interval
 
 
 class TrainingError(ValueError):
@@ -346,24 +347,6 @@ def generated_round(run: TrainingRun):
 
 
 # --- human evaluation -----------------------------------------------------------------------------------
-
-Z_95 = 1.959963984540054
-
-
-def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (ties counted as half a success): better than the normal
-    approximation at small n and near 0 or 1, and never outside [0, 1].
-
-    >>> [round(x, 3) for x in wilson_interval(8, 10)]
-    [0.49, 0.943]
-    """
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def win_rate(wins: int, losses: int, ties: int) -> dict:
