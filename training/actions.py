@@ -680,8 +680,9 @@ def _import_round(run: TrainingRun, target: Project, parsed: list, source: dict,
 
     with transaction.atomic():
         Project.objects.select_for_update().filter(pk=target.pk).first()
-        if _run_round(run, purpose) is not None:
-            raise TrainingError(f"Run {run.pk} already made round {_run_round(run, purpose).round.number} of {_run_round(run, purpose).round.project.slug}.")
+        made = _run_round(run, purpose)
+        if made is not None:
+            raise TrainingError(f"Run {run.pk} already made round {made.round.number} of {made.round.project.slug}.")
         try:
             report = import_items(target, parsed, source=source)
         except ImportFailed as exc:

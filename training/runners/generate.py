@@ -15,17 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import ConfigError, RunnerError, emit_log, offline_environment, option
+from .base import ConfigError, emit_log, option
 from .policy import (
     PolicyRunConfig,
-    check_policy_environment,
     free_memory,
     load_scorer,
     model_label,
-    read_prompt_rows,
     sample_prompts,
     sampling_metrics,
     score_samples,
+    start_prompt_run,
     timed,
     write_info,
     write_jsonl,
@@ -49,11 +48,7 @@ CONFIG_CLASS = GenerateRunConfig
 def run(config: GenerateRunConfig, dataset_paths: dict, output_dir, progress_callback, checkpoint_dir=None) -> dict:
     """Sample, optionally score, write ``candidates.jsonl``; return the metrics (see the module docstring).
     ``checkpoint_dir`` is unused: a generation pass is short and its samples are written whole or not at all."""
-    check_policy_environment(config)
-    offline_environment()
-    if "train" not in dataset_paths:
-        raise RunnerError("No prompt file (the train split) to sample for.")
-    rows = read_prompt_rows(dataset_paths["train"])
+    rows = start_prompt_run(config, dataset_paths, "generate", needs_reward=False)
     prompts = [row["prompt"] for row in rows]
     samples, seconds = timed(sample_prompts, config, prompts, config.num_samples, progress_callback)
     metrics = sampling_metrics(samples, seconds)

@@ -26,7 +26,6 @@ from .base import (
     emit_log,
     last_checkpoint,
     make_progress_callback,
-    offline_environment,
     option,
     peft_config,
     quiet_trainer,
@@ -35,13 +34,12 @@ from .base import (
 )
 from .policy import (
     PolicyRunConfig,
-    check_policy_environment,
     ensure_policy_chat_template,
     load_policy_model,
     load_policy_tokenizer,
     load_scorer,
-    read_prompt_rows,
     save_policy,
+    start_prompt_run,
 )
 
 LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo")
@@ -131,13 +129,7 @@ def prompt_dataset(rows: list[dict]):
 def run_online(config: OnlineRunConfig, kind: str, trainer_class, args_class, extra: dict, dataset_paths: dict,
                output_dir, progress_callback, checkpoint_dir=None) -> dict:  # fmt: skip
     """The common run of TRL's online trainers: checks, prompts, policy, reward function, train, save."""
-    if not config.reward_models:
-        raise RunnerError(f"{kind} needs at least one reward model to score the samples (reward_models).")
-    check_policy_environment(config)
-    offline_environment()
-    if "train" not in dataset_paths:
-        raise RunnerError("No train split of prompts to sample from.")
-    rows = read_prompt_rows(dataset_paths["train"])
+    rows = start_prompt_run(config, dataset_paths, kind)
     train = prompt_dataset(rows)
     precision = resolve_precision(config)
     tokenizer = load_policy_tokenizer(config.base_model)

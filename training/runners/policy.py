@@ -51,6 +51,7 @@ from .base import (
     is_adapter_folder,
     load_model,
     load_tokenizer,
+    offline_environment,
     option,
     quantization_config,
     resolve_precision,
@@ -103,6 +104,17 @@ class PolicyRunConfig(RunConfig):
             raise ConfigError("temperature must be 0 or more.")
         if not 0 < self.top_p <= 1:
             raise ConfigError("top_p must be above 0 and at most 1.")
+
+
+def start_prompt_run(config, dataset_paths: dict, kind: str, *, needs_reward: bool = True) -> list[dict]:
+    """What every prompt-driven kind refuses before any work, then its prompt rows (the ``train`` split)."""
+    if needs_reward and not config.reward_models:
+        raise RunnerError(f"{kind} needs at least one reward model to score the samples (reward_models).")
+    check_policy_environment(config)
+    offline_environment()
+    if "train" not in dataset_paths:
+        raise RunnerError("No prompt file (the train split) to sample for.")
+    return read_prompt_rows(dataset_paths["train"])
 
 
 def read_prompt_rows(path: str | Path) -> list[dict]:

@@ -49,7 +49,6 @@ from .base import (
     last_checkpoint,
     load_model,
     load_tokenizer,
-    offline_environment,
     option,
     peft_config,
     quantization_config,
@@ -58,14 +57,13 @@ from .base import (
 )
 from .policy import (
     PolicyRunConfig,
-    check_policy_environment,
     encode_prompt,
     ensure_policy_chat_template,
     eos_token_ids,
     load_policy_model,
     load_policy_tokenizer,
-    read_prompt_rows,
     save_policy,
+    start_prompt_run,
 )
 
 # score_fn(prompts, response_texts, response_token_ids) -> one float per response (the tests pass a python one)
@@ -131,13 +129,7 @@ CONFIG_CLASS = PPORunConfig
 
 def run(config: PPORunConfig, dataset_paths: dict, output_dir, progress_callback, checkpoint_dir=None) -> dict:
     """Train the policy with PPO against ``config.reward_models``; write it to ``output_dir``; return metrics."""
-    if not config.reward_models:
-        raise RunnerError("ppo needs at least one reward model to score the samples (reward_models).")
-    check_policy_environment(config)
-    offline_environment()
-    if "train" not in dataset_paths:
-        raise RunnerError("No train split of prompts to sample from.")
-    rows = read_prompt_rows(dataset_paths["train"])
+    rows = start_prompt_run(config, dataset_paths, "ppo")
     return train(config, rows, output_dir, progress_callback, checkpoint_dir)
 
 

@@ -23,16 +23,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import ConfigError, RunnerError, emit_log, offline_environment, option
+from .base import ConfigError, RunnerError, emit_log, option
 from .policy import (
     PolicyRunConfig,
-    check_policy_environment,
     free_memory,
     load_scorer,
-    read_prompt_rows,
     sample_prompts,
     sampling_metrics,
     score_samples,
+    start_prompt_run,
     timed,
     write_info,
     write_jsonl,
@@ -61,13 +60,7 @@ CONFIG_CLASS = RejectionSamplingRunConfig
 
 def run(config: RejectionSamplingRunConfig, dataset_paths: dict, output_dir, progress_callback, checkpoint_dir=None) -> dict:
     """Sample, score, keep the best, fine-tune; see the module docstring."""
-    if not config.reward_models:
-        raise RunnerError("Rejection sampling needs at least one reward model to score the samples (reward_models).")
-    check_policy_environment(config)
-    offline_environment()
-    if "train" not in dataset_paths:
-        raise RunnerError("No prompt file (the train split) to sample for.")
-    rows = read_prompt_rows(dataset_paths["train"])
+    rows = start_prompt_run(config, dataset_paths, "rejection_sampling")
     saved = Path(checkpoint_dir) / SAMPLES_FILE if checkpoint_dir else None
     if saved is not None and saved.is_file():
         state = json.loads(saved.read_text(encoding="utf-8"))
