@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from rest_framework.authtoken.models import Token
 
-from .models import Item, Project, Response, Task
+from .models import Item, Judgment, Project, Response, Task
 
 
 def columns(model, alias: str) -> str:
@@ -69,6 +69,79 @@ def execute(sql: str, params: list) -> int:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
+
+
+def insert(obj) -> None:
+    """``obj.save()`` of a new row, as the ORM would write it (``pre_save`` fills ``auto_now_add`` fields that are
+    not set yet, values are prepared by their fields), with a statement built once per model; sets ``obj.pk``.
+    No save() override or signal runs: for the hot-path models (Task, Judgment), which have none that matter on
+    insert."""
+    sql, fields = _insert_sql(connection.vendor, type(obj))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, _insert_params(obj, fields))
+        obj.pk = cursor.fetchone()[0]
+    obj._state.adding, obj._state.db = False, connection.alias
+
+
+def _insert_params(obj, fields) -> list:
+    return [f.get_db_prep_save(f.pre_save(obj, getattr(obj, f.attname) is None), connection) for f in fields]
+
+
+def insert_first_judgment(judgment, statuses: list[str]) -> bool:
+    """Record ``judgment`` as the first answer to its task: mark the task done at ``judgment.created_at`` if its
+    status is one of ``statuses``, count the judgment on the item and insert it (sets its pk). False, with nothing
+    written, when the task's status is none of them.
+
+    On PostgreSQL this is one statement (data-modifying ``WITH``). Its UPDATE of the task takes the task's row
+    lock, so it waits for a concurrent submit of the same task and then sees that task's new status: on its own
+    (autocommit) it is a whole, safe submit, in one round trip. Elsewhere (SQLite runs in-process, so a
+    statement costs no round trip) three statements, in the caller's transaction."""
+    done_at = connection.ops.adapt_datetimefield_value(judgment.created_at)
+    task = [Task.Status.DONE, done_at, judgment.task_id, list(statuses)]
+    if connection.vendor != "postgresql":
+        marked = execute(
+            f"UPDATE annotate_task SET status = %s, done_at = %s WHERE id = %s AND status IN ({', '.join(['%s'] * len(statuses))})",
+            task[:3] + task[3],
+        )
+        if not marked:
+            return False
+        execute("UPDATE annotate_item SET n_judgments = n_judgments + 1 WHERE id = %s", [judgment.item_id])
+        insert(judgment)
+        return True
+    sql, fields = _first_judgment_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, task + _insert_params(judgment, fields))
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    judgment.pk = row[0]
+    judgment._state.adding, judgment._state.db = False, connection.alias
+    return True
+
+
+@cache
+def _first_judgment_sql() -> tuple[str, list]:
+    _, fields = _insert_sql("postgresql", Judgment)
+    quote = connection.ops.quote_name
+    # Typed placeholders: in INSERT ... SELECT an untyped literal (a NULL) would be taken for text.
+    values = ", ".join(f"%s::{f.cast_db_type(connection)}" for f in fields)
+    sql = (
+        "WITH t AS (UPDATE annotate_task SET status = %s, done_at = %s WHERE id = %s AND status = ANY(%s) RETURNING item_id), "
+        "i AS (UPDATE annotate_item SET n_judgments = n_judgments + 1 WHERE id IN (SELECT item_id FROM t)) "
+        f"INSERT INTO annotate_judgment ({', '.join(quote(f.column) for f in fields)}) SELECT {values} FROM t RETURNING id"
+    )
+    return sql, fields
+
+
+@cache
+def _insert_sql(vendor: str, model) -> tuple[str, list]:
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    quote = connection.ops.quote_name
+    return (
+        f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {quote(model._meta.pk.column)}",
+        fields,
+    )
 
 
 def for_update() -> str:

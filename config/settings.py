@@ -90,6 +90,9 @@ DATABASES = {
     # Persistent connections: a request must not pay for a new connection (see bench/serve.py).
     "default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("CONN_MAX_AGE", 60), conn_health_checks=True)
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # The same backend with a health check that asks the socket, not the server (no SELECT 1 per request).
+    DATABASES["default"]["ENGINE"] = "config.postgresql"
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE transactions take SQLite's write lock at BEGIN, so two writers queue up instead of one
     # failing with "database is locked" when it tries to upgrade a read lock; WAL lets readers run meanwhile.

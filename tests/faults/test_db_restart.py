@@ -12,6 +12,8 @@ started again in a ``finally`` whatever happens. PostgreSQL only: SQLite has no 
 databases, a cheaper in-process test points the connection at nothing and checks the 503 answers themselves.
 """
 
+import time
+
 import pytest
 from django.db import connection, connections
 from django.test import Client
@@ -83,3 +85,38 @@ def test_an_unreachable_database_answers_503_with_a_reason_never_500():
     assert health.status_code == 503
     # And back: the same client is served again with the real settings.
     assert client.get("/healthz").status_code == 200
+
+
+def test_the_health_check_asks_the_socket_not_the_server_and_sees_a_terminated_connection(monkeypatch):
+    """config/postgresql: a healthy idle connection is usable without a ``SELECT 1``; one the server ended
+    (``pg_terminate_backend``, as a restart does) is not, and the next query is served on a new connection."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the PostgreSQL backend's health check")
+    from django.db.backends.postgresql import base as django_postgresql
+
+    asked = []
+    real_is_usable = django_postgresql.DatabaseWrapper.is_usable
+    monkeypatch.setattr(django_postgresql.DatabaseWrapper, "is_usable", lambda self: asked.append(1) or real_is_usable(self))
+    connection.ensure_connection()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    assert connection.is_usable() is True
+    assert asked == []  # no round trip
+
+    import psycopg
+
+    params = connection.get_connection_params()
+    with psycopg.connect(**{k: v for k, v in params.items() if k != "cursor_factory"}, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+    deadline = time.monotonic() + 5
+    while connection.is_usable() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert connection.is_usable() is False
+    assert asked  # the readable socket was confirmed with the server
+
+    connection.health_check_done = False
+    connection.close_if_health_check_failed()  # what Django does before a request's first query
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        assert cursor.fetchone()[0] != pid
