@@ -365,14 +365,11 @@ def assign_next_task(annotator, project: Project, *, after: int | None = None) -
         if item is not None:
             return _lease(project, annotator, item, now)
 
-    item = _take_open_item(project, annotator)
-    if item is None:
-        return None
-    return _lease(project, annotator, item, now)
+    return _take_open_item(project, annotator, now)
 
 
-def _take_open_item(project: Project, annotator) -> Item | None:
-    """Take one overlap slot of the next item this annotator has not seen: one statement, one row.
+def _take_open_item(project: Project, annotator, now) -> Task | None:
+    """Take one overlap slot of the next item this annotator has not seen, and lease it: one statement.
 
     The pick walks item_open_idx (project, id) over the items that still need annotators, from just above
     the highest item this annotator was ever given (their mark: picks go in id order, so below it are the items
@@ -385,17 +382,23 @@ def _take_open_item(project: Project, annotator) -> Item | None:
     transactions (a pick, or a submit counting its judgment). So the fallback reclaims expired leases and scans
     from the start, waiting for locked rows instead of skipping them.
     """
-    item = _pick(project, annotator, above_mark=True, skip_locked=True)
-    if item is None:
+    task = _pick(project, annotator, now, above_mark=True, skip_locked=True)
+    if task is None:
         reclaim_expired_leases(project)
-        item = _pick(project, annotator, above_mark=False, skip_locked=False)
-    return item
+        task = _pick(project, annotator, now, above_mark=False, skip_locked=False)
+    return task
 
 
-def _pick(project: Project, annotator, *, above_mark: bool, skip_locked: bool) -> Item | None:
+def _pick(project: Project, annotator, now, *, above_mark: bool, skip_locked: bool) -> Task | None:
     sql, params = pick_statement(project.pk, annotator.pk, above_mark=above_mark, skip_locked=skip_locked)
+    if connection.vendor == "postgresql":
+        # The pick, the task's insert and the item's responses in one round trip (see _lease for the fields).
+        task = rows.pick_and_lease(sql, params, _new_task(project, annotator, None, now), shuffle=project.randomize_order)
+        if task is not None:
+            task.project = project
+        return task
     found = rows.fetch(sql, params, [Item])
-    return found[0] if found else None
+    return _lease(project, annotator, found[0], now) if found else None
 
 
 def pick_statement(project_id: int, annotator_id: int, *, above_mark: bool, skip_locked: bool) -> tuple[str, list]:
@@ -458,16 +461,14 @@ def _lease(project: Project, annotator, item: Item, now) -> Task:
     order = [r.id for r in rows.attach_responses(item)]
     if project.randomize_order:
         random.shuffle(order)
-    task = Task(
-        project=project,
-        item=item,
-        annotator=annotator,
-        display_order=order,
-        leased_at=now,
-        lease_expires_at=now + timedelta(seconds=project.effective_lease_seconds),
-    )
+    task = _new_task(project, annotator, item, now, order)
     rows.insert(task)
     return task
+
+
+def _new_task(project: Project, annotator, item: Item | None, now, display_order: list[int] | None = None) -> Task:
+    lease = timedelta(seconds=project.effective_lease_seconds)
+    return Task(project=project, item=item, annotator=annotator, display_order=display_order, leased_at=now, lease_expires_at=now + lease)
 
 
 def record_judgment(

@@ -54,12 +54,13 @@ def fetch(sql: str, params: list, models: list) -> list | None:
     return None if row is None else _instances(row, models)
 
 
-def fetch_all(sql: str, params: list, model) -> list:
+def fetch_all(sql: str, params: list, models: list) -> list[list]:
+    """Every row of ``sql``, each as :func:`fetch` returns one."""
     if not _matchable(params):
         return []
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return [_instances(row, [model])[0] for row in cursor.fetchall()]
+        return [_instances(row, models) for row in cursor.fetchall()]
 
 
 def execute(sql: str, params: list) -> int:
@@ -142,6 +143,45 @@ def _insert_sql(vendor: str, model) -> tuple[str, list]:
         f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {quote(model._meta.pk.column)}",
         fields,
     )
+
+
+def pick_and_lease(pick_sql: str, pick_params: list, task: Task, *, shuffle: bool) -> Task | None:
+    """PostgreSQL: the pick (``pick_sql``, an UPDATE of one item RETURNING its columns), the insert of ``task``
+    for the item it took, and that item's responses, in one statement (one round trip instead of three); None if
+    the pick took nothing. ``task`` holds every field but its item and display order, which the statement fills
+    in: the item's response ids in import order, or shuffled (``ORDER BY random()``)."""
+    sql, fields = _lease_sql(pick_sql, shuffle)
+    params = list(pick_params) + [p for f, p in zip(fields, _insert_params(task, fields)) if f.name not in _LEASE_FILLED]
+    found = fetch_all(sql, params, [Task, Item, Response])
+    if not found:
+        return None
+    task, item, _ = found[0]
+    task.item = item
+    _cache_responses(item, [response for _, _, response in found if response.pk is not None])  # none: a demonstration
+    return task
+
+
+_LEASE_FILLED = {"item", "display_order"}
+
+
+@cache
+def _lease_sql(pick_sql: str, shuffle: bool) -> tuple[str, list]:
+    _, fields = _insert_sql("postgresql", Task)
+    quote = connection.ops.quote_name
+    order = "random()" if shuffle else f"r.{quote('index')}"
+    filled = {
+        "item": "p.id",
+        "display_order": f"COALESCE((SELECT jsonb_agg(r.id ORDER BY {order}) FROM annotate_response r WHERE r.item_id = p.id), '[]')",
+    }
+    values = ", ".join(filled.get(f.name, f"%s::{f.cast_db_type(connection)}") for f in fields)
+    sql = (
+        f"WITH p AS ({pick_sql}), "
+        f"t AS (INSERT INTO annotate_task ({', '.join(quote(f.column) for f in fields)}) SELECT {values} FROM p "
+        f"RETURNING {', '.join(quote(f.column) for f in Task._meta.concrete_fields)}) "
+        f"SELECT {columns(Task, 't')}, {columns(Item, 'p')}, {columns(Response, 'r')} "
+        f"FROM t JOIN p ON p.id = t.item_id LEFT JOIN annotate_response r ON r.item_id = p.id ORDER BY r.{quote('index')}"
+    )
+    return sql, fields
 
 
 def for_update() -> str:
@@ -233,8 +273,12 @@ def held_task(annotator_id: int, project_id: int, now, exclude_id: int | None) -
 
 def attach_responses(item: Item) -> list[Response]:
     """The item's responses in import order, also cached as ``item.responses.all()`` (as a prefetch does)."""
-    responses = fetch_all(_sql("responses"), [item.pk], Response)
+    responses = [row[0] for row in fetch_all(_sql("responses"), [item.pk], [Response])]
+    _cache_responses(item, responses)
+    return responses
+
+
+def _cache_responses(item: Item, responses: list[Response]) -> None:
     cached = Response.objects.filter(item=item).order_by("index")
     cached._result_cache, cached._prefetch_done = responses, True
     item._prefetched_objects_cache = {"responses": cached}
-    return responses
