@@ -342,7 +342,22 @@ def assign_next_task(annotator, project: Project, *, after: int | None = None) -
         [project.pk, annotator.pk],
         [],
     )
-    status = found[0] if found else None
+    return _assign(annotator, project, found[0] if found else None, after)
+
+
+@transaction.atomic
+def assign_next_task_by_slug(annotator, slug: str, *, after: int | None = None) -> tuple[Project, Task | None] | None:
+    """:func:`assign_next_task` in the project ``slug``, which is read with the membership's lock by one statement
+    (the API's next-task: a round trip less). None, with nothing done, if the annotator is not a member of it."""
+    found = rows.member_project(annotator.pk, slug, lock=True)
+    if found is None:
+        return None
+    project, status = found
+    return project, _assign(annotator, project, status, after)
+
+
+def _assign(annotator, project: Project, status: str | None, after: int | None) -> Task | None:
+    """The rest of :func:`assign_next_task`, the membership (``status``; None for a non-member) being locked."""
     if status in (Membership.Status.PAUSED, Membership.Status.REFUSED):
         raise NotAdmitted(_NOT_ADMITTED[status])
     if _reclaim_due(project):

@@ -152,12 +152,16 @@ def pick_and_lease(pick_sql: str, pick_params: list, task: Task, *, shuffle: boo
     in: the item's response ids in import order, or shuffled (``ORDER BY random()``)."""
     sql, fields = _lease_sql(pick_sql, shuffle)
     params = list(pick_params) + [p for f, p in zip(fields, _insert_params(task, fields)) if f.name not in _LEASE_FILLED]
-    found = fetch_all(sql, params, [Task, Item, Response])
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        found = cursor.fetchall()
     if not found:
         return None
-    task, item, _ = found[0]
+    task, item = _instances(found[0], [Task, Item])[:2]  # the same task and item on every row
     task.item = item
-    _cache_responses(item, [response for _, _, response in found if response.pk is not None])  # none: a demonstration
+    offset = len(Task._meta.concrete_fields) + len(Item._meta.concrete_fields)
+    responses = [_instances(row[offset:], [Response])[0] for row in found if row[offset] is not None]  # none: a demonstration
+    _cache_responses(item, responses)
     return task
 
 
@@ -184,10 +188,13 @@ def _lease_sql(pick_sql: str, shuffle: bool) -> tuple[str, list]:
     return sql, fields
 
 
-def for_update() -> str:
-    """The row lock clause: PostgreSQL's lightest exclusive lock (foreign-key checks of other inserts, which take
-    KEY SHARE, do not wait for it); SQLite has none and needs none (its transactions take the write lock)."""
-    return " FOR NO KEY UPDATE" if connection.vendor == "postgresql" else ""
+def for_update(of: str = "") -> str:
+    """The row lock clause (of the rows of table alias ``of`` only, if given): PostgreSQL's lightest exclusive
+    lock (foreign-key checks of other inserts, which take KEY SHARE, do not wait for it); SQLite has none and needs
+    none (its transactions take the write lock)."""
+    if connection.vendor != "postgresql":
+        return ""
+    return f" FOR NO KEY UPDATE OF {of}" if of else " FOR NO KEY UPDATE"
 
 
 def _instances(row, models: list) -> list:
@@ -213,7 +220,7 @@ def _sql(name: str) -> str:
         )
     if name == "member_project":
         return (
-            f"SELECT {columns(Project, 'p')} FROM annotate_project p "
+            f"SELECT {columns(Project, 'p')}, m.status FROM annotate_project p "
             "JOIN annotate_membership m ON m.project_id = p.id AND m.user_id = %s WHERE p.slug = %s"
         )
     if name == "held":
@@ -244,10 +251,10 @@ def token_with_user(key: str) -> Token | None:
     return token
 
 
-def member_project(user_id: int, slug: str) -> Project | None:
-    """The project ``slug`` if the user is a member of it (any role)."""
-    found = fetch(_sql("member_project"), [user_id, slug], [Project])
-    return found[0] if found else None
+def member_project(user_id: int, slug: str, *, lock: bool = False) -> tuple[Project, str] | None:
+    """The project ``slug`` and the user's membership status in it, if they are a member (any role); ``lock``
+    takes the membership row's lock (as :func:`for_update`) for the rest of the transaction."""
+    return fetch(_sql("member_project") + (for_update("m") if lock else ""), [user_id, slug], [Project])
 
 
 def task_with_project_and_item(task_id: int, user_id: int) -> tuple[Task, bool] | None:
@@ -279,6 +286,6 @@ def attach_responses(item: Item) -> list[Response]:
 
 
 def _cache_responses(item: Item, responses: list[Response]) -> None:
-    cached = Response.objects.filter(item=item).order_by("index")
+    cached = Response.objects.filter(item=item).order_by("index")  # its result is set; a query built on it runs
     cached._result_cache, cached._prefetch_done = responses, True
     item._prefetched_objects_cache = {"responses": cached}

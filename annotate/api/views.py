@@ -102,24 +102,21 @@ def project_detail(request, slug: str):
 @authentication_classes([TokenAuthentication, SessionAuthentication])  # the token lookup without the ORM
 def next_task(request, slug: str):
     """Your next task in the project: one you hold, else a newly leased item; 204 when nothing is left."""
-    project = _annotator_project(request.user, slug)
     after = request.query_params.get("after")
     if after is not None and not after.isdigit():
         raise ParseError("after must be a task id.")
-    task = actions.assign_next_task(request.user, project, after=int(after) if after else None)
+    after = int(after) if after else None
+    # Any membership has the annotator role (the lowest), so a member needs no further check; non-members
+    # (superusers among them) take require_role itself.
+    found = actions.assign_next_task_by_slug(request.user, slug, after=after)
+    if found is None:
+        project, _ = require_role(request.user, slug, Role.ANNOTATOR)
+        task = actions.assign_next_task(request.user, project, after=after)
+    else:
+        task = found[1]
     if task is None:
         return Response(status=status.HTTP_204_NO_CONTENT)
     return Response(task_payload(task))
-
-
-def _annotator_project(user, slug: str):
-    """``require_role(user, slug, Role.ANNOTATOR)``'s project in one query (the project joined with the
-    membership): the annotator role is the lowest, so any membership has it. Non-members (superusers among
-    them) take ``require_role`` itself."""
-    project = rows.member_project(user.id, slug)
-    if project is not None:
-        return project
-    return require_role(user, slug, Role.ANNOTATOR)[0]
 
 
 def _own_task(request, task_id: int) -> Task:
