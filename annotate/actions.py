@@ -338,11 +338,11 @@ def assign_next_task(annotator, project: Project, *, after: int | None = None) -
     # Serialises concurrent requests of the same annotator, so a double click cannot lease two items. Only
     # this membership row is locked: annotators do not wait for each other here (no project-wide lock).
     found = rows.fetch(
-        "SELECT status FROM annotate_membership WHERE project_id = %s AND user_id = %s" + rows.for_update(),
+        "SELECT status, pick_mark FROM annotate_membership WHERE project_id = %s AND user_id = %s" + rows.for_update(),
         [project.pk, annotator.pk],
         [],
     )
-    return _assign(annotator, project, found[0] if found else None, after)
+    return _assign(annotator, project, *(found or (None, 0)), after)
 
 
 @transaction.atomic
@@ -352,12 +352,13 @@ def assign_next_task_by_slug(annotator, slug: str, *, after: int | None = None) 
     found = rows.member_project(annotator.pk, slug, lock=True)
     if found is None:
         return None
-    project, status = found
-    return project, _assign(annotator, project, status, after)
+    project, status, mark = found
+    return project, _assign(annotator, project, status, mark, after)
 
 
-def _assign(annotator, project: Project, status: str | None, after: int | None) -> Task | None:
-    """The rest of :func:`assign_next_task`, the membership (``status``; None for a non-member) being locked."""
+def _assign(annotator, project: Project, status: str | None, mark: int, after: int | None) -> Task | None:
+    """The rest of :func:`assign_next_task`, the membership (``status`` and ``pick_mark``; None and 0 for a
+    non-member) being locked."""
     if status in (Membership.Status.PAUSED, Membership.Status.REFUSED):
         raise NotAdmitted(_NOT_ADMITTED[status])
     if _reclaim_due(project):
@@ -380,16 +381,16 @@ def _assign(annotator, project: Project, status: str | None, after: int | None) 
         if item is not None:
             return _lease(project, annotator, item, now)
 
-    return _take_open_item(project, annotator, now)
+    return _take_open_item(project, annotator, now, mark)
 
 
-def _take_open_item(project: Project, annotator, now) -> Task | None:
+def _take_open_item(project: Project, annotator, now, mark: int) -> Task | None:
     """Take one overlap slot of the next item this annotator has not seen, and lease it: one statement.
 
     The pick walks item_open_idx (project, id) over the items that still need annotators, from just above
-    the highest item this annotator was ever given (their mark: picks go in id order, so below it are the items
-    they have seen, a few that were locked when they passed, and items that came back to the pool later), hence
-    its cost grows neither with the project nor with their history. On PostgreSQL, ``SKIP LOCKED`` lets
+    the highest item this annotator was ever given (their mark, ``Membership.pick_mark``, which the pick moves up:
+    picks go in id order, so below it are the items they have seen, a few that were locked when they passed, and
+    items that came back to the pool later), hence its cost grows neither with the project nor with their history. On PostgreSQL, ``SKIP LOCKED`` lets
     concurrent annotators each take a different item instead of queueing on one; SQLite's write lock serialises.
 
     Nothing found above the mark is not yet "nothing left": an item may be open below it (back from an expired
@@ -397,26 +398,32 @@ def _take_open_item(project: Project, annotator, now) -> Task | None:
     transactions (a pick, or a submit counting its judgment). So the fallback reclaims expired leases and scans
     from the start, waiting for locked rows instead of skipping them.
     """
-    task = _pick(project, annotator, now, above_mark=True, skip_locked=True)
+    task = _pick(project, annotator, now, mark=mark, skip_locked=True)
     if task is None:
         reclaim_expired_leases(project)
-        task = _pick(project, annotator, now, above_mark=False, skip_locked=False)
+        task = _pick(project, annotator, now, mark=None, skip_locked=False)
     return task
 
 
-def _pick(project: Project, annotator, now, *, above_mark: bool, skip_locked: bool) -> Task | None:
-    sql, params = pick_statement(project.pk, annotator.pk, above_mark=above_mark, skip_locked=skip_locked)
+def _pick(project: Project, annotator, now, *, mark: int | None, skip_locked: bool) -> Task | None:
+    sql, params = pick_statement(project.pk, annotator.pk, mark=mark, skip_locked=skip_locked)
     if connection.vendor == "postgresql":
-        # The pick, the task's insert and the item's responses in one round trip (see _lease for the fields).
+        # The pick, the mark's move, the task's insert and the item's responses in one round trip.
         task = rows.pick_and_lease(sql, params, _new_task(project, annotator, None, now), shuffle=project.randomize_order)
         if task is not None:
             task.project = project
         return task
     found = rows.fetch(sql, params, [Item])
-    return _lease(project, annotator, found[0], now) if found else None
+    if not found:
+        return None
+    rows.execute(
+        "UPDATE annotate_membership SET pick_mark = %s WHERE project_id = %s AND user_id = %s AND pick_mark < %s",
+        [found[0].pk, project.pk, annotator.pk, found[0].pk],
+    )
+    return _lease(project, annotator, found[0], now)
 
 
-def pick_statement(project_id: int, annotator_id: int, *, above_mark: bool, skip_locked: bool) -> tuple[str, list]:
+def pick_statement(project_id: int, annotator_id: int, *, mark: int | None, skip_locked: bool) -> tuple[str, list]:
     """The SQL and parameters of the pick (``bench/_serve_profile.py`` shows its plan)."""
     postgres = connection.vendor == "postgresql"
     lock = ("FOR NO KEY UPDATE SKIP LOCKED" if skip_locked else "FOR NO KEY UPDATE") if postgres else ""
@@ -425,29 +432,24 @@ def pick_statement(project_id: int, annotator_id: int, *, above_mark: bool, skip
     # - ``project_id = ANY(...)`` with ORDER BY (project_id, id): only item_open_idx gives that order (with
     #   ``project_id = X`` the planner drops the project from the order and walks the primary key, through every
     #   item of older projects: 10-15 ms at 100k items instead of 0.3);
-    # - the annotator's mark, their highest normal item (gold and qualification items may have any ids), is one
-    #   step down task_annotator_item_idx;
+    # - the annotator's mark (None: from the start) is a parameter, read with the membership's lock;
     # - ``OFFSET 0`` keeps NOT EXISTS a probe of one index entry per candidate item, never a scan of the
     #   annotator's whole history.
     project = "i.project_id = ANY(%s)" if postgres else "i.project_id = %s"
-    mark = (
-        "AND i.id > COALESCE((SELECT t.item_id FROM annotate_task t WHERE t.annotator_id = %s AND t.project_id = %s"
-        " AND (SELECT m.purpose FROM annotate_item m WHERE m.id = t.item_id) = 'normal' ORDER BY t.item_id DESC LIMIT 1), 0)"
-        if above_mark else ""
-    )  # fmt: skip
+    above = "AND i.id > %s" if mark is not None else ""
     probe = "OFFSET 0" if postgres else ""
     sql = f"""
         UPDATE annotate_item SET open_slots = open_slots - 1
         WHERE open_slots > 0 AND id = (
             SELECT i.id FROM annotate_item i
-            WHERE {project} AND i.open_slots > 0 AND i.purpose = 'normal' {mark}
+            WHERE {project} AND i.open_slots > 0 AND i.purpose = 'normal' {above}
               AND NOT EXISTS (SELECT 1 FROM annotate_task u WHERE u.item_id = i.id AND u.annotator_id = %s {probe})
             ORDER BY i.project_id, i.id LIMIT 1 {lock}
         )
         RETURNING {_ITEM_COLUMNS}
     """  # fmt: skip
     project_param = [project_id] if postgres else project_id
-    return sql, [project_param] + ([annotator_id, project_id] if above_mark else []) + [annotator_id]
+    return sql, [project_param] + ([mark] if mark is not None else []) + [annotator_id]
 
 
 _ITEM_COLUMNS = ", ".join(f.column for f in Item._meta.concrete_fields)

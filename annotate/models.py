@@ -186,6 +186,9 @@ class Membership(models.Model):
     status_reason = models.TextField(blank=True, help_text="Why the status last changed (qualification, review).")
     status_changed_at = models.DateTimeField(null=True, blank=True)
     pseudonym = models.CharField(max_length=32, editable=False)
+    # The highest normal item this member was given in the project: next-task picks above it (see
+    # actions._take_open_item), and moves it up in the same statement.
+    pick_mark = models.BigIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -334,8 +337,6 @@ class Task(models.Model):
         ]
         indexes = [
             models.Index(fields=["annotator", "project", "status"], name="task_annotator_idx"),
-            # The annotator's mark in the next-task pick (their highest item): one step down this index.
-            models.Index(fields=["annotator", "project", "item"], name="task_annotator_item_idx"),
             models.Index(
                 fields=["project", "lease_expires_at"], name="task_lease_idx", condition=Q(status="leased")
             ),

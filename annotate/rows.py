@@ -146,12 +146,13 @@ def _insert_sql(vendor: str, model) -> tuple[str, list]:
 
 
 def pick_and_lease(pick_sql: str, pick_params: list, task: Task, *, shuffle: bool) -> Task | None:
-    """PostgreSQL: the pick (``pick_sql``, an UPDATE of one item RETURNING its columns), the insert of ``task``
-    for the item it took, and that item's responses, in one statement (one round trip instead of three); None if
-    the pick took nothing. ``task`` holds every field but its item and display order, which the statement fills
-    in: the item's response ids in import order, or shuffled (``ORDER BY random()``)."""
+    """PostgreSQL: the pick (``pick_sql``, an UPDATE of one item RETURNING its columns), the move of the
+    annotator's pick mark up to that item, the insert of ``task`` for it, and its responses, in one statement (one
+    round trip instead of four); None if the pick took nothing. ``task`` holds every field but its item and display
+    order, which the statement fills in: the item's response ids in import order, or shuffled (``random()``)."""
     sql, fields = _lease_sql(pick_sql, shuffle)
-    params = list(pick_params) + [p for f, p in zip(fields, _insert_params(task, fields)) if f.name not in _LEASE_FILLED]
+    mark = [task.project_id, task.annotator_id]
+    params = list(pick_params) + mark + [p for f, p in zip(fields, _insert_params(task, fields)) if f.name not in _LEASE_FILLED]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         found = cursor.fetchall()
@@ -180,6 +181,8 @@ def _lease_sql(pick_sql: str, shuffle: bool) -> tuple[str, list]:
     values = ", ".join(filled.get(f.name, f"%s::{f.cast_db_type(connection)}") for f in fields)
     sql = (
         f"WITH p AS ({pick_sql}), "
+        "m AS (UPDATE annotate_membership SET pick_mark = p.id FROM p WHERE annotate_membership.project_id = %s "
+        "AND annotate_membership.user_id = %s AND annotate_membership.pick_mark < p.id), "
         f"t AS (INSERT INTO annotate_task ({', '.join(quote(f.column) for f in fields)}) SELECT {values} FROM p "
         f"RETURNING {', '.join(quote(f.column) for f in Task._meta.concrete_fields)}) "
         f"SELECT {columns(Task, 't')}, {columns(Item, 'p')}, {columns(Response, 'r')} "
@@ -220,7 +223,7 @@ def _sql(name: str) -> str:
         )
     if name == "member_project":
         return (
-            f"SELECT {columns(Project, 'p')}, m.status FROM annotate_project p "
+            f"SELECT {columns(Project, 'p')}, m.status, m.pick_mark FROM annotate_project p "
             "JOIN annotate_membership m ON m.project_id = p.id AND m.user_id = %s WHERE p.slug = %s"
         )
     if name == "held":
@@ -251,8 +254,8 @@ def token_with_user(key: str) -> Token | None:
     return token
 
 
-def member_project(user_id: int, slug: str, *, lock: bool = False) -> tuple[Project, str] | None:
-    """The project ``slug`` and the user's membership status in it, if they are a member (any role); ``lock``
+def member_project(user_id: int, slug: str, *, lock: bool = False) -> tuple[Project, str, int] | None:
+    """The project ``slug`` and the user's membership status and pick mark in it, if they are a member (any role); ``lock``
     takes the membership row's lock (as :func:`for_update`) for the rest of the transaction."""
     return fetch(_sql("member_project") + (for_update("m") if lock else ""), [user_id, slug], [Project])
 

@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     from django.db import connection, reset_queries, transaction
 
     from annotate import actions
-    from annotate.models import Project, Role, Task
+    from annotate.models import Membership, Project, Role, Task
 
     app = get_wsgi_application()
     project = Project.objects.get(slug=f"bench-{args.size}")
@@ -176,8 +176,8 @@ def main(argv=None) -> int:
         "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
     )
     variants = [
-        ("the app's pick, above the mark (UPDATE ... RETURNING)", *actions.pick_statement(project.id, user.id, above_mark=True, skip_locked=True)),
-        ("the app's fallback, from the start, waiting on locks", *actions.pick_statement(project.id, user.id, above_mark=False, skip_locked=False)),
+        ("the app's pick, above the mark (UPDATE ... RETURNING)", *actions.pick_statement(project.id, user.id, mark=Membership.objects.get(project=project, user=user).pick_mark, skip_locked=True)),
+        ("the app's fallback, from the start, waiting on locks", *actions.pick_statement(project.id, user.id, mark=None, skip_locked=False)),
         ("the pick before (project_id = X ORDER BY id, SELECT)", before, [project.id, user.id]),
     ]  # fmt: skip
     history = Task.objects.filter(annotator=user, project=project).count()
