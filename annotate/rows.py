@@ -4,7 +4,8 @@ On a small server the CPU of a request, not the database, is the limit, and a th
 compiling the same few queries again on every request (``select_related`` of the project's and the item's forty
 columns, prefetches, row locks). These statements are built once per process, and their rows go through the
 converters the ORM uses (JSON, dates, booleans), so the instances are what the ORM would have returned.
-Everything else stays on the ORM.
+On PostgreSQL they are prepared statements (``_cursor``): the server plans each once per connection. Everything
+else stays on the ORM.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ def _converters(vendor: str, model) -> list[tuple[int, list, object]]:
     return out
 
 
+def _cursor():
+    """These statements' cursor: on PostgreSQL one whose statements are prepared (config/postgresql/base.py)."""
+    prepared = getattr(connection, "prepared_cursor", None)
+    return prepared() if prepared else connection.cursor()
+
+
 # Ids come from URLs and bodies: one past a 64-bit integer matches no row (and the ORM would say so; raw SQL on
 # SQLite raises OverflowError instead).
 BIGINT_MAX = 2**63 - 1
@@ -48,7 +55,7 @@ def fetch(sql: str, params: list, models: list) -> list | None:
     them), followed by any further columns as they are; None without a row."""
     if not _matchable(params):
         return None
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     return None if row is None else _instances(row, models)
@@ -58,7 +65,7 @@ def fetch_all(sql: str, params: list, models: list) -> list[list]:
     """Every row of ``sql``, each as :func:`fetch` returns one."""
     if not _matchable(params):
         return []
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(sql, params)
         return [_instances(row, models) for row in cursor.fetchall()]
 
@@ -67,7 +74,7 @@ def execute(sql: str, params: list) -> int:
     """Run a write; returns the number of rows it changed."""
     if not _matchable(params):
         return 0
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
 
@@ -78,7 +85,7 @@ def insert(obj) -> None:
     No save() override or signal runs: for the hot-path models (Task, Judgment), which have none that matter on
     insert."""
     sql, fields = _insert_sql(connection.vendor, type(obj))
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(sql, _insert_params(obj, fields))
         obj.pk = cursor.fetchone()[0]
     obj._state.adding, obj._state.db = False, connection.alias
@@ -110,7 +117,7 @@ def insert_first_judgment(judgment, statuses: list[str]) -> bool:
         insert(judgment)
         return True
     sql, fields = _first_judgment_sql()
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(sql, task + _insert_params(judgment, fields))
         row = cursor.fetchone()
     if row is None:
@@ -153,7 +160,7 @@ def pick_and_lease(pick_sql: str, pick_params: list, task: Task, *, shuffle: boo
     sql, fields = _lease_sql(pick_sql, shuffle)
     mark = [task.project_id, task.annotator_id]
     params = list(pick_params) + mark + [p for f, p in zip(fields, _insert_params(task, fields)) if f.name not in _LEASE_FILLED]
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(sql, params)
         found = cursor.fetchall()
     if not found:

@@ -1,4 +1,14 @@
-"""Django's PostgreSQL backend with a health check that costs no round trip.
+"""Django's PostgreSQL backend with a health check that costs no round trip, and prepared statements on request.
+
+Prepared statements. Django binds parameters on the client (the values are written into the SQL text), which
+PostgreSQL must parse and plan again on every execution. :meth:`DatabaseWrapper.prepared_cursor` gives a cursor
+that binds them on the server, so psycopg prepares a statement the second time it runs on a connection and
+PostgreSQL then skips parsing and planning (``prepare_threshold`` in ``DATABASES["default"]["OPTIONS"]``; ``None``
+turns it off). It is for the few fixed statements of the annotation loop (``annotate/rows.py``) only: a
+server-bound statement takes at most 65,535 parameters, which an ORM ``__in`` list or a large ``bulk_create`` can
+exceed, so the ORM keeps Django's client-side binding (whose cursors never prepare).
+
+Health check.
 
 ``CONN_HEALTH_CHECKS`` makes Django check a persistent connection before the first query of every request. Django
 checks with ``SELECT 1``: a round trip to the server, which on a small machine costs as much CPU as a real query
@@ -22,6 +32,14 @@ from psycopg import pq
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    def prepared_cursor(self):
+        """A cursor binding parameters on the server, whose statements psycopg prepares (see the module's doc);
+        otherwise what ``cursor()`` returns (health check, error wrapping, query logging)."""
+        self.close_if_health_check_failed()
+        self.ensure_connection()
+        with self.wrap_database_errors:
+            return self._prepare_cursor(base.ServerBindingCursor(self.connection))
+
     def is_usable(self):
         conn = self.connection
         if conn is None or conn.closed or conn.broken:
