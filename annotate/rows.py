@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import cache
 
 from django.contrib.auth import get_user_model
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from rest_framework.authtoken.models import Token
 
 from .models import Item, Judgment, Project, Response, Task
@@ -35,10 +35,16 @@ def _converters(vendor: str, model) -> list[tuple[int, list, object]]:
     return out
 
 
-def _cursor():
+def _db():
+    """The default connection itself: ``django.db.connection`` is a proxy that looks it up again (in a
+    thread-local) on every attribute, a cost worth saving on the hot path."""
+    return connections[DEFAULT_DB_ALIAS]
+
+
+def _cursor(db):
     """These statements' cursor: on PostgreSQL one whose statements are prepared (config/postgresql/base.py)."""
-    prepared = getattr(connection, "prepared_cursor", None)
-    return prepared() if prepared else connection.cursor()
+    prepared = getattr(db, "prepared_cursor", None)
+    return prepared() if prepared else db.cursor()
 
 
 # Ids come from URLs and bodies: one past a 64-bit integer matches no row (and the ORM would say so; raw SQL on
@@ -55,26 +61,28 @@ def fetch(sql: str, params: list, models: list) -> list | None:
     them), followed by any further columns as they are; None without a row."""
     if not _matchable(params):
         return None
-    with _cursor() as cursor:
+    db = _db()
+    with _cursor(db) as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
-    return None if row is None else _instances(row, models)
+    return None if row is None else _instances(row, models, db)
 
 
 def fetch_all(sql: str, params: list, models: list) -> list[list]:
     """Every row of ``sql``, each as :func:`fetch` returns one."""
     if not _matchable(params):
         return []
-    with _cursor() as cursor:
+    db = _db()
+    with _cursor(db) as cursor:
         cursor.execute(sql, params)
-        return [_instances(row, models) for row in cursor.fetchall()]
+        return [_instances(row, models, db) for row in cursor.fetchall()]
 
 
 def execute(sql: str, params: list) -> int:
     """Run a write; returns the number of rows it changed."""
     if not _matchable(params):
         return 0
-    with _cursor() as cursor:
+    with _cursor(_db()) as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
 
@@ -84,15 +92,16 @@ def insert(obj) -> None:
     not set yet, values are prepared by their fields), with a statement built once per model; sets ``obj.pk``.
     No save() override or signal runs: for the hot-path models (Task, Judgment), which have none that matter on
     insert."""
-    sql, fields = _insert_sql(connection.vendor, type(obj))
-    with _cursor() as cursor:
-        cursor.execute(sql, _insert_params(obj, fields))
+    db = _db()
+    sql, fields = _insert_sql(db.vendor, type(obj))
+    with _cursor(db) as cursor:
+        cursor.execute(sql, _insert_params(obj, fields, db))
         obj.pk = cursor.fetchone()[0]
-    obj._state.adding, obj._state.db = False, connection.alias
+    obj._state.adding, obj._state.db = False, db.alias
 
 
-def _insert_params(obj, fields) -> list:
-    return [f.get_db_prep_save(f.pre_save(obj, getattr(obj, f.attname) is None), connection) for f in fields]
+def _insert_params(obj, fields, db) -> list:
+    return [f.get_db_prep_save(f.pre_save(obj, getattr(obj, f.attname) is None), db) for f in fields]
 
 
 def insert_first_judgment(judgment, statuses: list[str]) -> bool:
@@ -104,9 +113,10 @@ def insert_first_judgment(judgment, statuses: list[str]) -> bool:
     lock, so it waits for a concurrent submit of the same task and then sees that task's new status: on its own
     (autocommit) it is a whole, safe submit, in one round trip. Elsewhere (SQLite runs in-process, so a
     statement costs no round trip) three statements, in the caller's transaction."""
-    done_at = connection.ops.adapt_datetimefield_value(judgment.created_at)
+    db = _db()
+    done_at = db.ops.adapt_datetimefield_value(judgment.created_at)
     task = [Task.Status.DONE, done_at, judgment.task_id, list(statuses)]
-    if connection.vendor != "postgresql":
+    if db.vendor != "postgresql":
         marked = execute(
             f"UPDATE annotate_task SET status = %s, done_at = %s WHERE id = %s AND status IN ({', '.join(['%s'] * len(statuses))})",
             task[:3] + task[3],
@@ -117,13 +127,13 @@ def insert_first_judgment(judgment, statuses: list[str]) -> bool:
         insert(judgment)
         return True
     sql, fields = _first_judgment_sql()
-    with _cursor() as cursor:
-        cursor.execute(sql, task + _insert_params(judgment, fields))
+    with _cursor(db) as cursor:
+        cursor.execute(sql, task + _insert_params(judgment, fields, db))
         row = cursor.fetchone()
     if row is None:
         return False
     judgment.pk = row[0]
-    judgment._state.adding, judgment._state.db = False, connection.alias
+    judgment._state.adding, judgment._state.db = False, db.alias
     return True
 
 
@@ -159,16 +169,17 @@ def pick_and_lease(pick_sql: str, pick_params: list, task: Task, *, shuffle: boo
     order, which the statement fills in: the item's response ids in import order, or shuffled (``random()``)."""
     sql, fields = _lease_sql(pick_sql, shuffle)
     mark = [task.project_id, task.annotator_id]
-    params = list(pick_params) + mark + [p for f, p in zip(fields, _insert_params(task, fields)) if f.name not in _LEASE_FILLED]
-    with _cursor() as cursor:
+    db = _db()
+    params = list(pick_params) + mark + [p for f, p in zip(fields, _insert_params(task, fields, db)) if f.name not in _LEASE_FILLED]
+    with _cursor(db) as cursor:
         cursor.execute(sql, params)
         found = cursor.fetchall()
     if not found:
         return None
-    task, item = _instances(found[0], [Task, Item])[:2]  # the same task and item on every row
+    task, item = _instances(found[0], [Task, Item], db)[:2]  # the same task and item on every row
     task.item = item
     offset = len(Task._meta.concrete_fields) + len(Item._meta.concrete_fields)
-    responses = [_instances(row[offset:], [Response])[0] for row in found if row[offset] is not None]  # none: a demonstration
+    responses = [_instances(row[offset:], [Response], db)[0] for row in found if row[offset] is not None]  # none: a demonstration
     _cache_responses(item, responses)
     return task
 
@@ -207,15 +218,20 @@ def for_update(of: str = "") -> str:
     return f" FOR NO KEY UPDATE OF {of}" if of else " FOR NO KEY UPDATE"
 
 
-def _instances(row, models: list) -> list:
+@cache
+def _attnames(model) -> list[str]:
+    return [f.attname for f in model._meta.concrete_fields]
+
+
+def _instances(row, models: list, db) -> list:
     out, pos = [], 0
     for model in models:
         fields = model._meta.concrete_fields
         values = list(row[pos : pos + len(fields)])
-        for i, converters, col in _converters(connection.vendor, model):
+        for i, converters, col in _converters(db.vendor, model):
             for convert in converters:
-                values[i] = convert(values[i], col, connection)
-        out.append(model.from_db(connection.alias, [f.attname for f in fields], values))
+                values[i] = convert(values[i], col, db)
+        out.append(model.from_db(db.alias, _attnames(model), values))
         pos += len(fields)
     return out + list(row[pos:])
 

@@ -519,18 +519,19 @@ def _postgres_backends(db_name: str) -> list[int]:
     return out
 
 
-def _machine_ticks() -> tuple[int, int]:
+def _machine_ticks() -> tuple[int, int, int]:
+    """All, idle and stolen ticks of the machine (steal: time the hypervisor gave this VM's CPUs to others)."""
     with open("/proc/stat") as f:
         parts = [int(x) for x in f.readline().split()[1:]]
     idle = parts[3] + parts[4]
-    return sum(parts[:8]), idle
+    return sum(parts[:8]), idle, parts[7]
 
 
 def machine_busy_pct(seconds: float = 1.0) -> float:
     """CPU used by the whole machine over ``seconds``, in % of one core."""
-    t1, i1 = _machine_ticks()
+    t1, i1, _ = _machine_ticks()
     time.sleep(seconds)
-    t2, i2 = _machine_ticks()
+    t2, i2, _ = _machine_ticks()
     total = t2 - t1
     return 100 * (os.cpu_count() or 1) * (total - (i2 - i1)) / total if total else 0.0
 
@@ -554,7 +555,7 @@ class CpuMeter:
     def snapshot(self) -> dict:
         ru = resource.getrusage(resource.RUSAGE_SELF)
         workers = [self.gunicorn_pid, *_children(self.gunicorn_pid)]
-        total, idle = _machine_ticks()
+        total, idle, steal = _machine_ticks()
         return {
             "t": time.perf_counter(),
             "loadgen": ru.ru_utime + ru.ru_stime,
@@ -562,6 +563,7 @@ class CpuMeter:
             "postgres": {pid: _proc_ticks(pid) for pid in _postgres_backends(self.db_name)},
             "machine_total": total,
             "machine_idle": idle,
+            "machine_steal": steal,
         }
 
     @staticmethod
@@ -579,6 +581,7 @@ class CpuMeter:
             "gunicorn_pct": 100 * ticks("gunicorn") / wall,
             "postgres_pct": 100 * ticks("postgres") / wall,
             "machine_busy_pct": 100 * ncpu * busy / total if total else 0.0,  # out of ncpu * 100
+            "steal_pct": 100 * ncpu * (b["machine_steal"] - a["machine_steal"]) / total if total else 0.0,
         }
 
     @staticmethod
@@ -1015,9 +1018,10 @@ def print_report(results: list[dict], config: dict) -> list[str]:
 
     log("")
     log(f"CPU in the measured window, % of one core (this machine: {os.cpu_count()} cores = {100 * (os.cpu_count() or 1)}%); "
-        "'other' is everything else running on the machine; then CPU ms per loop and the 'ceiling' they imply "
+        "'other' is everything else the machine's CPUs did (other processes, the kernel's network work, and "
+        "'steal': time the hypervisor gave them to other VMs); then CPU ms per loop and the 'ceiling' they imply "
         "(loops/s if all cores did nothing else); next-task p50 in the first and last third of the cell (drift):")
-    head2 = (f"{'items':>7} {'C':>3} | {'loadgen':>7} {'gunicorn':>8} {'postgres':>8} {'other':>6} | "
+    head2 = (f"{'items':>7} {'C':>3} | {'loadgen':>7} {'gunicorn':>8} {'postgres':>8} {'other':>6} {'steal':>5} | "
              f"{'ms/loop: gunicorn':>17} {'postgres':>8} {'loadgen':>7} {'ceiling':>8} | {'conns':>5} | "
              f"{'p50 1st third':>13} {'last third':>10}")  # fmt: skip
     log(head2)
@@ -1028,7 +1032,7 @@ def print_report(results: list[dict], config: dict) -> list[str]:
         per = lambda pct_: pct_ * 10 / r["loops_per_s"] if r["loops_per_s"] else float("nan")  # noqa: E731
         conns = "-" if r["connections"] is None else str(r["connections"])
         log(f"{r['items']:>7} {r['concurrency']:>3} | {cpu['loadgen_pct']:>6.1f}% {cpu['gunicorn_pct']:>7.1f}% "
-            f"{cpu['postgres_pct']:>7.1f}% {cpu['other_pct']:>5.0f}% | {per(cpu['gunicorn_pct']):>17.2f} "
+            f"{cpu['postgres_pct']:>7.1f}% {cpu['other_pct']:>5.0f}% {cpu.get('steal_pct', 0):>4.0f}% | {per(cpu['gunicorn_pct']):>17.2f} "
             f"{per(cpu['postgres_pct']):>8.2f} {per(cpu['loadgen_pct']):>7.2f} {r['cpu_ceiling']:>8.0f} | {conns:>5} | "
             f"{fmt(r['next_p50_first_third']):>13} {fmt(r['next_p50_last_third']):>10}")  # fmt: skip
         if cpu["other_pct"] > NOISY_PCT:
