@@ -284,3 +284,44 @@ def test_the_fast_judgment_payload_is_the_serializers(make_project, make_member)
     for judgment in (first, edit, Judgment.objects.get(pk=edit.pk)):
         assert judgment_payload(judgment) == JudgmentSerializer(judgment).data
     assert judgment_payload(first)["choice"] == "B" and judgment_payload(edit)["supersedes"] == first.pk
+
+
+def test_the_pick_mark_follows_the_highest_normal_item_given(make_project, make_member):
+    from annotate.models import Membership
+
+    project = make_project(n_items=6, overlap=2)
+    first, second = make_member(project, "first"), make_member(project, "second")
+    ids = list(Item.objects.filter(project=project).order_by("id").values_list("id", flat=True))
+    for _ in range(3):
+        answer(actions.assign_next_task(first, project))
+    mark = lambda user: Membership.objects.get(project=project, user=user).pick_mark  # noqa: E731
+    assert mark(first) == ids[2] and mark(second) == 0
+    # An item that comes back below the mark (an expired lease) is still served, and does not move the mark down.
+    task = actions.assign_next_task(second, project)
+    assert task.item_id == ids[0] and mark(second) == ids[0]
+    Task.objects.filter(pk=task.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    actions.reclaim_expired_leases(project)
+    for _ in range(3):
+        answer(actions.assign_next_task(first, project))
+    assert mark(first) == ids[5] and actions.assign_next_task(first, project) is None
+    third = make_member(project, "third")
+    assert actions.assign_next_task(third, project).item_id == ids[0]  # the slot the expired lease gave back
+    assert mark(third) == ids[0]
+
+
+def test_on_postgresql_the_loop_statements_are_prepared_and_the_orm_keeps_unlimited_parameters(make_project, make_member, api_client_for):
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements and server-side binding are PostgreSQL's")
+    project = make_project(n_items=10, overlap=1)
+    client = api_client_for(make_member(project, "ann"))
+    for i in range(4):
+        task = client.get(f"/api/projects/{project.slug}/next-task/").json()
+        body = {"choice": "A", "strength": 1, "idempotency_key": f"k{i}"}
+        assert client.post(f"/api/tasks/{task['id']}/judgments/", body, format="json").status_code == 201
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any("UPDATE annotate_item SET open_slots" in sql for sql in prepared)  # the pick
+    assert any("INSERT INTO" in sql and "annotate_judgment" in sql for sql in prepared)  # the submit
+    # A server-bound statement takes at most 65,535 parameters; the ORM binds on the client and has no such limit.
+    assert Item.objects.filter(pk__in=range(1, 70_001)).count() == 10
