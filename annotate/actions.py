@@ -390,8 +390,9 @@ def _take_open_item(project: Project, annotator, now, mark: int) -> Task | None:
     The pick walks item_open_idx (project, id) over the items that still need annotators, from just above
     the highest item this annotator was ever given (their mark, ``Membership.pick_mark``, which the pick moves up:
     picks go in id order, so below it are the items they have seen, a few that were locked when they passed, and
-    items that came back to the pool later), hence its cost grows neither with the project nor with their history. On PostgreSQL, ``SKIP LOCKED`` lets
-    concurrent annotators each take a different item instead of queueing on one; SQLite's write lock serialises.
+    items that came back to the pool later), hence its cost grows neither with the project nor with their
+    history. On PostgreSQL, ``SKIP LOCKED`` lets concurrent annotators each take a different item instead of
+    queueing on one; SQLite's write lock serialises.
 
     Nothing found above the mark is not yet "nothing left": an item may be open below it (back from an expired
     lease or a skip, or passed while locked), or the only open items may be locked for a moment by other
@@ -485,7 +486,10 @@ def _lease(project: Project, annotator, item: Item, now) -> Task:
 
 def _new_task(project: Project, annotator, item: Item | None, now, display_order: list[int] | None = None) -> Task:
     lease = timedelta(seconds=project.effective_lease_seconds)
-    return Task(project=project, item=item, annotator=annotator, display_order=display_order, leased_at=now, lease_expires_at=now + lease)
+    return Task(
+        project=project, item=item, annotator=annotator, display_order=display_order,
+        leased_at=now, lease_expires_at=now + lease,
+    )  # fmt: skip
 
 
 def record_judgment(
@@ -580,7 +584,7 @@ def _record_judgment(task: Task, payload: dict, idempotency_key: str, source: st
     judgment = _new_judgment(task, fields, idempotency_key, source, previous)
     if previous is None:
         rows.insert_first_judgment(judgment, [task.status])  # the task is locked, so its status is this one
-        judgment.task = task = _done(task, judgment)
+        task.status, task.done_at = Task.Status.DONE, judgment.created_at  # task is this transaction's copy
     else:
         previous.is_current = False
         previous.save(update_fields=["is_current"])
