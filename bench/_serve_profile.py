@@ -39,8 +39,7 @@ LAYERS = [  # (label, [(file path ending, function name), ...]): inclusive CPU o
     ("whole request (WSGI handler)", [("django/core/handlers/wsgi.py", "__call__")]),
     ("  DRF token authentication (1 query)", [("rest_framework/authentication.py", "authenticate")]),
     ("  views: next_task total", [("annotate/api/views.py", "next_task")]),
-    ("    require_role (project + membership)", [("annotate/permissions.py", "require_role")]),
-    ("    actions.assign_next_task", [("annotate/actions.py", "assign_next_task")]),
+    ("    actions.assign_next_task_by_slug", [("annotate/actions.py", "assign_next_task_by_slug")]),
     ("    serializers.task_payload", [("annotate/api/serializers.py", "task_payload")]),
     ("  views: task_judgments total", [("annotate/api/views.py", "task_judgments")]),
     ("    _own_task (task + require_role)", [("annotate/api/views.py", "_own_task")]),
@@ -140,7 +139,7 @@ def main(argv=None) -> int:
     for name, queries in (("next-task", q_next), ("submit", q_submit)):
         total = sum(float(q["time"]) for q in queries) * 1000
         print(f"\n== SQL of one {name}: {len(queries)} statements, {total:.1f} ms (Django's timer, 1 ms resolution; "
-              "not shown: the SELECT 1 of CONN_HEALTH_CHECKS at each request's first query)")  # fmt: skip
+              "the health check polls the socket and sends nothing)")  # fmt: skip
         for q in queries:
             sql = q["sql"]
             print(f"  {float(q['time']) * 1000:5.1f} ms  {sql[:160]}{' ...' if len(sql) > 160 else ''}")
