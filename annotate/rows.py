@@ -168,9 +168,9 @@ def pick_and_lease(pick_sql: str, pick_params: list, task: Task, *, shuffle: boo
     round trip instead of four); None if the pick took nothing. ``task`` holds every field but its item and display
     order, which the statement fills in: the item's response ids in import order, or shuffled (``random()``)."""
     sql, fields = _lease_sql(pick_sql, shuffle)
-    mark = [task.project_id, task.annotator_id]
     db = _db()
-    params = list(pick_params) + mark + [p for f, p in zip(fields, _insert_params(task, fields, db)) if f.name not in _LEASE_FILLED]
+    values = [p for f, p in zip(fields, _insert_params(task, fields, db)) if f.name not in _LEASE_FILLED]
+    params = [*pick_params, task.project_id, task.annotator_id, *values]  # the pick, the mark's move, the insert
     with _cursor(db) as cursor:
         cursor.execute(sql, params)
         found = cursor.fetchall()
@@ -179,7 +179,8 @@ def pick_and_lease(pick_sql: str, pick_params: list, task: Task, *, shuffle: boo
     task, item = _instances(found[0], [Task, Item], db)[:2]  # the same task and item on every row
     task.item = item
     offset = len(Task._meta.concrete_fields) + len(Item._meta.concrete_fields)
-    responses = [_instances(row[offset:], [Response], db)[0] for row in found if row[offset] is not None]  # none: a demonstration
+    # A demonstration's item has no responses: one row, with NULLs in their columns.
+    responses = [_instances(row[offset:], [Response], db)[0] for row in found if row[offset] is not None]
     _cache_responses(item, responses)
     return task
 
@@ -278,8 +279,8 @@ def token_with_user(key: str) -> Token | None:
 
 
 def member_project(user_id: int, slug: str, *, lock: bool = False) -> tuple[Project, str, int] | None:
-    """The project ``slug`` and the user's membership status and pick mark in it, if they are a member (any role); ``lock``
-    takes the membership row's lock (as :func:`for_update`) for the rest of the transaction."""
+    """The project ``slug`` and the user's membership status and pick mark in it, if they are a member (any
+    role); ``lock`` takes the membership row's lock (as :func:`for_update`) for the rest of the transaction."""
     return fetch(_sql("member_project") + (for_update("m") if lock else ""), [user_id, slug], [Project])
 
 
