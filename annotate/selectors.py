@@ -45,6 +45,10 @@ def annotator_table(project: Project) -> list[dict]:
 
 
 GOLD_WINDOW = 20  # rolling gold accuracy: the last this many gold answers
+# Review's normal-answer checks (majority agreement, speed, position bias) look at the annotator's newest this many
+# answers: recent work is what review is about, and a review's cost must not grow with their history (it runs on
+# one submit in ten).
+REVIEW_WINDOW = 1000
 
 
 def expected_fields(project: Project, item: Item, response_ids: list[int]) -> dict | None:
@@ -102,7 +106,7 @@ def annotator_stats(project: Project, user, since=None):
     if since is not None:
         mine = mine.filter(created_at__gt=since)
     if project.kind == "pairwise":
-        rows = list(mine.values_list("item_id", "outcome", "winner_id", "task__display_order"))
+        rows = list(mine.order_by("-id").values_list("item_id", "outcome", "winner_id", "task__display_order")[:REVIEW_WINDOW])
         labels = {item: (winner if outcome == "win" else outcome) for item, outcome, winner, _ in rows}
         others: dict[int, list] = {}
         for item, outcome, winner in Judgment.objects.filter(project=project, is_current=True, item_id__in=labels).exclude(
@@ -120,7 +124,7 @@ def annotator_stats(project: Project, user, since=None):
         stats.n_wins = len(wins)
         stats.n_first = sum(winner == order[0] for winner, order in wins)
 
-    durations = list(mine.exclude(duration_ms=None).values_list("duration_ms", flat=True))
+    durations = list(mine.exclude(duration_ms=None).order_by("-id").values_list("duration_ms", flat=True)[:REVIEW_WINDOW])
     if len(durations) >= MIN_TIMED:
         stats.median_ms = float(np.median(durations))
         # The project's recent pace: the last 2,000 timed judgments, so review stays cheap on big projects.

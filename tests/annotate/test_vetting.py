@@ -192,3 +192,21 @@ def test_a_reinstated_annotator_starts_with_a_clean_record(make_project, make_me
     good = Item.objects.get(pk=task.item_id).responses.get(index=0).pk
     actions.record_judgment(task, {"choice": "A" if task.display_order[0] == good else "B", "strength": 1}, "ok")
     assert Membership.objects.get(user=user).status == "active"
+
+
+def test_review_looks_at_the_newest_answers_only(make_project, make_member, monkeypatch):
+    from annotate import selectors
+
+    project = make_project(n_items=12, overlap=1)
+    user = make_member(project, "ann")
+    for i in range(12):
+        task = actions.assign_next_task(user, project)
+        # The first 8 answers pick the response shown first, the last 4 the one shown second.
+        choice = "A" if i < 8 else "B"
+        actions.record_judgment(task, {"choice": choice, "strength": 1, "duration_ms": 1000 + i}, f"k{i}")
+    whole = selectors.annotator_stats(project, user)
+    assert (whole.n_wins, whole.n_first, whole.median_ms) == (12, 8, 1005.5)
+    monkeypatch.setattr(selectors, "REVIEW_WINDOW", 4)
+    recent = selectors.annotator_stats(project, user)
+    assert (recent.n_wins, recent.n_first) == (4, 0)
+    assert recent.median_ms is None  # fewer timed answers in the window than review needs (MIN_TIMED)
