@@ -513,8 +513,7 @@ def record_judgment(
                 stored = rows.insert_first_judgment(judgment, [Task.Status.LEASED])
             if stored:
                 judgment.task = _done(task, judgment)
-                if judgment.pk % REVIEW_EVERY == 0:
-                    review_annotator(task.project, task.annotator_id)  # see _vet_after
+                _vet_after(judgment.task, judgment)  # after the statement's commit: see _vet_after
                 return judgment, True
         with transaction.atomic():
             return _record_judgment(task, payload, idempotency_key, source)

@@ -87,3 +87,17 @@ def django_db_modify_db_settings(tmp_path_factory):
     database = connections["default"].settings_dict
     if database["ENGINE"] == "django.db.backends.sqlite3":
         database["TEST"]["NAME"] = str(tmp_path_factory.mktemp("sqlite") / "test.sqlite3")
+
+
+def served_database_url() -> str:
+    """The test database as a DATABASE_URL, for a server or worker started in another process."""
+    from urllib.parse import quote
+
+    from django.db import connections
+
+    connection = connections["default"]
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    auth = quote(db["USER"] or "") + (":" + quote(db["PASSWORD"]) if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"

@@ -594,11 +594,7 @@ def candidate_items(run: TrainingRun, rows: list[dict], target: Project) -> tupl
 def create_candidate_round(run: TrainingRun, path: Path, metrics: dict, dataset_hash: str):
     """generate's candidates become a NEW round of the target project, whose ``source`` records the model, the run
     and the snapshot behind the model; the run succeeds in the same transaction. A failure leaves no half round."""
-    from annotate.actions import import_items
-    from annotate.imports import ImportFailed
-    from annotate.models import Round
-
-    from .models import RoundPurpose, RunRound
+    from .models import RoundPurpose
 
     target = run.target_project or run.project
     if target.kind not in TARGET_RESPONSES:
@@ -615,17 +611,7 @@ def create_candidate_round(run: TrainingRun, path: Path, metrics: dict, dataset_
     with transaction.atomic():
         locked = _lock_running(run)
         Project.objects.select_for_update().filter(pk=target.pk).first()  # one new round at a time per project
-        try:
-            report = import_items(target, parsed, source=source)
-        except ImportFailed as exc:
-            raise PublishFailed(exc.message) from None
-        if not report.created:
-            raise PublishFailed(f"Every candidate is already an item of {target.slug}; no round was added.")
-        round_ = Round.objects.filter(project=target).order_by("-number").first()
-        if not round_.name:
-            round_.name = f"Candidates of run {run.pk}"
-            round_.save(update_fields=["name"])
-        RunRound.objects.create(run=locked, round=round_, purpose=RoundPurpose.CANDIDATES)
+        round_, report = _add_round(locked, target, parsed, source, RoundPurpose.CANDIDATES, f"Candidates of run {run.pk}", PublishFailed)
         metrics = {**metrics, "candidate_items": float(report.created), "skipped_prompts": float(skipped + len(report.duplicates)),
                    "round": float(round_.number)}  # fmt: skip
         _succeed(locked, metrics, dataset_hash)
@@ -672,28 +658,35 @@ def _run_round(run: TrainingRun, purpose: str):
 
 
 def _import_round(run: TrainingRun, target: Project, parsed: list, source: dict, purpose: str, name: str):
+    with transaction.atomic():
+        Project.objects.select_for_update().filter(pk=target.pk).first()  # one new round at a time per project
+        made = _run_round(run, purpose)
+        if made is not None:
+            raise TrainingError(f"Run {run.pk} already made round {made.round.number} of {made.round.project.slug}.")
+        return _add_round(run, target, parsed, source, purpose, name, TrainingError)[0]
+
+
+def _add_round(run: TrainingRun, target: Project, parsed: list, source: dict, purpose: str, name: str, error: type):
+    """In the caller's transaction, which holds ``target``'s row lock: ``parsed`` imported into ``target`` as a new
+    round named ``name``, linked to ``run`` for ``purpose``; returns (round, import report). A refused import, or one
+    that adds nothing, raises ``error`` (the caller's exception)."""
     from annotate.actions import import_items
     from annotate.imports import ImportFailed
     from annotate.models import Round
 
     from .models import RunRound
 
-    with transaction.atomic():
-        Project.objects.select_for_update().filter(pk=target.pk).first()
-        made = _run_round(run, purpose)
-        if made is not None:
-            raise TrainingError(f"Run {run.pk} already made round {made.round.number} of {made.round.project.slug}.")
-        try:
-            report = import_items(target, parsed, source=source)
-        except ImportFailed as exc:
-            raise TrainingError(exc.message) from None
-        if not report.created:
-            raise TrainingError(f"Every one of these items is already in {target.slug}; no round was added.")
-        round_ = Round.objects.filter(project=target).order_by("-number").first()
-        round_.name = name
-        round_.save(update_fields=["name"])
-        RunRound.objects.create(run=run, round=round_, purpose=purpose)
-    return round_
+    try:
+        report = import_items(target, parsed, source=source)
+    except ImportFailed as exc:
+        raise error(exc.message) from None
+    if not report.created:
+        raise error(f"Every one of these items is already in {target.slug}; no round was added.")
+    round_ = Round.objects.filter(project=target).order_by("-number").first()
+    round_.name = name
+    round_.save(update_fields=["name"])
+    RunRound.objects.create(run=run, round=round_, purpose=purpose)
+    return round_, report
 
 
 def send_kept_for_review(run: TrainingRun, target: Project, created_by=None):

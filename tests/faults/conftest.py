@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
-from django.db import connections
 
 from bench.serve import Gunicorn, gunicorn_specs
-
-
-def served_database_url() -> str:
-    """The test database, for a server in another process."""
-    connection = connections["default"]
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{db['NAME']}"
-    auth = quote(db["USER"] or "") + (":" + quote(db["PASSWORD"]) if db.get("PASSWORD") else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+from tests.conftest import served_database_url
 
 
 @pytest.fixture

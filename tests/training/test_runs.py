@@ -17,6 +17,7 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from annotate.exports import ExportOptions, create_snapshot
+from tests.conftest import served_database_url
 from tests.training.conftest import FAST
 from training import actions, supervisor
 from training.models import MetricPoint, ModelArtifact, TrainingRun
@@ -355,18 +356,6 @@ def test_a_criterion_reward_model_trains_on_its_criterion_and_reports_the_others
 # --- a real worker, killed -----------------------------------------------------------------------------
 
 
-def _test_database_url() -> str:
-    """The test database, for a worker in another process."""
-    from urllib.parse import quote
-
-    connection = connections["default"]
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{db['NAME']}"
-    auth = quote(db["USER"] or "") + (":" + quote(db["PASSWORD"]) if db.get("PASSWORD") else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
 def _wait(predicate, seconds, what):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -383,7 +372,7 @@ def test_a_sigkilled_worker_takes_its_training_process_along_and_the_run_resumes
     import subprocess
 
     snapshot, _ = create_snapshot(preference_project, ExportOptions(test_size=0.2, seed=1))
-    env = {**os.environ, "DATABASE_URL": _test_database_url(), "ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
+    env = {**os.environ, "DATABASE_URL": served_database_url(), "ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
            "MODEL_ROOTS": str(settings.MODEL_ROOTS[0]), "TRAINING_HEARTBEAT_SECONDS": "1", "DEBUG": "0"}  # fmt: skip
     worker = subprocess.Popen([sys.executable, "manage.py", "db_worker", "--no-startup-delay", "--interval", "0.2", "--no-reload", "-v0"],
                               cwd=settings.BASE_DIR, env=env, start_new_session=True)  # fmt: skip
