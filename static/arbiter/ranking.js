@@ -2,9 +2,11 @@
 // posts, with or without JavaScript); everything here only sets those selects and keeps the list in the
 // order they say, best first.
 //
-// Keys: 1..K put response #k next in the ranking (the order of the presses is the ranking); Backspace
-// takes back the last one; ArrowUp/ArrowDown move the highlighted response; "=" ties it with the one
-// above (projects that allow ties). Dragging the handle reorders the list.
+// Keys: 1..K put response #k next in the ranking (the order of the presses is the ranking) and highlight
+// it; Backspace takes back the last one; ArrowUp/ArrowDown move the highlighted response; "=" ties the
+// highlighted response (the one just placed) with the one above it (projects that allow ties), so
+// "4 2 = 3 1" ranks 4 and 2 together first, then 3, then 1. A tie ranks nothing else: the keys after it
+// still place the responses they name. Dragging the handle reorders the list.
 (function () {
   "use strict";
   const A = window.Arbiter;
@@ -32,19 +34,26 @@
   }
 
   // Put the list in rank order: ranked responses first, best first; unranked ones after, in display order.
+  // Tied responses keep their places (the sort is stable), so a tie reads in the order it was keyed and
+  // Backspace takes back the response placed last.
   function sortByRank(form) {
-    const sorted = items(form).sort((a, b) =>
-      (rankOf(a) ?? Infinity) - (rankOf(b) ?? Infinity) || Number(a.dataset.label) - Number(b.dataset.label));
+    const sorted = items(form).sort((a, b) => {
+      const ra = rankOf(a), rb = rankOf(b);
+      if (ra === null && rb === null) return Number(a.dataset.label) - Number(b.dataset.label);
+      return (ra ?? Infinity) - (rb ?? Infinity);
+    });
     sorted.forEach((li) => list(form).appendChild(li));
   }
 
-  // Ranks from the list's order, after a move or a drop: neighbours that shared a rank stay tied unless one
-  // of them is the moved response; every response gets a rank (1, 2, 2, 4: tied ones share the better one).
-  function ranksFromOrder(form, moved) {
+  // Ranks from the list's order, after a move, a drop or a tie: neighbours that shared a rank stay tied
+  // unless one of them is the moved response (1, 2, 2, 4: tied ones share the better one). A move or a drop
+  // ranks every response; with keepOpen (a tie) unranked responses stay unranked, for the keys to come.
+  function ranksFromOrder(form, moved, keepOpen) {
     let rank = 0;
     let previous = null;
     items(form).forEach((li, i) => {
       const own = rankOf(li);
+      if (own === null && keepOpen) return;
       const tied = previous && li !== moved && previous.li !== moved && own !== null && own === previous.own;
       if (!tied) rank = i + 1;
       previous = { li: li, own: own };
@@ -53,13 +62,22 @@
     changed(form);
   }
 
+  // The last one left has only one place to go.
+  function placeLastOpen(form) {
+    const open = items(form).filter((el) => rankOf(el) === null);
+    if (open.length === 1) select(open[0]).value = String(items(form).length);
+  }
+
   function place(form, li) {
-    if (rankOf(li) !== null) return;
+    // A response already placed (often the last one, placed by itself) is only highlighted, so that "="
+    // right after its key ties it, as the key sequence says.
+    if (rankOf(li) !== null) {
+      highlight(form, li);
+      return;
+    }
     const ranked = items(form).filter((el) => rankOf(el) !== null).length;
     select(li).value = String(ranked + 1);
-    const open = items(form).filter((el) => rankOf(el) === null);
-    // The last one left has only one place to go.
-    if (open.length === 1) select(open[0]).value = String(ranked + 2);
+    placeLastOpen(form);
     sortByRank(form);
     highlight(form, li);
     changed(form);
@@ -93,11 +111,13 @@
   function tieWithAbove(form, li) {
     const all = items(form);
     const i = all.indexOf(li);
-    if (i <= 0 || !tiesAllowed(form)) return;
-    if (rankOf(all[i - 1]) === null) ranksFromOrder(form, null);
+    // Only a placed response can be tied with; nothing is ranked on the tie's behalf.
+    if (i <= 0 || !tiesAllowed(form) || rankOf(all[i - 1]) === null) return;
     select(li).value = select(all[i - 1]).value;
+    placeLastOpen(form);
     // Keep later responses after the group, and their own ties.
-    ranksFromOrder(form, null);
+    ranksFromOrder(form, null, true);
+    sortByRank(form);
     highlight(form, li);
   }
 
