@@ -6,6 +6,7 @@ Views, API views and management commands call these; they never write models the
 from __future__ import annotations
 
 import copy
+import json
 import random
 import time
 from contextlib import nullcontext
@@ -497,9 +498,11 @@ def record_judgment(
 ) -> tuple[Judgment, bool]:
     """Store an annotator's answer to ``task``; returns ``(judgment, created)``.
 
-    The same ``idempotency_key`` again returns the first judgment with ``created=False``: a retried or
-    double-clicked submit is never stored twice. A new answer to a task that already has one supersedes it.
-    Raises :class:`InvalidJudgment` (bad answer) or :class:`Conflict` (the task can no longer be answered).
+    The same ``idempotency_key`` with the same answer (``duration_ms`` aside) returns the first judgment with
+    ``created=False``: a retried or double-clicked submit is never stored twice. The same key with a different
+    answer is refused (:class:`Conflict`), never dropped silently. A new answer to a task that already has one
+    (with a new key) supersedes it. Raises :class:`InvalidJudgment` (bad answer) or :class:`Conflict` (the task
+    can no longer be answered, or the key was used for another task or answer).
     """
     if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 100 or "\x00" in idempotency_key:
         raise InvalidJudgment("idempotency_key must be a string of 1 to 100 characters (no NUL).")
@@ -523,9 +526,33 @@ def record_judgment(
         existing = Judgment.objects.filter(annotator_id=task.annotator_id, idempotency_key=idempotency_key).first()
         if existing is None:
             raise
-        if existing.task_id != task.pk:
-            raise Conflict("This idempotency_key was already used for another task.") from None
-        return existing, False
+        return _replay(existing, task, payload, idempotency_key)
+
+
+# What "the same answer" is for a key sent again. duration_ms is not in it: a retry may time itself again (the page
+# without JavaScript measures from the lease start on every post), and a retry is still the same answer.
+REPLAY_FIELDS = ("outcome", "winner_id", "strength", "data", "text")
+
+
+def _replay(existing: Judgment, task: Task, payload: dict, idempotency_key: str) -> tuple[Judgment, bool]:
+    """A key already stored: the first judgment again if ``payload`` is the same answer, else :class:`Conflict`.
+
+    As payment APIs treat a reused key: answering 200 with the first judgment to a different answer would drop
+    the new one silently. Only a replay pays for the comparison; a first answer never gets here."""
+    if existing.task_id != task.pk:
+        raise Conflict("This idempotency_key was already used for another task.")
+    answer = Judgment(**judgment_fields(task, payload))
+    if any(_json_value(getattr(answer, name)) != _json_value(getattr(existing, name)) for name in REPLAY_FIELDS):
+        raise Conflict(
+            f"idempotency_key {idempotency_key!r} was already used for a different answer to this task; the first "
+            "answer stands. Send a new idempotency_key to change it."
+        )
+    return existing, False
+
+
+def _json_value(value):
+    # data as the database gives it back (lists, string keys), so a fresh answer compares with a stored one.
+    return json.loads(json.dumps(value)) if isinstance(value, (dict, list, tuple)) else value
 
 
 def _new_judgment(task: Task, fields: dict, idempotency_key: str, source: str, previous=None) -> Judgment:
@@ -566,9 +593,7 @@ def _record_judgment(task: Task, payload: dict, idempotency_key: str, source: st
         # first answer to a task costs no lookup.
         existing = Judgment.objects.filter(annotator_id=task.annotator_id, idempotency_key=idempotency_key).first()
         if existing is not None:
-            if existing.task_id != task.pk:
-                raise Conflict("This idempotency_key was already used for another task.")
-            return existing, False
+            return _replay(existing, task, payload, idempotency_key)
     fields = judgment_fields(task, payload)
 
     if task.status == Task.Status.SKIPPED:

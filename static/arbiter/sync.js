@@ -6,8 +6,9 @@
 // - Preload: once a task is shown (and no answer is waiting to be saved), the next task's fragment is
 //   fetched (GET ?after=<task id>). A submit then shows it at once and posts the answer in the background.
 // - Outbox: a posted answer stays in localStorage until the server acknowledges it, and is retried with
-//   the same idempotency key (the server returns the first judgment for a repeated key), also after a
-//   reload. An answer the server refuses brings its task back with the message.
+//   the same idempotency key and the same body, stored once (the server returns the first judgment for a
+//   repeated key, and refuses the key with a different answer), also after a reload. An answer the server
+//   refuses brings its task back with the message.
 // Without a preload the form goes through htmx as usual. The server says what happened in HX-Trigger
 // events: arbiter:saved, arbiter:invalid, arbiter:conflict, arbiter:skipped (annotate/views.py).
 (function () {

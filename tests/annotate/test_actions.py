@@ -70,14 +70,36 @@ def test_same_idempotency_key_returns_the_first_judgment(make_project, make_memb
     project = make_project(n_items=2)
     annotator = make_member(project, "ann")
     task = actions.assign_next_task(annotator, project)
-    first, created = answer(task, "A", 1, key="k1")
-    again, created_again = answer(task, "B", 3, key="k1")
+    first, created = actions.record_judgment(task, {"choice": "A", "strength": 1, "duration_ms": 900}, "k1")
+    # A retry may time itself again: duration_ms is not part of the answer.
+    again, created_again = actions.record_judgment(task, {"choice": "A", "strength": 1, "duration_ms": 4000}, "k1")
     assert created and not created_again
-    assert again.pk == first.pk and again.outcome == "win" and again.strength == 1
+    assert again.pk == first.pk and again.outcome == "win" and again.strength == 1 and again.duration_ms == 900
     assert Judgment.objects.count() == 1
     other = actions.assign_next_task(annotator, project)
     with pytest.raises(Conflict, match="another task"):
         answer(other, key="k1")
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [{"choice": "B"}, {"strength": 3}, {"rationale": "on second thoughts"}, {"choice": "tie", "strength": None}],
+)
+def test_the_same_key_with_another_answer_is_refused_and_changes_nothing(make_project, make_member, changed):
+    project = make_project(n_items=1)
+    task = actions.assign_next_task(make_member(project, "ann"), project)
+    body = {"choice": "A", "strength": 1, "rationale": "clearer"}
+    first, _ = actions.record_judgment(task, body, "k1")
+    with pytest.raises(Conflict, match="idempotency_key 'k1' was already used for a different answer"):
+        actions.record_judgment(task, {**body, **changed}, "k1")
+    stored = Judgment.objects.get()
+    assert (stored.pk, stored.outcome, stored.strength, stored.text, stored.is_current) == (first.pk, "win", 1, "clearer", True)
+    # After an edit (a new key), the first key still names the first answer.
+    edit, _ = actions.record_judgment(task, {"choice": "B", "strength": 2}, "k2")
+    assert actions.record_judgment(task, body, "k1") == (first, False)
+    with pytest.raises(Conflict, match="'k1'"):
+        actions.record_judgment(task, {"choice": "B", "strength": 2}, "k1")
+    assert Judgment.objects.count() == 2 and Judgment.objects.get(is_current=True).pk == edit.pk
 
 
 def test_a_new_answer_supersedes_without_overwriting(make_project, make_member):

@@ -57,6 +57,23 @@ def test_judgment_answer_reports_the_choice_in_display_terms(make_project, make_
     assert posted["choice"] == "B" and posted["winner"] == task["responses"][1]["id"] and posted["strength"] == 1
 
 
+def test_a_reused_key_with_another_answer_is_409_and_the_same_answer_200(make_project, make_member, api_client_for):
+    project = make_project(n_items=1)
+    client = api_client_for(make_member(project, "ann"))
+    task = client.get("/api/projects/demo/next-task/").json()
+    url = f"/api/tasks/{task['id']}/judgments/"
+    body = {"choice": "A", "strength": 2, "idempotency_key": "pay-1", "duration_ms": 800}
+    first = client.post(url, body, format="json")
+    assert first.status_code == 201
+    changed = client.post(url, {**body, "choice": "B"}, format="json")
+    assert changed.status_code == 409
+    assert "idempotency_key 'pay-1' was already used for a different answer" in changed.json()["detail"]
+    replay = client.post(url, {**body, "duration_ms": 1500}, format="json")
+    assert replay.status_code == 200 and replay.json() == first.json()
+    stored = Judgment.objects.get()
+    assert (stored.pk, stored.winner_id, stored.strength, stored.duration_ms) == (first.json()["id"], task["responses"][0]["id"], 2, 800)
+
+
 @pytest.mark.parametrize(
     "body, status, message",
     [

@@ -77,6 +77,27 @@ def test_concurrent_double_submits_store_one_judgment(make_project, make_member)
     assert Judgment.objects.count() == 1
 
 
+def test_concurrent_submits_of_one_key_with_two_answers_keep_the_first_and_refuse_the_other(make_project, make_member):
+    project = make_project(n_items=1)
+    task = actions.assign_next_task(make_member(project, "ann"), project)
+    bodies = [{"choice": "A", "strength": 1}, {"choice": "B", "strength": 1}]
+    results = []
+
+    def work(index):
+        try:
+            judgment, created = actions.record_judgment(task, bodies[index % 2], "same-key")
+            results.append((index % 2, judgment.pk, created))
+        except actions.Conflict as exc:
+            results.append((index % 2, str(exc), None))
+
+    in_threads(6, work)
+    judgment = Judgment.objects.get()
+    winner = 0 if judgment.winner_id == task.display_order[0] else 1
+    assert sorted(r for r in results if r[0] == winner) == sorted([(winner, judgment.pk, True)] + [(winner, judgment.pk, False)] * 2)
+    refused = [r for r in results if r[0] != winner]
+    assert len(refused) == 3 and all("'same-key' was already used for a different answer" in r[1] for r in refused)
+
+
 def test_one_annotator_asking_twice_at_once_gets_one_lease(make_project, make_member):
     project = make_project(n_items=5)
     annotator = make_member(project, "ann")

@@ -49,6 +49,22 @@ def test_plain_post_records_and_redirects(annotator_client):
     assert judgment.duration_ms is not None  # measured from the lease without JavaScript
 
 
+def test_a_form_posted_again_with_another_answer_is_refused_with_the_reason(annotator_client):
+    client, project, user = annotator_client
+    client.get("/p/demo/annotate/")
+    task = Task.objects.get(annotator=user)
+    data = {"choice": "A", "strength": "2", "idempotency_key": "form-1"}
+    client.post(f"/p/demo/tasks/{task.pk}/judge/", data)
+    plain = client.post(f"/p/demo/tasks/{task.pk}/judge/", {**data, "choice": "B"}, follow=True)
+    reason = "idempotency_key &#x27;form-1&#x27; was already used for a different answer"
+    assert plain.redirect_chain == [("/p/demo/annotate/", 302)] and reason in plain.content.decode()
+    htmx = client.post(f"/p/demo/tasks/{task.pk}/judge/", {**data, "strength": "3"}, HTTP_HX_REQUEST="true")
+    event = json.loads(htmx["HX-Trigger"])["arbiter:conflict"]
+    assert event["task"] == task.pk and "'form-1' was already used for a different answer" in event["message"]
+    judgment = Judgment.objects.get()
+    assert (judgment.winner_id, judgment.strength) == (task.display_order[0], 2)
+
+
 def test_htmx_post_returns_only_the_next_task_fragment(annotator_client):
     client, project, user = annotator_client
     client.get("/p/demo/annotate/")
