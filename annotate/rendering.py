@@ -3,6 +3,12 @@
 markdown-it runs with raw HTML disabled, so ``<script>`` in a response is shown as text; nh3 (ammonia)
 then removes anything that is not on the allow-list below, including event-handler attributes and
 ``javascript:``/``data:`` URLs, as a second line of defence.
+
+A single newline is a line break (markdown-it's ``breaks``): models and people write poems, addresses and
+step-by-step answers one line at a time and mean the lines, where plain markdown would join them into one
+paragraph. Code blocks and tables keep their own lines untouched; a blank line still starts a paragraph.
+Every page renders through here (the preloaded next task too: it is this HTML, fetched early), so the
+rule is the same everywhere.
 """
 
 from __future__ import annotations
@@ -27,9 +33,8 @@ URL_SCHEMES = {"http", "https", "mailto"}
 
 @lru_cache(maxsize=1)
 def _markdown() -> MarkdownIt:
-    return MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table").enable(
-        "strikethrough"
-    )
+    options = {"html": False, "linkify": False, "typographer": False, "breaks": True}
+    return MarkdownIt("commonmark", options).enable("table").enable("strikethrough")
 
 
 def sanitize_html(html: str) -> str:
