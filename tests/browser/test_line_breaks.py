@@ -23,7 +23,11 @@ LIST = "- first\n  still first\n- second"
 
 def rows() -> list[dict]:
     return [
-        {"id": f"lines-{i}", "prompt": f"Item {i}: write a poem,\nthen an address.", "responses": [POEM, f"{ADDRESS}\n\n{CODE}\n\n{LIST}"]}
+        {
+            "id": f"lines-{i}",
+            "prompt": f"Item {i}: write a poem,\nthen an address.",
+            "responses": [POEM, f"{ADDRESS}\n\n{CODE}\n\n{LIST}"],
+        }
         for i in range(2)
     ]
 
@@ -38,9 +42,8 @@ def assert_lines_kept(page, item: int) -> None:
     assert shown_lines(page, "#task .conversation .msg .md") == [f"Item {item}: write a poem,", "then an address."]
     responses = page.locator("#task article.response .md")
     expect(responses).to_have_count(2)
-    seen = sorted(
-        tuple(line for line in text.split("\n") if line) for text in responses.evaluate_all("els => els.map(el => el.innerText)")
-    )
+    texts = responses.evaluate_all("els => els.map(el => el.innerText)")
+    seen = sorted(tuple(line for line in text.split("\n") if line) for text in texts)
     assert seen == sorted([
         ("Roses are red,", "Violets are blue,", "Sugar is sweet."),
         ("12 High Street", "London", "W1A 1AA", "x = 1", "y = 2", "first", "still first", "second"),
@@ -62,6 +65,7 @@ def test_single_line_breaks_are_kept_on_the_page_and_the_preloaded_task(page, db
 
     # The next task comes from the preload, swapped in without a page load.
     expect(page.locator("html")).to_have_attribute("data-preloaded", re.compile(r"^\d+$"))
+    preloaded = int(page.locator("html").get_attribute("data-preloaded"))
     page.evaluate("window.__marker = 1")
     page.keyboard.press("1")
     page.keyboard.press("q")
@@ -69,4 +73,5 @@ def test_single_line_breaks_are_kept_on_the_page_and_the_preloaded_task(page, db
     expect(page.locator("#task")).not_to_have_attribute("data-task", str(first))
     wait_saved(page)
     assert page.evaluate("window.__marker") == 1, "the next task came from a page load, not the preload"
+    assert current_task_id(page) == preloaded
     assert_lines_kept(page, 1 - item)

@@ -32,7 +32,9 @@ def ties_project(db):
 def test_keys_after_a_tie_still_count(page, ties_project):
     login(page, "alice")
     task = open_annotate(page, ties_project)
-    expect(page.locator("#task .keys")).to_contain_text("ties the response just placed with the one above it (3 1 = 2: 3 and 1 share first place, then 2)")
+    expect(page.locator("#task .keys")).to_contain_text(
+        "ties the response just placed with the one above it (3 1 = 2: 3 and 1 share first place, then 2)"
+    )
     press(page, "4 2 =")
     # The tie ranks only the two tied responses: 3 and 1 are still open for the keys that follow.
     assert rank_values(page) == {"4": "1", "2": "1", "3": "", "1": ""}
