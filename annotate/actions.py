@@ -10,7 +10,7 @@ import json
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
@@ -20,9 +20,11 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from . import rows
-from .imports import ImportFailed, ParsedItem, ParsedVote, RowError
+from .imports import ANNOTATOR_NAME, ANNOTATOR_NAME_RULE, ImportFailed, ParsedItem, ParsedVote, RowError
 from .judgments import InvalidJudgment, judgment_fields, vote_fields
-from .models import SETTINGS_FIELDS, Flag, Item, Judgment, Membership, Project, Response, Role, Round, Task, prompt_hash
+from .models import (
+    SETTINGS_FIELDS, Flag, Item, Judgment, Kind, Membership, Project, Response, Role, Round, Task, make_pseudonym, prompt_hash,
+)
 
 User = get_user_model()
 
@@ -101,47 +103,114 @@ def issue_token(user) -> str:
 class ImportReport:
     created: int
     duplicates: list[tuple[int, str]]  # (line, external id) of rows already in the project or the file
+    repeated_texts: int = 0  # new items whose texts equal another item's (under another id: a test-retest pair)
+    empty_responses: int = 0  # empty responses among the new items
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, reason) of invalid rows (--skip-invalid)
+    votes: VoteImportReport | None = None  # the file's own preferences, recorded as votes (--votes-as)
 
     def summary(self) -> str:
-        text = f"Imported {self.created} items."
+        text = f"Imported {self.created} {'item' if self.created == 1 else 'items'}."
+        if self.repeated_texts:
+            text += f" {self.repeated_texts} repeat the texts of another item under a different id (kept as separate items)."
+        if self.empty_responses:
+            text += f" {self.empty_responses} {'response is' if self.empty_responses == 1 else 'responses are'} empty."
         if self.duplicates:
             lines = ", ".join(str(line) for line, _ in self.duplicates[:20])
             more = "..." if len(self.duplicates) > 20 else ""
             text += f" Skipped {len(self.duplicates)} duplicates (lines {lines}{more})."
+        if self.skipped:
+            lines = ", ".join(str(line) for line, _ in self.skipped[:20])
+            more = "..." if len(self.skipped) > 20 else ""
+            text += f" Skipped {len(self.skipped)} invalid rows (lines {lines}{more})."
+        if self.votes is not None:
+            text += f" Recorded {self.votes.created} of the file's preferences as votes."
         return text
 
 
-@transaction.atomic
-def import_items(project: Project, parsed: list[ParsedItem], source: dict | None = None) -> ImportReport:
+def import_items(
+    project: Project,
+    parsed: list[ParsedItem],
+    source: dict | None = None,
+    *,
+    votes_as: str | None = None,
+    skipped: list[tuple[int, str]] | None = None,
+) -> ImportReport:
     """Add parsed items to ``project`` in one transaction.
 
-    Rows whose content (prompt and responses) is already in the project, or earlier in the same file, are
-    skipped and reported. An id that is taken by an item with different content refuses the whole import.
+    An external id identifies an item: a row whose id is already in the project (or earlier in the file) with
+    the same content is a duplicate, skipped and reported; with other content it is an error. Rows without an id
+    are deduplicated by content. ``votes_as`` records each preference row's own label (TRL and HH "chosen") as a
+    vote of that annotator. Errors refuse the whole import, unless ``skipped`` (the rows the parser already set
+    aside, ``--skip-invalid``) is given: then the rows in error join it and the rest is imported.
     """
+    if votes_as is not None:
+        if project.kind != Kind.PAIRWISE:
+            raise ImportFailed([(0, f"--votes-as records pairwise votes; {project.slug} is a {project.kind} project.")])
+        if missing := [p.line for p in parsed if p.preferred is None]:
+            raise ImportFailed([(line, "--votes-as needs preference rows (TRL prompt/chosen/rejected or HH chosen/rejected); this row has no label.") for line in missing])
+        if not isinstance(votes_as, str) or not ANNOTATOR_NAME.fullmatch(votes_as):
+            raise ImportFailed([(0, f"--votes-as: {ANNOTATOR_NAME_RULE}")])
+    with transaction.atomic():
+        report, resolved = _import_items(project, parsed, source, skipped)
+        if votes_as is not None:
+            votes = [ParsedVote(p.line, item.external_id, votes_as, {"winner": p.preferred}) for p, item in resolved]
+            report.votes = import_judgments(project, votes) if votes else VoteImportReport(0, [])
+    return report
+
+
+def _import_items(project, parsed, source, skipped) -> tuple[ImportReport, list[tuple[ParsedItem, Item]]]:
     hashes = {p.content_hash for p in parsed}
-    existing_hashes = set(
-        Item.objects.filter(project=project, content_hash__in=hashes).values_list("content_hash", flat=True)
-    )
     ids = {p.external_id for p in parsed if p.external_id}
-    existing_ids = dict(
-        Item.objects.filter(project=project, external_id__in=ids).values_list("external_id", "content_hash")
-    )
-    new, duplicates, errors = [], [], []
-    seen = set()
+    by_hash: dict[str, Item] = {}
+    for item in _among(Item.objects.filter(project=project), "content_hash", hashes).only("id", "external_id", "content_hash"):
+        if item.content_hash in hashes:
+            by_hash.setdefault(item.content_hash, item)
+    by_id = {
+        item.external_id: item
+        for item in _among(Item.objects.filter(project=project), "external_id", ids).only("id", "external_id", "content_hash")
+        if item.external_id in ids
+    }
+
+    new, duplicates, errors, repeated = [], [], [], 0
+    file_ids: dict[str, ParsedItem] = {}
+    file_hashes: dict[str, ParsedItem] = {}
+    resolved: list[tuple[ParsedItem, Item | ParsedItem]] = []  # each row and the item it names
     for p in parsed:
         digest = p.content_hash
-        if digest in existing_hashes or digest in seen:
-            duplicates.append((p.line, p.external_id or digest[:12]))
-            continue
-        if p.external_id in existing_ids:
-            errors.append((p.line, f"id {p.external_id!r} is already used by another item in this project."))
-            continue
-        seen.add(digest)
+        if p.external_id is None:
+            same = by_hash.get(digest) or file_hashes.get(digest)
+            if same is not None:
+                duplicates.append((p.line, same.external_id or digest[:12]))
+                resolved.append((p, same))
+                continue
+            p.external_id = digest
+            if digest in by_id or digest in file_ids:  # another row chose this hash as its id: then it is the same item
+                errors.append((p.line, f"id {digest!r} is already used by another item in this project."))
+                continue
+        else:
+            same = by_id.get(p.external_id) or file_ids.get(p.external_id)
+            if same is not None:
+                if same.content_hash != digest:
+                    errors.append((p.line, f"id {p.external_id!r} is already used by another item in this project."))
+                    continue
+                duplicates.append((p.line, p.external_id))
+                resolved.append((p, same))
+                continue
+            if digest in by_hash or digest in file_hashes:
+                repeated += 1
+        file_ids[p.external_id] = p
+        file_hashes.setdefault(digest, p)
         new.append(p)
+        resolved.append((p, p))
     if errors:
-        raise ImportFailed(errors)
+        if skipped is None:
+            raise ImportFailed(errors)
+        skipped.extend(errors)
+        bad = {line for line, _ in errors}
+        resolved = [(p, item) for p, item in resolved if p.line not in bad]
+    skipped_rows = sorted(skipped or [])
     if not new:
-        return ImportReport(0, duplicates)
+        return ImportReport(0, duplicates, skipped=skipped_rows), _items_of(project, resolved, {})
 
     round_ = project.rounds.order_by("-number").first()
     if source is not None or round_ is None:
@@ -152,7 +221,7 @@ def import_items(project: Project, parsed: list[ParsedItem], source: dict | None
             Item(
                 project=project,
                 round=round_,
-                external_id=p.external_id or p.content_hash,
+                external_id=p.external_id,
                 prompt=p.prompt,
                 metadata=p.metadata,
                 content_hash=p.content_hash,
@@ -175,7 +244,21 @@ def import_items(project: Project, parsed: list[ParsedItem], source: dict | None
         batch_size=2000,
     )
     _check_gold_answers(project, items, new, responses)
-    return ImportReport(len(items), duplicates)
+    report = ImportReport(
+        len(items), duplicates, repeated, sum(p.empty_responses for p in new), skipped=skipped_rows
+    )
+    return report, _items_of(project, resolved, {id(p): item for p, item in zip(new, items)})
+
+
+def _items_of(project, resolved, created: dict) -> list[tuple[ParsedItem, Item]]:
+    """Each resolved row with its item: a new one, or one already in the project (a duplicate)."""
+    out = []
+    for p, target in resolved:
+        if isinstance(target, Item):
+            out.append((p, target))
+        elif id(target) in created:
+            out.append((p, created[id(target)]))
+    return out
 
 
 def _check_gold_answers(project: Project, items: list[Item], parsed: list[ParsedItem], responses: list[Response]) -> None:
@@ -200,87 +283,141 @@ def _check_gold_answers(project: Project, items: list[Item], parsed: list[Parsed
 class VoteImportReport:
     created: int
     duplicates: list[int]  # lines whose annotator already judged that item
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, reason) of invalid rows (--skip-invalid)
+
+    def summary(self) -> str:
+        text = f"Imported {self.created} {'judgment' if self.created == 1 else 'judgments'}."
+        if self.duplicates:
+            lines = ", ".join(map(str, self.duplicates[:20]))
+            text += f" Skipped {len(self.duplicates)} votes of annotators who already judged the item (lines {lines})."
+        if self.skipped:
+            lines = ", ".join(str(line) for line, _ in self.skipped[:20])
+            text += f" Skipped {len(self.skipped)} invalid rows (lines {lines})."
+        return text
 
 
-@transaction.atomic
-def import_judgments(project: Project, votes: list[ParsedVote]) -> VoteImportReport:
+def import_judgments(
+    project: Project, votes: list[ParsedVote], *, skipped: list[tuple[int, str]] | None = None
+) -> VoteImportReport:
     """Record votes made elsewhere, all or nothing. Unknown annotators become members (annotator role).
 
     Imported votes count toward an item's overlap, so fewer live annotators are asked for it. The display
-    order of an imported vote is unknown, so it is stored as the response order of the item.
+    order of an imported vote is unknown, so it is stored as the response order of the item. With ``skipped``
+    (``--skip-invalid``), votes in error join that list and the rest is imported.
+
+    The rows are written in bulk (``COPY`` on PostgreSQL): a million votes take seconds, not hours.
     """
-    items = {
-        item.external_id: item
-        for item in Item.objects.filter(project=project, external_id__in={v.item for v in votes})
-    }
+    with transaction.atomic():
+        return _import_judgments(project, votes, skipped)
+
+
+def _import_judgments(project, votes, skipped) -> VoteImportReport:
+    items = dict(_among(Item.objects.filter(project=project), "external_id", {v.item for v in votes}).values_list("external_id", "id"))
     response_ids: dict[int, list[int]] = {}
     texts: dict[int, dict[int, str]] = {}
-    for item_id, response_id, text in (
-        Response.objects.filter(item__in=items.values()).order_by("item", "index").values_list("item_id", "id", "text")
-    ):
-        response_ids.setdefault(item_id, []).append(response_id)
-        texts.setdefault(item_id, {})[response_id] = text
+    columns = ("item_id", "id", "text") if project.kind == Kind.STEPS else ("item_id", "id")
+    responses = _among(Response.objects.filter(item__project=project), "item_id", set(items.values()))
+    for row in responses.order_by("item", "index").values_list(*columns):
+        response_ids.setdefault(row[0], []).append(row[1])
+        if len(row) == 3:
+            texts.setdefault(row[0], {})[row[1]] = row[2]
 
     errors, fields = [], []
     for vote in votes:
-        item = items.get(vote.item)
-        if item is None:
+        item_id = items.get(vote.item)
+        if item_id is None:
             errors.append((vote.line, f"no item with id {vote.item!r} in project {project.slug}."))
             continue
         try:
-            ids = response_ids.get(item.id, [])
-            fields.append((vote, item, vote_fields(project, ids, vote.payload, texts.get(item.id, {}))))
+            fields.append((vote, item_id, vote_fields(project, response_ids.get(item_id, []), vote.payload, texts.get(item_id))))
         except (InvalidJudgment, RowError) as exc:
             errors.append((vote.line, str(exc)))
     if errors:
-        raise ImportFailed(errors)
-
-    users = {u.username: u for u in User.objects.filter(username__in={v.annotator for v in votes})}
-    for name in {v.annotator for v in votes} - users.keys():
-        user = User(username=name)
-        user.set_unusable_password()
-        user.save()
-        users[name] = user
-    members = set(Membership.objects.filter(project=project, user__in=users.values()).values_list("user_id", flat=True))
-    for user in users.values():
-        if user.id not in members:
-            Membership.objects.create(project=project, user=user, role=Role.ANNOTATOR)
+        if skipped is None:
+            raise ImportFailed(errors)
+        skipped.extend(errors)
+        if not fields:
+            raise ImportFailed(errors)
+    users = _annotators(project, {vote.annotator for vote, _, _ in fields})
 
     taken = set(
-        Task.objects.filter(item__in=items.values(), annotator__in=users.values()).values_list("item_id", "annotator_id")
+        Task.objects.filter(project=project, annotator__in=users.values()).values_list("item_id", "annotator_id")
     )
     now = timezone.now()
-    created, duplicates = 0, []
-    for vote, item, judgment in fields:
-        user = users[vote.annotator]
-        if (item.id, user.id) in taken:
+    new, duplicates = [], []
+    for vote, item_id, judgment in fields:
+        user_id = users[vote.annotator]
+        if (item_id, user_id) in taken:
             duplicates.append(vote.line)
             continue
-        taken.add((item.id, user.id))
-        task = Task.objects.create(
-            project=project,
-            item=item,
-            annotator=user,
-            display_order=response_ids.get(item.id, []),
-            status=Task.Status.DONE,
-            leased_at=now,
-            lease_expires_at=now,
-            done_at=now,
-        )
-        Judgment.objects.create(
-            project=project,
-            item=item,
-            task=task,
-            annotator=user,
-            idempotency_key=f"import:{item.id}",
-            source=Judgment.Source.IMPORT,
-            **judgment,
-        )
-        Item.objects.filter(pk=item.pk).update(
-            n_judgments=F("n_judgments") + 1, open_slots=_decrement_floor(F("open_slots"))
-        )
-        created += 1
-    return VoteImportReport(created, duplicates)
+        taken.add((item_id, user_id))
+        new.append((item_id, user_id, judgment))
+    report = VoteImportReport(len(new), duplicates, sorted(skipped or []))
+    if not new:
+        return report
+
+    rows.bulk_insert(
+        Task,
+        ["project_id", "item_id", "annotator_id", "display_order", "status", "leased_at", "lease_expires_at", "done_at"],
+        [(project.pk, item_id, user_id, response_ids.get(item_id, []), Task.Status.DONE, now, now, now) for item_id, user_id, _ in new],
+    )
+    # The tasks just written are the (item, annotator) pairs that had none: the unique pair names each one.
+    task_ids = {
+        (item_id, user_id): pk
+        for pk, item_id, user_id in Task.objects.filter(project=project, annotator__in=users.values(), done_at=now).values_list("id", "item_id", "annotator_id")
+    }
+    names = sorted({name for _, _, judgment in new for name in judgment})
+    defaults = [_default(Judgment, name) for name in names]
+    rows.bulk_insert(
+        Judgment,
+        ["project_id", "item_id", "task_id", "annotator_id", "idempotency_key", "source", "created_at", *names],
+        [
+            (project.pk, item_id, task_ids[item_id, user_id], user_id, f"import:{item_id}", Judgment.Source.IMPORT, now,
+             *(judgment.get(name, default) for name, default in zip(names, defaults)))
+            for item_id, user_id, judgment in new
+        ],
+    )  # fmt: skip
+    counts: dict[int, int] = {}
+    for item_id, _, _ in new:
+        counts[item_id] = counts.get(item_id, 0) + 1
+    rows.add_judgment_counts(counts)
+    return report
+
+
+def _among(queryset, name: str, values: set):
+    """``queryset`` narrowed to rows whose ``name`` is in ``values``; past a few thousand values, the whole
+    queryset (the caller looks rows up by that name anyway): one IN list per value would pass SQLite's limit on
+    parameters, and reading a project's ids is cheaper than sending a hundred thousand of them."""
+    return queryset.filter(**{f"{name}__in": values}) if len(values) <= 5000 else queryset
+
+
+def _default(model, attname: str):
+    field = model._meta.get_field(attname.removesuffix("_id"))
+    return field.get_default() if field.has_default() else None
+
+
+def _annotators(project: Project, names: set[str]) -> dict[str, int]:
+    """User ids by name; unknown names become users (without a usable password) and annotators of ``project``."""
+    users = dict(User.objects.filter(username__in=names).values_list("username", "id"))
+    missing = []
+    for name in sorted(names - users.keys()):
+        user = User(username=name)
+        user.set_unusable_password()
+        missing.append(user)
+    for user in User.objects.bulk_create(missing, batch_size=1000):
+        users[user.username] = user.pk
+    if any(u.pk is None for u in missing):  # a backend that does not return ids from bulk inserts
+        users.update(User.objects.filter(username__in=names).values_list("username", "id"))
+    members = set(Membership.objects.filter(project=project, user_id__in=users.values()).values_list("user_id", flat=True))
+    Membership.objects.bulk_create(
+        [
+            Membership(project=project, user_id=user_id, role=Role.ANNOTATOR, pseudonym=make_pseudonym(project.pk, user_id))
+            for user_id in users.values()
+            if user_id not in members
+        ],
+        batch_size=1000,
+    )
+    return users
 
 
 def _decrement_floor(expression):

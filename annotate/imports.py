@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any, Iterator
 
+import orjson
 from django.conf import settings
 
 from .models import RESPONSES_PER_KIND, content_hash
@@ -65,10 +66,16 @@ class ParsedItem:
     metadata: dict = field(default_factory=dict)
     gold: Any = None
     purpose: str = "normal"
+    # The index of the response the file itself prefers (TRL and HH rows: "chosen"), for --votes-as.
+    preferred: int | None = None
 
     @property
     def content_hash(self) -> str:
         return content_hash(self.prompt, [r["text"] for r in self.responses])
+
+    @property
+    def empty_responses(self) -> int:
+        return sum(1 for r in self.responses if not r["text"].strip())
 
 
 @dataclass
@@ -101,16 +108,18 @@ def read_upload(upload) -> bytes:
     return upload.read()
 
 
-def iter_rows(data: bytes, fmt: str) -> Iterator[tuple[int, Any]]:
+def iter_rows(data: bytes, fmt: str, max_rows: int | None = None) -> Iterator[tuple[int, Any]]:
     """Yield ``(line number, row)``; a row that cannot be read at all is yielded as a RowError.
 
     The limits are checked before anything is parsed: the size, then each line's length and (JSONL) nesting depth,
-    then the number of rows. A file over any of them is refused whole, naming the lines.
+    then the number of rows (``max_rows``, by default ``ARBITER_IMPORT_MAX_ROWS``). A file over any of them is
+    refused whole, naming the lines.
     """
+    max_rows = max_rows or settings.ARBITER_IMPORT_MAX_ROWS
     if len(data) > settings.ARBITER_IMPORT_MAX_BYTES:
         raise ImportFailed([(0, f"The file is larger than the limit of {settings.ARBITER_IMPORT_MAX_BYTES} bytes.")])
     if fmt == "parquet":
-        yield from _parquet_rows(data)
+        yield from _parquet_rows(data, max_rows)
         return
     _check_line_lengths(data)
     try:
@@ -119,9 +128,9 @@ def iter_rows(data: bytes, fmt: str) -> Iterator[tuple[int, Any]]:
         line = data[: exc.start].count(b"\n") + 1
         raise ImportFailed([(line, "the file is not valid UTF-8.")]) from None
     if fmt == "jsonl":
-        yield from _jsonl_rows(text)
+        yield from _jsonl_rows(text, max_rows)
     else:
-        yield from _csv_rows(text)
+        yield from _csv_rows(text, max_rows)
 
 
 def _check_line_lengths(data: bytes) -> None:
@@ -156,7 +165,7 @@ def _too_deep(text: str) -> str | None:
     return f"nested {depth} levels deep, more than the limit of {limit}." if depth > limit else None
 
 
-def _jsonl_rows(text: str) -> Iterator[tuple[int, Any]]:
+def _jsonl_rows(text: str, max_rows: int) -> Iterator[tuple[int, Any]]:
     # Only "\n" ends a line: str.splitlines() would also split at U+2028, U+0085 and others that JSON strings
     # may hold as they are, cutting a valid row in two.
     lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
@@ -164,10 +173,18 @@ def _jsonl_rows(text: str) -> Iterator[tuple[int, Any]]:
     if deep:
         raise ImportFailed(deep)
     rows = sum(1 for line in lines if line.strip())
-    if rows > settings.ARBITER_IMPORT_MAX_ROWS:
-        raise ImportFailed([(0, f"The file has {rows} rows, more than the limit of {settings.ARBITER_IMPORT_MAX_ROWS} rows.")])
+    if rows > max_rows:
+        raise ImportFailed([(0, f"The file has {rows} rows, more than the limit of {max_rows} rows.")])
     for number, line in enumerate(lines, start=1):
         if not line.strip():
+            continue
+        try:
+            # orjson is several times faster; on anything it refuses (its rules are stricter: NaN, lone
+            # surrogates, integers past 64 bits), the standard parser decides, as it always has.
+            yield number, orjson.loads(line)
+        except orjson.JSONDecodeError:
+            pass
+        else:
             continue
         try:
             yield number, json.loads(line)
@@ -177,12 +194,14 @@ def _jsonl_rows(text: str) -> Iterator[tuple[int, Any]]:
             yield number, RowError("invalid JSON (nested too deeply).")
 
 
-def _csv_rows(text: str) -> Iterator[tuple[int, Any]]:
+def _csv_rows(text: str, max_rows: int) -> Iterator[tuple[int, Any]]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     if not reader.fieldnames:
         return
     try:
-        for row in reader:
+        for count, row in enumerate(reader, start=1):
+            if count > max_rows:
+                raise ImportFailed([(reader.line_num, f"more than the limit of {max_rows} rows.")])
             if None in row:
                 yield reader.line_num, RowError("more fields than the header has.")
                 continue
@@ -191,7 +210,7 @@ def _csv_rows(text: str) -> Iterator[tuple[int, Any]]:
         raise ImportFailed([(reader.line_num, f"CSV error: {exc}")]) from None
 
 
-def _parquet_rows(data: bytes) -> Iterator[tuple[int, Any]]:
+def _parquet_rows(data: bytes, max_rows: int) -> Iterator[tuple[int, Any]]:
     import pyarrow.parquet as pq
 
     try:
@@ -199,8 +218,8 @@ def _parquet_rows(data: bytes) -> Iterator[tuple[int, Any]]:
         rows, depth = metadata.metadata.num_rows, max((_arrow_depth(f.type) for f in metadata.schema_arrow), default=0)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise ImportFailed([(0, f"Not a readable Parquet file: {exc}")]) from None
-    if rows > settings.ARBITER_IMPORT_MAX_ROWS:
-        raise ImportFailed([(0, f"The file has {rows} rows, more than the limit of {settings.ARBITER_IMPORT_MAX_ROWS} rows.")])
+    if rows > max_rows:
+        raise ImportFailed([(0, f"The file has {rows} rows, more than the limit of {max_rows} rows.")])
     if depth > settings.ARBITER_IMPORT_MAX_DEPTH:
         raise ImportFailed([(0, f"Its columns nest {depth} levels deep, more than the limit of {settings.ARBITER_IMPORT_MAX_DEPTH}.")])
     try:
@@ -238,11 +257,17 @@ def has_nul(value: Any) -> bool:
 
 NUL_MESSAGE = "the row contains a NUL character (\\u0000), which cannot be stored."
 
+
+def may_hold_nul(data: bytes, fmt: str) -> bool:
+    """Whether any row of the file can hold NUL: in JSON text it can only be written as an escape, and CSV could
+    hold the byte itself. A file without either needs no walk through every parsed row."""
+    return fmt == "parquet" or b"\x00" in data or b"\\u0000" in data or b"\\U0000" in data
+
 # --- item rows ------------------------------------------------------------------------------------
 
 # CSV columns that may hold JSON (a message list, a list of responses, an object); others are plain text.
 CSV_JSON_COLUMNS = {"prompt", "responses", "chosen", "rejected", "metadata", "gold"}
-HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+HH_TURN = re.compile(r"\n\n(Human|Assistant):(?: |$)")
 
 
 def parse_hh_transcript(text: str) -> list[dict]:
@@ -303,26 +328,58 @@ def _response(value: Any, position: int) -> dict:
 
 
 def _split_hh_pair(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], str, str]:
-    """HH rows repeat the conversation in both texts and differ in the last assistant turn."""
-    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
-        raise RowError("an HH transcript must end with an Assistant turn.")
-    if chosen[:-1] != rejected[:-1]:
-        raise RowError("the chosen and rejected HH transcripts must share everything but the last Assistant turn.")
-    return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
+    """The prompt and the two responses of an HH row.
+
+    Most rows repeat the conversation in both transcripts and differ in the last Assistant turn. Some differ
+    earlier (the crowdworker's conversation forked), or one transcript ends on a Human turn. Then the prompt is
+    the longest shared prefix that ends with a Human turn, and each response is the rest of its transcript,
+    later turns written as in HH (``"...\\n\\nHuman: ...\\n\\nAssistant: ..."``), so nothing of either side is lost.
+    """
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == len(chosen) == len(rejected) and chosen[-1]["role"] == "assistant":
+        shared -= 1  # the two transcripts are equal (HH has such rows): both responses are the last turn
+    while shared and chosen[shared - 1]["role"] != "user":
+        shared -= 1
+    if not shared:
+        raise RowError("the chosen and rejected HH transcripts must start with the same Human turn.")
+    return chosen[:shared], _hh_continuation(chosen[shared:]), _hh_continuation(rejected[shared:])
 
 
-def parse_item_row(row: Any, line: int, from_csv: bool = False) -> ParsedItem:
+def _hh_continuation(messages: list[dict]) -> str:
+    if not messages:
+        return ""
+    parts = [messages[0]["content"]]
+    parts += [f"{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in messages[1:]]
+    return "\n\n".join(parts)
+
+
+# Columns whose empty text is an empty response (a model that answered nothing), not a missing value.
+RESPONSE_COLUMNS = {"chosen", "rejected"}
+
+
+def _is_response_column(key: str) -> bool:
+    return key in RESPONSE_COLUMNS or key.startswith("response_")
+
+
+def parse_item_row(row: Any, line: int, from_csv: bool = False, min_responses: int = 2) -> ParsedItem:
     """One item row. CSV cells are text, so structured CSV columns (a message list, metadata) hold JSON;
-    in JSONL and Parquet a string is always just text, even one that starts with "[" or "{"."""
+    in JSONL and Parquet a string is always just text, even one that starts with "[" or "{".
+
+    An empty response is a real output (a model that answered nothing) and is kept. In a wide CSV, empty cells
+    after the last filled response column are no responses (rows with fewer responses), down to
+    ``min_responses``."""
     if not isinstance(row, dict):
         raise RowError("each row must be a JSON object.")
-    row = {k: v for k, v in row.items() if v is not None and v != ""}
+    row = {k: v for k, v in row.items() if v is not None and (v != "" or _is_response_column(k))}
     if from_csv:
         row = {k: _maybe_json(v, k) if k in CSV_JSON_COLUMNS else v for k, v in row.items()}
     metadata = row.get("metadata", {})
     if not isinstance(metadata, dict):
         raise RowError("metadata must be an object.")
     gold = row.get("gold")
+    preferred = None
 
     if "responses" in row or any(k.startswith("response_") for k in row):
         if "prompt" not in row:
@@ -334,7 +391,7 @@ def parse_item_row(row: Any, line: int, from_csv: bool = False) -> ParsedItem:
                 raise RowError("responses must be a list.")
             responses = [_response(value, i + 1) for i, value in enumerate(raw)]
         else:
-            responses = _csv_responses(row)
+            responses = _csv_responses(row, min_responses)
     elif "chosen" in row and "rejected" in row:
         chosen, rejected = row["chosen"], row["rejected"]
         if "prompt" in row:  # TRL preference row
@@ -345,14 +402,13 @@ def parse_item_row(row: Any, line: int, from_csv: bool = False) -> ParsedItem:
             if not prompt:
                 raise RowError("an HH transcript must start with a Human turn.")
             responses = [_response(chosen_text, 1), _response(rejected_text, 2)]
-        # The preference given in the file is kept out of sight of annotators, for comparison later.
+        # The preference given in the file is kept out of sight of annotators, for comparison later, and becomes
+        # a vote only when the import names whose it is (--votes-as).
         metadata = {**metadata, "source_preference": {"chosen": 0, "rejected": 1}}
+        preferred = 0
     else:
         raise RowError('a row needs "prompt" and "responses" (or TRL "prompt"/"chosen"/"rejected", or HH "chosen"/"rejected").')
 
-    for position, response in enumerate(responses, start=1):
-        if not response["text"].strip():
-            raise RowError(f"response {position} is empty.")
     purpose = row.get("purpose", "normal")
     if purpose not in ("normal", "gold", "qualification"):
         raise RowError('purpose must be "normal", "gold" or "qualification".')
@@ -367,10 +423,10 @@ def parse_item_row(row: Any, line: int, from_csv: bool = False) -> ParsedItem:
         external_id = str(external_id)
         if not external_id.strip() or len(external_id) > 200:
             raise RowError("id must be 1 to 200 characters.")
-    return ParsedItem(line, prompt, responses, external_id, metadata, gold, purpose)
+    return ParsedItem(line, prompt, responses, external_id, metadata, gold, purpose, preferred)
 
 
-def _csv_responses(row: dict) -> list[dict]:
+def _csv_responses(row: dict, min_responses: int) -> list[dict]:
     keys = [k for k in row if k.startswith("response_")]
 
     def order(key: str) -> int:
@@ -386,63 +442,81 @@ def _csv_responses(row: dict) -> list[dict]:
         suffix = key[len("response_") :]
         model = row.get(f"model_{suffix}", "")
         responses.append({"text": str(row[key]), "model": str(model), "metadata": {}})
+    while len(responses) > min_responses and not responses[-1]["text"]:
+        responses.pop()
     return responses
 
 
-def parse_items(data: bytes, fmt: str, kind: str) -> list[ParsedItem]:
-    """Read every row of an item file, or raise :class:`ImportFailed` naming each bad line."""
+def parse_items(data: bytes, fmt: str, kind: str, skipped: list[tuple[int, str]] | None = None) -> list[ParsedItem]:
+    """Read every row of an item file, or raise :class:`ImportFailed` naming each bad line.
+
+    With a ``skipped`` list, bad rows are appended to it as ``(line, reason)`` instead (``--skip-invalid``);
+    a file that cannot be read at all, or is over a limit, is still refused whole, and so is one without a single
+    good row. A row whose id an earlier row of the file took is a duplicate when the two are equal (it is skipped
+    at import and reported) and an error when they differ."""
     low, high = RESPONSES_PER_KIND[kind]
     items: list[ParsedItem] = []
     errors: list[tuple[int, str]] = []
-    seen_ids: dict[str, int] = {}
+    seen_ids: dict[str, ParsedItem] = {}
+    nul = may_hold_nul(data, fmt)
     for line, row in iter_rows(data, fmt):
         if len(items) + len(errors) >= settings.ARBITER_IMPORT_MAX_ROWS:
             raise ImportFailed([(line, f"more than the limit of {settings.ARBITER_IMPORT_MAX_ROWS} rows.")])
         try:
             if isinstance(row, RowError):
                 raise row
-            item = parse_item_row(row, line, from_csv=fmt == "csv")
-            if has_nul([item.prompt, item.responses, item.metadata, item.gold, item.external_id]):
+            item = parse_item_row(row, line, from_csv=fmt == "csv", min_responses=low)
+            if nul and has_nul([item.prompt, item.responses, item.metadata, item.gold, item.external_id]):
                 raise RowError(NUL_MESSAGE)
             if not low <= len(item.responses) <= high:
                 wanted = f"exactly {low}" if low == high else f"{low} to {high}"
                 raise RowError(f"{kind} projects need {wanted} responses per item; this row has {len(item.responses)}.")
             if item.external_id is not None:
-                if item.external_id in seen_ids:
-                    raise RowError(f"id {item.external_id!r} is already used on line {seen_ids[item.external_id]}.")
-                seen_ids[item.external_id] = line
+                first = seen_ids.get(item.external_id)
+                if first is not None and first.content_hash != item.content_hash:
+                    raise RowError(f"id {item.external_id!r} is already used on line {first.line} for a different item.")
+                seen_ids.setdefault(item.external_id, item)
             items.append(item)
         except RowError as exc:
             errors.append((line, str(exc)))
-    if errors:
+    if errors and skipped is None:
         raise ImportFailed(errors)
     if not items:
-        raise ImportFailed([(0, "The file has no rows.")])
+        raise ImportFailed(errors if errors else [(0, "The file has no rows.")])
+    if skipped is not None:
+        skipped.extend(errors)
     return items
 
 
 # --- vote rows ------------------------------------------------------------------------------------
 
 
-def parse_votes(data: bytes, fmt: str) -> list[ParsedVote]:
-    """Read every vote row: ``{"item": external id, "annotator": name, ...kind-specific fields}``."""
+ANNOTATOR_NAME = re.compile(r"[\w.@+-]{1,150}")
+ANNOTATOR_NAME_RULE = '"annotator" must be a user name (1 to 150 letters, digits and @.+-_).'
+
+
+def parse_votes(data: bytes, fmt: str, skipped: list[tuple[int, str]] | None = None) -> list[ParsedVote]:
+    """Read every vote row: ``{"item": external id, "annotator": name, ...kind-specific fields}``.
+
+    Vote files have their own row limit, ``ARBITER_IMPORT_MAX_VOTES`` (a vote is a short row, and a public set
+    has millions). With a ``skipped`` list, bad rows are appended to it instead of refusing the file."""
     votes: list[ParsedVote] = []
     errors: list[tuple[int, str]] = []
-    for line, row in iter_rows(data, fmt):
-        if len(votes) + len(errors) >= settings.ARBITER_IMPORT_MAX_ROWS:
-            raise ImportFailed([(line, f"more than the limit of {settings.ARBITER_IMPORT_MAX_ROWS} rows.")])
+    nul = may_hold_nul(data, fmt)
+    for line, row in iter_rows(data, fmt, settings.ARBITER_IMPORT_MAX_VOTES):
         if isinstance(row, RowError):
             errors.append((line, str(row)))
             continue
         if not isinstance(row, dict):
             errors.append((line, "each row must be a JSON object."))
             continue
-        try:
-            row = {k: _maybe_json(v, k) if fmt == "csv" else v for k, v in row.items()}
-        except RowError as exc:
-            errors.append((line, str(exc)))
-            continue
-        if has_nul(row):
+        if fmt == "csv":
+            try:
+                row = {k: _maybe_json(v, k) for k, v in row.items()}
+            except RowError as exc:
+                errors.append((line, str(exc)))
+                continue
+        if nul and has_nul(row):
             errors.append((line, NUL_MESSAGE))
             continue
         item, annotator = row.get("item"), row.get("annotator")
@@ -451,17 +525,19 @@ def parse_votes(data: bytes, fmt: str) -> list[ParsedVote]:
         if not isinstance(item, str) or not item:
             errors.append((line, 'missing "item" (the external id of an imported item).'))
             continue
-        if not isinstance(annotator, str) or not re.fullmatch(r"[\w.@+-]{1,150}", annotator):
-            errors.append((line, '"annotator" must be a user name (letters, digits and @.+-_).'))
+        if not isinstance(annotator, str) or not ANNOTATOR_NAME.fullmatch(annotator):
+            errors.append((line, ANNOTATOR_NAME_RULE))
             continue
         if fmt == "csv" and row.get("winner") in ("", "null", "tie"):
             row["winner"] = None
         elif fmt == "csv" and isinstance(row.get("winner"), str) and row["winner"].isdigit():
             row["winner"] = int(row["winner"])
-        payload = {k: v for k, v in row.items() if k not in ("item", "annotator")}
-        votes.append(ParsedVote(line, item, annotator, payload))
-    if errors:
+        del row["item"], row["annotator"]
+        votes.append(ParsedVote(line, item, annotator, row))
+    if errors and skipped is None:
         raise ImportFailed(errors)
     if not votes:
-        raise ImportFailed([(0, "The file has no rows.")])
+        raise ImportFailed(errors if errors else [(0, "The file has no rows.")])
+    if skipped is not None:
+        skipped.extend(errors)
     return votes

@@ -51,6 +51,11 @@ class Role(models.TextChoices):
 ROLE_RANK = {Role.ANNOTATOR: 1, Role.RESEARCHER: 2, Role.ADMIN: 3}
 
 
+# The largest overlap: panels of a hundred and more raters per item are real (safety sets rate each conversation
+# with 100+ people). open_slots, a small integer, counts down from it.
+MAX_OVERLAP = 1000
+
+
 class Project(models.Model):
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=200)
@@ -58,8 +63,8 @@ class Project(models.Model):
     instructions = models.TextField(blank=True, help_text="Shown to annotators; markdown.")
     overlap = models.PositiveSmallIntegerField(
         default=1,
-        validators=[MinValueValidator(1), MaxValueValidator(100)],
-        help_text="How many distinct annotators judge each item.",
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_OVERLAP)],
+        help_text=f"How many distinct annotators judge each item (1 to {MAX_OVERLAP}).",
     )
     criteria = models.JSONField(
         default=list,
@@ -259,10 +264,12 @@ class Item(models.Model):
 
     class Meta:
         constraints = [
+            # The external id identifies an item: two rows with equal texts and different ids are two items (a
+            # test-retest pair); rows without an id get their content hash as id, so they are deduplicated by content.
             models.UniqueConstraint(fields=["project", "external_id"], name="unique_external_id"),
-            models.UniqueConstraint(fields=["project", "content_hash"], name="unique_item_content"),
         ]
         indexes = [
+            models.Index(fields=["project", "content_hash"], name="item_content_idx"),
             # The next-task pick walks this index from the lowest id: only items that still need
             # annotators are in it, so its cost does not grow with the number of finished items.
             models.Index(
@@ -319,8 +326,10 @@ class Task(models.Model):
         SKIPPED = "skipped", "Skipped"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks")
-    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="tasks")
-    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tasks")
+    # No single-column indexes on item and annotator: one_task_per_item_and_annotator starts with the item and
+    # task_annotator_idx with the annotator, and every index costs each insert (a million imported votes).
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="tasks", db_index=False)
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tasks", db_index=False)
     # Response ids in the order shown to this annotator; stored so position bias can be measured and
     # so "A"/"B" in a submission map back to response identities.
     display_order = models.JSONField()
@@ -391,10 +400,11 @@ class Judgment(models.Model):
         API = "api", "API"
         IMPORT = "import", "Imported"
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="judgments")
+    # Covered by judgment_project_idx (project) and unique_idempotency_key (annotator), which start with them.
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="judgments", db_index=False)
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="judgments")
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="judgments")
-    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="judgments")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="judgments", db_index=False)
     outcome = models.CharField(max_length=8, choices=Outcome.choices, blank=True)
     winner = models.ForeignKey(Response, null=True, blank=True, on_delete=models.CASCADE, related_name="wins")
     strength = models.PositiveSmallIntegerField(null=True, blank=True, validators=[MaxValueValidator(3)])
@@ -463,5 +473,6 @@ class Snapshot(models.Model):
 
     @property
     def split_counts(self) -> dict[str, int]:
-        """Rows per split, train first."""
-        return {name: self.counts[name] for name in ("train", "test") if name in self.counts}
+        """Rows per split: train, test, then the per-criterion test splits (``test:<criterion>``)."""
+        names = ["train", "test"] + sorted(name for name in self.counts if name.startswith("test:"))
+        return {name: self.counts[name] for name in names if name in self.counts}

@@ -10,10 +10,14 @@ else stays on the ORM.
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import cache
+
+import orjson
 
 from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db.models import DateTimeField, JSONField
 from rest_framework.authtoken.models import Token
 
 from .models import Item, Judgment, Project, Response, Task
@@ -316,3 +320,119 @@ def _cache_responses(item: Item, responses: list[Response]) -> None:
     cached = Response.objects.filter(item=item).order_by("index")  # its result is set; a query built on it runs
     cached._result_cache, cached._prefetch_done = responses, True
     item._prefetched_objects_cache = {"responses": cached}
+
+
+# --- bulk writes ----------------------------------------------------------------------------------
+
+
+def bulk_insert(model, names: list[str], rows: list[tuple]) -> None:
+    """Insert ``rows`` into ``model``'s table, each a tuple of Python values for the fields named (by attname) in
+    ``names``; every other concrete field but the primary key gets its default, and one without a default is an
+    error, so a field added to the model cannot be forgotten here. JSON values are written as text, datetimes as
+    the backend stores them. On PostgreSQL the rows go in with ``COPY``; elsewhere with one ``executemany``.
+
+    No ``save()``, signal or ``auto_now`` runs: the caller gives every value that matters."""
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    by_name = {f.attname: f for f in fields}
+    if unknown := set(names) - by_name.keys():
+        raise ValueError(f"{model.__name__} has no fields {sorted(unknown)}.")
+    db = _db()
+    defaults = {}
+    for f in fields:
+        if f.attname in names:
+            continue
+        if not (f.has_default() or f.null or f.empty_strings_allowed):
+            raise ValueError(f"{model.__name__}.{f.attname} has no default: give its value.")
+        defaults[f.attname] = _db_value(f, f.get_default(), db)
+    columns = [by_name[n] for n in names] + [by_name[n] for n in defaults]
+    converted = [i for i, name in enumerate(names) if _needs_conversion(by_name[name])]
+    tail = tuple(defaults.values())
+
+    # Bulk rows repeat values (one timestamp for all, an item's response order for each of its votes): the last
+    # conversion of each column is kept for the next row that holds the very same object.
+    last: dict[int, tuple] = {}
+
+    def convert(row):
+        row = list(row)
+        for i in converted:
+            value = row[i]
+            seen = last.get(i)
+            if seen is not None and seen[0] is value:
+                row[i] = seen[1]
+            else:
+                row[i] = _db_value(by_name[names[i]], value, db)
+                last[i] = (value, row[i])
+        return row
+
+    def prepared(row: tuple) -> tuple:
+        return tuple(convert(row) if converted else row) + tail
+
+    quote = db.ops.quote_name
+    column_list = ", ".join(quote(f.column) for f in columns)
+    with db.cursor() as cursor:
+        if db.vendor == "postgresql":
+            # COPY's text format, written here: psycopg's write_row adapts every value of every row by its type,
+            # which costs more than the server's whole COPY. The defaults are one constant tail.
+            tail_text = "".join("\t" + _copy_text(v) for v in tail) + "\n"
+            with cursor.cursor.copy(f"COPY {quote(model._meta.db_table)} ({column_list}) FROM STDIN") as copy:
+                chunk = []
+                for row in rows:
+                    if converted:
+                        row = convert(row)
+                    chunk.append("\t".join(map(_copy_text, row)) + tail_text)
+                    if len(chunk) == 10_000:
+                        copy.write("".join(chunk))
+                        chunk = []
+                copy.write("".join(chunk))
+        else:
+            sql = f"INSERT INTO {quote(model._meta.db_table)} ({column_list}) VALUES ({', '.join(['%s'] * len(columns))})"
+            cursor.executemany(sql, [prepared(row) for row in rows])
+
+
+def _copy_text(value) -> str:
+    """One value in COPY's text format."""
+    if value is None:
+        return "\\N"
+    if value is True or value is False:
+        return "t" if value else "f"
+    if isinstance(value, str):
+        if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+            return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _needs_conversion(field) -> bool:
+    return isinstance(field, (JSONField, DateTimeField))
+
+
+def _db_value(field, value, db):
+    if value is None:
+        return None
+    if isinstance(field, JSONField):
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    if isinstance(field, DateTimeField):
+        return db.ops.adapt_datetimefield_value(value)
+    return value
+
+
+def add_judgment_counts(counts: dict[int, int]) -> None:
+    """Count ``counts[item_id]`` more judgments on each item, and take as many of its open slots (never below 0)."""
+    db = _db()
+    table, quote = Item._meta.db_table, db.ops.quote_name
+    n, slots = quote(Item._meta.get_field("n_judgments").column), quote(Item._meta.get_field("open_slots").column)
+    pk = quote(Item._meta.pk.column)
+    with db.cursor() as cursor:
+        if db.vendor == "postgresql":
+            cursor.execute(
+                f"UPDATE {table} SET {n} = {n} + c.n, {slots} = GREATEST({slots} - c.n, 0) "
+                f"FROM unnest(%s::bigint[], %s::int[]) AS c(id, n) WHERE {table}.{pk} = c.id",
+                [list(counts), list(counts.values())],
+            )
+        else:
+            cursor.executemany(
+                f"UPDATE {table} SET {n} = {n} + %s, {slots} = MAX({slots} - %s, 0) WHERE {pk} = %s",
+                [(c, c, item_id) for item_id, c in counts.items()],
+            )

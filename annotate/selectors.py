@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Prefetch, Q, Sum
 
-from .models import Item, Judgment, Membership, Project, Task
+from .models import Item, Judgment, Membership, Project, Response, Task
+
+ITEMS_PAGE_MAX = 1000
 
 
 def project_progress(project: Project) -> dict:
@@ -159,3 +161,15 @@ def gold_feedback(task: Task, judgment: Judgment) -> str | None:
             said = f"response {'A' if task.display_order[0] == expected['winner_id'] else 'B'} better"
         return f"This was a check item: the researchers judged {said}."
     return "This was a check item, and your answer differs from the researchers' answer."
+
+
+def item_page(project: Project, page: int, size: int) -> tuple[list[Item], int]:
+    """One page of the project's items by id, with their responses, and how many items there are."""
+    start = (page - 1) * size
+    items = list(
+        Item.objects.filter(project=project)
+        .select_related("round")
+        .prefetch_related(Prefetch("responses", queryset=Response.objects.order_by("index")))
+        .order_by("id")[start : start + size]
+    )
+    return items, Item.objects.filter(project=project).count()

@@ -202,6 +202,8 @@ ARBITER_LEASE_SECONDS = env_int("ARBITER_LEASE_SECONDS", 30 * 60)
 # Imports are refused whole above these limits, before any parsing.
 ARBITER_IMPORT_MAX_BYTES = env_int("ARBITER_IMPORT_MAX_BYTES", 100 * 1024 * 1024)
 ARBITER_IMPORT_MAX_ROWS = env_int("ARBITER_IMPORT_MAX_ROWS", 200_000)
+# Vote files (import_judgments) are short rows, and public sets have millions of them.
+ARBITER_IMPORT_MAX_VOTES = env_int("ARBITER_IMPORT_MAX_VOTES", 2_000_000)
 # A longer line (JSONL row, CSV record line), or JSON nested deeper, is refused before it is parsed.
 ARBITER_IMPORT_MAX_LINE_BYTES = env_int("ARBITER_IMPORT_MAX_LINE_BYTES", 4 * 1024 * 1024)
 ARBITER_IMPORT_MAX_DEPTH = env_int("ARBITER_IMPORT_MAX_DEPTH", 32)

@@ -159,7 +159,34 @@ def judgment_payload(judgment: Judgment) -> dict:
 class ImportResultSerializer(serializers.Serializer):
     created = serializers.IntegerField()
     duplicates = serializers.ListField(child=serializers.DictField())
+    repeated_texts = serializers.IntegerField(help_text="New items whose texts equal another item's, under another id.")
+    empty_responses = serializers.IntegerField()
+    skipped = serializers.ListField(child=serializers.DictField(), help_text="Invalid rows left out (skip_invalid).")
+    votes = serializers.IntegerField(allow_null=True, help_text="Votes recorded from the file's own labels (votes_as).")
     message = serializers.CharField()
+
+
+class ItemResponseSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    text = serializers.CharField()
+    model = serializers.CharField(source="model_name")
+
+
+class ItemRowSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    external_id = serializers.CharField(help_text="The id given at import, or the content hash for rows without one.")
+    round = serializers.IntegerField(source="round.number", allow_null=True)
+    purpose = serializers.CharField()
+    n_votes = serializers.IntegerField(source="n_judgments")
+    prompt = serializers.JSONField()
+    responses = ItemResponseSerializer(many=True, source="responses.all")
+
+
+class ItemPageSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    page = serializers.IntegerField()
+    page_size = serializers.IntegerField()
+    results = ItemRowSerializer(many=True)
 
 
 class MemberSerializer(serializers.ModelSerializer):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.contrib.auth import get_user_model
-from django.http import FileResponse
+from django.http import FileResponse, HttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
@@ -28,6 +30,8 @@ from .serializers import (
     FlagSerializer,
     SkipInSerializer,
     ImportResultSerializer,
+    ItemPageSerializer,
+    ItemRowSerializer,
     JudgmentInSerializer,
     JudgmentSerializer,
     MemberInSerializer,
@@ -141,8 +145,8 @@ def task_detail(request, task_id: int):
     request=JudgmentInSerializer,
     responses={
         201: JudgmentSerializer,
-        200: OpenApiResponse(JudgmentSerializer, description="The same idempotency_key again: the first judgment."),
-        409: OpenApiResponse(description="The task can no longer be answered."),
+        200: OpenApiResponse(JudgmentSerializer, description="The same idempotency_key with the same answer again: the first judgment."),
+        409: OpenApiResponse(description="The task can no longer be answered, or the idempotency_key was used for another task or a different answer."),
     },
     auth=HOT_PATH_AUTH,
 )
@@ -188,28 +192,69 @@ def task_flags(request, task_id: int):
 
 
 @extend_schema(
+    methods=["POST"],
     request={"multipart/form-data": inline_serializer("ItemUpload", {"file": serializers.FileField()})},
-    parameters=[OpenApiParameter("format", str, enum=["jsonl", "csv", "parquet"], description="Default: from the file name.")],
+    parameters=[
+        OpenApiParameter("format", str, enum=["jsonl", "csv", "parquet"], description="Default: from the file name."),
+        OpenApiParameter("votes_as", str, description="Record each preference row's own label (TRL/HH \"chosen\") as a vote of this annotator."),
+        OpenApiParameter("skip_invalid", bool, description="Import the valid rows and list the invalid ones under \"skipped\"."),
+    ],
     responses={201: ImportResultSerializer, 400: OpenApiResponse(description="Refused whole, with line numbers.")},
 )
-@api_view(["POST"])
+@extend_schema(
+    methods=["GET"],
+    parameters=[OpenApiParameter("page", int), OpenApiParameter("page_size", int, description=f"At most {selectors.ITEMS_PAGE_MAX}.")],
+    responses=ItemPageSerializer,
+)
+@api_view(["GET", "POST"])
 @parser_classes([MultiPartParser, FileUploadParser])
 def project_items(request, slug: str):
-    """Import items (JSONL, CSV or Parquet), all or nothing; duplicates are skipped and reported."""
+    """GET: the project's items, paged by id, with the external id each is known by (the content hash for rows
+    imported without an id), for vote files made elsewhere. POST: import items (JSONL, CSV or Parquet), all or
+    nothing; duplicates are skipped and reported. Researchers and admins."""
     project, _ = require_role(request.user, slug, Role.RESEARCHER)
+    if request.method == "GET":
+        page, size = _positive(request, "page", 1), min(_positive(request, "page_size", 100), selectors.ITEMS_PAGE_MAX)
+        items, count = selectors.item_page(project, page, size)
+        return Response({"count": count, "page": page, "page_size": size, "results": ItemRowSerializer(items, many=True).data})
     upload = request.data.get("file")
     if upload is None or isinstance(upload, str):
         raise ParseError('Send the file as multipart field "file".')
     fmt = detect_format(upload.name or "", request.query_params.get("format"))
+    skip_invalid = _flag(request, "skip_invalid")
     data = read_upload(upload)
-    parsed = parse_items(data, fmt, project.kind)
-    report = actions.import_items(project, parsed, source={"file": upload.name, "by": request.user.username})
+    skipped = [] if skip_invalid else None
+    parsed = parse_items(data, fmt, project.kind, skipped)
+    report = actions.import_items(
+        project, parsed, source={"file": upload.name, "by": request.user.username},
+        votes_as=request.query_params.get("votes_as"), skipped=skipped,
+    )  # fmt: skip
     body = {
         "created": report.created,
         "duplicates": [{"line": line, "id": ext} for line, ext in report.duplicates],
+        "repeated_texts": report.repeated_texts,
+        "empty_responses": report.empty_responses,
+        "skipped": [{"line": line, "reason": reason} for line, reason in report.skipped],
+        "votes": report.votes.created if report.votes else None,
         "message": report.summary(),
     }
     return Response(body, status=status.HTTP_201_CREATED)
+
+
+def _positive(request, name: str, default: int) -> int:
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or int(value) < 1 or len(value) > 9:
+        raise ParseError(f"{name} must be a positive integer.")
+    return int(value)
+
+
+def _flag(request, name: str) -> bool:
+    value = request.query_params.get(name, "0").lower()
+    if value not in ("0", "1", "true", "false"):
+        raise ParseError(f"{name} must be 1 or 0.")
+    return value in ("1", "true")
 
 
 @extend_schema(responses=OpenApiTypes.OBJECT)
@@ -297,7 +342,21 @@ def export_file(request, snapshot_id: int, split: str):
     if snapshot.options["container"] == "hf":
         raise ParseError("An hf snapshot is a folder; read it with datasets.load_from_disk on the server.")
     path = files[split]
-    return FileResponse(open(path, "rb"), as_attachment=True, filename=f"{snapshot.project.slug}-{snapshot.pk}-{split}{path[path.rfind('.'):]}")
+    # The file's own name: a criterion's split name ("test:<criterion>") may hold characters a file name cannot.
+    return FileResponse(open(path, "rb"), as_attachment=True, filename=f"{snapshot.project.slug}-{snapshot.pk}-{Path(path).name}")
+
+
+@extend_schema(responses={(200, "text/markdown"): OpenApiTypes.STR})
+@api_view(["GET"])
+def export_card(request, snapshot_id: int):
+    """Download a snapshot's dataset card (its README.md: YAML front matter for the Hugging Face hub, provenance)."""
+    snapshot = _snapshot_for(request, snapshot_id)
+    card = snapshot.folder / "README.md"
+    if not card.is_file():
+        raise NotFound(f"The card of snapshot {snapshot.pk} is missing from the server.")
+    response = HttpResponse(card.read_bytes(), content_type="text/markdown; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{snapshot.project.slug}-{snapshot.pk}-README.md"'
+    return response
 
 
 @extend_schema(request=None, responses=MemberSerializer)

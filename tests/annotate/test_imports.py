@@ -98,7 +98,7 @@ def test_every_bad_row_is_named_with_its_line():
         json.dumps({"prompt": "", "responses": ["a", "b"]}),
         json.dumps({"responses": ["a", "b"]}),
         json.dumps({"prompt": [{"role": "robot", "content": "x"}], "responses": ["a", "b"]}),
-        json.dumps({"prompt": "ok2", "responses": ["a", "  "]}),
+        json.dumps({"prompt": "ok2", "responses": ["a", True]}),
         json.dumps([1, 2]),
     ]
     with pytest.raises(ImportFailed) as caught:
@@ -110,16 +110,18 @@ def test_every_bad_row_is_named_with_its_line():
     assert "\"prompt\" is missing or empty" in errors[4]
     assert "\"prompt\" is missing or empty" in errors[5]
     assert "robot" in errors[6]
-    assert "response 2 is empty" in errors[7]
+    assert "response 2 must be text" in errors[7]
     assert "line 2:" in caught.value.message
 
 
-def test_repeated_id_in_one_file_is_an_error():
+def test_repeated_id_in_one_file_is_an_error_when_the_rows_differ():
     rows = pairwise_rows(2)
     rows[1]["id"] = rows[0]["id"]
     with pytest.raises(ImportFailed) as caught:
         parse_items(jsonl(rows), "jsonl", Kind.PAIRWISE)
-    assert caught.value.errors == [(2, "id 'item-0' is already used on line 1.")]
+    assert caught.value.errors == [(2, "id 'item-0' is already used on line 1 for a different item.")]
+    # The same row twice under its id is a duplicate: parsed, and skipped at import.
+    assert [p.line for p in parse_items(jsonl([rows[0], rows[0]]), "jsonl", Kind.PAIRWISE)] == [1, 2]
 
 
 def test_limits_are_enforced_before_parsing(settings):
@@ -162,12 +164,22 @@ def test_import_writes_items_and_responses(make_project):
 def test_duplicates_are_reported_not_imported_twice(make_project):
     project = make_project(n_items=3)
     rows = pairwise_rows(5)  # items 0-2 exist already
-    rows.append(dict(rows[4], id="copy-of-4"))  # same content as line 5 under another id
+    rows.append(dict(rows[4]))  # line 6: line 5 again, same id and content
+    rows.append(dict(rows[4], id="copy-of-4"))  # line 7: same content as line 5 under another id: another item
+    without_id = {k: v for k, v in pairwise_rows(1, start=20)[0].items() if k != "id"}
+    rows += [without_id, without_id]  # lines 8 and 9: no id, so deduplicated by content
     report = actions.import_items(project, parse_items(jsonl(rows), "jsonl", project.kind))
-    assert report.created == 2
-    assert [line for line, _ in report.duplicates] == [1, 2, 3, 6]
-    assert Item.objects.filter(project=project).count() == 5
-    assert Response.objects.filter(item__project=project).count() == 10
+    assert report.created == 4
+    assert report.repeated_texts == 1
+    assert [line for line, _ in report.duplicates] == [1, 2, 3, 6, 9]
+    assert "1 repeat the texts of another item under a different id" in report.summary()
+    assert set(Item.objects.filter(project=project).values_list("external_id", flat=True)) == {
+        "item-0", "item-1", "item-2", "item-3", "item-4", "copy-of-4", parse_items(jsonl([without_id]), "jsonl", project.kind)[0].content_hash
+    }
+    assert Response.objects.filter(item__project=project).count() == 14
+    # Importing the file again adds nothing: every row names an item that is there.
+    again = actions.import_items(project, parse_items(jsonl(rows), "jsonl", project.kind))
+    assert (again.created, len(again.duplicates)) == (0, 9)
 
 
 @pytest.mark.django_db

@@ -224,7 +224,7 @@ def test_hostile_text_is_shown_never_run(new_context, live_server, tmp_path, set
             admin.check(page, f"{name} {kind}", expect_text=name == "project")
     # An import whose rows are refused: the error message quotes the hostile id.
     page.goto(f"/p/{projects[Kind.PAIRWISE].slug}/")
-    bad = "".join(json.dumps({"id": SHORT, "prompt": HOSTILE, "responses": ["a", HOSTILE]}) + "\n" for _ in range(2))
+    bad = "".join(json.dumps({"id": SHORT, "prompt": HOSTILE, "responses": [f"a{i}", HOSTILE]}) + "\n" for i in range(2))
     page.locator("input[type='file'][name='file']").set_input_files({"name": f"{SHORT}.jsonl", "mimeType": "application/json", "buffer": bad.encode()})
     with page.expect_navigation():
         page.locator("form[action$='/import/'] button[type='submit']").click()

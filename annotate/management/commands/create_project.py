@@ -4,7 +4,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from ...actions import create_project
-from ...models import Kind
+from ...models import MAX_OVERLAP, Kind
 
 
 def parse_scale(value: str | None) -> dict:
@@ -30,7 +30,7 @@ class Command(BaseCommand):
         parser.add_argument("slug")
         parser.add_argument("--kind", required=True, choices=Kind.values)
         parser.add_argument("--name", default="")
-        parser.add_argument("--overlap", type=int, default=1, help="Distinct annotators per item.")
+        parser.add_argument("--overlap", type=int, default=1, help=f"Distinct annotators per item, 1 to {MAX_OVERLAP}.")
         parser.add_argument("--criteria", default="", help="Comma-separated criteria, e.g. helpfulness,harmlessness.")
         parser.add_argument("--scale", default=None, help="1-7 or safe,unsafe,unsure (rating projects).")
         parser.add_argument("--instructions", default="")
