@@ -23,11 +23,12 @@ import hashlib
 import json
 import operator
 import os
+import re
 import shutil
 import tempfile
 import uuid
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from typing import Iterator
 import numpy as np
 import orjson
 import pandas as pd
+import yaml
 from django.conf import settings
 from django.db import connections, transaction
 from django.db.models import Case, Q, Value, When
@@ -1177,6 +1179,48 @@ def test_prompts(project: Project, options: "ExportOptions") -> set[str]:
     return {groups[i] for i in order[:n_test]}
 
 
+def criterion_tests(project: Project, options: "ExportOptions") -> list[str]:
+    """The criteria whose preferences on the test prompts an export also holds, as ``test:<criterion>`` splits.
+
+    A reward model trained on one criterion (or the overall judgment) reports its accuracy on each other one;
+    these splits are written and hashed with the export, so what a run is scored on is as fixed as what it
+    trains on. Preference formats of pairwise and rating projects with criteria, when there is a test split.
+    """
+    if not options.test_size or options.format not in PREFERENCE_FORMATS or project.kind not in (Kind.PAIRWISE, Kind.RATING):
+        return []
+    return [criterion for criterion in project.criteria or [] if criterion != options.criterion]
+
+
+def criterion_file(criterion: str) -> str:
+    """The file name (less its extension) of a criterion's test split: the name itself when it is safe in a
+    path, else a slug of it and a hash, so that any criterion name gets a file of its own."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", criterion).strip("-")[:40]
+    if slug == criterion:
+        return f"test-{slug}"
+    return f"test-{slug or 'criterion'}-{hashlib.sha256(criterion.encode()).hexdigest()[:8]}"
+
+
+def _dedupe_key(row: dict) -> bytes:
+    return hashlib.blake2b(canonical({k: v for k, v in row.items() if k != "id"}), digest_size=16).digest()
+
+
+def _write_criterion_tests(project: Project, options: "ExportOptions", writers: dict[str, "_SplitWriter"], test_groups: set[str]) -> None:
+    """Each ``test:<criterion>`` split: the export's rows with that criterion, of the test prompts only (the
+    same prompts as the ``test`` split, so nothing a model trained on is scored)."""
+    for name, writer in writers.items():
+        seen: set[bytes] = set()
+        for rows, tables in iter_rows(project, replace(options, criterion=name.split(":", 1)[1])):
+            for row in rows:
+                if _row_prompt_hash(row, tables) not in test_groups:
+                    continue
+                if options.dedupe:
+                    key = _dedupe_key(row)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                writer.write(row, canonical(row))
+
+
 def _row_prompt_hash(row: dict, tables: ItemTables) -> str:
     if "id" in row:
         return tables.prompt_hashes[row["id"]]
@@ -1304,8 +1348,10 @@ class ExportResult:
 
 
 def write_export(project: Project, options: "ExportOptions", folder: Path, columnar: bool = True) -> ExportResult:
-    """Stream the export into ``folder``: ``train.<jsonl|parquet>`` and, with a test size, ``test.…``;
-    ``hf`` adds a ``dataset`` folder (``datasets.DatasetDict.save_to_disk``) built from the Parquet files.
+    """Stream the export into ``folder``: ``train.<jsonl|parquet>`` and, with a test size, ``test.…`` and the
+    :func:`criterion_tests` splits (``test:<criterion>``, in :func:`criterion_file` files); ``hf`` adds a
+    ``dataset`` folder (``datasets.DatasetDict.save_to_disk``) built from the Parquet files, the criterion
+    splits as datasets of their own under ``dataset/criteria/``.
 
     Deduplicates rows (identical but for their id) when ``options.dedupe``, and hashes the canonical bytes of
     every row split by split: the content hash does not depend on the container.
@@ -1318,6 +1364,7 @@ def write_export(project: Project, options: "ExportOptions", folder: Path, colum
     test_groups = test_prompts(project, options)
     names = ["train", "test"] if options.test_size else ["train"]
     writers = {name: _SplitWriter(folder, name, options.container) for name in names}
+    criteria = {f"test:{c}": _SplitWriter(folder, criterion_file(c), options.container) for c in criterion_tests(project, options)}
     seen: set[bytes] = set()
     # An export allocates millions of small acyclic dicts and lists; the cyclic garbage collector would scan
     # them again and again (a third of the run time), while reference counting frees them anyway. What exists
@@ -1346,32 +1393,39 @@ def write_export(project: Project, options: "ExportOptions", folder: Path, colum
                 for row in rows:
                     data = canonical(row)
                     if options.dedupe:
-                        key = hashlib.blake2b(canonical({k: v for k, v in row.items() if k != "id"}), digest_size=16).digest()
+                        key = _dedupe_key(row)
                         if key in seen:
                             continue
                         seen.add(key)
                     split = "test" if test_groups and _row_prompt_hash(row, tables) in test_groups else "train"
                     writers[split].write(row, data)
+        _write_criterion_tests(project, options, criteria, test_groups)
     finally:
-        for writer in writers.values():
+        for writer in (*writers.values(), *criteria.values()):
             writer.close()
         if freezing:
             gc.unfreeze()
         if collecting:
             gc.enable()
     digest = hashlib.sha256()
-    for name in sorted(writers):
-        digest.update(f"{name}:{writers[name].digest.hexdigest()}\n".encode())
-    files = {name: writer.path for name, writer in writers.items()}
+    every = {**writers, **criteria}
+    for name in sorted(every):
+        digest.update(f"{name}:{every[name].digest.hexdigest()}\n".encode())
+    files = {name: writer.path for name, writer in every.items()}
     if options.container == "hf":
         import datasets
 
-        splits = {name: datasets.Dataset.from_parquet(str(path)) if writers[name].count else datasets.Dataset.from_list([]) for name, path in files.items()}
-        datasets.DatasetDict(splits).save_to_disk(str(folder / "dataset"))
+        def dataset(name):
+            return datasets.Dataset.from_parquet(str(files[name])) if every[name].count else datasets.Dataset.from_list([])
+
+        datasets.DatasetDict({name: dataset(name) for name in writers}).save_to_disk(str(folder / "dataset"))
+        # A DatasetDict split name cannot hold a ":", so each criterion split is a dataset of its own.
+        for name in criteria:
+            dataset(name).save_to_disk(str(folder / "dataset" / "criteria" / criteria[name].path.stem))
         for path in files.values():
             path.unlink()
-        files = {name: folder / "dataset" / name for name in files}
-    return ExportResult({name: w.count for name, w in writers.items()}, digest.hexdigest(), files)
+        files = {name: folder / "dataset" / name for name in writers} | {name: folder / "dataset" / "criteria" / w.path.stem for name, w in criteria.items()}
+    return ExportResult({name: w.count for name, w in every.items()}, digest.hexdigest(), files)
 
 
 _BLAKE2B_16 = functools.partial(hashlib.blake2b, digest_size=16)  # the deduplication key of a row's bytes
@@ -1475,31 +1529,48 @@ def _json_safe(value):
 
 
 def snapshot_files(snapshot: Snapshot) -> dict[str, str]:
-    """Split name → path of its data (a file, or a folder for hf)."""
+    """Split name → path of its data (a file, or a folder for hf): ``train``, ``test`` and ``test:<criterion>``."""
     container = snapshot.options["container"]
-    names = list(snapshot.split_counts)
-    if container == "hf":
-        return {name: str(snapshot.folder / "dataset" / name) for name in names}
-    return {name: str(snapshot.folder / f"{name}.{container}") for name in names}
+    files = {}
+    for name in snapshot.split_counts:
+        stem = criterion_file(name.split(":", 1)[1]) if name.startswith("test:") else name
+        if container == "hf":
+            files[name] = str(snapshot.folder / "dataset" / ("criteria/" + stem if name.startswith("test:") else name))
+        else:
+            files[name] = str(snapshot.folder / f"{stem}.{container}")
+    return files
 
 
 def dataset_card(snapshot: Snapshot) -> str:
-    """A README.md whose YAML front matter the Hugging Face hub reads, with the snapshot's provenance."""
+    """A README.md whose YAML front matter the Hugging Face hub reads, with the snapshot's provenance.
+
+    The front matter is written by a YAML emitter, never by pasting names into text: a project called
+    "Demo: helpful and harmless" (or with a ``#``, quotes, a newline) stays one quoted string."""
     project, options = snapshot.project, snapshot.options
-    splits = list(snapshot.split_counts)
-    lines = ["---", f"license: {snapshot.license or 'other'}", f"pretty_name: {project.name} ({options['format']})"]
-    lines += ["tags:", "- arbiter", "- preference", "- rlhf", f"- {options['format']}"]
+    files = snapshot_files(snapshot)
+    front: dict = {
+        "license": snapshot.license or "other",
+        "pretty_name": f"{project.name} ({options['format']})",
+        "tags": ["arbiter", "preference", "rlhf", options["format"]],
+    }
+
+    def data_files(names):
+        return [{"split": name.split(":", 1)[0], "path": Path(files[name]).name} for name in names]
+
     if options["container"] != "hf":
-        lines += ["configs:", "- config_name: default", "  data_files:"]
-        for name in splits:
-            lines += [f"  - split: {name}", f"    path: {name}.{options['container']}"]
-    lines += ["---", "", f"# {project.name}: {options['format']} snapshot {snapshot.pk}", ""]
+        # A hub split name cannot hold a ":": each criterion's test split is a config of its own.
+        plain = [name for name in files if ":" not in name]
+        front["configs"] = [{"config_name": "default", "data_files": data_files(plain)}]
+        front["configs"] += [{"config_name": name.replace(":", ": ", 1), "data_files": data_files([name])} for name in files if ":" in name]
+    title = " ".join(project.name.split())  # one line, whatever the name holds
+    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1000).rstrip("\n")]
+    lines += ["---", "", f"# {title}: {options['format']} snapshot {snapshot.pk}", ""]
     lines += [
         f"Exported by Arbiter from project `{project.slug}` ({project.kind}, overlap {project.overlap}) on "
         f"{snapshot.created_at:%Y-%m-%d %H:%M} UTC.",
         "",
         f"- content hash (sha256 over the canonical rows, split by split): `{snapshot.content_hash}`",
-        "- rows: " + ", ".join(f"{name} {snapshot.counts[name]}" for name in splits),
+        "- rows: " + ", ".join(f"{name} {n}" for name, n in snapshot.split_counts.items()),
         f"- judgments: {snapshot.counts.get('n_judgments')}, items: {snapshot.counts.get('n_items')}, "
         f"annotators: {snapshot.counts.get('n_annotators')} (pseudonymous)",
         f"- percent agreement: {snapshot.agreement.get('percent_agreement')}",

@@ -13,12 +13,11 @@ A run trains on its snapshot's ``train`` split and reports accuracy on its ``tes
 (``criterion=helpfulness``) trains on a snapshot exported with that criterion (annotate.exports'
 ``ExportOptions.criterion``). When the project has criteria, a run also reports accuracy per criterion: the other
 criteria's preferences on the snapshot's test prompts — only those, so nothing the model trained on is scored —
-written under the run's work folder as ``test:<criterion>`` splits.
+the snapshot's own ``test:<criterion>`` splits (annotate.exports' ``criterion_tests``), written and hashed with it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 from pathlib import Path
@@ -26,11 +25,9 @@ from pathlib import Path
 import orjson
 import pandas as pd
 
-from annotate.exports import ExportError, ExportOptions, build_splits, canonical, pair_votes, snapshot_files, vote_frame
+from annotate.exports import ExportError, canonical, pair_votes, snapshot_files, vote_frame
 from annotate.imports import RowError, normalize_messages
 from annotate.models import Item, Kind, Response
-
-from .runners.reward import load_split
 
 
 def _write_jsonl(rows: list[dict], path) -> str:
@@ -41,42 +38,28 @@ def _write_jsonl(rows: list[dict], path) -> str:
     return str(path)
 
 
-def criterion_test_rows(snapshot, criterion: str, test_prompts: set[bytes]) -> list[dict]:
-    """The project's ``criterion`` preferences (the snapshot's other options) whose prompt is a test prompt."""
-    fields = {f.name for f in dataclasses.fields(ExportOptions)}
-    options = {k: v for k, v in snapshot.options.items() if k in fields}
-    options.update(criterion=criterion, test_size=0.0, container="jsonl")
-    rows = build_splits(snapshot.project, ExportOptions.from_dict(options))["train"]
-    return [row for row in rows if canonical(row["prompt"]) in test_prompts]
-
-
 def run_datasets(run) -> tuple[dict[str, str], str]:
-    """``({"train": path, "test": path, "test:<criterion>": path, ...}, hash of the training rows)``."""
+    """``({"train": path, "test": path, "test:<criterion>": path, ...}, hash of the training rows)``.
+
+    A snapshot-driven run reads the snapshot's own files and nothing else (no votes are read again here), so
+    every split it trains or is scored on is covered by the snapshot's content hash. A snapshot made before
+    per-criterion test splits existed has none, and its runs report no per-criterion accuracy."""
     from .models import PROMPT_KINDS
 
     if run.kind in PROMPT_KINDS:
         return prompt_datasets(run)
-    if run.kind != "reward":  # sft and dpo read the snapshot's splits as they are
-        return dict(snapshot_files(run.snapshot)), run.snapshot.content_hash
     snapshot = run.snapshot
     paths = dict(snapshot_files(snapshot))
-    project = snapshot.project
+    if run.kind != "reward":  # sft and dpo read the train and test splits as they are
+        return {name: path for name, path in paths.items() if name in ("train", "test")}, snapshot.content_hash
     criterion = (run.config or {}).get("criterion") or ""
-    criteria = [c for c in (project.criteria or []) if c != criterion]
-    if "test" not in paths or not criteria:
-        return paths, snapshot.content_hash
-    if (run.config or {}).get("objective") == "regression":
+    criteria = [c for c in (snapshot.project.criteria or []) if c != criterion]
+    if "test" in paths and criteria and (run.config or {}).get("objective") == "regression":
         # Ratings rows carry every criterion's scores: the runner reads each from the same test file.
         paths.update({f"test:{c}": paths["test"] for c in criteria})
-        return paths, snapshot.content_hash
-    if project.kind not in (Kind.PAIRWISE, Kind.RATING):
-        return paths, snapshot.content_hash
-    test_prompts = {canonical(prompt) for prompt in load_split(paths["test"])["prompt"]}
-    for other in criteria:
-        rows = criterion_test_rows(snapshot, other, test_prompts)
-        if rows:
-            paths[f"test:{other}"] = _write_jsonl(rows, run.work_dir / "data" / f"test-{other}.jsonl")
-    return paths, snapshot.content_hash
+    # The run's own criterion is its test split; an empty split (every test preference a tie, say) has nothing to score.
+    empty = {name for name, n in snapshot.split_counts.items() if name.startswith("test:") and not n}
+    return {name: path for name, path in paths.items() if name != f"test:{criterion}" and name not in empty}, snapshot.content_hash
 
 
 # --- prompts of the policy kinds ------------------------------------------------------------------------

@@ -14,6 +14,7 @@ urlpatterns = [
     path("projects/<slug:slug>/exports/", views.project_exports, name="api-exports"),
     path("exports/<int:snapshot_id>/", views.export_detail, name="api-export"),
     path("exports/<int:snapshot_id>/files/<str:split>/", views.export_file, name="api-export-file"),
+    path("exports/<int:snapshot_id>/card/", views.export_card, name="api-export-card"),
     path("tasks/<int:task_id>/", views.task_detail, name="api-task"),
     path("tasks/<int:task_id>/judgments/", views.task_judgments, name="api-judgments"),
     path("tasks/<int:task_id>/skip/", views.task_skip, name="api-skip"),

@@ -108,3 +108,69 @@ def test_snapshot_api_for_researchers_only(voted, make_member, api_client_for):
     download = researcher.get(f"/api/exports/{snapshot['id']}/files/train/")
     assert download.status_code == 200 and b'"chosen"' in b"".join(download.streaming_content)
     assert researcher.get(f"/api/exports/{snapshot['id']}/files/../").status_code == 404
+
+
+# --- the dataset card ------------------------------------------------------------------------------------------
+
+CARD_NAMES = [
+    "Demo: helpful and harmless",
+    "C# #1 # not a comment",
+    "say \"hi\" and 'bye'",
+    "two\nlines: yes\n---\nthird",
+    "Ünïcödé – 日本語 🙂",
+    "- starts like a list",
+    "{not: a map}",
+    "null",
+]
+
+
+def _front_matter(card: str) -> tuple[dict, str]:
+    import yaml
+
+    assert card.startswith("---\n")
+    front, body = card[4:].split("\n---\n", 1)
+    return yaml.safe_load(front), body
+
+
+@pytest.mark.parametrize("name", CARD_NAMES)
+def test_the_dataset_card_front_matter_is_valid_yaml_whatever_the_names(voted, name):
+    voted.name = name
+    voted.save(update_fields=["name"])
+    snapshot, _ = create_snapshot(voted, ExportOptions(test_size=0.25, seed=1, license="license: #1"))
+    meta, body = _front_matter((snapshot.folder / "README.md").read_text(encoding="utf-8"))
+    assert meta["pretty_name"] == f"{name} (trl)" and meta["license"] == "license: #1"
+    assert meta["tags"] == ["arbiter", "preference", "rlhf", "trl"]
+    assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "train.jsonl"}, {"split": "test", "path": "test.jsonl"}]}]
+    assert f"\n# {' '.join(name.split())}: trl snapshot {snapshot.pk}\n" in body and snapshot.content_hash in body
+
+
+def test_the_card_lists_each_criterion_test_split_as_a_config(make_project):
+    project = make_project(slug="crit", n_items=0, overlap=1, criteria=["helpful", "safe: for kids"])
+    actions.import_items(project, parse_items(jsonl(pairwise_rows(8)), "jsonl", "pairwise"))
+    votes = [{"item": f"item-{i}", "annotator": "a", "winner": 0, "criteria": {"helpful": 0, "safe: for kids": 1}} for i in range(8)]
+    actions.import_judgments(project, parse_votes(jsonl(votes), "jsonl"))
+    snapshot, _ = create_snapshot(project, ExportOptions(format="trl", criterion="helpful", test_size=0.5, seed=1, container="parquet"))
+    meta, _ = _front_matter((snapshot.folder / "README.md").read_text(encoding="utf-8"))
+    path = snapshot_files(snapshot)["test:safe: for kids"]
+    assert path.endswith(".parquet") and path.rsplit("/", 1)[1].startswith("test-safe-for-kids-")
+    assert meta["configs"][1] == {"config_name": "test: safe: for kids", "data_files": [{"split": "test", "path": path.rsplit("/", 1)[1]}]}
+
+
+def test_the_card_downloads_from_the_api_and_the_page_for_researchers_and_admins(voted, make_member, make_project, api_client_for, client):
+    snapshot, _ = create_snapshot(voted, ExportOptions(test_size=0.25, seed=1))
+    card = (snapshot.folder / "README.md").read_bytes()
+    url = f"/api/exports/{snapshot.pk}/card/"
+    researcher = make_member(voted, "res", Role.RESEARCHER)
+    for user in (researcher, make_member(voted, "boss", Role.ADMIN)):
+        answer = api_client_for(user).get(url)
+        assert answer.status_code == 200 and answer.content == card
+        assert answer["Content-Type"] == "text/markdown; charset=utf-8"
+        assert answer["Content-Disposition"] == f'attachment; filename="demo-{snapshot.pk}-README.md"'
+    assert api_client_for(make_member(voted, "ann")).get(url).status_code == 403
+    outsider = make_member(make_project(slug="other", n_items=0), "outsider", Role.ADMIN)
+    assert api_client_for(outsider).get(url).status_code == 404
+    assert api_client_for(researcher).get(f"/api/exports/{snapshot.pk + 1}/card/").status_code == 404
+    client.force_login(researcher)
+    page = client.get("/p/demo/").content.decode()
+    assert f'href="{url}"' in page
+    assert client.get(url).content == card  # the page's link works with the session

@@ -87,6 +87,7 @@ MATRIX: dict[str, dict[str, tuple[int, ...]]] = {
     "api/projects/<slug:slug>/exports/":        {"GET": (401, 404, 403, 200, 200, 404), "POST": (401, 404, 403, 201, 201, 404)},
     "api/exports/<int:snapshot_id>/":           {"GET": (401, 404, 403, 200, 200, 404)},
     "api/exports/<int:snapshot_id>/files/<str:split>/": {"GET": (401, 404, 403, 200, 200, 404)},
+    "api/exports/<int:snapshot_id>/card/":      {"GET": (401, 404, 403, 200, 200, 404)},
     "api/tasks/<int:task_id>/":                 {"GET": (401, 404, 200, 404, 404, 404)},
     "api/tasks/<int:task_id>/judgments/":       {"POST": (401, 404, 201, 404, 404, 404)},
     "api/tasks/<int:task_id>/skip/":            {"POST": (401, 404, 200, 404, 404, 404)},
