@@ -381,6 +381,13 @@ class ProjectForm(forms.ModelForm):
 
 class ImportForm(forms.Form):
     file = forms.FileField(help_text="JSONL, CSV or Parquet.")
+    skip_invalid = forms.BooleanField(required=False, label="Skip invalid rows (import the rest, list the skipped lines)")
+    votes_as = forms.RegexField(
+        regex=r"^[\w.@+-]{1,150}$",
+        required=False,
+        label="Record the file's own preferences (TRL/HH chosen) as votes of",
+        widget=forms.TextInput(attrs={"placeholder": "annotator name (optional)", "autocomplete": "off"}),
+    )
 
 
 class MemberForm(forms.Form):

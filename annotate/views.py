@@ -24,7 +24,7 @@ from .actions import Conflict
 from .api.views import can_create_projects
 from .exports import ExportError, canonical, create_snapshot, iter_rows, snapshot_files
 from .forms import ExportForm, ProjectSettingsForm, FlagForm, ImportForm, JudgmentForm, MemberForm, ProjectForm, SkipForm, judgment_form
-from .imports import ImportFailed, detect_format, parse_items, read_upload
+from .imports import MAX_ERRORS_REPORTED, ImportFailed, detect_format, parse_items, read_upload
 from .judgments import InvalidJudgment, STRENGTH_LABELS
 from .models import Judgment, Kind, Membership, Role, Task
 from .rendering import word_diff
@@ -272,16 +272,21 @@ def import_items(request, slug):
     project, _ = require_role(request.user, slug, Role.RESEARCHER)
     form = ImportForm(request.POST, request.FILES)
     if not form.is_valid():
-        messages.error(request, "Choose a file to import.")
+        messages.error(request, "Choose a file to import." if "file" in form.errors else _form_errors(form))
         return redirect("project", slug=slug)
     upload = form.cleaned_data["file"]
+    skipped = [] if form.cleaned_data["skip_invalid"] else None
     try:
-        parsed = parse_items(read_upload(upload), detect_format(upload.name), project.kind)
-        report = actions.import_items(project, parsed, source={"file": upload.name, "by": request.user.username})
+        parsed = parse_items(read_upload(upload), detect_format(upload.name), project.kind, skipped)
+        report = actions.import_items(
+            project, parsed, source={"file": upload.name, "by": request.user.username},
+            votes_as=form.cleaned_data["votes_as"] or None, skipped=skipped,
+        )  # fmt: skip
     except ImportFailed as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, report.summary())
+        reasons = "".join(f"\nline {line}: {reason}" for line, reason in report.skipped[:MAX_ERRORS_REPORTED])
+        messages.success(request, report.summary() + reasons)
     return redirect("project", slug=slug)
 
 

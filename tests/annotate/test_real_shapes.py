@@ -258,3 +258,22 @@ def test_the_real_hh_files_import_whole_with_their_votes(make_project, tmp_path)
     chosen = Judgment.objects.filter(project=project, winner__index=0).count()
     assert chosen == Item.objects.filter(project=project).count()
     assert Response.objects.filter(item__project=project, text="").count() >= 11
+
+
+def test_the_import_page_skips_invalid_rows_and_records_votes(make_project, make_member, client):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    project = make_project(slug="page", n_items=0)
+    researcher = make_member(project, "res", role="researcher")
+    client.force_login(researcher)
+    rows = [{"prompt": "Q1", "chosen": "good", "rejected": "bad"}, {"prompt": "Q2", "chosen": 3, "rejected": "x"}]
+    upload = SimpleUploadedFile("pairs.jsonl", jsonl(rows))
+    page = client.post("/p/page/import/", {"file": upload, "skip_invalid": "on", "votes_as": "labels"}, follow=True)
+    text = page.content.decode()
+    assert "Imported 1 item." in text and "Skipped 1 invalid rows (lines 2)" in text and "line 2: response 1 must be text" in text
+    assert Judgment.objects.get(project=project).annotator.username == "labels"
+    # Without the box, the same file is refused whole; a bad annotator name is named, not taken for a missing file.
+    refused = client.post("/p/page/import/", {"file": SimpleUploadedFile("pairs.jsonl", jsonl(rows))}, follow=True)
+    assert "Import refused" in refused.content.decode() and Item.objects.filter(project=project).count() == 1
+    bad_name = client.post("/p/page/import/", {"file": SimpleUploadedFile("p.jsonl", jsonl(rows[:1])), "votes_as": "no spaces"}, follow=True)
+    assert "votes_as" in bad_name.content.decode()

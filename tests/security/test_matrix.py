@@ -79,7 +79,7 @@ MATRIX: dict[str, dict[str, tuple[int, ...]]] = {
     "api/projects/":                            {"GET": (401, 200, 200, 200, 200, 200), "POST": (401, 403, 403, 201, 201, 403)},
     "api/projects/<slug:slug>/":                {"GET": (401, 404, 200, 200, 200, 404), "PATCH": (401, 404, 403, 200, 200, 404)},
     "api/projects/<slug:slug>/next-task/":      {"GET": (401, 404, 200, 200, 200, 404)},
-    "api/projects/<slug:slug>/items/":          {"POST": (401, 404, 403, 201, 201, 404)},
+    "api/projects/<slug:slug>/items/":          {"GET": (401, 404, 403, 200, 200, 404), "POST": (401, 404, 403, 201, 201, 404)},
     "api/projects/<slug:slug>/agreement/":      {"GET": (401, 404, 403, 200, 200, 404)},
     "api/projects/<slug:slug>/members/":        {"GET": (401, 404, 403, 403, 200, 404), "POST": (401, 404, 403, 403, 201, 404)},
     "api/projects/<slug:slug>/members/<str:username>/":           {"DELETE": (401, 404, 403, 403, 204, 404)},
