@@ -36,8 +36,11 @@ class DawidSkeneResult:
     ``labels``: the most probable true label of each item. ``posteriors``: items × classes, rows sum to 1.
     ``priors``: class shares. ``errors``: a frame indexed by (annotator, observed label) with a column per true
     label, each (annotator, true label) column summing to 1 — crowd-kit's ``errors_`` layout. ``accuracy``: per
-    annotator, Σ_c prior_c · P(says c | truth c), the chance they give the true label. ``log_likelihood``: the
-    marginal log-likelihood after each iteration.
+    annotator, Σ_c prior_c · P(says c | truth c), the chance they give the true label, NaN where it cannot be
+    estimated, with the reason in ``unestimated`` (annotator → text; see :func:`unestimable_annotators`).
+    ``log_likelihood``: the marginal log-likelihood per label after each iteration. ``n_iter``: the EM
+    iterations run; ``converged``: whether the last one changed no posterior by ``tol`` or more (False when
+    ``max_iter`` stopped it first).
     """
 
     labels: pd.Series
@@ -47,16 +50,37 @@ class DawidSkeneResult:
     accuracy: pd.Series
     log_likelihood: list[float]
     n_iter: int
+    converged: bool
+    unestimated: dict
+
+    def convergence(self) -> dict:
+        """``{"iterations", "converged"}``, JSON-safe: what a dataset card or report records of the fit."""
+        return {"iterations": int(self.n_iter), "converged": bool(self.converged)}
 
 
-def dawid_skene(labels: pd.DataFrame, n_iter: int = 20, tol: float | None = 1e-7) -> DawidSkeneResult:
-    """Dawid-Skene by EM over a label frame (``item``, ``annotator``, ``label``).
+# EM's cap: far above what real data needs (a few dozen to a couple of hundred iterations), so that stopping
+# at the cap means "did not converge", which the result says.
+DS_MAX_ITER = 500
+# The convergence test: no posterior moved by this much in the last iteration. A test on the likelihood alone
+# (crowd-kit's) can stop while posteriors still drift on a flat likelihood; near a tie that flips labels.
+DS_TOL = 1e-6
+
+
+def dawid_skene(labels: pd.DataFrame, max_iter: int = DS_MAX_ITER, tol: float | None = DS_TOL) -> DawidSkeneResult:
+    """Dawid-Skene by EM over a label frame (``item``, ``annotator``, ``label``), run to convergence.
 
     Starts from the majority-vote shares, then alternates the M-step (confusion matrices and class priors from
-    the posteriors) and the E-step (posteriors from them) for at most ``n_iter`` iterations, stopping early when
-    the marginal log-likelihood per label improves by less than ``tol`` (``None``: never early). With the same
-    ``n_iter`` and no early stop it reproduces crowd-kit's ``DawidSkene(n_iter, tol=-inf)``: same posteriors
-    and confusion matrices up to float rounding (the tests hold them to 1e-9).
+    the posteriors) and the E-step (posteriors from them) until no posterior changes by ``tol`` or more between
+    two iterations, or ``max_iter`` iterations (then ``converged`` is False). ``tol=None`` runs exactly
+    ``max_iter`` iterations. With ``tol=None`` it reproduces crowd-kit's ``DawidSkene(max_iter, tol=-inf)``:
+    same posteriors and confusion matrices up to float rounding (the tests hold them to 1e-9).
+
+    Example::
+
+        >>> frame = pd.DataFrame({"item": [1, 1, 2, 2], "annotator": ["a", "b", "a", "b"], "label": ["x", "x", "y", "y"]})
+        >>> result = dawid_skene(frame)
+        >>> result.labels.tolist(), result.converged
+        (['x', 'y'], True)
 
     Confusion counts are floored at 1e-10 (as crowd-kit does) for the labels an annotator used, so one stray
     label never has probability 0; labels an annotator never used keep probability 0.
@@ -67,7 +91,7 @@ def dawid_skene(labels: pd.DataFrame, n_iter: int = 20, tol: float | None = 1e-7
     n_items, n_annotators, k = len(items), len(annotators), len(classes)
     if n_items == 0:
         empty = pd.Series(dtype=float)
-        return DawidSkeneResult(empty, pd.DataFrame(), empty, pd.DataFrame(), empty, [], 0)
+        return DawidSkeneResult(empty, pd.DataFrame(), empty, pd.DataFrame(), empty, [], 0, True, {})
 
     # incidence[i, a*k + l] = how often annotator a gave label l to item i: both steps are products with it.
     column = annotator.astype(np.int64) * k + label
@@ -90,8 +114,9 @@ def dawid_skene(labels: pd.DataFrame, n_iter: int = 20, tol: float | None = 1e-7
     errors = m_step(posteriors)
 
     history: list[float] = []
-    done = 0
-    for done in range(1, n_iter + 1):
+    done, converged = 0, False
+    for done in range(1, max_iter + 1):
+        previous = posteriors
         with np.errstate(divide="ignore"):
             log_errors = np.where(errors > 0, np.log(np.where(errors > 0, errors, 1.0)), 0.0)
         log_joint = np.log(np.maximum(priors, EPS)) + incidence @ log_errors.reshape(n_annotators * k, k)
@@ -103,7 +128,8 @@ def dawid_skene(labels: pd.DataFrame, n_iter: int = 20, tol: float | None = 1e-7
         history.append(float((top + np.log(total)).sum() / len(item)))
         priors = posteriors.mean(axis=0)
         errors = m_step(posteriors)
-        if tol is not None and len(history) > 1 and history[-1] - history[-2] < tol:
+        if tol is not None and np.abs(posteriors - previous).max() < tol:
+            converged = True
             break
 
     index = pd.Index(items, name="item")
@@ -112,6 +138,8 @@ def dawid_skene(labels: pd.DataFrame, n_iter: int = 20, tol: float | None = 1e-7
     error_index = pd.MultiIndex.from_product([annotators, classes], names=["annotator", "label"])
     error_frame = pd.DataFrame(errors.reshape(n_annotators * k, k), index=error_index, columns=class_index)
     accuracy = np.einsum("c,acc->a", priors, errors)
+    unestimated = unestimable_annotators(labels)
+    accuracy = np.where(pd.Index(annotators).isin(list(unestimated)), np.nan, accuracy)
     return DawidSkeneResult(
         labels=pd.Series(classes[posteriors.argmax(axis=1)], index=index, name="label"),
         posteriors=posterior_frame,
@@ -120,7 +148,30 @@ def dawid_skene(labels: pd.DataFrame, n_iter: int = 20, tol: float | None = 1e-7
         accuracy=pd.Series(accuracy, index=pd.Index(annotators, name="annotator"), name="accuracy"),
         log_likelihood=history,
         n_iter=done,
+        converged=converged,
+        unestimated=unestimated,
     )
+
+
+def unestimable_annotators(labels: pd.DataFrame) -> dict:
+    """Annotators whose accuracy nothing in ``labels`` (``item``, ``annotator``, ``label``) can estimate, with
+    the reason: annotator → text.
+
+    A Dawid-Skene accuracy is only measured against other annotators. With one annotator the posteriors are
+    their own labels; an annotator who shares no item with anyone is likewise their own reference; and where
+    every label is the same there is nothing to be wrong about. Each would read as a perfect 0.99999…
+    """
+    if labels.empty:
+        return {}
+    annotators = pd.unique(labels["annotator"])
+    if len(annotators) == 1:
+        return {annotators[0]: "only one annotator: there is no one to compare with"}
+    if labels["label"].nunique() == 1:
+        reason = "every label in the data is the same: nothing tells a careful annotator from a careless one"
+        return {a: reason for a in annotators}
+    others = labels.groupby("item")["annotator"].transform("nunique")
+    shared = set(labels.loc[others > 1, "annotator"])
+    return {a: "shares no item with another annotator" for a in annotators if a not in shared}
 
 
 def majority_vote(labels: pd.DataFrame) -> pd.Series:

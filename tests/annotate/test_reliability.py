@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -50,10 +52,10 @@ def test_dawid_skene_matches_crowd_kit(seed, confusion):
 
     labels, _, _ = crowd_labels(seed, n_items=400, n_annotators=12, k=3 + seed % 2, per_item=4, confusion=confusion)
     labels["label"] = labels["label"].map(lambda v: f"class-{v}")  # any hashable label works
-    ours = dawid_skene(labels, n_iter=20, tol=None)
+    ours = dawid_skene(labels, max_iter=20, tol=None)
     theirs = DawidSkene(n_iter=20, tol=-np.inf).fit(labels.rename(columns={"item": "task", "annotator": "worker"}))
 
-    assert ours.n_iter == 20
+    assert ours.n_iter == 20 and not ours.converged
     assert (theirs.labels_.reindex(ours.labels.index) == ours.labels).all()
     posteriors = theirs.probas_.reindex(index=ours.posteriors.index, columns=ours.posteriors.columns)
     # crowd-kit floors its final posteriors at 1e-10; nothing else differs beyond float rounding.
@@ -79,13 +81,94 @@ def test_dawid_skene_beats_majority_vote_and_recovers_skills():
     np.testing.assert_allclose(sums, 1.0)
 
 
-def test_dawid_skene_stops_early_at_tolerance_and_log_likelihood_never_falls():
+def test_dawid_skene_stops_at_tolerance_and_log_likelihood_never_falls():
     labels, _, _ = crowd_labels(3, n_items=300)
-    result = dawid_skene(labels, n_iter=500, tol=1e-6)
-    assert result.n_iter < 500
+    result = dawid_skene(labels, max_iter=500, tol=1e-6)
+    assert result.converged and 20 < result.n_iter < 500
+    assert result.convergence() == {"iterations": result.n_iter, "converged": True}
+    capped = dawid_skene(labels, max_iter=result.n_iter - 1, tol=1e-6)
+    assert capped.convergence() == {"iterations": result.n_iter - 1, "converged": False}
     assert np.all(np.diff(result.log_likelihood) > -1e-12)  # EM never decreases the likelihood
     empty = dawid_skene(labels.iloc[:0])
     assert empty.labels.empty and empty.accuracy.empty
+
+
+CROWD4 = Path(__file__).parent / "data" / "crowd4.csv"
+
+
+def crowd_kit_converged(labels: pd.DataFrame):
+    """crowd-kit's DawidSkene with its early stop disabled (it stops when the likelihood gain falls under tol,
+    dips included), run to the cap of ours."""
+    from crowdkit.aggregation import DawidSkene
+
+    from annotate.reliability import DS_MAX_ITER
+
+    return DawidSkene(n_iter=DS_MAX_ITER, tol=-np.inf).fit(labels.rename(columns={"item": "task", "annotator": "worker"}))
+
+
+def assert_same_as_crowd_kit(ours, theirs, atol=1e-4):
+    assert (theirs.labels_.reindex(ours.labels.index) == ours.labels).all()
+    posteriors = theirs.probas_.reindex(index=ours.posteriors.index, columns=ours.posteriors.columns).to_numpy()
+    # Ours stops once no posterior moves by 1e-6 in an iteration; crowd-kit ran on to 500.
+    np.testing.assert_allclose(posteriors, ours.posteriors.to_numpy(), atol=atol, rtol=0)
+
+
+def test_dawid_skene_on_the_committed_4_class_crowd_is_crowd_kits_converged_answer():
+    """tests/annotate/data/crowd4.csv (make_crowd4.py): 480 labels of 4 classes by 10 skewed annotators. The old
+    20-iteration cap left two labels unlike the converged answer, and so unlike crowd-kit's."""
+    labels = pd.read_csv(CROWD4)[["item", "annotator", "label"]]
+    ours = dawid_skene(labels)
+    assert ours.converged and 20 < ours.n_iter < 200
+    assert_same_as_crowd_kit(ours, crowd_kit_converged(labels))
+    assert sorted(ours.posteriors.columns) == ["off-topic", "safe", "unsafe", "unsure"]
+    assert (dawid_skene(labels, max_iter=20, tol=None).labels != ours.labels).sum() == 2
+
+
+def skewed_crowd(seed: int, k: int, n_items=200, n_annotators=8, per_item=4) -> pd.DataFrame:
+    """Labels from annotators with known confusion matrices: 50–90 % on the truth, the rest spread unevenly
+    (Dirichlet(0.5) over the other classes: each annotator has favourite mistakes), over skewed class shares."""
+    rng = np.random.default_rng(seed)
+    truth = rng.choice(k, n_items, p=rng.dirichlet(np.full(k, 2.0)))
+    confusion = np.zeros((n_annotators, k, k))  # [annotator, true, given]
+    for a in range(n_annotators):
+        accuracy = rng.uniform(0.5, 0.9)
+        for c in range(k):
+            confusion[a, c] = np.insert(rng.dirichlet(np.full(k - 1, 0.5)) * (1 - accuracy), c, accuracy)
+    item = np.repeat(np.arange(n_items), per_item)
+    annotator = np.concatenate([rng.choice(n_annotators, per_item, replace=False) for _ in range(n_items)])
+    given = (rng.random(len(item))[:, None] > np.cumsum(confusion[annotator, truth[item]], axis=1)).sum(axis=1)
+    return pd.DataFrame({"item": item, "annotator": annotator, "label": given})
+
+
+@pytest.mark.parametrize("k, seed", [(2, 2), (3, 3), (4, 1), (5, 3)])
+def test_dawid_skene_on_simulated_skewed_crowds_equals_crowd_kit_without_its_early_stop(k, seed):
+    # Crowds on which crowd-kit's default early stop ends with labels unlike its own converged answer.
+    labels = skewed_crowd(seed, k)
+    ours = dawid_skene(labels)
+    assert ours.converged
+    assert_same_as_crowd_kit(ours, crowd_kit_converged(labels))
+
+
+def test_reliability_that_cannot_be_estimated_is_nan_with_the_reason():
+    alone = pd.DataFrame({"item": [1, 2, 3], "annotator": "a", "label": ["x", "y", "x"]})
+    result = dawid_skene(alone)
+    assert result.accuracy.isna().all()
+    assert result.unestimated == {"a": "only one annotator: there is no one to compare with"}
+    assert result.labels.tolist() == ["x", "y", "x"]  # the labels are still the one annotator's
+
+    # c labels items nobody else labels: their accuracy would be measured against themselves.
+    shared = pd.DataFrame(
+        {"item": [1, 1, 2, 2, 3, 3, 4, 5], "annotator": ["a", "b", "a", "b", "a", "b", "c", "c"],
+         "label": ["x", "x", "y", "y", "x", "y", "x", "y"]}
+    )  # fmt: skip
+    result = dawid_skene(shared)
+    assert result.unestimated == {"c": "shares no item with another annotator"}
+    assert np.isnan(result.accuracy["c"])
+    assert 0 < result.accuracy["a"] < 1 and 0 < result.accuracy["b"] < 1
+
+    same = pd.DataFrame({"item": [1, 1, 2, 2], "annotator": ["a", "b", "a", "b"], "label": "x"})
+    assert set(dawid_skene(same).unestimated) == {"a", "b"}
+    assert dawid_skene(same).accuracy.isna().all()
 
 
 # --- Bradley-Terry with ties ---------------------------------------------------------------------------------
