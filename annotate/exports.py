@@ -45,17 +45,39 @@ from django.db.models.fields.json import KT
 
 from .models import Item, Judgment, Kind, Membership, Project, Response, Snapshot, prompt_hash
 
-FORMATS = ("trl", "hh", "openai-dpo", "kto", "ranking", "ratings", "steps", "sft", "raw")
+FORMATS = ("trl", "hh", "openai-dpo", "kto", "ranking", "ratings", "labels", "steps", "sft", "raw")
 PREFERENCE_FORMATS = {"trl", "hh", "openai-dpo", "kto"}
 CONTAINERS = ("jsonl", "parquet", "hf")
 AGGREGATES = ("majority", "dawid-skene", "bradley-terry", "none")
 # Aggregations that fit a model of the annotators over the whole project before rows are written.
 MODEL_AGGREGATES = ("dawid-skene", "bradley-terry")
+# The aggregations each format can use, its default first; a (format, kind) key overrides the format's entry
+# for projects of that kind. Anything else is refused, never ignored (docs/exports.md has this table).
+FORMAT_AGGREGATES = {
+    "trl": AGGREGATES,
+    "hh": AGGREGATES,
+    "openai-dpo": AGGREGATES,
+    "kto": AGGREGATES,
+    ("kto", Kind.RATING): ("majority",),  # the mean score of each response against the scale's middle
+    "ranking": ("majority", "none"),  # majority: responses by mean rank
+    "ratings": ("none",),  # every annotator's scores, and their mean
+    "labels": ("majority", "dawid-skene"),
+    "steps": ("majority", "none"),
+    "sft": ("none",),
+    "raw": ("none",),
+}
+
+
+def format_aggregates(fmt: str, kind: str | None = None) -> tuple[str, ...]:
+    """The aggregations ``fmt`` can use (for a project of ``kind``), its default first."""
+    return FORMAT_AGGREGATES.get((fmt, kind), FORMAT_AGGREGATES[fmt])
+
+
 # Which formats each kind can produce.
 KIND_FORMATS = {
     Kind.PAIRWISE: PREFERENCE_FORMATS | {"sft", "raw"},
     Kind.RANKING: PREFERENCE_FORMATS | {"ranking", "raw"},
-    Kind.RATING: PREFERENCE_FORMATS | {"ratings", "raw"},
+    Kind.RATING: PREFERENCE_FORMATS | {"ratings", "labels", "raw"},
     Kind.STEPS: {"steps", "raw"},
     Kind.DEMONSTRATION: {"sft", "raw"},
 }
@@ -67,6 +89,12 @@ PREFERENCE_COLUMNS = ["item", "chosen", "rejected", "margin", "n_votes", "agreem
 
 class ExportError(ValueError):
     pass
+
+
+CATEGORICAL_PREFERENCES = (
+    "A categorical rating scale has no order to turn into preferences; the labels format gives one label per "
+    "response and criterion."
+)
 
 
 @dataclass
@@ -255,7 +283,7 @@ def pair_votes(kind: str, votes: pd.DataFrame, responses: dict[int, list[tuple[i
             name = criterion or next(iter(next(iter(ratings.values()))))
             scores = {int(rid): values[name] for rid, values in ratings.items()}
             if not all(isinstance(v, (int, float)) for v in scores.values()):
-                raise ExportError("A categorical rating scale has no order to turn into preferences.")
+                raise ExportError(CATEGORICAL_PREFERENCES)
             for a, b in combinations(sorted(scores), 2):
                 diff = scores[a] - scores[b]
                 winner = None if diff == 0 else (a if diff > 0 else b)
@@ -524,6 +552,108 @@ def ratings_rows(votes: pd.DataFrame, tables: ItemTables, names: dict[int, str])
     return rows
 
 
+LABEL_KEYS = ["item", "response", "criterion"]
+
+
+def label_criteria(project: Project, options: "ExportOptions") -> list[str]:
+    """The criteria a labels export covers: the one asked for, else every criterion of the project."""
+    return [options.criterion] if options.criterion else project.rating_criteria
+
+
+def rating_labels(votes: pd.DataFrame, criteria: list[str]) -> pd.DataFrame:
+    """Every score of rating ``votes`` on ``criteria``, one row each: ``item``, ``response`` (id),
+    ``criterion``, ``annotator``, ``label`` (a number on a numeric scale, else the scale's label)."""
+    rows = [
+        (vote.item, int(rid), criterion, vote.annotator, scores[criterion])
+        for vote in votes.itertuples(index=False)
+        for rid, scores in vote.data["ratings"].items()
+        for criterion in criteria
+        if criterion in scores
+    ]
+    return pd.DataFrame(rows, columns=LABEL_KEYS + ["annotator", "label"])
+
+
+def majority_labels(labels: pd.DataFrame) -> pd.DataFrame:
+    """The most frequent label of each (item, response, criterion), indexed by them: ``label`` and
+    ``confidence`` (its share of the votes). Where two labels share the top count there is no majority and
+    the unit is left out, as preference formats leave out a pair without one."""
+    counts = labels.groupby(LABEL_KEYS + ["label"]).size().rename("count").reset_index()
+    counts = counts[counts["count"] == counts.groupby(LABEL_KEYS)["count"].transform("max")]
+    counts = counts[counts.groupby(LABEL_KEYS)["label"].transform("size") == 1]
+    votes = labels.groupby(LABEL_KEYS).size().reindex(pd.MultiIndex.from_frame(counts[LABEL_KEYS])).to_numpy()
+    return counts.set_index(LABEL_KEYS).assign(confidence=lambda f: f["count"] / votes)[["label", "confidence"]]
+
+
+def label_rows(labels: pd.DataFrame, tables: ItemTables, criteria: list[str], numeric: bool, model: pd.DataFrame | None = None, min_agreement: float = 0.0) -> list[dict]:
+    """The ``labels`` format: one row per item × response × criterion with votes, in item, response and
+    criterion order: ``id``, ``response`` (its index in the item), ``criterion``, ``label``, ``confidence``
+    (0–1) and ``votes`` (how many scores it had); on a numeric scale also ``mean`` and ``median``.
+
+    ``labels`` comes from :func:`rating_labels`. Without ``model`` the label is the majority
+    (:func:`majority_labels`); with one (:func:`fit_label_model`) it is the model's label and ``confidence``
+    its posterior probability. Rows below ``min_agreement`` confidence are left out.
+    """
+    if labels.empty:
+        return []
+    grouped = labels.groupby(LABEL_KEYS)["label"]
+    units = grouped.size().rename("votes").to_frame()
+    if numeric:
+        units = units.join(grouped.mean().rename("mean")).join(grouped.median().rename("median"))
+    chosen = model if model is not None else majority_labels(labels)
+    units = units.join(chosen, how="inner").reset_index()
+    units = units[units["confidence"] >= min_agreement]
+    position = {rid: i for pairs in tables.responses.values() for i, (rid, _) in enumerate(pairs)}
+    order = {criterion: i for i, criterion in enumerate(criteria)}
+    units = units.assign(position=units["response"].map(position), order=units["criterion"].map(order))
+    units = units.sort_values(["item", "position", "order"], kind="stable")
+    rows = []
+    for unit in units.itertuples(index=False):
+        row = {
+            "id": tables.external_ids[unit.item],
+            "response": int(unit.position),
+            "criterion": unit.criterion,
+            "label": unit.label.item() if isinstance(unit.label, np.generic) else unit.label,
+            "confidence": float(unit.confidence),
+            "votes": int(unit.votes),
+        }
+        if numeric:
+            row.update(mean=float(unit.mean), median=float(unit.median))
+        rows.append(row)
+    return rows
+
+
+def fit_label_model(project: Project, options: "ExportOptions", ranges) -> tuple[pd.DataFrame, dict]:
+    """Dawid-Skene over every score of the project, one fit per criterion (an annotator careful about one
+    criterion may not be about another): a first pass over the votes. Returns the ``label`` and
+    ``confidence`` (posterior) of each (item, response, criterion), and the fits' ``iterations`` (the most
+    any criterion took), ``converged`` (all of them) and ``by_criterion``."""
+    from .reliability import dawid_skene
+
+    criteria = label_criteria(project, options)
+    frames = [rating_labels(vote_frame(project, options.include_paused, options.include_gold, item_range), criteria) for item_range in ranges]
+    labels = pd.concat(frames, ignore_index=True) if frames else rating_labels(pd.DataFrame(columns=["item", "annotator", "data"]), criteria)
+    parts, fits = [], {}
+    for criterion in criteria:
+        part = labels[labels["criterion"] == criterion]
+        # A response id names its item too, so it is the unit of a criterion's fit.
+        fitted = dawid_skene(pd.DataFrame({"item": part["response"], "annotator": part["annotator"], "label": part["label"]}))
+        fits[criterion] = fitted.convergence()
+        units = part[LABEL_KEYS].drop_duplicates()
+        parts.append(
+            units.assign(
+                label=fitted.labels.reindex(units["response"]).to_numpy(),
+                confidence=fitted.posteriors.max(axis=1).reindex(units["response"]).to_numpy().astype(float),
+            )
+        )
+    model = pd.concat(parts, ignore_index=True).set_index(LABEL_KEYS)
+    found = {
+        "iterations": max((f["iterations"] for f in fits.values()), default=0),
+        "converged": all(f["converged"] for f in fits.values()),
+        "by_criterion": fits,
+    }
+    return model, found
+
+
 def steps_rows(project: Project, votes: pd.DataFrame, tables: ItemTables, aggregate: str, neutral: bool = True) -> list[dict]:
     """TRL stepwise supervision: ``prompt``, ``completions`` (the steps), ``labels`` (one bool per step).
 
@@ -568,7 +698,9 @@ def sft_rows(votes: pd.DataFrame, tables: ItemTables) -> list[dict]:
 class ExportOptions:
     """What an export is made of; stored with a snapshot. The same options over the same votes give the same hash.
 
-    - ``aggregate``: ``majority`` (one row per item or pair) or ``none`` (every vote its own row).
+    - ``aggregate``: ``majority`` (one row per item or pair), ``dawid-skene`` or ``bradley-terry`` (a model of
+      the annotators fitted on the whole project) or ``none`` (every vote its own row); each format takes the
+      ones :data:`FORMAT_AGGREGATES` lists, and empty means the format's default.
     - ``ties``: ``drop`` ties from preference formats, or ``keep`` them as rows with ``"tie": true`` (trl, hh,
       openai-dpo); ranking and raw always keep them.
     - ``min_agreement``: leave out preferences whose winner got less than this share of the votes.
@@ -579,7 +711,7 @@ class ExportOptions:
     """
 
     format: str = "trl"
-    aggregate: str = "majority"
+    aggregate: str = ""
     container: str = "jsonl"
     test_size: float = 0.0
     seed: int = 0
@@ -592,6 +724,10 @@ class ExportOptions:
     criterion: str = ""
     neutral_steps: bool = True
     license: str = ""
+
+    def __post_init__(self):
+        if self.aggregate == "" and self.format in FORMATS:
+            object.__setattr__(self, "aggregate", format_aggregates(self.format)[0])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -613,6 +749,7 @@ class ExportOptions:
             raise ExportError(f"Unknown format {self.format!r}: use one of {', '.join(FORMATS)}.")
         if self.aggregate not in AGGREGATES:
             raise ExportError(f"Unknown aggregation {self.aggregate!r}: use one of {', '.join(AGGREGATES)}.")
+        check_aggregate(self.format, self.aggregate)
         if self.container not in CONTAINERS:
             raise ExportError(f"Unknown container {self.container!r}: use one of {', '.join(CONTAINERS)}.")
         if self.ties not in ("drop", "keep"):
@@ -634,6 +771,16 @@ class ExportOptions:
 
 
 
+def check_aggregate(fmt: str, aggregate: str, kind: str | None = None) -> None:
+    """Refuse an aggregation that ``fmt`` cannot use (:data:`FORMAT_AGGREGATES`), saying which it can."""
+    allowed = format_aggregates(fmt, kind)
+    if aggregate in allowed:
+        return
+    of = f"the {fmt} format of a {kind} project" if (fmt, kind) in FORMAT_AGGREGATES else f"the {fmt} format"
+    hint = " For one aggregated label per response and criterion, use the labels format." if fmt == "ratings" else ""
+    raise ExportError(f"Aggregation {aggregate!r} does not apply to {of}: it takes {' or '.join(allowed)}.{hint}")
+
+
 def check_options(project: Project, options: "ExportOptions") -> None:
     """Raise :class:`ExportError` unless ``options`` are valid and fit the project's kind and criteria."""
     options.validate()
@@ -641,13 +788,21 @@ def check_options(project: Project, options: "ExportOptions") -> None:
     if fmt not in KIND_FORMATS[project.kind]:
         allowed = ", ".join(sorted(KIND_FORMATS[project.kind]))
         raise ExportError(f"A {project.kind} project exports as {allowed}, not {fmt}.")
+    check_aggregate(fmt, options.aggregate, project.kind)
+    if fmt in PREFERENCE_FORMATS and project.kind == Kind.RATING and "labels" in project.rating_scale:
+        raise ExportError(CATEGORICAL_PREFERENCES)
+    if fmt == "labels" and options.ties != "drop":
+        raise ExportError("ties applies to preference formats; the labels format has no ties to keep.")
     criterion = options.criterion or None
     if criterion and criterion not in (project.criteria or project.rating_criteria):
         raise ExportError(f"Unknown criterion {criterion!r} in project {project.slug}.")
 
 
-def iter_rows(project: Project, options: "ExportOptions") -> Iterator[tuple[list[dict], ItemTables]]:
-    """The export's rows, a chunk of items at a time, each with the tables it was built from."""
+def iter_rows(project: Project, options: "ExportOptions", fit: dict | None = None) -> Iterator[tuple[list[dict], ItemTables]]:
+    """The export's rows, a chunk of items at a time, each with the tables it was built from.
+
+    ``fit``, a dict, receives what a model aggregation found (``iterations``, ``converged``; see
+    :func:`fit_preference_model` and :func:`fit_label_model`) before the first chunk is yielded."""
     check_options(project, options)
     fmt = options.format
     criterion = options.criterion or None
@@ -659,8 +814,13 @@ def iter_rows(project: Project, options: "ExportOptions") -> Iterator[tuple[list
     ranges = item_ranges(items)
     judgments = current_judgments(project, options.include_paused, include_gold)
     model = None
-    if options.aggregate in MODEL_AGGREGATES and fmt in PREFERENCE_FORMATS:
-        model = fit_preference_model(project, options, ranges, conversational, with_data)
+    if options.aggregate in MODEL_AGGREGATES:
+        if fmt == "labels":
+            model, found = fit_label_model(project, options, ranges)
+        else:
+            model, found = fit_preference_model(project, options, ranges, conversational, with_data)
+        if fit is not None:
+            fit.update(found)
     for item_range in ranges:
         tables = item_tables(project, item_range, conversational)
         if fmt == "raw":
@@ -683,6 +843,10 @@ def _rows(project: Project, votes: pd.DataFrame, tables: ItemTables, options: "E
         return ranking_rows(votes, tables, options.aggregate, names)
     if fmt == "ratings":
         return ratings_rows(votes, tables, names)
+    if fmt == "labels":
+        criteria = label_criteria(project, options)
+        labels = rating_labels(votes, criteria)
+        return label_rows(labels, tables, criteria, "labels" not in project.rating_scale, model, options.min_agreement)
     if fmt == "steps":
         return steps_rows(project, votes, tables, options.aggregate, options.neutral_steps)
     if project.kind == Kind.PAIRWISE:  # sft from pairwise: the rewrites of "both bad" answers
@@ -720,10 +884,11 @@ def _preference_rows(project: Project, votes: pd.DataFrame, tables: ItemTables, 
     return trl_rows(preferences, tables)
 
 
-def fit_preference_model(project: Project, options: "ExportOptions", ranges, conversational: bool, with_data: bool) -> pd.DataFrame:
+def fit_preference_model(project: Project, options: "ExportOptions", ranges, conversational: bool, with_data: bool) -> tuple[pd.DataFrame, dict]:
     """Fit Dawid-Skene or Bradley-Terry on every pairwise vote of the project (a first pass over the votes,
     integers only); returns the aggregated outcome of each (item, a, b): ``label`` (a response id, or -1 for a
-    tie) and ``confidence`` (the posterior of that label, or the model's probability of that outcome)."""
+    tie) and ``confidence`` (the posterior of that label, or the model's probability of that outcome), and
+    the fit's ``{"iterations", "converged"}``."""
     from .reliability import dawid_skene, noisy_bradley_terry
 
     include_gold = options.include_gold
@@ -735,7 +900,7 @@ def fit_preference_model(project: Project, options: "ExportOptions", ranges, con
     pairs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PAIR_COLUMNS)
     units = pairs[["item", "a", "b"]].drop_duplicates().reset_index(drop=True)
     if pairs.empty:
-        return units.assign(label=pd.Series(dtype=np.int64), confidence=pd.Series(dtype=float))
+        return units.assign(label=pd.Series(dtype=np.int64), confidence=pd.Series(dtype=float)), {"iterations": 0, "converged": True}
     if options.aggregate == "dawid-skene":
         # Classes shared by every pair, as Dawid-Skene needs: 0 the lower response id won, 1 the other, 2 a tie.
         unit = pairs["item"].astype(str) + ":" + pairs["a"].astype(str) + ":" + pairs["b"].astype(str)
@@ -746,7 +911,7 @@ def fit_preference_model(project: Project, options: "ExportOptions", ranges, con
         best = fitted.labels.reindex(keys).to_numpy().astype(np.int64)
         confidence = fitted.posteriors.max(axis=1).reindex(keys).to_numpy()
         label = np.where(best == 0, units["a"], np.where(best == 1, units["b"], -1))
-        return units.assign(label=label.astype(np.int64), confidence=confidence.astype(float))
+        return units.assign(label=label.astype(np.int64), confidence=confidence.astype(float)), fitted.convergence()
     first = pairs["first"].fillna(pairs["a"]).astype(np.int64)
     second = np.where(first == pairs["a"], pairs["b"], pairs["a"])
     winner = pairs["winner"]
@@ -758,7 +923,8 @@ def fit_preference_model(project: Project, options: "ExportOptions", ranges, con
     probabilities = weights / weights.sum(axis=1, keepdims=True)
     best = probabilities.argmax(axis=1)
     label = np.where(best == 0, units["a"], np.where(best == 1, units["b"], -1))
-    return units.assign(label=label.astype(np.int64), confidence=probabilities.max(axis=1))
+    found = {"iterations": fitted.n_iter, "converged": fitted.converged}
+    return units.assign(label=label.astype(np.int64), confidence=probabilities.max(axis=1)), found
 
 
 def model_pairs(pairs: pd.DataFrame, model: pd.DataFrame, keep_ties: bool = False) -> pd.DataFrame:
@@ -1342,9 +1508,12 @@ def _joined(array) -> memoryview:
 
 @dataclass
 class ExportResult:
+    """``aggregation``: ``method`` and, for a model, its fit's ``iterations`` and ``converged`` (the card's)."""
+
     counts: dict[str, int]
     content_hash: str
     files: dict[str, Path]
+    aggregation: dict = field(default_factory=dict)
 
 
 def write_export(project: Project, options: "ExportOptions", folder: Path, columnar: bool = True) -> ExportResult:
@@ -1366,6 +1535,7 @@ def write_export(project: Project, options: "ExportOptions", folder: Path, colum
     writers = {name: _SplitWriter(folder, name, options.container) for name in names}
     criteria = {f"test:{c}": _SplitWriter(folder, criterion_file(c), options.container) for c in criterion_tests(project, options)}
     seen: set[bytes] = set()
+    fit: dict = {}  # what a model aggregation found, for the card
     # An export allocates millions of small acyclic dicts and lists; the cyclic garbage collector would scan
     # them again and again (a third of the run time), while reference counting frees them anyway. What exists
     # before the export (Django, pandas, pyarrow: a million objects) is frozen, so that the one collection
@@ -1388,7 +1558,7 @@ def write_export(project: Project, options: "ExportOptions", folder: Path, colum
                 writers = {name: _SplitWriter(folder, name, options.container) for name in names}
                 seen.clear()
         if not written:
-            for rows, tables in iter_rows(project, options):
+            for rows, tables in iter_rows(project, options, fit):
                 gc.collect()  # once per chunk: frees the previous chunk's cycles (pandas has some)
                 for row in rows:
                     data = canonical(row)
@@ -1425,7 +1595,8 @@ def write_export(project: Project, options: "ExportOptions", folder: Path, colum
         for path in files.values():
             path.unlink()
         files = {name: folder / "dataset" / name for name in writers} | {name: folder / "dataset" / "criteria" / w.path.stem for name, w in criteria.items()}
-    return ExportResult({name: w.count for name, w in every.items()}, digest.hexdigest(), files)
+    aggregation = {"method": options.aggregate, **fit}
+    return ExportResult({name: w.count for name, w in every.items()}, digest.hexdigest(), files, aggregation)
 
 
 _BLAKE2B_16 = functools.partial(hashlib.blake2b, digest_size=16)  # the deduplication key of a row's bytes
@@ -1507,7 +1678,7 @@ def create_snapshot(project: Project, options: "ExportOptions", created_by=None)
         existing = Snapshot.objects.filter(project=project, content_hash=result.content_hash, options=options.to_dict()).first()
         if existing is not None and existing.folder.is_dir():
             return existing, False
-        summary = _json_safe(agreement.summary(project))
+        summary = _json_safe({**agreement.summary(project), "aggregation": result.aggregation})
         counts = dict(result.counts)
         counts.update({key: summary.get(key, 0) for key in ("n_judgments", "n_items", "n_annotators")})
         relative = Path("snapshots") / project.slug / f"{result.content_hash[:16]}-{uuid.uuid4().hex[:8]}"
@@ -1522,6 +1693,13 @@ def create_snapshot(project: Project, options: "ExportOptions", created_by=None)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return snapshot, True
+
+
+def _aggregation_text(fit: dict) -> str:
+    """``dawid-skene, 57 iterations, converged`` (a model's fit) or just the method."""
+    if "iterations" not in fit:
+        return fit["method"]
+    return f"{fit['method']}, {fit['iterations']} iterations, {'converged' if fit['converged'] else 'stopped at the cap before converging'}"
 
 
 def _json_safe(value):
@@ -1574,6 +1752,7 @@ def dataset_card(snapshot: Snapshot) -> str:
         f"- judgments: {snapshot.counts.get('n_judgments')}, items: {snapshot.counts.get('n_items')}, "
         f"annotators: {snapshot.counts.get('n_annotators')} (pseudonymous)",
         f"- percent agreement: {snapshot.agreement.get('percent_agreement')}",
+        f"- aggregation: {_aggregation_text(snapshot.agreement.get('aggregation') or {'method': options['aggregate']})}",
         f"- newest judgment included: {snapshot.last_judgment_id}",
         "",
         "## Options",

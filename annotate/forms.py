@@ -400,8 +400,9 @@ class ExportForm(forms.Form):
 
     format = forms.ChoiceField()
     aggregate = forms.ChoiceField(
-        choices=[("majority", "Majority vote"), ("dawid-skene", "Dawid-Skene"), ("bradley-terry", "Bradley-Terry (ties, skill, position)"), ("none", "Every vote")],
-        initial="majority",
+        choices=[("", "The format's default"), ("majority", "Majority vote"), ("dawid-skene", "Dawid-Skene"),
+                 ("bradley-terry", "Bradley-Terry (ties, skill, position)"), ("none", "Every vote")],  # fmt: skip
+        initial="",
         required=False,
     )
     ties = forms.ChoiceField(choices=[("drop", "Drop ties"), ("keep", "Keep ties as rows")], initial="drop", required=False)

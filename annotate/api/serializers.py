@@ -205,8 +205,11 @@ class MemberInSerializer(serializers.Serializer):
 class ExportOptionsSerializer(serializers.Serializer):
     """Documents the options; ``annotate.exports.ExportOptions`` validates them."""
 
-    format = serializers.ChoiceField(choices=["trl", "hh", "openai-dpo", "kto", "ranking", "ratings", "steps", "sft", "raw"], default="trl")
-    aggregate = serializers.ChoiceField(choices=["majority", "dawid-skene", "bradley-terry", "none"], default="majority")
+    format = serializers.ChoiceField(choices=["trl", "hh", "openai-dpo", "kto", "ranking", "ratings", "labels", "steps", "sft", "raw"], default="trl")
+    aggregate = serializers.ChoiceField(
+        choices=["majority", "dawid-skene", "bradley-terry", "none"], required=False,
+        help_text="Default: the format's own. Each format takes only some (docs/exports.md); any other is refused with 400.",
+    )  # fmt: skip
     ties = serializers.ChoiceField(choices=["drop", "keep"], default="drop")
     min_agreement = serializers.FloatField(default=0.0, help_text="Leave out preferences whose winner got a smaller share (or confidence).")
     include_paused = serializers.BooleanField(default=False)

@@ -12,7 +12,10 @@ class Command(BaseCommand):
         parser.add_argument("--format", required=True, choices=FORMATS)
         parser.add_argument("--out", required=True, help="A file (jsonl, parquet) or a folder (hf, or with --test-size).")
         parser.add_argument("--container", default="jsonl", choices=CONTAINERS)
-        parser.add_argument("--aggregate", default="majority", choices=AGGREGATES)
+        parser.add_argument(
+            "--aggregate", default="", choices=AGGREGATES,
+            help="Default: the format's own (docs/exports.md lists which each format takes; any other is an error).",
+        )  # fmt: skip
         parser.add_argument("--test-size", type=float, default=0.0, help="Share of prompts in the test split.")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--no-dedupe", action="store_true", help="Keep rows identical to an earlier one.")
