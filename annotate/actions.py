@@ -20,7 +20,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from . import rows
-from .imports import ANNOTATOR_NAME, ANNOTATOR_NAME_RULE, ImportFailed, ParsedItem, ParsedVote, RowError
+from .imports import ANNOTATOR_NAME, ANNOTATOR_NAME_RULE, ImportFailed, ParsedItem, ParsedItems, ParsedVote, RowError
 from .judgments import InvalidJudgment, judgment_fields, vote_fields
 from .models import (
     SETTINGS_FIELDS, Flag, Item, Judgment, Kind, Membership, Project, Response, Role, Round, Task, make_pseudonym, prompt_hash,
@@ -107,6 +107,7 @@ class ImportReport:
     empty_responses: int = 0  # empty responses among the new items
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, reason) of invalid rows (--skip-invalid)
     votes: VoteImportReport | None = None  # the file's own preferences, recorded as votes (--votes-as)
+    left_out: str = ""  # OpenAssistant reply groups of a size the project's kind cannot hold
 
     def summary(self) -> str:
         text = f"Imported {self.created} {'item' if self.created == 1 else 'items'}."
@@ -115,8 +116,9 @@ class ImportReport:
         if self.empty_responses:
             text += f" {self.empty_responses} {'response is' if self.empty_responses == 1 else 'responses are'} empty."
         if self.duplicates:
-            lines = ", ".join(str(line) for line, _ in self.duplicates[:20])
-            more = "..." if len(self.duplicates) > 20 else ""
+            numbers = sorted({line for line, _ in self.duplicates})  # a tree row can hold several items
+            lines = ", ".join(map(str, numbers[:20]))
+            more = "..." if len(numbers) > 20 else ""
             text += f" Skipped {len(self.duplicates)} duplicates (lines {lines}{more})."
         if self.skipped:
             lines = ", ".join(str(line) for line, _ in self.skipped[:20])
@@ -124,6 +126,8 @@ class ImportReport:
             text += f" Skipped {len(self.skipped)} invalid rows (lines {lines}{more})."
         if self.votes is not None:
             text += f" Recorded {self.votes.created} of the file's preferences as votes."
+        if self.left_out:
+            text += f" {self.left_out}"
         return text
 
 
@@ -139,21 +143,30 @@ def import_items(
 
     An external id identifies an item: a row whose id is already in the project (or earlier in the file) with
     the same content is a duplicate, skipped and reported; with other content it is an error. Rows without an id
-    are deduplicated by content. ``votes_as`` records each preference row's own label (TRL and HH "chosen") as a
-    vote of that annotator. Errors refuse the whole import, unless ``skipped`` (the rows the parser already set
-    aside, ``--skip-invalid``) is given: then the rows in error join it and the rest is imported.
+    are deduplicated by content. ``votes_as`` records each row's own label (TRL and HH "chosen", OpenAssistant's
+    consensus ranking) as a vote of that annotator. Errors refuse the whole import, unless ``skipped`` (the rows the
+    parser already set aside, ``--skip-invalid``) is given: then the rows in error join it and the rest is imported.
     """
     if votes_as is not None:
-        if project.kind != Kind.PAIRWISE:
-            raise ImportFailed([(0, f"--votes-as records pairwise votes; {project.slug} is a {project.kind} project.")])
-        if missing := [p.line for p in parsed if p.preferred is None]:
-            raise ImportFailed([(line, "--votes-as needs preference rows (TRL prompt/chosen/rejected or HH chosen/rejected); this row has no label.") for line in missing])
+        if project.kind not in (Kind.PAIRWISE, Kind.RANKING):
+            raise ImportFailed([(0, f"--votes-as records pairwise or ranking votes; {project.slug} is a {project.kind} project.")])
         if not isinstance(votes_as, str) or not ANNOTATOR_NAME.fullmatch(votes_as):
             raise ImportFailed([(0, f"--votes-as: {ANNOTATOR_NAME_RULE}")])
+        label = "preferred" if project.kind == Kind.PAIRWISE else "preferred_ranking"
+        if missing := [p.line for p in parsed if getattr(p, label) is None]:
+            raise ImportFailed([
+                (line, "--votes-as needs rows that carry their label (TRL prompt/chosen/rejected, HH chosen/rejected, "
+                       "OpenAssistant trees); this row has none.")
+                for line in missing
+            ])  # fmt: skip
     with transaction.atomic():
         report, resolved = _import_items(project, parsed, source, skipped)
+        report.left_out = parsed.left_out_summary() if isinstance(parsed, ParsedItems) else ""
         if votes_as is not None:
-            votes = [ParsedVote(p.line, item.external_id, votes_as, {"winner": p.preferred}) for p, item in resolved]
+            def vote(p: ParsedItem) -> dict:
+                return {"winner": p.preferred} if project.kind == Kind.PAIRWISE else {"ranking": p.preferred_ranking}
+
+            votes = [ParsedVote(p.line, item.external_id, votes_as, vote(p)) for p, item in resolved]
             report.votes = import_judgments(project, votes) if votes else VoteImportReport(0, [])
     return report
 

@@ -68,6 +68,8 @@ class ParsedItem:
     purpose: str = "normal"
     # The index of the response the file itself prefers (TRL and HH rows: "chosen"), for --votes-as.
     preferred: int | None = None
+    # The file's own ranking, response indices best first (OpenAssistant's consensus ranks), for --votes-as.
+    preferred_ranking: list[int] | None = None
 
     @property
     def content_hash(self) -> str:
@@ -447,7 +449,25 @@ def _csv_responses(row: dict, min_responses: int) -> list[dict]:
     return responses
 
 
-def parse_items(data: bytes, fmt: str, kind: str, skipped: list[tuple[int, str]] | None = None) -> list[ParsedItem]:
+class ParsedItems(list):
+    """The parsed items of a file, and the groups an OpenAssistant tree held that the project's kind cannot take
+    (``left_out``: number of replies → how many groups), which the import summary reports."""
+
+    def __init__(self, items=(), left_out: dict[int, int] | None = None, kind: str = ""):
+        super().__init__(items)
+        self.left_out = left_out or {}
+        self.kind = kind
+
+    def left_out_summary(self) -> str:
+        if not self.left_out:
+            return ""
+        low, high = RESPONSES_PER_KIND[self.kind]
+        groups = ", ".join(f"{n} of {k} replies" for k, n in sorted(self.left_out.items()))
+        takes = f"exactly {low}" if low == high else f"{low} to {high}"
+        return f"Left out OpenAssistant reply groups that a {self.kind} project cannot hold ({groups}; it takes {takes} responses)."
+
+
+def parse_items(data: bytes, fmt: str, kind: str, skipped: list[tuple[int, str]] | None = None) -> ParsedItems:
     """Read every row of an item file, or raise :class:`ImportFailed` naming each bad line.
 
     With a ``skipped`` list, bad rows are appended to it as ``(line, reason)`` instead (``--skip-invalid``);
@@ -458,6 +478,7 @@ def parse_items(data: bytes, fmt: str, kind: str, skipped: list[tuple[int, str]]
     items: list[ParsedItem] = []
     errors: list[tuple[int, str]] = []
     seen_ids: dict[str, ParsedItem] = {}
+    left_out: dict[int, int] = {}
     nul = may_hold_nul(data, fmt)
     for line, row in iter_rows(data, fmt):
         if len(items) + len(errors) >= settings.ARBITER_IMPORT_MAX_ROWS:
@@ -465,26 +486,97 @@ def parse_items(data: bytes, fmt: str, kind: str, skipped: list[tuple[int, str]]
         try:
             if isinstance(row, RowError):
                 raise row
-            item = parse_item_row(row, line, from_csv=fmt == "csv", min_responses=low)
-            if nul and has_nul([item.prompt, item.responses, item.metadata, item.gold, item.external_id]):
-                raise RowError(NUL_MESSAGE)
-            if not low <= len(item.responses) <= high:
-                wanted = f"exactly {low}" if low == high else f"{low} to {high}"
-                raise RowError(f"{kind} projects need {wanted} responses per item; this row has {len(item.responses)}.")
-            if item.external_id is not None:
-                first = seen_ids.get(item.external_id)
-                if first is not None and first.content_hash != item.content_hash:
-                    raise RowError(f"id {item.external_id!r} is already used on line {first.line} for a different item.")
-                seen_ids.setdefault(item.external_id, item)
-            items.append(item)
+            if is_oasst_tree(row):
+                found = []
+                for item in parse_oasst_tree(row, line):
+                    if low <= len(item.responses) <= high:
+                        found.append(item)
+                    else:
+                        left_out[len(item.responses)] = left_out.get(len(item.responses), 0) + 1
+            else:
+                found = [parse_item_row(row, line, from_csv=fmt == "csv", min_responses=low)]
+            for item in found:
+                if nul and has_nul([item.prompt, item.responses, item.metadata, item.gold, item.external_id]):
+                    raise RowError(NUL_MESSAGE)
+                if not low <= len(item.responses) <= high:
+                    wanted = f"exactly {low}" if low == high else f"{low} to {high}"
+                    raise RowError(f"{kind} projects need {wanted} responses per item; this row has {len(item.responses)}.")
+                if item.external_id is not None:
+                    first = seen_ids.get(item.external_id)
+                    if first is not None and first.content_hash != item.content_hash:
+                        raise RowError(f"id {item.external_id!r} is already used on line {first.line} for a different item.")
+                    seen_ids.setdefault(item.external_id, item)
+            items.extend(found)
         except RowError as exc:
             errors.append((line, str(exc)))
     if errors and skipped is None:
         raise ImportFailed(errors)
     if not items:
+        if left_out:
+            raise ImportFailed([(0, ParsedItems([], left_out, kind).left_out_summary() + " Nothing else was in the file.")])
         raise ImportFailed(errors if errors else [(0, "The file has no rows.")])
     if skipped is not None:
         skipped.extend(errors)
+    return ParsedItems(items, left_out, kind)
+
+
+# --- OpenAssistant message trees ---------------------------------------------------------------------------
+
+
+def is_oasst_tree(row: Any) -> bool:
+    """An OpenAssistant export row: ``{"message_tree_id", "prompt": message}`` (trees file) or a root message
+    ``{"message_id", "role": "prompter", "replies": [...]}`` (messages file)."""
+    if not isinstance(row, dict):
+        return False
+    if "message_tree_id" in row and isinstance(row.get("prompt"), dict):
+        return True
+    return "message_id" in row and row.get("role") == "prompter" and isinstance(row.get("replies"), list)
+
+
+def parse_oasst_tree(row: dict, line: int) -> list[ParsedItem]:
+    """Every group of two or more ranked assistant replies in an OpenAssistant tree, as an item: the conversation
+    down to their parent is the prompt, the replies the responses, their parent's message id the item's id. The
+    consensus ``rank`` (0 = best) is the group's ranking, kept out of annotators' sight and recorded as a vote only
+    with ``--votes-as``. Deleted and unranked replies are left out, as OpenAssistant's own exports leave them."""
+    root = row["prompt"] if "message_tree_id" in row else row
+    items: list[ParsedItem] = []
+
+    def walk(message: Any, path: list[dict]) -> None:
+        if not isinstance(message, dict) or not isinstance(message.get("text"), str):
+            raise RowError("an OpenAssistant message needs a text.")
+        role = {"prompter": "user", "assistant": "assistant"}.get(message.get("role"))
+        if role is None:
+            raise RowError(f"an OpenAssistant message has role {message.get('role')!r}; expected prompter or assistant.")
+        path = path + [{"role": role, "content": message["text"]}]
+        replies = message.get("replies") or []
+        if not isinstance(replies, list):
+            raise RowError("an OpenAssistant message's replies must be a list.")
+        ranked = [r for r in replies if isinstance(r, dict) and isinstance(r.get("rank"), int) and not r.get("deleted")]
+        if role == "user" and len(ranked) >= 2 and all(r.get("role") == "assistant" for r in ranked):
+            for reply in ranked:
+                if not isinstance(reply.get("text"), str):
+                    raise RowError("an OpenAssistant message needs a text.")
+            ranking = sorted(range(len(ranked)), key=lambda i: ranked[i]["rank"])
+            items.append(
+                ParsedItem(
+                    line,
+                    path,
+                    [
+                        {"text": r["text"], "model": r.get("model_name") or "", "metadata": {"message_id": r.get("message_id"), "rank": r["rank"]}}
+                        for r in ranked
+                    ],
+                    external_id=str(message.get("message_id") or "") or None,
+                    metadata={"source": "openassistant", "message_tree_id": row.get("message_tree_id") or root.get("message_id"),
+                              "source_ranking": ranking},
+                    preferred=ranking[0],
+                    preferred_ranking=ranking,
+                )
+            )  # fmt: skip
+        for reply in replies:
+            if isinstance(reply, dict) and not reply.get("deleted"):
+                walk(reply, path)
+
+    walk(root, [])
     return items
 
 

@@ -149,11 +149,11 @@ def test_votes_as_records_the_files_own_labels(make_project):
     assert "Recorded 4 of the file's preferences as votes" in report.summary()
     # Rows without a label cannot bring one: the option is an error there, and nothing is imported.
     other = make_project(slug="plain", n_items=0)
-    with pytest.raises(ImportFailed, match="--votes-as needs preference rows"):
+    with pytest.raises(ImportFailed, match="--votes-as needs rows that carry their label"):
         actions.import_items(other, parse_items(jsonl(pairwise_rows(2)), "jsonl", other.kind), votes_as="x")
     assert not Item.objects.filter(project=other).exists()
     rating = make_project(slug="rated", kind=Kind.RATING, n_items=0, scale={"min": 1, "max": 5})
-    with pytest.raises(ImportFailed, match="pairwise votes"):
+    with pytest.raises(ImportFailed, match="pairwise or ranking votes"):
         actions.import_items(rating, parse_items(jsonl(trl), "jsonl", rating.kind), votes_as="x")
 
 
@@ -277,3 +277,42 @@ def test_the_import_page_skips_invalid_rows_and_records_votes(make_project, make
     assert "Import refused" in refused.content.decode() and Item.objects.filter(project=project).count() == 1
     bad_name = client.post("/p/page/import/", {"file": SimpleUploadedFile("p.jsonl", jsonl(rows[:1])), "votes_as": "no spaces"}, follow=True)
     assert "votes_as" in bad_name.content.decode()
+
+
+def test_openassistant_trees_become_ranked_groups(make_project):
+    data = (DATA / "oasst_tree.jsonl").read_bytes()
+    ranking = make_project(slug="oa", kind=Kind.RANKING, n_items=0)
+    parsed = parse_items(data, "jsonl", Kind.RANKING)
+    (group,) = parsed  # the pair under "Why Miso?" does not fit a ranking project: left out and said so
+    assert group.external_id == "p1" and group.prompt == [{"role": "user", "content": "Suggest a name for a cat."}]
+    assert [r["text"] for r in group.responses] == ["Whiskers.", "Miso.", "Cat."]  # deleted and unranked left out
+    assert group.preferred_ranking == [1, 2, 0]
+    report = actions.import_items(ranking, parsed, votes_as="oasst")
+    assert "Left out OpenAssistant reply groups that a ranking project cannot hold (1 of 2 replies" in report.summary()
+    judgment = Judgment.objects.get(project=ranking)
+    texts = dict(Response.objects.filter(item__project=ranking).values_list("id", "text"))
+    assert [[texts[r] for r in tied] for tied in judgment.data["ranking"]] == [["Miso."], ["Cat."], ["Whiskers."]]
+    pairwise = make_project(slug="oap", n_items=0)
+    (pair,) = parse_items(data, "jsonl", Kind.PAIRWISE)
+    assert pair.prompt == [
+        {"role": "user", "content": "Suggest a name for a cat."},
+        {"role": "assistant", "content": "Miso."},
+        {"role": "user", "content": "Why Miso?"},
+    ]
+    actions.import_items(pairwise, [pair], votes_as="oasst")
+    assert Judgment.objects.get(project=pairwise).winner.text.startswith("Because miso soup")
+
+
+@pytest.mark.skipif(not (SHARED / "oasst_en100").is_dir(), reason="../shared/data/ is not there")
+def test_the_real_openassistant_sample_imports_whole(make_project):
+    ranking = make_project(slug="oa", kind=Kind.RANKING, n_items=0)
+    pairwise = make_project(slug="oap", n_items=0)
+    out_ranking = run("import_items", "oa", str(SHARED / "oasst_en100" / "en_100_tree.jsonl"), "--votes-as", "oasst")
+    out_pairwise = run("import_items", "oap", str(SHARED / "oasst_en100" / "en_100_tree.jsonl"), "--votes-as", "oasst")
+    # The sample's card: 212 groups of 2 to 9 ranked replies, 57 of them pairs.
+    assert Item.objects.filter(project=ranking).count() == 155 and "57 of 2 replies" in out_ranking
+    assert Item.objects.filter(project=pairwise).count() == 57 and "Imported 57 items" in out_pairwise
+    assert Judgment.objects.filter(project__in=[ranking, pairwise]).count() == 212
+    # The messages file holds the same trees: every group is already there.
+    again = run("import_items", "oa", str(SHARED / "oasst_en100" / "en_100_message.jsonl"))
+    assert "Imported 0 items" in again and "Skipped 155 duplicates" in again
