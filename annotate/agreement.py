@@ -432,8 +432,11 @@ def pairwise_summary(votes: pd.DataFrame, gold: pd.DataFrame | None = None, crit
     annotators["n"] = normal.groupby("annotator").size().reindex(annotators.index, fill_value=0)
     annotators["agreement_with_majority"] = agreement_with_majority(labels)["agreement"].reindex(annotators.index)
     annotators["gold_accuracy"] = gold_accuracy(votes[votes["is_gold"] == 1], gold).reindex(annotators.index)
+    notes = {}
     if len(labels):
-        annotators["reliability"] = dawid_skene(labels).accuracy.reindex(annotators.index)
+        model = dawid_skene(labels)
+        annotators["reliability"] = model.accuracy.reindex(annotators.index)
+        notes = model.unestimated
     else:
         annotators["reliability"] = np.nan
     seen = normal[(normal["imported"] == 0) & (normal["outcome_code"] == 0)]
@@ -446,6 +449,7 @@ def pairwise_summary(votes: pd.DataFrame, gold: pd.DataFrame | None = None, crit
             "agreement_with_majority": _float(row.agreement_with_majority),
             "gold_accuracy": _float(row.gold_accuracy),
             "reliability": _float(row.reliability),
+            "reliability_note": notes.get(row.Index, "no votes on normal items") if pd.isna(row.reliability) else None,
             "position_bias": _float(row.position_bias),
         }
         for row in annotators.itertuples()
@@ -784,12 +788,15 @@ def unit_summary(labels: pd.DataFrame, level: str) -> dict:
     }
 
 
+NO_RELIABILITY_MODEL = "estimated for pairwise projects only (Dawid-Skene over their votes)"
+
+
 def annotator_rows(labels: pd.DataFrame, n_judgments: pd.Series) -> list[dict]:
     """The ``annotators`` entries of kinds without gold answers, reliability model or display order."""
     majority = agreement_with_majority(labels)["agreement"] if len(labels) else pd.Series(dtype=float)
     return [
         {"annotator": int(a), "n": int(n), "agreement_with_majority": _float(majority.get(a)),
-         "gold_accuracy": None, "reliability": None, "position_bias": None}  # fmt: skip
+         "gold_accuracy": None, "reliability": None, "reliability_note": NO_RELIABILITY_MODEL, "position_bias": None}  # fmt: skip
         for a, n in n_judgments.items()
     ]
 
@@ -862,7 +869,8 @@ def summary(project: Project) -> dict:
     ``fleiss_kappa``, ``krippendorff_alpha`` at ``level``, ``krippendorff_alpha_strength`` (pairwise: ordinal α
     on the signed strength scale), ``kendall_tau`` (ranking: ``[{"a", "b", "tau", "n"}]``), ``by_criterion``
     (per criterion: the same counts and statistics but Cohen's pairs) and ``annotators`` (``name``, ``n``,
-    ``agreement_with_majority``, ``gold_accuracy``, ``reliability`` = Dawid-Skene accuracy, ``position_bias`` =
+    ``agreement_with_majority``, ``gold_accuracy``, ``reliability`` = Dawid-Skene accuracy (None where it
+    cannot be estimated, with the reason in ``reliability_note``), ``position_bias`` =
     share of wins given to the response shown first). Annotators are named by their membership pseudonym,
     never their username. Metrics that do not apply to the project's kind, or that the data leave undefined,
     are None (or empty).

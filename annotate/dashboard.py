@@ -460,9 +460,10 @@ def compute_dashboard(project: Project, summary: dict, over: str = "block") -> d
     Keys: ``summary`` (:func:`page_summary`), ``over_time`` (``by``, ``block_size``, ``level``, ``points``:
     ``x``, ``label``, ``n_items``, ``percent_agreement``, ``alpha``), ``annotators`` (per annotator: ``name``,
     ``status``, ``n``, ``gold_n``, ``gold_accuracy`` (rolling), ``n_timed``, ``median_s``, ``position`` and
-    ``length`` (``n``, ``k``, ``rate``, ``p_value``), ``agreement_with_majority``, ``reliability``),
-    ``project_median_s``, ``position_overall``, ``length_overall``, ``confusion`` (``reference``, ``classes``,
-    ``matrices``: ``name``, ``accuracy``, ``counts``; ``n_annotators``).
+    ``length`` (``n``, ``k``, ``rate``, ``p_value``), ``agreement_with_majority``, ``reliability`` and
+    ``reliability_note``, the reason it is None), ``project_median_s``, ``position_overall``, ``length_overall``, ``confusion`` (``reference``, ``classes``,
+    ``matrices``: ``name``, ``accuracy``, ``accuracy_note``, ``counts``; ``n_annotators``, ``iterations``,
+    ``converged``).
     """
     frame = judgment_frame(project)
     pairwise = project.kind == Kind.PAIRWISE
@@ -524,7 +525,9 @@ def compute_dashboard(project: Project, summary: dict, over: str = "block") -> d
             "reference": "Dawid-Skene",
             "classes": [str(c) for c in classes],
             "n_annotators": int(model.accuracy.size),
-            "matrices": [{"name": names[int(a)], "accuracy": _number(model.accuracy[a]), "counts": matrices[a]} for a in shown],
+            **model.convergence(),
+            "matrices": [{"name": names[int(a)], "accuracy": _number(model.accuracy[a]), "accuracy_note": model.unestimated.get(a),
+                          "counts": matrices[a]} for a in shown],  # fmt: skip
         }
 
     from_summary = {row["name"]: row for row in summary.get("annotators", [])}
@@ -542,6 +545,7 @@ def compute_dashboard(project: Project, summary: dict, over: str = "block") -> d
             "median_s": _number(per_speed["median_ms"].get(a) / 1000) if a in per_speed.index else None,
             "agreement_with_majority": _number(row.get("agreement_with_majority")),
             "reliability": _number(row.get("reliability")),
+            "reliability_note": row.get("reliability_note"),
             "position": _bias_row(position, a),
             "length": _bias_row(length, a),
         }

@@ -12,7 +12,7 @@ from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 
-from annotate import actions, charts, dashboard
+from annotate import actions, agreement, charts, dashboard
 from annotate.imports import parse_items, parse_votes
 from annotate.models import Item, Judgment, Kind, Membership, Role, Task
 from tests.conftest import jsonl, pairwise_rows
@@ -424,3 +424,38 @@ def test_every_kind_renders(make_project, make_member, kind, fields, row, vote):
     if kind == Kind.RANKING:
         assert data["over_time"]["points"][0]["percent_agreement"] == 0.0
     json.dumps(data)  # cacheable anywhere: plain JSON values only
+
+
+def test_a_reliability_nothing_can_estimate_is_null_with_the_reason(make_project, make_member):
+    """One annotator alone used to read 0.9999999; an annotator who shares no item with anyone likewise."""
+    project = make_project(n_items=7, overlap=2)
+    import_votes(project, [{"item": f"item-{i}", "annotator": "solo", "winner": i % 2} for i in range(6)])
+    summary = agreement.summary(project)
+    (row,) = summary["annotators"]
+    assert row["reliability"] is None and row["reliability_note"] == "only one annotator: there is no one to compare with"
+    data = dashboard.dashboard_data(project)
+    (entry,) = data["annotators"]
+    assert entry["reliability"] is None and entry["reliability_note"] == row["reliability_note"]
+    assert data["confusion"]["matrices"][0]["accuracy"] is None and data["confusion"]["converged"] is True
+    html = client_for(make_member(project, "res", Role.RESEARCHER)).get("/p/demo/dashboard/").content.decode()
+    assert "<small>only one annotator: there is no one to compare with</small>" in html
+
+    votes = [{"item": f"item-{i}", "annotator": "pair", "winner": (i + 1) % 2} for i in range(3)]  # shares items 0–2 with solo
+    votes += [{"item": "item-6", "annotator": "loner", "winner": 0}]
+    import_votes(project, votes)
+    cache.clear()
+    rows = {r["name"]: r for r in agreement.summary(project)["annotators"]}
+    names = agreement.pseudonyms(project, list(User.objects.filter(username__in=["solo", "pair", "loner"]).values_list("pk", flat=True)))
+    by_user = {u.username: rows[names[u.pk]] for u in User.objects.filter(username__in=["solo", "pair", "loner"])}
+    assert by_user["loner"]["reliability"] is None and by_user["loner"]["reliability_note"] == "shares no item with another annotator"
+    assert 0 < by_user["pair"]["reliability"] < 1 and by_user["pair"]["reliability_note"] is None
+
+
+@pytest.mark.django_db
+def test_kinds_without_a_reliability_model_say_so():
+    project = actions.create_project(slug="rated", kind=Kind.RATING, overlap=2)
+    actions.import_items(project, parse_items(jsonl([{"id": "q", "prompt": "Rate", "responses": ["x"]}]), "jsonl", Kind.RATING))
+    import_votes(project, [{"item": "q", "annotator": n, "ratings": {"0": {"overall": s}}} for n, s in (("a", 3), ("b", 4))])
+    rows = agreement.summary(project)["annotators"]
+    assert [r["reliability"] for r in rows] == [None, None]
+    assert {r["reliability_note"] for r in rows} == {agreement.NO_RELIABILITY_MODEL}
