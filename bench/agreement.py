@@ -332,7 +332,7 @@ def main(quick: bool = False, *, skip_references: bool = False, repeat: int = 3,
     pa_s, pa = timed(agreement.percent_agreement, labels, repeat=repeat)
     fk_s, fk = timed(agreement.fleiss_kappa, labels, repeat=repeat)
     ka_s, ka = timed(agreement.krippendorff_alpha, labels, "nominal", repeat=repeat)
-    ds_s, ds = timed(reliability.dawid_skene, labels, n_iter=DS_ITERATIONS, tol=None, repeat=repeat)
+    ds_s, ds = timed(reliability.dawid_skene, labels, max_iter=DS_ITERATIONS, tol=None, repeat=repeat)
     total = read_s + prep_s + pa_s + fk_s + ka_s + ds_s
     rows += [
         ("database read (vote frame, 1 query)", read_s, f"{len(frame):,} rows"),

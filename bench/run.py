@@ -8,6 +8,7 @@ are passed to every module; ``--quick`` is understood by all of them.
     .venv/bin/python bench/run.py                 # everything, default settings
     .venv/bin/python bench/run.py --quick         # a smoke run of everything
     .venv/bin/python bench/run.py --only serve -- --sizes 100000 --concurrency 50
+    .venv/bin/python bench/run.py --only aggregation   # majority vs Dawid-Skene vs crowd-kit on simulated crowds
     make bench BENCH_ARGS=--quick
 
 Exit status: 0 when every module exited 0 (a missed performance target is reported, not an error);

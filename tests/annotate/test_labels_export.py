@@ -143,3 +143,29 @@ def test_an_aggregate_the_format_cannot_use_is_an_error_in_command_and_api(tmp_p
     answer = client.post(f"/api/projects/{project.slug}/exports/", {"format": "labels", "aggregate": "dawid-skene"}, format="json")
     assert answer.status_code == 201, answer.content
     assert answer.json()["agreement"]["aggregation"]["method"] == "dawid-skene"
+
+
+@pytest.mark.django_db
+def test_bradley_terry_under_ties_keep_is_the_documented_example():
+    """docs/exports.md: two ties and a win for x between the same pair."""
+    project = actions.create_project(slug="bt", kind=Kind.PAIRWISE, overlap=3)
+    actions.import_items(project, parse_items(jsonl([{"id": "q", "prompt": "Q", "responses": ["x", "y"]}]), "jsonl", Kind.PAIRWISE))
+    votes = [{"item": "q", "annotator": "a", "winner": None}, {"item": "q", "annotator": "b", "winner": None}, {"item": "q", "annotator": "c", "winner": 0}]
+    actions.import_judgments(project, parse_votes(jsonl(votes), "jsonl"))
+    for aggregate in ("majority", "dawid-skene"):
+        (row,) = build_rows(project, "trl", aggregate=aggregate, ties="keep")
+        assert row["tie"] is True, aggregate
+    (row,) = build_rows(project, "trl", aggregate="bradley-terry", ties="keep")
+    assert (row["chosen"], row["rejected"], "tie" in row) == ("x", "y", False)
+    from annotate.reliability import noisy_bradley_terry
+
+    comparisons = pd.DataFrame({"annotator": ["a", "b", "c"], "first": 1, "second": 2, "outcome": ["tie", "tie", "first"]})
+    fit = noisy_bradley_terry(comparisons)
+    d = fit.scores[1] - fit.scores[2]
+    assert round(d, 1) == 11.0 and round(fit.tie, 1) == 33.7
+    assert round(np.exp(d / 2) / (np.exp(d / 2) + np.exp(-d / 2) + fit.tie), 2) == 0.88
+    assert round(fit.skill["a"], 2) == 0.04 and round(fit.skill["c"], 2) == 0.97
+    plain = noisy_bradley_terry(comparisons, annotator_effects=False)
+    d = plain.scores[1] - plain.scores[2]
+    assert (round(d, 1), round(plain.tie, 1)) == (3.9, 14.4)
+    assert round(plain.tie / (np.exp(d / 2) + np.exp(-d / 2) + plain.tie), 2) == 0.67
