@@ -1,12 +1,16 @@
 """The reward runner without Django: configs, training on a separable toy set, methods, resume, scoring."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.training.conftest import FAST, toy_rows, write_jsonl
+from training.runners import available_kinds, config_class
 from training.runners.base import ConfigError, RunCancelled, RunnerError
 from training.runners.reward import RewardRunConfig, run
 from training.scoring import CombinedScorer, RewardScorer, encode
@@ -22,6 +26,28 @@ def _config(base, **values):
 
 
 # --- configs ----------------------------------------------------------------------------------------
+
+
+def test_the_configs_import_without_torch():
+    """The web process reads every kind's config (the launch form, the API, ``train --help-config``): importing the
+    ``*_config`` modules and ``config_class`` must load neither torch nor the runners, in a fresh interpreter."""
+    folder = Path(__file__).resolve().parents[2] / "training" / "runners"
+    modules = sorted(f"training.runners.{path.stem}" for path in folder.glob("*config.py"))
+    assert {f"training.runners.{kind}_config" for kind in available_kinds()} <= set(modules)
+    script = (
+        "import importlib, json, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "from training.runners import available_kinds, config_class\n"
+        "classes = [config_class(kind).__name__ for kind in available_kinds()]\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'trl', 'datasets', 'peft'))\n"
+        "runners = sorted(m for m in sys.modules if m.startswith('training.runners.') and m.removeprefix('training.runners.')"
+        " in available_kinds())\n"
+        "print(json.dumps({'classes': classes, 'heavy': heavy, 'runners': runners}))\n"
+    )  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=folder.parents[1])
+    loaded = json.loads(result.stdout)
+    assert len(modules) == len(available_kinds()) + 1  # one per kind, and config.py with the shared bases
+    assert loaded == {"classes": [config_class(kind).__name__ for kind in available_kinds()], "heavy": [], "runners": []}
 
 
 def test_unknown_option_is_refused_with_a_suggestion():

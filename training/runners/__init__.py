@@ -1,8 +1,8 @@
 """One runner module per training kind; plain functions, runnable and testable without Django.
 
-Each module has ``CONFIG_CLASS`` (a dataclass with help text on every field) and
+Each kind has two modules, as TRL lays out its trainers: ``<kind>_config.py``, torch-free, with ``CONFIG_CLASS`` (a
+dataclass with help text on every field; the web process imports only these), and ``<kind>.py``, the runner, with
 ``run(config, dataset_paths, output_dir, progress_callback, checkpoint_dir=None) -> metrics``; see base.py.
-The kinds of the next issue (sft, dpo, rejection_sampling, ppo, grpo, rloo, generate) plug in here.
 """
 
 from __future__ import annotations
@@ -26,12 +26,17 @@ def available_kinds() -> list[str]:
     return list(RUNNERS)
 
 
-def load_runner(kind: str):
-    """The runner module of ``kind``; ValueError for a kind without one (yet)."""
+def _module_name(kind: str) -> str:
     if kind not in RUNNERS:
         raise ValueError(f"No runner for {kind!r} yet; available: {', '.join(RUNNERS)}.")
-    return importlib.import_module(RUNNERS[kind])
+    return RUNNERS[kind]
+
+
+def load_runner(kind: str):
+    """The runner module of ``kind``; ValueError for a kind without one (yet)."""
+    return importlib.import_module(_module_name(kind))
 
 
 def config_class(kind: str):
-    return load_runner(kind).CONFIG_CLASS
+    """The config dataclass of ``kind``, from its torch-free ``<kind>_config`` module (the runner is not imported)."""
+    return importlib.import_module(_module_name(kind) + "_config").CONFIG_CLASS

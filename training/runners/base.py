@@ -1,7 +1,11 @@
-"""What every runner shares, without Django: the config base class, progress events, device and precision,
-safe model loading, PEFT methods and the artifact folder's rules.
+"""What every runner shares, without Django: the errors, progress events, device and precision, safe model loading,
+PEFT methods and the artifact folder's rules (the configs are in config.py and ``<kind>_config.py``).
 
-A runner is a module with a config dataclass (a :class:`RunConfig` subclass) and one entry point::
+torch, transformers and peft are imported inside the functions that need them: the web process imports this module
+for the folder checks (``has_safetensors``, ``read_arbiter_json``, ``folder_size``) and the errors.
+
+A runner is a module ``<kind>.py`` beside its config ``<kind>_config.py`` (a :class:`RunConfig` subclass) with one
+entry point::
 
     metrics = run(config, dataset_paths, output_dir, progress_callback, checkpoint_dir=None)
 
@@ -14,23 +18,19 @@ and a later call with the same folder resumes from the newest one.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import importlib.util
 import json
 import os
 import shutil
 import time
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # annotations only: config.py imports this module's ConfigError
+    from .config import RunConfig
 
 ProgressCallback = Callable[[dict], "bool | None"]
 
-METHODS = ("full", "lora", "qlora", "prompt_tuning", "prefix_tuning")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # Suffixes a finished model folder may hold: weights only as safetensors, never pickles.
 ALLOWED_SUFFIXES = {".safetensors", ".json", ".txt", ".model", ".md", ".jinja", ".tiktoken"}
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
@@ -46,207 +46,6 @@ class RunnerError(RuntimeError):
 
 class RunCancelled(Exception):
     """The progress callback asked the run to stop."""
-
-
-def option(default, help: str, choices: tuple | None = None, **kwargs):
-    """A config field with its help text (shown by the launch form, the docs and ``train --help-config``)."""
-    metadata = {"help": help}
-    if choices:
-        metadata["choices"] = choices
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
-    return field(default=default, metadata=metadata, **kwargs)
-
-
-@dataclass
-class RunConfig:
-    """Fields every training kind has. Subclasses add their own; ``from_dict`` validates any of them."""
-
-    seed: int = option(0, "Random seed for the head initialisation, data order and dropout.")
-    method: str = option(
-        "full", "full: every weight; lora / qlora (4-bit base, CUDA only): low-rank adapters; prompt_tuning / "
-        "prefix_tuning: learned virtual tokens (peft, where the architecture allows).", METHODS,
-    )  # fmt: skip
-    learning_rate: float = option(1e-5, "Peak learning rate (AdamW).")
-    num_train_epochs: float = option(1.0, "Passes over the training split (ignored when max_steps > 0).")
-    max_steps: int = option(-1, "Stop after this many optimizer steps; -1 trains for num_train_epochs.")
-    per_device_train_batch_size: int = option(8, "Examples (pairs) per device per forward pass.")
-    per_device_eval_batch_size: int = option(16, "Examples per device when evaluating.")
-    gradient_accumulation_steps: int = option(1, "Forward passes per optimizer step (effective batch = batch × this × devices).")
-    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass: less memory, ~20% slower.")
-    max_length: int | None = option(512, "Longest sequence in tokens; longer examples are left out (none: no limit).")
-    precision: str = option("auto", "auto: bf16 on GPUs that support it, fp32 otherwise.", PRECISIONS)
-    warmup_steps: float = option(0.0, "Linear warm-up: steps, or a fraction of all steps when below 1.")
-    weight_decay: float = option(0.0, "AdamW weight decay.")
-    lr_scheduler_type: str = option("linear", "Learning-rate schedule (transformers' names: linear, cosine, constant...).")
-    max_grad_norm: float = option(1.0, "Gradient clipping norm.")
-    logging_steps: int = option(5, "Log loss and accuracy every this many steps (the plots' resolution).")
-    eval_steps: int = option(0, "Evaluate on the test split every this many steps; 0 only at the end.")
-    save_steps: int = option(0, "Write a resumable checkpoint every this many steps; 0 relies on save_minutes.")
-    save_minutes: float = option(10.0, "Also write a checkpoint when this many minutes passed since the last; 0 off.")
-    lora_r: int = option(16, "LoRA rank.")
-    lora_alpha: int = option(32, "LoRA scaling (alpha).")
-    lora_dropout: float = option(0.05, "LoRA dropout.")
-    lora_target_modules: str = option("all-linear", "Modules that get adapters: all-linear, or comma-separated names.")
-    num_virtual_tokens: int = option(16, "prompt_tuning / prefix_tuning: number of virtual tokens.")
-    merge_adapter: bool = option(True, "lora: merge the adapter into the weights of the saved model (not for qlora).")
-
-    # --- construction and validation ---------------------------------------------------------------
-
-    @classmethod
-    def field_types(cls) -> dict[str, Any]:
-        return typing.get_type_hints(cls)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "RunConfig":
-        """A validated config from a dict of values (JSON types). Unknown keys and wrong types raise ConfigError.
-
-        >>> RewardRunConfig.from_dict({"learning_rate": 1e-4, "method": "lora"})  # doctest: +SKIP
-        """
-        if not isinstance(data, dict):
-            raise ConfigError("The config must be an object of option names and values.")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = [key for key in data if key not in names]
-        if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ConfigError(f"Unknown option {', '.join(hints)}. Options: {', '.join(names)}.")
-        types_ = cls.field_types()
-        values = {key: _check_type(key, value, types_[key]) for key, value in data.items()}
-        config = cls(**values)
-        config.validate()
-        return config
-
-    @classmethod
-    def parse_overrides(cls, pairs: list[str]) -> dict:
-        """``["learning_rate=1e-4", "method=lora"]`` (the command's ``--set``) → typed values, by each field's type."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        types_ = cls.field_types()
-        values = {}
-        for pair in pairs:
-            key, sep, text = pair.partition("=")
-            key = key.strip()
-            if not sep or not key:
-                raise ConfigError(f"{pair!r}: write options as key=value.")
-            if key not in names:
-                close = difflib.get_close_matches(key, list(names), n=1)
-                raise ConfigError(f"Unknown option {key!r}" + (f" (did you mean {close[0]!r}?)." if close else "."))
-            values[key] = _parse_text(key, text.strip(), types_[key])
-        return values
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def describe(cls) -> list[dict]:
-        """Every field: name, type, default, choices and help (for forms and docs)."""
-        types_ = cls.field_types()
-        rows = []
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append(
-                {"name": f.name, "type": _type_name(types_[f.name]), "default": default,
-                 "choices": f.metadata.get("choices"), "help": f.metadata.get("help", "")}
-            )  # fmt: skip
-        return rows
-
-    def validate(self) -> None:
-        """Ranges and choices; subclasses call super().validate() and add their own."""
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(f"{f.name} must be one of {', '.join(map(str, choices))}, not {getattr(self, f.name)!r}.")
-        positive = ["learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                    "logging_steps", "lora_r", "lora_alpha", "num_virtual_tokens"]  # fmt: skip
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be above 0.")
-        for name in ("eval_steps", "save_steps", "save_minutes", "warmup_steps", "weight_decay", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be 0 or more.")
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise ConfigError("max_steps must be -1 (use num_train_epochs) or above 0.")
-        if self.max_steps == -1 and self.num_train_epochs <= 0:
-            raise ConfigError("num_train_epochs must be above 0.")
-        if self.max_length is not None and self.max_length < 8:
-            raise ConfigError("max_length must be at least 8 tokens (or none).")
-        if not 0 <= self.lora_dropout < 1:
-            raise ConfigError("lora_dropout must be at least 0 and below 1.")
-
-
-def _type_name(tp) -> str:
-    args = typing.get_args(tp)
-    if args and type(None) in args:
-        return _type_name(next(a for a in args if a is not type(None))) + " or none"
-    if typing.get_origin(tp) is list:
-        return "list of " + _type_name(typing.get_args(tp)[0])
-    return getattr(tp, "__name__", str(tp))
-
-
-def _base_type(tp):
-    """``int | None`` → (int, True)."""
-    args = typing.get_args(tp)
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType) and type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        return rest[0], True
-    return tp, False
-
-
-def _check_type(key: str, value, tp):
-    base, optional = _base_type(tp)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{key} cannot be empty (null).")
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-    elif base is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif base is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif base is str:
-        if isinstance(value, str):
-            return value
-    elif typing.get_origin(base) is list:
-        (element,) = typing.get_args(base)
-        if isinstance(value, (list, tuple)):
-            return [_check_type(f"{key}[{i}]", v, element) for i, v in enumerate(value)]
-    else:  # pragma: no cover - every field uses the types above
-        return value
-    raise ConfigError(f"{key} must be {_type_name(tp)}, not {type(value).__name__} {value!r}.")
-
-
-def _parse_text(key: str, text: str, tp):
-    base, optional = _base_type(tp)
-    if optional and text.lower() in ("none", "null", ""):
-        return None
-    try:
-        if base is bool:
-            lowered = text.lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if base is int:
-            return int(text)
-        if base is float:
-            return float(text)
-        if typing.get_origin(base) is list:  # "a,b,c" (the command's --set reward_weights=0.7,0.3)
-            (element,) = typing.get_args(base)
-            parts = [part.strip() for part in text.strip("[]").split(",") if part.strip()]
-            return [_parse_text(key, part, element) for part in parts]
-    except ValueError:
-        raise ConfigError(f"{key} must be {_type_name(tp)}, not {text!r}.") from None
-    return text
 
 
 # --- device, precision, environment ------------------------------------------------------------------

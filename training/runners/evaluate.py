@@ -21,12 +21,10 @@ normal approximation breaks.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
-from .base import RunnerError, emit_log, offline_environment, option
+from .base import RunnerError, emit_log, offline_environment
 from .policy import (
-    PolicyRunConfig,
     check_model_path,
     check_policy_environment,
     free_memory,
@@ -37,17 +35,10 @@ from .policy import (
     write_info,
     write_jsonl,
 )
+from .evaluate_config import CONFIG_CLASS, EvaluateRunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 
 TIE_TOLERANCE = 1e-6  # the same text scored in differently padded batches can differ in the last float bits
 Z_95 = 1.959963984540054
-
-
-@dataclass
-class EvaluateRunConfig(PolicyRunConfig):
-    baseline_model: str = option("", "Folder of the policy to compare with (usually the previous round's); Arbiter fills it in.")
-
-
-CONFIG_CLASS = EvaluateRunConfig
 
 
 def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, float]:

@@ -12,12 +12,10 @@ reward-model ``score`` (best-of-K at a glance, or the candidates an annotator sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from .base import ConfigError, emit_log, option
+from .base import emit_log
 from .policy import (
-    PolicyRunConfig,
     free_memory,
     load_scorer,
     model_label,
@@ -29,20 +27,7 @@ from .policy import (
     write_info,
     write_jsonl,
 )
-
-
-@dataclass
-class GenerateRunConfig(PolicyRunConfig):
-    num_samples: int = option(2, "Responses sampled per prompt (K): 2 for a pairwise round, 3–9 for a ranking round.")
-    model_label: str = option("", "Label written beside each response (the registered model's name); empty: the policy folder's name.")
-
-    def validate(self) -> None:
-        super().validate()
-        if self.num_samples < 1:
-            raise ConfigError("num_samples must be at least 1.")
-
-
-CONFIG_CLASS = GenerateRunConfig
+from .generate_config import CONFIG_CLASS, GenerateRunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 
 
 def run(config: GenerateRunConfig, dataset_paths: dict, output_dir, progress_callback, checkpoint_dir=None) -> dict:

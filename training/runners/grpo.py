@@ -16,24 +16,22 @@ weighted by ``reward_weights``; responses that TRL hands over as messages are sc
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from .base import (
-    ConfigError,
     RunCancelled,
     RunnerError,
     emit_log,
     last_checkpoint,
     make_progress_callback,
-    option,
     peft_config,
     quiet_trainer,
     resolve_precision,
     training_arguments,
 )
+from .config import OnlineRunConfig
+from .grpo_config import CONFIG_CLASS, GRPORunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 from .policy import (
-    PolicyRunConfig,
     ensure_policy_chat_template,
     load_policy_model,
     load_policy_tokenizer,
@@ -41,59 +39,6 @@ from .policy import (
     save_policy,
     start_prompt_run,
 )
-
-LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo")
-SCALE_REWARDS = ("group", "batch", "none")
-
-
-@dataclass
-class OnlineRunConfig(PolicyRunConfig):
-    """What GRPO and RLOO share (TRL's names, so TRL's documentation applies)."""
-
-    num_generations: int = option(4, "Responses sampled per prompt; each is judged against the others of its group.")
-    beta: float = option(0.04, "Weight of the KL penalty against the starting policy; 0 loads no reference model.")
-    num_iterations: int = option(1, "Updates per batch of generations (μ); above 1 the clipping starts to matter.")
-    epsilon: float = option(0.2, "Clipping ε of the ratio π/π_old.")
-    mask_truncated_completions: bool = option(False, "Leave responses cut off at max_new_tokens (no eos) out of the loss (DAPO).")
-    per_device_train_batch_size: int = option(
-        8, "Responses (not prompts) per device per forward pass; with gradient_accumulation_steps a multiple of num_generations.",
-    )  # fmt: skip
-    temperature: float = option(1.0, "Sampling temperature of the responses; above 0 (groups of identical greedy samples teach nothing).")
-    max_new_tokens: int = option(64, "Longest response sampled (TRL's max_completion_length), in tokens.")
-    logging_steps: int = option(1, "Report the metrics every this many optimizer steps.")
-
-    def validate(self) -> None:
-        super().validate()
-        if self.num_generations < 2:
-            raise ConfigError("num_generations must be at least 2: the advantage compares responses to the same prompt.")
-        generated = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        if generated % self.num_generations:
-            raise ConfigError(
-                f"per_device_train_batch_size × gradient_accumulation_steps ({generated}) must be a multiple of "
-                f"num_generations ({self.num_generations}): each batch holds whole groups of responses."
-            )  # fmt: skip
-        if self.temperature <= 0:
-            raise ConfigError("temperature must be above 0: online training samples its responses.")
-        if self.beta < 0 or self.epsilon <= 0 or self.num_iterations < 1:
-            raise ConfigError("beta must be 0 or more, epsilon above 0 and num_iterations at least 1.")
-        if self.method in ("prompt_tuning", "prefix_tuning"):
-            raise ConfigError("Online training supports method full, lora or qlora.")
-        if self.generation_backend != "transformers":
-            raise ConfigError("Online training samples with transformers (generation_backend=transformers).")
-
-
-@dataclass
-class GRPORunConfig(OnlineRunConfig):
-    loss_type: str = option(
-        "dapo", "How token losses add up: dapo (tokens of the whole batch, no length bias), grpo (per response, then "
-        "mean; favours short good answers), dr_grpo (a constant), bnpo (tokens of the local batch).", LOSS_TYPES,
-    )  # fmt: skip
-    scale_rewards: str = option(
-        "group", "Divide advantages by the reward spread of the group, of the batch, or not at all (Dr. GRPO).", SCALE_REWARDS
-    )
-
-
-CONFIG_CLASS = GRPORunConfig
 
 
 def run(config: GRPORunConfig, dataset_paths: dict, output_dir, progress_callback, checkpoint_dir=None) -> dict:

@@ -1,5 +1,6 @@
-"""What the policy kinds share (generate, sft, dpo, rejection_sampling, ppo, grpo, rloo, evaluate): their config
-fields and the prompt files they read. No Django here.
+"""What the policy kinds share (generate, sft, dpo, rejection_sampling, ppo, grpo, rloo, evaluate): the prompt files
+they read and the machinery of loading, sampling and saving a policy (their common config fields are
+:class:`training.runners.config.PolicyRunConfig`). No Django here.
 
 The contract with the Django side (training.datasets / training.actions):
 
@@ -39,9 +40,7 @@ from pathlib import Path
 import orjson
 
 from .base import (
-    ConfigError,
     RunCancelled,
-    RunConfig,
     RunnerError,
     check_artifact_folder,
     check_environment,
@@ -52,12 +51,10 @@ from .base import (
     load_model,
     load_tokenizer,
     offline_environment,
-    option,
     quantization_config,
     resolve_precision,
 )
 
-GENERATION_BACKENDS = ("transformers", "vllm")
 # A base model without a chat template (GPT-2 and other plain language models) gets this one, saved with its
 # tokenizer so that training, generation and scoring read conversations alike. The assistant's turn ends with the
 # eos token, so a policy trained on it learns to stop; the generation prompt ends at the colon, so the prompt's
@@ -67,43 +64,6 @@ PLAIN_POLICY_CHAT_TEMPLATE = (
     "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
 )
-
-
-@dataclass
-class PolicyRunConfig(RunConfig):
-    """Fields of every kind that trains or samples from a causal language model (the policy)."""
-
-    base_model: str = option("", "Folder of the policy to start from; Arbiter fills it in from --base-model (MODEL_ROOTS or the registry).")
-    reward_models: list[str] = option([], "Folders of the reward models that score samples (registered artifacts, resolved by Arbiter).")
-    reward_weights: list[float] = option([], "Weight of each reward model in the combined reward (standardised scores); empty: equal.")
-    max_prompt_length: int = option(256, "Prompts longer than this many tokens keep their end (the latest turns).")
-    max_new_tokens: int = option(128, "Longest response sampled, in tokens.")
-    temperature: float = option(0.7, "Sampling temperature; 0 samples greedily.")
-    top_p: float = option(1.0, "Nucleus sampling: keep the smallest set of tokens whose probability adds up to this.")
-    learning_rate: float = option(1e-6, "Peak learning rate (AdamW).")
-    generation_batch_size: int = option(
-        32, "Sequences sampled at once (prompts × samples per prompt); prompts are batched by length. Lower it when "
-        "memory runs out, raise it on a large GPU.",
-    )  # fmt: skip
-    generation_backend: str = option(
-        "transformers", "transformers: batched model.generate (CPU or GPU); vllm: vLLM's engine, much faster on a GPU "
-        "host with the vllm package installed (sampling only; training stays on transformers).", GENERATION_BACKENDS,
-    )  # fmt: skip
-
-    def validate(self) -> None:
-        super().validate()
-        if self.generation_batch_size < 1:
-            raise ConfigError("generation_batch_size must be at least 1.")
-        if self.reward_weights and len(self.reward_weights) != len(self.reward_models):
-            raise ConfigError("reward_weights needs one weight per reward model (or none for equal weights).")
-        if any(w < 0 for w in self.reward_weights):
-            raise ConfigError("reward_weights must be 0 or more.")
-        if self.max_prompt_length < 1 or self.max_new_tokens < 1:
-            raise ConfigError("max_prompt_length and max_new_tokens must be at least 1.")
-        if self.temperature < 0:
-            raise ConfigError("temperature must be 0 or more.")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError("top_p must be above 0 and at most 1.")
 
 
 def start_prompt_run(config, dataset_paths: dict, kind: str, *, needs_reward: bool = True) -> list[dict]:

@@ -20,12 +20,10 @@ training up from its newest checkpoint without sampling again (sampling is the e
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-from .base import ConfigError, RunnerError, emit_log, option
+from .base import RunnerError, emit_log
 from .policy import (
-    PolicyRunConfig,
     free_memory,
     load_scorer,
     sample_prompts,
@@ -36,26 +34,9 @@ from .policy import (
     write_info,
     write_jsonl,
 )
+from .rejection_sampling_config import CONFIG_CLASS, RejectionSamplingRunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 
 SAMPLES_FILE = "rejection_samples.json"
-
-
-@dataclass
-class RejectionSamplingRunConfig(PolicyRunConfig):
-    num_samples: int = option(4, "Responses sampled per prompt (K); the best of them is kept. Llama 2 used up to 10 or more.")
-    min_score: float | None = option(
-        None, "Keep a prompt's best response only when its combined reward reaches this (rewards are standardised: 0 is "
-        "a typical response); none: keep every prompt's best.",
-    )  # fmt: skip
-    learning_rate: float = option(1e-5, "Peak learning rate (AdamW) of the fine-tuning on the kept samples.")
-
-    def validate(self) -> None:
-        super().validate()
-        if self.num_samples < 2:
-            raise ConfigError("num_samples must be at least 2: rejection sampling keeps the best of several.")
-
-
-CONFIG_CLASS = RejectionSamplingRunConfig
 
 
 def run(config: RejectionSamplingRunConfig, dataset_paths: dict, output_dir, progress_callback, checkpoint_dir=None) -> dict:

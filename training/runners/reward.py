@@ -22,14 +22,11 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..scoring import RewardScorer, encode
 from .base import (
-    ConfigError,
     RunCancelled,
-    RunConfig,
     RunnerError,
     check_artifact_folder,
     check_environment,
@@ -39,57 +36,20 @@ from .base import (
     load_tokenizer,
     make_progress_callback,
     offline_environment,
-    option,
     peft_config,
     quantization_config,
     quiet_trainer,
     resolve_precision,
     training_arguments,
 )
+from .reward_config import CONFIG_CLASS, RewardRunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 
-OBJECTIVES = ("bradley_terry", "regression")
 # A conversation needs a chat template; models without one (encoders like MiniLM) get this plain one, which is
 # saved with the tokenizer so that scoring later reads texts the same way.
 PLAIN_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n\n{% endfor %}"
     "{% if add_generation_prompt %}assistant: {% endif %}"
 )
-
-
-@dataclass
-class RewardRunConfig(RunConfig):
-    base_model: str = option("", "Folder of the base model; Arbiter fills it in from --base-model (MODEL_ROOTS or the registry).")
-    objective: str = option(
-        "bradley_terry", "bradley_terry: pairwise loss on preference pairs (pairwise, ranking projects); "
-        "regression: mean-squared error on rating scores (rating projects).", OBJECTIVES,
-    )  # fmt: skip
-    use_margin: bool = option(True, "Subtract each pair's margin (the annotators' mean strength, 0–3) in the loss, as Llama 2 does.")
-    margin_scale: float = option(1.0, "Multiply margins by this: 1 uses strengths 0–3 as Llama 2's large margins, 1/3 gives small ones.")
-    center_rewards_coefficient: float | None = option(
-        None, "TRL's reward centering: adds coef × mean((r_chosen + r_rejected)²) so rewards stay near 0 (0.01 is typical); none: off."
-    )
-    lm_loss_coefficient: float = option(
-        0.0, "Adds coef × the language-model loss on the chosen text (decoder models, full or lora), keeping the backbone "
-        "a language model; 0: off.",
-    )  # fmt: skip
-    criterion: str = option("", "Train on one criterion's preferences or scores (projects with criteria); empty: the overall judgment.")
-    learning_rate: float = option(1e-5, "Peak learning rate (AdamW).")
-
-    def validate(self) -> None:
-        super().validate()
-        if self.margin_scale < 0:
-            raise ConfigError("margin_scale must be 0 or more.")
-        if self.center_rewards_coefficient is not None and self.center_rewards_coefficient < 0:
-            raise ConfigError("center_rewards_coefficient must be 0 or more (or none).")
-        if self.lm_loss_coefficient < 0:
-            raise ConfigError("lm_loss_coefficient must be 0 or more.")
-        if self.lm_loss_coefficient and self.method in ("prompt_tuning", "prefix_tuning"):
-            raise ConfigError("lm_loss_coefficient works with method full, lora or qlora, not with virtual tokens.")
-        if self.lm_loss_coefficient and self.objective != "bradley_terry":
-            raise ConfigError("lm_loss_coefficient is a regulariser of the bradley_terry objective.")
-
-
-CONFIG_CLASS = RewardRunConfig
 
 
 # --- data ---------------------------------------------------------------------------------------------

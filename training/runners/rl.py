@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-KL_ESTIMATORS = ("k1", "k3")
+from .ppo_config import KL_ESTIMATORS
 
 
 # --- masked statistics --------------------------------------------------------------------------------

@@ -11,19 +11,8 @@ RLOO puts the KL to the reference (``beta``) into the reward, as InstructGPT doe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from .base import option
-from .grpo import OnlineRunConfig, run_online
-
-
-@dataclass
-class RLOORunConfig(OnlineRunConfig):
-    beta: float = option(0.05, "Weight of the KL to the starting policy, subtracted from each response's reward; 0 loads no reference.")
-    normalize_advantages: bool = option(False, "Scale each batch's advantages to mean 0 and standard deviation 1.")
-
-
-CONFIG_CLASS = RLOORunConfig
+from .grpo import run_online
+from .rloo_config import CONFIG_CLASS, RLOORunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 
 
 def run(config: RLOORunConfig, dataset_paths: dict, output_dir, progress_callback, checkpoint_dir=None) -> dict:

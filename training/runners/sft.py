@@ -21,7 +21,6 @@ model without a chat template gets ``policy.PLAIN_POLICY_CHAT_TEMPLATE``, saved 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -36,30 +35,13 @@ from .base import (
     load_tokenizer,
     make_progress_callback,
     offline_environment,
-    option,
     peft_config,
     quiet_trainer,
     resolve_precision,
     training_arguments,
 )
-from .policy import PolicyRunConfig, check_policy_base, ensure_policy_chat_template, load_policy_model, save_policy
-
-SOURCES = ("demonstrations", "chosen")
-SFT_LOSSES = ("nll", "dft")
-
-
-@dataclass
-class SFTRunConfig(PolicyRunConfig):
-    source: str = option(
-        "demonstrations", "demonstrations: the sft export (a prompt's turns, then the demonstration); chosen: the "
-        "chosen responses of a trl (preference) export.", SOURCES,
-    )  # fmt: skip
-    completion_only_loss: bool = option(True, "Learn only the responses (the loss skips the prompt's tokens); off: learn the whole conversation.")
-    loss_type: str = option("nll", "nll: the usual negative log-likelihood; dft: Dynamic Fine-Tuning (each token's loss weighted by its probability).", SFT_LOSSES)
-    learning_rate: float = option(2e-5, "Peak learning rate (AdamW).")
-
-
-CONFIG_CLASS = SFTRunConfig
+from .policy import check_policy_base, ensure_policy_chat_template, load_policy_model, save_policy
+from .sft_config import CONFIG_CLASS, SFTRunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 
 
 # --- data ---------------------------------------------------------------------------------------------
