@@ -369,27 +369,24 @@ def _import_judgments(project, votes, skipped) -> VoteImportReport:
     if not new:
         return report
 
-    rows.bulk_insert(
+    task_ids = rows.bulk_insert(
         Task,
-        ["project_id", "item_id", "annotator_id", "display_order", "status", "leased_at", "lease_expires_at", "done_at"],
-        [(project.pk, item_id, user_id, response_ids.get(item_id, []), Task.Status.DONE, now, now, now) for item_id, user_id, _ in new],
+        ["item_id", "annotator_id", "display_order"],
+        [(item_id, user_id, response_ids.get(item_id, [])) for item_id, user_id, _ in new],
+        constants={"project_id": project.pk, "status": Task.Status.DONE, "leased_at": now, "lease_expires_at": now, "done_at": now},
+        ids=True,
     )
-    # The tasks just written are the (item, annotator) pairs that had none: the unique pair names each one.
-    task_ids = {
-        (item_id, user_id): pk
-        for pk, item_id, user_id in Task.objects.filter(project=project, annotator__in=users.values(), done_at=now).values_list("id", "item_id", "annotator_id")
-    }
     names = sorted({name for _, _, judgment in new for name in judgment})
     defaults = [_default(Judgment, name) for name in names]
     rows.bulk_insert(
         Judgment,
-        ["project_id", "item_id", "task_id", "annotator_id", "idempotency_key", "source", "created_at", *names],
+        ["item_id", "task_id", "annotator_id", "idempotency_key", *names],
         [
-            (project.pk, item_id, task_ids[item_id, user_id], user_id, f"import:{item_id}", Judgment.Source.IMPORT, now,
-             *(judgment.get(name, default) for name, default in zip(names, defaults)))
-            for item_id, user_id, judgment in new
+            (item_id, task_id, user_id, f"import:{item_id}", *[judgment.get(name, default) for name, default in zip(names, defaults)])
+            for (item_id, user_id, judgment), task_id in zip(new, task_ids)
         ],
-    )  # fmt: skip
+        constants={"project_id": project.pk, "source": Judgment.Source.IMPORT, "created_at": now},
+    )
     counts: dict[int, int] = {}
     for item_id, _, _ in new:
         counts[item_id] = counts.get(item_id, 0) + 1

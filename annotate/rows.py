@@ -325,68 +325,117 @@ def _cache_responses(item: Item, responses: list[Response]) -> None:
 # --- bulk writes ----------------------------------------------------------------------------------
 
 
-def bulk_insert(model, names: list[str], rows: list[tuple]) -> None:
-    """Insert ``rows`` into ``model``'s table, each a tuple of Python values for the fields named (by attname) in
-    ``names``; every other concrete field but the primary key gets its default, and one without a default is an
-    error, so a field added to the model cannot be forgotten here. JSON values are written as text, datetimes as
-    the backend stores them. On PostgreSQL the rows go in with ``COPY``; elsewhere with one ``executemany``.
+def bulk_insert(model, names: list[str], rows: list[tuple], *, constants: dict | None = None, ids: bool = False) -> list[int] | None:
+    """Insert ``rows`` into ``model``'s table in one statement's worth of round trips.
+
+    Each row is a tuple of Python values for the fields named (by attname) in ``names``; ``constants`` gives fields
+    whose value is the same on every row; every other concrete field but the primary key gets its default, and one
+    without a default is an error, so a field added to the model cannot be forgotten here (a test checks it). JSON
+    values are written as text, datetimes as the backend stores them. On PostgreSQL the rows go in with ``COPY``;
+    elsewhere with one ``executemany``. With ``ids``, primary keys are reserved first (the table's sequence on
+    PostgreSQL; on SQLite the next ones, which the transaction's write lock keeps ours) and returned in row order,
+    so the caller needs no read back. Call it inside a transaction.
 
     No ``save()``, signal or ``auto_now`` runs: the caller gives every value that matters."""
+    constants = constants or {}
     fields = [f for f in model._meta.concrete_fields if not f.primary_key]
     by_name = {f.attname: f for f in fields}
-    if unknown := set(names) - by_name.keys():
+    if unknown := (set(names) | set(constants)) - by_name.keys():
         raise ValueError(f"{model.__name__} has no fields {sorted(unknown)}.")
     db = _db()
-    defaults = {}
+    fixed = {}
     for f in fields:
         if f.attname in names:
             continue
+        if f.attname in constants:
+            fixed[f.attname] = _db_value(f, constants[f.attname], db)
+            continue
         if not (f.has_default() or f.null or f.empty_strings_allowed):
             raise ValueError(f"{model.__name__}.{f.attname} has no default: give its value.")
-        defaults[f.attname] = _db_value(f, f.get_default(), db)
-    columns = [by_name[n] for n in names] + [by_name[n] for n in defaults]
-    converted = [i for i, name in enumerate(names) if _needs_conversion(by_name[name])]
-    tail = tuple(defaults.values())
-
-    # Bulk rows repeat values (one timestamp for all, an item's response order for each of its votes): the last
-    # conversion of each column is kept for the next row that holds the very same object.
-    last: dict[int, tuple] = {}
-
-    def convert(row):
-        row = list(row)
-        for i in converted:
-            value = row[i]
-            seen = last.get(i)
-            if seen is not None and seen[0] is value:
-                row[i] = seen[1]
-            else:
-                row[i] = _db_value(by_name[names[i]], value, db)
-                last[i] = (value, row[i])
-        return row
-
-    def prepared(row: tuple) -> tuple:
-        return tuple(convert(row) if converted else row) + tail
-
+        fixed[f.attname] = _db_value(f, f.get_default(), db)
+    pk = model._meta.pk
+    reserved = _reserve_ids(model, len(rows), db) if ids else None
+    columns = ([pk] if ids else []) + [by_name[n] for n in names] + [by_name[n] for n in fixed]
     quote = db.ops.quote_name
     column_list = ", ".join(quote(f.column) for f in columns)
     with db.cursor() as cursor:
         if db.vendor == "postgresql":
             # COPY's text format, written here: psycopg's write_row adapts every value of every row by its type,
-            # which costs more than the server's whole COPY. The defaults are one constant tail.
-            tail_text = "".join("\t" + _copy_text(v) for v in tail) + "\n"
+            # which costs more than the server's whole COPY. The constants are one tail.
+            text = [_copy_formatter(by_name[n], db) for n in names]
+            tail = "".join("\t" + _copy_text(v) for v in fixed.values()) + "\n"
             with cursor.cursor.copy(f"COPY {quote(model._meta.db_table)} ({column_list}) FROM STDIN") as copy:
-                chunk = []
-                for row in rows:
-                    if converted:
-                        row = convert(row)
-                    chunk.append("\t".join(map(_copy_text, row)) + tail_text)
-                    if len(chunk) == 10_000:
-                        copy.write("".join(chunk))
-                        chunk = []
-                copy.write("".join(chunk))
+                for start in range(0, len(rows), 10_000):
+                    lines = []
+                    for n, row in enumerate(rows[start : start + 10_000], start):
+                        values = [f(v) for f, v in zip(text, row)]
+                        if reserved:
+                            values.insert(0, str(reserved[n]))
+                        lines.append("\t".join(values) + tail)
+                    copy.write("".join(lines))
         else:
+            prepare = [_db_formatter(by_name[n], db) for n in names]
+            tail = tuple(fixed.values())
+            params = [tuple(f(v) for f, v in zip(prepare, row)) + tail for row in rows]
+            if reserved:
+                params = [(i, *row) for i, row in zip(reserved, params)]
             sql = f"INSERT INTO {quote(model._meta.db_table)} ({column_list}) VALUES ({', '.join(['%s'] * len(columns))})"
-            cursor.executemany(sql, [prepared(row) for row in rows])
+            cursor.executemany(sql, params)
+    return reserved
+
+
+def _reserve_ids(model, n: int, db) -> list[int]:
+    if not db.in_atomic_block:
+        raise RuntimeError("bulk_insert(ids=True) reserves ids for its transaction: call it inside one.")
+    table, column = model._meta.db_table, model._meta.pk.column
+    with db.cursor() as cursor:
+        if db.vendor == "postgresql":
+            cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)", [table, column, n])
+            return [row[0] for row in cursor.fetchall()]
+        # SQLite: transactions here are IMMEDIATE (config/settings.py), so from BEGIN on no one else writes; an
+        # AUTOINCREMENT table never reuses an id, so start past both the largest id and the largest ever given.
+        quote = db.ops.quote_name
+        cursor.execute(f"SELECT COALESCE(MAX({quote(column)}), 0) FROM {quote(table)}")
+        start = cursor.fetchone()[0]
+        cursor.execute("SELECT seq FROM sqlite_sequence WHERE name = %s", [table])
+        row = cursor.fetchone()
+        start = max(start, row[0] if row else 0) + 1
+        return list(range(start, start + n))
+
+
+def _memo(convert):
+    """``convert`` that remembers its last argument: bulk rows repeat the very same object (one timestamp for all
+    rows, an item's response order for each of its votes), and converting it again costs more than the compare."""
+    last: list = [object(), None]
+
+    def converted(value):
+        if value is not last[0]:
+            last[0], last[1] = value, convert(value)
+        return last[1]
+
+    return converted
+
+
+def _db_formatter(field, db):
+    """The executemany parameter of a value of ``field``."""
+    if isinstance(field, (JSONField, DateTimeField)):
+        return _memo(lambda value: _db_value(field, value, db))
+    return lambda value: value
+
+
+_INTEGERS = {
+    "AutoField", "BigAutoField", "ForeignKey", "OneToOneField", "IntegerField", "BigIntegerField", "SmallIntegerField",
+    "PositiveIntegerField", "PositiveSmallIntegerField", "PositiveBigIntegerField",
+}  # fmt: skip
+
+
+def _copy_formatter(field, db):
+    """The COPY text of a value of ``field``."""
+    if isinstance(field, (JSONField, DateTimeField)):
+        return _memo(lambda value: _copy_text(_db_value(field, value, db)))
+    if field.get_internal_type() in _INTEGERS:
+        return lambda value: "\\N" if value is None else str(value)
+    return _copy_text
 
 
 def _copy_text(value) -> str:
@@ -404,14 +453,12 @@ def _copy_text(value) -> str:
     return str(value)
 
 
-def _needs_conversion(field) -> bool:
-    return isinstance(field, (JSONField, DateTimeField))
-
-
 def _db_value(field, value, db):
     if value is None:
         return None
     if isinstance(field, JSONField):
+        if not value and isinstance(value, dict):
+            return "{}"  # most judgments' data: no need to serialise a fresh empty dict each time
         return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
     if isinstance(field, DateTimeField):
         return db.ops.adapt_datetimefield_value(value)

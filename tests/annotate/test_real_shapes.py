@@ -237,6 +237,32 @@ def test_bulk_insert_knows_every_field_of_the_model():
         rows.bulk_insert(Task, ["project_id", "item_id", "annotator_id", "display_order"], [])
     with pytest.raises(ValueError, match="no fields"):
         rows.bulk_insert(Task, ["nonsense"], [])
+    with pytest.raises(ValueError, match="no fields"):
+        rows.bulk_insert(Task, [], [], constants={"nonsense": 1})
+
+
+def test_bulk_insert_reserves_ids_that_nothing_else_takes(make_project, make_member):
+    from django.db import transaction
+    from django.utils import timezone
+
+    project = make_project(slug="ids", n_items=3)
+    items = list(Item.objects.filter(project=project).order_by("id"))
+    annotator = make_member(project, "a1")
+    task = actions.assign_next_task(annotator, project)  # an ordinary insert takes an id first
+    users = [make_member(project, f"u{i}") for i in range(3)]
+    now = timezone.now()
+    with transaction.atomic():
+        ids = rows.bulk_insert(
+            Task, ["item_id", "annotator_id", "display_order"],
+            [(items[i].pk, users[i].pk, [i]) for i in range(3)],
+            constants={"project_id": project.pk, "status": "done", "leased_at": now, "lease_expires_at": now, "done_at": now},
+            ids=True,
+        )  # fmt: skip
+    assert len(set(ids)) == 3 and task.pk not in ids
+    stored = {t.pk: (t.item_id, t.annotator_id, t.display_order) for t in Task.objects.filter(pk__in=ids)}
+    assert stored == {ids[i]: (items[i].pk, users[i].pk, [i]) for i in range(3)}
+    # The next ordinary insert goes past them.
+    assert actions.assign_next_task(make_member(project, "a2"), project).pk > max(ids)
 
 
 @pytest.mark.skipif(not (SHARED / "hh_rlhf_test").is_dir(), reason="../shared/data/ is not there")
