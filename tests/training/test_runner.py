@@ -204,3 +204,82 @@ def test_a_checkpoint_cut_off_mid_save_is_skipped_and_removed(tmp_path):
     assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-5"]
     assert last_checkpoint(str(tmp_path / "missing")) is None
+
+
+# --- what the Trainer-based runners share (base.py) --------------------------------------------------
+
+
+def _trl_args(kind, args_class, values, **overrides):
+    from training.runners.base import training_arguments
+
+    return training_arguments(config_class(kind).from_dict(values), args_class, "/tmp/ckpt", "fp32", has_eval=True, **overrides)
+
+
+def test_our_options_reach_trl_by_name_with_the_renames_and_exclusions_explicit():
+    """Every field of a kind's config that TRL's config has by the same name arrives there unchanged; the fields
+    whose meaning differs (NOT_TRL_FIELDS) keep TRL's own value; renames and overrides are applied."""
+    import dataclasses
+
+    from trl import DPOConfig, GRPOConfig, RewardConfig, RLOOConfig, SFTConfig
+
+    from training.runners.base import NOT_TRL_FIELDS
+
+    cases = [
+        ("reward", RewardConfig, {"max_length": 96, "center_rewards_coefficient": 0.01, "learning_rate": 2e-4, "eval_steps": 7}, {}),
+        ("sft", SFTConfig, {"loss_type": "dft", "completion_only_loss": False, "max_length": 64, "warmup_steps": 3.0}, {}),
+        ("dpo", DPOConfig, {"beta": 0.3, "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5], "ld_alpha": 0.5,
+                            "label_smoothing": 0.1, "f_divergence_type": "js_divergence", "max_length": 80}, {}),
+        ("grpo", GRPOConfig, {"num_generations": 2, "loss_type": "grpo", "scale_rewards": "batch", "beta": 0.1,
+                              "epsilon": 0.3, "temperature": 0.9, "top_p": 0.8, "max_new_tokens": 24,
+                              "generation_batch_size": 6, "reward_models": ["a", "b"], "reward_weights": [0.7, 0.3]},
+         {"renames": {"max_new_tokens": "max_completion_length"}}),
+        ("rloo", RLOOConfig, {"normalize_advantages": True, "beta": 0.2, "num_generations": 2}, {"renames": {"max_new_tokens": "max_completion_length"}}),
+    ]  # fmt: skip
+    for kind, args_class, values, overrides in cases:
+        config = config_class(kind).from_dict(values)
+        args = _trl_args(kind, args_class, values, **overrides)
+        shared = {f.name for f in dataclasses.fields(args_class)} & set(config.to_dict()) - {"eval_steps", "save_steps"}
+        assert shared - NOT_TRL_FIELDS, kind
+        for name in shared - NOT_TRL_FIELDS:
+            assert getattr(args, name) == getattr(config, name), (kind, name)
+        for ours, theirs in overrides.get("renames", {}).items():
+            assert getattr(args, theirs) == getattr(config, ours), (kind, theirs)
+        assert (args.eval_steps, args.eval_strategy, args.save_steps, args.use_cpu) == (config.eval_steps or None, "steps" if config.eval_steps else "no", 10**9, True)
+    grpo = _trl_args("grpo", GRPOConfig, cases[3][2], renames={"max_new_tokens": "max_completion_length"})
+    assert (grpo.generation_batch_size, grpo.reward_weights, grpo.max_completion_length, grpo.loss_type) == (8, None, 24, "grpo")
+    assert _trl_args("dpo", DPOConfig, {"beta": 0.2}, loss_weights=None).loss_weights is None
+
+
+class _FakeTrainer:
+    """What train_to_end touches of a transformers Trainer, recording the order of the calls."""
+
+    def __init__(self, calls):
+        self.calls = calls
+        self.accelerator = type("Accelerator", (), {"wait_for_everyone": lambda _: calls.append("wait")})()
+
+    def remove_callback(self, callback):
+        self.calls.append("quiet")
+
+    def train(self, resume_from_checkpoint=None):
+        self.calls.append(("train", resume_from_checkpoint))
+        return type("Result", (), {"training_loss": 0.5, "global_step": 12, "metrics": {"train_runtime": 3.25}})()
+
+
+def test_train_to_end_resumes_collects_waits_and_honours_a_cancel(tmp_path):
+    from training.runners.base import train_to_end
+
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    for name in ("model.safetensors", "trainer_state.json"):
+        (checkpoint / name).write_text("x")
+    calls = []
+    reporter = type("Reporter", (), {"stopped": False})()
+    metrics = train_to_end(_FakeTrainer(calls), reporter, str(tmp_path), lambda: calls.append("collect") or {"eval_loss": 0.25})
+    assert metrics == {"train_loss": 0.5, "train_steps": 12, "train_runtime": 3.25, "eval_loss": 0.25}
+    assert calls == ["quiet", "quiet", ("train", str(checkpoint)), "collect", "wait"]
+
+    calls.clear()
+    reporter.stopped = True
+    with pytest.raises(RunCancelled):
+        train_to_end(_FakeTrainer(calls), reporter, str(tmp_path / "none"), lambda: calls.append("collect") or {})
+    assert calls == ["quiet", "quiet", ("train", None)]  # a cancelled run collects nothing and waits for no one

@@ -17,6 +17,9 @@ import time
 import traceback
 from pathlib import Path
 
+from . import load_runner
+from .base import RunCancelled
+
 EVENT_PREFIX = "@@arbiter "
 
 
@@ -48,8 +51,6 @@ def main(argv: list[str]) -> int:
     exit_when_orphaned()
     spec_path = Path(argv[0])
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    from . import load_runner
-    from .base import RunCancelled
 
     try:
         runner = load_runner(spec["kind"])

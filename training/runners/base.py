@@ -18,6 +18,7 @@ and a later call with the same folder resumes from the newest one.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -175,28 +176,32 @@ def quantization_config(precision: str):
     )  # fmt: skip
 
 
-def training_arguments(config: RunConfig, args_class, checkpoint_dir: str, precision: str, has_eval: bool, **extra):
-    """``args_class`` (TRL's RewardConfig, transformers' TrainingArguments...) from the common fields."""
+# Our fields that share a name with a field of TRL's configs but mean something else, so are never passed through:
+# generation_batch_size is our sampling batch (GRPO's is its rollout batch); reward_weights weight the reward models
+# inside our one combined reward function (TRL's weight several reward functions).
+NOT_TRL_FIELDS = frozenset({"generation_batch_size", "reward_weights"})
+
+
+def training_arguments(config: RunConfig, args_class, checkpoint_dir: str, precision: str, has_eval: bool,
+                       renames: dict[str, str] | None = None, **overrides):  # fmt: skip
+    """``args_class`` (TRL's RewardConfig, DPOConfig..., transformers' TrainingArguments) from ``config``.
+
+    Every field of ``config`` that ``args_class`` has by the same name is passed through as it is (except
+    :data:`NOT_TRL_FIELDS`), so a TRL option added to a kind's config reaches TRL with nothing else to change;
+    ``renames`` maps our name to TRL's where they differ (``{"max_new_tokens": "max_completion_length"}``);
+    ``overrides`` are values the runner computes. Precision, device, logging, evaluation and checkpointing are set
+    here from our fields.
+    """
+    accepted = {f.name for f in dataclasses.fields(args_class)}
+    values = {name: value for name, value in config.to_dict().items() if name in accepted and name not in NOT_TRL_FIELDS}
+    values.update({theirs: getattr(config, ours) for ours, theirs in (renames or {}).items()})
     eval_steps = config.eval_steps if has_eval and config.eval_steps else None
-    return args_class(
+    values.update(
         output_dir=checkpoint_dir,
-        seed=config.seed,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        per_device_eval_batch_size=config.per_device_eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        gradient_checkpointing=config.gradient_checkpointing,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        lr_scheduler_type=config.lr_scheduler_type,
-        max_grad_norm=config.max_grad_norm,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not cuda_available(),
         logging_strategy="steps",
-        logging_steps=config.logging_steps,
         eval_strategy="steps" if eval_steps else "no",
         eval_steps=eval_steps,
         # Checkpoints only as often as asked (ProgressCallback adds time-based ones); one kept, for resuming.
@@ -205,8 +210,29 @@ def training_arguments(config: RunConfig, args_class, checkpoint_dir: str, preci
         save_total_limit=1,
         report_to=[],
         disable_tqdm=True,
-        **extra,
     )
+    values.update(overrides)
+    return args_class(**values)
+
+
+def train_to_end(trainer, reporter, checkpoint_dir: str, collect: Callable[[], dict] | None = None) -> dict:
+    """The block every Trainer-based runner shares, after building ``trainer`` with ``reporter`` (from
+    :func:`make_progress_callback`) among its callbacks: train, resuming from the newest complete checkpoint in
+    ``checkpoint_dir``; raise RunCancelled when the progress callback asked to stop; collect ``train_loss``,
+    ``train_steps``, ``train_runtime`` and what ``collect()`` adds (every process runs it: evaluation is
+    collective); then wait for every process of a multi-GPU launch. The caller saves where
+    ``trainer.accelerator.is_main_process``.
+    """
+    quiet_trainer(trainer)
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir))
+    if reporter.stopped:
+        raise RunCancelled()
+    metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
+               "train_runtime": float(result.metrics.get("train_runtime", 0.0))}  # fmt: skip
+    if collect is not None:
+        metrics.update(collect())
+    trainer.accelerator.wait_for_everyone()
+    return metrics
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")

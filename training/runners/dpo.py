@@ -29,18 +29,16 @@ import tempfile
 from pathlib import Path
 
 from .base import (
-    RunCancelled,
     RunnerError,
     check_environment,
     emit_log,
-    last_checkpoint,
     load_model,
     load_tokenizer,
     make_progress_callback,
     offline_environment,
     peft_config,
-    quiet_trainer,
     resolve_precision,
+    train_to_end,
     training_arguments,
 )
 from .dpo_config import CONFIG_CLASS, DPORunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
@@ -129,15 +127,11 @@ def run(config: DPORunConfig, dataset_paths: dict, output_dir, progress_callback
     reference_free = config.reference == "none"
     with tempfile.TemporaryDirectory(prefix="arbiter-ckpt-") as scratch:
         checkpoints = str(checkpoint_dir or scratch)
+        # Our names are TRL's (beta, loss_type, label_smoothing, sync_ref_model...). An empty loss_weights is TRL's
+        # None (1 each); reference-free DPO goes through TRL's precomputed-reference path (see _trainer_class).
         args = training_arguments(
-            config, DPOConfig, checkpoints, precision, has_eval=bool(tests), max_length=config.max_length,
-            beta=config.beta, loss_type=list(config.loss_type), loss_weights=list(config.loss_weights) or None,
-            label_smoothing=config.label_smoothing, f_divergence_type=config.f_divergence_type,
-            f_alpha_divergence_coef=config.f_alpha_divergence_coef, ld_alpha=config.ld_alpha,
-            use_weighting=config.use_weighting, discopop_tau=config.discopop_tau,
+            config, DPOConfig, checkpoints, precision, has_eval=bool(tests), loss_weights=list(config.loss_weights) or None,
             precompute_ref_log_probs=config.precompute_ref_log_probs or reference_free,
-            sync_ref_model=config.sync_ref_model, ref_model_mixup_alpha=config.ref_model_mixup_alpha,
-            ref_model_sync_steps=config.ref_model_sync_steps,
         )  # fmt: skip
         reporter = make_progress_callback(progress_callback, config)
         trainer = _trainer_class(reference_free)(
@@ -145,22 +139,20 @@ def run(config: DPORunConfig, dataset_paths: dict, output_dir, progress_callback
             eval_dataset=datasets.Dataset.from_list(tests) if tests else None, processing_class=tokenizer,
             peft_config=peft_config(config, "CAUSAL_LM"), callbacks=[reporter],
         )  # fmt: skip
-        quiet_trainer(trainer)
         if not len(trainer.train_dataset):
             raise RunnerError(f"Every training prompt fills max_length={config.max_length} tokens; raise it.")
         emit_log(progress_callback, f"{len(trainer.train_dataset)} preference pairs (of {len(train)}), reference "
                                     f"{config.reference}, precision {precision}, method {config.method}")  # fmt: skip
-        result = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
-        if reporter.stopped:
-            raise RunCancelled()
-        metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
-                   "train_runtime": float(result.metrics.get("train_runtime", 0.0)), "n_train": len(trainer.train_dataset)}  # fmt: skip
-        metrics.update(_last_logged(trainer, REWARD_METRICS[1:], prefix="train_"))
-        if tests:
-            results = trainer.evaluate()
-            metrics.update({k: float(v) for k, v in results.items() if k.removeprefix("eval_") in REWARD_METRICS})
-            metrics["n_eval"] = len(trainer.eval_dataset)
-        trainer.accelerator.wait_for_everyone()
+
+        def collect() -> dict:
+            metrics = {"n_train": len(trainer.train_dataset), **_last_logged(trainer, REWARD_METRICS[1:], prefix="train_")}
+            if tests:
+                results = trainer.evaluate()
+                metrics.update({k: float(v) for k, v in results.items() if k.removeprefix("eval_") in REWARD_METRICS})
+                metrics["n_eval"] = len(trainer.eval_dataset)
+            return metrics
+
+        metrics = train_to_end(trainer, reporter, checkpoints, collect)
         if trainer.accelerator.is_main_process:
             policy = trainer.accelerator.unwrap_model(trainer.model)
             info = {"kind": "dpo", "reference": config.reference, "ref_model_path": config.ref_model or None}

@@ -19,14 +19,12 @@ import tempfile
 from pathlib import Path
 
 from .base import (
-    RunCancelled,
     RunnerError,
     emit_log,
-    last_checkpoint,
     make_progress_callback,
     peft_config,
-    quiet_trainer,
     resolve_precision,
+    train_to_end,
     training_arguments,
 )
 from .config import OnlineRunConfig
@@ -45,8 +43,7 @@ def run(config: GRPORunConfig, dataset_paths: dict, output_dir, progress_callbac
     """Train the policy with GRPO against ``config.reward_models``; write it to ``output_dir``; return metrics."""
     from trl import GRPOConfig, GRPOTrainer
 
-    extra = {"loss_type": config.loss_type, "scale_rewards": config.scale_rewards}
-    return run_online(config, "grpo", GRPOTrainer, GRPOConfig, extra, dataset_paths, output_dir, progress_callback, checkpoint_dir)
+    return run_online(config, "grpo", GRPOTrainer, GRPOConfig, dataset_paths, output_dir, progress_callback, checkpoint_dir)
 
 
 # --- shared with rloo.py --------------------------------------------------------------------------------
@@ -71,7 +68,7 @@ def prompt_dataset(rows: list[dict]):
     return datasets.Dataset.from_list([{"prompt": row["prompt"]} for row in rows])
 
 
-def run_online(config: OnlineRunConfig, kind: str, trainer_class, args_class, extra: dict, dataset_paths: dict,
+def run_online(config: OnlineRunConfig, kind: str, trainer_class, args_class, dataset_paths: dict,
                output_dir, progress_callback, checkpoint_dir=None) -> dict:  # fmt: skip
     """The common run of TRL's online trainers: checks, prompts, policy, reward function, train, save."""
     rows = start_prompt_run(config, dataset_paths, kind)
@@ -85,30 +82,25 @@ def run_online(config: OnlineRunConfig, kind: str, trainer_class, args_class, ex
     output_dir = Path(output_dir)
     with tempfile.TemporaryDirectory(prefix=f"arbiter-{kind}-") as scratch:
         checkpoints = str(checkpoint_dir or scratch)
-        args = training_arguments(
-            config, args_class, checkpoints, precision, has_eval=False,
-            num_generations=config.num_generations, max_completion_length=config.max_new_tokens,
-            temperature=config.temperature, top_p=config.top_p, beta=config.beta, num_iterations=config.num_iterations,
-            epsilon=config.epsilon, mask_truncated_completions=config.mask_truncated_completions, disable_dropout=True,
-            **extra,
-        )  # fmt: skip
+        # Our names are TRL's (num_generations, beta, epsilon, loss_type, scale_rewards...) but for the response length.
+        args = training_arguments(config, args_class, checkpoints, precision, has_eval=False,
+                                  renames={"max_new_tokens": "max_completion_length"}, disable_dropout=True)  # fmt: skip
         reporter = make_progress_callback(progress_callback, config)
         trainer = trainer_class(
             model=model, reward_funcs=[reward_function(scorer, config.per_device_eval_batch_size)], args=args,
             train_dataset=train, processing_class=tokenizer, callbacks=[reporter], peft_config=peft_config(config, "CAUSAL_LM"),
         )  # fmt: skip
-        quiet_trainer(trainer)
         emit_log(progress_callback, f"{len(rows)} prompts × {config.num_generations} responses, precision {precision}, method {config.method}")
-        result = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
-        if reporter.stopped:
-            raise RunCancelled()
-        logged = [entry for entry in trainer.state.log_history if "reward" in entry]
-        metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
-                   "train_runtime": float(result.metrics.get("train_runtime", 0.0)), "n_prompts": len(rows)}  # fmt: skip
-        if logged:
-            metrics.update({key: float(logged[-1][key]) for key in ("reward", "kl", "entropy") if key in logged[-1]})
-            metrics["reward_first"] = float(logged[0]["reward"])
-        trainer.accelerator.wait_for_everyone()
+
+        def collect() -> dict:
+            logged = [entry for entry in trainer.state.log_history if "reward" in entry]
+            metrics = {"n_prompts": len(rows)}
+            if logged:
+                metrics.update({key: float(logged[-1][key]) for key in ("reward", "kl", "entropy") if key in logged[-1]})
+                metrics["reward_first"] = float(logged[0]["reward"])
+            return metrics
+
+        metrics = train_to_end(trainer, reporter, checkpoints, collect)
         if trainer.accelerator.is_main_process:
             info = {"kind": kind, "reward_models": list(config.reward_models)}
             save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, config, output_dir, metrics, info)

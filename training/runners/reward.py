@@ -26,20 +26,18 @@ from pathlib import Path
 
 from ..scoring import RewardScorer, encode
 from .base import (
-    RunCancelled,
     RunnerError,
     check_artifact_folder,
     check_environment,
     emit_log,
-    last_checkpoint,
     load_model,
     load_tokenizer,
     make_progress_callback,
     offline_environment,
     peft_config,
     quantization_config,
-    quiet_trainer,
     resolve_precision,
+    train_to_end,
     training_arguments,
 )
 from .reward_config import CONFIG_CLASS, RewardRunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
@@ -228,26 +226,20 @@ def _run_bradley_terry(config, dataset_paths, output_dir, progress_callback, che
         ensure_chat_template(tokenizer)
     lm_head = lm_head_weight(config.base_model, model) if config.lm_loss_coefficient else None
     eval_dataset = evals.get("test").select_columns([c for c in ("prompt", "chosen", "rejected") if c in evals["test"].column_names]) if "test" in evals and config.eval_steps else None
-    args = training_arguments(
-        config, RewardConfig, checkpoints, precision, has_eval=eval_dataset is not None,
-        max_length=config.max_length, center_rewards_coefficient=config.center_rewards_coefficient or None,
-    )  # fmt: skip
+    # center_rewards_coefficient: 0 and none both mean off; TRL's off is None.
+    args = training_arguments(config, RewardConfig, checkpoints, precision, has_eval=eval_dataset is not None,
+                              center_rewards_coefficient=config.center_rewards_coefficient or None)  # fmt: skip
     reporter = make_progress_callback(progress_callback, config)
     trainer = _reward_trainer_class()(
         model=model, args=args, train_dataset=train, eval_dataset=eval_dataset, processing_class=tokenizer,
         peft_config=peft_config(config, "SEQ_CLS"), callbacks=[reporter],
         lm_head=lm_head, lm_loss_coefficient=config.lm_loss_coefficient,
     )  # fmt: skip
-    quiet_trainer(trainer)
     if not len(trainer.train_dataset):
         raise RunnerError(f"Every training pair is longer than max_length={config.max_length} tokens; raise it.")
     emit_log(progress_callback, f"{len(trainer.train_dataset)} training pairs (of {len(train)}), precision {precision}, method {config.method}")
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
-    if reporter.stopped:
-        raise RunCancelled()
-    metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
-               "train_runtime": float(result.metrics.get("train_runtime", 0.0)), "n_train": len(trainer.train_dataset)}  # fmt: skip
-    trainer.accelerator.wait_for_everyone()
+    metrics = train_to_end(trainer, reporter, checkpoints)
+    metrics["n_train"] = len(trainer.train_dataset)
     if not trainer.accelerator.is_main_process:
         return metrics
     scorer = RewardScorer(trainer.accelerator.unwrap_model(trainer.model).eval(), tokenizer, {}, config.max_length)
@@ -338,14 +330,9 @@ def _run_regression(config, dataset_paths, output_dir, progress_callback, checkp
     reporter = make_progress_callback(progress_callback, config)
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer),
                       processing_class=tokenizer, callbacks=[reporter])  # fmt: skip
-    quiet_trainer(trainer)
     emit_log(progress_callback, f"{len(rows)} rated responses ({criterion}), precision {precision}, method {config.method}")
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
-    if reporter.stopped:
-        raise RunCancelled()
-    metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step), "n_train": len(rows),
-               "train_runtime": float(result.metrics.get("train_runtime", 0.0)), "criterion": criterion}  # fmt: skip
-    trainer.accelerator.wait_for_everyone()
+    metrics = train_to_end(trainer, reporter, checkpoints)
+    metrics.update(n_train=len(rows), criterion=criterion)
     if not trainer.accelerator.is_main_process:
         return metrics
     scorer = RewardScorer(trainer.accelerator.unwrap_model(trainer.model).eval(), tokenizer, {}, config.max_length)

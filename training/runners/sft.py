@@ -26,18 +26,16 @@ from pathlib import Path
 import orjson
 
 from .base import (
-    RunCancelled,
     RunnerError,
     check_environment,
     emit_log,
     is_adapter_folder,
-    last_checkpoint,
     load_tokenizer,
     make_progress_callback,
     offline_environment,
     peft_config,
-    quiet_trainer,
     resolve_precision,
+    train_to_end,
     training_arguments,
 )
 from .policy import check_policy_base, ensure_policy_chat_template, load_policy_model, save_policy
@@ -145,33 +143,30 @@ def fine_tune(config, train_rows: list[dict], eval_rows: list[dict] | None, outp
     model = load_policy_model(config.base_model, config, precision)
     with tempfile.TemporaryDirectory(prefix="arbiter-ckpt-") as scratch:
         checkpoints = str(checkpoint_dir or scratch)
-        args = training_arguments(
-            config, SFTConfig, checkpoints, precision, has_eval=evals is not None, max_length=config.max_length,
-            completion_only_loss=getattr(config, "completion_only_loss", True), loss_type=getattr(config, "loss_type", "nll"),
-            packing=False,
-        )  # fmt: skip
+        # completion_only_loss and loss_type pass through by name from an SFT config; rejection sampling's config
+        # has neither, and TRL's defaults (the completion only, for prompt/completion rows; nll) are the same.
+        args = training_arguments(config, SFTConfig, checkpoints, precision, has_eval=evals is not None, packing=False)
         reporter = make_progress_callback(progress_callback, config)
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=train, eval_dataset=evals, processing_class=tokenizer,
             peft_config=peft_config(config, "CAUSAL_LM"), callbacks=[reporter],
         )  # fmt: skip
-        quiet_trainer(trainer)
         if not len(trainer.train_dataset):
             raise RunnerError(f"No example keeps a response token within max_length={config.max_length} tokens; raise it.")
         emit_log(progress_callback, f"{len(trainer.train_dataset)} examples, precision {precision}, method {config.method}")
-        result = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
-        if reporter.stopped:
-            raise RunCancelled()
-        metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
-                   "train_runtime": float(result.metrics.get("train_runtime", 0.0)), "n_train": len(trainer.train_dataset)}  # fmt: skip
-        accuracy = _last_logged(trainer, "mean_token_accuracy")
-        if accuracy is not None:
-            metrics["train_mean_token_accuracy"] = accuracy
-        if evals is not None:
-            results = trainer.evaluate()
-            metrics.update({k: float(v) for k, v in results.items() if k in ("eval_loss", "eval_mean_token_accuracy", "eval_entropy")})
-            metrics["n_eval"] = len(trainer.eval_dataset)
-        trainer.accelerator.wait_for_everyone()
+
+        def collect() -> dict:
+            metrics = {"n_train": len(trainer.train_dataset)}
+            accuracy = _last_logged(trainer, "mean_token_accuracy")
+            if accuracy is not None:
+                metrics["train_mean_token_accuracy"] = accuracy
+            if evals is not None:
+                results = trainer.evaluate()
+                metrics.update({k: float(v) for k, v in results.items() if k in ("eval_loss", "eval_mean_token_accuracy", "eval_entropy")})
+                metrics["n_eval"] = len(trainer.eval_dataset)
+            return metrics
+
+        metrics = train_to_end(trainer, reporter, checkpoints, collect)
         if trainer.accelerator.is_main_process:
             model = trainer.accelerator.unwrap_model(trainer.model)
             save_policy(model, tokenizer, config, output_dir, metrics, info or {"kind": "sft"})
