@@ -771,6 +771,11 @@ class ExportOptions:
 
 
 
+# Formats that can keep a tie as a row ("tie": true); ranking and raw always have ties, the others none to keep
+# (kto rows are single completions, so a tie has no label to give).
+KEEPS_TIES = {"trl", "hh", "openai-dpo", "ranking", "raw"}
+
+
 def check_aggregate(fmt: str, aggregate: str, kind: str | None = None) -> None:
     """Refuse an aggregation that ``fmt`` cannot use (:data:`FORMAT_AGGREGATES`), saying which it can."""
     allowed = format_aggregates(fmt, kind)
@@ -791,8 +796,11 @@ def check_options(project: Project, options: "ExportOptions") -> None:
     check_aggregate(fmt, options.aggregate, project.kind)
     if fmt in PREFERENCE_FORMATS and project.kind == Kind.RATING and "labels" in project.rating_scale:
         raise ExportError(CATEGORICAL_PREFERENCES)
-    if fmt == "labels" and options.ties != "drop":
-        raise ExportError("ties applies to preference formats; the labels format has no ties to keep.")
+    if options.ties == "keep" and fmt not in KEEPS_TIES:
+        raise ExportError(
+            f"ties=keep does not apply to the {fmt} format: only {', '.join(sorted(KEEPS_TIES))} can keep ties as rows "
+            "(ranking and raw always have them)."
+        )
     criterion = options.criterion or None
     if criterion and criterion not in (project.criteria or project.rating_criteria):
         raise ExportError(f"Unknown criterion {criterion!r} in project {project.slug}.")
@@ -866,7 +874,7 @@ def build_rows(project: Project, options: "ExportOptions | str" = "trl", **field
 
 def _preference_rows(project: Project, votes: pd.DataFrame, tables: ItemTables, options: "ExportOptions", model=None) -> list[dict]:
     pairs = pair_votes(project.kind, votes, tables.responses, options.criterion or None)
-    keep_ties = options.ties == "keep" and options.format != "kto"
+    keep_ties = options.ties == "keep"
     if options.aggregate == "majority":
         preferences = majority_pairs(pairs, keep_ties)
         preferences = preferences[preferences["agreement"] >= options.min_agreement]

@@ -268,6 +268,21 @@ def test_a_format_the_kind_cannot_produce_is_refused():
         build_rows(steps, "trl")
 
 
+@pytest.mark.django_db
+def test_ties_keep_where_a_format_has_no_ties_to_keep_is_refused(make_project):
+    from annotate.exports import ExportError
+
+    pairwise = make_project(slug="tk", n_items=2)
+    for fmt in ("kto", "sft"):
+        with pytest.raises(ExportError, match=f"ties=keep does not apply to the {fmt} format"):
+            build_rows(pairwise, fmt, ties="keep")
+    rating = actions.create_project(slug="rt", kind=Kind.RATING, scale={"min": 1, "max": 5})
+    with pytest.raises(ExportError, match="ties=keep does not apply to the ratings format"):
+        build_rows(rating, "ratings", ties="keep")
+    assert build_rows(pairwise, "trl", ties="keep") == []  # no votes yet, but the option applies
+    assert build_rows(pairwise, "raw", ties="keep") == []
+
+
 @pytest.fixture
 def split_votes(db):
     """Two items: q0 won 2-1 by response 0, q1 a 1-1 split plus a tie vote... and one paused annotator."""
