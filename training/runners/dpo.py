@@ -41,9 +41,10 @@ from .base import (
     train_to_end,
     training_arguments,
 )
+from .data import as_messages, read_split
 from .dpo_config import CONFIG_CLASS, DPORunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 from .policy import ensure_policy_chat_template, load_policy_model, save_policy
-from .sft import as_messages, check_trainable_base, read_split
+from .sft import check_trainable_base
 
 REWARD_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
 

@@ -24,18 +24,17 @@ import math
 from pathlib import Path
 
 from .base import RunnerError, emit_log, offline_environment
+from .data import read_prompt_rows, write_jsonl
+from .evaluate_config import CONFIG_CLASS, EvaluateRunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 from .policy import (
     check_model_path,
     check_policy_environment,
     free_memory,
     load_scorer,
-    read_prompt_rows,
     sample_prompts,
     timed,
     write_info,
-    write_jsonl,
 )
-from .evaluate_config import CONFIG_CLASS, EvaluateRunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 
 TIE_TOLERANCE = 1e-6  # the same text scored in differently padded batches can differ in the last float bits
 Z_95 = 1.959963984540054

@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import emit_log
+from .data import write_jsonl
+from .generate_config import CONFIG_CLASS, GenerateRunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 from .policy import (
     free_memory,
     load_scorer,
@@ -25,9 +27,7 @@ from .policy import (
     start_prompt_run,
     timed,
     write_info,
-    write_jsonl,
 )
-from .generate_config import CONFIG_CLASS, GenerateRunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 
 
 def run(config: GenerateRunConfig, dataset_paths: dict, output_dir, progress_callback, checkpoint_dir=None) -> dict:

@@ -37,8 +37,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
 from .base import (
     RunCancelled,
     RunnerError,
@@ -54,6 +52,7 @@ from .base import (
     quantization_config,
     resolve_precision,
 )
+from .data import read_prompt_rows
 
 # A base model without a chat template (GPT-2 and other plain language models) gets this one, saved with its
 # tokenizer so that training, generation and scoring read conversations alike. The assistant's turn ends with the
@@ -75,45 +74,6 @@ def start_prompt_run(config, dataset_paths: dict, kind: str, *, needs_reward: bo
     if "train" not in dataset_paths:
         raise RunnerError("No prompt file (the train split) to sample for.")
     return read_prompt_rows(dataset_paths["train"])
-
-
-def read_prompt_rows(path: str | Path) -> list[dict]:
-    """The rows of a prompt file (JSONL); RunnerError names the line of a malformed one."""
-    rows = []
-    with open(path, "rb") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise RunnerError(f"{path}, line {number}: not JSON ({exc}).") from None
-            prompt = row.get("prompt") if isinstance(row, dict) else None
-            if not (isinstance(prompt, str) and prompt.strip()) and not (isinstance(prompt, list) and prompt):
-                raise RunnerError(f"{path}, line {number}: a row needs a non-empty \"prompt\" (text or messages).")
-            if isinstance(prompt, list):
-                _check_messages(prompt, path, number)
-            rows.append({"prompt": prompt, "item": row.get("item"), "external_id": row.get("external_id", "")})
-    if not rows:
-        raise RunnerError(f"{path} holds no prompts.")
-    return rows
-
-
-def write_jsonl(rows, path: str | Path) -> str:
-    """Rows to a JSONL file, written whole or not at all."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        for row in rows:
-            handle.write(orjson.dumps(row) + b"\n")
-    tmp.replace(path)
-    return str(path)
-
-
-def _check_messages(messages: list, path, number: int) -> None:
-    for message in messages:
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str) and isinstance(message.get("content"), str)):
-            raise RunnerError(f"{path}, line {number}: each prompt message needs a \"role\" and a \"content\" (text).")
 
 
 # --- the policy's folder ------------------------------------------------------------------------------

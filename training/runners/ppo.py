@@ -79,7 +79,7 @@ def run(config: PPORunConfig, dataset_paths: dict, output_dir, progress_callback
 
 def train(config: PPORunConfig, rows: list[dict], output_dir, progress_callback, checkpoint_dir=None,
           score_fn: ScoreFn | None = None) -> dict:  # fmt: skip
-    """The PPO loop over prompt ``rows`` (see :func:`training.runners.policy.read_prompt_rows`). ``score_fn``
+    """The PPO loop over prompt ``rows`` (see :func:`training.runners.data.read_prompt_rows`). ``score_fn``
     replaces the reward models (a known reward for tests); by default they are loaded from ``config``."""
     import torch
     from accelerate import Accelerator

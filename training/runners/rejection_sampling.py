@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 from .base import RunnerError, emit_log
+from .data import write_jsonl
 from .policy import (
     free_memory,
     load_scorer,
@@ -32,7 +33,6 @@ from .policy import (
     start_prompt_run,
     timed,
     write_info,
-    write_jsonl,
 )
 from .rejection_sampling_config import CONFIG_CLASS, RejectionSamplingRunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 

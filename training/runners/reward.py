@@ -40,6 +40,7 @@ from .base import (
     train_to_end,
     training_arguments,
 )
+from .data import load_split
 from .reward_config import CONFIG_CLASS, RewardRunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 
 # A conversation needs a chat template; models without one (encoders like MiniLM) get this plain one, which is
@@ -51,17 +52,6 @@ PLAIN_CHAT_TEMPLATE = (
 
 
 # --- data ---------------------------------------------------------------------------------------------
-
-
-def load_split(path: str):
-    """A ``datasets.Dataset`` from a snapshot split: a .jsonl or .parquet file, or a ``save_to_disk`` folder."""
-    import datasets
-
-    path = str(path)
-    if Path(path).is_dir():
-        return datasets.load_from_disk(path)
-    builder = "parquet" if path.endswith(".parquet") else "json"
-    return datasets.load_dataset(builder, data_files=path, split="train")
 
 
 def is_conversational_rows(dataset) -> bool:

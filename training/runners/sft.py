@@ -21,9 +21,6 @@ model without a chat template gets ``policy.PLAIN_POLICY_CHAT_TEMPLATE``, saved 
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
-
-import orjson
 
 from .base import (
     RunnerError,
@@ -38,18 +35,12 @@ from .base import (
     train_to_end,
     training_arguments,
 )
+from .data import as_messages, read_split
 from .policy import check_policy_base, ensure_policy_chat_template, load_policy_model, save_policy
 from .sft_config import CONFIG_CLASS, SFTRunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 
 
 # --- data ---------------------------------------------------------------------------------------------
-
-
-def as_messages(value, role: str) -> list[dict]:
-    """A prompt or a response, as text or as messages, as a list of ``{"role", "content"}`` messages."""
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
 def demonstration_rows(rows: list[dict], split: str = "train") -> list[dict]:
@@ -81,23 +72,6 @@ def chosen_rows(rows: list[dict], split: str = "train") -> list[dict]:
             continue
         examples.append({"prompt": as_messages(row["prompt"], "user"), "completion": as_messages(row["chosen"], "assistant")})
     return examples
-
-
-def read_split(path: str) -> list[dict]:
-    """The rows of a snapshot split: a .jsonl or .parquet file, or a ``save_to_disk`` folder."""
-    from .reward import load_split
-
-    path = Path(path)
-    if not (path.is_file() and path.suffix == ".jsonl"):
-        return load_split(str(path)).to_list()
-    rows = []
-    for number, line in enumerate(path.read_bytes().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(orjson.loads(line))
-            except orjson.JSONDecodeError as exc:
-                raise RunnerError(f"{path}, line {number}: not JSON ({exc}).") from None
-    return rows
 
 
 # --- training -----------------------------------------------------------------------------------------
