@@ -796,6 +796,14 @@ def check_options(project: Project, options: "ExportOptions") -> None:
     check_aggregate(fmt, options.aggregate, project.kind)
     if fmt in PREFERENCE_FORMATS and project.kind == Kind.RATING and "labels" in project.rating_scale:
         raise ExportError(CATEGORICAL_PREFERENCES)
+    agreement_applies = fmt == "labels" or (
+        fmt in PREFERENCE_FORMATS and options.aggregate != "none" and not (fmt == "kto" and project.kind == Kind.RATING)
+    )
+    if options.min_agreement and not agreement_applies:
+        raise ExportError(
+            f"min_agreement does not apply to the {fmt} format with aggregate {options.aggregate!r}: only aggregated "
+            "preference rows and labels have an agreement to filter on."
+        )
     if options.ties == "keep" and fmt not in KEEPS_TIES:
         raise ExportError(
             f"ties=keep does not apply to the {fmt} format: only {', '.join(sorted(KEEPS_TIES))} can keep ties as rows "

@@ -281,6 +281,11 @@ def test_ties_keep_where_a_format_has_no_ties_to_keep_is_refused(make_project):
         build_rows(rating, "ratings", ties="keep")
     assert build_rows(pairwise, "trl", ties="keep") == []  # no votes yet, but the option applies
     assert build_rows(pairwise, "raw", ties="keep") == []
+    # The same for min_agreement: only aggregated preferences and labels have an agreement to filter on.
+    for fmt, aggregate in (("raw", ""), ("trl", "none"), ("sft", "")):
+        with pytest.raises(ExportError, match="min_agreement does not apply"):
+            build_rows(pairwise, fmt, aggregate=aggregate, min_agreement=0.6)
+    assert build_rows(pairwise, "trl", min_agreement=0.6) == []
 
 
 @pytest.fixture
