@@ -29,6 +29,8 @@ from annotate.exports import ExportError, canonical, pair_votes, snapshot_files,
 from annotate.imports import RowError, normalize_messages
 from annotate.models import Item, Kind, Response
 
+from .models import PROMPT_KINDS
+
 
 def _write_jsonl(rows: list[dict], path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,8 +46,6 @@ def run_datasets(run) -> tuple[dict[str, str], str]:
     A snapshot-driven run reads the snapshot's own files and nothing else (no votes are read again here), so
     every split it trains or is scored on is covered by the snapshot's content hash. A snapshot made before
     per-criterion test splits existed has none, and its runs report no per-criterion accuracy."""
-    from .models import PROMPT_KINDS
-
     if run.kind in PROMPT_KINDS:
         return prompt_datasets(run)
     snapshot = run.snapshot
@@ -69,7 +69,7 @@ MAX_PROMPT_FILE_BYTES = 50 * 1024 * 1024
 
 
 class PromptsError(ValueError):
-    """The prompts cannot be chosen as asked; the message says why (training.actions turns it into TrainingError)."""
+    """The prompts cannot be chosen as asked; the message says why (training.launching turns it into TrainingError)."""
 
 
 def prompt_row(prompt, item=None, external_id="") -> dict:

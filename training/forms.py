@@ -1,4 +1,4 @@
-"""The launch form: parsing and per-field messages. ``training.actions.launch_run`` validates everything again."""
+"""The launch form: parsing and per-field messages. ``training.launching.launch_run`` validates everything again."""
 
 from __future__ import annotations
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 
-from annotate.models import ROLE_RANK, Project, Role
+from annotate.models import ROLE_RANK, Judgment, Project, Response, Role, Round, Snapshot
 
-from .models import MetricPoint, ModelArtifact, TrainingRun
+from .models import MODEL_KINDS, MetricPoint, ModelArtifact, RoundPurpose, RunRound, TrainingRun
 from .runners.base import has_safetensors, is_adapter_folder
+from .scoring import RewardScorer
 from .runners.evaluate import wilson_interval  # the reward-model evaluation and the human one report the same interval
 
 
@@ -173,13 +175,12 @@ def reward_scorer(artifact: ModelArtifact):
         raise TrainingError(f"Artifact {artifact.pk} is a {artifact.kind}, not a reward model.")
     if not artifact.folder.is_dir():
         raise TrainingError(f"The files of artifact {artifact.pk} are missing from {artifact.folder}.")
-    return _load_scorer(str(artifact.folder), artifact.folder.stat().st_mtime)
+    return load_scorer(str(artifact.folder), artifact.folder.stat().st_mtime)
 
 
 @functools.lru_cache(maxsize=MAX_CACHED_SCORERS)
-def _load_scorer(folder: str, mtime: float):
-    from .scoring import RewardScorer
-
+def load_scorer(folder: str, mtime: float):
+    """A RewardScorer kept loaded per (folder, mtime): a folder written again is loaded again."""
     return RewardScorer.load(folder)
 
 
@@ -237,8 +238,6 @@ def resolve_reward_model(value: str) -> RewardModelChoice:
 
 
 def _architectures(folder: Path) -> list[str]:
-    import json
-
     try:
         return list(json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures") or [])
     except (OSError, ValueError):
@@ -279,10 +278,6 @@ def round_chain(project: Project) -> list[RoundStep]:
     models trained on those snapshots, the policies trained on them or scored by those reward models, and the
     generate runs that wrote the next round from those policies. Links come from foreign keys; only "which
     round a snapshot belongs to" is by time (a snapshot holds every vote up to it, the latest round's included)."""
-    from annotate.models import Round, Snapshot
-
-    from .models import MODEL_KINDS, RunRound
-
     rounds = list(Round.objects.filter(project=project).order_by("number"))
     origins = {link.round_id: link for link in RunRound.objects.filter(round__project=project).select_related("run", "run__base_artifact")}
     snapshots = list(Snapshot.objects.filter(project=project).order_by("id"))
@@ -340,8 +335,6 @@ def round_chain(project: Project) -> list[RoundStep]:
 
 def generated_round(run: TrainingRun):
     """The round a generate run wrote (None before it finished)."""
-    from .models import RoundPurpose, RunRound
-
     link = RunRound.objects.filter(run=run, purpose=RoundPurpose.CANDIDATES).select_related("round", "round__project").first()
     return link.round if link else None
 
@@ -360,8 +353,6 @@ def win_rate(wins: int, losses: int, ties: int) -> dict:
 def human_eval_results(round_) -> dict:
     """The new policy's win rate in a human-evaluation round: each current judgment of its items decoded through
     the arm recorded on each response (``metadata["arm"]``: ``new`` or ``baseline``), whatever position it was shown in."""
-    from annotate.models import Judgment, Response
-
     arms = dict(Response.objects.filter(item__round=round_).values_list("id", "metadata__arm"))
     wins = losses = ties = 0
     for outcome, winner in Judgment.objects.filter(item__round=round_, is_current=True, item__purpose="normal").values_list("outcome", "winner_id"):

@@ -13,8 +13,8 @@ loop that follows it is the same:
   nothing is published.
 
 The model is written to a temporary folder under ``ARTIFACT_ROOT/models/<project>/`` and renamed into place by
-:func:`training.actions.register_artifact` only when complete (generate and evaluate publish data instead:
-:func:`training.actions.publish_run`); checkpoints live in the run's work folder and
+:func:`training.publishing.register_artifact` only when complete (generate and evaluate publish data instead:
+:func:`training.publishing.publish_run`); checkpoints live in the run's work folder and
 survive a lost worker, so the next attempt resumes from them.
 """
 
@@ -33,15 +33,18 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 from django.conf import settings
+from django.db import transaction
 
-from . import actions
+from . import lifecycle, publishing
 from .datasets import run_datasets
 from .models import RunStatus, TrainingRun
 from .runners import load_runner
 from .runners.__main__ import EVENT_PREFIX
+from .runners.base import RunCancelled
 
 BASE_DIR = Path(settings.BASE_DIR)
 
@@ -222,8 +225,6 @@ class ThreadSource:
         self.thread.join()
 
     def outcome(self) -> dict:
-        from .runners.base import RunCancelled
-
         if isinstance(self.error, RunCancelled):
             raise Cancelled()
         if self.error is not None:
@@ -250,7 +251,7 @@ class Monitor:
         self.run = run
         self.echo = echo
         self.log = open(log_path, "a", encoding="utf-8")
-        self.tail = collections.deque((run.log_tail or "").splitlines()[-actions.LOG_TAIL_LINES :], maxlen=actions.LOG_TAIL_LINES)
+        self.tail = collections.deque((run.log_tail or "").splitlines()[-lifecycle.LOG_TAIL_LINES :], maxlen=lifecycle.LOG_TAIL_LINES)
         self.step, self.total = None, run.progress_total or None
         self.metrics = dict(run.metrics or {})
         self.points: list[tuple[int, dict]] = []
@@ -302,7 +303,7 @@ class Monitor:
         return "\n".join(self.tail)
 
     def flush(self) -> tuple[bool, bool]:
-        mine, cancel = actions.record_progress(
+        mine, cancel = lifecycle.record_progress(
             self.run, step=self.step, total=self.total, metrics=self.metrics, points=self.points,
             log_tail=self.tail_text(), checkpoint=self.checkpoint,
         )  # fmt: skip
@@ -327,7 +328,7 @@ class Monitor:
                     mine, cancel = self.flush()
                     if not mine:
                         source.stop(settings.TRAINING_CANCEL_GRACE_SECONDS)
-                        raise actions.RunLost()
+                        raise lifecycle.RunLost()
                     if cancel:
                         self.line("[arbiter] cancel requested: stopping the training process")
                         source.stop(settings.TRAINING_CANCEL_GRACE_SECONDS)
@@ -365,11 +366,16 @@ def disk_full_hint(error: str) -> str:
 # --- one attempt ----------------------------------------------------------------------------------
 
 
-def execute(run_id: int, attempt: int, *, in_process: bool = False, echo=None) -> TrainingRun | None:
-    """Run attempt ``attempt`` of run ``run_id`` to its end. Returns the run as it ended (None if it is gone)."""
-    run = actions.claim_run(run_id, attempt, worker_name())
+def execute(run_id: int, attempt: int, *, in_process: bool = False, echo=None, on_claimed=None) -> TrainingRun | None:
+    """Run attempt ``attempt`` of run ``run_id`` to its end. Returns the run as it ended (None if it is gone).
+
+    ``on_claimed(run_id, attempt)`` runs once the claim is committed: the queue passes its watchdog
+    (training.tasks.schedule_watch), which this module cannot import without importing the queue back."""
+    run = lifecycle.claim_run(run_id, attempt, worker_name())
     if run is None:
         return TrainingRun.objects.filter(pk=run_id).first()
+    if on_claimed is not None:
+        transaction.on_commit(partial(on_claimed, run.pk, run.attempt))
     work = run.work_dir
     try:
         work.mkdir(parents=True, exist_ok=True)
@@ -378,7 +384,7 @@ def execute(run_id: int, attempt: int, *, in_process: bool = False, echo=None) -
         output_dir = Path(tempfile.mkdtemp(prefix=f".tmp-run{run.pk}-", dir=models_dir))
         monitor = Monitor(run, work / "log.txt", echo)
     except OSError as exc:
-        actions.finish_run(run, RunStatus.FAILED, error=f"Cannot write under ARTIFACT_ROOT: {exc}")
+        lifecycle.finish_run(run, RunStatus.FAILED, error=f"Cannot write under ARTIFACT_ROOT: {exc}")
         return TrainingRun.objects.filter(pk=run_id).first()
     status, error = RunStatus.FAILED, ""
     try:
@@ -391,15 +397,15 @@ def execute(run_id: int, attempt: int, *, in_process: bool = False, echo=None) -
         source = ThreadSource(spec) if in_process else ProcessSource(spec_path)
         metrics = monitor.follow(source)
         monitor.flush()
-        actions.publish_run(run, output_dir, metrics, dataset_hash)
+        publishing.publish_run(run, output_dir, metrics, dataset_hash)
         status = RunStatus.SUCCEEDED
-    except actions.RunLost:
+    except lifecycle.RunLost:
         monitor.line("[arbiter] this worker lost the run (it was re-queued or failed); nothing published")
         status = None
     except Cancelled:
         status = RunStatus.CANCELLED
         monitor.line("[arbiter] cancelled")
-    except (RunFailed, actions.PublishFailed) as exc:
+    except (RunFailed, lifecycle.PublishFailed) as exc:
         error = str(exc)
         monitor.line(f"[arbiter] {error}")
     except Exception as exc:  # noqa: BLE001 - anything else fails the run with its reason, never the worker
@@ -411,7 +417,7 @@ def execute(run_id: int, attempt: int, *, in_process: bool = False, echo=None) -
     if status == RunStatus.FAILED:
         error += disk_full_hint(error)
     if status in (RunStatus.FAILED, RunStatus.CANCELLED):
-        actions.finish_run(run, status, error=error, metrics=monitor.metrics, log_tail=monitor.tail_text())
+        lifecycle.finish_run(run, status, error=error, metrics=monitor.metrics, log_tail=monitor.tail_text())
     if status in (RunStatus.SUCCEEDED, RunStatus.CANCELLED):
         # Kept after a failure, so that a retry resumes; useless once the run is over for good.
         shutil.rmtree(work / "checkpoints", ignore_errors=True)

@@ -11,12 +11,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from annotate.models import Project, Role
+from annotate.models import Kind, Project, Role
 from annotate.permissions import require_role
 
-from annotate.models import Kind
-
-from . import actions, plots, selectors
+from . import launching, plots, rounds, selectors, tasks
 from .forms import LaunchForm, NextRoundForm, project_choices
 from .models import ModelArtifact, RoundPurpose, RunRound, TrainingRun
 from .selectors import TrainingError
@@ -38,7 +36,7 @@ def _run(request, run_id: int, role: str = Role.RESEARCHER) -> tuple[TrainingRun
 @require_safe
 def runs(request):
     _require_training(request.user)
-    actions.reap_stale_runs()
+    tasks.reap_stale_runs()
     project = None
     if request.GET.get("project"):
         project = get_object_or_404(Project, slug=request.GET["project"])
@@ -67,10 +65,10 @@ def run_new(request):
         project, _ = require_role(request.user, data["project"], Role.ADMIN)
         if data["target_project"]:
             require_role(request.user, data["target_project"], Role.ADMIN)
-        prompts = actions.Prompts(source=data["prompts_from"], data=data["prompts_data"], max_prompts=data["max_prompts"],
+        prompts = launching.Prompts(source=data["prompts_from"], data=data["prompts_data"], max_prompts=data["max_prompts"],
                                   file_name=data["prompts_file"].name if data["prompts_file"] else "")  # fmt: skip
         try:
-            run = actions.launch_run(
+            run = launching.launch_run(
                 project=project, kind=data["kind"], base_model=data["base_model"], snapshot=data["snapshot"], values=data["values"],
                 launched_by=request.user, reward_models=data["reward_model_values"], target_project=data["target_project"] or None,
                 prompts=prompts, baseline=data["baseline"] or None, parent=data["parent"],
@@ -127,7 +125,7 @@ def _count_lines(path) -> int:
 def run_detail(request, run_id: int):
     run, membership = _run(request, run_id)
     if run.is_active:
-        actions.reap_stale_runs()
+        tasks.reap_stale_runs()
         run.refresh_from_db()
     template = "training/run.html#status" if request.htmx else "training/run.html"
     return render(request, template, _run_context(run, membership, request.user))
@@ -137,7 +135,7 @@ def run_detail(request, run_id: int):
 @require_POST
 def run_cancel(request, run_id: int):
     run, membership = _run(request, run_id, Role.ADMIN)
-    run = actions.cancel_run(run)
+    run = launching.cancel_run(run)
     if request.htmx:
         return render(request, "training/run.html#status", _run_context(run, membership, request.user))
     messages.info(request, f"Run {run.pk}: " + ("cancelled." if run.status == "cancelled" else "stopping…"))
@@ -149,7 +147,7 @@ def run_cancel(request, run_id: int):
 def run_retry(request, run_id: int):
     run, _ = _run(request, run_id, Role.ADMIN)
     try:
-        run = actions.retry_run(run)
+        run = launching.retry_run(run)
     except TrainingError as exc:
         messages.error(request, str(exc))
     else:
@@ -197,9 +195,9 @@ def run_next_round(request, run_id: int):
     if target:
         require_role(request.user, target, Role.ADMIN)
     try:
-        child = actions.start_next_round(
+        child = launching.start_next_round(
             run, launched_by=request.user, target_project=target, values=form.cleaned_data["values"],
-            prompts=actions.Prompts(source=form.cleaned_data["prompts_from"], max_prompts=form.cleaned_data["max_prompts"]),
+            prompts=launching.Prompts(source=form.cleaned_data["prompts_from"], max_prompts=form.cleaned_data["max_prompts"]),
         )  # fmt: skip
     except TrainingError as exc:
         messages.error(request, str(exc))
@@ -221,7 +219,7 @@ def _target(request, role=Role.ADMIN):
 def run_send_kept(request, run_id: int):
     run, _ = _run(request, run_id, Role.ADMIN)
     try:
-        round_ = actions.send_kept_for_review(run, _target(request), created_by=request.user)
+        round_ = rounds.send_kept_for_review(run, _target(request), created_by=request.user)
     except TrainingError as exc:
         messages.error(request, str(exc))
     else:
@@ -234,7 +232,7 @@ def run_send_kept(request, run_id: int):
 def run_human_eval(request, run_id: int):
     run, _ = _run(request, run_id, Role.ADMIN)
     try:
-        round_ = actions.create_human_eval_round(run, _target(request), created_by=request.user)
+        round_ = rounds.create_human_eval_round(run, _target(request), created_by=request.user)
     except TrainingError as exc:
         messages.error(request, str(exc))
         return redirect("training-run", run_id=run.pk)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.training.conftest import FAST, models_root, preference_project, preference_snapshot, tiny_base  # noqa: F401 - fixtures
-from training import actions, supervisor
+from training import launching, supervisor
 from training.models import ModelArtifact, RunStatus
 from training.runners.base import checkpoint_is_complete
 
@@ -63,7 +63,7 @@ def test_a_full_disk_fails_the_run_clearly_registers_nothing_and_the_retry_resum
     from annotate.exports import ExportOptions, create_snapshot
 
     snapshot, _ = create_snapshot(project, ExportOptions(test_size=0.2, seed=2))
-    run = actions.launch_run(project=project, kind="reward", base_model=str(tiny_base), snapshot=snapshot,
+    run = launching.launch_run(project=project, kind="reward", base_model=str(tiny_base), snapshot=snapshot,
                              values={**FAST, "max_steps": 20, "save_steps": 5}, enqueue=False)  # fmt: skip
     ballast = []
     real_emit = supervisor.ThreadSource._emit
@@ -87,7 +87,7 @@ def test_a_full_disk_fails_the_run_clearly_registers_nothing_and_the_retry_resum
     assert complete.pop("checkpoint-5") is True and complete in ({}, {"checkpoint-10": False}), complete
 
     ballast[0].unlink()
-    run = actions.retry_run(run)
+    run = launching.retry_run(run)
     monkeypatch.setattr(supervisor.ThreadSource, "_emit", real_emit)
     run = supervisor.execute(run.pk, run.attempt, in_process=True)
     assert run.status == RunStatus.SUCCEEDED and run.attempt == 2, run.error

@@ -15,7 +15,7 @@ from annotate import actions as annotate_actions
 from annotate.imports import parse_votes
 from annotate.models import Item, Kind, Response, Round
 from tests.conftest import jsonl
-from training import actions, datasets, selectors, supervisor
+from training import datasets, launching, lifecycle, rounds, selectors, supervisor
 from training.models import ModelArtifact, RunRound, RunStatus, TrainingRun
 
 pytestmark = pytest.mark.django_db
@@ -101,9 +101,9 @@ def test_launch_refuses_bad_input_and_writes_nothing(args, message, trained_rewa
 
 def test_disagreement_refused_when_everyone_agrees(preference_project, settings):
     # Both annotators of the fixture always pick the good response.
-    with pytest.raises(actions.TrainingError, match="No item of prefs has annotators who disagree"):
-        actions.launch_run(project=preference_project, kind="generate", base_model="tiny-causal", enqueue=False,
-                           prompts=actions.Prompts(source="disagreement"))  # fmt: skip
+    with pytest.raises(selectors.TrainingError, match="No item of prefs has annotators who disagree"):
+        launching.launch_run(project=preference_project, kind="generate", base_model="tiny-causal", enqueue=False,
+                           prompts=launching.Prompts(source="disagreement"))  # fmt: skip
     assert _nothing_written(settings)
 
 
@@ -111,7 +111,7 @@ def test_disagreement_refused_when_everyone_agrees(preference_project, settings)
 
 
 def test_generate_writes_the_prompts_of_the_items_at_launch(preference_project):
-    run = actions.launch_run(project=preference_project, kind="generate", base_model="tiny-causal", enqueue=False, values={"max_new_tokens": 4})
+    run = launching.launch_run(project=preference_project, kind="generate", base_model="tiny-causal", enqueue=False, values={"max_new_tokens": 4})
     rows = [orjson.loads(line) for line in run.prompts_path.read_bytes().splitlines()]
     items = list(Item.objects.filter(project=preference_project).order_by("id"))
     assert len(rows) == len(items) == 50
@@ -150,7 +150,7 @@ def test_low_confidence_keeps_the_items_the_reward_model_separates_least(reward_
 
 def test_snapshot_test_prompts_and_the_model_kinds_snapshots(preference_snapshot, reward_artifact):
     project = preference_snapshot.project
-    run = actions.launch_run(project=project, kind="evaluate", base_model="tiny-causal", snapshot=preference_snapshot,
+    run = launching.launch_run(project=project, kind="evaluate", base_model="tiny-causal", snapshot=preference_snapshot,
                              reward_models=[f"artifact:{reward_artifact.pk}"], baseline="tiny-causal", enqueue=False)  # fmt: skip
     rows = [orjson.loads(line) for line in run.prompts_path.read_bytes().splitlines()]
     test_ids = {row["id"] for row in map(orjson.loads, (preference_snapshot.folder / "test.jsonl").read_bytes().splitlines())}
@@ -158,12 +158,12 @@ def test_snapshot_test_prompts_and_the_model_kinds_snapshots(preference_snapshot
     assert all(Item.objects.get(pk=r["item"]).external_id == r["external_id"] for r in rows)
     assert run.config["baseline_model"].endswith("tiny-causal") and list(run.reward_artifacts.all()) == [reward_artifact]
     assert run.config["reward_models"] == [str(reward_artifact.folder.resolve())]
-    dpo = actions.launch_run(project=project, kind="dpo", base_model="tiny-causal", snapshot=preference_snapshot, enqueue=False)
+    dpo = launching.launch_run(project=project, kind="dpo", base_model="tiny-causal", snapshot=preference_snapshot, enqueue=False)
     assert datasets.run_datasets(dpo)[0]["train"].endswith("train.jsonl") and dpo.snapshot.options["format"] == "trl"
-    sft = actions.launch_run(project=project, kind="sft", base_model="tiny-causal", enqueue=False)
+    sft = launching.launch_run(project=project, kind="sft", base_model="tiny-causal", enqueue=False)
     assert sft.config["source"] == "chosen" and sft.snapshot.options["format"] == "trl"
-    with pytest.raises(actions.TrainingError, match="goes with source=chosen"):
-        actions.launch_run(project=project, kind="sft", base_model="tiny-causal", snapshot=preference_snapshot, values={"source": "demonstrations"}, enqueue=False)
+    with pytest.raises(selectors.TrainingError, match="goes with source=chosen"):
+        launching.launch_run(project=project, kind="sft", base_model="tiny-causal", snapshot=preference_snapshot, values={"source": "demonstrations"}, enqueue=False)
 
 
 def test_prompts_given_through_the_api_are_validated_by_position(preference_project, make_member, api_client_for, settings):
@@ -188,18 +188,18 @@ def test_every_available_policy_kind_launches_with_its_data(reward_artifact, pre
         if kind not in available_kinds():
             continue
         extra = {"baseline": "tiny-causal"} if kind == "evaluate" else {}
-        run = actions.launch_run(project=project, kind=kind, base_model="tiny-causal", enqueue=False,
-                                 reward_models=rm if kind in actions.REWARD_KINDS else (), **extra)  # fmt: skip
+        run = launching.launch_run(project=project, kind=kind, base_model="tiny-causal", enqueue=False,
+                                 reward_models=rm if kind in launching.REWARD_KINDS else (), **extra)  # fmt: skip
         paths, digest = datasets.run_datasets(run)
         assert Path(paths["train"]).is_file() and len(digest) == 64
-        if kind in actions.REWARD_KINDS:
+        if kind in launching.REWARD_KINDS:
             assert list(run.reward_artifacts.all()) == [reward_artifact] and run.config["reward_models"] == [str(reward_artifact.folder.resolve())]
         launched[kind] = run
     assert {"generate", "evaluate", "sft", "dpo"} <= set(launched)
     assert launched["generate"].inputs["prompts"] == 50 and launched["evaluate"].inputs["prompts_from"] == "snapshot-test"
     assert launched["dpo"].snapshot.options["format"] == "trl" and launched["sft"].snapshot.options["format"] == "trl"
     if "dpo" in launched:
-        ref = actions.launch_run(project=project, kind="dpo", base_model="tiny-causal", values={"reference": "model", "ref_model": "tiny-causal"},
+        ref = launching.launch_run(project=project, kind="dpo", base_model="tiny-causal", values={"reference": "model", "ref_model": "tiny-causal"},
                                  snapshot=preference_snapshot, enqueue=False) if "reference" in launched["dpo"].config else None  # fmt: skip
         if ref is not None:
             assert ref.config["ref_model"].startswith("/") and ref.inputs["ref_model"]["artifact"] is None
@@ -260,14 +260,14 @@ def test_generate_that_yields_no_distinct_pairs_fails_and_adds_no_round(preferen
 
 
 def test_a_malformed_candidates_file_leaves_no_half_round(preference_project, settings):
-    run = actions.launch_run(project=preference_project, kind="generate", base_model="tiny-causal", enqueue=False)
+    run = launching.launch_run(project=preference_project, kind="generate", base_model="tiny-causal", enqueue=False)
     TrainingRun.objects.filter(pk=run.pk).update(status="running")
     run.refresh_from_db()
     path = run.work_dir / "candidates.jsonl"
     good = {"prompt": "New question?", "item": None, "external_id": "n1", "responses": [{"text": "A"}, {"text": "B"}]}
     path.write_bytes(orjson.dumps(good) + b"\n" + orjson.dumps({**good, "prompt": ""}) + b"\n")
-    with pytest.raises(actions.PublishFailed, match="line 2: prompt is empty"):
-        actions.create_candidate_round(run, path, {}, "")
+    with pytest.raises(lifecycle.PublishFailed, match="line 2: prompt is empty"):
+        rounds.create_candidate_round(run, path, {}, "")
     assert Round.objects.count() == 1 and Item.objects.count() == 50 and TrainingRun.objects.get().status == "running"
 
 
@@ -277,8 +277,8 @@ def test_rejection_sampling_keeps_its_samples_for_review(reward_artifact, make_p
     if "rejection_sampling" not in available_kinds():
         pytest.skip("no rejection_sampling runner")
     project = reward_artifact.project
-    run = actions.launch_run(project=project, kind="rejection_sampling", base_model="tiny-causal", reward_models=[f"artifact:{reward_artifact.pk}"],
-                             prompts=actions.Prompts(max_prompts=4), enqueue=False,
+    run = launching.launch_run(project=project, kind="rejection_sampling", base_model="tiny-causal", reward_models=[f"artifact:{reward_artifact.pk}"],
+                             prompts=launching.Prompts(max_prompts=4), enqueue=False,
                              values={"num_samples": 2, "max_new_tokens": 6, "temperature": 1.0, "max_steps": 2, "learning_rate": 1e-3})  # fmt: skip
     run = supervisor.execute(run.pk, run.attempt, in_process=True)
     assert run.status == "succeeded", run.error
@@ -292,9 +292,9 @@ def test_rejection_sampling_keeps_its_samples_for_review(reward_artifact, make_p
     client.force_login(make_member(project, "boss", "admin"))
     page = client.get(reverse("training-run", args=[run.pk])).content.decode()
     assert "Kept samples: 4" in page and "Send kept samples for review" in page and "Start the next round" in page
-    with pytest.raises(actions.TrainingError, match="not a pairwise one"):
-        actions.send_kept_for_review(run, project)
-    round_ = actions.send_kept_for_review(run, review)
+    with pytest.raises(selectors.TrainingError, match="not a pairwise one"):
+        rounds.send_kept_for_review(run, project)
+    round_ = rounds.send_kept_for_review(run, review)
     responses = list(Response.objects.filter(item__round=round_).order_by("item"))
     assert [r.text for r in responses] == [row["response"] for row in kept]
     assert all(r.model_name == "tiny-causal" and r.metadata["run"] == run.pk for r in responses)
@@ -303,7 +303,7 @@ def test_rejection_sampling_keeps_its_samples_for_review(reward_artifact, make_p
 
 def test_evaluate_against_itself_ties_everywhere(reward_artifact, preference_snapshot, make_project, make_member, client):
     project = preference_snapshot.project
-    run = actions.launch_run(project=project, kind="evaluate", base_model="tiny-causal", baseline="tiny-causal", snapshot=preference_snapshot,
+    run = launching.launch_run(project=project, kind="evaluate", base_model="tiny-causal", baseline="tiny-causal", snapshot=preference_snapshot,
                              reward_models=[f"artifact:{reward_artifact.pk}"], enqueue=False, values={"max_new_tokens": 6})  # fmt: skip
     run = supervisor.execute(run.pk, run.attempt, in_process=True)
     assert run.status == "succeeded", run.error
@@ -313,8 +313,8 @@ def test_evaluate_against_itself_ties_everywhere(reward_artifact, preference_sna
     client.force_login(make_member(project, "boss", "admin"))
     page = client.get(reverse("training-run", args=[run.pk])).content.decode()
     assert "Win rate against the baseline (reward model): <strong>0.500</strong>" in page and "Create a human evaluation round" in page
-    with pytest.raises(actions.TrainingError, match="identical responses"):
-        actions.create_human_eval_round(run, make_project(slug="eval", n_items=0))
+    with pytest.raises(selectors.TrainingError, match="identical responses"):
+        rounds.create_human_eval_round(run, make_project(slug="eval", n_items=0))
     assert not Round.objects.filter(project__slug="eval").exists()
 
 

@@ -7,7 +7,7 @@ from django.urls import reverse
 
 from annotate.models import Role
 from tests.training.conftest import FAST
-from training import actions
+from training import launching
 from training.models import MetricPoint, TrainingRun
 
 pytestmark = pytest.mark.django_db
@@ -25,7 +25,7 @@ def outsider(django_user_model):
 
 @pytest.fixture
 def queued_run(preference_snapshot, tiny_base, people):
-    run = actions.launch_run(project=preference_snapshot.project, kind="reward", base_model="tiny-llama",
+    run = launching.launch_run(project=preference_snapshot.project, kind="reward", base_model="tiny-llama",
                              snapshot=preference_snapshot, values=FAST, launched_by=people["admin"], enqueue=False)  # fmt: skip
     MetricPoint.objects.bulk_create([MetricPoint(run=run, step=s, values={"loss": 1 / s, "accuracy": 0.5 + s / 100}) for s in (5, 10, 15)])
     return run
@@ -87,7 +87,7 @@ def test_cancel_button_works_with_and_without_htmx(client, people, queued_run, p
     assert response.status_code == 302 and response["Location"] == reverse("training-run", args=[queued_run.pk])
     queued_run.refresh_from_db()
     assert queued_run.status == "cancelled"
-    other = actions.launch_run(project=preference_snapshot.project, kind="reward", base_model="tiny-llama",
+    other = launching.launch_run(project=preference_snapshot.project, kind="reward", base_model="tiny-llama",
                                snapshot=preference_snapshot, values=FAST, enqueue=False)  # fmt: skip
     TrainingRun.objects.filter(pk=other.pk).update(status="running")
     fragment = client.post(reverse("training-cancel", args=[other.pk]), HTTP_HX_REQUEST="true")

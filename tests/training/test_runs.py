@@ -19,7 +19,7 @@ from django_tasks_db.models import DBTaskResult
 from annotate.exports import ExportOptions, create_snapshot
 from tests.conftest import served_database_url
 from tests.training.conftest import FAST
-from training import actions, supervisor
+from training import launching, lifecycle, supervisor, tasks
 from training.models import MetricPoint, ModelArtifact, TrainingRun
 from training.scoring import RewardScorer
 
@@ -34,7 +34,7 @@ def _train(*args):
 
 
 def _launch(project, base, snapshot=None, **values):
-    return actions.launch_run(project=project, kind="reward", base_model=str(base), snapshot=snapshot,
+    return launching.launch_run(project=project, kind="reward", base_model=str(base), snapshot=snapshot,
                               values={**FAST, **values}, enqueue=False)  # fmt: skip
 
 
@@ -230,7 +230,7 @@ def test_cancel_stops_a_running_subprocess_within_seconds(preference_project, ti
     assert run.status == "running" and run.heartbeat_at is not None
     pid = int((run.work_dir / "fake-slow.pid").read_text())
     cancelled_at = time.monotonic()
-    actions.cancel_run(run)
+    launching.cancel_run(run)
     thread.join(timeout=20)
     took = time.monotonic() - cancelled_at
     run.refresh_from_db()
@@ -240,7 +240,7 @@ def test_cancel_stops_a_running_subprocess_within_seconds(preference_project, ti
 
 @pytest.mark.django_db
 def test_a_queued_run_is_cancelled_at_once_and_its_task_does_nothing(preference_snapshot, tiny_base, monkeypatch):
-    run = actions.cancel_run(_launch(preference_snapshot.project, tiny_base, preference_snapshot))
+    run = launching.cancel_run(_launch(preference_snapshot.project, tiny_base, preference_snapshot))
     assert run.status == "cancelled" and run.finished_at is not None
     _fake(monkeypatch, "crash")
     assert supervisor.execute(run.pk, run.attempt).status == "cancelled"
@@ -261,15 +261,15 @@ def test_a_stale_heartbeat_requeues_the_run_then_fails_it_after_max_attempts(pre
                                                                             django_capture_on_commit_callbacks):  # fmt: skip
     settings.TRAINING_MAX_ATTEMPTS = 2
     run = _running(_launch(preference_snapshot.project, tiny_base, preference_snapshot), 5)
-    assert actions.reap_stale_runs() == []  # fresh enough
+    assert tasks.reap_stale_runs() == []  # fresh enough
     run = _running(run, 60)
     with django_capture_on_commit_callbacks(execute=True):
-        assert [r.pk for r in actions.reap_stale_runs()] == [run.pk]
+        assert [r.pk for r in tasks.reap_stale_runs()] == [run.pk]
     run.refresh_from_db()
     assert run.status == "queued" and run.attempt == 2 and "stopped sending heartbeats" in run.log_tail
     assert DBTaskResult.objects.get(pk=run.task_id).args_kwargs["args"] == [run.pk, 2]
     run = _running(run, 60)
-    actions.reap_stale_runs()
+    tasks.reap_stale_runs()
     run.refresh_from_db()
     assert run.status == "failed" and "stopped sending heartbeats" in run.error and "after 2 attempts" in run.error
 
@@ -278,7 +278,7 @@ def test_a_stale_heartbeat_requeues_the_run_then_fails_it_after_max_attempts(pre
 def test_a_stale_run_is_failed_when_the_setting_says_so(preference_snapshot, tiny_base, settings):
     settings.TRAINING_ON_STALE = "fail"
     run = _running(_launch(preference_snapshot.project, tiny_base, preference_snapshot), 60)
-    actions.reap_stale_runs()
+    tasks.reap_stale_runs()
     run.refresh_from_db()
     assert run.status == "failed" and run.attempt == 1 and "gpu-1:42" in run.error
 
@@ -287,14 +287,14 @@ def test_a_stale_run_is_failed_when_the_setting_says_so(preference_snapshot, tin
 def test_a_worker_that_lost_its_run_kills_the_child_and_publishes_nothing(preference_snapshot, tiny_base, monkeypatch):
     _fake(monkeypatch, "slow")
     run = _launch(preference_snapshot.project, tiny_base, preference_snapshot)
-    real = actions.record_progress
+    real = lifecycle.record_progress
 
     def reaped_meanwhile(run, **kwargs):
         if kwargs.get("step") and kwargs["step"] > 5:
             TrainingRun.objects.filter(pk=run.pk).update(status="queued", attempt=run.attempt + 1)
         return real(run, **kwargs)
 
-    monkeypatch.setattr(actions, "record_progress", reaped_meanwhile)
+    monkeypatch.setattr(lifecycle, "record_progress", reaped_meanwhile)
     result = supervisor.execute(run.pk, run.attempt)
     assert result.status == "queued" and result.attempt == 2 and not ModelArtifact.objects.exists()
     assert not _alive(int((run.work_dir / "fake-slow.pid").read_text()))
@@ -303,20 +303,20 @@ def test_a_worker_that_lost_its_run_kills_the_child_and_publishes_nothing(prefer
 @pytest.mark.django_db
 def test_a_requeued_run_resumes_from_its_last_checkpoint(preference_snapshot, tiny_base, monkeypatch):
     run = _launch(preference_snapshot.project, tiny_base, preference_snapshot, max_steps=20, save_steps=5)
-    real = actions.record_progress
+    real = lifecycle.record_progress
 
     def worker_dies_after_a_checkpoint(run, **kwargs):
         if kwargs.get("checkpoint"):
             return False, False  # as if the reaper had taken the run: this worker stops at once
         return real(run, **kwargs)
 
-    monkeypatch.setattr(actions, "record_progress", worker_dies_after_a_checkpoint)
+    monkeypatch.setattr(lifecycle, "record_progress", worker_dies_after_a_checkpoint)
     assert supervisor.execute(run.pk, 1, in_process=True).status == "running"  # left for the reaper
     assert [p.name for p in (run.work_dir / "checkpoints").glob("checkpoint-*")] == ["checkpoint-5"]
-    monkeypatch.setattr(actions, "record_progress", real)
+    monkeypatch.setattr(lifecycle, "record_progress", real)
     TrainingRun.objects.filter(pk=run.pk).update(checkpoint=f"runs/{run.pk}/checkpoints/checkpoint-5")
     _running(run, 120)
-    actions.reap_stale_runs()
+    tasks.reap_stale_runs()
     run = supervisor.execute(run.pk, 2, in_process=True)
     assert run.status == "succeeded" and run.attempt == 2, run.error
     assert f"resuming from runs/{run.pk}/checkpoints/checkpoint-5" in run.log_tail
@@ -344,7 +344,7 @@ def test_a_criterion_reward_model_trains_on_its_criterion_and_reports_the_others
         votes.append({"item": f"c{i}", "annotator": "a", "winner": 0, "criteria": {"helpful": 0, "safe": 1}})
     annotate_actions.import_items(project, parse_items(jsonl(items), "jsonl", "pairwise"))
     annotate_actions.import_judgments(project, parse_votes(jsonl(votes), "jsonl"))
-    run = actions.launch_run(project=project, kind="reward", base_model=str(tiny_base), values={**FAST, "criterion": "helpful"}, enqueue=False)
+    run = launching.launch_run(project=project, kind="reward", base_model=str(tiny_base), values={**FAST, "criterion": "helpful"}, enqueue=False)
     assert run.snapshot.options["criterion"] == "helpful"
     run = supervisor.execute(run.pk, run.attempt, in_process=True)
     assert run.status == "succeeded", run.error
@@ -377,7 +377,7 @@ def test_a_sigkilled_worker_takes_its_training_process_along_and_the_run_resumes
     worker = subprocess.Popen([sys.executable, "manage.py", "db_worker", "--no-startup-delay", "--interval", "0.2", "--no-reload", "-v0"],
                               cwd=settings.BASE_DIR, env=env, start_new_session=True)  # fmt: skip
     try:
-        run = actions.launch_run(project=preference_project, kind="reward", base_model=str(tiny_base), snapshot=snapshot,
+        run = launching.launch_run(project=preference_project, kind="reward", base_model=str(tiny_base), snapshot=snapshot,
                                  values={**FAST, "max_steps": 5000, "save_steps": 5}, enqueue=True)  # fmt: skip
         _wait(lambda: TrainingRun.objects.filter(pk=run.pk, checkpoint__contains="checkpoint-").exists(), 120, "a checkpoint")
         children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
@@ -390,7 +390,7 @@ def test_a_sigkilled_worker_takes_its_training_process_along_and_the_run_resumes
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
     settings.TRAINING_STALE_SECONDS = 2
-    _wait(lambda: actions.reap_stale_runs(), 10, "the reaper to notice")
+    _wait(lambda: tasks.reap_stale_runs(), 10, "the reaper to notice")
     run.refresh_from_db()
     assert run.status == "queued" and run.attempt == 2 and "stopped sending heartbeats" in run.log_tail
     # A new worker (here: this process) resumes attempt 2 from the checkpoint the dead one left.
@@ -400,7 +400,7 @@ def test_a_sigkilled_worker_takes_its_training_process_along_and_the_run_resumes
         _wait(lambda: "[arbiter] resumed at step" in TrainingRun.objects.get(pk=run.pk).log_tail, 120,
               lambda: "the resumed attempt; the run: %s" % TrainingRun.objects.filter(pk=run.pk).values("status", "error", "log_tail").first())
     finally:
-        actions.cancel_run(run)
+        launching.cancel_run(run)
         thread.join(timeout=60)
     run.refresh_from_db()
     assert run.status == "cancelled" and run.attempt == 2

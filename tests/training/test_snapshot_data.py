@@ -13,7 +13,7 @@ from annotate.exports import ExportOptions, create_snapshot, snapshot_files
 from annotate.imports import parse_items, parse_votes
 from tests.conftest import jsonl
 from tests.training.conftest import toy_pair
-from training import actions, datasets
+from training import datasets, launching
 
 pytestmark = pytest.mark.django_db
 
@@ -39,7 +39,7 @@ def test_votes_after_the_snapshot_change_neither_training_data_nor_per_criterion
     project = _criteria_project(make_project)
     options = ExportOptions(format="trl", criterion="helpful", test_size=0.5, seed=1)
     snapshot, _ = create_snapshot(project, options)
-    run = actions.launch_run(project=project, kind="reward", base_model=str(tiny_base), snapshot=snapshot,
+    run = launching.launch_run(project=project, kind="reward", base_model=str(tiny_base), snapshot=snapshot,
                              values={"criterion": "helpful", "max_steps": 1}, enqueue=False)  # fmt: skip
     paths, digest = datasets.run_datasets(run)
     assert set(paths) == {"train", "test", "test:safe"} and digest == snapshot.content_hash

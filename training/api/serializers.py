@@ -1,4 +1,4 @@
-"""Shapes of the training API. Serializers parse and present; ``training.actions`` does the writes."""
+"""Shapes of the training API. Serializers parse and present; training.launching and training.rounds do the writes."""
 
 from rest_framework import serializers
 
@@ -7,7 +7,7 @@ from ..models import ModelArtifact, RunKind, TrainingRun
 
 
 class RunCreateSerializer(serializers.Serializer):
-    """Documents the body; ``actions.launch_run`` validates the values (unknown option, wrong type → 400)."""
+    """Documents the body; ``launching.launch_run`` validates the values (unknown option, wrong type → 400)."""
 
     project = serializers.SlugField(help_text="Project slug; you must be its admin.")
     kind = serializers.ChoiceField(choices=RunKind.choices)

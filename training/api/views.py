@@ -17,7 +17,7 @@ from rest_framework.response import Response
 from annotate.models import Role, Snapshot
 from annotate.permissions import require_role
 
-from .. import actions, selectors
+from .. import launching, rounds, selectors, tasks
 from ..models import ModelArtifact, TrainingRun
 from ..scoring import CombinedScorer
 from ..selectors import TrainingError
@@ -66,7 +66,7 @@ def _artifact(request, artifact_id: int) -> ModelArtifact:
 def runs(request):
     """Runs of the projects you research or administer; POST launches one (project admins)."""
     if request.method == "GET":
-        actions.reap_stale_runs()
+        tasks.reap_stale_runs()
         project = None
         if request.query_params.get("project"):
             project, _ = require_role(request.user, request.query_params["project"], Role.RESEARCHER)
@@ -85,13 +85,13 @@ def runs(request):
     data = body.validated_data
     if data.get("target_project"):
         require_role(request.user, data["target_project"], Role.ADMIN)
-    prompts = actions.Prompts(source=data.get("prompts_from") or "", max_prompts=data.get("max_prompts"))
+    prompts = launching.Prompts(source=data.get("prompts_from") or "", max_prompts=data.get("max_prompts"))
     if data.get("prompts") is not None:
         # Given inline: validated like an uploaded file, each prompt's position as its line number.
         prompts.data = b"\n".join(orjson.dumps(row) for row in data["prompts"])
         prompts.source, prompts.file_name = prompts.source or "file", "prompts"
     try:
-        run = actions.launch_run(
+        run = launching.launch_run(
             project=project, kind=data["kind"], base_model=data["base_model"], snapshot=snapshot, values=data["config"],
             launched_by=request.user, reward_models=data["reward_models"], target_project=data.get("target_project"),
             prompts=prompts, baseline=data.get("baseline") or None, parent=data.get("parent"),
@@ -107,7 +107,7 @@ def run_detail(request, run_id: int):
     """A run with its metric history and the last lines of its log."""
     run = _run(request, run_id)
     if run.is_active:
-        actions.reap_stale_runs()
+        tasks.reap_stale_runs()
         run.refresh_from_db()
     return Response(RunDetailSerializer(run).data)
 
@@ -116,7 +116,7 @@ def run_detail(request, run_id: int):
 @api_view(["POST"])
 def run_cancel(request, run_id: int):
     """Cancel: a queued run at once, a running one within seconds (``cancel_requested`` until its worker stops it)."""
-    run = actions.cancel_run(_run(request, run_id, Role.ADMIN))
+    run = launching.cancel_run(_run(request, run_id, Role.ADMIN))
     return Response(RunDetailSerializer(run).data)
 
 
@@ -202,9 +202,9 @@ def run_next_round(request, run_id: int):
     if target:
         require_role(request.user, target, Role.ADMIN)
     try:
-        child = actions.start_next_round(
+        child = launching.start_next_round(
             run, launched_by=request.user, target_project=target, values=body.validated_data["config"],
-            prompts=actions.Prompts(source=body.validated_data.get("prompts_from") or "", max_prompts=body.validated_data.get("max_prompts")),
+            prompts=launching.Prompts(source=body.validated_data.get("prompts_from") or "", max_prompts=body.validated_data.get("max_prompts")),
         )  # fmt: skip
     except TrainingError as exc:
         raise BadRequest(str(exc)) from None
@@ -228,7 +228,7 @@ def _round_action(request, run_id: int, action):
 @parser_classes([JSONParser])
 def run_send_kept(request, run_id: int):
     """A rejection_sampling run's kept samples as a new round of a rating, demonstration or steps project."""
-    return _round_action(request, run_id, actions.send_kept_for_review)
+    return _round_action(request, run_id, rounds.send_kept_for_review)
 
 
 HUMAN_EVAL = inline_serializer("HumanEval", {
@@ -246,7 +246,7 @@ def run_human_eval(request, run_id: int):
     """POST: an evaluate run's comparisons as a pairwise round (positions randomised, each response's arm recorded).
     GET: the human win rate of the new policy with its 95% Wilson interval (a tie counts half)."""
     if request.method == "POST":
-        return _round_action(request, run_id, actions.create_human_eval_round)
+        return _round_action(request, run_id, rounds.create_human_eval_round)
     run = _run(request, run_id)
     link = run.made_rounds.filter(purpose="human_eval").select_related("round", "round__project").first()
     if link is None:

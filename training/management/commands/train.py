@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotate.models import Project, Snapshot
 
-from ... import actions, selectors, supervisor
+from ... import launching, selectors, supervisor, tasks
 from ...datasets import PROMPT_SOURCES
 from ...models import RunKind, RunStatus
 from ...runners import available_kinds, config_class
@@ -64,7 +64,7 @@ class Command(BaseCommand):
             snapshot = Snapshot.objects.filter(pk=options["snapshot"], project=project).first()
             if snapshot is None:
                 raise CommandError(f"No snapshot {options['snapshot']} in project {project.slug}.")
-        prompts = actions.Prompts(source=options["prompts_from"] or "", max_prompts=options["max_prompts"])
+        prompts = launching.Prompts(source=options["prompts_from"] or "", max_prompts=options["max_prompts"])
         if options["prompts_file"]:
             if options["prompts_from"] not in (None, "file"):
                 raise CommandError(f"--prompts-file goes with --prompts-from file, not {options['prompts_from']}.")
@@ -80,7 +80,7 @@ class Command(BaseCommand):
                 raise CommandError(f"No user {options['launched_by']!r}.")
         try:
             values = config_class(kind).parse_overrides(options["overrides"])
-            run = actions.launch_run(
+            run = launching.launch_run(
                 project=project, kind=kind, base_model=options["base_model"], snapshot=snapshot, values=values,
                 launched_by=user, enqueue=not options["foreground"], reward_models=options["reward_model"],
                 target_project=options["target_project"], prompts=prompts, baseline=options["baseline"], parent=options["parent"],
@@ -94,7 +94,8 @@ class Command(BaseCommand):
             return
         data = f"snapshot {run.snapshot_id}" if not run.inputs.get("prompts") else f"{run.inputs['prompts']} prompts from {run.inputs['prompts_from']}"
         self.stdout.write(f"Run {run.pk}: {kind} on {data}, base {run.base_model}")
-        run = supervisor.execute(run.pk, run.attempt, in_process=True, echo=lambda line: self.stdout.write(line))
+        run = supervisor.execute(run.pk, run.attempt, in_process=True, echo=lambda line: self.stdout.write(line),
+                                 on_claimed=tasks.schedule_watch)
         artifact = getattr(run, "artifact", None) if run.status == RunStatus.SUCCEEDED else None
         if run.error:
             self.stderr.write(f"Run {run.pk} {run.status}: {run.error}")

@@ -1,0 +1,344 @@
+"""Launching runs, each in one transaction, named as a verb: :func:`launch_run` (validate, snapshot or choose
+prompts as the kind needs, queue once committed), :func:`start_next_round` (a finished policy run → a generate
+run into the next round), :func:`cancel_run` (a queued run at once; a running one is asked to stop) and
+:func:`retry_run` (a failed or cancelled run as its next attempt).
+
+What happens to a run on the worker is training.supervisor (and training.lifecycle, training.publishing); the queue
+and its reaper are training.tasks.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from functools import partial
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from annotate.exports import ExportError, ExportOptions, create_snapshot
+from annotate.models import Kind, Project, Snapshot
+
+from . import datasets
+from .models import PROMPT_KINDS, ArtifactKind, ModelArtifact, RunKind, RunStatus, TrainingRun
+from .rounds import TARGET_RESPONSES, model_label, samples_field
+from .runners import available_kinds, config_class
+from .runners.base import ConfigError
+from .scoring import CombinedScorer
+from .selectors import TrainingError, check_launch_access, load_scorer, resolve_base_model, resolve_reward_models
+from .tasks import enqueue_run
+
+
+def default_objective(project: Project) -> str:
+    return "regression" if project.kind == Kind.RATING else "bradley_terry"
+
+
+# Reward models score samples in these kinds; sft and dpo learn from the votes directly.
+REWARD_KINDS = ("rejection_sampling", "ppo", "grpo", "rloo", "evaluate")
+NEEDS_REWARD = ("rejection_sampling", "ppo", "grpo", "rloo", "evaluate")
+# Field names an evaluate config may use for the baseline policy (first found wins).
+BASELINE_FIELDS = ("baseline_model", "baseline", "reference_model")
+
+
+def resolve_config(kind: str, project: Project, values: dict, base_model_path: str):
+    """The runner config of a run: the kind's defaults, the project's (objective), then ``values``."""
+    if kind not in RunKind.values:
+        raise TrainingError(f"Unknown kind {kind!r}: use one of {', '.join(RunKind.values)}.")
+    if kind not in available_kinds():
+        raise TrainingError(f"{kind} runs are not available yet; available: {', '.join(available_kinds())}.")
+    if "base_model" in values:
+        raise TrainingError("Give the base model as --base-model (or the base_model field), not as a config option.")
+    data = {**values, "base_model": base_model_path}
+    if kind == RunKind.REWARD:
+        data.setdefault("objective", default_objective(project))
+    try:
+        config = config_class(kind).from_dict(data)
+    except ConfigError as exc:
+        raise TrainingError(str(exc)) from None
+    if kind == RunKind.REWARD:
+        _check_reward_project(project, config)
+    return config
+
+
+def _check_reward_project(project: Project, config) -> None:
+    if project.kind in (Kind.STEPS, Kind.DEMONSTRATION):
+        raise TrainingError(f"A {project.kind} project has no preferences or scores to train a reward model on.")
+    if config.objective == "regression" and project.kind != Kind.RATING:
+        raise TrainingError("objective=regression trains on rating scores: it needs a rating project.")
+    criteria = list(project.rating_criteria if project.kind == Kind.RATING else project.criteria or [])
+    if config.criterion and config.criterion not in criteria:
+        known = ", ".join(criteria) if criteria else "none"
+        raise TrainingError(f"Project {project.slug} has no criterion {config.criterion!r} (its criteria: {known}).")
+
+
+def snapshot_options(config, kind: str = RunKind.REWARD) -> ExportOptions:
+    """The export a run makes when it is given no snapshot: TRL pairs (of its criterion), ratings for a regression
+    reward model, the ``sft`` export for sft on demonstrations; TRAINING_DEFAULT_TEST_SIZE of the prompts held out."""
+    test_size = settings.TRAINING_DEFAULT_TEST_SIZE
+    if getattr(config, "objective", "") == "regression":
+        return ExportOptions(format="ratings", test_size=test_size, seed=0)
+    if kind == RunKind.SFT and getattr(config, "source", "") == "demonstrations":
+        return ExportOptions(format="sft", test_size=test_size, seed=0)
+    return ExportOptions(format="trl", criterion=getattr(config, "criterion", ""), test_size=test_size, seed=0)
+
+
+def _snapshot_for(project: Project, snapshot: Snapshot | None, config, created_by, kind: str = RunKind.REWARD) -> Snapshot:
+    wanted = snapshot_options(config, kind)
+    if snapshot is None:
+        try:
+            snapshot, _ = create_snapshot(project, wanted, created_by=created_by)
+        except ExportError as exc:
+            raise TrainingError(f"Could not snapshot {project.slug}: {exc}") from None
+    if snapshot.project_id != project.pk:
+        raise TrainingError(f"Snapshot {snapshot.pk} belongs to another project.")
+    if snapshot.options.get("format") != wanted.format:
+        raise TrainingError(f"This run trains on a {wanted.format} snapshot; snapshot {snapshot.pk} is {snapshot.options.get('format')}.")
+    if wanted.format == "trl" and snapshot.options.get("criterion", "") != wanted.criterion:
+        theirs = snapshot.options.get("criterion") or "overall"
+        raise TrainingError(f"Snapshot {snapshot.pk} holds the {theirs} preferences; set criterion={snapshot.options.get('criterion', '')} or pick another.")
+    if not snapshot.folder.is_dir():
+        raise TrainingError(f"The files of snapshot {snapshot.pk} are missing from {snapshot.folder}.")
+    if not snapshot.counts.get("train"):
+        raise TrainingError(f"Snapshot {snapshot.pk} has no training rows: the project needs judgments first.")
+    return snapshot
+
+
+def _sft_source(project: Project, snapshot: Snapshot | None, values: dict) -> str:
+    """sft learns from demonstrations (an ``sft`` snapshot) or from chosen responses (a ``trl`` one): the snapshot
+    given decides, else the ``source`` option, else the project (demonstration projects have demonstrations)."""
+    if snapshot is not None:
+        fmt = snapshot.options.get("format")
+        source = {"sft": "demonstrations", "trl": "chosen"}.get(fmt)
+        if source is None:
+            raise TrainingError(f"sft trains on an sft snapshot (demonstrations) or a trl one (chosen responses); snapshot {snapshot.pk} is {fmt}.")
+        if values.get("source", source) != source:
+            raise TrainingError(f"Snapshot {snapshot.pk} is a {fmt} export: it goes with source={source}, not {values['source']}.")
+        return source
+    return values.get("source") or ("demonstrations" if project.kind == Kind.DEMONSTRATION else "chosen")
+
+
+@dataclass
+class Prompts:
+    """How a prompt-driven run chooses its prompts (``train --prompts-from``, the form, the API)."""
+
+    source: str = ""
+    data: bytes | None = None
+    file_name: str = ""
+    max_prompts: int | None = None
+
+
+def _project(value) -> Project | None:
+    if value is None or value == "" or isinstance(value, Project):
+        return value or None
+    project = Project.objects.filter(slug=str(value)).first()
+    if project is None:
+        raise TrainingError(f"No project {value!r}.")
+    return project
+
+
+def _parent(project: Project, parent) -> TrainingRun | None:
+    if parent is None or parent == "":
+        return None
+    run = parent if isinstance(parent, TrainingRun) else TrainingRun.objects.filter(pk=int(parent)).first()
+    if run is None:
+        raise TrainingError(f"No run {parent} to continue from (--parent).")
+    if run.project_id != project.pk:
+        raise TrainingError(f"Run {run.pk} belongs to project {run.project.slug}, not {project.slug}.")
+    return run
+
+
+def _check_target(kind: str, target: Project | None, config) -> None:
+    if kind != RunKind.GENERATE:
+        if target is not None:
+            raise TrainingError("--target-project is for generate runs (they write candidates into it).")
+        return
+    if target.kind not in TARGET_RESPONSES:
+        raise TrainingError(
+            f"Candidates go into a pairwise or ranking project; {target.slug} is a {target.kind} project."
+        )
+    field = samples_field(kind)
+    if field is None:
+        return
+    k = getattr(config, field)
+    low, high = TARGET_RESPONSES[target.kind]
+    if not low <= k <= high:
+        fits = "exactly 2" if low == high else f"{low} to {high}"
+        hint = " (for more samples per prompt, target a ranking project)" if target.kind == Kind.PAIRWISE else ""
+        raise TrainingError(f"{target.slug} is a {target.kind} project: its items hold {fits} responses, so set {field} to that, not {k}{hint}.")
+
+
+def _reward_values(kind: str, rewards: list, values: dict) -> dict:
+    if not rewards:
+        if kind in NEEDS_REWARD:
+            raise TrainingError(f"A {kind} run scores samples with a reward model: give one or more (--reward-model artifact:ID).")
+        return values
+    if kind not in REWARD_KINDS and kind != RunKind.GENERATE:
+        raise TrainingError(f"--reward-model is for the policy kinds that score samples ({', '.join(REWARD_KINDS)}, generate); a {kind} run uses none.")
+    if "reward_models" in values or "reward_weights" in values:
+        raise TrainingError("Give reward models as --reward-model ARTIFACT[:WEIGHT] (or reward_models in the API), not as config options.")
+    values = {**values, "reward_models": [str(r.path) for r in rewards]}
+    if rewards[0].weight is not None:
+        values["reward_weights"] = [r.weight for r in rewards]
+    return values
+
+
+def _baseline_values(kind: str, baseline, values: dict) -> tuple[dict, object]:
+    if kind != RunKind.EVALUATE:
+        if baseline:
+            raise TrainingError("--baseline is for evaluate runs (the policy the new one is compared with).")
+        return values, None
+    if not baseline:
+        raise TrainingError("An evaluate run compares the policy (--base-model) with a baseline: give --baseline PATH_OR_ARTIFACT.")
+    chosen = resolve_base_model(baseline)
+    names = {row["name"] for row in config_class(kind).describe()}
+    field = next((name for name in BASELINE_FIELDS if name in names), None)
+    if field is None:
+        raise TrainingError("The evaluate runner has no baseline option.")
+    if field in values:
+        raise TrainingError("Give the baseline as --baseline (or the baseline field), not as a config option.")
+    return {**values, field: str(chosen.path)}, chosen
+
+
+def _scorer(rewards: list):
+    """The reward model (or weighted combination) that measures confidence for prompts_from=low-confidence."""
+    loaded = [load_scorer(str(r.path), r.path.stat().st_mtime) for r in rewards]  # kept loaded, as the scoring API does
+    if len(loaded) == 1:
+        return loaded[0]
+    return CombinedScorer([(scorer, r.weight if r.weight is not None else 1.0) for scorer, r in zip(loaded, rewards)])
+
+
+def _prompt_rows(kind: str, project: Project, snapshot: Snapshot | None, prompts: Prompts, rewards: list, created_by):
+    """``(rows, test rows, snapshot, inputs)`` of a prompt-driven run; TrainingError when none can be chosen."""
+    source = prompts.source or ("snapshot-test" if kind == RunKind.EVALUATE else "file" if prompts.data is not None else "items")
+    if source.startswith("snapshot-") and snapshot is None:
+        try:
+            snapshot, _ = create_snapshot(project, ExportOptions(format="trl", test_size=settings.TRAINING_DEFAULT_TEST_SIZE, seed=0), created_by=created_by)
+        except ExportError as exc:
+            raise TrainingError(f"Could not snapshot {project.slug} for its {source[9:]} prompts: {exc} (or choose --prompts-from items).") from None
+    if snapshot is not None and snapshot.project_id != project.pk:
+        raise TrainingError(f"Snapshot {snapshot.pk} belongs to another project.")
+    scorer = None
+    if source == "low-confidence":
+        if not rewards:
+            raise TrainingError("prompts_from=low-confidence needs a reward model to measure confidence with (--reward-model).")
+        scorer = _scorer(rewards)
+    try:
+        rows = datasets.select_prompts(project, source, snapshot=snapshot if source.startswith("snapshot-") else None, scorer=scorer,
+                                       data=prompts.data, file_name=prompts.file_name, max_prompts=prompts.max_prompts)  # fmt: skip
+    except datasets.PromptsError as exc:
+        raise TrainingError(str(exc)) from None
+    inputs = {"prompts_from": source, "prompts": len(rows), "prompts_hash": datasets.prompts_hash(rows)}
+    if prompts.file_name:
+        inputs["prompts_file"] = prompts.file_name
+    if prompts.max_prompts:
+        inputs["max_prompts"] = prompts.max_prompts
+    return rows, snapshot if source.startswith("snapshot-") else None, inputs
+
+
+def launch_run(*, project: Project, kind: str, base_model: str, snapshot: Snapshot | None = None, values: dict | None = None,
+               launched_by=None, parent: TrainingRun | int | None = None, enqueue: bool = True, reward_models=(),
+               target_project: Project | str | None = None, prompts: Prompts | None = None, baseline: str | None = None) -> TrainingRun:  # fmt: skip
+    """Validate, snapshot or choose prompts as the kind needs, and queue a run. Bad input raises TrainingError and
+    writes nothing (except a fresh snapshot, which is a valid export in its own right).
+
+    - reward, dpo: a ``trl`` snapshot (``ratings`` for a regression reward model); sft: ``sft`` or ``trl``.
+    - generate, rejection_sampling, ppo, grpo, rloo, evaluate: a prompts file written into the run's work folder
+      (``prompts``: from the project's items, its disagreements, a reward model's low-confidence items, a
+      snapshot's train or test prompts, or a file).
+    - ``reward_models`` (``artifact:ID[:WEIGHT]``, a registered name or a folder under MODEL_ROOTS) are resolved to
+      folders in the config and recorded in ``run.reward_artifacts``; generate writes into ``target_project``
+      (default: this project); evaluate compares with ``baseline``.
+    """
+    prompts = prompts or Prompts()
+    values = dict(values or {})
+    base = resolve_base_model(base_model)
+    parent = _parent(project, parent)
+    target = _project(target_project)
+    if kind == RunKind.GENERATE and target is None:
+        target = project
+    rewards = resolve_reward_models(reward_models)
+    values = _reward_values(kind, rewards, values)
+    values, baseline_model = _baseline_values(kind, baseline, values)
+    if kind == RunKind.SFT:
+        values["source"] = _sft_source(project, snapshot, values)
+    reference = None
+    if values.get("ref_model"):  # dpo's reference policy: only from MODEL_ROOTS or the registry, like the base model
+        reference = resolve_base_model(str(values["ref_model"]))
+        values["ref_model"] = str(reference.path)
+    if kind == RunKind.GENERATE and not values.get("model_label"):
+        values["model_label"] = model_label(str(base.path), base.artifact)
+    config = resolve_config(kind, project, values, str(base.path))
+    _check_target(kind, target, config)
+    models_used = [base.artifact, *(r.artifact for r in rewards), baseline_model.artifact if baseline_model else None,
+                   reference.artifact if reference else None]
+    check_launch_access(launched_by, project, models_used, target)
+    rows, inputs = None, {}
+    if kind in PROMPT_KINDS:
+        rows, snapshot, inputs = _prompt_rows(kind, project, snapshot, prompts, rewards, launched_by)
+    else:
+        if prompts.source or prompts.data is not None:
+            raise TrainingError(f"A {kind} run learns from a snapshot's votes, not from prompts (--prompts-from is for {', '.join(PROMPT_KINDS)}).")
+        snapshot = _snapshot_for(project, snapshot, config, launched_by, kind)
+    if reference is not None:
+        inputs["ref_model"] = {"path": str(reference.path), "artifact": reference.artifact.pk if reference.artifact else None}
+    if baseline_model is not None:
+        inputs["baseline"] = {"path": str(baseline_model.path), "artifact": baseline_model.artifact.pk if baseline_model.artifact else None,
+                              "label": baseline_model.label}  # fmt: skip
+    with transaction.atomic():
+        run = TrainingRun.objects.create(
+            project=project, kind=kind, config=config.to_dict(), snapshot=snapshot, snapshot_hash=snapshot.content_hash if snapshot else "",
+            base_model=str(base.path), base_artifact=base.artifact, parent=parent, launched_by=launched_by, target_project=target,
+            inputs=inputs,
+        )  # fmt: skip
+        run.reward_artifacts.set([r.artifact for r in rewards if r.artifact is not None])
+        if rows is not None:
+            try:
+                datasets.write_prompts(run, rows)
+            except OSError as exc:
+                shutil.rmtree(run.work_dir, ignore_errors=True)
+                raise TrainingError(f"Cannot write the prompts under ARTIFACT_ROOT: {exc}") from None
+        if enqueue:
+            transaction.on_commit(partial(enqueue_run, run.pk))
+    return run
+
+
+def start_next_round(policy_run: TrainingRun, *, launched_by=None, target_project=None, values: dict | None = None,
+                     prompts: Prompts | None = None, reward_models=(), enqueue: bool = True) -> TrainingRun:  # fmt: skip
+    """One action from a finished policy run to the next round: a generate run with its model, into the project
+    (or ``target_project``), its parent the policy run."""
+    artifact = ModelArtifact.objects.filter(run=policy_run).first()
+    if policy_run.status != RunStatus.SUCCEEDED or artifact is None or artifact.kind != ArtifactKind.POLICY:
+        raise TrainingError(f"Run {policy_run.pk} has no finished policy to write the next round with.")
+    return launch_run(
+        project=policy_run.project, kind=RunKind.GENERATE, base_model=f"artifact:{artifact.pk}", values=values,
+        launched_by=launched_by, parent=policy_run, enqueue=enqueue, reward_models=reward_models,
+        target_project=target_project or policy_run.target_project or policy_run.project, prompts=prompts,
+    )  # fmt: skip
+
+
+def cancel_run(run: TrainingRun) -> TrainingRun:
+    """A queued run is cancelled at once; a running one is asked to stop (its worker kills it within seconds).
+    A finished run is left as it is."""
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run.pk)
+        if run.status == RunStatus.QUEUED:
+            run.status, run.finished_at, run.cancel_requested = RunStatus.CANCELLED, timezone.now(), True
+            run.save(update_fields=["status", "finished_at", "cancel_requested"])
+        elif run.status == RunStatus.RUNNING and not run.cancel_requested:
+            run.cancel_requested = True
+            run.save(update_fields=["cancel_requested"])
+    return run
+
+
+def retry_run(run: TrainingRun) -> TrainingRun:
+    """A failed or cancelled run again, as its next attempt; it resumes from its last checkpoint if one is left."""
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run.pk)
+        if run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+            raise TrainingError(f"Only failed or cancelled runs can be retried; run {run.pk} is {run.status}.")
+        run.status, run.attempt, run.cancel_requested = RunStatus.QUEUED, run.attempt + 1, False
+        run.error, run.finished_at, run.worker = "", None, ""
+        run.save(update_fields=["status", "attempt", "cancel_requested", "error", "finished_at", "worker"])
+        transaction.on_commit(partial(enqueue_run, run.pk))
+    return run

@@ -1,0 +1,125 @@
+"""What a succeeded run becomes, per kind, all or nothing (on the worker, once its runner finished): a registered
+model (:func:`register_artifact` writes the card and provenance and renames the folder into place), a new round
+of candidates (generate: training.rounds.create_candidate_round), or the comparisons and the win rate
+(evaluate: :func:`complete_evaluation`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+
+from . import cards
+from .lifecycle import PublishFailed, lock_running, succeed
+from .models import ArtifactKind, ModelArtifact, RunKind, TrainingRun
+from .rounds import comparison_outcome, create_candidate_round, read_output_rows
+from .runners.base import folder_size, read_arbiter_json
+from .selectors import win_rate
+
+
+def publish_run(run: TrainingRun, output_dir: Path, metrics: dict, dataset_hash: str):
+    """What a succeeded runner leaves becomes Arbiter's, per kind: a registered model (the model kinds;
+    rejection_sampling's kept samples are kept in the run's folder), a new round of the target project
+    (generate), or the comparisons and the win rate (evaluate). All or nothing, like :func:`register_artifact`."""
+    output_dir = Path(output_dir)
+    if run.kind == RunKind.GENERATE:
+        return create_candidate_round(run, _keep_output(run, output_dir, "candidates.jsonl"), metrics, dataset_hash)
+    if run.kind == RunKind.EVALUATE:
+        return complete_evaluation(run, _keep_output(run, output_dir, "comparisons.jsonl"), metrics, dataset_hash)
+    if run.kind == RunKind.REJECTION_SAMPLING and (output_dir / "kept.jsonl").is_file():
+        kept = _keep_output(run, output_dir, "kept.jsonl")
+        metrics = {**metrics, "kept_samples": float(sum(1 for line in kept.read_bytes().splitlines() if line.strip()))}
+        os.remove(output_dir / "kept.jsonl")
+    return register_artifact(run, output_dir, metrics, dataset_hash)
+
+
+def _keep_output(run: TrainingRun, output_dir: Path, name: str) -> Path:
+    """A data file the runner wrote, copied into the run's own folder (it outlives the temporary output folder)."""
+    source = output_dir / name
+    if not source.is_file():
+        raise PublishFailed(f"The {run.kind} runner finished without writing {name}.")
+    target = run.work_dir / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return target
+
+
+def artifact_folder_name(run: TrainingRun) -> str:
+    criterion = run.criterion
+    return f"run-{run.pk}-{run.kind}" + (f"-{criterion}" if criterion else "")
+
+
+def register_artifact(run: TrainingRun, output_dir: Path, metrics: dict, dataset_hash: str) -> ModelArtifact:
+    """The finished model into the registry: card and provenance written, folder renamed into place, run succeeded —
+    all or nothing."""
+    output_dir = Path(output_dir)
+    relative = Path("models") / run.project.slug / artifact_folder_name(run)
+    final = Path(settings.ARTIFACT_ROOT) / relative
+    info = read_arbiter_json(output_dir)
+    with transaction.atomic():
+        locked = lock_running(run)
+        if final.exists() and not ModelArtifact.objects.filter(path=str(relative)).exists():
+            shutil.rmtree(final)  # left by an attempt that died between the rename and its commit
+        artifact = ModelArtifact.objects.create(
+            project=run.project, run=run, name=f"{run.project.slug}-{artifact_folder_name(run)}",
+            kind=ArtifactKind.REWARD if run.kind == RunKind.REWARD else ArtifactKind.POLICY, path=str(relative),
+            base_model=run.base_model, base_artifact=run.base_artifact, snapshot=run.snapshot, snapshot_hash=run.snapshot_hash,
+            criterion=run.criterion, is_adapter=bool(info.get("is_adapter")), config=run.config, metrics=metrics,
+            created_by=run.launched_by,
+        )  # fmt: skip
+        info.update(
+            artifact=artifact.pk, name=artifact.name, project=run.project.slug, run=run.pk, snapshot=run.snapshot_id,
+            snapshot_hash=run.snapshot_hash, dataset_hash=dataset_hash, base_model=run.base_model, metrics=metrics,
+        )  # fmt: skip
+        lineage = run_lineage(run)
+        info["lineage"] = lineage
+        (output_dir / "arbiter.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str), encoding="utf-8")
+        card = cards.model_card(
+            name=artifact.name, artifact_id=artifact.pk, kind=run.kind, project=run.project, run=run, base_model=run.base_model,
+            snapshot=run.snapshot, dataset_hash=dataset_hash, config=run.config, metrics=metrics, info=info, lineage=lineage,
+        )  # fmt: skip
+        (output_dir / "README.md").write_text(card, encoding="utf-8")
+        artifact.size_bytes = folder_size(output_dir)
+        artifact.save(update_fields=["size_bytes"])
+        succeed(locked, metrics, dataset_hash)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(output_dir, final)  # last: if anything above failed, nothing is in place
+    return artifact
+
+
+def run_lineage(run: TrainingRun) -> dict:
+    """Where a run's model comes from: base model (and artifact), reward models, snapshot, parent run, prompts."""
+    rewards = [{"artifact": a.pk, "name": a.name, "snapshot": a.snapshot_id, "snapshot_hash": a.snapshot_hash}
+               for a in run.reward_artifacts.all()]  # fmt: skip
+    lineage = {
+        "base_model": run.base_model,
+        "base_artifact": run.base_artifact_id,
+        "reward_models": rewards or [{"path": path} for path in (run.config or {}).get("reward_models", [])],
+        "snapshot": run.snapshot_id,
+        "snapshot_hash": run.snapshot_hash,
+        "parent_run": run.parent_id,
+    }
+    if run.inputs:
+        lineage["inputs"] = run.inputs
+    return lineage
+
+
+def complete_evaluation(run: TrainingRun, path: Path, metrics: dict, dataset_hash: str) -> TrainingRun:
+    """evaluate: the reward-model win rate of the new policy over the baseline with its 95% interval (the runner's
+    ``win_rate``, ``win_rate_lo``, ``win_rate_hi``; recomputed from the comparisons if it left them out) into the
+    run's metrics. No weights are registered."""
+    outcomes = [comparison_outcome(row) for row in read_output_rows(path)]
+    if not outcomes or None in outcomes:
+        raise PublishFailed("comparisons.jsonl has no comparisons, or rows without a winner (policy, baseline or tie).")
+    result = win_rate(outcomes.count("policy"), outcomes.count("baseline"), outcomes.count("tie"))
+    metrics = {"win_rate": result["win_rate"], "win_rate_lo": result["ci_low"], "win_rate_hi": result["ci_high"], **metrics,
+               "comparisons": float(result["n"])}  # fmt: skip
+    with transaction.atomic():
+        locked = lock_running(run)
+        succeed(locked, metrics, dataset_hash)
+    return locked
