@@ -20,11 +20,41 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import DateTimeField, JSONField
 from rest_framework.authtoken.models import Token
 
-from .models import Item, Judgment, Project, Response, Task
+from .models import Item, Judgment, Membership, Project, Response, Task
 
 
 def columns(model, alias: str) -> str:
     return ", ".join(f"{alias}.{connection.ops.quote_name(f.column)}" for f in model._meta.concrete_fields)
+
+
+class _Table:
+    """A model in a statement template: ``{Task}`` is its table, ``{Task.status}`` a field's column, quoted."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __format__(self, spec) -> str:
+        return connection.ops.quote_name(self._model._meta.db_table)
+
+    def __getattr__(self, name: str) -> str:
+        return connection.ops.quote_name(self._model._meta.get_field(name).column)
+
+
+def sql(template: str, **parts) -> str:
+    """``template`` with the schema filled in from the models' ``_meta`` (STYLE.md §11): ``{Task}``, ``{Task.status}``,
+    and ``parts`` for the pieces a caller varies. A renamed table or column changes the statements with it, and a
+    field that does not exist fails here, not in the database.
+
+        >>> sql("SELECT {Task.status} FROM {Task} WHERE {Task.id} = %s")
+        'SELECT "status" FROM "annotate_task" WHERE "id" = %s'
+    """
+    return template.format_map({**_schema(), **parts})
+
+
+@cache
+def _schema() -> dict:
+    models = [Project, Membership, Item, Response, Task, Judgment, Token]
+    return {model.__name__: _Table(model) for model in models} | {"User": _Table(get_user_model())}
 
 
 @cache
@@ -60,34 +90,34 @@ def _matchable(params: list) -> bool:
     return all(not isinstance(p, int) or -BIGINT_MAX - 1 <= p <= BIGINT_MAX for p in params)
 
 
-def fetch(sql: str, params: list, models: list) -> list | None:
+def fetch(statement: str, params: list, models: list) -> list | None:
     """The first row of ``sql`` as instances of ``models`` (their columns in order, as :func:`columns` lists
     them), followed by any further columns as they are; None without a row."""
     if not _matchable(params):
         return None
     db = _db()
     with _cursor(db) as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(statement, params)
         row = cursor.fetchone()
     return None if row is None else _instances(row, models, db)
 
 
-def fetch_all(sql: str, params: list, models: list) -> list[list]:
+def fetch_all(statement: str, params: list, models: list) -> list[list]:
     """Every row of ``sql``, each as :func:`fetch` returns one."""
     if not _matchable(params):
         return []
     db = _db()
     with _cursor(db) as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(statement, params)
         return [_instances(row, models, db) for row in cursor.fetchall()]
 
 
-def execute(sql: str, params: list) -> int:
+def execute(statement: str, params: list) -> int:
     """Run a write; returns the number of rows it changed."""
     if not _matchable(params):
         return 0
     with _cursor(_db()) as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(statement, params)
         return cursor.rowcount
 
 
@@ -97,9 +127,9 @@ def insert(obj) -> None:
     No save() override or signal runs: for the hot-path models (Task, Judgment), which have none that matter on
     insert."""
     db = _db()
-    sql, fields = _insert_sql(db.vendor, type(obj))
+    statement, fields = _insert_sql(db.vendor, type(obj))
     with _cursor(db) as cursor:
-        cursor.execute(sql, _insert_params(obj, fields, db))
+        cursor.execute(statement, _insert_params(obj, fields, db))
         obj.pk = cursor.fetchone()[0]
     obj._state.adding, obj._state.db = False, db.alias
 
@@ -122,17 +152,17 @@ def insert_first_judgment(judgment, statuses: list[str]) -> bool:
     task = [Task.Status.DONE, done_at, judgment.task_id, list(statuses)]
     if db.vendor != "postgresql":
         marked = execute(
-            f"UPDATE annotate_task SET status = %s, done_at = %s WHERE id = %s AND status IN ({', '.join(['%s'] * len(statuses))})",
+            _mark_done_sql(len(statuses)),
             task[:3] + task[3],
         )
         if not marked:
             return False
-        execute("UPDATE annotate_item SET n_judgments = n_judgments + 1 WHERE id = %s", [judgment.item_id])
+        execute(_count_judgment_sql(), [judgment.item_id])
         insert(judgment)
         return True
-    sql, fields = _first_judgment_sql()
+    statement, fields = _first_judgment_sql()
     with _cursor(db) as cursor:
-        cursor.execute(sql, task + _insert_params(judgment, fields, db))
+        cursor.execute(statement, task + _insert_params(judgment, fields, db))
         row = cursor.fetchone()
     if row is None:
         return False
@@ -142,17 +172,32 @@ def insert_first_judgment(judgment, statuses: list[str]) -> bool:
 
 
 @cache
+def _mark_done_sql(n_statuses: int) -> str:
+    return sql(
+        "UPDATE {Task} SET {Task.status} = %s, {Task.done_at} = %s WHERE {Task.id} = %s AND {Task.status} IN ({any})",
+        any=", ".join(["%s"] * n_statuses),
+    )
+
+
+@cache
+def _count_judgment_sql() -> str:
+    return sql("UPDATE {Item} SET {Item.n_judgments} = {Item.n_judgments} + 1 WHERE {Item.id} = %s")
+
+
+@cache
 def _first_judgment_sql() -> tuple[str, list]:
     _, fields = _insert_sql("postgresql", Judgment)
     quote = connection.ops.quote_name
     # Typed placeholders: in INSERT ... SELECT an untyped literal (a NULL) would be taken for text.
     values = ", ".join(f"%s::{f.cast_db_type(connection)}" for f in fields)
-    sql = (
-        "WITH t AS (UPDATE annotate_task SET status = %s, done_at = %s WHERE id = %s AND status = ANY(%s) RETURNING item_id), "
-        "i AS (UPDATE annotate_item SET n_judgments = n_judgments + 1 WHERE id IN (SELECT item_id FROM t)) "
-        f"INSERT INTO annotate_judgment ({', '.join(quote(f.column) for f in fields)}) SELECT {values} FROM t RETURNING id"
-    )
-    return sql, fields
+    statement = sql(
+        "WITH t AS (UPDATE {Task} SET {Task.status} = %s, {Task.done_at} = %s WHERE {Task.id} = %s AND {Task.status} = ANY(%s) "
+        "RETURNING {Task.item}), "
+        "i AS (UPDATE {Item} SET {Item.n_judgments} = {Item.n_judgments} + 1 WHERE {Item.id} IN (SELECT {Task.item} FROM t)) "
+        "INSERT INTO {Judgment} ({columns}) SELECT {values} FROM t RETURNING {Judgment.id}",
+        columns=", ".join(quote(f.column) for f in fields), values=values,
+    )  # fmt: skip
+    return statement, fields
 
 
 @cache
@@ -171,12 +216,12 @@ def pick_and_lease(pick_sql: str, pick_params: list, task: Task, *, shuffle: boo
     annotator's pick mark up to that item, the insert of ``task`` for it, and its responses, in one statement (one
     round trip instead of four); None if the pick took nothing. ``task`` holds every field but its item and display
     order, which the statement fills in: the item's response ids in import order, or shuffled (``random()``)."""
-    sql, fields = _lease_sql(pick_sql, shuffle)
+    statement, fields = _lease_sql(pick_sql, shuffle)
     db = _db()
     values = [p for f, p in zip(fields, _insert_params(task, fields, db)) if f.name not in _LEASE_FILLED]
     params = [*pick_params, task.project_id, task.annotator_id, *values]  # the pick, the mark's move, the insert
     with _cursor(db) as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(statement, params)
         found = cursor.fetchall()
     if not found:
         return None
@@ -196,22 +241,90 @@ _LEASE_FILLED = {"item", "display_order"}
 def _lease_sql(pick_sql: str, shuffle: bool) -> tuple[str, list]:
     _, fields = _insert_sql("postgresql", Task)
     quote = connection.ops.quote_name
-    order = "random()" if shuffle else f"r.{quote('index')}"
+    order = "random()" if shuffle else sql("r.{Response.index}")
     filled = {
-        "item": "p.id",
-        "display_order": f"COALESCE((SELECT jsonb_agg(r.id ORDER BY {order}) FROM annotate_response r WHERE r.item_id = p.id), '[]')",
+        "item": sql("p.{Item.id}"),
+        "display_order": sql(
+            "COALESCE((SELECT jsonb_agg(r.{Response.id} ORDER BY {order}) FROM {Response} r WHERE r.{Response.item} = p.{Item.id}), '[]')",
+            order=order,
+        ),
     }
     values = ", ".join(filled.get(f.name, f"%s::{f.cast_db_type(connection)}") for f in fields)
-    sql = (
-        f"WITH p AS ({pick_sql}), "
-        "m AS (UPDATE annotate_membership SET pick_mark = p.id FROM p WHERE annotate_membership.project_id = %s "
-        "AND annotate_membership.user_id = %s AND annotate_membership.pick_mark < p.id), "
-        f"t AS (INSERT INTO annotate_task ({', '.join(quote(f.column) for f in fields)}) SELECT {values} FROM p "
-        f"RETURNING {', '.join(quote(f.column) for f in Task._meta.concrete_fields)}) "
-        f"SELECT {columns(Task, 't')}, {columns(Item, 'p')}, {columns(Response, 'r')} "
-        f"FROM t JOIN p ON p.id = t.item_id LEFT JOIN annotate_response r ON r.item_id = p.id ORDER BY r.{quote('index')}"
+    statement = sql(
+        "WITH p AS ({pick}), "
+        "m AS (UPDATE {Membership} SET {Membership.pick_mark} = p.{Item.id} FROM p WHERE {Membership}.{Membership.project} = %s "
+        "AND {Membership}.{Membership.user} = %s AND {Membership}.{Membership.pick_mark} < p.{Item.id}), "
+        "t AS (INSERT INTO {Task} ({insert}) SELECT {values} FROM p RETURNING {returning}) "
+        "SELECT {task}, {item}, {response} "
+        "FROM t JOIN p ON p.{Item.id} = t.{Task.item} LEFT JOIN {Response} r ON r.{Response.item} = p.{Item.id} ORDER BY r.{Response.index}",
+        pick=pick_sql, insert=", ".join(quote(f.column) for f in fields), values=values,
+        returning=", ".join(quote(f.column) for f in Task._meta.concrete_fields),
+        task=columns(Task, "t"), item=columns(Item, "p"), response=columns(Response, "r"),
+    )  # fmt: skip
+    return statement, fields
+
+
+def pick_statement(project_id: int, annotator_id: int, *, mark: int | None, skip_locked: bool) -> tuple[str, list]:
+    """The SQL and parameters of the next-task pick (``bench/_serve_profile.py`` shows its plan): one overlap
+    slot of the first open item above the annotator's ``mark`` (None: from the start) that they have not seen,
+    ``RETURNING`` the item's columns."""
+    postgres = connection.vendor == "postgresql"
+    project_param = [project_id] if postgres else project_id
+    return _pick_sql(postgres, mark is not None, skip_locked), [project_param] + ([mark] if mark is not None else []) + [annotator_id]
+
+
+@cache
+def _pick_sql(postgres: bool, above_mark: bool, skip_locked: bool) -> str:
+    # The plan must not depend on statistics (they lag behind a project that is being labelled), so the
+    # statement is shaped to leave PostgreSQL's planner one good plan at every project size and history:
+    # - ``project_id = ANY(...)`` with ORDER BY (project_id, id): only item_open_idx gives that order (with
+    #   ``project_id = X`` the planner drops the project from the order and walks the primary key, through every
+    #   item of older projects: 10-15 ms at 100k items instead of 0.3);
+    # - the annotator's mark (None: from the start) is a parameter, read with the membership's lock;
+    # - ``OFFSET 0`` keeps NOT EXISTS a probe of one index entry per candidate item, never a scan of the
+    #   annotator's whole history.
+    lock = ("FOR NO KEY UPDATE SKIP LOCKED" if skip_locked else "FOR NO KEY UPDATE") if postgres else ""
+    return sql(
+        """
+        UPDATE {Item} SET {Item.open_slots} = {Item.open_slots} - 1
+        WHERE {Item.open_slots} > 0 AND {Item.id} = (
+            SELECT i.{Item.id} FROM {Item} i
+            WHERE i.{Item.project} {project} AND i.{Item.open_slots} > 0 AND i.{Item.purpose} = '{normal}' {above}
+              AND NOT EXISTS (SELECT 1 FROM {Task} u WHERE u.{Task.item} = i.{Item.id} AND u.{Task.annotator} = %s {probe})
+            ORDER BY i.{Item.project}, i.{Item.id} LIMIT 1 {lock}
+        )
+        RETURNING {returning}
+        """,
+        project="= ANY(%s)" if postgres else "= %s",
+        above=sql("AND i.{Item.id} > %s") if above_mark else "",
+        probe="OFFSET 0" if postgres else "",
+        lock=lock,
+        normal=Item.Purpose.NORMAL,
+        returning=", ".join(connection.ops.quote_name(f.column) for f in Item._meta.concrete_fields),
+    )  # fmt: skip
+
+
+@cache
+def membership_mark(*, lock: bool) -> str:
+    """The status and pick mark of a membership (project, user), optionally with its row lock."""
+    return sql(
+        "SELECT {Membership.status}, {Membership.pick_mark} FROM {Membership} "
+        "WHERE {Membership.project} = %s AND {Membership.user} = %s"
+    ) + (for_update() if lock else "")
+
+
+@cache
+def move_mark() -> str:
+    """Move a membership's pick mark up to an item (parameters: item, project, user, item)."""
+    return sql(
+        "UPDATE {Membership} SET {Membership.pick_mark} = %s "
+        "WHERE {Membership.project} = %s AND {Membership.user} = %s AND {Membership.pick_mark} < %s"
     )
-    return sql, fields
+
+
+@cache
+def task_status(*, lock: bool) -> str:
+    return sql("SELECT {Task.status} FROM {Task} WHERE {Task.id} = %s") + (for_update() if lock else "")
 
 
 def for_update(of: str = "") -> str:
@@ -243,32 +356,37 @@ def _instances(row, models: list, db) -> list:
 
 @cache
 def _sql(name: str) -> str:
-    user = get_user_model()
     if name == "token":
-        return (
-            f"SELECT {columns(Token, 't')}, {columns(user, 'u')} FROM {Token._meta.db_table} t "
-            f"JOIN {user._meta.db_table} u ON u.id = t.user_id WHERE t.key = %s"
-        )
+        return sql(
+            "SELECT {token}, {user} FROM {Token} t JOIN {User} u ON u.{User.id} = t.{Token.user} WHERE t.{Token.key} = %s",
+            token=columns(Token, "t"), user=columns(get_user_model(), "u"),
+        )  # fmt: skip
     if name == "member_project":
-        return (
-            f"SELECT {columns(Project, 'p')}, m.status, m.pick_mark FROM annotate_project p "
-            "JOIN annotate_membership m ON m.project_id = p.id AND m.user_id = %s WHERE p.slug = %s"
-        )
+        return sql(
+            "SELECT {project}, m.{Membership.status}, m.{Membership.pick_mark} FROM {Project} p "
+            "JOIN {Membership} m ON m.{Membership.project} = p.{Project.id} AND m.{Membership.user} = %s WHERE p.{Project.slug} = %s",
+            project=columns(Project, "p"),
+        )  # fmt: skip
     if name == "held":
-        return (
-            f"SELECT {columns(Task, 't')}, {columns(Item, 'i')} FROM annotate_task t JOIN annotate_item i ON i.id = t.item_id "
-            "WHERE t.annotator_id = %s AND t.project_id = %s AND t.status = 'leased' AND t.lease_expires_at > %s "
-            "AND t.id <> %s ORDER BY t.id LIMIT 1"
-        )
+        return sql(
+            "SELECT {task}, {item} FROM {Task} t JOIN {Item} i ON i.{Item.id} = t.{Task.item} "
+            "WHERE t.{Task.annotator} = %s AND t.{Task.project} = %s AND t.{Task.status} = '{leased}' "
+            "AND t.{Task.lease_expires_at} > %s AND t.{Task.id} <> %s ORDER BY t.{Task.id} LIMIT 1",
+            task=columns(Task, "t"), item=columns(Item, "i"), leased=Task.Status.LEASED,
+        )  # fmt: skip
     if name == "responses":
-        return f"SELECT {columns(Response, 'r')} FROM annotate_response r WHERE r.item_id = %s ORDER BY r.{connection.ops.quote_name('index')}"
-    if name == "task":
-        return (
-            f"SELECT {columns(Task, 't')}, {columns(Project, 'p')}, {columns(Item, 'i')}, "
-            "EXISTS (SELECT 1 FROM annotate_membership m WHERE m.project_id = t.project_id AND m.user_id = %s) "
-            "FROM annotate_task t JOIN annotate_project p ON p.id = t.project_id "
-            "JOIN annotate_item i ON i.id = t.item_id WHERE t.id = %s"
+        return sql(
+            "SELECT {response} FROM {Response} r WHERE r.{Response.item} = %s ORDER BY r.{Response.index}",
+            response=columns(Response, "r"),
         )
+    if name == "task":
+        return sql(
+            "SELECT {task}, {project}, {item}, "
+            "EXISTS (SELECT 1 FROM {Membership} m WHERE m.{Membership.project} = t.{Task.project} AND m.{Membership.user} = %s) "
+            "FROM {Task} t JOIN {Project} p ON p.{Project.id} = t.{Task.project} "
+            "JOIN {Item} i ON i.{Item.id} = t.{Task.item} WHERE t.{Task.id} = %s",
+            task=columns(Task, "t"), project=columns(Project, "p"), item=columns(Item, "i"),
+        )  # fmt: skip
     raise KeyError(name)
 
 
@@ -379,8 +497,8 @@ def bulk_insert(model, names: list[str], rows: list[tuple], *, constants: dict |
             params = [tuple(f(v) for f, v in zip(prepare, row)) + tail for row in rows]
             if reserved:
                 params = [(i, *row) for i, row in zip(reserved, params)]
-            sql = f"INSERT INTO {quote(model._meta.db_table)} ({column_list}) VALUES ({', '.join(['%s'] * len(columns))})"
-            cursor.executemany(sql, params)
+            statement = f"INSERT INTO {quote(model._meta.db_table)} ({column_list}) VALUES ({', '.join(['%s'] * len(columns))})"
+            cursor.executemany(statement, params)
     return reserved
 
 
