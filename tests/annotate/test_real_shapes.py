@@ -342,3 +342,21 @@ def test_the_real_openassistant_sample_imports_whole(make_project):
     # The messages file holds the same trees: every group is already there.
     again = run("import_items", "oa", str(SHARED / "oasst_en100" / "en_100_message.jsonl"))
     assert "Imported 0 items" in again and "Skipped 155 duplicates" in again
+
+
+def test_the_api_import_reports_every_count(make_project, make_member, api_client_for):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    project = make_project(slug="apiimp", n_items=0)
+    client = api_client_for(make_member(project, "res", role="researcher"))
+    rows = [{"prompt": "Q1", "chosen": "good", "rejected": ""}, {"prompt": "Q2", "chosen": 3, "rejected": "x"},
+            {"prompt": "Q1", "chosen": "good", "rejected": ""}]  # fmt: skip
+    upload = SimpleUploadedFile("pairs.jsonl", jsonl(rows))
+    response = client.post("/api/projects/apiimp/items/?skip_invalid=1&votes_as=labels", {"file": upload}, format="multipart")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert (body["created"], body["empty_responses"], body["repeated_texts"], body["votes"]) == (1, 1, 0, 1)
+    assert body["skipped"] == [{"line": 2, "reason": "response 1 must be text or an object with \"text\"."}]
+    assert body["duplicates"] == [{"line": 3, "id": Item.objects.get(project=project).external_id}]
+    refused = client.post("/api/projects/apiimp/items/?skip_invalid=maybe", {"file": SimpleUploadedFile("p.jsonl", jsonl(rows))}, format="multipart")
+    assert refused.status_code == 400 and "skip_invalid" in refused.json()["detail"]
