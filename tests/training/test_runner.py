@@ -38,7 +38,7 @@ def test_the_configs_import_without_torch():
         "import importlib, json, sys\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"
         "from training.runners import available_kinds, config_class\n"
-        "classes = [config_class(kind).__name__ for kind in available_kinds()]\n"
+        "classes = {kind: config_class(kind).__name__ for kind in available_kinds()}\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'trl', 'datasets', 'peft'))\n"
         "runners = sorted(m for m in sys.modules if m.startswith('training.runners.') and m.removeprefix('training.runners.')"
         " in available_kinds())\n"
@@ -47,7 +47,7 @@ def test_the_configs_import_without_torch():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=folder.parents[1])
     loaded = json.loads(result.stdout)
     assert len(modules) == len(available_kinds()) + 1  # one per kind, and config.py with the shared bases
-    assert loaded == {"classes": [config_class(kind).__name__ for kind in available_kinds()], "heavy": [], "runners": []}
+    assert loaded == {"classes": {kind: config_class(kind).__name__ for kind in available_kinds()}, "heavy": [], "runners": []}
 
 
 def test_unknown_option_is_refused_with_a_suggestion():
