@@ -163,10 +163,36 @@ def test_admin_changes_roles_in_the_app(client, make_project, make_member):
     assert not project.memberships.filter(user__username="worker").exists()
 
 
-def test_static_files_and_django_admin(client, admin_user):
+def test_django_admin_pages(client, admin_user):
     client.force_login(admin_user)
     assert client.get("/admin/annotate/project/").status_code == 200
     assert client.get("/admin/annotate/membership/").status_code == 200
+
+
+def test_every_asset_a_page_links_is_served_as_in_production(settings, tmp_path, admin_user):
+    """What `make run` does with DEBUG off: collectstatic, then whitenoise serves STATIC_ROOT. Every stylesheet and
+    script the pages name must come back, with its real bytes."""
+    import re
+
+    from django.core.management import call_command
+    from django.test import Client
+
+    settings.STATIC_ROOT = tmp_path
+    settings.WHITENOISE_USE_FINDERS = False
+    call_command("collectstatic", interactive=False, verbosity=0)
+    client = Client()  # a new client builds the middleware, which reads STATIC_ROOT now
+    client.force_login(admin_user)
+    project = actions.create_project(slug="assets", kind="pairwise", created_by=admin_user)
+    assets = set()
+    for url in ("/", f"/p/{project.slug}/", f"/p/{project.slug}/annotate/", "/admin/"):
+        page = client.get(url).content.decode()
+        assets |= set(re.findall(r'(?:href|src)="(/static/[^"]+)"', page))
+    assert {"/static/arbiter/arbiter.css", "/static/arbiter/arbiter.js"} <= assets
+    for asset in sorted(assets):
+        response = client.get(asset)
+        assert response.status_code == 200, asset
+        served = b"".join(response.streaming_content) if response.streaming else response.content
+        assert served == (tmp_path / asset.removeprefix("/static/")).read_bytes(), asset
 
 
 # --- every kind: the form's fields become exactly the payload of docs/task-kinds.md ---------------------
