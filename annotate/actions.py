@@ -7,23 +7,33 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
+import shutil
+import tempfile
 import time
+import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, Exists, F, OuterRef, Value, When
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from . import rows
+from . import agreement, rows
+from .exports.card import dataset_card
+from .exports.options import ExportOptions
+from .exports.writing import write_export
 from .imports import ANNOTATOR_NAME, ANNOTATOR_NAME_RULE, ImportFailed, ParsedItem, ParsedItems, ParsedVote, RowError
 from .judgments import InvalidJudgment, judgment_fields, vote_fields
 from .models import (
-    SETTINGS_FIELDS, Flag, Item, Judgment, Kind, Membership, Project, Response, Role, Round, Task, make_pseudonym, prompt_hash,
+    SETTINGS_FIELDS, Flag, Item, Judgment, Kind, Membership, Project, Response, Role, Round, Snapshot, Task, make_pseudonym,
+    prompt_hash,
 )
 
 User = get_user_model()
@@ -863,3 +873,44 @@ def flag_task(task: Task, category: str, note: str = "") -> Flag:
     return Flag.objects.create(
         project_id=task.project_id, item_id=task.item_id, task=task, annotator_id=task.annotator_id, category=category, note=note
     )
+
+
+# --- snapshots ------------------------------------------------------------------------------------
+
+
+def create_snapshot(project: Project, options: "ExportOptions", created_by=None) -> tuple[Snapshot, bool]:
+    """Export ``project`` with ``options`` into an immutable snapshot; returns ``(snapshot, created)``.
+
+    If a snapshot of this project with the same options and the same content hash exists, it is returned
+    instead of a second copy. Files are written to a temporary folder and renamed into place only when
+    complete, so a failed export leaves nothing behind.
+    """
+    options.validate()
+    last_judgment = Judgment.objects.filter(project=project).order_by("-id").values_list("id", flat=True).first()
+    root = Path(settings.ARTIFACT_ROOT) / "snapshots" / project.slug
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        result = write_export(project, options, tmp)
+        existing = Snapshot.objects.filter(project=project, content_hash=result.content_hash, options=options.to_dict()).first()
+        if existing is not None and existing.folder.is_dir():
+            return existing, False
+        summary = _json_safe({**agreement.summary(project), "aggregation": result.aggregation})
+        counts = dict(result.counts)
+        counts.update({key: summary.get(key, 0) for key in ("n_judgments", "n_items", "n_annotators")})
+        relative = Path("snapshots") / project.slug / f"{result.content_hash[:16]}-{uuid.uuid4().hex[:8]}"
+        with transaction.atomic():
+            snapshot = Snapshot.objects.create(
+                project=project, options=options.to_dict(), content_hash=result.content_hash, path=str(relative),
+                counts=counts, agreement=summary, license=options.license, last_judgment_id=last_judgment,
+                created_by=created_by,
+            )  # fmt: skip
+            (tmp / "README.md").write_text(dataset_card(snapshot), encoding="utf-8")
+            os.replace(tmp, Path(settings.ARTIFACT_ROOT) / relative)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return snapshot, True
+
+
+def _json_safe(value):
+    return json.loads(json.dumps(value, default=str))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from django import forms
 
+from .exports import KIND_FORMATS, ExportOptions
 from .judgments import CHOICES, STRENGTH_LABELS
 from .models import Flag, Kind, Project, Response, Role, Task
 
@@ -414,13 +415,9 @@ class ExportForm(forms.Form):
 
     def __init__(self, project: Project, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        from .exports import KIND_FORMATS
-
         self.fields["format"].choices = [(f, f) for f in sorted(KIND_FORMATS[project.kind])]
 
     def options(self, **overrides):
-        from .exports import ExportOptions
-
         data = {k: v for k, v in self.cleaned_data.items() if v not in (None, "")}
         return ExportOptions.from_dict({**data, **overrides})
 

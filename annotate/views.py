@@ -20,9 +20,9 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 from django_htmx.http import trigger_client_event
 
 from . import actions, dashboard, selectors
-from .actions import Conflict
+from .actions import Conflict, create_snapshot
 from .api.views import can_create_projects
-from .exports import ExportError, canonical, create_snapshot, iter_rows, snapshot_files
+from .exports import KIND_FORMATS, ExportError, canonical, iter_rows
 from .forms import ExportForm, ProjectSettingsForm, FlagForm, ImportForm, JudgmentForm, MemberForm, ProjectForm, SkipForm, judgment_form
 from .imports import MAX_ERRORS_REPORTED, ImportFailed, detect_format, parse_items, read_upload
 from .judgments import InvalidJudgment, STRENGTH_LABELS
@@ -339,8 +339,6 @@ def snapshot(request, slug):
 
 
 def default_format(project) -> str:
-    from .exports import KIND_FORMATS
-
     return "trl" if "trl" in KIND_FORMATS[project.kind] else sorted(KIND_FORMATS[project.kind] - {"raw"})[0]
 
 

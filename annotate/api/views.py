@@ -17,7 +17,7 @@ from rest_framework.parsers import FileUploadParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from .. import actions, agreement, rows, selectors
-from ..exports import ExportError, ExportOptions, create_snapshot, snapshot_files
+from ..exports import ExportError, ExportOptions, snapshot_files
 from ..imports import detect_format, parse_items, read_upload
 from ..models import Judgment, Membership, Role, Snapshot, Task
 from ..permissions import require_role, visible_projects
@@ -312,7 +312,7 @@ def project_exports(request, slug: str):
         options = ExportOptions.from_dict(dict(request.data))
     except TypeError as exc:
         raise ExportError(str(exc)) from None
-    snapshot, created = create_snapshot(project, options, created_by=request.user)
+    snapshot, created = actions.create_snapshot(project, options, created_by=request.user)
     return Response(SnapshotSerializer(snapshot).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 

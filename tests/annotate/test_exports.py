@@ -7,7 +7,9 @@ import pytest
 from django.core.management import call_command
 
 from annotate import actions
-from annotate.exports import ExportOptions, ItemTables, all_pairs, build_rows, export_to, majority_pairs, pair_votes, trl_rows
+from annotate.exports import ExportOptions, build_rows, export_to
+from annotate.exports.aggregation import all_pairs, majority_pairs, pair_votes
+from annotate.exports.formats import ItemTables, trl_rows
 from annotate.imports import parse_items, parse_votes
 from annotate.models import Item, Kind
 from tests.conftest import jsonl, pairwise_rows
@@ -429,7 +431,7 @@ def _tricky_project():
 
 
 def _export_both_ways(project, options, tmp_path, monkeypatch):
-    from annotate import exports
+    from annotate.exports import writing
 
     def no_rows(*args, **kwargs):
         raise AssertionError("the columnar path read rows one by one")
@@ -437,9 +439,9 @@ def _export_both_ways(project, options, tmp_path, monkeypatch):
     (tmp_path / "columnar").mkdir()
     (tmp_path / "rows").mkdir()
     with monkeypatch.context() as patch:
-        patch.setattr(exports, "iter_rows", no_rows)
-        columnar = exports.write_export(project, options, tmp_path / "columnar", columnar=True)
-    rows = exports.write_export(project, options, tmp_path / "rows", columnar=False)
+        patch.setattr(writing, "iter_rows", no_rows)
+        columnar = writing.write_export(project, options, tmp_path / "columnar", columnar=True)
+    rows = writing.write_export(project, options, tmp_path / "rows", columnar=False)
     return columnar, rows
 
 
@@ -453,13 +455,13 @@ def _export_both_ways(project, options, tmp_path, monkeypatch):
     ],
 )
 def test_columnar_export_writes_the_same_bytes_as_the_row_path(tricky_project, tmp_path, monkeypatch, fields):
-    from annotate import exports
+    from annotate.exports import columnar, reading, writing
 
     # Chunks of 5 items and row groups of 4 rows: rows cross chunk and row-group boundaries.
-    monkeypatch.setattr(exports, "CHUNK_ITEMS", 5)
-    monkeypatch.setattr(exports._SplitWriter, "PARQUET_BATCH", 4)
+    monkeypatch.setattr(reading, "CHUNK_ITEMS", 5)
+    monkeypatch.setattr(writing._SplitWriter, "PARQUET_BATCH", 4)
     options = ExportOptions(**fields)
-    assert exports.fits_columns(tricky_project, options)
+    assert columnar.fits_columns(tricky_project, options)
     columnar, rows = _export_both_ways(tricky_project, options, tmp_path, monkeypatch)
     assert columnar.counts == rows.counts and min(rows.counts.values()) > 0, rows.counts
     assert columnar.content_hash == rows.content_hash
@@ -476,18 +478,18 @@ def test_columnar_export_reads_ahead_in_a_thread_outside_transactions(transactio
 
     from django.db import connection
 
-    from annotate import exports
+    from annotate.exports import columnar, reading
 
     project = _tricky_project()
-    monkeypatch.setattr(exports, "CHUNK_ITEMS", 4)
+    monkeypatch.setattr(reading, "CHUNK_ITEMS", 4)
     readers = []
-    read_chunk = exports._read_chunk
+    read_chunk = columnar._read_chunk
 
     def recording(*args):
         readers.append(threading.current_thread().name)
         return read_chunk(*args)
 
-    monkeypatch.setattr(exports, "_read_chunk", recording)
+    monkeypatch.setattr(columnar, "_read_chunk", recording)
     options = ExportOptions(container="parquet", test_size=0.4, seed=2)
     columnar, rows = _export_both_ways(project, options, tmp_path, monkeypatch)
     assert columnar.counts == rows.counts and columnar.content_hash == rows.content_hash
@@ -502,23 +504,23 @@ def test_columnar_export_reads_ahead_in_a_thread_outside_transactions(transactio
 
 @pytest.mark.django_db
 def test_a_conversation_in_a_late_chunk_restarts_the_export_on_the_row_path(tmp_path, monkeypatch):
-    from annotate import exports
+    from annotate.exports import columnar, reading, writing
 
     items = pairwise_rows(10)
     items[8]["prompt"] = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q8?"}]
     votes = [{"item": f"item-{i}", "annotator": a, "winner": i % 2, "strength": 1} for i in range(10) for a in ("a", "b")]
     project = _project(Kind.PAIRWISE, items, votes, overlap=2)
-    monkeypatch.setattr(exports, "CHUNK_ITEMS", 3)  # two chunks of standard rows are written before item-8's
-    monkeypatch.setattr(exports._SplitWriter, "PARQUET_BATCH", 2)
+    monkeypatch.setattr(reading, "CHUNK_ITEMS", 3)  # two chunks of standard rows are written before item-8's
+    monkeypatch.setattr(writing._SplitWriter, "PARQUET_BATCH", 2)
     options = ExportOptions(container="parquet")
     (tmp_path / "columnar").mkdir()
     (tmp_path / "rows").mkdir()
     batches = []
-    trl_batch = exports._trl_batch
-    monkeypatch.setattr(exports, "_trl_batch", lambda *args: batches.append(1) or trl_batch(*args))
-    restarted = exports.write_export(project, options, tmp_path / "columnar")
+    trl_batch = columnar._trl_batch
+    monkeypatch.setattr(columnar, "_trl_batch", lambda *args: batches.append(1) or trl_batch(*args))
+    restarted = writing.write_export(project, options, tmp_path / "columnar")
     assert len(batches) == 2  # then item-8's chunk sent the export to the row path
-    rows = exports.write_export(project, options, tmp_path / "rows", columnar=False)
+    rows = writing.write_export(project, options, tmp_path / "rows", columnar=False)
     assert restarted.counts == rows.counts == {"train": 10} and restarted.content_hash == rows.content_hash
     assert restarted.files["train"].read_bytes() == rows.files["train"].read_bytes()
     import pyarrow.parquet as pq
@@ -531,7 +533,7 @@ def test_json_of_many_strings_at_once_is_orjson_of_each():
 
     import orjson
 
-    from annotate.exports import _json_values, _text_column
+    from annotate.exports.columnar import _json_values, _text_column
 
     rng = random.Random(3)
     alphabet = ['"', "\\", ",", "\n", "\t", "\x00", "\x1f", "\x7f", "a", "é", "\u2028", "😀", "[", "]"]
@@ -546,7 +548,7 @@ def test_json_of_many_strings_at_once_is_orjson_of_each():
 
 def test_columnar_majority_matches_the_frame_majority():
     from annotate.agreement import _NULL
-    from annotate.exports import majority_columns
+    from annotate.exports.columnar import majority_columns
 
     rng = np.random.default_rng(0)
     n_items = 300

@@ -10,7 +10,8 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from annotate import actions
-from annotate.exports import AGGREGATES, FORMAT_AGGREGATES, KIND_FORMATS, ExportError, ExportOptions, build_rows, create_snapshot
+from annotate.actions import create_snapshot
+from annotate.exports import AGGREGATES, FORMAT_AGGREGATES, KIND_FORMATS, ExportError, ExportOptions, build_rows
 from annotate.imports import parse_items, parse_votes
 from annotate.models import Kind, Role
 from tests.conftest import jsonl

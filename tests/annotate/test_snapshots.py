@@ -4,7 +4,8 @@ import pytest
 from django.core.management import call_command
 
 from annotate import actions
-from annotate.exports import ExportOptions, build_splits, create_snapshot, snapshot_files
+from annotate.actions import create_snapshot
+from annotate.exports import ExportOptions, build_splits, snapshot_files
 from annotate.imports import parse_items, parse_votes
 from annotate.models import Role, Snapshot
 from tests.conftest import jsonl, pairwise_rows

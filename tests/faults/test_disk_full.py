@@ -60,7 +60,8 @@ def test_a_full_disk_fails_the_run_clearly_registers_nothing_and_the_retry_resum
     settings.TRAINING_HEARTBEAT_SECONDS = 1
     project = preference_snapshot.project
     # The snapshot's files are re-exported onto the small disk (the fixture wrote them under the default root).
-    from annotate.exports import ExportOptions, create_snapshot
+    from annotate.actions import create_snapshot
+    from annotate.exports import ExportOptions
 
     snapshot, _ = create_snapshot(project, ExportOptions(test_size=0.2, seed=2))
     run = launching.launch_run(project=project, kind="reward", base_model=str(tiny_base), snapshot=snapshot,

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from annotate import actions
-from annotate.exports import ExportOptions, create_snapshot
+from annotate.actions import create_snapshot
+from annotate.exports import ExportOptions
 from annotate.imports import parse_items
 from annotate.models import Kind, Membership, Role
 from training.models import ModelArtifact, TrainingRun

@@ -128,7 +128,8 @@ def preference_project(make_project):
 
 @pytest.fixture
 def preference_snapshot(preference_project):
-    from annotate.exports import ExportOptions, create_snapshot
+    from annotate.actions import create_snapshot
+    from annotate.exports import ExportOptions
 
     snapshot, _ = create_snapshot(preference_project, ExportOptions(test_size=0.2, seed=1))
     return snapshot

@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from annotate import actions as annotate_actions
-from annotate.exports import ExportOptions, create_snapshot, snapshot_files
+from annotate.actions import create_snapshot
+from annotate.exports import ExportOptions, snapshot_files
 from annotate.imports import parse_items, parse_votes
 from tests.conftest import jsonl
 from tests.training.conftest import toy_pair

@@ -1,0 +1,185 @@
+"""What an export is made of and what is allowed: :class:`ExportOptions`, the formats, containers and
+aggregations, which formats each kind of project can produce and which aggregations each format takes, and the
+checks that refuse anything else (never ignore it)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..models import Kind, Project
+
+
+FORMATS = ("trl", "hh", "openai-dpo", "kto", "ranking", "ratings", "labels", "steps", "sft", "raw")
+
+
+PREFERENCE_FORMATS = {"trl", "hh", "openai-dpo", "kto"}
+
+
+CONTAINERS = ("jsonl", "parquet", "hf")
+
+
+AGGREGATES = ("majority", "dawid-skene", "bradley-terry", "none")
+
+
+# Aggregations that fit a model of the annotators over the whole project before rows are written.
+MODEL_AGGREGATES = ("dawid-skene", "bradley-terry")
+
+
+# The aggregations each format can use, its default first; a (format, kind) key overrides the format's entry
+# for projects of that kind. Anything else is refused, never ignored (docs/exports.md has this table).
+FORMAT_AGGREGATES = {
+    "trl": AGGREGATES,
+    "hh": AGGREGATES,
+    "openai-dpo": AGGREGATES,
+    "kto": AGGREGATES,
+    ("kto", Kind.RATING): ("majority",),  # the mean score of each response against the scale's middle
+    "ranking": ("majority", "none"),  # majority: responses by mean rank
+    "ratings": ("none",),  # every annotator's scores, and their mean
+    "labels": ("majority", "dawid-skene"),
+    "steps": ("majority", "none"),
+    "sft": ("none",),
+    "raw": ("none",),
+}
+
+
+def format_aggregates(fmt: str, kind: str | None = None) -> tuple[str, ...]:
+    """The aggregations ``fmt`` can use (for a project of ``kind``), its default first."""
+    return FORMAT_AGGREGATES.get((fmt, kind), FORMAT_AGGREGATES[fmt])
+
+
+# Which formats each kind can produce.
+KIND_FORMATS = {
+    Kind.PAIRWISE: PREFERENCE_FORMATS | {"sft", "raw"},
+    Kind.RANKING: PREFERENCE_FORMATS | {"ranking", "raw"},
+    Kind.RATING: PREFERENCE_FORMATS | {"ratings", "labels", "raw"},
+    Kind.STEPS: {"steps", "raw"},
+    Kind.DEMONSTRATION: {"sft", "raw"},
+}
+
+
+class ExportError(ValueError):
+    pass
+
+
+CATEGORICAL_PREFERENCES = (
+    "A categorical rating scale has no order to turn into preferences; the labels format gives one label per "
+    "response and criterion."
+)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What an export is made of; stored with a snapshot. The same options over the same votes give the same hash.
+
+    - ``aggregate``: ``majority`` (one row per item or pair), ``dawid-skene`` or ``bradley-terry`` (a model of
+      the annotators fitted on the whole project) or ``none`` (every vote its own row); each format takes the
+      ones :data:`FORMAT_AGGREGATES` lists, and empty means the format's default.
+    - ``ties``: ``drop`` ties from preference formats, or ``keep`` them as rows with ``"tie": true`` (trl, hh,
+      openai-dpo); ranking and raw always keep them.
+    - ``min_agreement``: leave out preferences whose winner got less than this share of the votes.
+    - ``include_paused``: keep votes of paused or flagged annotators (left out by default);
+      ``include_gold``: keep gold and qualification items (left out by default; ``raw`` always has them, marked).
+    - ``max_chars``: leave out rows whose prompt and completions together are longer.
+    - ``criterion``: the criterion preferences come from (pairwise with criteria, rating); empty = overall.
+    """
+
+    format: str = "trl"
+    aggregate: str = ""
+    container: str = "jsonl"
+    test_size: float = 0.0
+    seed: int = 0
+    dedupe: bool = True
+    ties: str = "drop"
+    min_agreement: float = 0.0
+    include_paused: bool = False
+    include_gold: bool = False
+    max_chars: int | None = None
+    criterion: str = ""
+    neutral_steps: bool = True
+    license: str = ""
+
+    def __post_init__(self):
+        if self.aggregate == "" and self.format in FORMATS:
+            object.__setattr__(self, "aggregate", format_aggregates(self.format)[0])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ExportOptions":
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ExportError(f"Unknown export options: {', '.join(sorted(unknown))}.")
+        options = cls(**data)
+        options.validate()
+        return options
+
+    def validate(self) -> None:
+        def number(value) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        if self.format not in FORMATS:
+            raise ExportError(f"Unknown format {self.format!r}: use one of {', '.join(FORMATS)}.")
+        if self.aggregate not in AGGREGATES:
+            raise ExportError(f"Unknown aggregation {self.aggregate!r}: use one of {', '.join(AGGREGATES)}.")
+        check_aggregate(self.format, self.aggregate)
+        if self.container not in CONTAINERS:
+            raise ExportError(f"Unknown container {self.container!r}: use one of {', '.join(CONTAINERS)}.")
+        if self.ties not in ("drop", "keep"):
+            raise ExportError('ties must be "drop" or "keep".')
+        if not number(self.test_size) or not 0 <= self.test_size < 1:
+            raise ExportError("test_size must be a number at least 0 and below 1.")
+        if not number(self.min_agreement) or not 0 <= self.min_agreement <= 1:
+            raise ExportError("min_agreement must be a number from 0 to 1.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ExportError("seed must be an integer.")
+        if self.max_chars is not None and (isinstance(self.max_chars, bool) or not isinstance(self.max_chars, int) or self.max_chars < 1):
+            raise ExportError("max_chars must be a positive integer.")
+        for name in ("dedupe", "include_paused", "include_gold", "neutral_steps"):
+            if not isinstance(getattr(self, name), bool):
+                raise ExportError(f"{name} must be true or false.")
+        if not isinstance(self.criterion, str) or not isinstance(self.license, str):
+            raise ExportError("criterion and license must be text.")
+
+
+# Formats that can keep a tie as a row ("tie": true); ranking and raw always have ties, the others none to keep
+# (kto rows are single completions, so a tie has no label to give).
+KEEPS_TIES = {"trl", "hh", "openai-dpo", "ranking", "raw"}
+
+
+def check_aggregate(fmt: str, aggregate: str, kind: str | None = None) -> None:
+    """Refuse an aggregation that ``fmt`` cannot use (:data:`FORMAT_AGGREGATES`), saying which it can."""
+    allowed = format_aggregates(fmt, kind)
+    if aggregate in allowed:
+        return
+    of = f"the {fmt} format of a {kind} project" if (fmt, kind) in FORMAT_AGGREGATES else f"the {fmt} format"
+    hint = " For one aggregated label per response and criterion, use the labels format." if fmt == "ratings" else ""
+    raise ExportError(f"Aggregation {aggregate!r} does not apply to {of}: it takes {' or '.join(allowed)}.{hint}")
+
+
+def check_options(project: Project, options: "ExportOptions") -> None:
+    """Raise :class:`ExportError` unless ``options`` are valid and fit the project's kind and criteria."""
+    options.validate()
+    fmt = options.format
+    if fmt not in KIND_FORMATS[project.kind]:
+        allowed = ", ".join(sorted(KIND_FORMATS[project.kind]))
+        raise ExportError(f"A {project.kind} project exports as {allowed}, not {fmt}.")
+    check_aggregate(fmt, options.aggregate, project.kind)
+    if fmt in PREFERENCE_FORMATS and project.kind == Kind.RATING and "labels" in project.rating_scale:
+        raise ExportError(CATEGORICAL_PREFERENCES)
+    agreement_applies = fmt == "labels" or (
+        fmt in PREFERENCE_FORMATS and options.aggregate != "none" and not (fmt == "kto" and project.kind == Kind.RATING)
+    )
+    if options.min_agreement and not agreement_applies:
+        raise ExportError(
+            f"min_agreement does not apply to the {fmt} format with aggregate {options.aggregate!r}: only aggregated "
+            "preference rows and labels have an agreement to filter on."
+        )
+    if options.ties == "keep" and fmt not in KEEPS_TIES:
+        raise ExportError(
+            f"ties=keep does not apply to the {fmt} format: only {', '.join(sorted(KEEPS_TIES))} can keep ties as rows "
+            "(ranking and raw always have them)."
+        )
+    criterion = options.criterion or None
+    if criterion and criterion not in (project.criteria or project.rating_criteria):
+        raise ExportError(f"Unknown criterion {criterion!r} in project {project.slug}.")
