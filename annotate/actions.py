@@ -495,11 +495,7 @@ def assign_next_task(annotator, project: Project, *, after: int | None = None) -
     """
     # Serialises concurrent requests of the same annotator, so a double click cannot lease two items. Only
     # this membership row is locked: annotators do not wait for each other here (no project-wide lock).
-    found = rows.fetch(
-        "SELECT status, pick_mark FROM annotate_membership WHERE project_id = %s AND user_id = %s" + rows.for_update(),
-        [project.pk, annotator.pk],
-        [],
-    )
+    found = rows.fetch(rows.membership_mark(lock=True), [project.pk, annotator.pk], [])
     return _assign(annotator, project, *(found or (None, 0)), after)
 
 
@@ -565,7 +561,7 @@ def _take_open_item(project: Project, annotator, now, mark: int) -> Task | None:
 
 
 def _pick(project: Project, annotator, now, *, mark: int | None, skip_locked: bool) -> Task | None:
-    sql, params = pick_statement(project.pk, annotator.pk, mark=mark, skip_locked=skip_locked)
+    sql, params = rows.pick_statement(project.pk, annotator.pk, mark=mark, skip_locked=skip_locked)
     if connection.vendor == "postgresql":
         # The pick, the mark's move, the task's insert and the item's responses in one round trip.
         task = rows.pick_and_lease(sql, params, _new_task(project, annotator, None, now), shuffle=project.randomize_order)
@@ -575,43 +571,8 @@ def _pick(project: Project, annotator, now, *, mark: int | None, skip_locked: bo
     found = rows.fetch(sql, params, [Item])
     if not found:
         return None
-    rows.execute(
-        "UPDATE annotate_membership SET pick_mark = %s WHERE project_id = %s AND user_id = %s AND pick_mark < %s",
-        [found[0].pk, project.pk, annotator.pk, found[0].pk],
-    )
+    rows.execute(rows.move_mark(), [found[0].pk, project.pk, annotator.pk, found[0].pk])
     return _lease(project, annotator, found[0], now)
-
-
-def pick_statement(project_id: int, annotator_id: int, *, mark: int | None, skip_locked: bool) -> tuple[str, list]:
-    """The SQL and parameters of the pick (``bench/_serve_profile.py`` shows its plan)."""
-    postgres = connection.vendor == "postgresql"
-    lock = ("FOR NO KEY UPDATE SKIP LOCKED" if skip_locked else "FOR NO KEY UPDATE") if postgres else ""
-    # The plan must not depend on statistics (they lag behind a project that is being labelled), so the
-    # statement is shaped to leave PostgreSQL's planner one good plan at every project size and history:
-    # - ``project_id = ANY(...)`` with ORDER BY (project_id, id): only item_open_idx gives that order (with
-    #   ``project_id = X`` the planner drops the project from the order and walks the primary key, through every
-    #   item of older projects: 10-15 ms at 100k items instead of 0.3);
-    # - the annotator's mark (None: from the start) is a parameter, read with the membership's lock;
-    # - ``OFFSET 0`` keeps NOT EXISTS a probe of one index entry per candidate item, never a scan of the
-    #   annotator's whole history.
-    project = "i.project_id = ANY(%s)" if postgres else "i.project_id = %s"
-    above = "AND i.id > %s" if mark is not None else ""
-    probe = "OFFSET 0" if postgres else ""
-    sql = f"""
-        UPDATE annotate_item SET open_slots = open_slots - 1
-        WHERE open_slots > 0 AND id = (
-            SELECT i.id FROM annotate_item i
-            WHERE {project} AND i.open_slots > 0 AND i.purpose = 'normal' {above}
-              AND NOT EXISTS (SELECT 1 FROM annotate_task u WHERE u.item_id = i.id AND u.annotator_id = %s {probe})
-            ORDER BY i.project_id, i.id LIMIT 1 {lock}
-        )
-        RETURNING {_ITEM_COLUMNS}
-    """  # fmt: skip
-    project_param = [project_id] if postgres else project_id
-    return sql, [project_param] + ([mark] if mark is not None else []) + [annotator_id]
-
-
-_ITEM_COLUMNS = ", ".join(f.column for f in Item._meta.concrete_fields)
 
 
 _NOT_ADMITTED = {
@@ -739,7 +700,7 @@ def _record_judgment(task: Task, payload: dict, idempotency_key: str, source: st
     # The task row lock serialises every submit for this task (double clicks, retries, edits). Only this row:
     # NO KEY UPDATE, which the foreign-key checks of other inserts (KEY SHARE) do not wait for. The project and
     # the item never change for a task, so the caller's loaded ones are kept.
-    locked = rows.fetch("SELECT status FROM annotate_task WHERE id = %s" + rows.for_update(), [task.pk], [])
+    locked = rows.fetch(rows.task_status(lock=True), [task.pk], [])
     if locked is None:
         raise Task.DoesNotExist("No such task.")
     task = copy.copy(task)  # the caller's instance stays as it was if this transaction rolls back

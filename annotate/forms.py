@@ -386,7 +386,7 @@ class ImportForm(forms.Form):
     votes_as = forms.RegexField(
         regex=r"^[\w.@+-]{1,150}$",
         required=False,
-        label="Record the file's own preferences (TRL/HH chosen) as votes of",
+        label="Record the file's own labels (TRL/HH chosen, OpenAssistant ranks) as votes of",
         widget=forms.TextInput(attrs={"placeholder": "annotator name (optional)", "autocomplete": "off"}),
     )
 
