@@ -183,7 +183,7 @@ SPECTACULAR_SETTINGS = {
         "ProjectKindEnum": "annotate.models.Kind",
         "TaskStatusEnum": "annotate.models.Task.Status",
         "MembershipStatusEnum": "annotate.models.Membership.Status",
-        "RunKindEnum": "training.models.RunKind",
+        "RunKindEnum": "training.kinds.choices",
         "RunStatusEnum": "training.models.RunStatus",
         "ArtifactKindEnum": "training.models.ArtifactKind",
     },

@@ -13,7 +13,7 @@ A run trains on its snapshot's ``train`` split and reports accuracy on its ``tes
 (``criterion=helpfulness``) trains on a snapshot exported with that criterion (annotate.exports'
 ``ExportOptions.criterion``). When the project has criteria, a run also reports accuracy per criterion: the other
 criteria's preferences on the snapshot's test prompts — only those, so nothing the model trained on is scored —
-the snapshot's own ``test:<criterion>`` splits (``annotate.exports.writing.criterion_tests``), written and hashed with it.
+the snapshot's own ``test:<criterion>`` splits (annotate.exports' ``criterion_tests``), written and hashed with it.
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ from pathlib import Path
 import orjson
 import pandas as pd
 
-from annotate.exports import ExportError, canonical, snapshot_files
-from annotate.exports.aggregation import pair_votes
-from annotate.exports.reading import vote_frame
+from annotate.exports import ExportError, canonical, pair_votes, snapshot_files, vote_frame
 from annotate.imports import RowError, normalize_messages
 from annotate.models import Item, Kind, Response
 
-from .models import PROMPT_KINDS
+from . import kinds
+from .runners.data import load_split
 
 
 def _write_jsonl(rows: list[dict], path) -> str:
@@ -48,11 +47,12 @@ def run_datasets(run) -> tuple[dict[str, str], str]:
     A snapshot-driven run reads the snapshot's own files and nothing else (no votes are read again here), so
     every split it trains or is scored on is covered by the snapshot's content hash. A snapshot made before
     per-criterion test splits existed has none, and its runs report no per-criterion accuracy."""
-    if run.kind in PROMPT_KINDS:
+    kind = kinds.get(run.kind)
+    if kind.reads == kinds.PROMPTS:
         return prompt_datasets(run)
     snapshot = run.snapshot
     paths = dict(snapshot_files(snapshot))
-    if run.kind != "reward":  # sft and dpo read the train and test splits as they are
+    if kind.publishes != kinds.REWARD_MODEL:  # a policy (sft, dpo) reads the train and test splits as they are
         return {name: path for name, path in paths.items() if name in ("train", "test")}, snapshot.content_hash
     criterion = (run.config or {}).get("criterion") or ""
     criteria = [c for c in (snapshot.project.criteria or []) if c != criterion]
@@ -91,7 +91,7 @@ def item_prompt_rows(items) -> list[dict]:
 
 def disagreed_items(pairs: pd.DataFrame) -> set[int]:
     """Items on which annotators disagree: some pair of responses got different answers (a winner, the other
-    winner, or a tie) from two or more votes. ``pairs`` are :func:`annotate.exports.aggregation.pair_votes` rows.
+    winner, or a tie) from two or more votes. ``pairs`` are :func:`annotate.exports.pair_votes` rows.
 
     >>> disagreed_items(pd.DataFrame({"item": [1, 1, 2, 2], "a": [5, 5, 7, 7], "b": [6, 6, 8, 8],
     ...                               "winner": pd.array([5, 6, 7, 7], dtype="Int64")}))
@@ -166,8 +166,6 @@ def _prompt_text(messages):
 
 def snapshot_prompt_rows(snapshot, split: str) -> list[dict]:
     """The distinct prompts of a snapshot's split (trl rows' ``prompt``, sft rows' ``messages`` minus the answer)."""
-    from .runners.reward import load_split
-
     files = snapshot_files(snapshot)
     if split not in files:
         raise PromptsError(f"Snapshot {snapshot.pk} has no {split} split (make one with a test share, e.g. test_size=0.1).")

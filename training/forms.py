@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from django import forms
 
-from annotate.models import Kind, Project, Snapshot
+from annotate.models import Snapshot
 
+from . import kinds
 from .datasets import PROMPT_SOURCES
-from .models import ModelArtifact
-from .runners import available_kinds, config_class
 from .runners.base import ConfigError
 from .selectors import allowed_base_models, training_projects
 
@@ -24,8 +23,8 @@ KEY_OPTIONS = [
 def option_rows() -> list[dict]:
     """The key options of every available kind, each once (the first kind that has it gives its default and help)."""
     rows, seen = [], set()
-    for kind in available_kinds():
-        for row in config_class(kind).describe():
+    for kind in kinds.available():
+        for row in kinds.get(kind).config.describe():
             if row["name"] in KEY_OPTIONS and row["name"] not in seen:
                 seen.add(row["name"])
                 rows.append(row)
@@ -38,7 +37,8 @@ class LaunchForm(forms.Form):
     base_model = forms.ChoiceField(help_text="Folders under MODEL_ROOTS and registered artifacts.")
     snapshot = forms.ChoiceField(required=False, help_text="Empty: a fresh snapshot of the current votes, 10% of prompts held out.")
     reward_models = forms.MultipleChoiceField(
-        required=False, help_text="rejection_sampling, ppo, grpo, rloo, evaluate (and optionally generate) score samples with these.",
+        required=False, help_text=", ".join(kinds.names(reward_models=kinds.REWARD_MODEL_NEEDED)) + " (and optionally "
+        + ", ".join(kinds.names(reward_models=kinds.OPTIONAL_REWARD_MODEL)) + ") score samples with these.",
     )  # fmt: skip
     reward_weights = forms.CharField(required=False, help_text="Weights of the reward models in the order listed, e.g. 0.7, 0.3; empty: equal.")
     target_project = forms.ChoiceField(required=False, help_text="generate: the pairwise or ranking project whose new round gets the candidates (empty: this project).")
@@ -59,7 +59,7 @@ class LaunchForm(forms.Form):
         super().__init__(*args, **kwargs)
         projects = training_projects(user, "admin")
         self.fields["project"].choices = [(p.slug, f"{p.name} ({p.slug})") for p in projects]
-        self.fields["kind"].choices = [(k, k) for k in available_kinds()]
+        self.fields["kind"].choices = [(k, k) for k in kinds.available()]
         self.fields["base_model"].choices = allowed_base_models(user)
         snapshots = Snapshot.objects.filter(project__in=projects).select_related("project")[:200]
         self.fields["snapshot"].choices = [("", "a fresh snapshot")] + [
@@ -88,7 +88,7 @@ class LaunchForm(forms.Form):
         kind = cleaned.get("kind")
         if kind:
             try:
-                cleaned["values"] = config_class(kind).parse_overrides(pairs)
+                cleaned["values"] = kinds.get(kind).config.parse_overrides(pairs)
             except ConfigError as exc:
                 raise forms.ValidationError(str(exc)) from None
         cleaned["reward_model_values"] = self._weighted(cleaned.get("reward_models") or [], cleaned.get("reward_weights") or "")
@@ -123,20 +123,15 @@ class NextRoundForm(forms.Form):
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        targets = training_projects(user, "admin").filter(kind__in=[Kind.PAIRWISE, Kind.RANKING])
+        targets = training_projects(user, "admin").filter(kind__in=list(kinds.TARGET_RESPONSES))
         self.fields["target_project"].choices = [("", "the run's project")] + [(p.slug, p.slug) for p in targets]
 
     def clean(self):
         cleaned = super().clean()
         pairs = [line.strip() for line in (cleaned.get("extra") or "").splitlines() if line.strip()]
         try:
-            cleaned["values"] = config_class("generate").parse_overrides(pairs) if pairs else {}
+            cleaned["values"] = kinds.get(kinds.NEXT_ROUND).config.parse_overrides(pairs) if pairs else {}
         except (ConfigError, ValueError) as exc:
             raise forms.ValidationError(str(exc)) from None
         return cleaned
 
-
-def project_choices(user, kinds) -> list[tuple[str, str]]:
-    """Projects of ``kinds`` that ``user`` administers, for the send-for-review and human-evaluation forms."""
-    projects: list[Project] = list(training_projects(user, "admin").filter(kind__in=kinds))
-    return [(p.slug, f"{p.name} ({p.slug})") for p in projects]

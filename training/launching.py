@@ -17,14 +17,12 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from annotate.actions import create_snapshot
-from annotate.exports import ExportError, ExportOptions
+from annotate.exports import ExportError, ExportOptions, create_snapshot
 from annotate.models import Kind, Project, Snapshot
 
-from . import datasets
-from .models import PROMPT_KINDS, ArtifactKind, ModelArtifact, RunKind, RunStatus, TrainingRun
-from .rounds import TARGET_RESPONSES, model_label, samples_field
-from .runners import available_kinds, config_class
+from . import datasets, kinds
+from .models import ArtifactKind, ModelArtifact, RunStatus, TrainingRun
+from .rounds import model_label, samples_field
 from .runners.base import ConfigError
 from .scoring import CombinedScorer
 from .selectors import TrainingError, check_launch_access, load_scorer, resolve_base_model, resolve_reward_models
@@ -35,29 +33,33 @@ def default_objective(project: Project) -> str:
     return "regression" if project.kind == Kind.RATING else "bradley_terry"
 
 
-# Reward models score samples in these kinds; sft and dpo learn from the votes directly.
-REWARD_KINDS = ("rejection_sampling", "ppo", "grpo", "rloo", "evaluate")
-NEEDS_REWARD = ("rejection_sampling", "ppo", "grpo", "rloo", "evaluate")
 # Field names an evaluate config may use for the baseline policy (first found wins).
 BASELINE_FIELDS = ("baseline_model", "baseline", "reference_model")
 
 
-def resolve_config(kind: str, project: Project, values: dict, base_model_path: str):
+def training_kind(name: str) -> kinds.TrainingKind:
+    """The registry's entry of ``name``, if this site has its runner; TrainingError otherwise."""
+    try:
+        kind = kinds.get(name)
+    except KeyError as exc:
+        raise TrainingError(exc.args[0]) from None
+    if not kind.available:
+        raise TrainingError(f"{name} runs are not available yet; available: {', '.join(kinds.available())}.")
+    return kind
+
+
+def resolve_config(kind: kinds.TrainingKind, project: Project, values: dict, base_model_path: str):
     """The runner config of a run: the kind's defaults, the project's (objective), then ``values``."""
-    if kind not in RunKind.values:
-        raise TrainingError(f"Unknown kind {kind!r}: use one of {', '.join(RunKind.values)}.")
-    if kind not in available_kinds():
-        raise TrainingError(f"{kind} runs are not available yet; available: {', '.join(available_kinds())}.")
     if "base_model" in values:
         raise TrainingError("Give the base model as --base-model (or the base_model field), not as a config option.")
     data = {**values, "base_model": base_model_path}
-    if kind == RunKind.REWARD:
+    if kind.publishes == kinds.REWARD_MODEL:
         data.setdefault("objective", default_objective(project))
     try:
-        config = config_class(kind).from_dict(data)
+        config = kind.config.from_dict(data)
     except ConfigError as exc:
         raise TrainingError(str(exc)) from None
-    if kind == RunKind.REWARD:
+    if kind.publishes == kinds.REWARD_MODEL:
         _check_reward_project(project, config)
     return config
 
@@ -73,18 +75,18 @@ def _check_reward_project(project: Project, config) -> None:
         raise TrainingError(f"Project {project.slug} has no criterion {config.criterion!r} (its criteria: {known}).")
 
 
-def snapshot_options(config, kind: str = RunKind.REWARD) -> ExportOptions:
-    """The export a run makes when it is given no snapshot: TRL pairs (of its criterion), ratings for a regression
-    reward model, the ``sft`` export for sft on demonstrations; TRAINING_DEFAULT_TEST_SIZE of the prompts held out."""
+def snapshot_options(config, kind: kinds.TrainingKind) -> ExportOptions:
+    """The export a run makes when it is given no snapshot, in the kind's format for this config (TRL pairs of its
+    criterion, ratings for a regression reward model, the ``sft`` export for sft on demonstrations);
+    TRAINING_DEFAULT_TEST_SIZE of the prompts held out."""
     test_size = settings.TRAINING_DEFAULT_TEST_SIZE
-    if getattr(config, "objective", "") == "regression":
-        return ExportOptions(format="ratings", test_size=test_size, seed=0)
-    if kind == RunKind.SFT and getattr(config, "source", "") == "demonstrations":
-        return ExportOptions(format="sft", test_size=test_size, seed=0)
-    return ExportOptions(format="trl", criterion=getattr(config, "criterion", ""), test_size=test_size, seed=0)
+    fmt = kind.snapshot_format(config)
+    if fmt == "trl":
+        return ExportOptions(format="trl", criterion=getattr(config, "criterion", ""), test_size=test_size, seed=0)
+    return ExportOptions(format=fmt, test_size=test_size, seed=0)
 
 
-def _snapshot_for(project: Project, snapshot: Snapshot | None, config, created_by, kind: str = RunKind.REWARD) -> Snapshot:
+def _snapshot_for(project: Project, snapshot: Snapshot | None, config, created_by, kind: kinds.TrainingKind) -> Snapshot:
     wanted = snapshot_options(config, kind)
     if snapshot is None:
         try:
@@ -105,14 +107,15 @@ def _snapshot_for(project: Project, snapshot: Snapshot | None, config, created_b
     return snapshot
 
 
-def _sft_source(project: Project, snapshot: Snapshot | None, values: dict) -> str:
+def _snapshot_source(kind: kinds.TrainingKind, project: Project, snapshot: Snapshot | None, values: dict) -> str:
     """sft learns from demonstrations (an ``sft`` snapshot) or from chosen responses (a ``trl`` one): the snapshot
     given decides, else the ``source`` option, else the project (demonstration projects have demonstrations)."""
     if snapshot is not None:
         fmt = snapshot.options.get("format")
-        source = {"sft": "demonstrations", "trl": "chosen"}.get(fmt)
+        source = kind.source_by_format.get(fmt)
         if source is None:
-            raise TrainingError(f"sft trains on an sft snapshot (demonstrations) or a trl one (chosen responses); snapshot {snapshot.pk} is {fmt}.")
+            accepted = " or ".join(f"{f} (source={s})" for f, s in kind.source_by_format.items())
+            raise TrainingError(f"{kind.name} trains on a snapshot exported as {accepted}; snapshot {snapshot.pk} is {fmt}.")
         if values.get("source", source) != source:
             raise TrainingError(f"Snapshot {snapshot.pk} is a {fmt} export: it goes with source={source}, not {values['source']}.")
         return source
@@ -149,12 +152,12 @@ def _parent(project: Project, parent) -> TrainingRun | None:
     return run
 
 
-def _check_target(kind: str, target: Project | None, config) -> None:
-    if kind != RunKind.GENERATE:
+def _check_target(kind: kinds.TrainingKind, target: Project | None, config) -> None:
+    if kind.publishes != kinds.CANDIDATES:
         if target is not None:
-            raise TrainingError("--target-project is for generate runs (they write candidates into it).")
+            raise TrainingError(f"--target-project is for {', '.join(kinds.names(publishes=kinds.CANDIDATES))} runs (they write candidates into it).")
         return
-    if target.kind not in TARGET_RESPONSES:
+    if target.kind not in kinds.TARGET_RESPONSES:
         raise TrainingError(
             f"Candidates go into a pairwise or ranking project; {target.slug} is a {target.kind} project."
         )
@@ -162,20 +165,21 @@ def _check_target(kind: str, target: Project | None, config) -> None:
     if field is None:
         return
     k = getattr(config, field)
-    low, high = TARGET_RESPONSES[target.kind]
+    low, high = kinds.TARGET_RESPONSES[target.kind]
     if not low <= k <= high:
         fits = "exactly 2" if low == high else f"{low} to {high}"
         hint = " (for more samples per prompt, target a ranking project)" if target.kind == Kind.PAIRWISE else ""
         raise TrainingError(f"{target.slug} is a {target.kind} project: its items hold {fits} responses, so set {field} to that, not {k}{hint}.")
 
 
-def _reward_values(kind: str, rewards: list, values: dict) -> dict:
+def _reward_values(kind: kinds.TrainingKind, rewards: list, values: dict) -> dict:
     if not rewards:
-        if kind in NEEDS_REWARD:
-            raise TrainingError(f"A {kind} run scores samples with a reward model: give one or more (--reward-model artifact:ID).")
+        if kind.reward_models == kinds.REWARD_MODEL_NEEDED:
+            raise TrainingError(f"A {kind.name} run scores samples with a reward model: give one or more (--reward-model artifact:ID).")
         return values
-    if kind not in REWARD_KINDS and kind != RunKind.GENERATE:
-        raise TrainingError(f"--reward-model is for the policy kinds that score samples ({', '.join(REWARD_KINDS)}, generate); a {kind} run uses none.")
+    if kind.reward_models == kinds.NO_REWARD_MODEL:
+        scoring = kinds.names(reward_models=kinds.REWARD_MODEL_NEEDED) + kinds.names(reward_models=kinds.OPTIONAL_REWARD_MODEL)
+        raise TrainingError(f"--reward-model is for the policy kinds that score samples ({', '.join(scoring)}); a {kind.name} run uses none.")
     if "reward_models" in values or "reward_weights" in values:
         raise TrainingError("Give reward models as --reward-model ARTIFACT[:WEIGHT] (or reward_models in the API), not as config options.")
     values = {**values, "reward_models": [str(r.path) for r in rewards]}
@@ -184,18 +188,18 @@ def _reward_values(kind: str, rewards: list, values: dict) -> dict:
     return values
 
 
-def _baseline_values(kind: str, baseline, values: dict) -> tuple[dict, object]:
-    if kind != RunKind.EVALUATE:
+def _baseline_values(kind: kinds.TrainingKind, baseline, values: dict) -> tuple[dict, object]:
+    if kind.publishes != kinds.COMPARISONS:
         if baseline:
-            raise TrainingError("--baseline is for evaluate runs (the policy the new one is compared with).")
+            raise TrainingError(f"--baseline is for {', '.join(kinds.names(publishes=kinds.COMPARISONS))} runs (the policy the new one is compared with).")
         return values, None
     if not baseline:
-        raise TrainingError("An evaluate run compares the policy (--base-model) with a baseline: give --baseline PATH_OR_ARTIFACT.")
+        raise TrainingError(f"An {kind.name} run compares the policy (--base-model) with a baseline: give --baseline PATH_OR_ARTIFACT.")
     chosen = resolve_base_model(baseline)
-    names = {row["name"] for row in config_class(kind).describe()}
+    names = {row["name"] for row in kind.config.describe()}
     field = next((name for name in BASELINE_FIELDS if name in names), None)
     if field is None:
-        raise TrainingError("The evaluate runner has no baseline option.")
+        raise TrainingError(f"The {kind.name} runner has no baseline option.")
     if field in values:
         raise TrainingError("Give the baseline as --baseline (or the baseline field), not as a config option.")
     return {**values, field: str(chosen.path)}, chosen
@@ -209,9 +213,14 @@ def _scorer(rewards: list):
     return CombinedScorer([(scorer, r.weight if r.weight is not None else 1.0) for scorer, r in zip(loaded, rewards)])
 
 
-def _prompt_rows(kind: str, project: Project, snapshot: Snapshot | None, prompts: Prompts, rewards: list, created_by):
+def _prompt_rows(kind: kinds.TrainingKind, project: Project, snapshot: Snapshot | None, prompts: Prompts, rewards: list, created_by):
     """``(rows, test rows, snapshot, inputs)`` of a prompt-driven run; TrainingError when none can be chosen."""
-    source = prompts.source or ("snapshot-test" if kind == RunKind.EVALUATE else "file" if prompts.data is not None else "items")
+    if prompts.source:
+        source = prompts.source
+    elif kind.default_prompts != "items":  # evaluate: the snapshot's test prompts, whatever else was given
+        source = kind.default_prompts
+    else:
+        source = "file" if prompts.data is not None else "items"
     if source.startswith("snapshot-") and snapshot is None:
         try:
             snapshot, _ = create_snapshot(project, ExportOptions(format="trl", test_size=settings.TRAINING_DEFAULT_TEST_SIZE, seed=0), created_by=created_by)
@@ -243,6 +252,8 @@ def launch_run(*, project: Project, kind: str, base_model: str, snapshot: Snapsh
     """Validate, snapshot or choose prompts as the kind needs, and queue a run. Bad input raises TrainingError and
     writes nothing (except a fresh snapshot, which is a valid export in its own right).
 
+    What the kind reads, needs and publishes comes from its entry in training.kinds:
+
     - reward, dpo: a ``trl`` snapshot (``ratings`` for a regression reward model); sft: ``sft`` or ``trl``.
     - generate, rejection_sampling, ppo, grpo, rloo, evaluate: a prompts file written into the run's work folder
       (``prompts``: from the project's items, its disagreements, a reward model's low-confidence items, a
@@ -253,21 +264,22 @@ def launch_run(*, project: Project, kind: str, base_model: str, snapshot: Snapsh
     """
     prompts = prompts or Prompts()
     values = dict(values or {})
+    kind = training_kind(kind)
     base = resolve_base_model(base_model)
     parent = _parent(project, parent)
     target = _project(target_project)
-    if kind == RunKind.GENERATE and target is None:
+    if kind.publishes == kinds.CANDIDATES and target is None:
         target = project
     rewards = resolve_reward_models(reward_models)
     values = _reward_values(kind, rewards, values)
     values, baseline_model = _baseline_values(kind, baseline, values)
-    if kind == RunKind.SFT:
-        values["source"] = _sft_source(project, snapshot, values)
+    if kind.source_by_format:
+        values["source"] = _snapshot_source(kind, project, snapshot, values)
     reference = None
     if values.get("ref_model"):  # dpo's reference policy: only from MODEL_ROOTS or the registry, like the base model
         reference = resolve_base_model(str(values["ref_model"]))
         values["ref_model"] = str(reference.path)
-    if kind == RunKind.GENERATE and not values.get("model_label"):
+    if kind.publishes == kinds.CANDIDATES and not values.get("model_label"):
         values["model_label"] = model_label(str(base.path), base.artifact)
     config = resolve_config(kind, project, values, str(base.path))
     _check_target(kind, target, config)
@@ -275,11 +287,12 @@ def launch_run(*, project: Project, kind: str, base_model: str, snapshot: Snapsh
                    reference.artifact if reference else None]
     check_launch_access(launched_by, project, models_used, target)
     rows, inputs = None, {}
-    if kind in PROMPT_KINDS:
+    if kind.reads == kinds.PROMPTS:
         rows, snapshot, inputs = _prompt_rows(kind, project, snapshot, prompts, rewards, launched_by)
     else:
         if prompts.source or prompts.data is not None:
-            raise TrainingError(f"A {kind} run learns from a snapshot's votes, not from prompts (--prompts-from is for {', '.join(PROMPT_KINDS)}).")
+            prompt_kinds = ", ".join(kinds.names(reads=kinds.PROMPTS))
+            raise TrainingError(f"A {kind.name} run learns from a snapshot's votes, not from prompts (--prompts-from is for {prompt_kinds}).")
         snapshot = _snapshot_for(project, snapshot, config, launched_by, kind)
     if reference is not None:
         inputs["ref_model"] = {"path": str(reference.path), "artifact": reference.artifact.pk if reference.artifact else None}
@@ -288,7 +301,7 @@ def launch_run(*, project: Project, kind: str, base_model: str, snapshot: Snapsh
                               "label": baseline_model.label}  # fmt: skip
     with transaction.atomic():
         run = TrainingRun.objects.create(
-            project=project, kind=kind, config=config.to_dict(), snapshot=snapshot, snapshot_hash=snapshot.content_hash if snapshot else "",
+            project=project, kind=kind.name, config=config.to_dict(), snapshot=snapshot, snapshot_hash=snapshot.content_hash if snapshot else "",
             base_model=str(base.path), base_artifact=base.artifact, parent=parent, launched_by=launched_by, target_project=target,
             inputs=inputs,
         )  # fmt: skip
@@ -312,7 +325,7 @@ def start_next_round(policy_run: TrainingRun, *, launched_by=None, target_projec
     if policy_run.status != RunStatus.SUCCEEDED or artifact is None or artifact.kind != ArtifactKind.POLICY:
         raise TrainingError(f"Run {policy_run.pk} has no finished policy to write the next round with.")
     return launch_run(
-        project=policy_run.project, kind=RunKind.GENERATE, base_model=f"artifact:{artifact.pk}", values=values,
+        project=policy_run.project, kind=kinds.NEXT_ROUND, base_model=f"artifact:{artifact.pk}", values=values,
         launched_by=launched_by, parent=policy_run, enqueue=enqueue, reward_models=reward_models,
         target_project=target_project or policy_run.target_project or policy_run.project, prompts=prompts,
     )  # fmt: skip

@@ -2,9 +2,9 @@
 
 The vocabulary, used the same way in the pages, the API, the command and the docs:
 
-- A **run** is one training job of one ``kind`` (reward, sft, dpo, rejection_sampling, ppo, grpo, rloo, generate,
-  evaluate) on one project's **snapshot** (reward, sft, dpo) or on **prompts** chosen at launch (the others),
-  starting from a **base model** (a folder under ``MODEL_ROOTS`` or a registered artifact). It moves queued → running → succeeded / failed / cancelled. Its ``config`` is the resolved
+- A **run** is one training job of one ``kind`` (training.kinds: reward, sft, dpo, rejection_sampling, ppo, grpo,
+  rloo, generate, evaluate) on one project's **snapshot** (reward, sft, dpo) or on **prompts** chosen at launch (the
+  others; the kind's ``reads``), starting from a **base model** (a folder under ``MODEL_ROOTS`` or a registered artifact). It moves queued → running → succeeded / failed / cancelled. Its ``config`` is the resolved
   runner config (every field, defaults included), so a run can be repeated exactly.
 - A worker runs it in a subprocess and keeps its **heartbeat** fresh; a run whose heartbeat goes stale lost its
   worker and is re-queued (resuming from its last **checkpoint**, ``attempt`` + 1) or failed, per
@@ -25,23 +25,7 @@ from django.db import models
 
 from annotate.models import Project, Round, Snapshot
 
-
-class RunKind(models.TextChoices):
-    REWARD = "reward", "Reward model"
-    SFT = "sft", "Supervised fine-tuning"
-    DPO = "dpo", "DPO"
-    REJECTION_SAMPLING = "rejection_sampling", "Rejection sampling"
-    PPO = "ppo", "PPO"
-    GRPO = "grpo", "GRPO"
-    RLOO = "rloo", "RLOO"
-    GENERATE = "generate", "Generate candidates"
-    EVALUATE = "evaluate", "Evaluate against a baseline"
-
-
-# Kinds that write a model into the registry; generate and evaluate write data (candidates, comparisons) instead.
-MODEL_KINDS = ("reward", "sft", "dpo", "rejection_sampling", "ppo", "grpo", "rloo")
-# Kinds that read a prompts file (training.datasets) rather than a snapshot's preference rows.
-PROMPT_KINDS = ("generate", "rejection_sampling", "ppo", "grpo", "rloo", "evaluate")
+from . import kinds
 
 
 class RunStatus(models.TextChoices):
@@ -58,7 +42,8 @@ FINISHED_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
 
 class TrainingRun(models.Model):
     project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="training_runs")
-    kind = models.CharField(max_length=24, choices=RunKind.choices)
+    # A callable: the registry's kinds, a kind registered later included (and no migration when one is added).
+    kind = models.CharField(max_length=24, choices=kinds.choices)
     status = models.CharField(max_length=12, choices=RunStatus.choices, default=RunStatus.QUEUED)
     config = models.JSONField(help_text="The resolved runner config: every field, defaults included.")
     snapshot = models.ForeignKey(Snapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="training_runs")
@@ -132,8 +117,13 @@ class TrainingRun(models.Model):
         return (self.config or {}).get("criterion") or ""
 
     @property
+    def training_kind(self) -> kinds.TrainingKind | None:
+        """The registry's entry of this run's kind (None for a kind this site no longer registers)."""
+        return kinds.KINDS.get(self.kind)
+
+    @property
     def makes_model(self) -> bool:
-        return self.kind in MODEL_KINDS
+        return bool(self.training_kind and self.training_kind.makes_model)
 
     @property
     def prompts_path(self) -> Path:

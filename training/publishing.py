@@ -14,9 +14,9 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from . import cards
+from . import cards, kinds
 from .lifecycle import PublishFailed, lock_running, succeed
-from .models import ArtifactKind, ModelArtifact, RunKind, TrainingRun
+from .models import ArtifactKind, ModelArtifact, TrainingRun
 from .rounds import comparison_outcome, create_candidate_round, read_output_rows
 from .runners.base import folder_size, read_arbiter_json
 from .selectors import win_rate
@@ -27,14 +27,15 @@ def publish_run(run: TrainingRun, output_dir: Path, metrics: dict, dataset_hash:
     rejection_sampling's kept samples are kept in the run's folder), a new round of the target project
     (generate), or the comparisons and the win rate (evaluate). All or nothing, like :func:`register_artifact`."""
     output_dir = Path(output_dir)
-    if run.kind == RunKind.GENERATE:
+    kind = kinds.get(run.kind)
+    if kind.publishes == kinds.CANDIDATES:
         return create_candidate_round(run, _keep_output(run, output_dir, "candidates.jsonl"), metrics, dataset_hash)
-    if run.kind == RunKind.EVALUATE:
+    if kind.publishes == kinds.COMPARISONS:
         return complete_evaluation(run, _keep_output(run, output_dir, "comparisons.jsonl"), metrics, dataset_hash)
-    if run.kind == RunKind.REJECTION_SAMPLING and (output_dir / "kept.jsonl").is_file():
-        kept = _keep_output(run, output_dir, "kept.jsonl")
+    if kind.review_file and (output_dir / kind.review_file).is_file():
+        kept = _keep_output(run, output_dir, kind.review_file)
         metrics = {**metrics, "kept_samples": float(sum(1 for line in kept.read_bytes().splitlines() if line.strip()))}
-        os.remove(output_dir / "kept.jsonl")
+        os.remove(output_dir / kind.review_file)
     return register_artifact(run, output_dir, metrics, dataset_hash)
 
 
@@ -67,7 +68,7 @@ def register_artifact(run: TrainingRun, output_dir: Path, metrics: dict, dataset
             shutil.rmtree(final)  # left by an attempt that died between the rename and its commit
         artifact = ModelArtifact.objects.create(
             project=run.project, run=run, name=f"{run.project.slug}-{artifact_folder_name(run)}",
-            kind=ArtifactKind.REWARD if run.kind == RunKind.REWARD else ArtifactKind.POLICY, path=str(relative),
+            kind=ArtifactKind.REWARD if kinds.get(run.kind).publishes == kinds.REWARD_MODEL else ArtifactKind.POLICY, path=str(relative),
             base_model=run.base_model, base_artifact=run.base_artifact, snapshot=run.snapshot, snapshot_hash=run.snapshot_hash,
             criterion=run.criterion, is_adapter=bool(info.get("is_adapter")), config=run.config, metrics=metrics,
             created_by=run.launched_by,

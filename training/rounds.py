@@ -17,22 +17,20 @@ from django.db import transaction
 
 from annotate.actions import import_items
 from annotate.imports import ImportFailed, ParsedItem, RowError, normalize_messages
-from annotate.models import Kind, Project, Round
+from annotate.models import Project, Round
 
+from . import kinds
 from .lifecycle import PublishFailed, lock_running, succeed
-from .models import ModelArtifact, RoundPurpose, RunKind, RunRound, RunStatus, TrainingRun
-from .runners import config_class
+from .models import ModelArtifact, RoundPurpose, RunRound, RunStatus, TrainingRun
 from .selectors import TrainingError
 
 
-# How many responses a generated item of each target kind holds.
-TARGET_RESPONSES = {Kind.PAIRWISE: (2, 2), Kind.RANKING: (3, 9)}
 # Field names a generate config may use for K, the samples per prompt (first found wins).
 SAMPLES_FIELDS = ("num_samples", "samples_per_prompt", "num_return_sequences", "k", "num_generations")
 
 
-def samples_field(kind: str) -> str | None:
-    names = {row["name"] for row in config_class(kind).describe()}
+def samples_field(kind: kinds.TrainingKind) -> str | None:
+    names = {row["name"] for row in kind.config.describe()}
     return next((name for name in SAMPLES_FIELDS if name in names), None)
 
 
@@ -57,7 +55,7 @@ def candidate_items(run: TrainingRun, rows: list[dict], target: Project) -> tupl
     """Candidates rows → items for ``target`` (ParsedItem), each response labelled with the model that wrote it.
     Identical samples of a prompt count once; a prompt left with too few distinct samples for the target's kind
     is skipped (returned as the count)."""
-    low, high = TARGET_RESPONSES[target.kind]
+    low, high = kinds.TARGET_RESPONSES[target.kind]
     label = model_label(run.base_model, run.base_artifact)
     parsed, skipped = [], 0
     for number, row in enumerate(rows, 1):
@@ -91,7 +89,7 @@ def create_candidate_round(run: TrainingRun, path: Path, metrics: dict, dataset_
     """generate's candidates become a NEW round of the target project, whose ``source`` records the model, the run
     and the snapshot behind the model; the run succeeds in the same transaction. A failure leaves no half round."""
     target = run.target_project or run.project
-    if target.kind not in TARGET_RESPONSES:
+    if target.kind not in kinds.TARGET_RESPONSES:
         raise PublishFailed(f"Candidates go into a pairwise or ranking project; {target.slug} is {target.kind}.")
     parsed, skipped = candidate_items(run, read_output_rows(path), target)
     if not parsed:
@@ -100,7 +98,7 @@ def create_candidate_round(run: TrainingRun, path: Path, metrics: dict, dataset_
         "kind": "generated", "run": run.pk, "source_project": run.project.slug,
         "model": {"path": run.base_model, "artifact": run.base_artifact_id, "name": model_label(run.base_model, run.base_artifact)},
         "snapshot": lineage_snapshot(run), "prompts": run.inputs.get("prompts_from", ""),
-        "sampling": {k: run.config.get(k) for k in ("temperature", "top_p", "max_new_tokens", samples_field(run.kind)) if k},
+        "sampling": {k: run.config.get(k) for k in ("temperature", "top_p", "max_new_tokens", samples_field(kinds.get(run.kind))) if k},
     }  # fmt: skip
     with transaction.atomic():
         locked = lock_running(run)
@@ -172,12 +170,14 @@ def _add_round(run: TrainingRun, target: Project, parsed: list, source: dict, pu
 def send_kept_for_review(run: TrainingRun, target: Project, created_by=None):
     """rejection_sampling's kept samples as a new round of ``target`` (a rating, demonstration or steps project:
     one response per item), for annotators to rate, correct or label."""
-    if run.kind != RunKind.REJECTION_SAMPLING or run.status != RunStatus.SUCCEEDED:
-        raise TrainingError("Only a succeeded rejection_sampling run has kept samples to review.")
-    kept = run.work_dir / "kept.jsonl"
+    kind = run.training_kind
+    if kind is None or not kind.review_file or run.status != RunStatus.SUCCEEDED:
+        reviewed = " or ".join(k.name for k in kinds.KINDS.values() if k.review_file)
+        raise TrainingError(f"Only a succeeded {reviewed} run has kept samples to review.")
+    kept = run.work_dir / kind.review_file
     if not kept.is_file():
         raise TrainingError(f"The kept samples of run {run.pk} are missing from {kept}.")
-    if target.kind not in (Kind.RATING, Kind.DEMONSTRATION, Kind.STEPS):
+    if target.kind not in kinds.REVIEW_TARGETS:
         raise TrainingError(f"Kept samples are one response per prompt: send them to a rating, demonstration or steps project, not a {target.kind} one.")
     label = model_label(run.base_model, run.base_artifact)
     parsed = []
@@ -185,7 +185,7 @@ def send_kept_for_review(run: TrainingRun, target: Project, created_by=None):
         try:
             prompt = normalize_messages(row["prompt"])
         except RowError as exc:
-            raise TrainingError(f"kept.jsonl, line {number}: {exc}") from None
+            raise TrainingError(f"{kind.review_file}, line {number}: {exc}") from None
         metadata = {"run": run.pk, "score": row.get("score"), "mean_score": row.get("mean_score")}
         parsed.append(ParsedItem(line=number, prompt=prompt, external_id=f"run{run.pk}-kept-{number}",
                                  responses=[{"text": str(row.get("response", "")), "model": label, "metadata": metadata}],
@@ -199,9 +199,11 @@ def create_human_eval_round(run: TrainingRun, target: Project, created_by=None, 
     """An evaluate run's comparisons as a pairwise round of ``target``: each item holds the new policy's and the
     baseline's responses in a random order; each response records its arm (``metadata["arm"]``) and the item the
     new one's index, so :func:`training.selectors.human_eval_results` decodes the votes whatever was shown where."""
-    if run.kind != RunKind.EVALUATE or run.status != RunStatus.SUCCEEDED:
-        raise TrainingError("Only a succeeded evaluate run has comparisons for a human evaluation.")
-    if target.kind != Kind.PAIRWISE:
+    kind = run.training_kind
+    if kind is None or kind.publishes != kinds.COMPARISONS or run.status != RunStatus.SUCCEEDED:
+        evaluating = " or ".join(kinds.names(publishes=kinds.COMPARISONS))
+        raise TrainingError(f"Only a succeeded {evaluating} run has comparisons for a human evaluation.")
+    if target.kind not in kinds.HUMAN_EVAL_TARGETS:
         raise TrainingError(f"A human evaluation is a pairwise comparison: {target.slug} is a {target.kind} project.")
     path = run.work_dir / "comparisons.jsonl"
     if not path.is_file():

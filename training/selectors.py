@@ -12,10 +12,11 @@ from django.conf import settings
 
 from annotate.models import ROLE_RANK, Judgment, Project, Response, Role, Round, Snapshot
 
-from .models import MODEL_KINDS, MetricPoint, ModelArtifact, RoundPurpose, RunRound, TrainingRun
+from . import kinds, plots
+from .models import ArtifactKind, MetricPoint, ModelArtifact, RoundPurpose, RunRound, RunStatus, TrainingRun
 from .runners.base import has_safetensors, is_adapter_folder
-from .scoring import RewardScorer
 from .runners.evaluate import wilson_interval  # the reward-model evaluation and the human one report the same interval
+from .scoring import RewardScorer
 
 
 class TrainingError(ValueError):
@@ -132,6 +133,11 @@ def check_launch_access(user, project: Project, artifacts, target: Project | Non
         raise TrainingError(f"No project {target.slug!r}.")
 
 
+def administered_projects(user, project_kinds) -> list[tuple[str, str]]:
+    """``(slug, label)`` of the projects of ``project_kinds`` that ``user`` administers: where a round can go."""
+    return [(p.slug, f"{p.name} ({p.slug})") for p in training_projects(user, Role.ADMIN).filter(kind__in=project_kinds)]
+
+
 def sees_training(user) -> bool:
     return training_projects(user).exists()
 
@@ -164,6 +170,51 @@ def metric_series(run: TrainingRun) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
+# --- the run page ---------------------------------------------------------------------------------
+
+# Metrics shown above the charts: those whose names start with one of these.
+HEADLINE = ("eval_", "loss", "accuracy", "train_loss", "win_rate", "candidate_items", "kept_samples", "reward", "kl", "comparisons")
+
+
+def run_page(run: TrainingRun, user, can_manage: bool) -> dict:
+    """Everything the run page shows: its kind's facts, charts, headline metrics, model, the rounds its output
+    became, and — for an admin of a succeeded run — which of the next steps it offers (the next round from a
+    policy, kept samples to send for review, comparisons for a human evaluation) and the projects they can go to."""
+    kind = run.training_kind
+    artifact = ModelArtifact.objects.filter(run=run).first()
+    made = {link.purpose: link.round for link in RunRound.objects.filter(run=run).select_related("round", "round__project")}
+    review_file = kind.review_file if kind else ""
+    context = {
+        "run": run,
+        "kind": kind,
+        "evaluates": bool(kind and kind.publishes == kinds.COMPARISONS),
+        "can_manage": can_manage,
+        "charts": plots.run_charts(metric_series(run)),
+        "artifact": artifact,
+        "headline": {k: v for k, v in (run.metrics or {}).items() if k.startswith(HEADLINE)},
+        "candidates_round": made.get(RoundPurpose.CANDIDATES),
+        "review_round": made.get(RoundPurpose.REVIEW),
+        "human_eval_round": made.get(RoundPurpose.HUMAN_EVAL),
+        "kept_rows": _count_lines(run.work_dir / review_file) if review_file else 0,
+        "next_runs": list(run.children.filter(kind__in=kinds.names(publishes=kinds.CANDIDATES))),
+        "reward_artifacts": list(run.reward_artifacts.all()),
+    }
+    if can_manage and user is not None and run.status == RunStatus.SUCCEEDED:
+        context["can_start_next"] = bool(artifact and artifact.kind == ArtifactKind.POLICY)
+        if review_file and context["kept_rows"] and not context["review_round"]:
+            context["review_targets"] = administered_projects(user, kinds.REVIEW_TARGETS)
+        if context["evaluates"] and not context["human_eval_round"]:
+            context["eval_targets"] = administered_projects(user, kinds.HUMAN_EVAL_TARGETS)
+    return context
+
+
+def _count_lines(path) -> int:
+    try:
+        return sum(1 for line in path.read_bytes().splitlines() if line.strip())
+    except OSError:
+        return 0
+
+
 # --- scoring with registered models ---------------------------------------------------------------
 
 MAX_CACHED_SCORERS = 2
@@ -171,7 +222,7 @@ MAX_CACHED_SCORERS = 2
 
 def reward_scorer(artifact: ModelArtifact):
     """The artifact's RewardScorer, kept loaded for the next request (a couple of models per process)."""
-    if artifact.kind != "reward":
+    if artifact.kind != ArtifactKind.REWARD:
         raise TrainingError(f"Artifact {artifact.pk} is a {artifact.kind}, not a reward model.")
     if not artifact.folder.is_dir():
         raise TrainingError(f"The files of artifact {artifact.pk} are missing from {artifact.folder}.")
@@ -228,7 +279,7 @@ def resolve_reward_model(value: str) -> RewardModelChoice:
     named = None if re.fullmatch(r"(?:artifact:)?\d+", text) else ModelArtifact.objects.filter(name=text).first()
     chosen = resolve_base_model(f"artifact:{named.pk}" if named else text)
     if chosen.artifact is not None:
-        if chosen.artifact.kind != "reward":
+        if chosen.artifact.kind != ArtifactKind.REWARD:
             raise TrainingError(f"Artifact {chosen.artifact.pk} ({chosen.artifact.name}) is a {chosen.artifact.kind}, not a reward model.")
     else:
         architectures = _architectures(chosen.path)
@@ -296,6 +347,8 @@ def round_chain(project: Project) -> list[RoundStep]:
                 current = index
         return current
 
+    reward_kinds, policy_kinds = kinds.names(publishes=kinds.REWARD_MODEL), kinds.names(publishes=kinds.MODEL)
+    candidate_kinds = kinds.names(publishes=kinds.CANDIDATES)
     steps = []
     for round_ in rounds:
         link = origins.get(round_.pk)
@@ -308,7 +361,7 @@ def round_chain(project: Project) -> list[RoundStep]:
             steps[snapshot_step[snapshot.pk]].snapshots.append(snapshot)
     reward_artifact_step = {}
     for run in runs:
-        if run.kind == "reward":
+        if run.kind in reward_kinds:
             index = snapshot_step.get(run.snapshot_id) if run.snapshot_id else round_of(run.created_at)
             if index is not None:
                 steps[index].reward_runs.append(run)
@@ -316,7 +369,7 @@ def round_chain(project: Project) -> list[RoundStep]:
                     reward_artifact_step[run.made_artifact.pk] = index
     policy_artifact_step = {}
     for run in runs:
-        if run.kind in MODEL_KINDS and run.kind != "reward":
+        if run.kind in policy_kinds:
             scored = [reward_artifact_step[a.pk] for a in run.reward_artifacts.all() if a.pk in reward_artifact_step]
             index = max(scored) if scored else snapshot_step.get(run.snapshot_id) if run.snapshot_id else round_of(run.created_at)
             if index is not None:
@@ -324,7 +377,7 @@ def round_chain(project: Project) -> list[RoundStep]:
                 if run.made_artifact:
                     policy_artifact_step[run.made_artifact.pk] = index
     for run in runs:
-        if run.kind == "generate":
+        if run.kind in candidate_kinds:
             index = policy_artifact_step.get(run.base_artifact_id)
             if index is None:
                 index = round_of(run.created_at)

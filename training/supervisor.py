@@ -39,10 +39,9 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from . import lifecycle, publishing
+from . import kinds, lifecycle, publishing
 from .datasets import run_datasets
 from .models import RunStatus, TrainingRun
-from .runners import load_runner
 from .runners.__main__ import EVENT_PREFIX
 from .runners.base import RunCancelled
 
@@ -197,7 +196,7 @@ class ThreadSource:
 
     def _run(self) -> None:
         try:
-            runner = load_runner(self.spec["kind"])
+            runner = kinds.get(self.spec["kind"]).load_runner()
             config = runner.CONFIG_CLASS.from_dict(self.spec["config"])
             self.metrics = runner.run(config, self.spec["datasets"], self.spec["output_dir"], self._emit, self.spec["checkpoint_dir"])
         except BaseException as exc:  # noqa: BLE001 - reported by outcome()

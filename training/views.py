@@ -11,11 +11,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from annotate.models import Kind, Project, Role
+from annotate.models import Project, Role
 from annotate.permissions import require_role
 
-from . import launching, plots, rounds, selectors, tasks
-from .forms import LaunchForm, NextRoundForm, project_choices
+from . import kinds, launching, rounds, selectors, tasks
+from .forms import LaunchForm, NextRoundForm
 from .models import ModelArtifact, RoundPurpose, RunRound, TrainingRun
 from .selectors import TrainingError
 
@@ -78,45 +78,16 @@ def run_new(request):
         else:
             messages.success(request, f"Run {run.pk} is queued.")
             return redirect("training-run", run_id=run.pk)
-    return render(request, "training/run_new.html", {"form": form}, status=400 if form.errors else 200)
+    context = {"form": form, "snapshot_kinds": kinds.names(reads=kinds.SNAPSHOT), "prompt_kinds": kinds.names(reads=kinds.PROMPTS)}
+    return render(request, "training/run_new.html", context, status=400 if form.errors else 200)
 
 
-HEADLINE = ("eval_", "loss", "accuracy", "train_loss", "win_rate", "candidate_items", "kept_samples", "reward", "kl", "comparisons")
-
-
-def _run_context(run: TrainingRun, membership, user=None) -> dict:
-    artifact = ModelArtifact.objects.filter(run=run).first()
-    made = {link.purpose: link.round for link in RunRound.objects.filter(run=run).select_related("round", "round__project")}
-    can_manage = membership.has_role(Role.ADMIN)
-    context = {
-        "run": run,
-        "can_manage": can_manage,
-        "charts": plots.run_charts(selectors.metric_series(run)),
-        "artifact": artifact,
-        "headline": {k: v for k, v in (run.metrics or {}).items() if k.startswith(HEADLINE)},
-        "candidates_round": made.get(RoundPurpose.CANDIDATES),
-        "review_round": made.get(RoundPurpose.REVIEW),
-        "human_eval_round": made.get(RoundPurpose.HUMAN_EVAL),
-        "kept_rows": _count_lines(run.work_dir / "kept.jsonl") if run.kind == "rejection_sampling" else 0,
-        "next_runs": list(run.children.filter(kind="generate")),
-        "reward_artifacts": list(run.reward_artifacts.all()),
-    }
-    if can_manage and user is not None and run.status == "succeeded":
-        context["can_start_next"] = bool(artifact and artifact.kind == "policy")
-        if context["can_start_next"]:
-            context["next_form"] = NextRoundForm(user=user)
-        if run.kind == "rejection_sampling" and context["kept_rows"] and not context["review_round"]:
-            context["review_targets"] = project_choices(user, [Kind.RATING, Kind.DEMONSTRATION, Kind.STEPS])
-        if run.kind == "evaluate" and not context["human_eval_round"]:
-            context["eval_targets"] = project_choices(user, [Kind.PAIRWISE])
+def _run_page(run: TrainingRun, membership, user) -> dict:
+    """The run page's reads (selectors.run_page), and the next-round form where it offers one."""
+    context = selectors.run_page(run, user, membership.has_role(Role.ADMIN))
+    if context.get("can_start_next"):
+        context["next_form"] = NextRoundForm(user=user)
     return context
-
-
-def _count_lines(path) -> int:
-    try:
-        return sum(1 for line in path.read_bytes().splitlines() if line.strip())
-    except OSError:
-        return 0
 
 
 @never_cache
@@ -128,7 +99,7 @@ def run_detail(request, run_id: int):
         tasks.reap_stale_runs()
         run.refresh_from_db()
     template = "training/run.html#status" if request.htmx else "training/run.html"
-    return render(request, template, _run_context(run, membership, request.user))
+    return render(request, template, _run_page(run, membership, request.user))
 
 
 @login_required
@@ -137,7 +108,7 @@ def run_cancel(request, run_id: int):
     run, membership = _run(request, run_id, Role.ADMIN)
     run = launching.cancel_run(run)
     if request.htmx:
-        return render(request, "training/run.html#status", _run_context(run, membership, request.user))
+        return render(request, "training/run.html#status", _run_page(run, membership, request.user))
     messages.info(request, f"Run {run.pk}: " + ("cancelled." if run.status == "cancelled" else "stopping…"))
     return redirect("training-run", run_id=run.pk)
 

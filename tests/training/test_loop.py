@@ -15,7 +15,7 @@ from annotate import actions as annotate_actions
 from annotate.imports import parse_votes
 from annotate.models import Item, Kind, Response, Round
 from tests.conftest import jsonl
-from training import datasets, launching, lifecycle, rounds, selectors, supervisor
+from training import datasets, kinds, launching, lifecycle, rounds, selectors, supervisor
 from training.models import ModelArtifact, RunRound, RunStatus, TrainingRun
 
 pytestmark = pytest.mark.django_db
@@ -189,10 +189,10 @@ def test_every_available_policy_kind_launches_with_its_data(reward_artifact, pre
             continue
         extra = {"baseline": "tiny-causal"} if kind == "evaluate" else {}
         run = launching.launch_run(project=project, kind=kind, base_model="tiny-causal", enqueue=False,
-                                 reward_models=rm if kind in launching.REWARD_KINDS else (), **extra)  # fmt: skip
+                                 reward_models=rm if kinds.get(kind).reward_models == kinds.REWARD_MODEL_NEEDED else (), **extra)  # fmt: skip
         paths, digest = datasets.run_datasets(run)
         assert Path(paths["train"]).is_file() and len(digest) == 64
-        if kind in launching.REWARD_KINDS:
+        if kinds.get(kind).reward_models == kinds.REWARD_MODEL_NEEDED:
             assert list(run.reward_artifacts.all()) == [reward_artifact] and run.config["reward_models"] == [str(reward_artifact.folder.resolve())]
         launched[kind] = run
     assert {"generate", "evaluate", "sft", "dpo"} <= set(launched)

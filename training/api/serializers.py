@@ -2,21 +2,22 @@
 
 from rest_framework import serializers
 
+from .. import kinds
 from ..datasets import PROMPT_SOURCES
-from ..models import ModelArtifact, RunKind, TrainingRun
+from ..models import ModelArtifact, TrainingRun
 
 
 class RunCreateSerializer(serializers.Serializer):
     """Documents the body; ``launching.launch_run`` validates the values (unknown option, wrong type → 400)."""
 
     project = serializers.SlugField(help_text="Project slug; you must be its admin.")
-    kind = serializers.ChoiceField(choices=RunKind.choices)
+    kind = serializers.ChoiceField(choices=kinds.choices())
     base_model = serializers.CharField(help_text="A folder under MODEL_ROOTS (absolute or relative to a root) or artifact:ID.")
     snapshot = serializers.IntegerField(required=False, allow_null=True, help_text="Default: a fresh snapshot with a test split.")
     config = serializers.DictField(required=False, default=dict, help_text="Runner options (docs/training.md), JSON-typed.")
     reward_models = serializers.ListField(
         child=serializers.CharField(), required=False, default=list, max_length=8,
-        help_text="artifact:ID[:WEIGHT], a registered name or a folder under MODEL_ROOTS (rejection_sampling, ppo, grpo, rloo, evaluate).",
+        help_text=f"artifact:ID[:WEIGHT], a registered name or a folder under MODEL_ROOTS ({', '.join(kinds.names(reward_models=kinds.REWARD_MODEL_NEEDED))}).",
     )  # fmt: skip
     target_project = serializers.SlugField(required=False, allow_null=True, help_text="generate: the pairwise or ranking project that gets the candidates.")
     prompts_from = serializers.ChoiceField(choices=PROMPT_SOURCES, required=False, allow_blank=True)
@@ -27,6 +28,10 @@ class RunCreateSerializer(serializers.Serializer):
     max_prompts = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     baseline = serializers.CharField(required=False, allow_blank=True, help_text="evaluate: the policy compared with.")
     parent = serializers.IntegerField(required=False, allow_null=True, help_text="The run this one continues.")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["kind"].choices = kinds.choices()  # the registry as it is now, a kind registered later included
 
 
 class TargetSerializer(serializers.Serializer):

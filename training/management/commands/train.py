@@ -1,17 +1,36 @@
+import argparse
 import json
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, DjangoHelpFormatter
 
 from annotate.models import Project, Snapshot
 
-from ... import launching, selectors, supervisor, tasks
+from ... import kinds, launching, selectors, supervisor, tasks
 from ...datasets import PROMPT_SOURCES
-from ...models import RunKind, RunStatus
-from ...runners import available_kinds, config_class
+from ...models import RunStatus
 from ...runners.base import ConfigError
 from ...selectors import TrainingError
+
+
+class HelpFormatter(DjangoHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Django's option order, and the table of kinds keeps its lines."""
+
+
+MAKES = {kinds.MODEL: "a policy", kinds.REWARD_MODEL: "a reward model", kinds.CANDIDATES: "a round of candidates",
+         kinds.COMPARISONS: "comparisons with a baseline"}  # fmt: skip
+
+
+def kinds_table() -> str:
+    """What each kind reads, needs and makes, from the registry (training.kinds), for ``train --help``."""
+    lines = ["kinds:"]
+    for kind in kinds.KINDS.values():
+        reads = "prompts" if kind.reads == kinds.PROMPTS else "a snapshot"
+        needs = {kinds.REWARD_MODEL_NEEDED: "; needs --reward-model", kinds.OPTIONAL_REWARD_MODEL: "; --reward-model optional"}
+        lines.append(f"  {kind.name:<19} {kind.label}: reads {reads}, makes {MAKES[kind.publishes]}"
+                     f"{needs.get(kind.reward_models, '')}; base model: {' or '.join(kind.base_models)}")
+    return "\n".join(lines)
 
 
 class Command(BaseCommand):
@@ -21,15 +40,21 @@ class Command(BaseCommand):
         "(generate adds \"round\")."
     )
 
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        parser.epilog = kinds_table()
+        return parser
+
     def add_arguments(self, parser):
-        parser.add_argument("kind", choices=RunKind.values, help=f"Available now: {', '.join(available_kinds())}.")
+        parser.add_argument("kind", choices=list(kinds.KINDS), help=f"Available now: {', '.join(kinds.available())}.")
         parser.add_argument("--project", required=True, help="Project slug.")
         parser.add_argument("--base-model", required=True, help="A folder under MODEL_ROOTS, or artifact:ID from the registry.")
         parser.add_argument("--snapshot", type=int, help="Snapshot id; default: a fresh snapshot with a test split.")
         parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                             help="A config option (repeatable); --help-config lists them.")  # fmt: skip
         parser.add_argument("--reward-model", action="append", default=[], metavar="ARTIFACT[:WEIGHT]",
-                            help="Reward model to score with (repeatable; rejection_sampling, ppo, grpo, rloo, evaluate need one): "
+                            help=f"Reward model to score with (repeatable; {', '.join(kinds.names(reward_models=kinds.REWARD_MODEL_NEEDED))} need one): "
                                  "artifact:ID, a registered name or a folder under MODEL_ROOTS, optionally :WEIGHT.")  # fmt: skip
         parser.add_argument("--target-project", metavar="SLUG", help="generate: the pairwise or ranking project whose new round gets the candidates (default --project).")
         parser.add_argument("--prompts-from", choices=PROMPT_SOURCES,
@@ -45,14 +70,16 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         kind = options["kind"]
-        if kind not in available_kinds():
-            raise CommandError(f"{kind} runs are not available yet; available: {', '.join(available_kinds())}.")
+        try:
+            training_kind = launching.training_kind(kind)
+        except TrainingError as exc:
+            raise CommandError(str(exc)) from None
         if options["help_config"]:
-            for row in config_class(kind).describe():
+            for row in training_kind.config.describe():
                 choices = f" ({' | '.join(row['choices'])})" if row["choices"] else ""
                 self.stdout.write(f"{row['name']} = {row['default']!r}  [{row['type']}]{choices}\n    {row['help']}")
             return
-        if options["reward_model"] and kind == RunKind.REWARD:
+        if options["reward_model"] and training_kind.publishes == kinds.REWARD_MODEL:
             raise CommandError("--reward-model is for policy runs; a reward run trains a reward model.")
         if options["max_prompts"] is not None and options["max_prompts"] < 1:
             raise CommandError("--max-prompts must be at least 1.")
@@ -79,7 +106,7 @@ class Command(BaseCommand):
             if user is None:
                 raise CommandError(f"No user {options['launched_by']!r}.")
         try:
-            values = config_class(kind).parse_overrides(options["overrides"])
+            values = training_kind.config.parse_overrides(options["overrides"])
             run = launching.launch_run(
                 project=project, kind=kind, base_model=options["base_model"], snapshot=snapshot, values=values,
                 launched_by=user, enqueue=not options["foreground"], reward_models=options["reward_model"],
