@@ -7,10 +7,11 @@ unevenly over the other classes (Dirichlet(0.5): favourite mistakes). Crowds var
 labels per item and how skewed (how often wrong) the annotators are. For each crowd, several seeds, it prints:
 
 - the accuracy against the truth of majority vote (ties to the class that sorts first), of our Dawid-Skene
-  (``annotate.reliability.dawid_skene``, run to convergence), of the old 20-iteration cap, and of crowd-kit's
+  (``annotate.reliability.dawid_skene``, SQUAREM-accelerated EM run to its fixed point), of the old 20-iteration cap, and of crowd-kit's
   ``DawidSkene`` with its default early stop (tol 1e-5 on the likelihood gain) and with it disabled (500
   iterations, the cap of ours);
-- our iterations (median and most) and how many fits converged before the cap;
+- our EM steps (median and most; three per SQUAREM cycle, each a plain EM iteration's work) and how many fits
+  converged before the cap;
 - labels on which ours differs from crowd-kit run to 500 iterations, and the time of ours and of crowd-kit's.
 
 Pure computation, no database. Results also go to bench/results/ as JSON (git-ignored).
