@@ -13,7 +13,7 @@ A run trains on its snapshot's ``train`` split and reports accuracy on its ``tes
 (``criterion=helpfulness``) trains on a snapshot exported with that criterion (annotate.exports'
 ``ExportOptions.criterion``). When the project has criteria, a run also reports accuracy per criterion: the other
 criteria's preferences on the snapshot's test prompts — only those, so nothing the model trained on is scored —
-the snapshot's own ``test:<criterion>`` splits (annotate.exports' ``criterion_tests``), written and hashed with it.
+the snapshot's own ``test:<criterion>`` splits (``annotate.exports.writing.criterion_tests``), written and hashed with it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from pathlib import Path
 import orjson
 import pandas as pd
 
-from annotate.exports import ExportError, canonical, pair_votes, snapshot_files, vote_frame
+from annotate.exports import ExportError, canonical, snapshot_files
+from annotate.exports.aggregation import pair_votes
+from annotate.exports.reading import vote_frame
 from annotate.imports import RowError, normalize_messages
 from annotate.models import Item, Kind, Response
 
@@ -91,7 +93,7 @@ def item_prompt_rows(items) -> list[dict]:
 
 def disagreed_items(pairs: pd.DataFrame) -> set[int]:
     """Items on which annotators disagree: some pair of responses got different answers (a winner, the other
-    winner, or a tie) from two or more votes. ``pairs`` are :func:`annotate.exports.pair_votes` rows.
+    winner, or a tie) from two or more votes. ``pairs`` are :func:`annotate.exports.aggregation.pair_votes` rows.
 
     >>> disagreed_items(pd.DataFrame({"item": [1, 1, 2, 2], "a": [5, 5, 7, 7], "b": [6, 6, 8, 8],
     ...                               "winner": pd.array([5, 6, 7, 7], dtype="Int64")}))

@@ -17,7 +17,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from annotate.exports import ExportError, ExportOptions, create_snapshot
+from annotate.actions import create_snapshot
+from annotate.exports import ExportError, ExportOptions
 from annotate.models import Kind, Project, Snapshot
 
 from . import datasets, kinds

@@ -17,7 +17,8 @@ from django.db import connections
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from annotate.exports import ExportOptions, create_snapshot
+from annotate.actions import create_snapshot
+from annotate.exports import ExportOptions
 from tests.conftest import served_database_url
 from tests.training.conftest import FAST
 from training import kinds, launching, lifecycle, supervisor, tasks
