@@ -35,7 +35,8 @@ from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
 from django.db.models.lookups import Exact
 
-from .models import Item, Judgment, Kind, Membership, Project, Response, make_pseudonym
+from .models import Item, Judgment, Kind, Project, Response
+from .selectors import pseudonyms
 
 LEVELS = ("nominal", "ordinal", "interval")
 
@@ -260,6 +261,16 @@ def cohen_kappa_pairs(labels: pd.DataFrame, min_shared: int = 2) -> list[dict]:
     b = annotators[keys % n_annotators].tolist()
     kappas = np.where(np.isnan(kappa), None, kappa).tolist()
     return [{"a": x, "b": y, "kappa": kp, "n": nn} for x, y, kp, nn in zip(a, b, kappas, n.astype(int).tolist())]
+
+
+def cohen_kappa(a: list, b: list) -> float | None:
+    """Cohen's κ of two equally long label lists, ``a[i]`` and ``b[i]`` labels of the same unit: the one pair of
+    :func:`cohen_kappa_pairs`. None when there is no label, or when both used one and the same category
+    throughout (κ is 0/0)."""
+    n = len(a)
+    labels = pd.DataFrame({"item": [*range(n), *range(n)], "annotator": [0] * n + [1] * n, "label": [*a, *b]})
+    pairs = cohen_kappa_pairs(labels, min_shared=1)
+    return pairs[0]["kappa"] if pairs else None
 
 
 def _plain(value):
@@ -689,15 +700,6 @@ def gold_answer_frame(project: Project) -> pd.DataFrame:
         elif isinstance(winner, int) and (item, winner) in responses:
             rows.append((item, OUTCOME_CODES[Judgment.Outcome.WIN], responses[(item, winner)]))
     return pd.DataFrame(rows, columns=["item", "outcome_code", "winner"])
-
-
-def pseudonyms(project: Project, user_ids) -> dict[int, str]:
-    """Membership pseudonyms of ``user_ids`` in ``project`` (never usernames); former members get the same
-    pseudonym they had, which :func:`make_pseudonym` recomputes."""
-    names = dict(
-        Membership.objects.filter(project=project, user_id__in=list(user_ids)).values_list("user_id", "pseudonym")
-    )
-    return {int(u): names.get(int(u)) or make_pseudonym(project.id, int(u)) for u in user_ids}
 
 
 def pairwise_label_frame(project: Project) -> pd.DataFrame:

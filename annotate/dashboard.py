@@ -39,7 +39,7 @@ from .charts import Bar, Point, Reference
 from .judgments import InvalidJudgment, vote_fields
 from .models import Item, Judgment, Kind, Membership, Project, Response
 from .reliability import dawid_skene, length_bias, position_bias
-from .selectors import GOLD_WINDOW
+from .selectors import GOLD_WINDOW, pseudonyms
 from .vetting import MIN_POSITION, MIN_TIMED, gold_score
 
 CACHE_SECONDS = 24 * 3600
@@ -471,7 +471,7 @@ def compute_dashboard(project: Project, summary: dict, over: str = "block") -> d
     responses = response_lengths(project) if pairwise else None
     worked = frame[frame["purpose"] != QUALIFICATION]
     ids = sorted(set(worked["annotator"].tolist()))
-    names = agreement.pseudonyms(project, ids)
+    names = pseudonyms(project, ids)
     statuses = dict(Membership.objects.filter(project=project).values_list("user_id", "status"))
 
     # Agreement over time, on normal items, in the order judgments arrived.

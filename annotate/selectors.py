@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Count, Prefetch, Q, Sum
 
-from .models import Item, Judgment, Membership, Project, Response, Task
+from .models import Item, Judgment, Membership, Project, Response, Task, make_pseudonym
 
 ITEMS_PAGE_MAX = 1000
 
@@ -51,6 +51,16 @@ GOLD_WINDOW = 20  # rolling gold accuracy: the last this many gold answers
 # answers: recent work is what review is about, and a review's cost must not grow with their history (it runs on
 # one submit in ten).
 REVIEW_WINDOW = 1000
+
+
+def pseudonyms(project: Project, user_ids) -> dict[int, str]:
+    """Membership pseudonyms of ``user_ids`` in ``project`` (never usernames): how exports, the agreement report
+    and the dashboard name annotators. Former members get the same pseudonym they had, which
+    :func:`make_pseudonym` recomputes."""
+    names = dict(
+        Membership.objects.filter(project=project, user_id__in=list(user_ids)).values_list("user_id", "pseudonym")
+    )
+    return {int(u): names.get(int(u)) or make_pseudonym(project.id, int(u)) for u in user_ids}
 
 
 def expected_fields(project: Project, item: Item, response_ids: list[int]) -> dict | None:

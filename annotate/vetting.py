@@ -15,6 +15,7 @@ from itertools import combinations
 
 from scipy.stats import binomtest
 
+from .agreement import cohen_kappa
 from .models import Kind
 
 
@@ -49,19 +50,6 @@ def label(kind: str, fields: dict):
     return fields.get("winner_id") if fields["outcome"] == "win" else fields["outcome"]
 
 
-def cohen_kappa(a: list, b: list) -> float:
-    """Cohen's kappa of two equally long label lists (1.0 when both are constant and equal)."""
-    n = len(a)
-    if n == 0:
-        return float("nan")
-    observed = sum(x == y for x, y in zip(a, b)) / n
-    categories = set(a) | set(b)
-    expected = sum((a.count(c) / n) * (b.count(c) / n) for c in categories)
-    if expected == 1:
-        return 1.0 if observed == 1 else 0.0
-    return (observed - expected) / (1 - expected)
-
-
 @dataclass
 class QualificationResult:
     admitted: bool
@@ -79,6 +67,8 @@ def qualify(kind: str, metric: str, threshold: float, pairs: list[tuple[dict, di
     """Admit a candidate whose answers (``(expected, answer)`` field pairs) reach ``threshold``."""
     if metric == "cohen_kappa" and kind == Kind.PAIRWISE:
         score = cohen_kappa([label(kind, e) for e, _ in pairs], [label(kind, a) for _, a in pairs])
+        if score is None:  # κ is 0/0: no answers (never admitted), or the expected answer throughout (perfect)
+            score = 1.0 if pairs else float("nan")
     else:
         metric = "accuracy"
         scores = [s for s in (gold_score(kind, e, a) for e, a in pairs) if s is not None]

@@ -178,7 +178,7 @@ def ranking_rows(votes: pd.DataFrame, tables: ItemTables, aggregate: str, names:
                 for rid in group:
                     ordered.append(rid)
                     ranks.append(position)
-            rows.append(_ranking_row(tables, vote.item, ordered, ranks, [names.get(vote.annotator, "")]))
+            rows.append(_ranking_row(tables, vote.item, ordered, ranks, [names[vote.annotator]]))
         return rows
     for item, group in votes.groupby("item"):
         positions: dict[int, list[int]] = defaultdict(list)
@@ -190,7 +190,7 @@ def ranking_rows(votes: pd.DataFrame, tables: ItemTables, aggregate: str, names:
         ordered = sorted(means, key=lambda rid: (means[rid], rid))
         distinct = sorted(set(means.values()))
         ranks = [distinct.index(means[rid]) + 1 for rid in ordered]
-        annotators = sorted(names.get(a, "") for a in group["annotator"])
+        annotators = sorted(names[a] for a in group["annotator"])
         rows.append(_ranking_row(tables, int(item), ordered, ranks, annotators))
     return rows
 
@@ -214,7 +214,7 @@ def ratings_rows(votes: pd.DataFrame, tables: ItemTables, names: dict[int, str])
         for vote in group.itertuples(index=False):
             for rid, scores in vote.data["ratings"].items():
                 entry = per_response[int(rid)]
-                entry["annotators"].append(names.get(vote.annotator, ""))
+                entry["annotators"].append(names[vote.annotator])
                 for criterion, score in scores.items():
                     entry["scores"][criterion].append(score)
         responses = []

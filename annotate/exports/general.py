@@ -21,8 +21,9 @@ from .formats import (
 )
 from .options import MODEL_AGGREGATES, PREFERENCE_FORMATS, ExportOptions, check_options
 from .reading import (
-    current_judgments, is_conversational, item_ranges, item_tables, items_in_scope, pseudonyms, raw_rows, vote_frame,
+    current_judgments, is_conversational, item_ranges, item_tables, items_in_scope, raw_rows, vote_frame,
 )
+from ..selectors import pseudonyms
 
 
 def iter_rows(project: Project, options: "ExportOptions", fit: dict | None = None) -> Iterator[tuple[list[dict], ItemTables]]:
@@ -36,7 +37,6 @@ def iter_rows(project: Project, options: "ExportOptions", fit: dict | None = Non
     include_gold = options.include_gold or fmt == "raw"
     items = items_in_scope(project, include_gold)
     conversational = is_conversational(items)
-    names = pseudonyms(project) if fmt in ("ranking", "ratings", "raw") else {}
     with_data = project.kind != Kind.PAIRWISE or bool(criterion) or fmt == "sft"
     ranges = item_ranges(items)
     judgments = current_judgments(project, options.include_paused, include_gold)
@@ -51,9 +51,11 @@ def iter_rows(project: Project, options: "ExportOptions", fit: dict | None = Non
     for item_range in ranges:
         tables = item_tables(project, item_range, conversational)
         if fmt == "raw":
-            rows = raw_rows(project, item_range, names, tables)
+            rows = raw_rows(project, item_range, tables)
         else:
             votes = vote_frame(project, options.include_paused, include_gold, item_range, with_data, judgments=judgments)
+            # Votes of former members stay, and keep the pseudonym they had (make_pseudonym recomputes it).
+            names = pseudonyms(project, votes["annotator"].unique().tolist()) if fmt in ("ranking", "ratings") else {}
             rows = _rows(project, votes, tables, options, names, model)
         if options.max_chars:
             rows = [row for row in rows if _chars(row) <= options.max_chars]

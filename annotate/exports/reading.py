@@ -13,6 +13,7 @@ from django.db.models.fields.json import KT
 
 from ..agreement import _NULL, numeric_rows
 from ..models import Item, Judgment, Membership, Project, Response
+from ..selectors import pseudonyms
 from .formats import ItemTables, canonical
 
 
@@ -142,19 +143,18 @@ def _responses_of(project: Project, items: tuple[int, int]):
     return Response.objects.filter(item__in=selected, item_id__gte=items[0], item_id__lte=items[1])
 
 
-def pseudonyms(project: Project) -> dict[int, str]:
-    return dict(Membership.objects.filter(project=project).values_list("user_id", "pseudonym"))
-
-
-def raw_rows(project: Project, items: tuple[int, int], names: dict[int, str], tables: ItemTables) -> list[dict]:
+def raw_rows(project: Project, items: tuple[int, int], tables: ItemTables) -> list[dict]:
     """Every vote, one row each: superseded ones, gold and qualification items and paused annotators included
-    and marked, annotators by pseudonym only. Responses are named by their index in the item."""
+    and marked, annotators by pseudonym only (a former member's too: the one they had). Responses are named by
+    their index in the item."""
     statuses = dict(Membership.objects.filter(project=project).values_list("user_id", "status"))
     index = {rid: position for pairs in tables.responses.values() for position, (rid, _) in enumerate(pairs)}
     judgments = Judgment.objects.filter(project=project, item_id__gte=items[0], item_id__lte=items[1]).order_by("item_id", "id").values_list(
         "id", "item__external_id", "item__purpose", "annotator_id", "outcome", "winner_id", "strength", "data", "text",
         "duration_ms", "source", "is_current", "supersedes_id", "created_at", "task__display_order", "task__leased_at",
     )  # fmt: skip
+    judgments = list(judgments)
+    names = pseudonyms(project, {vote[3] for vote in judgments})
     rows = []
     for (pk, item, purpose, annotator, outcome, winner, strength, data, text, duration, source, current, supersedes,
          created, order, leased) in judgments:  # fmt: skip
@@ -162,7 +162,7 @@ def raw_rows(project: Project, items: tuple[int, int], names: dict[int, str], ta
             {
                 "judgment": pk,
                 "id": item,
-                "annotator": names.get(annotator, ""),
+                "annotator": names[annotator],
                 "annotator_status": statuses.get(annotator, ""),
                 "kind": project.kind,
                 "outcome": outcome or None,

@@ -15,7 +15,7 @@ from sklearn.metrics import cohen_kappa_score
 from statsmodels.stats.inter_rater import aggregate_raters
 from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss
 
-from annotate import actions, agreement
+from annotate import actions, agreement, selectors
 from annotate.agreement import (
     cohen_kappa_pairs,
     fleiss_kappa,
@@ -333,7 +333,7 @@ def test_summary_equals_the_reference_libraries(make_project):
     agree = np.mean([np.mean([a == b for a, b in combinations(col, 2)]) for col in nominal.T])
     assert round(result["percent_agreement"], 3) == round(agree, 3)
 
-    names = agreement.pseudonyms(project, annotators)
+    names = selectors.pseudonyms(project, annotators)
     expected_pairs = {
         (names[annotators[a]], names[annotators[b]]): cohen_kappa_score(nominal[a], nominal[b])
         for a, b in combinations(range(3), 2)
@@ -390,7 +390,7 @@ def test_summary_measures_position_bias_and_gold_accuracy(make_project, make_mem
     result = agreement.summary(project)
     json.dumps(result, allow_nan=False)
     assert result["n_items"] == 10 and result["n_judgments"] == 20
-    names = agreement.pseudonyms(project, [first_picker.pk, second_picker.pk])
+    names = selectors.pseudonyms(project, [first_picker.pk, second_picker.pk])
     rows = {row["name"]: row for row in result["annotators"]}
     first_row, second_row = rows[names[first_picker.pk]], rows[names[second_picker.pk]]
     assert first_row["position_bias"] == 1.0 and second_row["position_bias"] == 0.0

@@ -12,7 +12,7 @@ from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 
-from annotate import actions, agreement, charts, dashboard
+from annotate import actions, agreement, charts, dashboard, selectors
 from annotate.imports import parse_items, parse_votes
 from annotate.models import Item, Judgment, Kind, Membership, Role, Task
 from tests.conftest import jsonl, pairwise_rows
@@ -445,7 +445,7 @@ def test_a_reliability_nothing_can_estimate_is_null_with_the_reason(make_project
     import_votes(project, votes)
     cache.clear()
     rows = {r["name"]: r for r in agreement.summary(project)["annotators"]}
-    names = agreement.pseudonyms(project, list(User.objects.filter(username__in=["solo", "pair", "loner"]).values_list("pk", flat=True)))
+    names = selectors.pseudonyms(project, list(User.objects.filter(username__in=["solo", "pair", "loner"]).values_list("pk", flat=True)))
     by_user = {u.username: rows[names[u.pk]] for u in User.objects.filter(username__in=["solo", "pair", "loner"])}
     assert by_user["loner"]["reliability"] is None and by_user["loner"]["reliability_note"] == "shares no item with another annotator"
     assert 0 < by_user["pair"]["reliability"] < 1 and by_user["pair"]["reliability_note"] is None

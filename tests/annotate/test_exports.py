@@ -347,6 +347,45 @@ def test_raw_export_has_every_vote_with_pseudonyms_only(split_votes, tmp_path):
     assert loaded.num_rows == 6
 
 
+@pytest.mark.django_db
+def test_a_former_members_votes_keep_the_pseudonym_they_had():
+    """Removing a member keeps their votes (remove_member): the raw, ranking and ratings exports name those votes
+    by the same stable pseudonym as before the removal, never by "" (the agreement report does the same)."""
+    from annotate.models import Membership, make_pseudonym
+
+    ranking = _project(
+        Kind.RANKING, [{"id": "q", "prompt": "Rank", "responses": ["x", "y", "z"]}],
+        [{"item": "q", "annotator": a, "ranking": order} for a, order in (("a", [0, 1, 2]), ("b", [1, 0, 2]))], overlap=2,
+    )  # fmt: skip
+    rating = _project(
+        Kind.RATING, [{"id": "q", "prompt": "Rate", "responses": ["x", "y"]}],
+        [{"item": "q", "annotator": a, "ratings": {"0": {"overall": s}, "1": {"overall": 3}}} for a, s in (("a", 6), ("b", 4))],
+        overlap=2,
+    )  # fmt: skip
+
+    def exported_names(project):
+        names = {row["annotator"] for row in build_rows(project, "raw")}
+        if project.kind == Kind.RANKING:
+            names |= {name for row in build_rows(project, "ranking", aggregate="none") for name in row["annotators"]}
+            (majority,) = build_rows(project, "ranking")
+            names |= set(majority["annotators"])
+        else:
+            (row,) = build_rows(project, "ratings")
+            names |= {name for response in row["responses"] for name in response["annotators"]}
+        return names
+
+    for project in (ranking, rating):
+        members = {m.user.username: m for m in Membership.objects.filter(project=project).select_related("user")}
+        before = {members["a"].pseudonym, members["b"].pseudonym}
+        assert exported_names(project) == before
+        former = members["b"]
+        actions.remove_member(former)
+        assert exported_names(project) == before  # not {"", a's}
+        assert former.pseudonym == make_pseudonym(project.pk, former.user_id)
+        (raw,) = [row for row in build_rows(project, "raw") if row["annotator"] == former.pseudonym]
+        assert raw["annotator_status"] == ""  # no membership left to have a status
+
+
 def test_per_criterion_preferences(db):
     rows = [{"id": "q", "prompt": "Q", "responses": ["x", "y"]}]
     votes = [{"item": "q", "annotator": "a", "winner": 0, "strength": 1, "criteria": {"helpful": 0, "harmless": 1}}]

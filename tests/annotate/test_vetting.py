@@ -5,9 +5,10 @@ import random
 import pytest
 
 from annotate import actions
+from annotate.agreement import cohen_kappa
 from annotate.imports import ImportFailed, parse_items
 from annotate.models import Item, Judgment, Kind, Membership, Role
-from annotate.vetting import AnnotatorStats, cohen_kappa, gold_score, qualify, review_findings
+from annotate.vetting import AnnotatorStats, gold_score, qualify, review_findings
 from tests.conftest import jsonl, pairwise_rows
 
 pytestmark = pytest.mark.django_db
@@ -153,6 +154,30 @@ def test_scores_and_findings_are_pure_functions():
     assert review_findings(fine, Settings) == []
     bad = AnnotatorStats(n_gold=12, gold_accuracy=0.5, n_shared=20, majority_agreement=0.4, median_ms=500, project_median_ms=6000, n_wins=40, n_first=38)
     assert len(review_findings(bad, Settings)) == 4
+
+
+def test_qualification_kappa_is_the_agreement_kappa_with_its_edge_cases():
+    from sklearn.metrics import cohen_kappa_score
+
+    # One Cohen's κ (annotate.agreement) for the agreement report and qualification, whose labels mix winner ids
+    # with "tie" and "both_bad".
+    rng = random.Random(5)
+    compared = 0
+    for _ in range(200):
+        n = rng.randint(2, 30)
+        a = [rng.choice([3, 4, "tie", "both_bad"]) for _ in range(n)]
+        b = [rng.choice([3, 4, "tie", "both_bad"]) for _ in range(n)]
+        if len(set(a) | set(b)) == 1:
+            continue
+        assert cohen_kappa(a, b) == pytest.approx(cohen_kappa_score([str(x) for x in a], [str(x) for x in b]))
+        compared += 1
+    assert compared > 150
+    assert cohen_kappa([3, 3], [3, 3]) is None and cohen_kappa([], []) is None  # κ is 0/0
+    win = {"outcome": "win", "winner_id": 3}
+    perfect = qualify(Kind.PAIRWISE, "cohen_kappa", 0.9, [(win, win)] * 4)  # the expected answer throughout
+    assert perfect.admitted and perfect.score == 1.0
+    nothing = qualify(Kind.PAIRWISE, "cohen_kappa", 0.0, [])
+    assert not nothing.admitted and nothing.score != nothing.score and nothing.n_items == 0  # NaN: never admitted
 
 
 def test_gold_feedback_after_a_miss_and_settings_by_researchers(make_project, make_member, api_client_for):
