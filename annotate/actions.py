@@ -25,7 +25,7 @@ from django.db.models import Case, Exists, F, OuterRef, Value, When
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from . import agreement, rows
+from . import agreement, sql
 from .exports.card import dataset_card
 from .exports.options import ExportOptions
 from .exports.writing import write_export
@@ -379,7 +379,7 @@ def _import_judgments(project, votes, skipped) -> VoteImportReport:
     if not new:
         return report
 
-    task_ids = rows.bulk_insert(
+    task_ids = sql.bulk_insert(
         Task,
         ["item_id", "annotator_id", "display_order"],
         [(item_id, user_id, response_ids.get(item_id, [])) for item_id, user_id, _ in new],
@@ -388,7 +388,7 @@ def _import_judgments(project, votes, skipped) -> VoteImportReport:
     )
     names = sorted({name for _, _, judgment in new for name in judgment})
     defaults = [_default(Judgment, name) for name in names]
-    rows.bulk_insert(
+    sql.bulk_insert(
         Judgment,
         ["item_id", "task_id", "annotator_id", "idempotency_key", *names],
         [
@@ -400,7 +400,7 @@ def _import_judgments(project, votes, skipped) -> VoteImportReport:
     counts: dict[int, int] = {}
     for item_id, _, _ in new:
         counts[item_id] = counts.get(item_id, 0) + 1
-    rows.add_judgment_counts(counts)
+    sql.add_judgment_counts(counts)
     return report
 
 
@@ -495,7 +495,7 @@ def assign_next_task(annotator, project: Project, *, after: int | None = None) -
     """
     # Serialises concurrent requests of the same annotator, so a double click cannot lease two items. Only
     # this membership row is locked: annotators do not wait for each other here (no project-wide lock).
-    found = rows.fetch(rows.membership_mark(lock=True), [project.pk, annotator.pk], [])
+    found = sql.fetch(sql.membership_mark(lock=True), [project.pk, annotator.pk], [])
     return _assign(annotator, project, *(found or (None, 0)), after)
 
 
@@ -503,7 +503,7 @@ def assign_next_task(annotator, project: Project, *, after: int | None = None) -
 def assign_next_task_by_slug(annotator, slug: str, *, after: int | None = None) -> tuple[Project, Task | None] | None:
     """:func:`assign_next_task` in the project ``slug``, which is read with the membership's lock by one statement
     (the API's next-task: a round trip less). None, with nothing done, if the annotator is not a member of it."""
-    found = rows.member_project(annotator.pk, slug, lock=True)
+    found = sql.member_project(annotator.pk, slug, lock=True)
     if found is None:
         return None
     project, status, mark = found
@@ -518,7 +518,7 @@ def _assign(annotator, project: Project, status: str | None, mark: int, after: i
     if _reclaim_due(project):
         reclaim_expired_leases(project)
     now = timezone.now()
-    task = rows.held_task(annotator.pk, project.pk, now, after)
+    task = sql.held_task(annotator.pk, project.pk, now, after)
     if task is not None:
         task.project = project
         return task
@@ -561,17 +561,17 @@ def _take_open_item(project: Project, annotator, now, mark: int) -> Task | None:
 
 
 def _pick(project: Project, annotator, now, *, mark: int | None, skip_locked: bool) -> Task | None:
-    sql, params = rows.pick_statement(project.pk, annotator.pk, mark=mark, skip_locked=skip_locked)
+    pick, params = sql.pick_statement(project.pk, annotator.pk, mark=mark, skip_locked=skip_locked)
     if connection.vendor == "postgresql":
         # The pick, the mark's move, the task's insert and the item's responses in one round trip.
-        task = rows.pick_and_lease(sql, params, _new_task(project, annotator, None, now), shuffle=project.randomize_order)
+        task = sql.pick_and_lease(pick, params, _new_task(project, annotator, None, now), shuffle=project.randomize_order)
         if task is not None:
             task.project = project
         return task
-    found = rows.fetch(sql, params, [Item])
+    found = sql.fetch(pick, params, [Item])
     if not found:
         return None
-    rows.execute(rows.move_mark(), [found[0].pk, project.pk, annotator.pk, found[0].pk])
+    sql.execute(sql.move_mark(), [found[0].pk, project.pk, annotator.pk, found[0].pk])
     return _lease(project, annotator, found[0], now)
 
 
@@ -595,11 +595,11 @@ def _unseen(project: Project, annotator, purpose: str):
 
 def _lease(project: Project, annotator, item: Item, now) -> Task:
     # The responses are fetched once, for the display order and for the caller's payload (item.responses).
-    order = [r.id for r in rows.attach_responses(item)]
+    order = [r.id for r in sql.attach_responses(item)]
     if project.randomize_order:
         random.shuffle(order)
     task = _new_task(project, annotator, item, now, order)
-    rows.insert(task)
+    sql.insert(task)
     return task
 
 
@@ -631,7 +631,7 @@ def record_judgment(
             # edit, an expired lease, a skipped task) changes nothing here and takes the path below.
             judgment = _new_judgment(task, judgment_fields(task, payload), idempotency_key, source)
             with transaction.atomic() if connection.in_atomic_block else nullcontext():  # a savepoint if nested
-                stored = rows.insert_first_judgment(judgment, [Task.Status.LEASED])
+                stored = sql.insert_first_judgment(judgment, [Task.Status.LEASED])
             if stored:
                 judgment.task = _done(task, judgment)
                 _vet_after(judgment.task, judgment)  # after the statement's commit: see _vet_after
@@ -674,7 +674,7 @@ def _json_value(value):
 
 
 def _new_judgment(task: Task, fields: dict, idempotency_key: str, source: str, previous=None) -> Judgment:
-    # created_at is set here (rows.insert keeps a set auto_now_add) because a first answer's time is also the
+    # created_at is set here (sql.insert keeps a set auto_now_add) because a first answer's time is also the
     # task's done_at.
     return Judgment(
         project_id=task.project_id,
@@ -700,7 +700,7 @@ def _record_judgment(task: Task, payload: dict, idempotency_key: str, source: st
     # The task row lock serialises every submit for this task (double clicks, retries, edits). Only this row:
     # NO KEY UPDATE, which the foreign-key checks of other inserts (KEY SHARE) do not wait for. The project and
     # the item never change for a task, so the caller's loaded ones are kept.
-    locked = rows.fetch(rows.task_status(lock=True), [task.pk], [])
+    locked = sql.fetch(sql.task_status(lock=True), [task.pk], [])
     if locked is None:
         raise Task.DoesNotExist("No such task.")
     task = copy.copy(task)  # the caller's instance stays as it was if this transaction rolls back
@@ -725,12 +725,12 @@ def _record_judgment(task: Task, payload: dict, idempotency_key: str, source: st
     previous = task.judgments.filter(is_current=True).first() if task.status == Task.Status.DONE else None
     judgment = _new_judgment(task, fields, idempotency_key, source, previous)
     if previous is None:
-        rows.insert_first_judgment(judgment, [task.status])  # the task is locked, so its status is this one
+        sql.insert_first_judgment(judgment, [task.status])  # the task is locked, so its status is this one
         task.status, task.done_at = Task.Status.DONE, judgment.created_at  # task is this transaction's copy
     else:
         previous.is_current = False
         previous.save(update_fields=["is_current"])
-        rows.insert(judgment)
+        sql.insert(judgment)
     _vet_after(task, judgment)
     return judgment, True
 

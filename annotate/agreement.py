@@ -29,12 +29,12 @@ import math
 
 import numpy as np
 import pandas as pd
-from django.db import connections, transaction
 from django.db.models import Case, F, IntegerField, Value, When
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast
 from django.db.models.lookups import Exact
 
+from . import sql
 from .models import Item, Judgment, Kind, Project, Response
 from .selectors import pseudonyms
 
@@ -544,129 +544,16 @@ def pairwise_vote_frame(project: Project, criteria=()) -> pd.DataFrame:
         .order_by()
         .values_list(*fields)
     )
-    table = numeric_rows(queryset, fields)
+    table = sql.numeric_rows(queryset, fields)
     frame = {}
     for column, values in zip(columns, table.T):
-        missing = values == _NULL
+        missing = values == sql.NULL_INT
         if column == "strength":
             frame[column] = np.where(missing, np.nan, values)
         else:
             frame[column] = np.where(missing, -1 if column.endswith("outcome_code") else 0, values)
     frame["reference"] = np.minimum(frame["first"], frame["second"])
     return pd.DataFrame(frame, columns=[*columns, "reference"])
-
-
-# NULL on the wire: no id, code or strength is ever this value.
-_NULL = np.iinfo(np.int64).min
-
-
-def numeric_rows(queryset, fields: list[str]) -> np.ndarray:
-    """The rows of ``queryset.values_list(*fields)``, whose columns are all integers (or NULL), as an int64
-    array with ``_NULL`` for NULL, one column per field.
-
-    The ORM builds the query; only the transfer differs. On PostgreSQL the compiled SELECT runs inside
-    ``COPY (...) TO STDOUT (FORMAT binary)`` with every column cast to bigint and NULL replaced by a sentinel,
-    so every row has the same layout and numpy decodes the whole stream in one call (read by :func:`copy_out`):
-    well under 1 s of client CPU per million rows on the benchmark machine, where iterating the queryset (a
-    Python tuple per row, then an array) took about 4 s. (Having the server pack each column into one array instead saves the client that
-    second but costs the server as much again, and the two no longer overlap.) Other databases fetch the
-    tuples through the cursor: every column is a plain integer, so no per-row ORM conversion is needed.
-    """
-    width = len(fields)
-    sql, params = queryset.query.sql_with_params()
-    connection = connections[queryset.db]
-    if connection.vendor != "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            rows = cursor.fetchall()
-        if not rows:
-            return np.zeros((0, width), dtype=np.int64)
-        table = np.array(rows, dtype=object).reshape(-1, width)
-        table[table == None] = _NULL  # noqa: E711 (elementwise comparison)
-        return table.astype(np.int64)
-    quote = connection.ops.quote_name
-    outer = ", ".join(f"COALESCE(q.{quote(name)}::bigint, {_NULL})" for name in fields)
-    statement = f"COPY (SELECT {outer} FROM ({sql}) AS q) TO STDOUT (FORMAT binary)"
-    with transaction.atomic(using=queryset.db), connection.cursor() as wrapper:
-        # Enough memory for the hash join of a million judgments with their tasks not to spill to disk.
-        wrapper.execute("SET LOCAL work_mem = '256MB'")
-        data = copy_out(connection, statement, params)
-    # Binary COPY: an 11-byte signature, flags and header-extension length (int32 each), the extension, then per
-    # row an int16 field count and, per field, an int32 length (8) and a big-endian int64; an int16 -1 at the end.
-    header = 19 + int.from_bytes(data[15:19], "big")
-    row = np.dtype([("n", ">i2")] + [(f"{part}{i}", ">i4" if part == "len" else ">i8") for i in range(width) for part in ("len", "val")])
-    count = (len(data) - header - 2) // row.itemsize
-    records = np.frombuffer(data, dtype=row, count=count, offset=header)
-    table = np.empty((count, width), dtype=np.int64)
-    for i in range(width):
-        table[:, i] = records[f"val{i}"]
-    return table
-
-
-def copy_out(connection, statement: str, params=None) -> bytes:
-    """Everything ``statement`` (a ``COPY … TO STDOUT``) sends, in one bytes object; PostgreSQL only.
-
-    PostgreSQL sends a COPY one message per row, and psycopg's ``Copy`` iterator spends a few microseconds of
-    Python on each (a generator and a wait per message): a third of a second per million rows, as much as
-    decoding them. Here libpq's ``PQgetCopyData`` is called in a plain loop instead, through psycopg's libpq
-    wrapper; while nothing has arrived it waits in ``select``, which lets other threads run (an export reads
-    its next chunk in a thread while it writes the current one). The parameters are merged into the statement
-    on the client, as psycopg's ``copy`` does."""
-    import select
-
-    import psycopg
-
-    raw = connection.connection  # the psycopg connection under Django's
-    query = psycopg.ClientCursor(raw).mogrify(statement, params)
-    pgconn = raw.pgconn
-
-    def wait() -> None:
-        select.select([pgconn.socket], [], [])
-        pgconn.consume_input()
-
-    with connection.wrap_database_errors:
-        pgconn.send_query(query.encode(raw.info.encoding))  # raises if it cannot be sent
-        while pgconn.flush():  # psycopg's connections are non-blocking: the query may not be out yet
-            select.select([], [pgconn.socket], [])
-        while pgconn.is_busy():
-            wait()
-        result = pgconn.get_result()
-        if result.status != psycopg.pq.ExecStatus.COPY_OUT:
-            _finish_results(pgconn)
-            raise psycopg.errors.error_from_result(result, encoding=raw.info.encoding)
-        parts = []
-        try:
-            while True:
-                nbytes, block = pgconn.get_copy_data(1)  # a row if one is buffered, 0 if none, < 0 at the end
-                if nbytes > 0:
-                    parts.append(bytes(block))
-                elif nbytes == 0:
-                    wait()
-                else:
-                    break
-        except BaseException:  # interrupted: stop the server and leave the connection usable
-            raw.cancel_safe()
-            while pgconn.get_copy_data(0)[0] >= 0:
-                pass
-            _finish_results(pgconn)
-            raise
-        if nbytes == -2:
-            raise psycopg.OperationalError(pgconn.error_message.decode(errors="replace"))
-        failed = _finish_results(pgconn)
-        if failed is not None:
-            raise psycopg.errors.error_from_result(failed, encoding=raw.info.encoding)
-    return b"".join(parts)
-
-
-def _finish_results(pgconn):
-    """Read the results left after a COPY; return the first that is an error, if any."""
-    import psycopg
-
-    failed = None
-    while (result := pgconn.get_result()) is not None:
-        if failed is None and result.status not in (psycopg.pq.ExecStatus.COMMAND_OK, psycopg.pq.ExecStatus.COPY_OUT):
-            failed = result
-    return failed
 
 
 def _code_case(expression, codes: dict, default: int = 0):

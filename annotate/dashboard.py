@@ -34,7 +34,7 @@ from django.db.models import Case, IntegerField, Min, OuterRef, Subquery, Value,
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Length, TruncDate
 
-from . import agreement, charts
+from . import agreement, charts, sql
 from .charts import Bar, Point, Reference
 from .judgments import InvalidJudgment, vote_fields
 from .models import Item, Judgment, Kind, Membership, Project, Response
@@ -175,7 +175,7 @@ def judgment_frame(project: Project) -> pd.DataFrame:
         annotations["second_"] = Cast(KeyTextTransform("1", "task__display_order"), IntegerField())
         fields += ["outcome_code_", "winner_id", "first_", "second_"]
     queryset = Judgment.objects.filter(project=project, is_current=True).annotate(**annotations).order_by().values_list(*fields)
-    table = np.asarray(agreement.numeric_rows(queryset, fields), dtype=float).reshape(-1, len(fields))
+    table = np.asarray(sql.numeric_rows(queryset, fields), dtype=float).reshape(-1, len(fields))
     # numeric_rows marks NULL with the smallest int64 (or NaN): either way NaN here.
     table[table == float(np.iinfo(np.int64).min)] = np.nan
     frame = pd.DataFrame(table, columns=FRAME_COLUMNS[: len(fields)])

@@ -32,6 +32,15 @@ def require_role(user, slug: str, role: str = Role.ANNOTATOR) -> tuple[Project, 
     return project, membership
 
 
+def can_create_projects(user) -> bool:
+    """Superusers, holders of annotate.add_project, and researchers or admins of any project."""
+    return (
+        user.is_superuser
+        or user.has_perm("annotate.add_project")
+        or Membership.objects.filter(user=user, role__in=[Role.RESEARCHER, Role.ADMIN]).exists()
+    )
+
+
 def visible_projects(user):
     if user.is_superuser:
         return Project.objects.all()

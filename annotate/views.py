@@ -21,14 +21,13 @@ from django_htmx.http import trigger_client_event
 
 from . import actions, dashboard, selectors
 from .actions import Conflict, create_snapshot
-from .api.views import can_create_projects
 from .exports import KIND_FORMATS, ExportError, canonical, iter_rows
 from .forms import ExportForm, ProjectSettingsForm, FlagForm, ImportForm, JudgmentForm, MemberForm, ProjectForm, SkipForm, judgment_form
 from .imports import MAX_ERRORS_REPORTED, ImportFailed, detect_format, parse_items, read_upload
 from .judgments import InvalidJudgment, STRENGTH_LABELS
 from .models import Judgment, Kind, Membership, Role, Task
 from .rendering import word_diff
-from .permissions import require_role, visible_projects
+from .permissions import can_create_projects, require_role, visible_projects
 
 
 @never_cache

@@ -9,7 +9,7 @@ For one project size it prints:
 1. CPU and wall time per request (the WSGI application called directly, one thread), next-task and submit apart.
 2. Every SQL statement of one next-task and one submit, with its time.
 3. A cProfile (CPU time, not wall time) of the same requests, folded into the layers of the stack.
-4. EXPLAIN ANALYZE of the next-task pick as the app runs it (``rows.pick_statement``: above the annotator's
+4. EXPLAIN ANALYZE of the next-task pick as the app runs it (``sql.pick_statement``: above the annotator's
    mark, and the fallback from the start) and of the shape it had before (``ORDER BY id``), for comparison.
 5. Which rows stay locked while a next-task or a submit transaction is open: a second connection tries
    ``FOR KEY SHARE NOWAIT`` on the project row (what every other annotator's next-task and submit needs).
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     from django.core.wsgi import get_wsgi_application
     from django.db import connection, reset_queries, transaction
 
-    from annotate import actions, rows
+    from annotate import actions, sql
     from annotate.models import Membership, Project, Role, Task
 
     app = get_wsgi_application()
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     print("\n== top 15 functions by own CPU time")
     print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[-2500:])
 
-    # 4. EXPLAIN ANALYZE of the pick: the app's statement (rows.pick_statement: above the annotator's mark,
+    # 4. EXPLAIN ANALYZE of the pick: the app's statement (sql.pick_statement: above the annotator's mark,
     # then the fallback from the start) and, for comparison, the shape it had before (ORDER BY id).
     before = (
         "SELECT id FROM annotate_item WHERE open_slots > 0 AND project_id = %s AND purpose = 'normal' "
@@ -189,8 +189,8 @@ def main(argv=None) -> int:
         "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
     )
     variants = [
-        ("the app's pick, above the mark (UPDATE ... RETURNING)", *rows.pick_statement(project.id, user.id, mark=Membership.objects.get(project=project, user=user).pick_mark, skip_locked=True)),
-        ("the app's fallback, from the start, waiting on locks", *rows.pick_statement(project.id, user.id, mark=None, skip_locked=False)),
+        ("the app's pick, above the mark (UPDATE ... RETURNING)", *sql.pick_statement(project.id, user.id, mark=Membership.objects.get(project=project, user=user).pick_mark, skip_locked=True)),
+        ("the app's fallback, from the start, waiting on locks", *sql.pick_statement(project.id, user.id, mark=None, skip_locked=False)),
         ("the pick before (project_id = X ORDER BY id, SELECT)", before, [project.id, user.id]),
     ]  # fmt: skip
     history = Task.objects.filter(annotator=user, project=project).count()

@@ -5,7 +5,7 @@
    judgments from 1,000 annotators; ``--quick``: a tenth).
 2. Times PostgreSQL's own ``COPY (SELECT …) TO STDOUT`` of the same judgment rows: the physical floor, read
    with psycopg's ``Copy`` iterator (the reference of the targets) and, beside it, with the plain libpq loop
-   the export itself uses (``agreement.copy_out``).
+   the export itself uses (``sql.copy_out``).
 3. Runs the export (``annotate.exports.export_to``, container parquet) in a child process and reports its
    time, judgments per second and the child's peak RSS (VmHWM, its own: not the loader's).
 
@@ -84,10 +84,10 @@ def copy_reference(project_id: int) -> tuple[float, int, int]:
 
 
 def copy_raw(project_id: int) -> float:
-    """Seconds of the same COPY read by ``agreement.copy_out`` (libpq's loop, no Python per row): the floor."""
+    """Seconds of the same COPY read by ``sql.copy_out`` (libpq's loop, no Python per row): the floor."""
     from django.db import connection, transaction
 
-    from annotate.agreement import copy_out
+    from annotate.sql import copy_out
 
     t = time.perf_counter()
     with transaction.atomic():

@@ -151,7 +151,7 @@ def _floor_rows(project, votes: Path) -> dict:
 
     from annotate.actions import _annotators
     from annotate.models import Item, Judgment, Response, Task
-    from annotate.rows import _copy_text
+    from annotate.sql import _copy_text
 
     items = dict(Item.objects.filter(project=project).values_list("external_id", "id"))
     responses: dict[int, list[int]] = {}
@@ -190,7 +190,7 @@ def _floor_write(connection, rows: dict) -> int:
     """COPY of the prepared rows, the items' counts, the commit (with its deferred foreign-key checks)."""
     from django.db import transaction
 
-    from annotate import rows as bulk
+    from annotate import sql as bulk
 
     with transaction.atomic():
         with connection.cursor() as cursor:
@@ -230,7 +230,7 @@ def _sqlite_floor_rows(project, votes: Path) -> dict:
 def _sqlite_floor_write(connection, rows: dict) -> int:
     from django.db import transaction
 
-    from annotate import rows as bulk
+    from annotate import sql as bulk
 
     with transaction.atomic():
         with connection.cursor() as cursor:

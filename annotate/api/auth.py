@@ -6,12 +6,12 @@ and its ``WWW-Authenticate`` are DRF's); only the lookup differs.
 
 from rest_framework import authentication, exceptions
 
-from .. import rows
+from .. import sql
 
 
 class TokenAuthentication(authentication.TokenAuthentication):
     def authenticate_credentials(self, key):
-        token = rows.token_with_user(key)
+        token = sql.token_with_user(key)
         if token is None:
             raise exceptions.AuthenticationFailed("Invalid token.")
         if not token.user.is_active:

@@ -16,11 +16,11 @@ from rest_framework.exceptions import NotFound, ParseError, PermissionDenied
 from rest_framework.parsers import FileUploadParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
-from .. import actions, agreement, rows, selectors
+from .. import actions, agreement, selectors, sql
 from ..exports import ExportError, ExportOptions, snapshot_files
 from ..imports import detect_format, parse_items, read_upload
 from ..models import Judgment, Membership, Role, Snapshot, Task
-from ..permissions import require_role, visible_projects
+from ..permissions import can_create_projects, require_role, visible_projects
 from .auth import TokenAuthentication
 from .serializers import (
     ProjectSettingsSerializer,
@@ -46,15 +46,6 @@ from .serializers import (
 
 # The schema of the views with their own TokenAuthentication (api/auth.py): the same schemes as every other view.
 HOT_PATH_AUTH = [{"tokenAuth": []}, {"cookieAuth": []}]
-
-
-def can_create_projects(user) -> bool:
-    """Superusers, holders of annotate.add_project, and researchers or admins of any project."""
-    return (
-        user.is_superuser
-        or user.has_perm("annotate.add_project")
-        or Membership.objects.filter(user=user, role__in=[Role.RESEARCHER, Role.ADMIN]).exists()
-    )
 
 
 @extend_schema(methods=["GET"], responses=ProjectSerializer(many=True))
@@ -125,7 +116,7 @@ def next_task(request, slug: str):
 
 def _own_task(request, task_id: int) -> Task:
     # The task, its project and item, and whether the user is (still) a member of the project: one query.
-    found = rows.task_with_project_and_item(task_id, request.user.id)
+    found = sql.task_with_project_and_item(task_id, request.user.id)
     task, is_member = found if found else (None, False)
     # Another annotator's task is reported as missing: its existence is not theirs to know.
     if task is None or task.annotator_id != request.user.id:

@@ -24,7 +24,7 @@ from django.db import connections
 from django.db.models import Case, Value, When
 from django.db.models.fields.json import KT
 
-from ..agreement import _NULL
+from ..sql import NULL_INT
 from ..models import Kind, Project, Response
 from . import reading
 from .aggregation import majority_pairs
@@ -77,7 +77,7 @@ def response_pairs(response_ids: np.ndarray, response_items: np.ndarray) -> tupl
 
 def majority_columns(votes: np.ndarray, pair_items: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
     """:func:`majority_pairs` with ties dropped, on integer columns: ``votes`` has item, outcome code (index in
-    ``OUTCOMES``), winner and strength (NULL as ``agreement._NULL``); ``pair_items``, ``a``, ``b`` as
+    ``OUTCOMES``), winner and strength (NULL as ``sql.NULL_INT``); ``pair_items``, ``a``, ``b`` as
     :func:`response_pairs` gives them. Returns ``item``, ``chosen``, ``rejected``, ``margin`` and ``agreement``
     arrays, one entry per preference, by item."""
     votes = votes[votes[:, 1] != BOTH_BAD_CODE]
@@ -87,11 +87,11 @@ def majority_columns(votes: np.ndarray, pair_items: np.ndarray, a: np.ndarray, b
     paired = (pair_items[pos] == item) if n else np.zeros(len(item), dtype=bool)
     pos, winner, strength = pos[paired], winner[paired], strength[paired]
     # Each vote's outcome as 0 (a won), 1 (b won) or 2 (a tie).
-    outcome = np.where(winner == _NULL, 2, np.where(winner == a[pos], 0, 1))
-    if ((winner != _NULL) & (winner != a[pos]) & (winner != b[pos])).any():
+    outcome = np.where(winner == NULL_INT, 2, np.where(winner == a[pos], 0, 1))
+    if ((winner != NULL_INT) & (winner != a[pos]) & (winner != b[pos])).any():
         return _majority_by_frame(item[paired], a[pos], b[pos], winner, strength)
     counts = np.bincount(pos * 3 + outcome, minlength=3 * n).reshape(n, 3)
-    strengths = np.where(strength == _NULL, 0.0, strength.astype(float))
+    strengths = np.where(strength == NULL_INT, 0.0, strength.astype(float))
     sums = np.bincount(pos * 3 + outcome, weights=strengths, minlength=3 * n).reshape(n, 3)
     n_votes, top = counts.sum(axis=1), counts.max(axis=1)
     best = counts.argmax(axis=1)
@@ -112,8 +112,8 @@ def majority_columns(votes: np.ndarray, pair_items: np.ndarray, a: np.ndarray, b
 def _majority_by_frame(item, a, b, winner, strength) -> dict[str, np.ndarray]:
     """The general :func:`majority_pairs`, for votes whose winner is neither response of the pair."""
     frame = pd.DataFrame({"item": item, "a": a, "b": b, "winner": pd.array(winner, dtype="Int64"), "strength": pd.array(strength, dtype="Int64")})
-    frame.loc[winner == _NULL, "winner"] = pd.NA
-    frame.loc[strength == _NULL, "strength"] = pd.NA
+    frame.loc[winner == NULL_INT, "winner"] = pd.NA
+    frame.loc[strength == NULL_INT, "strength"] = pd.NA
     preferences = majority_pairs(frame)
     return {name: preferences[name].to_numpy() for name in ("item", "chosen", "rejected", "margin", "agreement")}
 

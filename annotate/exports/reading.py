@@ -11,7 +11,7 @@ import pandas as pd
 from django.db.models import Case, Q, Value, When
 from django.db.models.fields.json import KT
 
-from ..agreement import _NULL, numeric_rows
+from ..sql import NULL_INT, numeric_rows
 from ..models import Item, Judgment, Membership, Project, Response
 from ..selectors import pseudonyms
 from .formats import ItemTables, canonical
@@ -94,8 +94,8 @@ BOTH_BAD_CODE = 2  # the index of "both bad" in OUTCOMES
 
 
 def vote_table(judgments, fields: list[str]) -> np.ndarray:
-    """Integer columns of ``judgments`` through ``agreement.numeric_rows`` (binary COPY on PostgreSQL), NULL as
-    ``agreement._NULL``; the field ``outcome_code`` is the outcome's index in ``OUTCOMES``."""
+    """Integer columns of ``judgments`` through ``sql.numeric_rows`` (binary COPY on PostgreSQL), NULL as
+    ``sql.NULL_INT``; the field ``outcome_code`` is the outcome's index in ``OUTCOMES``."""
     code = Case(
         *(When(outcome=outcome, then=Value(i)) for i, outcome in enumerate(OUTCOMES[:3])), default=Value(3)
     )
@@ -108,9 +108,9 @@ def _numeric_vote_frame(judgments) -> pd.DataFrame:
     fields = ["item_id", "annotator_id", "outcome_code", "winner_id", "strength"]
     table = vote_table(judgments, fields)
     winner = pd.array(table[:, 3], dtype="Int64")
-    winner[table[:, 3] == _NULL] = pd.NA
+    winner[table[:, 3] == NULL_INT] = pd.NA
     strength = pd.array(table[:, 4], dtype="Int64")
-    strength[table[:, 4] == _NULL] = pd.NA
+    strength[table[:, 4] == NULL_INT] = pd.NA
     return pd.DataFrame(
         {"item": table[:, 0], "annotator": table[:, 1], "outcome": OUTCOMES[table[:, 2]], "winner": winner, "strength": strength}
     ).assign(data=None, text="")

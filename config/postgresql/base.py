@@ -4,7 +4,7 @@ Prepared statements. Django binds parameters on the client (the values are writt
 PostgreSQL must parse and plan again on every execution. :meth:`DatabaseWrapper.prepared_cursor` gives a cursor
 that binds them on the server, so psycopg prepares a statement the second time it runs on a connection and
 PostgreSQL then skips parsing and planning (``prepare_threshold`` in ``DATABASES["default"]["OPTIONS"]``; ``None``
-turns it off). It is for the few fixed statements of the annotation loop (``annotate/rows.py``) only: a
+turns it off). It is for the few fixed statements of the annotation loop (``annotate/sql.py``) only: a
 server-bound statement takes at most 65,535 parameters, which an ORM ``__in`` list or a large ``bulk_create`` can
 exceed, so the ORM keeps Django's client-side binding (whose cursors never prepare).
 

@@ -586,7 +586,7 @@ def test_json_of_many_strings_at_once_is_orjson_of_each():
 
 
 def test_columnar_majority_matches_the_frame_majority():
-    from annotate.agreement import _NULL
+    from annotate.sql import NULL_INT
     from annotate.exports.columnar import majority_columns
 
     rng = np.random.default_rng(0)
@@ -597,13 +597,13 @@ def test_columnar_majority_matches_the_frame_majority():
     item = np.where(item_index < n_items, item_index * 10, item_index * 10 + 3)
     code = rng.choice([0, 1, 2, 3], 2000, p=[0.6, 0.2, 0.1, 0.1])
     side = rng.integers(0, 2, 2000)
-    winner = np.where(code == 1, _NULL, np.where(side == 0, item + 1, item + 2))
-    strength = np.where(rng.random(2000) < 0.3, _NULL, rng.integers(0, 4, 2000))
+    winner = np.where(code == 1, NULL_INT, np.where(side == 0, item + 1, item + 2))
+    strength = np.where(rng.random(2000) < 0.3, NULL_INT, rng.integers(0, 4, 2000))
     votes = np.stack([item, code, winner, strength], axis=1)
 
     def by_frame(votes):
         kept = votes[(votes[:, 1] != 2) & np.isin(votes[:, 0], pair_items)]
-        frame = pair_frame(*[(i, i + 1, i + 2, None if w == _NULL else w, None if s == _NULL else s) for i, _, w, s in kept.tolist()])
+        frame = pair_frame(*[(i, i + 1, i + 2, None if w == NULL_INT else w, None if s == NULL_INT else s) for i, _, w, s in kept.tolist()])
         return majority_pairs(frame)
 
     result, expected = majority_columns(votes, pair_items, a, b), by_frame(votes)
@@ -620,7 +620,7 @@ def test_columnar_majority_matches_the_frame_majority():
 def test_copy_out_reports_errors_and_leaves_the_connection_usable():
     from django.db import DataError, connection, transaction
 
-    from annotate.agreement import copy_out
+    from annotate.sql import copy_out
 
     if connection.vendor != "postgresql":
         pytest.skip("COPY is PostgreSQL's")

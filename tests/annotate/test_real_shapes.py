@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command, load_command_class
 
-from annotate import actions, rows
+from annotate import actions, sql
 from annotate.imports import ImportFailed, parse_items, parse_votes
 from annotate.models import MAX_OVERLAP, Item, Judgment, Kind, Membership, Response, Task
 from tests.conftest import jsonl, pairwise_rows
@@ -234,11 +234,11 @@ def test_vote_import_is_all_or_nothing_and_bulk(make_project):
 def test_bulk_insert_knows_every_field_of_the_model():
     """A field added to Task or Judgment without a default must be given by the bulk import, or it fails."""
     with pytest.raises(ValueError, match="Task.leased_at has no default"):
-        rows.bulk_insert(Task, ["project_id", "item_id", "annotator_id", "display_order"], [])
+        sql.bulk_insert(Task, ["project_id", "item_id", "annotator_id", "display_order"], [])
     with pytest.raises(ValueError, match="no fields"):
-        rows.bulk_insert(Task, ["nonsense"], [])
+        sql.bulk_insert(Task, ["nonsense"], [])
     with pytest.raises(ValueError, match="no fields"):
-        rows.bulk_insert(Task, [], [], constants={"nonsense": 1})
+        sql.bulk_insert(Task, [], [], constants={"nonsense": 1})
 
 
 def test_bulk_insert_reserves_ids_that_nothing_else_takes(make_project, make_member):
@@ -252,7 +252,7 @@ def test_bulk_insert_reserves_ids_that_nothing_else_takes(make_project, make_mem
     users = [make_member(project, f"u{i}") for i in range(3)]
     now = timezone.now()
     with transaction.atomic():
-        ids = rows.bulk_insert(
+        ids = sql.bulk_insert(
             Task, ["item_id", "annotator_id", "display_order"],
             [(items[i].pk, users[i].pk, [i]) for i in range(3)],
             constants={"project_id": project.pk, "status": "done", "leased_at": now, "lease_expires_at": now, "done_at": now},
