@@ -389,7 +389,7 @@ def execute(run_id: int, attempt: int, *, in_process: bool = False, echo=None, o
     try:
         monitor.line(f"[arbiter] attempt {attempt} on {run.worker}" + (f", resuming from {run.checkpoint}" if run.checkpoint else ""))
         datasets, dataset_hash = run_datasets(run)
-        # "runner": the registry's module for the kind (training.kinds), so the child needs no list of kinds of its own.
+        # "runner": the registry's module for the kind (training.kinds), for the child to import.
         spec = {"kind": run.kind, "runner": kinds.get(run.kind).runner, "config": run.config, "datasets": datasets,
                 "output_dir": str(output_dir), "checkpoint_dir": str(work / "checkpoints"), "run": run.pk, "attempt": attempt}  # fmt: skip
         spec_path = work / f"spec-{attempt}.json"

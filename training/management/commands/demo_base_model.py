@@ -5,6 +5,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotate.models import Item, Response
 
+from ...demo import save_tiny_llama
+
 
 class Command(BaseCommand):
     help = (
@@ -30,8 +32,6 @@ class Command(BaseCommand):
             return
         texts = [m.get("content", "") for prompt in Item.objects.values_list("prompt", flat=True)[:5000] for m in prompt]
         texts += list(Response.objects.values_list("text", flat=True)[:10000])
-        from ...demo import save_tiny_llama
-
         save_tiny_llama(folder, texts)
         save_tiny_llama(policy, texts, causal=True, warmup_steps=options["warmup_steps"])
         self.stdout.write(f"Wrote a tiny Llama reward backbone to {folder} (--base-model {folder.name}) "
