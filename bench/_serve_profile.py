@@ -155,10 +155,10 @@ def main(argv=None) -> int:
         print(f"\n== SQL of one {name}: {len(queries)} statements, {total:.1f} ms (Django's timer, 1 ms resolution; "
               "the health check polls the socket and sends nothing)")  # fmt: skip
         for q in queries:
-            sql = q["sql"]
-            print(f"  {float(q['time']) * 1000:5.1f} ms  {sql[:160]}{' ...' if len(sql) > 160 else ''}")
-            if "FOR UPDATE" in sql:
-                print(f"           ... {sql[-200:]}")
+            text = q["sql"]
+            print(f"  {float(q['time']) * 1000:5.1f} ms  {text[:160]}{' ...' if len(text) > 160 else ''}")
+            if "FOR UPDATE" in text:
+                print(f"           ... {text[-200:]}")
 
     # 3. cProfile by CPU time, folded into layers.
     profiler = cProfile.Profile(time.process_time)
