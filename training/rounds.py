@@ -24,7 +24,6 @@ from .lifecycle import PublishFailed, lock_running, succeed
 from .models import ModelArtifact, RoundPurpose, RunRound, RunStatus, TrainingRun
 from .selectors import TrainingError
 
-
 # Field names a generate config may use for K, the samples per prompt (first found wins).
 SAMPLES_FIELDS = ("num_samples", "samples_per_prompt", "num_return_sequences", "k", "num_generations")
 

@@ -18,7 +18,7 @@ from annotate.models import Role, Snapshot
 from annotate.permissions import require_role
 
 from .. import launching, rounds, selectors, tasks
-from ..models import ModelArtifact, TrainingRun
+from ..models import ModelArtifact, RoundPurpose, TrainingRun
 from ..scoring import CombinedScorer
 from ..selectors import TrainingError
 from .serializers import (
@@ -248,7 +248,7 @@ def run_human_eval(request, run_id: int):
     if request.method == "POST":
         return _round_action(request, run_id, rounds.create_human_eval_round)
     run = _run(request, run_id)
-    link = run.made_rounds.filter(purpose="human_eval").select_related("round", "round__project").first()
+    link = run.made_rounds.filter(purpose=RoundPurpose.HUMAN_EVAL).select_related("round", "round__project").first()
     if link is None:
         raise NotFound("This run has no human evaluation round.")
     return Response({"round": _round_data(link.round), **selectors.human_eval_results(link.round)})
