@@ -94,7 +94,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # The same backend with a health check that asks the socket, not the server (no SELECT 1 per request).
     DATABASES["default"]["ENGINE"] = "config.postgresql"
     # Prepared statements for the next-task / submit statements, which it runs through server-side binding
-    # (annotate/rows.py): PG_PREPARE=0 turns them off, e.g. behind PgBouncer before 1.21 in transaction mode.
+    # (annotate/sql.py): PG_PREPARE=0 turns them off, e.g. behind PgBouncer before 1.21 in transaction mode.
     DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 1 if env_bool("PG_PREPARE", True) else None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE transactions take SQLite's write lock at BEGIN, so two writers queue up instead of one
