@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from . import kinds
+
 
 def _number(value) -> str:
     if isinstance(value, float):
@@ -16,11 +18,12 @@ def model_card(*, name: str, artifact_id: int, kind: str, project, run, base_mod
     """A README.md: what the model is, the exact data it came from, how it was trained, how well, how to load it."""
     objective = info.get("objective", "")
     criterion = info.get("criterion") or "overall"
+    reward_model = kinds.get(kind).publishes == kinds.REWARD_MODEL
     lines = ["---", "library_name: transformers", "tags:", "- arbiter", f"- {kind}"]
-    if kind == "reward":
+    if reward_model:
         lines += ["- reward-model", "pipeline_tag: text-classification"]
     lines += ["---", "", f"# {name}", ""]
-    what = f"A {objective.replace('_', '-')} reward model" if kind == "reward" else f"A {kind} model"
+    what = f"A {objective.replace('_', '-')} reward model" if reward_model else f"A {kind} model"
     lines += [
         f"{what} of project `{project.slug}` ({project.kind}), criterion **{criterion}**, trained by Arbiter run {run.pk}"
         + (f" for {run.launched_by.username}" if run.launched_by else "") + ".",
@@ -45,7 +48,7 @@ def model_card(*, name: str, artifact_id: int, kind: str, project, run, base_mod
     lines += [f"| {key} | {_number(value)} |" for key, value in sorted(metrics.items())]
     lines += ["", "Accuracy is the share of held-out pairs (prompts never seen in training) whose chosen response gets "
               "the higher reward.", "", "## Config", "", "```json", json.dumps(config, indent=2, sort_keys=True), "```", ""]  # fmt: skip
-    if kind == "reward":
+    if reward_model:
         lines += [
             "## Use",
             "",

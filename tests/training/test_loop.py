@@ -179,14 +179,11 @@ def test_prompts_given_through_the_api_are_validated_by_position(preference_proj
 
 def test_every_available_policy_kind_launches_with_its_data(reward_artifact, preference_snapshot):
     """Each kind validates, resolves its reward models and writes what its runner reads (nothing runs here)."""
-    from training.runners import available_kinds
-
     project = preference_snapshot.project
     rm = [f"artifact:{reward_artifact.pk}"]
     launched = {}
-    for kind in ("generate", "rejection_sampling", "ppo", "grpo", "rloo", "evaluate", "sft", "dpo"):
-        if kind not in available_kinds():
-            continue
+    policy_kinds = ("generate", "rejection_sampling", "ppo", "grpo", "rloo", "evaluate", "sft", "dpo")
+    for kind in policy_kinds:
         extra = {"baseline": "tiny-causal"} if kind == "evaluate" else {}
         run = launching.launch_run(project=project, kind=kind, base_model="tiny-causal", enqueue=False,
                                  reward_models=rm if kinds.get(kind).reward_models == kinds.REWARD_MODEL_NEEDED else (), **extra)  # fmt: skip
@@ -195,7 +192,7 @@ def test_every_available_policy_kind_launches_with_its_data(reward_artifact, pre
         if kinds.get(kind).reward_models == kinds.REWARD_MODEL_NEEDED:
             assert list(run.reward_artifacts.all()) == [reward_artifact] and run.config["reward_models"] == [str(reward_artifact.folder.resolve())]
         launched[kind] = run
-    assert {"generate", "evaluate", "sft", "dpo"} <= set(launched)
+    assert set(launched) == set(policy_kinds)
     assert launched["generate"].inputs["prompts"] == 50 and launched["evaluate"].inputs["prompts_from"] == "snapshot-test"
     assert launched["dpo"].snapshot.options["format"] == "trl" and launched["sft"].snapshot.options["format"] == "trl"
     if "dpo" in launched:
@@ -272,10 +269,6 @@ def test_a_malformed_candidates_file_leaves_no_half_round(preference_project, se
 
 
 def test_rejection_sampling_keeps_its_samples_for_review(reward_artifact, make_project, make_member, client):
-    from training.runners import available_kinds
-
-    if "rejection_sampling" not in available_kinds():
-        pytest.skip("no rejection_sampling runner")
     project = reward_artifact.project
     run = launching.launch_run(project=project, kind="rejection_sampling", base_model="tiny-causal", reward_models=[f"artifact:{reward_artifact.pk}"],
                              prompts=launching.Prompts(max_prompts=4), enqueue=False,

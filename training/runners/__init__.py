@@ -8,28 +8,24 @@ dataclass with help text on every field; the web process imports only these), an
 from __future__ import annotations
 
 import importlib
+import pkgutil
+from pathlib import Path
 
-RUNNERS = {
-    "reward": "training.runners.reward",
-    "generate": "training.runners.generate",
-    "rejection_sampling": "training.runners.rejection_sampling",
-    "evaluate": "training.runners.evaluate",
-    "sft": "training.runners.sft",
-    "dpo": "training.runners.dpo",
-    "ppo": "training.runners.ppo",
-    "grpo": "training.runners.grpo",
-    "rloo": "training.runners.rloo",
-}
+# No list of kinds here: the registry (training/kinds.py) names each kind's config and runner, and the worker's
+# spec carries the runner's module path. A kind of this package is a ``<kind>_config.py`` beside its ``<kind>.py``.
+_SUFFIX = "_config"
 
 
 def available_kinds() -> list[str]:
-    return list(RUNNERS)
+    """The kinds whose runner ships in this package (each ``<kind>_config`` module beside its ``<kind>`` module)."""
+    names = {m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])}
+    return sorted(n.removesuffix(_SUFFIX) for n in names if n.endswith(_SUFFIX) and n.removesuffix(_SUFFIX) in names)
 
 
 def _module_name(kind: str) -> str:
-    if kind not in RUNNERS:
-        raise ValueError(f"No runner for {kind!r} yet; available: {', '.join(RUNNERS)}.")
-    return RUNNERS[kind]
+    if kind not in available_kinds():
+        raise ValueError(f"No runner for {kind!r} yet; available: {', '.join(available_kinds())}.")
+    return f"{__name__}.{kind}"
 
 
 def load_runner(kind: str):
@@ -39,4 +35,4 @@ def load_runner(kind: str):
 
 def config_class(kind: str):
     """The config dataclass of ``kind``, from its torch-free ``<kind>_config`` module (the runner is not imported)."""
-    return importlib.import_module(_module_name(kind) + "_config").CONFIG_CLASS
+    return importlib.import_module(_module_name(kind) + _SUFFIX).CONFIG_CLASS

@@ -9,6 +9,7 @@ started it dies, so a killed worker never leaves a training process behind.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -17,7 +18,6 @@ import time
 import traceback
 from pathlib import Path
 
-from . import load_runner
 from .base import RunCancelled
 
 EVENT_PREFIX = "@@arbiter "
@@ -53,7 +53,9 @@ def main(argv: list[str]) -> int:
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
 
     try:
-        runner = load_runner(spec["kind"])
+        # The registry named the runner's module in the spec (training.kinds), so a kind defined outside this
+        # package runs too.
+        runner = importlib.import_module(spec["runner"])
         config = runner.CONFIG_CLASS.from_dict(spec["config"])
         metrics = runner.run(config, spec["datasets"], spec["output_dir"], lambda event: emit(event), spec.get("checkpoint_dir"))
     except RunCancelled:

@@ -2,7 +2,7 @@
 they read and the machinery of loading, sampling and saving a policy (their common config fields are
 :class:`training.runners.config.PolicyRunConfig`). No Django here.
 
-The contract with the Django side (training.datasets / training.actions):
+The contract with the Django side (training.datasets / training.launching):
 
 - ``dataset_paths["train"]`` (and, when there is one, ``dataset_paths["test"]``) of a prompt-driven kind
   (generate, rejection_sampling, ppo, grpo, rloo, evaluate) is a JSONL file of rows
