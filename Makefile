@@ -9,7 +9,7 @@ THREADS ?= 2
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 export DJANGO_SETTINGS_MODULE := config.settings
 
-.PHONY: run test test-sqlite test-postgres bench install install-dev browser clean
+.PHONY: run test test-sqlite test-postgres lint format bench install install-dev browser clean
 
 # Installs are stamped, so a second `make` only re-installs when a requirements file changed.
 $(VENV)/.runtime: requirements.txt
@@ -50,6 +50,15 @@ test: install-dev browser
 	  echo "PostgreSQL is not reachable at $(TEST_DATABASE_URL): skipping the PostgreSQL run"; \
 	  if [ -n "$$CI" ]; then exit 1; fi; \
 	fi
+
+# ruff (pyproject.toml): the linter, and the formatter in check mode; `make format` rewrites the files.
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install-dev
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 test-sqlite:
 	@echo "== tests on SQLite =="
