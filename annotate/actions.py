@@ -32,7 +32,19 @@ from .exports.writing import write_export
 from .imports import ANNOTATOR_NAME, ANNOTATOR_NAME_RULE, ImportFailed, ParsedItem, ParsedItems, ParsedVote, RowError
 from .judgments import InvalidJudgment, judgment_fields, vote_fields
 from .models import (
-    SETTINGS_FIELDS, Flag, Item, Judgment, Kind, Membership, Project, Response, Role, Round, Snapshot, Task, make_pseudonym,
+    SETTINGS_FIELDS,
+    Flag,
+    Item,
+    Judgment,
+    Kind,
+    Membership,
+    Project,
+    Response,
+    Role,
+    Round,
+    Snapshot,
+    Task,
+    make_pseudonym,
     prompt_hash,
 )
 
@@ -83,8 +95,14 @@ def add_member(project: Project, username: str, role: str, password: str | None 
         user.set_unusable_password()
         user.save(update_fields=["password"])
     # In a project that requires qualification, a new annotator starts as a candidate.
-    status = Membership.Status.CANDIDATE if project.qualification_required and role == Role.ANNOTATOR else Membership.Status.ACTIVE
-    membership, created = Membership.objects.get_or_create(project=project, user=user, defaults={"role": role, "status": status})
+    status = (
+        Membership.Status.CANDIDATE
+        if project.qualification_required and role == Role.ANNOTATOR
+        else Membership.Status.ACTIVE
+    )
+    membership, created = Membership.objects.get_or_create(
+        project=project, user=user, defaults={"role": role, "status": status}
+    )
     if not created and membership.role != role:
         membership.role = role
         membership.save(update_fields=["role"])
@@ -159,20 +177,28 @@ def import_items(
     """
     if votes_as is not None:
         if project.kind not in (Kind.PAIRWISE, Kind.RANKING):
-            raise ImportFailed([(0, f"--votes-as records pairwise or ranking votes; {project.slug} is a {project.kind} project.")])
+            raise ImportFailed(
+                [(0, f"--votes-as records pairwise or ranking votes; {project.slug} is a {project.kind} project.")]
+            )
         if not isinstance(votes_as, str) or not ANNOTATOR_NAME.fullmatch(votes_as):
             raise ImportFailed([(0, f"--votes-as: {ANNOTATOR_NAME_RULE}")])
         label = "preferred" if project.kind == Kind.PAIRWISE else "preferred_ranking"
         if missing := [p.line for p in parsed if getattr(p, label) is None]:
-            raise ImportFailed([
-                (line, "--votes-as needs rows that carry their label (TRL prompt/chosen/rejected, HH chosen/rejected, "
-                       "OpenAssistant trees); this row has none.")
-                for line in missing
-            ])  # fmt: skip
+            raise ImportFailed(
+                [
+                    (
+                        line,
+                        "--votes-as needs rows that carry their label (TRL prompt/chosen/rejected, HH chosen/rejected, "
+                        "OpenAssistant trees); this row has none.",
+                    )
+                    for line in missing
+                ]
+            )
     with transaction.atomic():
         report, resolved = _import_items(project, parsed, source, skipped)
         report.left_out = parsed.left_out_summary() if isinstance(parsed, ParsedItems) else ""
         if votes_as is not None:
+
             def vote(p: ParsedItem) -> dict:
                 return {"winner": p.preferred} if project.kind == Kind.PAIRWISE else {"ranking": p.preferred_ranking}
 
@@ -185,12 +211,16 @@ def _import_items(project, parsed, source, skipped) -> tuple[ImportReport, list[
     hashes = {p.content_hash for p in parsed}
     ids = {p.external_id for p in parsed if p.external_id}
     by_hash: dict[str, Item] = {}
-    for item in _among(Item.objects.filter(project=project), "content_hash", hashes).only("id", "external_id", "content_hash"):
+    for item in _among(Item.objects.filter(project=project), "content_hash", hashes).only(
+        "id", "external_id", "content_hash"
+    ):
         if item.content_hash in hashes:
             by_hash.setdefault(item.content_hash, item)
     by_id = {
         item.external_id: item
-        for item in _among(Item.objects.filter(project=project), "external_id", ids).only("id", "external_id", "content_hash")
+        for item in _among(Item.objects.filter(project=project), "external_id", ids).only(
+            "id", "external_id", "content_hash"
+        )
         if item.external_id in ids
     }
 
@@ -267,9 +297,7 @@ def _import_items(project, parsed, source, skipped) -> tuple[ImportReport, list[
         batch_size=2000,
     )
     _check_gold_answers(project, items, new, responses)
-    report = ImportReport(
-        len(items), duplicates, repeated, sum(p.empty_responses for p in new), skipped=skipped_rows
-    )
+    report = ImportReport(len(items), duplicates, repeated, sum(p.empty_responses for p in new), skipped=skipped_rows)
     return report, _items_of(project, resolved, {id(p): item for p, item in zip(new, items)})
 
 
@@ -284,7 +312,9 @@ def _items_of(project, resolved, created: dict) -> list[tuple[ParsedItem, Item]]
     return out
 
 
-def _check_gold_answers(project: Project, items: list[Item], parsed: list[ParsedItem], responses: list[Response]) -> None:
+def _check_gold_answers(
+    project: Project, items: list[Item], parsed: list[ParsedItem], responses: list[Response]
+) -> None:
     """A researcher's answer must be a valid vote on its item; otherwise the whole import is refused."""
     by_item: dict[int, list[Response]] = {}
     for response in responses:
@@ -335,7 +365,11 @@ def import_judgments(
 
 
 def _import_judgments(project, votes, skipped) -> VoteImportReport:
-    items = dict(_among(Item.objects.filter(project=project), "external_id", {v.item for v in votes}).values_list("external_id", "id"))
+    items = dict(
+        _among(Item.objects.filter(project=project), "external_id", {v.item for v in votes}).values_list(
+            "external_id", "id"
+        )
+    )
     response_ids: dict[int, list[int]] = {}
     texts: dict[int, dict[int, str]] = {}
     columns = ("item_id", "id", "text") if project.kind == Kind.STEPS else ("item_id", "id")
@@ -352,7 +386,9 @@ def _import_judgments(project, votes, skipped) -> VoteImportReport:
             errors.append((vote.line, f"no item with id {vote.item!r} in project {project.slug}."))
             continue
         try:
-            fields.append((vote, item_id, vote_fields(project, response_ids.get(item_id, []), vote.payload, texts.get(item_id))))
+            fields.append(
+                (vote, item_id, vote_fields(project, response_ids.get(item_id, []), vote.payload, texts.get(item_id)))
+            )
         except (InvalidJudgment, RowError) as exc:
             errors.append((vote.line, str(exc)))
     if errors:
@@ -383,7 +419,13 @@ def _import_judgments(project, votes, skipped) -> VoteImportReport:
         Task,
         ["item_id", "annotator_id", "display_order"],
         [(item_id, user_id, response_ids.get(item_id, [])) for item_id, user_id, _ in new],
-        constants={"project_id": project.pk, "status": Task.Status.DONE, "leased_at": now, "lease_expires_at": now, "done_at": now},
+        constants={
+            "project_id": project.pk,
+            "status": Task.Status.DONE,
+            "leased_at": now,
+            "lease_expires_at": now,
+            "done_at": now,
+        },
         ids=True,
     )
     names = sorted({name for _, _, judgment in new for name in judgment})
@@ -392,7 +434,13 @@ def _import_judgments(project, votes, skipped) -> VoteImportReport:
         Judgment,
         ["item_id", "task_id", "annotator_id", "idempotency_key", *names],
         [
-            (item_id, task_id, user_id, f"import:{item_id}", *[judgment.get(name, default) for name, default in zip(names, defaults)])
+            (
+                item_id,
+                task_id,
+                user_id,
+                f"import:{item_id}",
+                *[judgment.get(name, default) for name, default in zip(names, defaults)],
+            )
             for (item_id, user_id, judgment), task_id in zip(new, task_ids)
         ],
         constants={"project_id": project.pk, "source": Judgment.Source.IMPORT, "created_at": now},
@@ -428,10 +476,14 @@ def _annotators(project: Project, names: set[str]) -> dict[str, int]:
         users[user.username] = user.pk
     if any(u.pk is None for u in missing):  # a backend that does not return ids from bulk inserts
         users.update(User.objects.filter(username__in=names).values_list("username", "id"))
-    members = set(Membership.objects.filter(project=project, user_id__in=users.values()).values_list("user_id", flat=True))
+    members = set(
+        Membership.objects.filter(project=project, user_id__in=users.values()).values_list("user_id", flat=True)
+    )
     Membership.objects.bulk_create(
         [
-            Membership(project=project, user_id=user_id, role=Role.ANNOTATOR, pseudonym=make_pseudonym(project.pk, user_id))
+            Membership(
+                project=project, user_id=user_id, role=Role.ANNOTATOR, pseudonym=make_pseudonym(project.pk, user_id)
+            )
             for user_id in users.values()
             if user_id not in members
         ],
@@ -564,7 +616,9 @@ def _pick(project: Project, annotator, now, *, mark: int | None, skip_locked: bo
     pick, params = sql.pick_statement(project.pk, annotator.pk, mark=mark, skip_locked=skip_locked)
     if connection.vendor == "postgresql":
         # The pick, the mark's move, the task's insert and the item's responses in one round trip.
-        task = sql.pick_and_lease(pick, params, _new_task(project, annotator, None, now), shuffle=project.randomize_order)
+        task = sql.pick_and_lease(
+            pick, params, _new_task(project, annotator, None, now), shuffle=project.randomize_order
+        )
         if task is not None:
             task.project = project
         return task
@@ -606,9 +660,13 @@ def _lease(project: Project, annotator, item: Item, now) -> Task:
 def _new_task(project: Project, annotator, item: Item | None, now, display_order: list[int] | None = None) -> Task:
     lease = timedelta(seconds=project.effective_lease_seconds)
     return Task(
-        project=project, item=item, annotator=annotator, display_order=display_order,
-        leased_at=now, lease_expires_at=now + lease,
-    )  # fmt: skip
+        project=project,
+        item=item,
+        annotator=annotator,
+        display_order=display_order,
+        leased_at=now,
+        lease_expires_at=now + lease,
+    )
 
 
 def record_judgment(
@@ -832,7 +890,12 @@ def flag_task(task: Task, category: str, note: str = "") -> Flag:
     if not isinstance(note, str) or len(note) > 2000:
         raise InvalidJudgment("A note is text of at most 2000 characters.")
     return Flag.objects.create(
-        project_id=task.project_id, item_id=task.item_id, task=task, annotator_id=task.annotator_id, category=category, note=note
+        project_id=task.project_id,
+        item_id=task.item_id,
+        task=task,
+        annotator_id=task.annotator_id,
+        category=category,
+        note=note,
     )
 
 
@@ -853,7 +916,9 @@ def create_snapshot(project: Project, options: "ExportOptions", created_by=None)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
         result = write_export(project, options, tmp)
-        existing = Snapshot.objects.filter(project=project, content_hash=result.content_hash, options=options.to_dict()).first()
+        existing = Snapshot.objects.filter(
+            project=project, content_hash=result.content_hash, options=options.to_dict()
+        ).first()
         if existing is not None and existing.folder.is_dir():
             return existing, False
         summary = _json_safe({**agreement.summary(project), "aggregation": result.aggregation})
@@ -862,10 +927,16 @@ def create_snapshot(project: Project, options: "ExportOptions", created_by=None)
         relative = Path("snapshots") / project.slug / f"{result.content_hash[:16]}-{uuid.uuid4().hex[:8]}"
         with transaction.atomic():
             snapshot = Snapshot.objects.create(
-                project=project, options=options.to_dict(), content_hash=result.content_hash, path=str(relative),
-                counts=counts, agreement=summary, license=options.license, last_judgment_id=last_judgment,
+                project=project,
+                options=options.to_dict(),
+                content_hash=result.content_hash,
+                path=str(relative),
+                counts=counts,
+                agreement=summary,
+                license=options.license,
+                last_judgment_id=last_judgment,
                 created_by=created_by,
-            )  # fmt: skip
+            )
             (tmp / "README.md").write_text(dataset_card(snapshot), encoding="utf-8")
             os.replace(tmp, Path(settings.ARTIFACT_ROOT) / relative)
     finally:

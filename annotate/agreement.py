@@ -319,16 +319,20 @@ def kendall_tau_pairs(rankings: pd.DataFrame, min_shared: int = 1) -> list[dict]
     sign = pairs["sign"].to_numpy()
     a = pairs["annotator"].to_numpy()[left]
     b = pairs["annotator"].to_numpy()[right]
-    per_item = pd.DataFrame(
-        {
-            "item": pairs["item"].to_numpy()[left],
-            "a": a,
-            "b": b,
-            "sab": sign[left] * sign[right],
-            "saa": sign[left] ** 2,
-            "sbb": sign[right] ** 2,
-        }
-    ).groupby(["a", "b", "item"], sort=False)[["sab", "saa", "sbb"]].sum()
+    per_item = (
+        pd.DataFrame(
+            {
+                "item": pairs["item"].to_numpy()[left],
+                "a": a,
+                "b": b,
+                "sab": sign[left] * sign[right],
+                "saa": sign[left] ** 2,
+                "sbb": sign[right] ** 2,
+            }
+        )
+        .groupby(["a", "b", "item"], sort=False)[["sab", "saa", "sbb"]]
+        .sum()
+    )
     denominator = np.sqrt(per_item["saa"] * per_item["sbb"])
     tau = (per_item["sab"] / denominator.where(denominator > 0)).dropna()
     grouped = tau.groupby(level=["a", "b"]).agg(["mean", "size"]).reset_index()
@@ -363,7 +367,10 @@ def agreement_with_majority(labels: pd.DataFrame) -> pd.DataFrame:
     others = counts.sum(axis=1)[item] - 1
     compared = others >= 1
     frame = pd.DataFrame(
-        {"annotator": labels["annotator"].to_numpy()[compared], "agree": (own >= others_best)[compared] & (own >= 1)[compared]}
+        {
+            "annotator": labels["annotator"].to_numpy()[compared],
+            "agree": (own >= others_best)[compared] & (own >= 1)[compared],
+        }
     )
     grouped = frame.groupby("annotator")["agree"].agg(["size", "mean"])
     grouped.columns = columns
@@ -413,8 +420,12 @@ def pairwise_summary(votes: pd.DataFrame, gold: pd.DataFrame | None = None, crit
     from .reliability import dawid_skene
 
     normal = votes[votes["is_gold"] == 0]
-    labels = pd.DataFrame({"item": normal["item"], "annotator": normal["annotator"], "label": pairwise_categories(normal)})
-    strength = pd.DataFrame({"item": normal["item"], "annotator": normal["annotator"], "label": signed_strength(normal)})
+    labels = pd.DataFrame(
+        {"item": normal["item"], "annotator": normal["annotator"], "label": pairwise_categories(normal)}
+    )
+    strength = pd.DataFrame(
+        {"item": normal["item"], "annotator": normal["annotator"], "label": signed_strength(normal)}
+    )
     strength = strength[strength["label"].notna()]
     result = label_summary(labels)
     result["krippendorff_alpha"] = krippendorff_alpha(labels, "nominal")
@@ -521,7 +532,9 @@ def pairwise_vote_frame(project: Project, criteria=()) -> pd.DataFrame:
     # Item purposes are tested with "item_id IN (few ids)" rather than a join with the items: gold and
     # qualification items are a handful, so each test is a probe of a tiny hash.
     gold = Item.objects.filter(project=project, purpose=Item.Purpose.GOLD).values("id")
-    other = Item.objects.filter(project=project).exclude(purpose__in=[Item.Purpose.NORMAL, Item.Purpose.GOLD]).values("id")
+    other = (
+        Item.objects.filter(project=project).exclude(purpose__in=[Item.Purpose.NORMAL, Item.Purpose.GOLD]).values("id")
+    )
     annotations = {
         "is_gold_": Case(When(item_id__in=gold, then=Value(1)), default=Value(0), output_field=IntegerField()),
         "outcome_code_": _code_case(F("outcome"), OUTCOME_CODES),
@@ -573,7 +586,9 @@ def gold_answer_frame(project: Project) -> pd.DataFrame:
     )
     responses = {
         (item, index): response
-        for item, index, response in Response.objects.filter(item_id__in=list(gold)).values_list("item_id", "index", "id")
+        for item, index, response in Response.objects.filter(item_id__in=list(gold)).values_list(
+            "item_id", "index", "id"
+        )
     }
     rows = []
     for item, answer in gold.items():  # one row per gold item: a handful, not the votes
@@ -684,8 +699,15 @@ def annotator_rows(labels: pd.DataFrame, n_judgments: pd.Series) -> list[dict]:
     """The ``annotators`` entries of kinds without gold answers, reliability model or display order."""
     majority = agreement_with_majority(labels)["agreement"] if len(labels) else pd.Series(dtype=float)
     return [
-        {"annotator": int(a), "n": int(n), "agreement_with_majority": _float(majority.get(a)),
-         "gold_accuracy": None, "reliability": None, "reliability_note": NO_RELIABILITY_MODEL, "position_bias": None}  # fmt: skip
+        {
+            "annotator": int(a),
+            "n": int(n),
+            "agreement_with_majority": _float(majority.get(a)),
+            "gold_accuracy": None,
+            "reliability": None,
+            "reliability_note": NO_RELIABILITY_MODEL,
+            "position_bias": None,
+        }
         for a, n in n_judgments.items()
     ]
 
@@ -713,7 +735,10 @@ def ranking_summary(rows) -> dict:
     ranks = ranking_frame(rows)
     per_response = ranks.rename(columns={"rank": "label"})
     whole = pd.DataFrame(
-        [(item, annotator, repr([sorted(g) for g in (data or {}).get("ranking") or []])) for item, annotator, data in rows],
+        [
+            (item, annotator, repr([sorted(g) for g in (data or {}).get("ranking") or []]))
+            for item, annotator, data in rows
+        ],
         columns=["item", "annotator", "label"],
     )
     counts = pd.Series([a for _, a, _ in rows]).value_counts().sort_index()
@@ -769,8 +794,15 @@ def summary(project: Project) -> dict:
     ranking — Kendall's τ between annotators and each response's rank (ordinal); steps — each step's label
     (nominal). Demonstrations have no agreement statistic.
     """
-    result = {"project": project.slug, "kind": project.kind, "n_items": 0, "n_items_with_overlap": 0,
-              "n_judgments": 0, "n_annotators": 0, **EMPTY_METRICS}  # fmt: skip
+    result = {
+        "project": project.slug,
+        "kind": project.kind,
+        "n_items": 0,
+        "n_items_with_overlap": 0,
+        "n_judgments": 0,
+        "n_annotators": 0,
+        **EMPTY_METRICS,
+    }
     if project.kind == Kind.PAIRWISE:
         criteria = [c for c in (project.criteria or []) if isinstance(c, str)]
         votes = pairwise_vote_frame(project, criteria)

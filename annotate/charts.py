@@ -153,7 +153,9 @@ def line_chart(
     """One polyline with dots per series (points sorted by x; a series of one point is a dot), y ticks, a
     legend with each series' last value, and horizontal reference lines. ``x_ticks`` names the x positions
     (e.g. dates); by default round numbers are used."""
-    series = {name: sorted((x, y) for x, y in points if y is not None and math.isfinite(y)) for name, points in series.items()}
+    series = {
+        name: sorted((x, y) for x, y in points if y is not None and math.isfinite(y)) for name, points in series.items()
+    }
     parts = _open(width, height, title, desc, "line-chart")
     if not any(series.values()):
         return _empty(parts, width, height)
@@ -222,7 +224,11 @@ def bar_chart(
     if not bars:
         return _empty(parts, width, height)
     values = [b.value for b in bars if b.value is not None] + [r.value for r in references]
-    low, high = x_range if x_range is not None else (min(0.0, *values) if values else 0.0, max(values) * 1.05 if values else 1.0)
+    low, high = (
+        x_range
+        if x_range is not None
+        else (min(0.0, *values) if values else 0.0, max(values) * 1.05 if values else 1.0)
+    )
     sx = _Scale(low, high, label_width, width - right)
     plot_bottom = top + row * len(bars)
     parts.append(_frame(label_width, top, width - right, plot_bottom))
@@ -421,7 +427,9 @@ def scatter(
 
 
 def _frame(x0: float, y0: float, x1: float, y1: float) -> str:
-    return f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{x1 - x0:.1f}" height="{y1 - y0:.1f}" fill="none" stroke="#d0d5dd"/>'
+    return (
+        f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{x1 - x0:.1f}" height="{y1 - y0:.1f}" fill="none" stroke="#d0d5dd"/>'
+    )
 
 
 def _h_grid(x0: float, x1: float, y: float, label: str) -> str:

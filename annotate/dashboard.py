@@ -40,7 +40,7 @@ from .judgments import InvalidJudgment, vote_fields
 from .models import Item, Judgment, Kind, Membership, Project, Response
 from .reliability import dawid_skene, length_bias, position_bias
 from .selectors import GOLD_WINDOW, pseudonyms
-from .vetting import MIN_POSITION, MIN_TIMED, gold_score
+from .vetting import MIN_TIMED, gold_score
 
 CACHE_SECONDS = 24 * 3600
 CACHE_FORMAT = 1  # bump when the shape of a cached value changes, so a shared cache never serves the old shape
@@ -139,7 +139,18 @@ def page_summary(summary: dict, shown: int = KAPPA_SHOWN, min_shared: int = KAPP
 
 # --- reads -------------------------------------------------------------------------------------------------------
 
-FRAME_COLUMNS = ["judgment", "item", "annotator", "purpose", "duration_ms", "imported", "outcome_code", "winner", "first", "second"]
+FRAME_COLUMNS = [
+    "judgment",
+    "item",
+    "annotator",
+    "purpose",
+    "duration_ms",
+    "imported",
+    "outcome_code",
+    "winner",
+    "first",
+    "second",
+]
 
 
 def judgment_frame(project: Project) -> pd.DataFrame:
@@ -160,7 +171,9 @@ def judgment_frame(project: Project) -> pd.DataFrame:
             default=Value(NORMAL),
             output_field=IntegerField(),
         ),
-        "imported_": Case(When(source=Judgment.Source.IMPORT, then=Value(1)), default=Value(0), output_field=IntegerField()),
+        "imported_": Case(
+            When(source=Judgment.Source.IMPORT, then=Value(1)), default=Value(0), output_field=IntegerField()
+        ),
     }
     fields = ["id", "item_id", "annotator_id", "purpose_", "duration_ms", "imported_"]
     pairwise = project.kind == Kind.PAIRWISE
@@ -174,7 +187,12 @@ def judgment_frame(project: Project) -> pd.DataFrame:
         annotations["first_"] = Cast(KeyTextTransform("0", "task__display_order"), IntegerField())
         annotations["second_"] = Cast(KeyTextTransform("1", "task__display_order"), IntegerField())
         fields += ["outcome_code_", "winner_id", "first_", "second_"]
-    queryset = Judgment.objects.filter(project=project, is_current=True).annotate(**annotations).order_by().values_list(*fields)
+    queryset = (
+        Judgment.objects.filter(project=project, is_current=True)
+        .annotate(**annotations)
+        .order_by()
+        .values_list(*fields)
+    )
     table = np.asarray(sql.numeric_rows(queryset, fields), dtype=float).reshape(-1, len(fields))
     # numeric_rows marks NULL with the smallest int64 (or NaN): either way NaN here.
     table[table == float(np.iinfo(np.int64).min)] = np.nan
@@ -201,14 +219,21 @@ def answer_data(project: Project) -> dict[int, dict]:
 def response_lengths(project: Project) -> pd.DataFrame:
     """Every response of the project: ``response`` id, ``index`` (position in the imported row) and ``length``
     (characters)."""
-    rows = Response.objects.filter(item__project=project).annotate(n=Length("text")).order_by().values_list("id", "index", "n")
+    rows = (
+        Response.objects.filter(item__project=project)
+        .annotate(n=Length("text"))
+        .order_by()
+        .values_list("id", "index", "n")
+    )
     return pd.DataFrame(list(rows), columns=["response", "index", "length"])
 
 
 def gold_expectations(project: Project) -> dict[int, dict]:
     """The researcher's answer of each gold item as judgment fields (``vote_fields`` of ``Item.gold``), from
     two queries; gold items whose answer is not a valid vote are left out."""
-    items = dict(Item.objects.filter(project=project, purpose=Item.Purpose.GOLD, gold__isnull=False).values_list("id", "gold"))
+    items = dict(
+        Item.objects.filter(project=project, purpose=Item.Purpose.GOLD, gold__isnull=False).values_list("id", "gold")
+    )
     responses: dict[int, list[tuple[int, str]]] = {}
     for item, response, text in (
         Response.objects.filter(item__project=project, item__purpose=Item.Purpose.GOLD)
@@ -290,9 +315,17 @@ def agreement_over_time(
     agreement on the items completed in it. Returns a frame indexed by period with ``n_items`` (items with two
     or more labels), ``percent_agreement`` and ``alpha`` (NaN when undefined).
     """
+
     def units(labels: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame({"item": labels["unit"], "annotator": labels["annotator"], "label": labels["label"],
-                             "origin": labels["item"], "period": labels["item"].map(item_period)})  # fmt: skip
+        return pd.DataFrame(
+            {
+                "item": labels["unit"],
+                "annotator": labels["annotator"],
+                "label": labels["label"],
+                "origin": labels["item"],
+                "period": labels["item"].map(item_period),
+            }
+        )
 
     # One pass over each frame (grouped by period) rather than a filter per period.
     percent_groups = dict(tuple(units(percent_labels).groupby("period", sort=True)))
@@ -307,7 +340,9 @@ def agreement_over_time(
                 "period": int(period),
                 "n_items": n_items,
                 "percent_agreement": agreement.percent_agreement(part) if part is not None and len(part) else None,
-                "alpha": agreement.krippendorff_alpha(alpha_part, level) if alpha_part is not None and len(alpha_part) else None,
+                "alpha": agreement.krippendorff_alpha(alpha_part, level)
+                if alpha_part is not None and len(alpha_part)
+                else None,
             }
         )
     frame = pd.DataFrame(rows, columns=["period", "n_items", "percent_agreement", "alpha"]).set_index("period")
@@ -360,7 +395,9 @@ def length_frame(votes: pd.DataFrame, lengths: pd.Series) -> pd.DataFrame:
     winner_length = wins["winner"].map(lengths)
     loser_length = loser.map(lengths)
     differ = winner_length.notna() & loser_length.notna() & (winner_length != loser_length)
-    return pd.DataFrame({"annotator": wins["annotator"][differ], "chose_longer": (winner_length > loser_length)[differ]})
+    return pd.DataFrame(
+        {"annotator": wins["annotator"][differ], "chose_longer": (winner_length > loser_length)[differ]}
+    )
 
 
 def confusion_matrices(labels: pd.DataFrame, reference: pd.Series, classes: list, annotators) -> dict:
@@ -413,7 +450,14 @@ def pairwise_labels(votes: pd.DataFrame, responses: pd.DataFrame) -> pd.DataFram
     winner_index = normal["winner"].map(index).fillna(0).to_numpy(dtype=np.int64).clip(0, 1)
     codes = np.where(outcome == 0, winner_index, np.where(outcome == 1, 2, 3))
     label = pd.Categorical.from_codes(codes, categories=PAIRWISE_LABELS)
-    return pd.DataFrame({"item": normal["item"].to_numpy(), "unit": normal["item"].to_numpy(), "annotator": normal["annotator"].to_numpy(), "label": label})
+    return pd.DataFrame(
+        {
+            "item": normal["item"].to_numpy(),
+            "unit": normal["item"].to_numpy(),
+            "annotator": normal["annotator"].to_numpy(),
+            "label": label,
+        }
+    )
 
 
 def unit_label_frame(flat: pd.DataFrame, unit_columns: list[str], label: str = "label") -> pd.DataFrame:
@@ -422,7 +466,14 @@ def unit_label_frame(flat: pd.DataFrame, unit_columns: list[str], label: str = "
     if flat.empty:
         return pd.DataFrame(columns=["item", "unit", "annotator", "label"])
     unit = pd.MultiIndex.from_frame(flat[unit_columns]).factorize()[0]
-    return pd.DataFrame({"item": flat["item"].to_numpy(), "unit": unit, "annotator": flat["annotator"].to_numpy(), "label": flat[label].to_numpy()})
+    return pd.DataFrame(
+        {
+            "item": flat["item"].to_numpy(),
+            "unit": unit,
+            "annotator": flat["annotator"].to_numpy(),
+            "label": flat[label].to_numpy(),
+        }
+    )
 
 
 def kind_labels(project: Project, frame: pd.DataFrame, data: dict[int, dict], responses: pd.DataFrame | None) -> dict:
@@ -432,19 +483,35 @@ def kind_labels(project: Project, frame: pd.DataFrame, data: dict[int, dict], re
         labels = pairwise_labels(frame, responses)
         return {"percent": labels, "alpha": labels, "level": "nominal", "categorical": labels}
     normal = frame[frame["purpose"] == NORMAL]
-    rows = [(item, annotator, data.get(judgment) or {}) for judgment, item, annotator in zip(normal["judgment"], normal["item"], normal["annotator"])]
+    rows = [
+        (item, annotator, data.get(judgment) or {})
+        for judgment, item, annotator in zip(normal["judgment"], normal["item"], normal["annotator"])
+    ]
     empty = pd.DataFrame(columns=["item", "unit", "annotator", "label"])
     if project.kind == Kind.RATING:
         labels = unit_label_frame(agreement.rating_frame(rows), ["item", "response", "criterion"])
         numeric = "labels" not in project.rating_scale
-        return {"percent": labels, "alpha": labels, "level": "ordinal" if numeric else "nominal", "categorical": None if numeric else labels}
+        return {
+            "percent": labels,
+            "alpha": labels,
+            "level": "ordinal" if numeric else "nominal",
+            "categorical": None if numeric else labels,
+        }
     if project.kind == Kind.STEPS:
         labels = unit_label_frame(agreement.steps_frame(rows), ["item", "response", "step"])
         return {"percent": labels, "alpha": labels, "level": "nominal", "categorical": labels}
     if project.kind == Kind.RANKING:
         ranks = unit_label_frame(agreement.ranking_frame(rows), ["item", "response"], label="rank")
         whole = pd.DataFrame(
-            [(item, item, annotator, repr([sorted(g) if isinstance(g, list) else [g] for g in d.get("ranking") or []])) for item, annotator, d in rows],
+            [
+                (
+                    item,
+                    item,
+                    annotator,
+                    repr([sorted(g) if isinstance(g, list) else [g] for g in d.get("ranking") or []]),
+                )
+                for item, annotator, d in rows
+            ],
             columns=["item", "unit", "annotator", "label"],
         )
         return {"percent": whole, "alpha": ranks, "level": "ordinal", "categorical": None}
@@ -484,18 +551,33 @@ def compute_dashboard(project: Project, summary: dict, over: str = "block") -> d
         period, ticks = block_periods(normal["judgment"].to_numpy(), block_size)
     points = []
     if labels["level"] and len(normal):
-        timeline = agreement_over_time(labels["percent"], labels["alpha"], item_periods(normal, period), labels["level"])
+        timeline = agreement_over_time(
+            labels["percent"], labels["alpha"], item_periods(normal, period), labels["level"]
+        )
         for p, row in timeline.iterrows():
             x, label = ticks[p]
-            points.append({"x": x, "label": label, "n_items": int(row.n_items),
-                           "percent_agreement": _number(row.percent_agreement), "alpha": _number(row.alpha)})  # fmt: skip
+            points.append(
+                {
+                    "x": x,
+                    "label": label,
+                    "n_items": int(row.n_items),
+                    "percent_agreement": _number(row.percent_agreement),
+                    "alpha": _number(row.alpha),
+                }
+            )
 
     # Rolling gold accuracy: the newest GOLD_WINDOW gold answers per annotator, scored as review scores them.
     expected = gold_expectations(project) if (frame["purpose"] == GOLD).any() else {}
-    gold_votes = frame[frame["purpose"] == GOLD].sort_values("judgment", ascending=False).groupby("annotator").head(GOLD_WINDOW)
+    gold_votes = (
+        frame[frame["purpose"] == GOLD].sort_values("judgment", ascending=False).groupby("annotator").head(GOLD_WINDOW)
+    )
     scores = []
     for judgment, item, annotator, code, winner in zip(
-        gold_votes["judgment"], gold_votes["item"], gold_votes["annotator"], gold_votes["outcome_code"], gold_votes["winner"]
+        gold_votes["judgment"],
+        gold_votes["item"],
+        gold_votes["annotator"],
+        gold_votes["outcome_code"],
+        gold_votes["winner"],
     ):
         answer = {"outcome": OUTCOMES.get(code, ""), "winner_id": int(winner) or None, "data": data.get(judgment) or {}}
         score = gold_score(project.kind, expected[item], answer) if item in expected else None
@@ -515,10 +597,15 @@ def compute_dashboard(project: Project, summary: dict, over: str = "block") -> d
     confusion = None
     categorical = labels.get("categorical")
     if categorical is not None and len(categorical):
-        units = pd.DataFrame({"item": categorical["unit"], "annotator": categorical["annotator"], "label": categorical["label"]})
+        units = pd.DataFrame(
+            {"item": categorical["unit"], "annotator": categorical["annotator"], "label": categorical["label"]}
+        )
         model = dawid_skene(units)
         known = [str(v) for v in project.scale_values] if project.kind == Kind.RATING else CLASS_ORDER
-        classes = sorted(pd.unique(units["label"]).tolist(), key=lambda c: (known.index(c), "") if c in known else (len(known), str(c)))
+        classes = sorted(
+            pd.unique(units["label"]).tolist(),
+            key=lambda c: (known.index(c), "") if c in known else (len(known), str(c)),
+        )
         shown = model.accuracy.sort_values(kind="stable").index[:MAX_MATRICES].tolist()
         matrices = confusion_matrices(units, model.labels, classes, shown)
         confusion = {
@@ -526,8 +613,15 @@ def compute_dashboard(project: Project, summary: dict, over: str = "block") -> d
             "classes": [str(c) for c in classes],
             "n_annotators": int(model.accuracy.size),
             **model.convergence(),
-            "matrices": [{"name": names[int(a)], "accuracy": _number(model.accuracy[a]), "accuracy_note": model.unestimated.get(a),
-                          "counts": matrices[a]} for a in shown],  # fmt: skip
+            "matrices": [
+                {
+                    "name": names[int(a)],
+                    "accuracy": _number(model.accuracy[a]),
+                    "accuracy_note": model.unestimated.get(a),
+                    "counts": matrices[a],
+                }
+                for a in shown
+            ],
         }
 
     from_summary = {row["name"]: row for row in summary.get("annotators", [])}
@@ -573,7 +667,9 @@ def _bias_row(report, annotator) -> dict | None:
 def _bias_overall(report) -> dict | None:
     if report is None or not report.overall["n"]:
         return None
-    overall = {key: _number(value) if key in ("rate", "p_value") else int(value) for key, value in report.overall.items()}
+    overall = {
+        key: _number(value) if key in ("rate", "p_value") else int(value) for key, value in report.overall.items()
+    }
     return {**overall, "p_text": _p(overall["p_value"])}
 
 
@@ -598,7 +694,9 @@ def dashboard_charts(data: dict, project: Project) -> dict:
     over = data["over_time"]
     level = over["level"] or "nominal"
     series = {
-        "percent agreement": [(p["x"], p["percent_agreement"]) for p in over["points"] if p["percent_agreement"] is not None],
+        "percent agreement": [
+            (p["x"], p["percent_agreement"]) for p in over["points"] if p["percent_agreement"] is not None
+        ],
         f"Krippendorff's α ({level})": [(p["x"], p["alpha"]) for p in over["points"] if p["alpha"] is not None],
     }
     lows = [y for points in series.values() for _, y in points]
@@ -609,12 +707,16 @@ def dashboard_charts(data: dict, project: Project) -> dict:
         ticks = ticks[:: -(-len(ticks) // 8)]
     result["over_time"] = charts.line_chart(
         series,
-        title="Percent agreement and Krippendorff's α " + ("per day" if by_day else f"per block of {over['block_size']} judgments"),
+        title="Percent agreement and Krippendorff's α "
+        + ("per day" if by_day else f"per block of {over['block_size']} judgments"),
         desc=(
             "Percent agreement and Krippendorff's alpha on the items completed in each "
             + ("day" if by_day else f"block of {over['block_size']} judgments")
             + ": "
-            + "; ".join(f"{p['label']}: {charts.fmt(p['percent_agreement'])}, α {charts.fmt(p['alpha'])} over {p['n_items']} items" for p in over["points"])
+            + "; ".join(
+                f"{p['label']}: {charts.fmt(p['percent_agreement'])}, α {charts.fmt(p['alpha'])} over {p['n_items']} items"
+                for p in over["points"]
+            )
         ),
         x_label="day" if by_day else "judgments so far",
         y_range=(y0, 1.0),
@@ -627,8 +729,12 @@ def dashboard_charts(data: dict, project: Project) -> dict:
     judged.sort(key=lambda a: (a["gold_accuracy"], a["name"]))
     threshold, needed = project.review_gold_accuracy, project.review_min_gold
     bars = [
-        Bar(a["name"], a["gold_accuracy"], f"n={a['gold_n']}",
-            "muted" if a["gold_n"] < needed else "bad" if threshold and a["gold_accuracy"] < threshold else "default")  # fmt: skip
+        Bar(
+            a["name"],
+            a["gold_accuracy"],
+            f"n={a['gold_n']}",
+            "muted" if a["gold_n"] < needed else "bad" if threshold and a["gold_accuracy"] < threshold else "default",
+        )
         for a in judged[:MAX_BARS]
     ]
     result["gold"] = charts.bar_chart(
@@ -646,8 +752,16 @@ def dashboard_charts(data: dict, project: Project) -> dict:
     median, ratio = data["project_median_s"], project.review_speed_ratio
     floor = ratio * median if (ratio and median) else None
     bars = [
-        Bar(a["name"], a["median_s"], f"n={a['n_timed']}",
-            "muted" if a["n_timed"] < MIN_TIMED else "bad" if floor is not None and a["median_s"] < floor else "default")  # fmt: skip
+        Bar(
+            a["name"],
+            a["median_s"],
+            f"n={a['n_timed']}",
+            "muted"
+            if a["n_timed"] < MIN_TIMED
+            else "bad"
+            if floor is not None and a["median_s"] < floor
+            else "default",
+        )
         for a in timed[:MAX_BARS]
     ]
     references = []
@@ -675,11 +789,21 @@ def dashboard_charts(data: dict, project: Project) -> dict:
             overall = data[f"{key}_overall"]
             bars = []
             if overall:
-                bars.append(Bar("everyone", overall["rate"], f"p={_p(overall['p_value'])} n={overall['n']}",
-                                "bad" if p_review and overall["p_value"] < p_review else "overall"))  # fmt: skip
+                bars.append(
+                    Bar(
+                        "everyone",
+                        overall["rate"],
+                        f"p={_p(overall['p_value'])} n={overall['n']}",
+                        "bad" if p_review and overall["p_value"] < p_review else "overall",
+                    )
+                )
             bars += [
-                Bar(a["name"], a[key]["rate"], f"p={_p(a[key]['p_value'])} n={a[key]['n']}",
-                    "bad" if p_review and a[key]["p_value"] < p_review else "default")  # fmt: skip
+                Bar(
+                    a["name"],
+                    a[key]["rate"],
+                    f"p={_p(a[key]['p_value'])} n={a[key]['n']}",
+                    "bad" if p_review and a[key]["p_value"] < p_review else "default",
+                )
                 for a in rows[:MAX_BARS]
             ]
             result[key] = charts.bar_chart(
@@ -696,8 +820,12 @@ def dashboard_charts(data: dict, project: Project) -> dict:
     y_key = "gold_accuracy" if any(a["gold_accuracy"] is not None for a in annotators) else "agreement_with_majority"
     y_name = "gold accuracy" if y_key == "gold_accuracy" else "agreement with majority"
     dots = [
-        Point(a["median_s"], a[y_key], a["name"],
-              "bad" if a["status"] in (Membership.Status.FLAGGED, Membership.Status.PAUSED) else "default")  # fmt: skip
+        Point(
+            a["median_s"],
+            a[y_key],
+            a["name"],
+            "bad" if a["status"] in (Membership.Status.FLAGGED, Membership.Status.PAUSED) else "default",
+        )
         for a in annotators
         if a["median_s"] is not None and a[y_key] is not None
     ]
@@ -709,12 +837,17 @@ def dashboard_charts(data: dict, project: Project) -> dict:
         y_label=y_name,
         y_range=(0.0, 1.0),
         x_references=[Reference(floor, "review below")] if floor else [],
-        y_references=[Reference(project.review_gold_accuracy, "review below")] if y_key == "gold_accuracy" and project.review_gold_accuracy else [],
+        y_references=[Reference(project.review_gold_accuracy, "review below")]
+        if y_key == "gold_accuracy" and project.review_gold_accuracy
+        else [],
     )
 
     criteria = data["summary"].get("by_criterion") or {}
     if criteria:
-        bars = [Bar(name, m.get("krippendorff_alpha"), f"agreement {charts.fmt(m.get('percent_agreement'))}") for name, m in criteria.items()]
+        bars = [
+            Bar(name, m.get("krippendorff_alpha"), f"agreement {charts.fmt(m.get('percent_agreement'))}")
+            for name, m in criteria.items()
+        ]
         values = [b.value for b in bars if b.value is not None]
         result["criteria"] = charts.bar_chart(
             bars,
@@ -733,7 +866,9 @@ def dashboard_charts(data: dict, project: Project) -> dict:
                 column_labels=confusion["classes"],
                 title=f"{m['name']} · DS accuracy {charts.fmt(m['accuracy'], 2)}",
                 desc=f"Confusion matrix of {m['name']}: rows the Dawid-Skene label of the unit, columns their label; "
-                + "; ".join(f"{r}: " + ", ".join(str(v) for v in row) for r, row in zip(confusion["classes"], m["counts"])),
+                + "; ".join(
+                    f"{r}: " + ", ".join(str(v) for v in row) for r, row in zip(confusion["classes"], m["counts"])
+                ),
                 row_title="Dawid-Skene label",
                 column_title="their label",
                 cell=max(34, min(76, 7 * max(len(c) for c in confusion["classes"]))),

@@ -103,7 +103,9 @@ class PairwiseForm(JudgmentForm):
     """``{"choice", "strength"?, "criteria"?: {criterion: choice}, "demonstration"?}``."""
 
     def add_fields(self):
-        self.fields["choice"] = forms.ChoiceField(choices=[(c, CHOICE_LABELS[c]) for c in CHOICES], widget=forms.RadioSelect)
+        self.fields["choice"] = forms.ChoiceField(
+            choices=[(c, CHOICE_LABELS[c]) for c in CHOICES], widget=forms.RadioSelect
+        )
         self.fields["strength"] = forms.TypedChoiceField(
             choices=[(str(k), v) for k, v in STRENGTH_LABELS.items()],
             coerce=int,
@@ -382,7 +384,9 @@ class ProjectForm(forms.ModelForm):
 
 class ImportForm(forms.Form):
     file = forms.FileField(help_text="JSONL, CSV or Parquet.")
-    skip_invalid = forms.BooleanField(required=False, label="Skip invalid rows (import the rest, list the skipped lines)")
+    skip_invalid = forms.BooleanField(
+        required=False, label="Skip invalid rows (import the rest, list the skipped lines)"
+    )
     votes_as = forms.RegexField(
         regex=r"^[\w.@+-]{1,150}$",
         required=False,
@@ -401,16 +405,33 @@ class ExportForm(forms.Form):
 
     format = forms.ChoiceField()
     aggregate = forms.ChoiceField(
-        choices=[("", "The format's default"), ("majority", "Majority vote"), ("dawid-skene", "Dawid-Skene"),
-                 ("bradley-terry", "Bradley-Terry (ties, skill, position)"), ("none", "Every vote")],  # fmt: skip
+        choices=[
+            ("", "The format's default"),
+            ("majority", "Majority vote"),
+            ("dawid-skene", "Dawid-Skene"),
+            ("bradley-terry", "Bradley-Terry (ties, skill, position)"),
+            ("none", "Every vote"),
+        ],
         initial="",
         required=False,
     )
-    ties = forms.ChoiceField(choices=[("drop", "Drop ties"), ("keep", "Keep ties as rows")], initial="drop", required=False)
+    ties = forms.ChoiceField(
+        choices=[("drop", "Drop ties"), ("keep", "Keep ties as rows")], initial="drop", required=False
+    )
     min_agreement = forms.FloatField(min_value=0, max_value=1, initial=0, required=False)
-    test_size = forms.FloatField(min_value=0, max_value=0.9, initial=0.1, required=False, help_text="Snapshots: share of prompts in the test split.")
+    test_size = forms.FloatField(
+        min_value=0,
+        max_value=0.9,
+        initial=0.1,
+        required=False,
+        help_text="Snapshots: share of prompts in the test split.",
+    )
     seed = forms.IntegerField(initial=0, required=False)
-    container = forms.ChoiceField(choices=[("jsonl", "JSONL"), ("parquet", "Parquet"), ("hf", "datasets (save_to_disk)")], initial="jsonl", required=False)
+    container = forms.ChoiceField(
+        choices=[("jsonl", "JSONL"), ("parquet", "Parquet"), ("hf", "datasets (save_to_disk)")],
+        initial="jsonl",
+        required=False,
+    )
     license = forms.CharField(max_length=100, required=False)
 
     def __init__(self, project: Project, *args, **kwargs):

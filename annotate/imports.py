@@ -171,7 +171,11 @@ def _jsonl_rows(text: str, max_rows: int) -> Iterator[tuple[int, Any]]:
     # Only "\n" ends a line: str.splitlines() would also split at U+2028, U+0085 and others that JSON strings
     # may hold as they are, cutting a valid row in two.
     lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
-    deep = [(number, f"invalid JSON ({reason})") for number, line in enumerate(lines, start=1) if (reason := _too_deep(line))]
+    deep = [
+        (number, f"invalid JSON ({reason})")
+        for number, line in enumerate(lines, start=1)
+        if (reason := _too_deep(line))
+    ]
     if deep:
         raise ImportFailed(deep)
     rows = sum(1 for line in lines if line.strip())
@@ -223,7 +227,9 @@ def _parquet_rows(data: bytes, max_rows: int) -> Iterator[tuple[int, Any]]:
     if rows > max_rows:
         raise ImportFailed([(0, f"The file has {rows} rows, more than the limit of {max_rows} rows.")])
     if depth > settings.ARBITER_IMPORT_MAX_DEPTH:
-        raise ImportFailed([(0, f"Its columns nest {depth} levels deep, more than the limit of {settings.ARBITER_IMPORT_MAX_DEPTH}.")])
+        raise ImportFailed(
+            [(0, f"Its columns nest {depth} levels deep, more than the limit of {settings.ARBITER_IMPORT_MAX_DEPTH}.")]
+        )
     try:
         # A damaged page can pass the footer checks and fail only when its values are decoded (to_pylist).
         rows = pq.read_table(io.BytesIO(data)).to_pylist()
@@ -264,6 +270,7 @@ def may_hold_nul(data: bytes, fmt: str) -> bool:
     """Whether any row of the file can hold NUL: in JSON text it can only be written as an escape, and CSV could
     hold the byte itself. A file without either needs no walk through every parsed row."""
     return fmt == "parquet" or b"\x00" in data or b"\\u0000" in data or b"\\U0000" in data
+
 
 # --- item rows ------------------------------------------------------------------------------------
 
@@ -309,7 +316,9 @@ def normalize_messages(value: Any, name: str = "prompt") -> list[dict]:
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise RowError(f'{name} message {position} must be an object with "role" and text "content".')
         if message.get("role") not in ROLES:
-            raise RowError(f"{name} message {position} has role {message.get('role')!r}; use system, user or assistant.")
+            raise RowError(
+                f"{name} message {position} has role {message.get('role')!r}; use system, user or assistant."
+            )
         messages.append({"role": message["role"], "content": message["content"]})
     return messages
 
@@ -400,7 +409,9 @@ def parse_item_row(row: Any, line: int, from_csv: bool = False, min_responses: i
             prompt = normalize_messages(row["prompt"])
             responses = [_response(chosen, 1), _response(rejected, 2)]
         else:  # Anthropic HH row
-            prompt, chosen_text, rejected_text = _split_hh_pair(parse_hh_transcript(chosen), parse_hh_transcript(rejected))
+            prompt, chosen_text, rejected_text = _split_hh_pair(
+                parse_hh_transcript(chosen), parse_hh_transcript(rejected)
+            )
             if not prompt:
                 raise RowError("an HH transcript must start with a Human turn.")
             responses = [_response(chosen_text, 1), _response(rejected_text, 2)]
@@ -409,7 +420,9 @@ def parse_item_row(row: Any, line: int, from_csv: bool = False, min_responses: i
         metadata = {**metadata, "source_preference": {"chosen": 0, "rejected": 1}}
         preferred = 0
     else:
-        raise RowError('a row needs "prompt" and "responses" (or TRL "prompt"/"chosen"/"rejected", or HH "chosen"/"rejected").')
+        raise RowError(
+            'a row needs "prompt" and "responses" (or TRL "prompt"/"chosen"/"rejected", or HH "chosen"/"rejected").'
+        )
 
     purpose = row.get("purpose", "normal")
     if purpose not in ("normal", "gold", "qualification"):
@@ -500,11 +513,15 @@ def parse_items(data: bytes, fmt: str, kind: str, skipped: list[tuple[int, str]]
                     raise RowError(NUL_MESSAGE)
                 if not low <= len(item.responses) <= high:
                     wanted = f"exactly {low}" if low == high else f"{low} to {high}"
-                    raise RowError(f"{kind} projects need {wanted} responses per item; this row has {len(item.responses)}.")
+                    raise RowError(
+                        f"{kind} projects need {wanted} responses per item; this row has {len(item.responses)}."
+                    )
                 if item.external_id is not None:
                     first = seen_ids.get(item.external_id)
                     if first is not None and first.content_hash != item.content_hash:
-                        raise RowError(f"id {item.external_id!r} is already used on line {first.line} for a different item.")
+                        raise RowError(
+                            f"id {item.external_id!r} is already used on line {first.line} for a different item."
+                        )
                     seen_ids.setdefault(item.external_id, item)
             items.extend(found)
         except RowError as exc:
@@ -513,7 +530,9 @@ def parse_items(data: bytes, fmt: str, kind: str, skipped: list[tuple[int, str]]
         raise ImportFailed(errors)
     if not items:
         if left_out:
-            raise ImportFailed([(0, ParsedItems([], left_out, kind).left_out_summary() + " Nothing else was in the file.")])
+            raise ImportFailed(
+                [(0, ParsedItems([], left_out, kind).left_out_summary() + " Nothing else was in the file.")]
+            )
         raise ImportFailed(errors if errors else [(0, "The file has no rows.")])
     if skipped is not None:
         skipped.extend(errors)
@@ -546,7 +565,9 @@ def parse_oasst_tree(row: dict, line: int) -> list[ParsedItem]:
             raise RowError("an OpenAssistant message needs a text.")
         role = {"prompter": "user", "assistant": "assistant"}.get(message.get("role"))
         if role is None:
-            raise RowError(f"an OpenAssistant message has role {message.get('role')!r}; expected prompter or assistant.")
+            raise RowError(
+                f"an OpenAssistant message has role {message.get('role')!r}; expected prompter or assistant."
+            )
         path = path + [{"role": role, "content": message["text"]}]
         replies = message.get("replies") or []
         if not isinstance(replies, list):
@@ -562,16 +583,23 @@ def parse_oasst_tree(row: dict, line: int) -> list[ParsedItem]:
                     line,
                     path,
                     [
-                        {"text": r["text"], "model": r.get("model_name") or "", "metadata": {"message_id": r.get("message_id"), "rank": r["rank"]}}
+                        {
+                            "text": r["text"],
+                            "model": r.get("model_name") or "",
+                            "metadata": {"message_id": r.get("message_id"), "rank": r["rank"]},
+                        }
                         for r in ranked
                     ],
                     external_id=str(message.get("message_id") or "") or None,
-                    metadata={"source": "openassistant", "message_tree_id": row.get("message_tree_id") or root.get("message_id"),
-                              "source_ranking": ranking},
+                    metadata={
+                        "source": "openassistant",
+                        "message_tree_id": row.get("message_tree_id") or root.get("message_id"),
+                        "source_ranking": ranking,
+                    },
                     preferred=ranking[0],
                     preferred_ranking=ranking,
                 )
-            )  # fmt: skip
+            )
         for reply in replies:
             if isinstance(reply, dict) and not reply.get("deleted"):
                 walk(reply, path)

@@ -133,7 +133,9 @@ def pairwise_from_choice(task: Task, payload: dict) -> dict:
     "A" is the first response as this annotator saw it, which ``task.display_order`` records.
     """
     outcome, winner = _outcome_of_choice(task, payload.get("choice"))
-    criteria = _criteria(task.project, payload.get("criteria"), lambda value, what: _outcome_of_choice(task, value, what))
+    criteria = _criteria(
+        task.project, payload.get("criteria"), lambda value, what: _outcome_of_choice(task, value, what)
+    )
     return _pairwise(outcome, winner, payload, criteria)
 
 
@@ -176,9 +178,11 @@ def _ratings(project, response_ids: list[int], raw: Any, decode) -> dict:
             if isinstance(score, str) and "labels" not in project.rating_scale and score.lstrip("-").isdigit():
                 score = int(score)
             if isinstance(score, bool) or score not in allowed or (isinstance(score, float) and not score.is_integer()):
-                raise InvalidJudgment(f"score {score!r} for {criterion} is off the scale {allowed[0]}..{allowed[-1]}"
-                                      if "labels" not in project.rating_scale
-                                      else f"score {score!r} for {criterion} is not one of {', '.join(allowed)}.")
+                raise InvalidJudgment(
+                    f"score {score!r} for {criterion} is off the scale {allowed[0]}..{allowed[-1]}"
+                    if "labels" not in project.rating_scale
+                    else f"score {score!r} for {criterion} is not one of {', '.join(allowed)}."
+                )
             clean[criterion] = int(score) if "labels" not in project.rating_scale else score
         ratings[str(rid)] = clean
     missing = set(map(str, response_ids)) - set(ratings)
@@ -211,7 +215,9 @@ def _steps(project, responses: dict[int, str], raw: Any, decode) -> dict:
             if isinstance(label, (str, int, float)) and not isinstance(label, bool):  # a list or object is no label
                 label = STEP_ALIASES.get(label, label)
             if label not in STEP_LABELS:
-                raise InvalidJudgment(f"step {position} of response {key}: label must be positive, negative or neutral.")
+                raise InvalidJudgment(
+                    f"step {position} of response {key}: label must be positive, negative or neutral."
+                )
             clean.append(label)
         result[str(rid)] = clean
     missing = set(map(str, responses)) - set(result)
@@ -264,9 +270,15 @@ def _index_decoder(response_ids: list[int]):
 def _kind_fields(project, response_ids: list[int], texts: dict[int, str], payload: dict, decode) -> dict:
     kind = project.kind
     if kind == Kind.RANKING:
-        return {"data": {"ranking": _ranking(project, response_ids, payload.get("ranking"), decode)}, **_common(payload)}
+        return {
+            "data": {"ranking": _ranking(project, response_ids, payload.get("ranking"), decode)},
+            **_common(payload),
+        }
     if kind == Kind.RATING:
-        return {"data": {"ratings": _ratings(project, response_ids, payload.get("ratings"), decode)}, **_common(payload)}
+        return {
+            "data": {"ratings": _ratings(project, response_ids, payload.get("ratings"), decode)},
+            **_common(payload),
+        }
     if kind == Kind.STEPS:
         return {"data": {"steps": _steps(project, texts, payload.get("steps"), decode)}, **_common(payload)}
     if kind == Kind.DEMONSTRATION:
@@ -292,6 +304,8 @@ def vote_fields(project, response_ids: list[int], payload: dict, texts: dict[int
         if "winner" not in payload:
             raise InvalidJudgment('a pairwise vote needs "winner": a response index, or null for a tie.')
         outcome, winner = _outcome_of_index(response_ids, payload["winner"])
-        criteria = _criteria(project, payload.get("criteria"), lambda value, what: _outcome_of_index(response_ids, value, what))
+        criteria = _criteria(
+            project, payload.get("criteria"), lambda value, what: _outcome_of_index(response_ids, value, what)
+        )
         return _pairwise(outcome, winner, payload, criteria)
     return _kind_fields(project, response_ids, texts or {}, payload, _index_decoder(response_ids))

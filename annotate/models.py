@@ -18,7 +18,7 @@ import hashlib
 import json
 
 from django.conf import settings
-from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -54,6 +54,7 @@ ROLE_RANK = {Role.ANNOTATOR: 1, Role.RESEARCHER: 2, Role.ADMIN: 3}
 # The largest overlap: panels of a hundred and more raters per item are real (safety sets rate each conversation
 # with 100+ people). open_slots, a small integer, counts down from it.
 MAX_OVERLAP = 1000
+MAX_LEASE_SECONDS = 7 * 24 * 3600
 
 
 class Project(models.Model):
@@ -84,17 +85,24 @@ class Project(models.Model):
         default=True, help_text="Shuffle the responses per annotator; the order shown is stored with each task."
     )
     lease_seconds = models.PositiveIntegerField(
-        null=True, blank=True, help_text="How long a task stays reserved; empty uses ARBITER_LEASE_SECONDS."
+        null=True,
+        blank=True,
+        # A week at most: no annotator holds a task longer, and the lease's end must stay a representable time.
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_LEASE_SECONDS)],
+        help_text=f"How long a task stays reserved, 1 to {MAX_LEASE_SECONDS} seconds; empty uses ARBITER_LEASE_SECONDS.",
     )
     gold_rate = models.FloatField(
         default=0.0,
         validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="Share of tasks drawn from gold items.",
     )
-    gold_feedback = models.BooleanField(default=False, help_text="Tell an annotator the expected answer after a gold miss.")
+    gold_feedback = models.BooleanField(
+        default=False, help_text="Tell an annotator the expected answer after a gold miss."
+    )
     # Vetting (docs/vetting.md): qualification before work, then automatic review against thresholds.
     qualification_required = models.BooleanField(
-        default=False, help_text="New annotators first label the qualification items and are admitted above the threshold."
+        default=False,
+        help_text="New annotators first label the qualification items and are admitted above the threshold.",
     )
     qualification_metric = models.CharField(
         max_length=16,
@@ -102,15 +110,21 @@ class Project(models.Model):
         default="accuracy",
         help_text="How agreement with the researcher's answers is measured.",
     )
-    qualification_threshold = models.FloatField(default=0.8, validators=[MinValueValidator(-1.0), MaxValueValidator(1.0)])
+    qualification_threshold = models.FloatField(
+        default=0.8, validators=[MinValueValidator(-1.0), MaxValueValidator(1.0)]
+    )
     review_action = models.CharField(
         max_length=8,
         choices=[("flag", "Flag (keeps working; votes left out of exports)"), ("pause", "Pause (no more tasks)")],
         default="flag",
     )
-    review_min_gold = models.PositiveIntegerField(default=10, help_text="Gold answers needed before gold accuracy is judged.")
+    review_min_gold = models.PositiveIntegerField(
+        default=10, help_text="Gold answers needed before gold accuracy is judged."
+    )
     review_gold_accuracy = models.FloatField(
-        default=0.7, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)], help_text="Below it: review. 0 turns it off."
+        default=0.7,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Below it: review. 0 turns it off.",
     )
     review_majority_agreement = models.FloatField(
         default=0.0,
@@ -168,10 +182,21 @@ class Project(models.Model):
 
 # Settings a researcher may change after items exist (overlap and kind shape the tasks, so they stay).
 SETTINGS_FIELDS = [
-    "name", "instructions", "lease_seconds", "gold_rate", "gold_feedback", "qualification_required",
-    "qualification_metric", "qualification_threshold", "review_action", "review_min_gold", "review_gold_accuracy",
-    "review_majority_agreement", "review_speed_ratio", "review_position_bias_p",
-]  # fmt: skip
+    "name",
+    "instructions",
+    "lease_seconds",
+    "gold_rate",
+    "gold_feedback",
+    "qualification_required",
+    "qualification_metric",
+    "qualification_threshold",
+    "review_action",
+    "review_min_gold",
+    "review_gold_accuracy",
+    "review_majority_agreement",
+    "review_speed_ratio",
+    "review_position_bias_p",
+]
 
 
 class Membership(models.Model):
@@ -329,7 +354,9 @@ class Task(models.Model):
     # No single-column indexes on item and annotator: one_task_per_item_and_annotator starts with the item and
     # task_annotator_idx with the annotator, and every index costs each insert (a million imported votes).
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="tasks", db_index=False)
-    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tasks", db_index=False)
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tasks", db_index=False
+    )
     # Response ids in the order shown to this annotator; stored so position bias can be measured and
     # so "A"/"B" in a submission map back to response identities.
     display_order = models.JSONField()
@@ -346,9 +373,7 @@ class Task(models.Model):
         ]
         indexes = [
             models.Index(fields=["annotator", "project", "status"], name="task_annotator_idx"),
-            models.Index(
-                fields=["project", "lease_expires_at"], name="task_lease_idx", condition=Q(status="leased")
-            ),
+            models.Index(fields=["project", "lease_expires_at"], name="task_lease_idx", condition=Q(status="leased")),
         ]
 
     def __str__(self) -> str:
@@ -404,7 +429,9 @@ class Judgment(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="judgments", db_index=False)
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="judgments")
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="judgments")
-    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="judgments", db_index=False)
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="judgments", db_index=False
+    )
     outcome = models.CharField(max_length=8, choices=Outcome.choices, blank=True)
     winner = models.ForeignKey(Response, null=True, blank=True, on_delete=models.CASCADE, related_name="wins")
     strength = models.PositiveSmallIntegerField(null=True, blank=True, validators=[MaxValueValidator(3)])
@@ -456,7 +483,9 @@ class Snapshot(models.Model):
     agreement = models.JSONField(default=dict, blank=True)
     license = models.CharField(max_length=100, blank=True)
     last_judgment_id = models.BigIntegerField(null=True, help_text="The newest judgment the snapshot could see.")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

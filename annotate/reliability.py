@@ -108,9 +108,7 @@ def dawid_skene(labels: pd.DataFrame, max_iter: int = DS_MAX_ITER, tol: float | 
 
     # incidence[i, a*k + l] = how often annotator a gave label l to item i: both steps are products with it.
     column = annotator.astype(np.int64) * k + label
-    incidence = sparse.csr_matrix(
-        (np.ones(len(item)), (item, column)), shape=(n_items, n_annotators * k)
-    )
+    incidence = sparse.csr_matrix((np.ones(len(item)), (item, column)), shape=(n_items, n_annotators * k))
     incidence.sum_duplicates()
     transposed = incidence.T.tocsr()
     used = np.asarray(transposed.sum(axis=1)).ravel().reshape(n_annotators, k, 1) > 0
@@ -141,11 +139,12 @@ def dawid_skene(labels: pd.DataFrame, max_iter: int = DS_MAX_ITER, tol: float | 
     history: list[float] = []
     done, converged = 0, False
     if tol is None:
-        for done in range(1, max_iter + 1):
+        for _ in range(max_iter):
             posteriors, log_likelihood = e_step(priors, errors)
             history.append(log_likelihood)
             priors = posteriors.mean(axis=0)
             errors = m_step(posteriors)
+        done = max_iter
     else:
         posteriors, history, done, converged = _squarem(posteriors, e_step, m_step, max_iter, tol)
         priors, errors = posteriors.mean(axis=0), m_step(posteriors)
@@ -358,7 +357,9 @@ def noisy_bradley_terry(
         dmerit_dd = merit * 0.5 * (sign - (p_f - p_s))
         dmerit_dlognu = merit * (is_tie - p_t)
         dnoise_dlognu = noise * np.where(is_tie, 1 - theta, -theta)
-        dnoise_drho = np.where(is_first, (1 - theta) * q * (1 - q), np.where(is_second, -(1 - theta) * q * (1 - q), 0.0))
+        dnoise_drho = np.where(
+            is_first, (1 - theta) * q * (1 - q), np.where(is_second, -(1 - theta) * q * (1 - q), 0.0)
+        )
         w_d = gamma * dmerit_dd / p
         grad = np.zeros_like(x)
         grad[:s_end] = np.bincount(first, weights=w_d, minlength=n_objects) - np.bincount(
@@ -396,7 +397,9 @@ def noisy_bradley_terry(
         tie=nu,
         tie_probability=nu / (2.0 + nu),
         skill=pd.Series(expit(eta), index=annotator_index, name="skill"),
-        position_bias=pd.Series(expit(eta) / 2 + (1 - expit(eta)) * expit(rho), index=annotator_index, name="position_bias"),
+        position_bias=pd.Series(
+            expit(eta) / 2 + (1 - expit(eta)) * expit(rho), index=annotator_index, name="position_bias"
+        ),
         first_when_guessing=pd.Series(expit(rho), index=annotator_index, name="first_when_guessing"),
         log_likelihood=float(-fit.fun),
         converged=bool(fit.success),

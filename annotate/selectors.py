@@ -79,7 +79,9 @@ def answer_fields(judgment: Judgment) -> dict:
     return {"outcome": judgment.outcome, "winner_id": judgment.winner_id, "data": judgment.data, "text": judgment.text}
 
 
-def gold_results(project: Project, user, purpose: str = Item.Purpose.GOLD, limit: int | None = None, since=None) -> list[tuple[Judgment, float | None]]:
+def gold_results(
+    project: Project, user, purpose: str = Item.Purpose.GOLD, limit: int | None = None, since=None
+) -> list[tuple[Judgment, float | None]]:
     """The annotator's current answers on gold (or qualification) items with their scores, newest first."""
     from .vetting import gold_score
 
@@ -96,7 +98,9 @@ def gold_results(project: Project, user, purpose: str = Item.Purpose.GOLD, limit
     for judgment in judgments:
         ids = list(judgment.item.responses.order_by("index").values_list("id", flat=True))
         expected = expected_fields(project, judgment.item, ids)
-        results.append((judgment, None if expected is None else gold_score(project.kind, expected, answer_fields(judgment))))
+        results.append(
+            (judgment, None if expected is None else gold_score(project.kind, expected, answer_fields(judgment)))
+        )
     return results
 
 
@@ -118,12 +122,16 @@ def annotator_stats(project: Project, user, since=None):
     if since is not None:
         mine = mine.filter(created_at__gt=since)
     if project.kind == "pairwise":
-        rows = list(mine.order_by("-id").values_list("item_id", "outcome", "winner_id", "task__display_order")[:REVIEW_WINDOW])
+        rows = list(
+            mine.order_by("-id").values_list("item_id", "outcome", "winner_id", "task__display_order")[:REVIEW_WINDOW]
+        )
         labels = {item: (winner if outcome == "win" else outcome) for item, outcome, winner, _ in rows}
         others: dict[int, list] = {}
-        for item, outcome, winner in Judgment.objects.filter(project=project, is_current=True, item_id__in=labels).exclude(
-            annotator=user
-        ).values_list("item_id", "outcome", "winner_id"):
+        for item, outcome, winner in (
+            Judgment.objects.filter(project=project, is_current=True, item_id__in=labels)
+            .exclude(annotator=user)
+            .values_list("item_id", "outcome", "winner_id")
+        ):
             others.setdefault(item, []).append(winner if outcome == "win" else outcome)
         agree = []
         for item, votes in others.items():
@@ -136,7 +144,9 @@ def annotator_stats(project: Project, user, since=None):
         stats.n_wins = len(wins)
         stats.n_first = sum(winner == order[0] for winner, order in wins)
 
-    durations = list(mine.exclude(duration_ms=None).order_by("-id").values_list("duration_ms", flat=True)[:REVIEW_WINDOW])
+    durations = list(
+        mine.exclude(duration_ms=None).order_by("-id").values_list("duration_ms", flat=True)[:REVIEW_WINDOW]
+    )
     if len(durations) >= MIN_TIMED:
         stats.median_ms = float(np.median(durations))
         # The project's recent pace: the last 2,000 timed judgments, so review stays cheap on big projects.

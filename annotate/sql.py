@@ -25,7 +25,6 @@ from functools import cache
 import numpy as np
 import orjson
 import psycopg
-
 from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models import DateTimeField, JSONField
@@ -69,14 +68,53 @@ def with_schema(template: str, **parts) -> str:
 # (the next-task pick, the one-statement submit, the vote import) and whether bench/ loaders fill it.
 # tests/annotate/test_sql.py fails until a new field has been checked and added here.
 RAW_FIELDS = {
-    Item: {"id", "project_id", "round_id", "external_id", "prompt", "metadata", "content_hash", "prompt_hash", "purpose",
-           "gold", "open_slots", "n_judgments", "created_at"},
+    Item: {
+        "id",
+        "project_id",
+        "round_id",
+        "external_id",
+        "prompt",
+        "metadata",
+        "content_hash",
+        "prompt_hash",
+        "purpose",
+        "gold",
+        "open_slots",
+        "n_judgments",
+        "created_at",
+    },
     Response: {"id", "item_id", "index", "text", "model_name", "metadata"},
-    Task: {"id", "project_id", "item_id", "annotator_id", "display_order", "status", "leased_at", "lease_expires_at",
-           "done_at", "skip_reason"},
-    Judgment: {"id", "project_id", "item_id", "task_id", "annotator_id", "outcome", "winner_id", "strength", "data", "text",
-               "duration_ms", "idempotency_key", "source", "supersedes_id", "is_current", "created_at"},
-}  # fmt: skip
+    Task: {
+        "id",
+        "project_id",
+        "item_id",
+        "annotator_id",
+        "display_order",
+        "status",
+        "leased_at",
+        "lease_expires_at",
+        "done_at",
+        "skip_reason",
+    },
+    Judgment: {
+        "id",
+        "project_id",
+        "item_id",
+        "task_id",
+        "annotator_id",
+        "outcome",
+        "winner_id",
+        "strength",
+        "data",
+        "text",
+        "duration_ms",
+        "idempotency_key",
+        "source",
+        "supersedes_id",
+        "is_current",
+        "created_at",
+    },
+}
 
 
 @cache
@@ -223,8 +261,9 @@ def _first_judgment_sql() -> tuple[str, list]:
         "RETURNING {Task.item}), "
         "i AS (UPDATE {Item} SET {Item.n_judgments} = {Item.n_judgments} + 1 WHERE {Item.id} IN (SELECT {Task.item} FROM t)) "
         "INSERT INTO {Judgment} ({columns}) SELECT {values} FROM t RETURNING {Judgment.id}",
-        columns=", ".join(quote(f.column) for f in fields), values=values,
-    )  # fmt: skip
+        columns=", ".join(quote(f.column) for f in fields),
+        values=values,
+    )
     return statement, fields
 
 
@@ -285,10 +324,14 @@ def _lease_sql(pick_sql: str, shuffle: bool) -> tuple[str, list]:
         "t AS (INSERT INTO {Task} ({insert}) SELECT {values} FROM p RETURNING {returning}) "
         "SELECT {task}, {item}, {response} "
         "FROM t JOIN p ON p.{Item.id} = t.{Task.item} LEFT JOIN {Response} r ON r.{Response.item} = p.{Item.id} ORDER BY r.{Response.index}",
-        pick=pick_sql, insert=", ".join(quote(f.column) for f in fields), values=values,
+        pick=pick_sql,
+        insert=", ".join(quote(f.column) for f in fields),
+        values=values,
         returning=", ".join(quote(f.column) for f in Task._meta.concrete_fields),
-        task=columns(Task, "t"), item=columns(Item, "p"), response=columns(Response, "r"),
-    )  # fmt: skip
+        task=columns(Task, "t"),
+        item=columns(Item, "p"),
+        response=columns(Response, "r"),
+    )
     return statement, fields
 
 
@@ -298,7 +341,9 @@ def pick_statement(project_id: int, annotator_id: int, *, mark: int | None, skip
     ``RETURNING`` the item's columns."""
     postgres = connection.vendor == "postgresql"
     project_param = [project_id] if postgres else project_id
-    return _pick_sql(postgres, mark is not None, skip_locked), [project_param] + ([mark] if mark is not None else []) + [annotator_id]
+    return _pick_sql(postgres, mark is not None, skip_locked), [project_param] + (
+        [mark] if mark is not None else []
+    ) + [annotator_id]
 
 
 @cache
@@ -329,7 +374,7 @@ def _pick_sql(postgres: bool, above_mark: bool, skip_locked: bool) -> str:
         lock=lock,
         normal=Item.Purpose.NORMAL,
         returning=", ".join(connection.ops.quote_name(f.column) for f in Item._meta.concrete_fields),
-    )  # fmt: skip
+    )
 
 
 @cache
@@ -387,21 +432,24 @@ def _sql(name: str) -> str:
     if name == "token":
         return with_schema(
             "SELECT {token}, {user} FROM {Token} t JOIN {User} u ON u.{User.id} = t.{Token.user} WHERE t.{Token.key} = %s",
-            token=columns(Token, "t"), user=columns(get_user_model(), "u"),
-        )  # fmt: skip
+            token=columns(Token, "t"),
+            user=columns(get_user_model(), "u"),
+        )
     if name == "member_project":
         return with_schema(
             "SELECT {project}, m.{Membership.status}, m.{Membership.pick_mark} FROM {Project} p "
             "JOIN {Membership} m ON m.{Membership.project} = p.{Project.id} AND m.{Membership.user} = %s WHERE p.{Project.slug} = %s",
             project=columns(Project, "p"),
-        )  # fmt: skip
+        )
     if name == "held":
         return with_schema(
             "SELECT {task}, {item} FROM {Task} t JOIN {Item} i ON i.{Item.id} = t.{Task.item} "
             "WHERE t.{Task.annotator} = %s AND t.{Task.project} = %s AND t.{Task.status} = '{leased}' "
             "AND t.{Task.lease_expires_at} > %s AND t.{Task.id} <> %s ORDER BY t.{Task.id} LIMIT 1",
-            task=columns(Task, "t"), item=columns(Item, "i"), leased=Task.Status.LEASED,
-        )  # fmt: skip
+            task=columns(Task, "t"),
+            item=columns(Item, "i"),
+            leased=Task.Status.LEASED,
+        )
     if name == "responses":
         return with_schema(
             "SELECT {response} FROM {Response} r WHERE r.{Response.item} = %s ORDER BY r.{Response.index}",
@@ -413,8 +461,10 @@ def _sql(name: str) -> str:
             "EXISTS (SELECT 1 FROM {Membership} m WHERE m.{Membership.project} = t.{Task.project} AND m.{Membership.user} = %s) "
             "FROM {Task} t JOIN {Project} p ON p.{Project.id} = t.{Task.project} "
             "JOIN {Item} i ON i.{Item.id} = t.{Task.item} WHERE t.{Task.id} = %s",
-            task=columns(Task, "t"), project=columns(Project, "p"), item=columns(Item, "i"),
-        )  # fmt: skip
+            task=columns(Task, "t"),
+            project=columns(Project, "p"),
+            item=columns(Item, "i"),
+        )
     raise KeyError(name)
 
 
@@ -471,7 +521,9 @@ def _cache_responses(item: Item, responses: list[Response]) -> None:
 # --- bulk writes ----------------------------------------------------------------------------------
 
 
-def bulk_insert(model, names: list[str], rows: list[tuple], *, constants: dict | None = None, ids: bool = False) -> list[int] | None:
+def bulk_insert(
+    model, names: list[str], rows: list[tuple], *, constants: dict | None = None, ids: bool = False
+) -> list[int] | None:
     """Insert ``rows`` into ``model``'s table in one statement's worth of round trips.
 
     Each row is a tuple of Python values for the fields named (by attname) in ``names``; ``constants`` gives fields
@@ -525,7 +577,9 @@ def bulk_insert(model, names: list[str], rows: list[tuple], *, constants: dict |
             params = [tuple(f(v) for f, v in zip(prepare, row)) + tail for row in rows]
             if reserved:
                 params = [(i, *row) for i, row in zip(reserved, params)]
-            statement = f"INSERT INTO {quote(model._meta.db_table)} ({column_list}) VALUES ({', '.join(['%s'] * len(columns))})"
+            statement = (
+                f"INSERT INTO {quote(model._meta.db_table)} ({column_list}) VALUES ({', '.join(['%s'] * len(columns))})"
+            )
             cursor.executemany(statement, params)
     return reserved
 
@@ -536,7 +590,9 @@ def _reserve_ids(model, n: int, db) -> list[int]:
     table, column = model._meta.db_table, model._meta.pk.column
     with db.cursor() as cursor:
         if db.vendor == "postgresql":
-            cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)", [table, column, n])
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)", [table, column, n]
+            )
             return [row[0] for row in cursor.fetchall()]
         # SQLite: transactions here are IMMEDIATE (config/settings.py), so from BEGIN on no one else writes; an
         # AUTOINCREMENT table never reuses an id, so start past both the largest id and the largest ever given.
@@ -570,9 +626,17 @@ def _db_formatter(field, db):
 
 
 _INTEGERS = {
-    "AutoField", "BigAutoField", "ForeignKey", "OneToOneField", "IntegerField", "BigIntegerField", "SmallIntegerField",
-    "PositiveIntegerField", "PositiveSmallIntegerField", "PositiveBigIntegerField",
-}  # fmt: skip
+    "AutoField",
+    "BigAutoField",
+    "ForeignKey",
+    "OneToOneField",
+    "IntegerField",
+    "BigIntegerField",
+    "SmallIntegerField",
+    "PositiveIntegerField",
+    "PositiveSmallIntegerField",
+    "PositiveBigIntegerField",
+}
 
 
 def _copy_formatter(field, db):
@@ -672,7 +736,10 @@ def numeric_rows(queryset, fields: list[str]) -> np.ndarray:
     # Binary COPY: an 11-byte signature, flags and header-extension length (int32 each), the extension, then per
     # row an int16 field count and, per field, an int32 length (8) and a big-endian int64; an int16 -1 at the end.
     header = 19 + int.from_bytes(data[15:19], "big")
-    row = np.dtype([("n", ">i2")] + [(f"{part}{i}", ">i4" if part == "len" else ">i8") for i in range(width) for part in ("len", "val")])
+    row = np.dtype(
+        [("n", ">i2")]
+        + [(f"{part}{i}", ">i4" if part == "len" else ">i8") for i in range(width) for part in ("len", "val")]
+    )
     count = (len(data) - header - 2) // row.itemsize
     records = np.frombuffer(data, dtype=row, count=count, offset=header)
     table = np.empty((count, width), dtype=np.int64)

@@ -32,7 +32,9 @@ def gold_score(kind: str, expected: dict, answer: dict) -> float | None:
         rank = {rid: i for i, group in enumerate(data["ranking"]) for rid in group}
         truth = {rid: i for i, group in enumerate(gold["ranking"]) for rid in group}
         pairs = list(combinations(sorted(truth), 2))
-        same = sum((rank[a] > rank[b]) - (rank[a] < rank[b]) == (truth[a] > truth[b]) - (truth[a] < truth[b]) for a, b in pairs)
+        same = sum(
+            (rank[a] > rank[b]) - (rank[a] < rank[b]) == (truth[a] > truth[b]) - (truth[a] < truth[b]) for a, b in pairs
+        )
         return same / len(pairs) if pairs else None
     if kind == Kind.RATING:
         cells = [(rid, c) for rid, scores in gold["ratings"].items() for c in scores]
@@ -109,15 +111,23 @@ def review_findings(stats: AnnotatorStats, project) -> list[str]:
     findings = []
     if project.review_gold_accuracy and stats.n_gold >= project.review_min_gold:
         if stats.gold_accuracy is not None and stats.gold_accuracy < project.review_gold_accuracy:
-            findings.append(f"gold accuracy {stats.gold_accuracy:.2f} over the last {stats.n_gold} gold items is below {project.review_gold_accuracy:.2f}")
+            findings.append(
+                f"gold accuracy {stats.gold_accuracy:.2f} over the last {stats.n_gold} gold items is below {project.review_gold_accuracy:.2f}"
+            )
     if project.review_majority_agreement and stats.n_shared >= MIN_SHARED and stats.majority_agreement is not None:
         if stats.majority_agreement < project.review_majority_agreement:
-            findings.append(f"agreement with the majority {stats.majority_agreement:.2f} over {stats.n_shared} items is below {project.review_majority_agreement:.2f}")
+            findings.append(
+                f"agreement with the majority {stats.majority_agreement:.2f} over {stats.n_shared} items is below {project.review_majority_agreement:.2f}"
+            )
     if project.review_speed_ratio and stats.median_ms and stats.project_median_ms:
         if stats.median_ms < project.review_speed_ratio * stats.project_median_ms:
-            findings.append(f"median time on task {stats.median_ms / 1000:.1f} s is far below the project's {stats.project_median_ms / 1000:.1f} s")
+            findings.append(
+                f"median time on task {stats.median_ms / 1000:.1f} s is far below the project's {stats.project_median_ms / 1000:.1f} s"
+            )
     if project.review_position_bias_p and stats.n_wins >= MIN_POSITION:
         p = stats.position_p_value
         if p is not None and p < project.review_position_bias_p:
-            findings.append(f"chose the first-shown response {stats.position_rate:.0%} of {stats.n_wins} times (binomial p = {p:.1e})")
+            findings.append(
+                f"chose the first-shown response {stats.position_rate:.0%} of {stats.n_wins} times (binomial p = {p:.1e})"
+            )
     return findings

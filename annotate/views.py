@@ -4,7 +4,6 @@ and every form also works as a plain POST that redirects, so the pages work with
 from __future__ import annotations
 
 import itertools
-import json
 import uuid
 
 from django.contrib import messages
@@ -22,12 +21,22 @@ from django_htmx.http import trigger_client_event
 from . import actions, dashboard, selectors
 from .actions import Conflict, create_snapshot
 from .exports import KIND_FORMATS, ExportError, canonical, iter_rows
-from .forms import ExportForm, ProjectSettingsForm, FlagForm, ImportForm, JudgmentForm, MemberForm, ProjectForm, SkipForm, judgment_form
+from .forms import (
+    ExportForm,
+    FlagForm,
+    ImportForm,
+    JudgmentForm,
+    MemberForm,
+    ProjectForm,
+    ProjectSettingsForm,
+    SkipForm,
+    judgment_form,
+)
 from .imports import MAX_ERRORS_REPORTED, ImportFailed, detect_format, parse_items, read_upload
-from .judgments import InvalidJudgment, STRENGTH_LABELS
+from .judgments import STRENGTH_LABELS, InvalidJudgment
 from .models import Judgment, Kind, Membership, Role, Task
-from .rendering import word_diff
 from .permissions import can_create_projects, require_role, visible_projects
+from .rendering import word_diff
 
 
 @never_cache
@@ -45,7 +54,9 @@ def healthz(request):
 def home(request):
     memberships = {m.project_id: m.role for m in Membership.objects.filter(user=request.user)}
     projects = [(p, memberships.get(p.id, Role.ADMIN)) for p in visible_projects(request.user)]
-    return render(request, "annotate/home.html", {"projects": projects, "can_create": can_create_projects(request.user)})
+    return render(
+        request, "annotate/home.html", {"projects": projects, "can_create": can_create_projects(request.user)}
+    )
 
 
 @login_required
@@ -65,7 +76,11 @@ def project_new(request):
 @require_safe  # GET and HEAD only: its forms post to other routes, so any other method gets 405
 def project_detail(request, slug):
     project, membership = require_role(request.user, slug)
-    context = {"project": project, "membership": membership, "mine": selectors.annotator_progress(project, request.user)}
+    context = {
+        "project": project,
+        "membership": membership,
+        "mine": selectors.annotator_progress(project, request.user),
+    }
     if membership.has_role(Role.RESEARCHER):
         context.update(
             progress=selectors.project_progress(project),
@@ -278,9 +293,12 @@ def import_items(request, slug):
     try:
         parsed = parse_items(read_upload(upload), detect_format(upload.name), project.kind, skipped)
         report = actions.import_items(
-            project, parsed, source={"file": upload.name, "by": request.user.username},
-            votes_as=form.cleaned_data["votes_as"] or None, skipped=skipped,
-        )  # fmt: skip
+            project,
+            parsed,
+            source={"file": upload.name, "by": request.user.username},
+            votes_as=form.cleaned_data["votes_as"] or None,
+            skipped=skipped,
+        )
     except ImportFailed as exc:
         messages.error(request, exc.message)
     else:

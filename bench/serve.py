@@ -130,23 +130,40 @@ def gunicorn_specs(text: str) -> list[GunicornSpec]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/serve.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="short cells (3 s), no waiting for quiet: a smoke run under 90 s")
+    p.add_argument(
+        "--quick", action="store_true", help="short cells (3 s), no waiting for quiet: a smoke run under 90 s"
+    )
     p.add_argument("--duration", type=float, help="measured seconds per cell (default 15, quick 3)")
     p.add_argument("--warmup", type=float, help="unmeasured seconds at the start of each cell (default 1.5, quick 0.5)")
     p.add_argument("--sizes", type=int_list, default=[1000, 20000, 100000], help="items per project, e.g. 1k,20k,100k")
     p.add_argument("--concurrency", type=int_list, default=[1, 10, 50], help="annotators per cell, e.g. 1,10,50")
-    p.add_argument("--gunicorn", type=gunicorn_specs, default=gunicorn_specs(DEFAULT_GUNICORN), metavar="SPECS",
-                   help=f"worker configurations to run, comma-separated: gthread:WORKERSxTHREADS or sync:WORKERS "
-                        f"(default {DEFAULT_GUNICORN}); several are run one after the other on the same data")
+    p.add_argument(
+        "--gunicorn",
+        type=gunicorn_specs,
+        default=gunicorn_specs(DEFAULT_GUNICORN),
+        metavar="SPECS",
+        help=f"worker configurations to run, comma-separated: gthread:WORKERSxTHREADS or sync:WORKERS "
+        f"(default {DEFAULT_GUNICORN}); several are run one after the other on the same data",
+    )
     p.add_argument("--fresh", action="store_true", help="build the projects even if a template of them is cached")
     p.add_argument("--db-name", default="arbiter_bench")
-    p.add_argument("--client", default="raw", choices=["raw", "aiohttp", "httpx"],
-                   help="HTTP client of the load generator (default raw: a minimal keep-alive HTTP/1.1 client, the "
-                        "cheapest in CPU; aiohttp and httpx to cross-check)")
-    p.add_argument("--wait-quiet", type=float, metavar="S",
-                   help=f"before each cell, wait up to S seconds for other processes to use under {NOISY_PCT}%% of a core "
-                        "(default 8, quick 0)")
-    p.add_argument("--setup-only", action="store_true", help="create the database and projects, then stop (for profiling)")
+    p.add_argument(
+        "--client",
+        default="raw",
+        choices=["raw", "aiohttp", "httpx"],
+        help="HTTP client of the load generator (default raw: a minimal keep-alive HTTP/1.1 client, the "
+        "cheapest in CPU; aiohttp and httpx to cross-check)",
+    )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        metavar="S",
+        help=f"before each cell, wait up to S seconds for other processes to use under {NOISY_PCT}%% of a core "
+        "(default 8, quick 0)",
+    )
+    p.add_argument(
+        "--setup-only", action="store_true", help="create the database and projects, then stop (for profiling)"
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--budget", type=float, help="hard wall-clock limit in seconds (default 360, quick 90)")
     p.add_argument("--json", type=Path, help="where to write the results (default bench/results/serve-<time>.json)")
@@ -216,7 +233,14 @@ def data_key(sizes: list[int]) -> str:
     for path in sources:
         digest.update(path.relative_to(ROOT).as_posix().encode())
         digest.update(path.read_bytes())
-    for fn in (synthetic_item, import_with_actions, import_with_copy, copy_bulk_create, create_projects, create_history):
+    for fn in (
+        synthetic_item,
+        import_with_actions,
+        import_with_copy,
+        copy_bulk_create,
+        create_projects,
+        create_history,
+    ):
         digest.update(inspect.getsource(fn).encode())
     # Of actions.py only the functions that build the projects (read from the source: Django is not set up
     # yet), so that a change to the serving path (next-task, submit) does not force a rebuild of 100,000 items.
@@ -224,7 +248,9 @@ def data_key(sizes: list[int]) -> str:
     for node in ast.parse(actions_source).body:
         if isinstance(node, ast.FunctionDef) and node.name in BUILD_ACTIONS:
             digest.update(ast.get_source_segment(actions_source, node).encode())
-    digest.update(repr((sorted(sizes), OVERLAP, PARITY_ITEMS, HISTORY_ITEMS, HISTORY_ANNOTATORS, django.__version__)).encode())
+    digest.update(
+        repr((sorted(sizes), OVERLAP, PARITY_ITEMS, HISTORY_ITEMS, HISTORY_ANNOTATORS, django.__version__)).encode()
+    )
     return digest.hexdigest()[:12]
 
 
@@ -232,8 +258,16 @@ def synthetic_item(i: int) -> tuple[str, list[dict], list[dict]]:
     """Item number ``i``: (external id, prompt, responses), the same whichever project it lands in."""
     prompt = [{"role": "user", "content": f"Question {i}: explain topic {i} in a short paragraph, with one example."}]
     responses = [
-        {"text": f"Answer A to question {i}. " + "A careful, complete explanation with an example. " * 5, "model": "model-a", "metadata": {}},
-        {"text": f"Answer B to question {i}. " + "A shorter and vaguer explanation of the topic. " * 5, "model": "model-b", "metadata": {}},
+        {
+            "text": f"Answer A to question {i}. " + "A careful, complete explanation with an example. " * 5,
+            "model": "model-a",
+            "metadata": {},
+        },
+        {
+            "text": f"Answer B to question {i}. " + "A shorter and vaguer explanation of the topic. " * 5,
+            "model": "model-b",
+            "metadata": {},
+        },
     ]
     return f"item-{i:06d}", prompt, responses
 
@@ -277,8 +311,15 @@ def _copy_converter(field, conn):
         if encoder is None:
             return lambda obj: None if getattr(obj, attname) is None else Jsonb(getattr(obj, attname))
         return lambda obj: field.get_db_prep_save(getattr(obj, attname), conn)
-    plain = (models.CharField, models.TextField, models.IntegerField, models.BooleanField, models.FloatField,
-             models.ForeignKey, models.DateTimeField)  # fmt: skip
+    plain = (
+        models.CharField,
+        models.TextField,
+        models.IntegerField,
+        models.BooleanField,
+        models.FloatField,
+        models.ForeignKey,
+        models.DateTimeField,
+    )
     if type(field) in {models.DateField} or not isinstance(field, plain):
         return lambda obj: field.get_db_prep_save(field.pre_save(obj, True), conn)
     return lambda obj: getattr(obj, attname)
@@ -342,23 +383,46 @@ def create_history(n_items: int, n_annotators: int) -> None:
         users = [actions.add_member(project, f"history-{i:03d}", Role.ANNOTATOR).user for i in range(n_annotators)]
         now = timezone.now()
         responses: dict[int, list[int]] = {}
-        for item_id, response_id in Response.objects.filter(item__project=project).order_by("item", "index").values_list("item_id", "id"):
+        for item_id, response_id in (
+            Response.objects.filter(item__project=project).order_by("item", "index").values_list("item_id", "id")
+        ):
             responses.setdefault(item_id, []).append(response_id)
         tasks, judged = [], []
         for k, (item_id, order) in enumerate(sorted(responses.items())):
             for j in range(OVERLAP):
                 user = users[(k * OVERLAP + j) % n_annotators]
                 shown = order if (k + j) % 2 else order[::-1]
-                tasks.append(Task(project=project, item_id=item_id, annotator=user, display_order=shown,
-                                  status=Task.Status.DONE, leased_at=now, lease_expires_at=now, done_at=now))  # fmt: skip
+                tasks.append(
+                    Task(
+                        project=project,
+                        item_id=item_id,
+                        annotator=user,
+                        display_order=shown,
+                        status=Task.Status.DONE,
+                        leased_at=now,
+                        lease_expires_at=now,
+                        done_at=now,
+                    )
+                )
                 judged.append((k, j, shown))
         Task.objects.bulk_create(tasks)
-        Judgment.objects.bulk_create([
-            Judgment(project=project, item_id=task.item_id, task=task, annotator=task.annotator,
-                     outcome=Judgment.Outcome.WIN, winner_id=shown[(k + j) % 2], strength=(k + j) % 4,
-                     duration_ms=1000, idempotency_key=f"history-{k}-{j}", source=Judgment.Source.API)
-            for task, (k, j, shown) in zip(tasks, judged)
-        ])  # fmt: skip
+        Judgment.objects.bulk_create(
+            [
+                Judgment(
+                    project=project,
+                    item_id=task.item_id,
+                    task=task,
+                    annotator=task.annotator,
+                    outcome=Judgment.Outcome.WIN,
+                    winner_id=shown[(k + j) % 2],
+                    strength=(k + j) % 4,
+                    duration_ms=1000,
+                    idempotency_key=f"history-{k}-{j}",
+                    source=Judgment.Source.API,
+                )
+                for task, (k, j, shown) in zip(tasks, judged)
+            ]
+        )
     Item.objects.filter(project=project).update(open_slots=0, n_judgments=OVERLAP)
     with connection.cursor() as cur:
         cur.execute("VACUUM ANALYZE")
@@ -379,7 +443,9 @@ def check_copy_parity(reference, copied) -> int:
     if ref != got:
         bad = next(k for k in ref if ref[k] != got.get(k))
         raise AssertionError(f"COPY rows differ from import_items rows: {ref[bad]} != {got.get(bad)}")
-    rfields = ["item__external_id"] + [f.attname for f in Response._meta.concrete_fields if f.name not in ("id", "item")]
+    rfields = ["item__external_id"] + [
+        f.attname for f in Response._meta.concrete_fields if f.name not in ("id", "item")
+    ]
     ref_r = sorted(Response.objects.filter(item__project=reference).values_list(*rfields))
     got_r = sorted(Response.objects.filter(item__project=copied, item__external_id__in=list(ref)).values_list(*rfields))
     if ref_r != got_r:
@@ -427,9 +493,7 @@ def verify(project, annotators: list[Annotator], acked: list[tuple[int, str, int
     ids = [a[0] for a in acked]
     out = {"acknowledged": len(acked), "acknowledged_distinct_ids": len(set(ids))}
     with connection.cursor() as cur:
-        cur.execute(
-            "SELECT id, idempotency_key, annotator_id FROM annotate_judgment WHERE id = ANY(%s)", [ids]
-        )
+        cur.execute("SELECT id, idempotency_key, annotator_id FROM annotate_judgment WHERE id = ANY(%s)", [ids])
         rows = {r[0]: (r[1], r[2]) for r in cur.fetchall()}
         out["acknowledged_found"] = len(rows)
         out["acknowledged_mismatched"] = sum(1 for jid, key, uid in acked if rows.get(jid) != (key, uid))
@@ -608,18 +672,29 @@ class Gunicorn:
         if not gunicorn.exists():
             gunicorn = ROOT / ".venv" / "bin" / "gunicorn"
         self.cmd = [
-            str(gunicorn), "config.wsgi",
-            "--bind", f"127.0.0.1:{self.port}",
-            "--worker-class", spec.worker_class,
-            "--workers", str(spec.workers),
-            "--threads", str(spec.threads),
-            "--keep-alive", "5",
-            "--backlog", "256",
-            "--timeout", "60",
-            "--graceful-timeout", "5",
-            "--log-level", "warning",
-            "--chdir", str(ROOT),
-        ]  # fmt: skip
+            str(gunicorn),
+            "config.wsgi",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--worker-class",
+            spec.worker_class,
+            "--workers",
+            str(spec.workers),
+            "--threads",
+            str(spec.threads),
+            "--keep-alive",
+            "5",
+            "--backlog",
+            "256",
+            "--timeout",
+            "60",
+            "--graceful-timeout",
+            "5",
+            "--log-level",
+            "warning",
+            "--chdir",
+            str(ROOT),
+        ]
         self.log_path = log_path
         self.env = env
         self.proc: subprocess.Popen | None = None
@@ -629,9 +704,14 @@ class Gunicorn:
         self.log_file = open(self.log_path, "wb")
         # Its own session: a Ctrl-C in the terminal reaches us, and we stop it in order.
         self.proc = subprocess.Popen(
-            self.cmd, cwd=ROOT, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )  # fmt: skip
+            self.cmd,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         _RUNNING.add(self)
         while time.perf_counter() - t0 < timeout:
             if self.proc.poll() is not None:
@@ -709,7 +789,9 @@ class RawClient:
         return await self._request(f"GET {path} HTTP/1.1\r\n{self.head}\r\n".encode())
 
     async def post_json(self, path: str, body: bytes) -> tuple[int, bytes]:
-        head = f"POST {path} HTTP/1.1\r\n{self.head}Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        head = (
+            f"POST {path} HTTP/1.1\r\n{self.head}Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
         return await self._request(head.encode() + body)
 
     async def _request(self, data: bytes) -> tuple[int, bytes]:
@@ -852,7 +934,9 @@ class CellRecord:
     counters: dict = field(default_factory=lambda: {"connections": 0})
 
 
-async def annotator_loop(client, ann: Annotator, slug: str, rec: CellRecord, t_measure: float, t_end: float, rng, run_id: str):
+async def annotator_loop(
+    client, ann: Annotator, slug: str, rec: CellRecord, t_measure: float, t_end: float, rng, run_id: str
+):
     n = 0
     while True:
         t0 = time.perf_counter()
@@ -922,7 +1006,17 @@ def _error(rec: CellRecord, measured: bool, text: str) -> None:
         rec.error_samples.append(text)
 
 
-async def run_cell(base: str, slug: str, annotators: list[Annotator], warmup: float, duration: float, client_cls, meter: CpuMeter, seed: int, run_id: str):
+async def run_cell(
+    base: str,
+    slug: str,
+    annotators: list[Annotator],
+    warmup: float,
+    duration: float,
+    client_cls,
+    meter: CpuMeter,
+    seed: int,
+    run_id: str,
+):
     rec = CellRecord()
     clients = [client_cls(base, a.token, rec.counters) for a in annotators]
     try:
@@ -975,8 +1069,14 @@ def summarize(size: int, c: int, rec: CellRecord, elapsed: float, cpu: dict, che
         "loops_per_s": rec.loops / elapsed,
         "loops": rec.loops,
         "loops_total": rec.loops_total,
-        "next_p50": pct(nxt, 50), "next_p95": pct(nxt, 95), "next_p99": pct(nxt, 99), "next_max": max(nxt, default=float("nan")),
-        "submit_p50": pct(sub, 50), "submit_p95": pct(sub, 95), "submit_p99": pct(sub, 99), "submit_max": max(sub, default=float("nan")),
+        "next_p50": pct(nxt, 50),
+        "next_p95": pct(nxt, 95),
+        "next_p99": pct(nxt, 99),
+        "next_max": max(nxt, default=float("nan")),
+        "submit_p50": pct(sub, 50),
+        "submit_p95": pct(sub, 95),
+        "submit_p99": pct(sub, 99),
+        "submit_max": max(sub, default=float("nan")),
         "next_p50_first_third": pct(early, 50),
         "next_p50_last_third": pct(late, 50),
         "errors": rec.errors,
@@ -988,7 +1088,7 @@ def summarize(size: int, c: int, rec: CellRecord, elapsed: float, cpu: dict, che
         "cpu": cpu,
         "cpu_ceiling": cpu_ceiling(cpu, rec.loops / elapsed),
         "verify": check,
-    }  # fmt: skip
+    }
 
 
 def cpu_ceiling(cpu: dict, loops_per_s: float) -> float:
@@ -1005,93 +1105,131 @@ def fmt(v: float) -> str:
 
 def print_report(results: list[dict], config: dict) -> list[str]:
     log("")
-    log(f"Serving benchmark: {config['gunicorn']}; {config['duration']:.0f} s measured per cell "
-        f"after {config['warmup']:.1f} s warm-up; client {config['client']}; overlap {OVERLAP}")  # fmt: skip
-    head = (f"{'items':>7} {'C':>3} {'loops/s':>8} | {'next-task ms p50':>16} {'p95':>6} {'p99':>6} | "
-            f"{'submit ms p50':>13} {'p95':>6} {'p99':>6} | {'errors':>6} {'204':>4}")  # fmt: skip
+    log(
+        f"Serving benchmark: {config['gunicorn']}; {config['duration']:.0f} s measured per cell "
+        f"after {config['warmup']:.1f} s warm-up; client {config['client']}; overlap {OVERLAP}"
+    )
+    head = (
+        f"{'items':>7} {'C':>3} {'loops/s':>8} | {'next-task ms p50':>16} {'p95':>6} {'p99':>6} | "
+        f"{'submit ms p50':>13} {'p95':>6} {'p99':>6} | {'errors':>6} {'204':>4}"
+    )
     log(head)
     log("-" * len(head))
     for r in results:
-        log(f"{r['items']:>7} {r['concurrency']:>3} {r['loops_per_s']:>8.1f} | {fmt(r['next_p50']):>16} "
+        log(
+            f"{r['items']:>7} {r['concurrency']:>3} {r['loops_per_s']:>8.1f} | {fmt(r['next_p50']):>16} "
             f"{fmt(r['next_p95'])} {fmt(r['next_p99'])} | {fmt(r['submit_p50']):>13} {fmt(r['submit_p95'])} "
-            f"{fmt(r['submit_p99'])} | {r['errors']:>6} {r['drained']:>4}")  # fmt: skip
+            f"{fmt(r['submit_p99'])} | {r['errors']:>6} {r['drained']:>4}"
+        )
 
     log("")
-    log(f"CPU in the measured window, % of one core (this machine: {os.cpu_count()} cores = {100 * (os.cpu_count() or 1)}%); "
+    log(
+        f"CPU in the measured window, % of one core (this machine: {os.cpu_count()} cores = {100 * (os.cpu_count() or 1)}%); "
         "'other' is everything else the machine's CPUs did (other processes, the kernel's network work, and "
         "'steal': time the hypervisor gave them to other VMs); then CPU ms per loop and the 'ceiling' they imply "
-        "(loops/s if all cores did nothing else); next-task p50 in the first and last third of the cell (drift):")
-    head2 = (f"{'items':>7} {'C':>3} | {'loadgen':>7} {'gunicorn':>8} {'postgres':>8} {'other':>6} {'steal':>5} | "
-             f"{'ms/loop: gunicorn':>17} {'postgres':>8} {'loadgen':>7} {'ceiling':>8} | {'conns':>5} | "
-             f"{'p50 1st third':>13} {'last third':>10}")  # fmt: skip
+        "(loops/s if all cores did nothing else); next-task p50 in the first and last third of the cell (drift):"
+    )
+    head2 = (
+        f"{'items':>7} {'C':>3} | {'loadgen':>7} {'gunicorn':>8} {'postgres':>8} {'other':>6} {'steal':>5} | "
+        f"{'ms/loop: gunicorn':>17} {'postgres':>8} {'loadgen':>7} {'ceiling':>8} | {'conns':>5} | "
+        f"{'p50 1st third':>13} {'last third':>10}"
+    )
     log(head2)
     log("-" * len(head2))
     noisy = []
     for r in results:
         cpu = r["cpu"]
-        per = lambda pct_: pct_ * 10 / r["loops_per_s"] if r["loops_per_s"] else float("nan")  # noqa: E731
+        per = lambda pct_, rate=r["loops_per_s"]: pct_ * 10 / rate if rate else float("nan")  # noqa: E731
         conns = "-" if r["connections"] is None else str(r["connections"])
-        log(f"{r['items']:>7} {r['concurrency']:>3} | {cpu['loadgen_pct']:>6.1f}% {cpu['gunicorn_pct']:>7.1f}% "
+        log(
+            f"{r['items']:>7} {r['concurrency']:>3} | {cpu['loadgen_pct']:>6.1f}% {cpu['gunicorn_pct']:>7.1f}% "
             f"{cpu['postgres_pct']:>7.1f}% {cpu['other_pct']:>5.0f}% {cpu.get('steal_pct', 0):>4.0f}% | {per(cpu['gunicorn_pct']):>17.2f} "
             f"{per(cpu['postgres_pct']):>8.2f} {per(cpu['loadgen_pct']):>7.2f} {r['cpu_ceiling']:>8.0f} | {conns:>5} | "
-            f"{fmt(r['next_p50_first_third']):>13} {fmt(r['next_p50_last_third']):>10}")  # fmt: skip
+            f"{fmt(r['next_p50_first_third']):>13} {fmt(r['next_p50_last_third']):>10}"
+        )
         if cpu["other_pct"] > NOISY_PCT:
             noisy.append(f"{r['items']}/C={r['concurrency']}")
     if noisy:
-        log(f"!! other processes used more than {NOISY_PCT}% of a core during {', '.join(noisy)}: those figures are "
-            "understated (the server shared the CPU); rerun on a quiet machine")
+        log(
+            f"!! other processes used more than {NOISY_PCT}% of a core during {', '.join(noisy)}: those figures are "
+            "understated (the server shared the CPU); rerun on a quiet machine"
+        )
 
     log("")
     log("Targets (from the issue) beside the figures:")
     failures = []
     for r in results:
         if r["concurrency"] == 50:
-            ok = r["loops_per_s"] >= TARGET_LOOPS_C50 and r["next_p95"] < TARGET_P95_MS and r["submit_p95"] < TARGET_P95_MS
-            line = (f"  {r['items']:>7} items, C=50: {r['loops_per_s']:.1f} loops/s (target >= {TARGET_LOOPS_C50:.0f}), "
-                    f"p95 next-task {r['next_p95']:.1f} ms, submit {r['submit_p95']:.1f} ms (target < {TARGET_P95_MS:.0f})"
-                    f"  -> {'MET' if ok else 'MISSED'}")  # fmt: skip
+            ok = (
+                r["loops_per_s"] >= TARGET_LOOPS_C50
+                and r["next_p95"] < TARGET_P95_MS
+                and r["submit_p95"] < TARGET_P95_MS
+            )
+            line = (
+                f"  {r['items']:>7} items, C=50: {r['loops_per_s']:.1f} loops/s (target >= {TARGET_LOOPS_C50:.0f}), "
+                f"p95 next-task {r['next_p95']:.1f} ms, submit {r['submit_p95']:.1f} ms (target < {TARGET_P95_MS:.0f})"
+                f"  -> {'MET' if ok else 'MISSED'}"
+            )
             log(line)
             if not ok:
                 failures.append(line.strip())
     if any(r["concurrency"] == 50 for r in results):
-        log(f"  (closed loop, no think time: C=50 at {TARGET_LOOPS_C50:.0f} loops/s means {1000 * 50 / TARGET_LOOPS_C50:.0f} ms "
+        log(
+            f"  (closed loop, no think time: C=50 at {TARGET_LOOPS_C50:.0f} loops/s means {1000 * 50 / TARGET_LOOPS_C50:.0f} ms "
             f"per loop on average, so p95 under {TARGET_P95_MS:.0f} ms for both calls needs at least "
-            f"{50 * 1000 / (2 * TARGET_P95_MS):.0f} loops/s)")  # fmt: skip
+            f"{50 * 1000 / (2 * TARGET_P95_MS):.0f} loops/s)"
+        )
     c1 = {r["items"]: r for r in results if r["concurrency"] == 1}
     if len(c1) >= 2:
         small, large = c1[min(c1)], c1[max(c1)]
         ratio = large["next_p50"] / small["next_p50"]
         ok = ratio <= 1 + TARGET_SCALING
-        line = (f"  C=1 next-task p50: {large['next_p50']:.2f} ms at {large['items']} items vs {small['next_p50']:.2f} ms "
-                f"at {small['items']} items = x{ratio:.2f} (target within {TARGET_SCALING:.0%}; p95 "
-                f"{large['next_p95']:.2f} vs {small['next_p95']:.2f} ms)  -> {'MET' if ok else 'MISSED'}")  # fmt: skip
+        line = (
+            f"  C=1 next-task p50: {large['next_p50']:.2f} ms at {large['items']} items vs {small['next_p50']:.2f} ms "
+            f"at {small['items']} items = x{ratio:.2f} (target within {TARGET_SCALING:.0%}; p95 "
+            f"{large['next_p95']:.2f} vs {small['next_p95']:.2f} ms)  -> {'MET' if ok else 'MISSED'}"
+        )
         log(line)
         if not ok:
             failures.append(line.strip())
     for c, ls in LABEL_STUDIO.items():
         mine = [f"{r['loops_per_s']:.0f}" for r in results if r["concurrency"] == c]
         if mine:
-            log(f"  reference: Label Studio 1.23 does {ls} loops/s at C={c} on this machine; Arbiter: {', '.join(mine)} loops/s")
+            log(
+                f"  reference: Label Studio 1.23 does {ls} loops/s at C={c} on this machine; Arbiter: {', '.join(mine)} loops/s"
+            )
 
     log("")
     log("Verification (database, after each cell):")
     totals: dict[str, int] = {}
     for r in results:
         v = r["verify"]
-        for k in ("acknowledged", "acknowledged_found", "judgments_in_project", "duplicate_keys", "items_over_overlap", "items_bookkeeping_off", "acknowledged_mismatched"):
+        for k in (
+            "acknowledged",
+            "acknowledged_found",
+            "judgments_in_project",
+            "duplicate_keys",
+            "items_over_overlap",
+            "items_bookkeeping_off",
+            "acknowledged_mismatched",
+        ):
             totals[k] = totals.get(k, 0) + v[k]
-        log(f"  {r['items']:>7} items, C={r['concurrency']:<3} acknowledged {v['acknowledged']:>6}, found once "
+        log(
+            f"  {r['items']:>7} items, C={r['concurrency']:<3} acknowledged {v['acknowledged']:>6}, found once "
             f"{v['acknowledged_found']:>6}, rows in project {v['judgments_in_project']:>6}, duplicate keys "
             f"{v['duplicate_keys']}, items over overlap {v['items_over_overlap']} (max current/item "
-            f"{v['max_current_per_item']}), bookkeeping off {v['items_bookkeeping_off']}  -> {'OK' if v['ok'] else 'FAILED'}")  # fmt: skip
+            f"{v['max_current_per_item']}), bookkeeping off {v['items_bookkeeping_off']}  -> {'OK' if v['ok'] else 'FAILED'}"
+        )
         if not v["ok"]:
             failures.append(f"verification failed for {r['items']} items, C={r['concurrency']}: {v}")
         if r["errors_total"]:
             log(f"      {r['errors_total']} errors, e.g. {r['error_samples'][:2]}")
-    log(f"  total: acknowledged {totals.get('acknowledged', 0)}, found exactly once {totals.get('acknowledged_found', 0)}, "
+    log(
+        f"  total: acknowledged {totals.get('acknowledged', 0)}, found exactly once {totals.get('acknowledged_found', 0)}, "
         f"rows {totals.get('judgments_in_project', 0)}, duplicate (annotator, key) {totals.get('duplicate_keys', 0)}, "
         f"items over overlap {totals.get('items_over_overlap', 0)}, key/annotator mismatches "
-        f"{totals.get('acknowledged_mismatched', 0)}")  # fmt: skip
+        f"{totals.get('acknowledged_mismatched', 0)}"
+    )
     return failures
 
 
@@ -1126,14 +1264,16 @@ def main(argv: list[str] | None = None) -> int:
 
     db_url = f"{PG_SERVER}/{args.db_name}"
     env = dict(os.environ)
-    env.update({
-        "DATABASE_URL": db_url,
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "DEBUG": "0",
-        "LOG_LEVEL": "WARNING",
-        "PYTHONUNBUFFERED": "1",
-    })  # fmt: skip
+    env.update(
+        {
+            "DATABASE_URL": db_url,
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "DEBUG": "0",
+            "LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.pop("CONN_MAX_AGE", None)  # the default (60 s) keeps connections open across requests
     os.environ.update(env)
     os.environ.pop("CONN_MAX_AGE", None)
@@ -1143,8 +1283,10 @@ def main(argv: list[str] | None = None) -> int:
     client_cls = client_class(args.client)
 
     specs = args.gunicorn
-    log(f"== serve: sizes {args.sizes}, C {args.concurrency}, {args.duration:.0f}+{args.warmup:.1f} s per cell, "
-        f"gunicorn {', '.join(map(str, specs))}")  # fmt: skip
+    log(
+        f"== serve: sizes {args.sizes}, C {args.concurrency}, {args.duration:.0f}+{args.warmup:.1f} s per cell, "
+        f"gunicorn {', '.join(map(str, specs))}"
+    )
     log(f"background load before start: {machine_busy_pct(1.0):.0f}% of one core (of {100 * (os.cpu_count() or 1)}%)")
     import django
 
@@ -1159,8 +1301,10 @@ def main(argv: list[str] | None = None) -> int:
         projects = existing_projects(args.sizes)
         if projects is None:
             raise RuntimeError(f"template {template} lacks the projects: run with --fresh")
-        log(f"database {args.db_name} recreated from {template} in {time.perf_counter() - t:.1f} s (the same "
-            "projects a fresh build makes: its key hashes the migrations, models, import code and sizes; --fresh rebuilds)")  # fmt: skip
+        log(
+            f"database {args.db_name} recreated from {template} in {time.perf_counter() - t:.1f} s (the same "
+            "projects a fresh build makes: its key hashes the migrations, models, import code and sizes; --fresh rebuilds)"
+        )
     else:
         t = time.perf_counter()
         recreate_database(args.db_name)
@@ -1181,13 +1325,18 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return 1 if c == max(args.concurrency) else 2
 
-    cells = [(spec, size, c) for spec in specs
-             for size, c in sorted(((s, c) for s in args.sizes for c in args.concurrency), key=lambda k: (priority(*k), k))]  # fmt: skip
+    cells = [
+        (spec, size, c)
+        for spec in specs
+        for size, c in sorted(((s, c) for s in args.sizes for c in args.concurrency), key=lambda k: (priority(*k), k))
+    ]
     t = time.perf_counter()
     annotators = {
         (spec, size, c): make_annotators(projects[size], f"{stamp}-g{k}-{size}-c{c}", c)
-        for k, spec in enumerate(specs) for size in args.sizes for c in args.concurrency
-    }  # fmt: skip
+        for k, spec in enumerate(specs)
+        for size in args.sizes
+        for c in args.concurrency
+    }
     log(f"{sum(len(a) for a in annotators.values())} annotators with tokens created in {time.perf_counter() - t:.1f} s")
     if args.setup_only:
         log(f"--setup-only: database {args.db_name} left as it is")
@@ -1225,7 +1374,17 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"  (machine still busy before the cell: {busy:.0f}% of a core used by others)")
             cell_annotators = annotators[(spec, size, c)]
             rec, elapsed, cpu = asyncio.run(
-                run_cell(gunicorn.base, project.slug, cell_annotators, args.warmup, args.duration, client_cls, meter, args.seed + i, run_id)
+                run_cell(
+                    gunicorn.base,
+                    project.slug,
+                    cell_annotators,
+                    args.warmup,
+                    args.duration,
+                    client_cls,
+                    meter,
+                    args.seed + i,
+                    run_id,
+                )
             )
             if gunicorn.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn died during the run:\n{gunicorn.log_tail()}")
@@ -1233,32 +1392,49 @@ def main(argv: list[str] | None = None) -> int:
             r = summarize(size, c, rec, elapsed, cpu, check, args.duration)
             r["gunicorn"] = str(spec)
             results.append(r)
-            log(f"  {size:>7} items, C={c:<3} {r['loops_per_s']:7.1f} loops/s  next p50/p95 {r['next_p50']:.1f}/"
+            log(
+                f"  {size:>7} items, C={c:<3} {r['loops_per_s']:7.1f} loops/s  next p50/p95 {r['next_p50']:.1f}/"
                 f"{r['next_p95']:.1f} ms  submit p50/p95 {r['submit_p50']:.1f}/{r['submit_p95']:.1f} ms  "
                 f"errors {r['errors_total']}  cpu loadgen {cpu['loadgen_pct']:.0f}% gunicorn {cpu['gunicorn_pct']:.0f}% "
-                f"postgres {cpu['postgres_pct']:.0f}% other {cpu['other_pct']:.0f}%  verify {'OK' if check['ok'] else 'FAILED'}")  # fmt: skip
+                f"postgres {cpu['postgres_pct']:.0f}% other {cpu['other_pct']:.0f}%  verify {'OK' if check['ok'] else 'FAILED'}"
+            )
     finally:
         if gunicorn is not None:
             gunicorn.stop()
         timer.cancel()
 
-    results.sort(key=lambda r: (specs.index(next(sp for sp in specs if str(sp) == r["gunicorn"])), r["items"], r["concurrency"]))
+    results.sort(
+        key=lambda r: (specs.index(next(sp for sp in specs if str(sp) == r["gunicorn"])), r["items"], r["concurrency"])
+    )
     for spec in specs:
         mine = [r for r in results if r["gunicorn"] == str(spec)]
         if mine:
-            config = {"gunicorn": f"gunicorn {spec.describe()}, keep-alive 5 s", "duration": args.duration,
-                      "warmup": args.warmup, "client": client_cls.__name__}  # fmt: skip
+            config = {
+                "gunicorn": f"gunicorn {spec.describe()}, keep-alive 5 s",
+                "duration": args.duration,
+                "warmup": args.warmup,
+                "client": client_cls.__name__,
+            }
             failures += print_report(mine, config)
     if len(specs) > 1:
         print_comparison(results, specs)
     total = time.perf_counter() - t_start
     out = args.json or RESULTS / f"serve-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "client": client_cls.__name__, "setup_seconds": setup_times, "total_seconds": total,
-        "results": results, "failures": failures,
-    }, indent=1, default=str))  # fmt: skip
+    out.write_text(
+        json.dumps(
+            {
+                "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                "client": client_cls.__name__,
+                "setup_seconds": setup_times,
+                "total_seconds": total,
+                "results": results,
+                "failures": failures,
+            },
+            indent=1,
+            default=str,
+        )
+    )
     log(f"\nresults written to {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}; total {total:.0f} s")
     # Missed targets are findings and cells skipped to keep within the time budget are reported above;
     # only a failed verification (lost, duplicated or over-assigned judgments) makes the run fail.
@@ -1282,7 +1458,6 @@ def existing_projects(sizes: list[int]) -> dict | None:
 
 
 def create_projects(sizes: list[int]) -> tuple[dict, dict]:
-    from django.db import connection
 
     from annotate import actions
     from annotate.models import Kind
@@ -1293,7 +1468,9 @@ def create_projects(sizes: list[int]) -> tuple[dict, dict]:
     import_with_actions(reference, PARITY_ITEMS)
     for size in sizes:
         t = time.perf_counter()
-        project = actions.create_project(slug=f"bench-{size}", kind=Kind.PAIRWISE, overlap=OVERLAP, name=f"Bench {size} items")
+        project = actions.create_project(
+            slug=f"bench-{size}", kind=Kind.PAIRWISE, overlap=OVERLAP, name=f"Bench {size} items"
+        )
         if size <= IMPORT_ITEMS_UP_TO:
             import_with_actions(project, size)
             how = "actions.import_items"
@@ -1304,11 +1481,15 @@ def create_projects(sizes: list[int]) -> tuple[dict, dict]:
         projects[size] = project
         log(f"project {project.slug}: {size} items via {how} in {setup_times[size]:.1f} s")
     n = sum(check_copy_parity(reference, projects[s]) for s in sizes)
-    log(f"every project's first {PARITY_ITEMS} items identical to actions.import_items rows ({n} items and their responses compared)")
+    log(
+        f"every project's first {PARITY_ITEMS} items identical to actions.import_items rows ({n} items and their responses compared)"
+    )
     t = time.perf_counter()
     create_history(HISTORY_ITEMS, HISTORY_ANNOTATORS)
-    log(f"finished project bench-history: {HISTORY_ITEMS} items, {HISTORY_ITEMS * OVERLAP} tasks and judgments of "
-        f"{HISTORY_ANNOTATORS} annotators, in {time.perf_counter() - t:.1f} s (a database in use, for the planner)")
+    log(
+        f"finished project bench-history: {HISTORY_ITEMS} items, {HISTORY_ITEMS * OVERLAP} tasks and judgments of "
+        f"{HISTORY_ANNOTATORS} annotators, in {time.perf_counter() - t:.1f} s (a database in use, for the planner)"
+    )
     return projects, setup_times
 
 
@@ -1322,7 +1503,11 @@ def print_comparison(results: list[dict], specs: list[GunicornSpec]) -> None:
         cells = []
         for key in keys:
             r = row.get(key)
-            cells.append(f"{r['loops_per_s']:6.1f} {r['next_p95']:6.0f}/{r['submit_p95']:<5.0f} {r['cpu']['other_pct']:3.0f}%" if r else f"{'-':>25}")
+            cells.append(
+                f"{r['loops_per_s']:6.1f} {r['next_p95']:6.0f}/{r['submit_p95']:<5.0f} {r['cpu']['other_pct']:3.0f}%"
+                if r
+                else f"{'-':>25}"
+            )
         log(f"{str(spec):>14} | " + " | ".join(cells))
 
 

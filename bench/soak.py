@@ -186,7 +186,9 @@ def create_soak_project(slug: str, n_items: int, n_annotators: int, lease_second
     from annotate.models import Kind, Role
     from bench.serve import import_with_actions, import_with_copy
 
-    project = actions.create_project(slug=slug, kind=Kind.PAIRWISE, overlap=OVERLAP, lease_seconds=lease_seconds, name=f"Soak {slug}")
+    project = actions.create_project(
+        slug=slug, kind=Kind.PAIRWISE, overlap=OVERLAP, lease_seconds=lease_seconds, name=f"Soak {slug}"
+    )
     if n_items > 5000 and connection.vendor == "postgresql":
         import_with_copy(project, n_items)
     else:
@@ -318,13 +320,21 @@ class Soak:
             self.rec.faults["late submit after the lease expired"] += 1
         state["n"] += 1
         key = f"{ann.username}:{state['n']}"
-        payload = json.dumps({"choice": rng.choice("AB"), "strength": rng.randint(0, 3), "idempotency_key": key,
-                              "duration_ms": rng.randint(500, 5000)}).encode()  # fmt: skip
+        payload = json.dumps(
+            {
+                "choice": rng.choice("AB"),
+                "strength": rng.randint(0, 3),
+                "idempotency_key": key,
+                "duration_ms": rng.randint(500, 5000),
+            }
+        ).encode()
         path = f"/api/tasks/{task['id']}/judgments/"
         roll = rng.random() if faults else 1.0
         if forced == "double" or roll < c.p_double:
             self.rec.faults["double submit (same key, two connections at once)"] += 1
-            got = await asyncio.gather(self.submit(ann, client, path, key, payload), self.submit(ann, twin, path, key, payload))
+            got = await asyncio.gather(
+                self.submit(ann, client, path, key, payload), self.submit(ann, twin, path, key, payload)
+            )
             acked = got[0] is not None or got[1] is not None
         elif forced == "drop" or roll < c.p_double + c.p_drop:
             self.rec.faults["connection dropped before the answer, then retried"] += 1
@@ -345,7 +355,9 @@ class Soak:
                 self.rec.main_loops += 1
         return True
 
-    async def submit(self, ann: Annotator, client, path: str, key: str, payload: bytes, replay: bool = False) -> int | None:
+    async def submit(
+        self, ann: Annotator, client, path: str, key: str, payload: bytes, replay: bool = False
+    ) -> int | None:
         """POST until answered (the same key each time): the judgment id, or None when refused."""
         give_up = time.perf_counter() + SUBMIT_GIVE_UP
         backoff = 0.1
@@ -390,8 +402,10 @@ class Soak:
 
     async def drop(self, ann: Annotator, path: str, payload: bytes, close_hard: bool, wait: float) -> None:
         """Send the submit on a new connection and close it without reading the answer."""
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAuthorization: Token {ann.token}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\nConnection: close\r\n\r\n")  # fmt: skip
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAuthorization: Token {ann.token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+        )
         try:
             reader, writer = await asyncio.open_connection(self.host, self.port)
             writer.write(head.encode() + payload)
@@ -425,7 +439,9 @@ class Soak:
         """Items still short of ``overlap`` judgments."""
         from annotate.models import Item
 
-        return Item.objects.filter(project_id=self.project_id, purpose=Item.Purpose.NORMAL, n_judgments__lt=self.overlap).count()
+        return Item.objects.filter(
+            project_id=self.project_id, purpose=Item.Purpose.NORMAL, n_judgments__lt=self.overlap
+        ).count()
 
     def _top_up(self) -> None:
         """Import a batch of new items when the open slots run low: the work never runs out before the end of the
@@ -438,7 +454,12 @@ class Soak:
         from bench.serve import synthetic_item
 
         c = self.config
-        open_slots = Item.objects.filter(project_id=self.project_id, purpose=Item.Purpose.NORMAL).aggregate(n=Sum("open_slots"))["n"] or 0
+        open_slots = (
+            Item.objects.filter(project_id=self.project_id, purpose=Item.Purpose.NORMAL).aggregate(n=Sum("open_slots"))[
+                "n"
+            ]
+            or 0
+        )
         if open_slots >= c.top_up_below * len(self.annotators):
             return
         batch = max(c.top_up_min, len(self.annotators))
@@ -572,12 +593,16 @@ def verify(project, rec: SoakRecord) -> dict:
     found = {}
     ids = sorted(acked_ids)
     for start in range(0, len(ids), 500):  # small chunks: SQLite caps the parameters of one query
-        for jid, key, uid in Judgment.objects.filter(pk__in=ids[start : start + 500]).values_list("id", "idempotency_key", "annotator_id"):
+        for jid, key, uid in Judgment.objects.filter(pk__in=ids[start : start + 500]).values_list(
+            "id", "idempotency_key", "annotator_id"
+        ):
             found[jid] = (key, uid)
     in_project = set(judgments.values_list("id", flat=True))
     lost = sum(1 for (uid, key), jid in rec.acked.items() if found.get(jid) != (key, uid))
     overlap = project.overlap
-    abandoned = Item.objects.filter(project=project).filter(Exists(Task.objects.filter(item=OuterRef("pk"), status=Task.Status.EXPIRED)))
+    abandoned = Item.objects.filter(project=project).filter(
+        Exists(Task.objects.filter(item=OuterRef("pk"), status=Task.Status.EXPIRED))
+    )
     current = Count("judgments", filter=Q(judgments__is_current=True))
     taken = Count("tasks", filter=Q(tasks__status__in=[Task.Status.LEASED, Task.Status.DONE]))
     done = Count("tasks", filter=Q(tasks__status=Task.Status.DONE))
@@ -613,13 +638,29 @@ def verify(project, rec: SoakRecord) -> dict:
     }
     unfinished = abandoned.annotate(c=current).filter(c__lt=overlap)[:5]
     out["abandoned_unfinished_detail"] = [
-        {"item": item.pk, "open_slots": item.open_slots, "n_judgments": item.n_judgments,
-         "tasks": list(item.tasks.values_list("annotator__username", "status", "leased_at", "lease_expires_at", "done_at"))}
+        {
+            "item": item.pk,
+            "open_slots": item.open_slots,
+            "n_judgments": item.n_judgments,
+            "tasks": list(
+                item.tasks.values_list("annotator__username", "status", "leased_at", "lease_expires_at", "done_at")
+            ),
+        }
         for item in unfinished
-    ]  # fmt: skip
+    ]
     out["duplicated"] = dup_keys + dup_items + out["key_acknowledged_as_two_ids"] + out["key_created_twice"]
-    must_be_zero = ["lost", "duplicated", "answered_other_key", "unacknowledged_rows", "items_over_overlap", "abandoned_items_unfinished",
-                    "items_bookkeeping_off", "unexpected_5xx", "transport_errors", "submits_given_up"]  # fmt: skip
+    must_be_zero = [
+        "lost",
+        "duplicated",
+        "answered_other_key",
+        "unacknowledged_rows",
+        "items_over_overlap",
+        "abandoned_items_unfinished",
+        "items_bookkeeping_off",
+        "unexpected_5xx",
+        "transport_errors",
+        "submits_given_up",
+    ]
     out["failures"] = {k: out[k] for k in must_be_zero if out[k]}
     out["ok"] = not out["failures"]
     return out
@@ -629,8 +670,16 @@ def verify(project, rec: SoakRecord) -> dict:
 
 
 def summary(rec: SoakRecord, check: dict, n_annotators: int) -> dict:
-    calls = {kind: {"n": len(v), "p50": pct(v, 50), "p95": pct(v, 95), "p99": pct(v, 99), "max": max(v, default=float("nan"))}
-             for kind, v in rec.latencies.items()}  # fmt: skip
+    calls = {
+        kind: {
+            "n": len(v),
+            "p50": pct(v, 50),
+            "p95": pct(v, 95),
+            "p99": pct(v, 99),
+            "max": max(v, default=float("nan")),
+        }
+        for kind, v in rec.latencies.items()
+    }
     return {
         "annotators": n_annotators,
         "main_seconds": rec.main_seconds,
@@ -654,35 +703,51 @@ def summary(rec: SoakRecord, check: dict, n_annotators: int) -> dict:
 def print_report(s: dict) -> None:
     v = s["verify"]
     log("")
-    log(f"Soak: {s['annotators']} annotators, main phase {s['main_seconds']:.0f} s, drain {s['drain_seconds']:.1f} s"
-        f" ({'project complete' if s['project_complete'] else 'project not complete when the load stopped'})")  # fmt: skip
-    log(f"  throughput: {s['loops_per_s']:.1f} acknowledged loops/s in the main phase, {s['requests_per_s']:.1f} requests/s overall")
+    log(
+        f"Soak: {s['annotators']} annotators, main phase {s['main_seconds']:.0f} s, drain {s['drain_seconds']:.1f} s"
+        f" ({'project complete' if s['project_complete'] else 'project not complete when the load stopped'})"
+    )
+    log(
+        f"  throughput: {s['loops_per_s']:.1f} acknowledged loops/s in the main phase, {s['requests_per_s']:.1f} requests/s overall"
+    )
     log(f"  {'call':<8} {'n':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for kind, c in s["calls"].items():
         log(f"  {kind:<8} {c['n']:>7} {c['p50']:>8.1f} {c['p95']:>8.1f} {c['p99']:>8.1f} {c['max']:>8.0f}")
     log("  answers: " + ", ".join(f"{k}: {n}" for k, n in s["statuses"].items()))
     log("  faults injected: " + (", ".join(f"{k}: {n}" for k, n in s["faults"].items()) or "none"))
     if s["refused"]:
-        log("  refused submits (expected: late submits whose item others completed): "
-            + ", ".join(f"{k[:70]}: {n}" for k, n in s["refused"].items()))  # fmt: skip
+        log(
+            "  refused submits (expected: late submits whose item others completed): "
+            + ", ".join(f"{k[:70]}: {n}" for k, n in s["refused"].items())
+        )
     if s["timeline"].get("db_stop_at") is not None:
         t = s["timeline"]
-        log(f"  PostgreSQL stopped at {t['db_stop_at']:.1f} s (down at {t['db_stopped_at']:.1f} s), started again at "
-            f"{t['db_started_at']:.1f} s; {v['expected_503']} answers were 503 meanwhile: {s['unavailable_reasons']}")  # fmt: skip
-        log(f"  /healthz while down: {t.get('healthz_while_down')}; first acknowledged submit "
-            f"{t.get('first_ack_after_start', float('nan')):.2f} s after the start, {s['acked_after_restart']} acknowledged after it")  # fmt: skip
+        log(
+            f"  PostgreSQL stopped at {t['db_stop_at']:.1f} s (down at {t['db_stopped_at']:.1f} s), started again at "
+            f"{t['db_started_at']:.1f} s; {v['expected_503']} answers were 503 meanwhile: {s['unavailable_reasons']}"
+        )
+        log(
+            f"  /healthz while down: {t.get('healthz_while_down')}; first acknowledged submit "
+            f"{t.get('first_ack_after_start', float('nan')):.2f} s after the start, {s['acked_after_restart']} acknowledged after it"
+        )
     log("")
     log(f"  acknowledged judgments      {v['acknowledged']:>7}   found exactly once {v['acknowledged_found']}")
     log(f"  lost                        {v['lost']:>7}")
-    log(f"  duplicated                  {v['duplicated']:>7}   (db: same key {v['duplicate_keys_in_db']}, same item "
-        f"{v['duplicate_annotator_item_in_db']}; answers: one key two ids {v['key_acknowledged_as_two_ids']}, created twice {v['key_created_twice']})")  # fmt: skip
-    log(f"  unacknowledged rows         {v['unacknowledged_rows']:>7}   answers with another key {v['answered_other_key']}")
+    log(
+        f"  duplicated                  {v['duplicated']:>7}   (db: same key {v['duplicate_keys_in_db']}, same item "
+        f"{v['duplicate_annotator_item_in_db']}; answers: one key two ids {v['key_acknowledged_as_two_ids']}, created twice {v['key_created_twice']})"
+    )
+    log(
+        f"  unacknowledged rows         {v['unacknowledged_rows']:>7}   answers with another key {v['answered_other_key']}"
+    )
     log(f"  items over overlap          {v['items_over_overlap']:>7}")
     log(f"  abandoned items             {v['abandoned_items']:>7}   unfinished {v['abandoned_items_unfinished']}")
     log(f"  bookkeeping off             {v['items_bookkeeping_off']:>7}")
     log(f"  5xx (unexpected)            {v['unexpected_5xx']:>7}   503 while the database was down {v['expected_503']}")
     log(f"  no answer / given up        {v['transport_errors']:>7} / {v['submits_given_up']}")
-    log(f"  items complete              {v['items_complete']:>7} of {v['items']} ({s['items_added']} added during the run); tasks {v['tasks']}")
+    log(
+        f"  items complete              {v['items_complete']:>7} of {v['items']} ({s['items_added']} added during the run); tasks {v['tasks']}"
+    )
     if s["errors"]:
         log("  samples: " + " | ".join(s["errors"][:6]))
     log(f"  -> {'OK' if v['ok'] else 'FAILED: ' + json.dumps(v['failures'])}")
@@ -695,14 +760,25 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="bench/soak.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--annotators", type=int, default=200)
     p.add_argument("--seconds", type=float, default=600.0, help="main phase (default 600)")
-    p.add_argument("--items", type=int, help="items at the start (default 2 per annotator); more are imported "
-                   "whenever the open slots run low (below 2 per annotator), until 85%% of the main phase")
+    p.add_argument(
+        "--items",
+        type=int,
+        help="items at the start (default 2 per annotator); more are imported "
+        "whenever the open slots run low (below 2 per annotator), until 85%% of the main phase",
+    )
     p.add_argument("--lease", type=int, default=15, help="lease seconds of the soak project (default 15)")
     p.add_argument("--drain", type=float, default=90.0, help="longest drain after the main phase (default 90 s)")
     p.add_argument("--restart-db", action="store_true", help="stop PostgreSQL at half time and start it again")
-    p.add_argument("--down", type=float, default=3.0, help="seconds PostgreSQL stays down with --restart-db (default 3)")
-    p.add_argument("--gunicorn", type=gunicorn_specs, default=gunicorn_specs("gthread:4x2"), metavar="SPEC",
-                   help="gthread:WORKERSxTHREADS or sync:WORKERS (default gthread:4x2)")
+    p.add_argument(
+        "--down", type=float, default=3.0, help="seconds PostgreSQL stays down with --restart-db (default 3)"
+    )
+    p.add_argument(
+        "--gunicorn",
+        type=gunicorn_specs,
+        default=gunicorn_specs("gthread:4x2"),
+        metavar="SPEC",
+        help="gthread:WORKERSxTHREADS or sync:WORKERS (default gthread:4x2)",
+    )
     p.add_argument("--db-name", default="arbiter_soak")
     p.add_argument("--keep-db", action="store_true", help="keep the database afterwards (default: dropped)")
     p.add_argument("--seed", type=int, default=1)
@@ -726,8 +802,16 @@ def main(argv=None) -> int:
         log(f"--restart-db: {why}")
         return 2
     env = dict(os.environ)
-    env.update({"DATABASE_URL": f"{PG_SERVER}/{args.db_name}", "DJANGO_SETTINGS_MODULE": "config.settings",
-                "ALLOWED_HOSTS": "127.0.0.1", "DEBUG": "0", "LOG_LEVEL": "ERROR", "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    env.update(
+        {
+            "DATABASE_URL": f"{PG_SERVER}/{args.db_name}",
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "DEBUG": "0",
+            "LOG_LEVEL": "ERROR",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.pop("CONN_MAX_AGE", None)  # the default: persistent connections with health checks
     os.environ.update(env)
     os.environ.pop("CONN_MAX_AGE", None)
@@ -746,12 +830,20 @@ def main(argv=None) -> int:
     try:
         call_command("migrate", verbosity=0, interactive=False)
         project, annotators = create_soak_project("soak", args.items, args.annotators, args.lease)
-        log(f"database {args.db_name}: migrated, {args.items} items, {args.annotators} annotators in {time.perf_counter() - t:.1f} s")
+        log(
+            f"database {args.db_name}: migrated, {args.items} items, {args.annotators} annotators in {time.perf_counter() - t:.1f} s"
+        )
         spec: GunicornSpec = args.gunicorn[0]
         gunicorn = Gunicorn(spec, env, RESULTS / f"gunicorn-soak-{stamp}.log")
         log(f"gunicorn {spec.describe()} up on {gunicorn.base} in {gunicorn.start():.1f} s")
-        config = SoakConfig(seconds=args.seconds, drain_seconds=args.drain, lease_seconds=args.lease, seed=args.seed,
-                            restart_at=args.seconds / 2 if args.restart_db else None, down_seconds=args.down)  # fmt: skip
+        config = SoakConfig(
+            seconds=args.seconds,
+            drain_seconds=args.drain,
+            lease_seconds=args.lease,
+            seed=args.seed,
+            restart_at=args.seconds / 2 if args.restart_db else None,
+            down_seconds=args.down,
+        )
         connections.close_all()  # a restart must not find this process's connection idle in the database
         rec = run_soak(gunicorn.base, project, annotators, config)
         if gunicorn.proc.poll() is not None:
@@ -773,8 +865,10 @@ def main(argv=None) -> int:
     print_report(s)
     out = args.json or RESULTS / f"soak-{stamp}.json"
     out.write_text(json.dumps(s, indent=1, default=str))
-    log(f"\nresults written to {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}"
-        f"{'' if args.keep_db else f'; database {args.db_name} dropped'}")  # fmt: skip
+    log(
+        f"\nresults written to {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}"
+        f"{'' if args.keep_db else f'; database {args.db_name} dropped'}"
+    )
     return 0 if s["verify"]["ok"] else 1
 
 

@@ -7,7 +7,17 @@ from .models import MetricPoint, ModelArtifact, TrainingRun
 
 @admin.register(TrainingRun)
 class TrainingRunAdmin(admin.ModelAdmin):
-    list_display = ["id", "project", "kind", "status", "attempt", "progress_step", "progress_total", "launched_by", "created_at"]
+    list_display = [
+        "id",
+        "project",
+        "kind",
+        "status",
+        "attempt",
+        "progress_step",
+        "progress_total",
+        "launched_by",
+        "created_at",
+    ]
     list_filter = ["status", "kind", "project"]
     readonly_fields = [f.name for f in TrainingRun._meta.fields]
 

@@ -13,8 +13,21 @@ def _number(value) -> str:
     return str(value)
 
 
-def model_card(*, name: str, artifact_id: int, kind: str, project, run, base_model: str, snapshot, dataset_hash: str,
-               config: dict, metrics: dict, info: dict, lineage: dict | None = None) -> str:  # fmt: skip
+def model_card(
+    *,
+    name: str,
+    artifact_id: int,
+    kind: str,
+    project,
+    run,
+    base_model: str,
+    snapshot,
+    dataset_hash: str,
+    config: dict,
+    metrics: dict,
+    info: dict,
+    lineage: dict | None = None,
+) -> str:
     """A README.md: what the model is, the exact data it came from, how it was trained, how well, how to load it."""
     objective = info.get("objective", "")
     criterion = info.get("criterion") or "overall"
@@ -26,7 +39,8 @@ def model_card(*, name: str, artifact_id: int, kind: str, project, run, base_mod
     what = f"A {objective.replace('_', '-')} reward model" if reward_model else f"A {kind} model"
     lines += [
         f"{what} of project `{project.slug}` ({project.kind}), criterion **{criterion}**, trained by Arbiter run {run.pk}"
-        + (f" for {run.launched_by.username}" if run.launched_by else "") + ".",
+        + (f" for {run.launched_by.username}" if run.launched_by else "")
+        + ".",
         "",
         "## Provenance",
         "",
@@ -34,7 +48,9 @@ def model_card(*, name: str, artifact_id: int, kind: str, project, run, base_mod
         f"- base model: `{base_model}`",
         f"- snapshot: {snapshot.pk if snapshot else '—'}, content hash `{run.snapshot_hash or '—'}`",
         f"- rows trained on: hash `{dataset_hash or '—'}`"
-        + (f" (the snapshot's `{criterion}` preferences)" if dataset_hash and dataset_hash != run.snapshot_hash else ""),
+        + (
+            f" (the snapshot's `{criterion}` preferences)" if dataset_hash and dataset_hash != run.snapshot_hash else ""
+        ),
         f"- weights: {'a PEFT adapter over the base model' if info.get('is_adapter') else 'full weights'}, safetensors only",
         "",
     ]
@@ -46,8 +62,18 @@ def model_card(*, name: str, artifact_id: int, kind: str, project, run, base_mod
         "|---|---|",
     ]
     lines += [f"| {key} | {_number(value)} |" for key, value in sorted(metrics.items())]
-    lines += ["", "Accuracy is the share of held-out pairs (prompts never seen in training) whose chosen response gets "
-              "the higher reward.", "", "## Config", "", "```json", json.dumps(config, indent=2, sort_keys=True), "```", ""]  # fmt: skip
+    lines += [
+        "",
+        "Accuracy is the share of held-out pairs (prompts never seen in training) whose chosen response gets "
+        "the higher reward.",
+        "",
+        "## Config",
+        "",
+        "```json",
+        json.dumps(config, indent=2, sort_keys=True),
+        "```",
+        "",
+    ]
     if reward_model:
         lines += [
             "## Use",
@@ -59,7 +85,7 @@ def model_card(*, name: str, artifact_id: int, kind: str, project, run, base_mod
             'scorer.score(["What is 2 + 2?"], ["4."])  # one reward per (prompt, response)',
             "```",
             "",
-            "Or `POST /api/models/{id}/score/` with `{\"pairs\": [{\"prompt\": ..., \"response\": ...}]}`. A text is read as "
+            'Or `POST /api/models/{id}/score/` with `{"pairs": [{"prompt": ..., "response": ...}]}`. A text is read as '
             "TRL's RewardTrainer read it: a string prompt followed by the response and the eos token, or a conversation "
             "through the tokenizer's chat template.".replace("{id}", str(artifact_id)),
             "",
@@ -78,7 +104,11 @@ def _lineage_lines(lineage: dict) -> list[str]:
         lines.append(f"- started from: `{lineage.get('base_model', '')}`")
     for reward in lineage.get("reward_models") or []:
         if reward.get("artifact"):
-            snap = f", trained on snapshot {reward['snapshot']} (`{reward.get('snapshot_hash') or '—'}`)" if reward.get("snapshot") else ""
+            snap = (
+                f", trained on snapshot {reward['snapshot']} (`{reward.get('snapshot_hash') or '—'}`)"
+                if reward.get("snapshot")
+                else ""
+            )
             lines.append(f"- reward model: artifact {reward['artifact']} {reward.get('name', '')}{snap}")
         else:
             lines.append(f"- reward model: `{reward.get('path', '')}`")
@@ -88,5 +118,8 @@ def _lineage_lines(lineage: dict) -> list[str]:
         lines.append(f"- continues run {lineage['parent_run']}")
     inputs = lineage.get("inputs") or {}
     if inputs.get("prompts_from"):
-        lines.append(f"- prompts: {inputs.get('prompts', '?')} from {inputs['prompts_from']}" + (f" ({inputs['prompts_file']})" if inputs.get("prompts_file") else ""))
+        lines.append(
+            f"- prompts: {inputs.get('prompts', '?')} from {inputs['prompts_from']}"
+            + (f" ({inputs['prompts_file']})" if inputs.get("prompts_file") else "")
+        )
     return lines + [""]

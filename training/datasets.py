@@ -63,7 +63,9 @@ def run_datasets(run) -> tuple[dict[str, str], str]:
         paths.update({f"test:{c}": paths["test"] for c in criteria})
     # The run's own criterion is its test split; an empty split (every test preference a tie, say) has nothing to score.
     empty = {name for name, n in snapshot.split_counts.items() if name.startswith("test:") and not n}
-    return {name: path for name, path in paths.items() if name != f"test:{criterion}" and name not in empty}, snapshot.content_hash
+    return {
+        name: path for name, path in paths.items() if name != f"test:{criterion}" and name not in empty
+    }, snapshot.content_hash
 
 
 # --- prompts of the policy kinds ------------------------------------------------------------------------
@@ -83,7 +85,9 @@ def prompt_row(prompt, item=None, external_id="") -> dict:
 def item_prompt_rows(items) -> list[dict]:
     """One row per distinct prompt of ``items`` (an Item queryset), in id order."""
     rows, seen = [], set()
-    for pk, prompt, external_id, digest in items.order_by("id").values_list("id", "prompt", "external_id", "prompt_hash"):
+    for pk, prompt, external_id, digest in items.order_by("id").values_list(
+        "id", "prompt", "external_id", "prompt_hash"
+    ):
         if digest in seen:
             continue
         seen.add(digest)
@@ -112,7 +116,9 @@ def project_pair_votes(project) -> pd.DataFrame:
         raise PromptsError(f"A {project.kind} project has no preferences to disagree on.")
     votes = vote_frame(project, with_data=project.kind != Kind.PAIRWISE)
     responses: dict[int, list[tuple[int, str]]] = {}
-    for item_id, rid in Response.objects.filter(item__project=project).order_by("item", "index").values_list("item_id", "id"):
+    for item_id, rid in (
+        Response.objects.filter(item__project=project).order_by("item", "index").values_list("item_id", "id")
+    ):
         responses.setdefault(item_id, []).append((rid, ""))
     try:
         return pair_votes(project.kind, votes, responses)
@@ -136,13 +142,23 @@ def confidence_gaps(scores: list[list[float]]) -> list[float]:
 def low_confidence_rows(project, scorer, max_prompts: int | None) -> list[dict]:
     """The items whose responses ``scorer`` (a RewardScorer or CombinedScorer) separates least: the lower half
     by confidence gap, or the ``max_prompts`` least confident."""
-    items = list(Item.objects.filter(project=project, purpose=Item.Purpose.NORMAL).order_by("id").values_list("id", "prompt", "external_id"))
+    items = list(
+        Item.objects.filter(project=project, purpose=Item.Purpose.NORMAL)
+        .order_by("id")
+        .values_list("id", "prompt", "external_id")
+    )
     texts: dict[int, list[str]] = {}
-    for item_id, text in Response.objects.filter(item__project=project, item__purpose=Item.Purpose.NORMAL).order_by("item", "index").values_list("item_id", "text"):
+    for item_id, text in (
+        Response.objects.filter(item__project=project, item__purpose=Item.Purpose.NORMAL)
+        .order_by("item", "index")
+        .values_list("item_id", "text")
+    ):
         texts.setdefault(item_id, []).append(text)
     items = [row for row in items if len(texts.get(row[0], [])) >= 2]
     if not items:
-        raise PromptsError(f"Project {project.slug} has no items with two or more responses for a reward model to compare.")
+        raise PromptsError(
+            f"Project {project.slug} has no items with two or more responses for a reward model to compare."
+        )
     flat_prompts, flat_texts, sizes = [], [], []
     for item_id, prompt, _ in items:
         flat_prompts += [_prompt_text(prompt)] * len(texts[item_id])
@@ -170,7 +186,9 @@ def snapshot_prompt_rows(snapshot, split: str) -> list[dict]:
     """The distinct prompts of a snapshot's split (trl rows' ``prompt``, sft rows' ``messages`` minus the answer)."""
     files = snapshot_files(snapshot)
     if split not in files:
-        raise PromptsError(f"Snapshot {snapshot.pk} has no {split} split (make one with a test share, e.g. test_size=0.1).")
+        raise PromptsError(
+            f"Snapshot {snapshot.pk} has no {split} split (make one with a test share, e.g. test_size=0.1)."
+        )
     path = Path(files[split])
     if path.is_file() and not path.stat().st_size:
         raise PromptsError(f"The {split} split of snapshot {snapshot.pk} is empty.")
@@ -182,7 +200,11 @@ def snapshot_prompt_rows(snapshot, split: str) -> list[dict]:
             prompt = row["messages"][:-1]
         else:
             raise PromptsError(f"Snapshot {snapshot.pk} ({snapshot.options.get('format')}) has no prompts to read.")
-        messages = normalize_messages(prompt) if isinstance(prompt, str) else [dict(role=m["role"], content=m["content"]) for m in prompt]
+        messages = (
+            normalize_messages(prompt)
+            if isinstance(prompt, str)
+            else [dict(role=m["role"], content=m["content"]) for m in prompt]
+        )
         key = canonical(messages)
         if key in seen:
             continue
@@ -234,8 +256,16 @@ def parse_prompt_file(data: bytes, name: str = "the prompts file") -> list[dict]
     return rows
 
 
-def select_prompts(project, source: str, *, snapshot=None, scorer=None, data: bytes | None = None, file_name: str = "",
-                   max_prompts: int | None = None) -> list[dict]:  # fmt: skip
+def select_prompts(
+    project,
+    source: str,
+    *,
+    snapshot=None,
+    scorer=None,
+    data: bytes | None = None,
+    file_name: str = "",
+    max_prompts: int | None = None,
+) -> list[dict]:
     """The prompts a run reads, by ``source`` (PROMPT_SOURCES); PromptsError says why none can be chosen."""
     if source not in PROMPT_SOURCES:
         raise PromptsError(f"Unknown prompts source {source!r}: use one of {', '.join(PROMPT_SOURCES)}.")
@@ -255,10 +285,14 @@ def select_prompts(project, source: str, *, snapshot=None, scorer=None, data: by
         ids = disagreed_items(project_pair_votes(project))
         rows = item_prompt_rows(Item.objects.filter(project=project, purpose=Item.Purpose.NORMAL, pk__in=ids))
         if not rows:
-            raise PromptsError(f"No item of {project.slug} has annotators who disagree (it takes two or more votes on an item).")
+            raise PromptsError(
+                f"No item of {project.slug} has annotators who disagree (it takes two or more votes on an item)."
+            )
     elif source == "low-confidence":
         if scorer is None:
-            raise PromptsError("prompts_from=low-confidence needs a reward model to measure confidence with (--reward-model).")
+            raise PromptsError(
+                "prompts_from=low-confidence needs a reward model to measure confidence with (--reward-model)."
+            )
         return low_confidence_rows(project, scorer, max_prompts)
     else:
         if snapshot is None:

@@ -17,23 +17,43 @@ CHAT_TEMPLATE = (
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
 
 
-def save_tiny_llama(folder: Path, texts: list[str], vocab_size: int = 2000, causal: bool = False, warmup_steps: int = 0) -> Path:
+def save_tiny_llama(
+    folder: Path, texts: list[str], vocab_size: int = 2000, causal: bool = False, warmup_steps: int = 0
+) -> Path:
     """A tiny Llama in ``folder``: a reward backbone, or with ``causal`` a language model trained ``warmup_steps``
     steps on ``texts`` (chat-formatted where a text is a conversation is not needed: plain text teaches the words)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        LlamaForSequenceClassification,
+        PreTrainedTokenizerFast,
+    )
 
     corpus = [t for t in texts if t] or ["Arbiter collects human preferences and trains reward models on them."]
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tokenizer.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
     fast.chat_template = CHAT_TEMPLATE
     config = LlamaConfig(
-        vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=2048, pad_token_id=fast.pad_token_id, bos_token_id=fast.bos_token_id,
-        eos_token_id=fast.eos_token_id, num_labels=1,
-    )  # fmt: skip
+        vocab_size=len(fast),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        pad_token_id=fast.pad_token_id,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        num_labels=1,
+    )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if causal:

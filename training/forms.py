@@ -13,11 +13,30 @@ from .selectors import allowed_base_models, training_projects
 
 # The options the form shows; every other one can be given as key=value lines under "More options".
 KEY_OPTIONS = [
-    "method", "objective", "criterion", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "max_length", "eval_steps", "precision", "gradient_checkpointing",
-    "center_rewards_coefficient", "lm_loss_coefficient", "source", "beta", "temperature", "top_p",
-    "max_new_tokens", "num_samples", "samples_per_prompt", "num_generations", "kl_coef",
-]  # fmt: skip
+    "method",
+    "objective",
+    "criterion",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "eval_steps",
+    "precision",
+    "gradient_checkpointing",
+    "center_rewards_coefficient",
+    "lm_loss_coefficient",
+    "source",
+    "beta",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "num_samples",
+    "samples_per_prompt",
+    "num_generations",
+    "kl_coef",
+]
 
 
 def option_rows() -> list[dict]:
@@ -35,25 +54,42 @@ class LaunchForm(forms.Form):
     project = forms.ChoiceField(help_text="Projects you are an admin of.")
     kind = forms.ChoiceField()
     base_model = forms.ChoiceField(help_text="Folders under MODEL_ROOTS and registered artifacts.")
-    snapshot = forms.ChoiceField(required=False, help_text="Empty: a fresh snapshot of the current votes, 10% of prompts held out.")
+    snapshot = forms.ChoiceField(
+        required=False, help_text="Empty: a fresh snapshot of the current votes, 10% of prompts held out."
+    )
     reward_models = forms.MultipleChoiceField(
-        required=False, help_text=", ".join(kinds.names(reward_models=kinds.REWARD_MODEL_NEEDED)) + " (and optionally "
-        + ", ".join(kinds.names(reward_models=kinds.OPTIONAL_REWARD_MODEL)) + ") score samples with these.",
-    )  # fmt: skip
-    reward_weights = forms.CharField(required=False, help_text="Weights of the reward models in the order listed, e.g. 0.7, 0.3; empty: equal.")
-    target_project = forms.ChoiceField(required=False, help_text="generate: the pairwise or ranking project whose new round gets the candidates (empty: this project).")
+        required=False,
+        help_text=", ".join(kinds.names(reward_models=kinds.REWARD_MODEL_NEEDED))
+        + " (and optionally "
+        + ", ".join(kinds.names(reward_models=kinds.OPTIONAL_REWARD_MODEL))
+        + ") score samples with these.",
+    )
+    reward_weights = forms.CharField(
+        required=False, help_text="Weights of the reward models in the order listed, e.g. 0.7, 0.3; empty: equal."
+    )
+    target_project = forms.ChoiceField(
+        required=False,
+        help_text="generate: the pairwise or ranking project whose new round gets the candidates (empty: this project).",
+    )
     prompts_from = forms.ChoiceField(
-        required=False, choices=[("", "default (items; the snapshot's test prompts for evaluate)")] + [(s, s) for s in PROMPT_SOURCES],
+        required=False,
+        choices=[("", "default (items; the snapshot's test prompts for evaluate)")] + [(s, s) for s in PROMPT_SOURCES],
         help_text="Prompt-driven kinds: the items, those annotators disagree on, those the reward model(s) are least sure about, a snapshot's prompts, or a file.",
-    )  # fmt: skip
+    )
     prompts_file = forms.FileField(required=False, help_text='JSONL, one {"prompt": text or messages} per line.')
     max_prompts = forms.IntegerField(required=False, min_value=1, help_text="At most this many prompts.")
     baseline = forms.ChoiceField(required=False, help_text="evaluate: the policy the new one is compared with.")
-    parent = forms.IntegerField(required=False, min_value=1, help_text="The run this one continues (lineage), e.g. the previous round's policy run.")
+    parent = forms.IntegerField(
+        required=False,
+        min_value=1,
+        help_text="The run this one continues (lineage), e.g. the previous round's policy run.",
+    )
     extra = forms.CharField(
-        required=False, label="More options", widget=forms.Textarea(attrs={"rows": 3, "placeholder": "save_steps=50\nlora_r=8"}),
+        required=False,
+        label="More options",
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "save_steps=50\nlora_r=8"}),
         help_text="One key=value per line; every option is listed in docs/training.md.",
-    )  # fmt: skip
+    )
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
@@ -63,17 +99,24 @@ class LaunchForm(forms.Form):
         self.fields["base_model"].choices = allowed_base_models(user)
         snapshots = Snapshot.objects.filter(project__in=projects).select_related("project")[:200]
         self.fields["snapshot"].choices = [("", "a fresh snapshot")] + [
-            (str(s.pk), f"#{s.pk} {s.project.slug} · {s.options.get('format')}"
-                        f"{' · ' + s.options['criterion'] if s.options.get('criterion') else ''} · "
-                        f"train {s.counts.get('train', 0)} / test {s.counts.get('test', 0)} · {s.content_hash[:10]}")
+            (
+                str(s.pk),
+                f"#{s.pk} {s.project.slug} · {s.options.get('format')}"
+                f"{' · ' + s.options['criterion'] if s.options.get('criterion') else ''} · "
+                f"train {s.counts.get('train', 0)} / test {s.counts.get('test', 0)} · {s.content_hash[:10]}",
+            )
             for s in snapshots
-        ]  # fmt: skip
+        ]
         self.option_rows = []
         for row in option_rows():
             if row["choices"]:
-                field = forms.ChoiceField(required=False, choices=[("", f"default ({row['default']})")] + [(c, c) for c in row["choices"]])
+                field = forms.ChoiceField(
+                    required=False, choices=[("", f"default ({row['default']})")] + [(c, c) for c in row["choices"]]
+                )
             else:
-                field = forms.CharField(required=False, widget=forms.TextInput(attrs={"placeholder": str(row["default"])}))
+                field = forms.CharField(
+                    required=False, widget=forms.TextInput(attrs={"placeholder": str(row["default"])})
+                )
             field.help_text, field.label = row["help"], row["name"]
             self.fields[f"opt_{row['name']}"] = field
             self.option_rows.append(f"opt_{row['name']}")
@@ -91,7 +134,9 @@ class LaunchForm(forms.Form):
                 cleaned["values"] = kinds.get(kind).config.parse_overrides(pairs)
             except ConfigError as exc:
                 raise forms.ValidationError(str(exc)) from None
-        cleaned["reward_model_values"] = self._weighted(cleaned.get("reward_models") or [], cleaned.get("reward_weights") or "")
+        cleaned["reward_model_values"] = self._weighted(
+            cleaned.get("reward_models") or [], cleaned.get("reward_weights") or ""
+        )
         upload = cleaned.get("prompts_file")
         cleaned["prompts_data"] = upload.read() if upload else None
         snapshot = cleaned.get("snapshot")
@@ -114,10 +159,12 @@ class LaunchForm(forms.Form):
 
 
 class NextRoundForm(forms.Form):
-    """"Start the next round" from a policy run: the generate run's target and a few sampling options."""
+    """ "Start the next round" from a policy run: the generate run's target and a few sampling options."""
 
     target_project = forms.ChoiceField(required=False)
-    prompts_from = forms.ChoiceField(required=False, choices=[("", "items")] + [(s, s) for s in PROMPT_SOURCES if s != "file"])
+    prompts_from = forms.ChoiceField(
+        required=False, choices=[("", "items")] + [(s, s) for s in PROMPT_SOURCES if s != "file"]
+    )
     max_prompts = forms.IntegerField(required=False, min_value=1)
     extra = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2, "placeholder": "temperature=0.9"}))
 
@@ -134,4 +181,3 @@ class NextRoundForm(forms.Form):
         except (ConfigError, ValueError) as exc:
             raise forms.ValidationError(str(exc)) from None
         return cleaned
-

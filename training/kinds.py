@@ -138,20 +138,107 @@ def choices() -> list[tuple[str, str]]:
 
 _POLICY = (CAUSAL_LM,)
 # In the order the launch form and `train --help` list them (the first kind with an option gives its default there).
-register(TrainingKind("reward", "Reward model", RewardRunConfig, "training.runners.reward", reads=SNAPSHOT,
-                      publishes=REWARD_MODEL, base_models=(SEQUENCE_CLASSIFIER, CAUSAL_LM), snapshot_format=_reward_format))  # fmt: skip
-register(TrainingKind("generate", "Generate candidates", GenerateRunConfig, "training.runners.generate", reads=PROMPTS,
-                      publishes=CANDIDATES, base_models=_POLICY, reward_models=OPTIONAL_REWARD_MODEL))  # fmt: skip
-register(TrainingKind("rejection_sampling", "Rejection sampling", RejectionSamplingRunConfig, "training.runners.rejection_sampling",
-                      reads=PROMPTS, publishes=MODEL, base_models=_POLICY, reward_models=REWARD_MODEL_NEEDED, review_file="kept.jsonl"))  # fmt: skip
-register(TrainingKind("evaluate", "Evaluate against a baseline", EvaluateRunConfig, "training.runners.evaluate", reads=PROMPTS,
-                      publishes=COMPARISONS, base_models=_POLICY, reward_models=REWARD_MODEL_NEEDED, default_prompts="snapshot-test"))  # fmt: skip
-register(TrainingKind("sft", "Supervised fine-tuning", SFTRunConfig, "training.runners.sft", reads=SNAPSHOT, publishes=MODEL,
-                      base_models=_POLICY, snapshot_format=_sft_format, source_by_format={"sft": "demonstrations", "trl": "chosen"}))  # fmt: skip
-register(TrainingKind("dpo", "DPO", DPORunConfig, "training.runners.dpo", reads=SNAPSHOT, publishes=MODEL, base_models=_POLICY))
-register(TrainingKind("ppo", "PPO", PPORunConfig, "training.runners.ppo", reads=PROMPTS, publishes=MODEL, base_models=_POLICY,
-                      reward_models=REWARD_MODEL_NEEDED))  # fmt: skip
-register(TrainingKind("grpo", "GRPO", GRPORunConfig, "training.runners.grpo", reads=PROMPTS, publishes=MODEL, base_models=_POLICY,
-                      reward_models=REWARD_MODEL_NEEDED))  # fmt: skip
-register(TrainingKind("rloo", "RLOO", RLOORunConfig, "training.runners.rloo", reads=PROMPTS, publishes=MODEL, base_models=_POLICY,
-                      reward_models=REWARD_MODEL_NEEDED))  # fmt: skip
+register(
+    TrainingKind(
+        "reward",
+        "Reward model",
+        RewardRunConfig,
+        "training.runners.reward",
+        reads=SNAPSHOT,
+        publishes=REWARD_MODEL,
+        base_models=(SEQUENCE_CLASSIFIER, CAUSAL_LM),
+        snapshot_format=_reward_format,
+    )
+)
+register(
+    TrainingKind(
+        "generate",
+        "Generate candidates",
+        GenerateRunConfig,
+        "training.runners.generate",
+        reads=PROMPTS,
+        publishes=CANDIDATES,
+        base_models=_POLICY,
+        reward_models=OPTIONAL_REWARD_MODEL,
+    )
+)
+register(
+    TrainingKind(
+        "rejection_sampling",
+        "Rejection sampling",
+        RejectionSamplingRunConfig,
+        "training.runners.rejection_sampling",
+        reads=PROMPTS,
+        publishes=MODEL,
+        base_models=_POLICY,
+        reward_models=REWARD_MODEL_NEEDED,
+        review_file="kept.jsonl",
+    )
+)
+register(
+    TrainingKind(
+        "evaluate",
+        "Evaluate against a baseline",
+        EvaluateRunConfig,
+        "training.runners.evaluate",
+        reads=PROMPTS,
+        publishes=COMPARISONS,
+        base_models=_POLICY,
+        reward_models=REWARD_MODEL_NEEDED,
+        default_prompts="snapshot-test",
+    )
+)
+register(
+    TrainingKind(
+        "sft",
+        "Supervised fine-tuning",
+        SFTRunConfig,
+        "training.runners.sft",
+        reads=SNAPSHOT,
+        publishes=MODEL,
+        base_models=_POLICY,
+        snapshot_format=_sft_format,
+        source_by_format={"sft": "demonstrations", "trl": "chosen"},
+    )
+)
+register(
+    TrainingKind(
+        "dpo", "DPO", DPORunConfig, "training.runners.dpo", reads=SNAPSHOT, publishes=MODEL, base_models=_POLICY
+    )
+)
+register(
+    TrainingKind(
+        "ppo",
+        "PPO",
+        PPORunConfig,
+        "training.runners.ppo",
+        reads=PROMPTS,
+        publishes=MODEL,
+        base_models=_POLICY,
+        reward_models=REWARD_MODEL_NEEDED,
+    )
+)
+register(
+    TrainingKind(
+        "grpo",
+        "GRPO",
+        GRPORunConfig,
+        "training.runners.grpo",
+        reads=PROMPTS,
+        publishes=MODEL,
+        base_models=_POLICY,
+        reward_models=REWARD_MODEL_NEEDED,
+    )
+)
+register(
+    TrainingKind(
+        "rloo",
+        "RLOO",
+        RLOORunConfig,
+        "training.runners.rloo",
+        reads=PROMPTS,
+        publishes=MODEL,
+        base_models=_POLICY,
+        reward_models=REWARD_MODEL_NEEDED,
+    )
+)

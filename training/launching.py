@@ -87,7 +87,9 @@ def snapshot_options(config, kind: kinds.TrainingKind) -> ExportOptions:
     return ExportOptions(format=fmt, test_size=test_size, seed=0)
 
 
-def _snapshot_for(project: Project, snapshot: Snapshot | None, config, created_by, kind: kinds.TrainingKind) -> Snapshot:
+def _snapshot_for(
+    project: Project, snapshot: Snapshot | None, config, created_by, kind: kinds.TrainingKind
+) -> Snapshot:
     wanted = snapshot_options(config, kind)
     if snapshot is None:
         try:
@@ -97,10 +99,14 @@ def _snapshot_for(project: Project, snapshot: Snapshot | None, config, created_b
     if snapshot.project_id != project.pk:
         raise TrainingError(f"Snapshot {snapshot.pk} belongs to another project.")
     if snapshot.options.get("format") != wanted.format:
-        raise TrainingError(f"This run trains on a {wanted.format} snapshot; snapshot {snapshot.pk} is {snapshot.options.get('format')}.")
+        raise TrainingError(
+            f"This run trains on a {wanted.format} snapshot; snapshot {snapshot.pk} is {snapshot.options.get('format')}."
+        )
     if wanted.format == "trl" and snapshot.options.get("criterion", "") != wanted.criterion:
         theirs = snapshot.options.get("criterion") or "overall"
-        raise TrainingError(f"Snapshot {snapshot.pk} holds the {theirs} preferences; set criterion={snapshot.options.get('criterion', '')} or pick another.")
+        raise TrainingError(
+            f"Snapshot {snapshot.pk} holds the {theirs} preferences; set criterion={snapshot.options.get('criterion', '')} or pick another."
+        )
     if not snapshot.folder.is_dir():
         raise TrainingError(f"The files of snapshot {snapshot.pk} are missing from {snapshot.folder}.")
     if not snapshot.counts.get("train"):
@@ -116,9 +122,13 @@ def _snapshot_source(kind: kinds.TrainingKind, project: Project, snapshot: Snaps
         source = kind.source_by_format.get(fmt)
         if source is None:
             accepted = " or ".join(f"{f} (source={s})" for f, s in kind.source_by_format.items())
-            raise TrainingError(f"{kind.name} trains on a snapshot exported as {accepted}; snapshot {snapshot.pk} is {fmt}.")
+            raise TrainingError(
+                f"{kind.name} trains on a snapshot exported as {accepted}; snapshot {snapshot.pk} is {fmt}."
+            )
         if values.get("source", source) != source:
-            raise TrainingError(f"Snapshot {snapshot.pk} is a {fmt} export: it goes with source={source}, not {values['source']}.")
+            raise TrainingError(
+                f"Snapshot {snapshot.pk} is a {fmt} export: it goes with source={source}, not {values['source']}."
+            )
         return source
     return values.get("source") or ("demonstrations" if project.kind == Kind.DEMONSTRATION else "chosen")
 
@@ -156,7 +166,9 @@ def _parent(project: Project, parent) -> TrainingRun | None:
 def _check_target(kind: kinds.TrainingKind, target: Project | None, config) -> None:
     if kind.publishes != kinds.CANDIDATES:
         if target is not None:
-            raise TrainingError(f"--target-project is for {', '.join(kinds.names(publishes=kinds.CANDIDATES))} runs (they write candidates into it).")
+            raise TrainingError(
+                f"--target-project is for {', '.join(kinds.names(publishes=kinds.CANDIDATES))} runs (they write candidates into it)."
+            )
         return
     if target.kind not in kinds.TARGET_RESPONSES:
         raise TrainingError(
@@ -170,19 +182,29 @@ def _check_target(kind: kinds.TrainingKind, target: Project | None, config) -> N
     if not low <= k <= high:
         fits = "exactly 2" if low == high else f"{low} to {high}"
         hint = " (for more samples per prompt, target a ranking project)" if target.kind == Kind.PAIRWISE else ""
-        raise TrainingError(f"{target.slug} is a {target.kind} project: its items hold {fits} responses, so set {field} to that, not {k}{hint}.")
+        raise TrainingError(
+            f"{target.slug} is a {target.kind} project: its items hold {fits} responses, so set {field} to that, not {k}{hint}."
+        )
 
 
 def _reward_values(kind: kinds.TrainingKind, rewards: list, values: dict) -> dict:
     if not rewards:
         if kind.reward_models == kinds.REWARD_MODEL_NEEDED:
-            raise TrainingError(f"A {kind.name} run scores samples with a reward model: give one or more (--reward-model artifact:ID).")
+            raise TrainingError(
+                f"A {kind.name} run scores samples with a reward model: give one or more (--reward-model artifact:ID)."
+            )
         return values
     if kind.reward_models == kinds.NO_REWARD_MODEL:
-        scoring = kinds.names(reward_models=kinds.REWARD_MODEL_NEEDED) + kinds.names(reward_models=kinds.OPTIONAL_REWARD_MODEL)
-        raise TrainingError(f"--reward-model is for the policy kinds that score samples ({', '.join(scoring)}); a {kind.name} run uses none.")
+        scoring = kinds.names(reward_models=kinds.REWARD_MODEL_NEEDED) + kinds.names(
+            reward_models=kinds.OPTIONAL_REWARD_MODEL
+        )
+        raise TrainingError(
+            f"--reward-model is for the policy kinds that score samples ({', '.join(scoring)}); a {kind.name} run uses none."
+        )
     if "reward_models" in values or "reward_weights" in values:
-        raise TrainingError("Give reward models as --reward-model ARTIFACT[:WEIGHT] (or reward_models in the API), not as config options.")
+        raise TrainingError(
+            "Give reward models as --reward-model ARTIFACT[:WEIGHT] (or reward_models in the API), not as config options."
+        )
     values = {**values, "reward_models": [str(r.path) for r in rewards]}
     if rewards[0].weight is not None:
         values["reward_weights"] = [r.weight for r in rewards]
@@ -192,10 +214,14 @@ def _reward_values(kind: kinds.TrainingKind, rewards: list, values: dict) -> dic
 def _baseline_values(kind: kinds.TrainingKind, baseline, values: dict) -> tuple[dict, object]:
     if kind.publishes != kinds.COMPARISONS:
         if baseline:
-            raise TrainingError(f"--baseline is for {', '.join(kinds.names(publishes=kinds.COMPARISONS))} runs (the policy the new one is compared with).")
+            raise TrainingError(
+                f"--baseline is for {', '.join(kinds.names(publishes=kinds.COMPARISONS))} runs (the policy the new one is compared with)."
+            )
         return values, None
     if not baseline:
-        raise TrainingError(f"An {kind.name} run compares the policy (--base-model) with a baseline: give --baseline PATH_OR_ARTIFACT.")
+        raise TrainingError(
+            f"An {kind.name} run compares the policy (--base-model) with a baseline: give --baseline PATH_OR_ARTIFACT."
+        )
     chosen = resolve_base_model(baseline)
     names = {row["name"] for row in kind.config.describe()}
     field = next((name for name in BASELINE_FIELDS if name in names), None)
@@ -214,7 +240,9 @@ def _scorer(rewards: list):
     return CombinedScorer([(scorer, r.weight if r.weight is not None else 1.0) for scorer, r in zip(loaded, rewards)])
 
 
-def _prompt_rows(kind: kinds.TrainingKind, project: Project, snapshot: Snapshot | None, prompts: Prompts, rewards: list, created_by):
+def _prompt_rows(
+    kind: kinds.TrainingKind, project: Project, snapshot: Snapshot | None, prompts: Prompts, rewards: list, created_by
+):
     """``(rows, test rows, snapshot, inputs)`` of a prompt-driven run; TrainingError when none can be chosen."""
     if prompts.source:
         source = prompts.source
@@ -224,19 +252,34 @@ def _prompt_rows(kind: kinds.TrainingKind, project: Project, snapshot: Snapshot 
         source = "file" if prompts.data is not None else "items"
     if source.startswith("snapshot-") and snapshot is None:
         try:
-            snapshot, _ = create_snapshot(project, ExportOptions(format="trl", test_size=settings.TRAINING_DEFAULT_TEST_SIZE, seed=0), created_by=created_by)
+            snapshot, _ = create_snapshot(
+                project,
+                ExportOptions(format="trl", test_size=settings.TRAINING_DEFAULT_TEST_SIZE, seed=0),
+                created_by=created_by,
+            )
         except ExportError as exc:
-            raise TrainingError(f"Could not snapshot {project.slug} for its {source[9:]} prompts: {exc} (or choose --prompts-from items).") from None
+            raise TrainingError(
+                f"Could not snapshot {project.slug} for its {source[9:]} prompts: {exc} (or choose --prompts-from items)."
+            ) from None
     if snapshot is not None and snapshot.project_id != project.pk:
         raise TrainingError(f"Snapshot {snapshot.pk} belongs to another project.")
     scorer = None
     if source == "low-confidence":
         if not rewards:
-            raise TrainingError("prompts_from=low-confidence needs a reward model to measure confidence with (--reward-model).")
+            raise TrainingError(
+                "prompts_from=low-confidence needs a reward model to measure confidence with (--reward-model)."
+            )
         scorer = _scorer(rewards)
     try:
-        rows = datasets.select_prompts(project, source, snapshot=snapshot if source.startswith("snapshot-") else None, scorer=scorer,
-                                       data=prompts.data, file_name=prompts.file_name, max_prompts=prompts.max_prompts)  # fmt: skip
+        rows = datasets.select_prompts(
+            project,
+            source,
+            snapshot=snapshot if source.startswith("snapshot-") else None,
+            scorer=scorer,
+            data=prompts.data,
+            file_name=prompts.file_name,
+            max_prompts=prompts.max_prompts,
+        )
     except datasets.PromptsError as exc:
         raise TrainingError(str(exc)) from None
     inputs = {"prompts_from": source, "prompts": len(rows), "prompts_hash": datasets.prompts_hash(rows)}
@@ -247,9 +290,21 @@ def _prompt_rows(kind: kinds.TrainingKind, project: Project, snapshot: Snapshot 
     return rows, snapshot if source.startswith("snapshot-") else None, inputs
 
 
-def launch_run(*, project: Project, kind: str, base_model: str, snapshot: Snapshot | None = None, values: dict | None = None,
-               launched_by=None, parent: TrainingRun | int | None = None, enqueue: bool = True, reward_models=(),
-               target_project: Project | str | None = None, prompts: Prompts | None = None, baseline: str | None = None) -> TrainingRun:  # fmt: skip
+def launch_run(
+    *,
+    project: Project,
+    kind: str,
+    base_model: str,
+    snapshot: Snapshot | None = None,
+    values: dict | None = None,
+    launched_by=None,
+    parent: TrainingRun | int | None = None,
+    enqueue: bool = True,
+    reward_models=(),
+    target_project: Project | str | None = None,
+    prompts: Prompts | None = None,
+    baseline: str | None = None,
+) -> TrainingRun:
     """Validate, snapshot or choose prompts as the kind needs, and queue a run. Bad input raises TrainingError and
     writes nothing (except a fresh snapshot, which is a valid export in its own right).
 
@@ -284,8 +339,12 @@ def launch_run(*, project: Project, kind: str, base_model: str, snapshot: Snapsh
         values["model_label"] = model_label(str(base.path), base.artifact)
     config = resolve_config(kind, project, values, str(base.path))
     _check_target(kind, target, config)
-    models_used = [base.artifact, *(r.artifact for r in rewards), baseline_model.artifact if baseline_model else None,
-                   reference.artifact if reference else None]
+    models_used = [
+        base.artifact,
+        *(r.artifact for r in rewards),
+        baseline_model.artifact if baseline_model else None,
+        reference.artifact if reference else None,
+    ]
     check_launch_access(launched_by, project, models_used, target)
     rows, inputs = None, {}
     if kind.reads == kinds.PROMPTS:
@@ -293,19 +352,35 @@ def launch_run(*, project: Project, kind: str, base_model: str, snapshot: Snapsh
     else:
         if prompts.source or prompts.data is not None:
             prompt_kinds = ", ".join(kinds.names(reads=kinds.PROMPTS))
-            raise TrainingError(f"A {kind.name} run learns from a snapshot's votes, not from prompts (--prompts-from is for {prompt_kinds}).")
+            raise TrainingError(
+                f"A {kind.name} run learns from a snapshot's votes, not from prompts (--prompts-from is for {prompt_kinds})."
+            )
         snapshot = _snapshot_for(project, snapshot, config, launched_by, kind)
     if reference is not None:
-        inputs["ref_model"] = {"path": str(reference.path), "artifact": reference.artifact.pk if reference.artifact else None}
+        inputs["ref_model"] = {
+            "path": str(reference.path),
+            "artifact": reference.artifact.pk if reference.artifact else None,
+        }
     if baseline_model is not None:
-        inputs["baseline"] = {"path": str(baseline_model.path), "artifact": baseline_model.artifact.pk if baseline_model.artifact else None,
-                              "label": baseline_model.label}  # fmt: skip
+        inputs["baseline"] = {
+            "path": str(baseline_model.path),
+            "artifact": baseline_model.artifact.pk if baseline_model.artifact else None,
+            "label": baseline_model.label,
+        }
     with transaction.atomic():
         run = TrainingRun.objects.create(
-            project=project, kind=kind.name, config=config.to_dict(), snapshot=snapshot, snapshot_hash=snapshot.content_hash if snapshot else "",
-            base_model=str(base.path), base_artifact=base.artifact, parent=parent, launched_by=launched_by, target_project=target,
+            project=project,
+            kind=kind.name,
+            config=config.to_dict(),
+            snapshot=snapshot,
+            snapshot_hash=snapshot.content_hash if snapshot else "",
+            base_model=str(base.path),
+            base_artifact=base.artifact,
+            parent=parent,
+            launched_by=launched_by,
+            target_project=target,
             inputs=inputs,
-        )  # fmt: skip
+        )
         run.reward_artifacts.set([r.artifact for r in rewards if r.artifact is not None])
         if rows is not None:
             try:
@@ -318,18 +393,33 @@ def launch_run(*, project: Project, kind: str, base_model: str, snapshot: Snapsh
     return run
 
 
-def start_next_round(policy_run: TrainingRun, *, launched_by=None, target_project=None, values: dict | None = None,
-                     prompts: Prompts | None = None, reward_models=(), enqueue: bool = True) -> TrainingRun:  # fmt: skip
+def start_next_round(
+    policy_run: TrainingRun,
+    *,
+    launched_by=None,
+    target_project=None,
+    values: dict | None = None,
+    prompts: Prompts | None = None,
+    reward_models=(),
+    enqueue: bool = True,
+) -> TrainingRun:
     """One action from a finished policy run to the next round: a generate run with its model, into the project
     (or ``target_project``), its parent the policy run."""
     artifact = ModelArtifact.objects.filter(run=policy_run).first()
     if policy_run.status != RunStatus.SUCCEEDED or artifact is None or artifact.kind != ArtifactKind.POLICY:
         raise TrainingError(f"Run {policy_run.pk} has no finished policy to write the next round with.")
     return launch_run(
-        project=policy_run.project, kind=kinds.NEXT_ROUND, base_model=f"artifact:{artifact.pk}", values=values,
-        launched_by=launched_by, parent=policy_run, enqueue=enqueue, reward_models=reward_models,
-        target_project=target_project or policy_run.target_project or policy_run.project, prompts=prompts,
-    )  # fmt: skip
+        project=policy_run.project,
+        kind=kinds.NEXT_ROUND,
+        base_model=f"artifact:{artifact.pk}",
+        values=values,
+        launched_by=launched_by,
+        parent=policy_run,
+        enqueue=enqueue,
+        reward_models=reward_models,
+        target_project=target_project or policy_run.target_project or policy_run.project,
+        prompts=prompts,
+    )
 
 
 def cancel_run(run: TrainingRun) -> TrainingRun:

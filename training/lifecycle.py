@@ -49,8 +49,16 @@ def claim_run(run_id: int, attempt: int, worker: str) -> TrainingRun | None:
     return run
 
 
-def record_progress(run: TrainingRun, *, step: int | None, total: int | None, metrics: dict, points: list[tuple[int, dict]],
-                    log_tail: str, checkpoint: str = "") -> tuple[bool, bool]:  # fmt: skip
+def record_progress(
+    run: TrainingRun,
+    *,
+    step: int | None,
+    total: int | None,
+    metrics: dict,
+    points: list[tuple[int, dict]],
+    log_tail: str,
+    checkpoint: str = "",
+) -> tuple[bool, bool]:
     """Heartbeat plus whatever changed; returns ``(still_ours, cancel_requested)``."""
     fields = {"heartbeat_at": timezone.now(), "log_tail": log_tail, "metrics": metrics}
     if step is not None:
@@ -69,7 +77,9 @@ def record_progress(run: TrainingRun, *, step: int | None, total: int | None, me
     return True, bool(cancel)
 
 
-def finish_run(run: TrainingRun, status: str, *, error: str = "", metrics: dict | None = None, log_tail: str | None = None) -> bool:
+def finish_run(
+    run: TrainingRun, status: str, *, error: str = "", metrics: dict | None = None, log_tail: str | None = None
+) -> bool:
     """running → failed / cancelled (or succeeded without an artifact); False if the run was no longer ours."""
     fields = {"status": status, "finished_at": timezone.now(), "heartbeat_at": timezone.now(), "error": error[-4000:]}
     if metrics is not None:
@@ -81,7 +91,9 @@ def finish_run(run: TrainingRun, status: str, *, error: str = "", metrics: dict 
 
 def lock_running(run: TrainingRun) -> TrainingRun:
     """The run's row, locked for the publishing transaction; RunLost if it is no longer this attempt's."""
-    locked = TrainingRun.objects.select_for_update().filter(pk=run.pk, status=RunStatus.RUNNING, attempt=run.attempt).first()
+    locked = (
+        TrainingRun.objects.select_for_update().filter(pk=run.pk, status=RunStatus.RUNNING, attempt=run.attempt).first()
+    )
     if locked is None:
         raise RunLost()
     return locked

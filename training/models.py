@@ -46,28 +46,39 @@ class TrainingRun(models.Model):
     kind = models.CharField(max_length=24, choices=kinds.choices)
     status = models.CharField(max_length=12, choices=RunStatus.choices, default=RunStatus.QUEUED)
     config = models.JSONField(help_text="The resolved runner config: every field, defaults included.")
-    snapshot = models.ForeignKey(Snapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="training_runs")
+    snapshot = models.ForeignKey(
+        Snapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="training_runs"
+    )
     snapshot_hash = models.CharField(max_length=64, blank=True, help_text="The snapshot's content hash at launch.")
     dataset_hash = models.CharField(
         max_length=64, blank=True, help_text="Hash of the rows trained on: the snapshot's, or a per-criterion subset's."
     )
     base_model = models.CharField(max_length=500, help_text="Resolved folder of the base model.")
     base_artifact = models.ForeignKey(
-        "ModelArtifact", null=True, blank=True, on_delete=models.PROTECT, related_name="derived_runs",
+        "ModelArtifact",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="derived_runs",
         help_text="When the base model is a registered artifact.",
-    )  # fmt: skip
+    )
     # Lineage for the policy kinds (next issue): the reward models a run scores with, and the run it continues.
     reward_artifacts = models.ManyToManyField("ModelArtifact", blank=True, related_name="scoring_runs")
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
     # generate: the project whose next round receives the candidates (default: the run's own project).
     target_project = models.ForeignKey(
-        Project, null=True, blank=True, on_delete=models.PROTECT, related_name="incoming_runs",
+        Project,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="incoming_runs",
         help_text="generate: the project whose new round receives the candidates.",
-    )  # fmt: skip
+    )
     inputs = models.JSONField(
-        default=dict, blank=True,
+        default=dict,
+        blank=True,
         help_text="How the run's data was chosen: prompts source and count, the baseline model, the prompts file's hash.",
-    )  # fmt: skip
+    )
     progress_step = models.PositiveIntegerField(default=0)
     progress_total = models.PositiveIntegerField(default=0)
     metrics = models.JSONField(default=dict, blank=True, help_text="The latest (final, once finished) metrics.")
@@ -83,10 +94,14 @@ class TrainingRun(models.Model):
     cancel_requested = models.BooleanField(default=False)
     attempt = models.PositiveSmallIntegerField(default=1, help_text="1, then +1 each time a lost run is re-queued.")
     checkpoint = models.CharField(
-        max_length=500, blank=True, help_text="Last checkpoint folder, relative to ARTIFACT_ROOT; a re-queued run resumes from it."
+        max_length=500,
+        blank=True,
+        help_text="Last checkpoint folder, relative to ARTIFACT_ROOT; a re-queued run resumes from it.",
     )
     worker = models.CharField(max_length=200, blank=True, help_text="host:pid of the worker running it.")
-    task_id = models.CharField(max_length=64, blank=True, help_text="The Django Tasks result id of the current attempt.")
+    task_id = models.CharField(
+        max_length=64, blank=True, help_text="The Django Tasks result id of the current attempt."
+    )
 
     class Meta:
         ordering = ["-id"]
@@ -183,14 +198,22 @@ class ModelArtifact(models.Model):
     path = models.CharField(max_length=500, unique=True, help_text="Folder, relative to ARTIFACT_ROOT.")
     base_model = models.CharField(max_length=500)
     base_artifact = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="derived")
-    snapshot = models.ForeignKey(Snapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="model_artifacts")
+    snapshot = models.ForeignKey(
+        Snapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="model_artifacts"
+    )
     snapshot_hash = models.CharField(max_length=64, blank=True)
-    criterion = models.CharField(max_length=100, blank=True, help_text="Reward models: the criterion it scores; blank for overall.")
-    is_adapter = models.BooleanField(default=False, help_text="A PEFT adapter over base_model rather than full weights.")
+    criterion = models.CharField(
+        max_length=100, blank=True, help_text="Reward models: the criterion it scores; blank for overall."
+    )
+    is_adapter = models.BooleanField(
+        default=False, help_text="A PEFT adapter over base_model rather than full weights."
+    )
     config = models.JSONField(default=dict)
     metrics = models.JSONField(default=dict)
     size_bytes = models.BigIntegerField(default=0)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -1,6 +1,6 @@
 """The run page's charts, drawn by the one chart module, ``annotate/charts.py`` (server-rendered SVG, no JavaScript).
 
-    run_charts({"loss": [(5, 0.69), (10, 0.41)], "eval_loss": [(10, 0.52)], "accuracy": [(5, 0.6), (10, 0.8)]})
+run_charts({"loss": [(5, 0.69), (10, 0.41)], "eval_loss": [(10, 0.52)], "accuracy": [(5, 0.6), (10, 0.8)]})
 """
 
 from __future__ import annotations
@@ -19,5 +19,9 @@ def run_charts(series: dict[str, list[tuple[int, float]]]) -> list[SafeString]:
     charts = [line_chart(loss, title="Loss", x_label="step", width=WIDTH, height=HEIGHT)]
     accuracy = {k: v for k, v in series.items() if k == "accuracy" or k.startswith("eval_accuracy")}
     if accuracy:
-        charts.append(line_chart(accuracy, title="Pairwise accuracy", x_label="step", y_range=(0.0, 1.0), width=WIDTH, height=HEIGHT))
+        charts.append(
+            line_chart(
+                accuracy, title="Pairwise accuracy", x_label="step", y_range=(0.0, 1.0), width=WIDTH, height=HEIGHT
+            )
+        )
     return charts

@@ -67,23 +67,51 @@ def register_artifact(run: TrainingRun, output_dir: Path, metrics: dict, dataset
         if final.exists() and not ModelArtifact.objects.filter(path=str(relative)).exists():
             shutil.rmtree(final)  # left by an attempt that died between the rename and its commit
         artifact = ModelArtifact.objects.create(
-            project=run.project, run=run, name=f"{run.project.slug}-{artifact_folder_name(run)}",
-            kind=ArtifactKind.REWARD if kinds.get(run.kind).publishes == kinds.REWARD_MODEL else ArtifactKind.POLICY, path=str(relative),
-            base_model=run.base_model, base_artifact=run.base_artifact, snapshot=run.snapshot, snapshot_hash=run.snapshot_hash,
-            criterion=run.criterion, is_adapter=bool(info.get("is_adapter")), config=run.config, metrics=metrics,
+            project=run.project,
+            run=run,
+            name=f"{run.project.slug}-{artifact_folder_name(run)}",
+            kind=ArtifactKind.REWARD if kinds.get(run.kind).publishes == kinds.REWARD_MODEL else ArtifactKind.POLICY,
+            path=str(relative),
+            base_model=run.base_model,
+            base_artifact=run.base_artifact,
+            snapshot=run.snapshot,
+            snapshot_hash=run.snapshot_hash,
+            criterion=run.criterion,
+            is_adapter=bool(info.get("is_adapter")),
+            config=run.config,
+            metrics=metrics,
             created_by=run.launched_by,
-        )  # fmt: skip
+        )
         info.update(
-            artifact=artifact.pk, name=artifact.name, project=run.project.slug, run=run.pk, snapshot=run.snapshot_id,
-            snapshot_hash=run.snapshot_hash, dataset_hash=dataset_hash, base_model=run.base_model, metrics=metrics,
-        )  # fmt: skip
+            artifact=artifact.pk,
+            name=artifact.name,
+            project=run.project.slug,
+            run=run.pk,
+            snapshot=run.snapshot_id,
+            snapshot_hash=run.snapshot_hash,
+            dataset_hash=dataset_hash,
+            base_model=run.base_model,
+            metrics=metrics,
+        )
         lineage = run_lineage(run)
         info["lineage"] = lineage
-        (output_dir / "arbiter.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str), encoding="utf-8")
+        (output_dir / "arbiter.json").write_text(
+            json.dumps(info, indent=2, sort_keys=True, default=str), encoding="utf-8"
+        )
         card = cards.model_card(
-            name=artifact.name, artifact_id=artifact.pk, kind=run.kind, project=run.project, run=run, base_model=run.base_model,
-            snapshot=run.snapshot, dataset_hash=dataset_hash, config=run.config, metrics=metrics, info=info, lineage=lineage,
-        )  # fmt: skip
+            name=artifact.name,
+            artifact_id=artifact.pk,
+            kind=run.kind,
+            project=run.project,
+            run=run,
+            base_model=run.base_model,
+            snapshot=run.snapshot,
+            dataset_hash=dataset_hash,
+            config=run.config,
+            metrics=metrics,
+            info=info,
+            lineage=lineage,
+        )
         (output_dir / "README.md").write_text(card, encoding="utf-8")
         artifact.size_bytes = folder_size(output_dir)
         artifact.save(update_fields=["size_bytes"])
@@ -95,8 +123,10 @@ def register_artifact(run: TrainingRun, output_dir: Path, metrics: dict, dataset
 
 def run_lineage(run: TrainingRun) -> dict:
     """Where a run's model comes from: base model (and artifact), reward models, snapshot, parent run, prompts."""
-    rewards = [{"artifact": a.pk, "name": a.name, "snapshot": a.snapshot_id, "snapshot_hash": a.snapshot_hash}
-               for a in run.reward_artifacts.all()]  # fmt: skip
+    rewards = [
+        {"artifact": a.pk, "name": a.name, "snapshot": a.snapshot_id, "snapshot_hash": a.snapshot_hash}
+        for a in run.reward_artifacts.all()
+    ]
     lineage = {
         "base_model": run.base_model,
         "base_artifact": run.base_artifact_id,
@@ -118,8 +148,13 @@ def complete_evaluation(run: TrainingRun, path: Path, metrics: dict, dataset_has
     if not outcomes or None in outcomes:
         raise PublishFailed("comparisons.jsonl has no comparisons, or rows without a winner (policy, baseline or tie).")
     result = win_rate(outcomes.count("policy"), outcomes.count("baseline"), outcomes.count("tie"))
-    metrics = {"win_rate": result["win_rate"], "win_rate_lo": result["ci_low"], "win_rate_hi": result["ci_high"], **metrics,
-               "comparisons": float(result["n"])}  # fmt: skip
+    metrics = {
+        "win_rate": result["win_rate"],
+        "win_rate_lo": result["ci_low"],
+        "win_rate_hi": result["ci_high"],
+        **metrics,
+        "comparisons": float(result["n"]),
+    }
     with transaction.atomic():
         locked = lock_running(run)
         succeed(locked, metrics, dataset_hash)

@@ -68,8 +68,12 @@ def candidate_items(run: TrainingRun, rows: list[dict], target: Project) -> tupl
             if not isinstance(text, str) or not text.strip() or text in seen:
                 continue
             seen.add(text)
-            metadata = {"run": run.pk, "artifact": run.base_artifact_id, "sample": index,
-                        "finish_reason": sample.get("finish_reason", "")}  # fmt: skip
+            metadata = {
+                "run": run.pk,
+                "artifact": run.base_artifact_id,
+                "sample": index,
+                "finish_reason": sample.get("finish_reason", ""),
+            }
             if sample.get("score") is not None:
                 metadata["score"] = sample["score"]
             responses.append({"text": text, "model": label, "metadata": metadata})
@@ -77,10 +81,19 @@ def candidate_items(run: TrainingRun, rows: list[dict], target: Project) -> tupl
             skipped += 1
             continue
         source_id = str(row.get("external_id") or row.get("item") or number)
-        parsed.append(ParsedItem(
-            line=number, prompt=prompt, responses=responses[:high], external_id=f"run{run.pk}-{number}-{source_id}"[:200],
-            metadata={"generated_by_run": run.pk, "source_item": row.get("item"), "source_external_id": row.get("external_id") or ""},
-        ))  # fmt: skip
+        parsed.append(
+            ParsedItem(
+                line=number,
+                prompt=prompt,
+                responses=responses[:high],
+                external_id=f"run{run.pk}-{number}-{source_id}"[:200],
+                metadata={
+                    "generated_by_run": run.pk,
+                    "source_item": row.get("item"),
+                    "source_external_id": row.get("external_id") or "",
+                },
+            )
+        )
     return parsed, skipped
 
 
@@ -92,19 +105,38 @@ def create_candidate_round(run: TrainingRun, path: Path, metrics: dict, dataset_
         raise PublishFailed(f"Candidates go into a pairwise or ranking project; {target.slug} is {target.kind}.")
     parsed, skipped = candidate_items(run, read_output_rows(path), target)
     if not parsed:
-        raise PublishFailed(f"No prompt got enough distinct samples for a {target.kind} item ({skipped} skipped); nothing was added to {target.slug}.")
+        raise PublishFailed(
+            f"No prompt got enough distinct samples for a {target.kind} item ({skipped} skipped); nothing was added to {target.slug}."
+        )
     source = {
-        "kind": "generated", "run": run.pk, "source_project": run.project.slug,
-        "model": {"path": run.base_model, "artifact": run.base_artifact_id, "name": model_label(run.base_model, run.base_artifact)},
-        "snapshot": lineage_snapshot(run), "prompts": run.inputs.get("prompts_from", ""),
-        "sampling": {k: run.config.get(k) for k in ("temperature", "top_p", "max_new_tokens", samples_field(kinds.get(run.kind))) if k},
-    }  # fmt: skip
+        "kind": "generated",
+        "run": run.pk,
+        "source_project": run.project.slug,
+        "model": {
+            "path": run.base_model,
+            "artifact": run.base_artifact_id,
+            "name": model_label(run.base_model, run.base_artifact),
+        },
+        "snapshot": lineage_snapshot(run),
+        "prompts": run.inputs.get("prompts_from", ""),
+        "sampling": {
+            k: run.config.get(k)
+            for k in ("temperature", "top_p", "max_new_tokens", samples_field(kinds.get(run.kind)))
+            if k
+        },
+    }
     with transaction.atomic():
         locked = lock_running(run)
         Project.objects.select_for_update().filter(pk=target.pk).first()  # one new round at a time per project
-        round_, report = _add_round(locked, target, parsed, source, RoundPurpose.CANDIDATES, f"Candidates of run {run.pk}", PublishFailed)
-        metrics = {**metrics, "candidate_items": float(report.created), "skipped_prompts": float(skipped + len(report.duplicates)),
-                   "round": float(round_.number)}  # fmt: skip
+        round_, report = _add_round(
+            locked, target, parsed, source, RoundPurpose.CANDIDATES, f"Candidates of run {run.pk}", PublishFailed
+        )
+        metrics = {
+            **metrics,
+            "candidate_items": float(report.created),
+            "skipped_prompts": float(skipped + len(report.duplicates)),
+            "round": float(round_.number),
+        }
         succeed(locked, metrics, dataset_hash)
     return round_
 
@@ -131,7 +163,7 @@ def read_output_rows(path: Path) -> list[dict]:
         except orjson.JSONDecodeError:
             raise PublishFailed(f"{path.name}, line {number}: not JSON.") from None
         if not isinstance(row, dict) or "prompt" not in row:
-            raise PublishFailed(f"{path.name}, line {number}: a row needs a \"prompt\".")
+            raise PublishFailed(f'{path.name}, line {number}: a row needs a "prompt".')
         rows.append(row)
     return rows
 
@@ -177,7 +209,9 @@ def send_kept_for_review(run: TrainingRun, target: Project, created_by=None):
     if not kept.is_file():
         raise TrainingError(f"The kept samples of run {run.pk} are missing from {kept}.")
     if target.kind not in kinds.REVIEW_TARGETS:
-        raise TrainingError(f"Kept samples are one response per prompt: send them to a rating, demonstration or steps project, not a {target.kind} one.")
+        raise TrainingError(
+            f"Kept samples are one response per prompt: send them to a rating, demonstration or steps project, not a {target.kind} one."
+        )
     label = model_label(run.base_model, run.base_artifact)
     parsed = []
     for number, row in enumerate(read_output_rows(kept), 1):
@@ -186,11 +220,21 @@ def send_kept_for_review(run: TrainingRun, target: Project, created_by=None):
         except RowError as exc:
             raise TrainingError(f"{kind.review_file}, line {number}: {exc}") from None
         metadata = {"run": run.pk, "score": row.get("score"), "mean_score": row.get("mean_score")}
-        parsed.append(ParsedItem(line=number, prompt=prompt, external_id=f"run{run.pk}-kept-{number}",
-                                 responses=[{"text": str(row.get("response", "")), "model": label, "metadata": metadata}],
-                                 metadata={"kept_by_run": run.pk, "source_item": row.get("item")}))  # fmt: skip
-    source = {"kind": "review", "run": run.pk, "model": {"path": run.base_model, "artifact": run.base_artifact_id, "name": label},
-              "sent_by": getattr(created_by, "username", None)}  # fmt: skip
+        parsed.append(
+            ParsedItem(
+                line=number,
+                prompt=prompt,
+                external_id=f"run{run.pk}-kept-{number}",
+                responses=[{"text": str(row.get("response", "")), "model": label, "metadata": metadata}],
+                metadata={"kept_by_run": run.pk, "source_item": row.get("item")},
+            )
+        )
+    source = {
+        "kind": "review",
+        "run": run.pk,
+        "model": {"path": run.base_model, "artifact": run.base_artifact_id, "name": label},
+        "sent_by": getattr(created_by, "username", None),
+    }
     return _import_round(run, target, parsed, source, RoundPurpose.REVIEW, f"Kept samples of run {run.pk} for review")
 
 
@@ -225,12 +269,27 @@ def create_human_eval_round(run: TrainingRun, target: Project, created_by=None, 
             raise TrainingError(f"comparisons.jsonl, line {number}: {exc}") from None
         arms = [("new", texts[0], new_label), ("baseline", texts[1], old_label)]
         rng.shuffle(arms)
-        responses = [{"text": text, "model": label, "metadata": {"arm": arm, "run": run.pk}} for arm, text, label in arms]
+        responses = [
+            {"text": text, "model": label, "metadata": {"arm": arm, "run": run.pk}} for arm, text, label in arms
+        ]
         new_index = next(i for i, (arm, _, _) in enumerate(arms) if arm == "new")
-        parsed.append(ParsedItem(line=number, prompt=prompt, responses=responses, external_id=f"run{run.pk}-eval-{number}",
-                                 metadata={"human_eval_run": run.pk, "new_index": new_index}))  # fmt: skip
+        parsed.append(
+            ParsedItem(
+                line=number,
+                prompt=prompt,
+                responses=responses,
+                external_id=f"run{run.pk}-eval-{number}",
+                metadata={"human_eval_run": run.pk, "new_index": new_index},
+            )
+        )
     if not parsed:
         raise TrainingError("Every comparison has identical responses: there is nothing for people to judge.")
-    source = {"kind": "human_eval", "run": run.pk, "new": {"path": run.base_model, "artifact": run.base_artifact_id, "name": new_label},
-              "baseline": baseline, "identical_left_out": identical, "sent_by": getattr(created_by, "username", None)}  # fmt: skip
+    source = {
+        "kind": "human_eval",
+        "run": run.pk,
+        "new": {"path": run.base_model, "artifact": run.base_artifact_id, "name": new_label},
+        "baseline": baseline,
+        "identical_left_out": identical,
+        "sent_by": getattr(created_by, "username", None),
+    }
     return _import_round(run, target, parsed, source, RoundPurpose.HUMAN_EVAL, f"Human evaluation of run {run.pk}")

@@ -24,7 +24,11 @@ from .runners.base import load_model, load_tokenizer, read_arbiter_json
 def encode(tokenizer, prompt, response) -> list[int]:
     """Token ids of one (prompt, response) exactly as TRL's RewardTrainer prepares a chosen or rejected text."""
     if isinstance(prompt, list) or isinstance(response, list):
-        messages = list(prompt or []) if isinstance(prompt, list) else ([{"role": "user", "content": prompt}] if prompt else [])
+        messages = (
+            list(prompt or [])
+            if isinstance(prompt, list)
+            else ([{"role": "user", "content": prompt}] if prompt else [])
+        )
         messages += response if isinstance(response, list) else [{"role": "assistant", "content": response}]
         return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
     text = response if response.endswith(tokenizer.eos_token) else response + tokenizer.eos_token

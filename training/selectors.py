@@ -66,7 +66,9 @@ def resolve_base_model(value: str) -> BaseModel:
     candidates = [given] if given.is_absolute() else [root / given for root in roots]
     found = next((c for c in candidates if c.exists()), None)
     if found is None:
-        raise TrainingError(f"No model folder {value!r} (looked under MODEL_ROOTS: {', '.join(map(str, roots)) or 'none'}).")
+        raise TrainingError(
+            f"No model folder {value!r} (looked under MODEL_ROOTS: {', '.join(map(str, roots)) or 'none'})."
+        )
     path = found.resolve()
     artifacts_root = Path(settings.ARTIFACT_ROOT).resolve()
     if not _inside(path, roots):
@@ -81,7 +83,9 @@ def resolve_base_model(value: str) -> BaseModel:
     if not path.is_dir() or not (path / "config.json").is_file():
         raise TrainingError(f"{path} is not a model folder (no config.json).")
     if not has_safetensors(path) and not is_adapter_folder(path):
-        raise TrainingError(f"{path} has no .safetensors weights; Arbiter loads no other format (pickles can run code).")
+        raise TrainingError(
+            f"{path} has no .safetensors weights; Arbiter loads no other format (pickles can run code)."
+        )
     return BaseModel(path, None, path.name)
 
 
@@ -129,13 +133,19 @@ def check_launch_access(user, project: Project, artifacts, target: Project | Non
     for artifact in artifacts:
         if artifact is not None and artifact.project_id not in readable:
             raise TrainingError(f"No registered model artifact {artifact.pk}.")
-    if target is not None and target != project and not training_projects(user, Role.ADMIN).filter(pk=target.pk).exists():
+    if (
+        target is not None
+        and target != project
+        and not training_projects(user, Role.ADMIN).filter(pk=target.pk).exists()
+    ):
         raise TrainingError(f"No project {target.slug!r}.")
 
 
 def administered_projects(user, project_kinds) -> list[tuple[str, str]]:
     """``(slug, label)`` of the projects of ``project_kinds`` that ``user`` administers: where a round can go."""
-    return [(p.slug, f"{p.name} ({p.slug})") for p in training_projects(user, Role.ADMIN).filter(kind__in=project_kinds)]
+    return [
+        (p.slug, f"{p.name} ({p.slug})") for p in training_projects(user, Role.ADMIN).filter(kind__in=project_kinds)
+    ]
 
 
 def sees_training(user) -> bool:
@@ -173,7 +183,18 @@ def metric_series(run: TrainingRun) -> dict[str, list[tuple[int, float]]]:
 # --- the run page ---------------------------------------------------------------------------------
 
 # Metrics shown above the charts: those whose names start with one of these.
-HEADLINE = ("eval_", "loss", "accuracy", "train_loss", "win_rate", "candidate_items", "kept_samples", "reward", "kl", "comparisons")
+HEADLINE = (
+    "eval_",
+    "loss",
+    "accuracy",
+    "train_loss",
+    "win_rate",
+    "candidate_items",
+    "kept_samples",
+    "reward",
+    "kl",
+    "comparisons",
+)
 
 
 def run_page(run: TrainingRun, user, can_manage: bool) -> dict:
@@ -182,7 +203,9 @@ def run_page(run: TrainingRun, user, can_manage: bool) -> dict:
     policy, kept samples to send for review, comparisons for a human evaluation) and the projects they can go to."""
     kind = run.training_kind
     artifact = ModelArtifact.objects.filter(run=run).first()
-    made = {link.purpose: link.round for link in RunRound.objects.filter(run=run).select_related("round", "round__project")}
+    made = {
+        link.purpose: link.round for link in RunRound.objects.filter(run=run).select_related("round", "round__project")
+    }
     review_file = kind.review_file if kind else ""
     context = {
         "run": run,
@@ -275,16 +298,22 @@ def resolve_reward_model(value: str) -> RewardModelChoice:
     if weight is not None and weight < 0:
         raise TrainingError(f"Reward model {value!r}: a weight must be 0 or more.")
     if not text:
-        raise TrainingError("An empty reward model was given: use artifact:ID, a registered name, or a folder under MODEL_ROOTS.")
+        raise TrainingError(
+            "An empty reward model was given: use artifact:ID, a registered name, or a folder under MODEL_ROOTS."
+        )
     named = None if re.fullmatch(r"(?:artifact:)?\d+", text) else ModelArtifact.objects.filter(name=text).first()
     chosen = resolve_base_model(f"artifact:{named.pk}" if named else text)
     if chosen.artifact is not None:
         if chosen.artifact.kind != ArtifactKind.REWARD:
-            raise TrainingError(f"Artifact {chosen.artifact.pk} ({chosen.artifact.name}) is a {chosen.artifact.kind}, not a reward model.")
+            raise TrainingError(
+                f"Artifact {chosen.artifact.pk} ({chosen.artifact.name}) is a {chosen.artifact.kind}, not a reward model."
+            )
     else:
         architectures = _architectures(chosen.path)
         if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
-            raise TrainingError(f"{chosen.path} is not a reward model ({', '.join(architectures)}; a reward model is a sequence classifier).")
+            raise TrainingError(
+                f"{chosen.path} is not a reward model ({', '.join(architectures)}; a reward model is a sequence classifier)."
+            )
     return RewardModelChoice(chosen.path, chosen.artifact, weight, chosen.label)
 
 
@@ -303,7 +332,9 @@ def resolve_reward_models(values) -> list[RewardModelChoice]:
         raise TrainingError("The same reward model was given twice.")
     weighted = [c.weight is not None for c in chosen]
     if any(weighted) and not all(weighted):
-        raise TrainingError("Give a weight to every reward model (artifact:3:0.7 artifact:4:0.3) or to none (equal weights).")
+        raise TrainingError(
+            "Give a weight to every reward model (artifact:3:0.7 artifact:4:0.3) or to none (equal weights)."
+        )
     return chosen
 
 
@@ -330,12 +361,17 @@ def round_chain(project: Project) -> list[RoundStep]:
     generate runs that wrote the next round from those policies. Links come from foreign keys; only "which
     round a snapshot belongs to" is by time (a snapshot holds every vote up to it, the latest round's included)."""
     rounds = list(Round.objects.filter(project=project).order_by("number"))
-    origins = {link.round_id: link for link in RunRound.objects.filter(round__project=project).select_related("run", "run__base_artifact")}
+    origins = {
+        link.round_id: link
+        for link in RunRound.objects.filter(round__project=project).select_related("run", "run__base_artifact")
+    }
     snapshots = list(Snapshot.objects.filter(project=project).order_by("id"))
     runs = list(
-        TrainingRun.objects.filter(project=project).select_related("snapshot", "base_artifact", "target_project")
-        .prefetch_related("reward_artifacts").order_by("id")
-    )  # fmt: skip
+        TrainingRun.objects.filter(project=project)
+        .select_related("snapshot", "base_artifact", "target_project")
+        .prefetch_related("reward_artifacts")
+        .order_by("id")
+    )
     artifacts = {a.run_id: a for a in ModelArtifact.objects.filter(run__in=runs)}
     for run in runs:
         run.made_artifact = artifacts.get(run.pk)
@@ -371,7 +407,13 @@ def round_chain(project: Project) -> list[RoundStep]:
     for run in runs:
         if run.kind in policy_kinds:
             scored = [reward_artifact_step[a.pk] for a in run.reward_artifacts.all() if a.pk in reward_artifact_step]
-            index = max(scored) if scored else snapshot_step.get(run.snapshot_id) if run.snapshot_id else round_of(run.created_at)
+            index = (
+                max(scored)
+                if scored
+                else snapshot_step.get(run.snapshot_id)
+                if run.snapshot_id
+                else round_of(run.created_at)
+            )
             if index is not None:
                 steps[index].policy_runs.append(run)
                 if run.made_artifact:
@@ -388,7 +430,11 @@ def round_chain(project: Project) -> list[RoundStep]:
 
 def generated_round(run: TrainingRun):
     """The round a generate run wrote (None before it finished)."""
-    link = RunRound.objects.filter(run=run, purpose=RoundPurpose.CANDIDATES).select_related("round", "round__project").first()
+    link = (
+        RunRound.objects.filter(run=run, purpose=RoundPurpose.CANDIDATES)
+        .select_related("round", "round__project")
+        .first()
+    )
     return link.round if link else None
 
 
@@ -400,7 +446,15 @@ def win_rate(wins: int, losses: int, ties: int) -> dict:
     n = wins + losses + ties
     score = wins + 0.5 * ties
     low, high = wilson_interval(score, n)
-    return {"n": n, "wins": wins, "losses": losses, "ties": ties, "win_rate": (score / n) if n else None, "ci_low": low, "ci_high": high}
+    return {
+        "n": n,
+        "wins": wins,
+        "losses": losses,
+        "ties": ties,
+        "win_rate": (score / n) if n else None,
+        "ci_low": low,
+        "ci_high": high,
+    }
 
 
 def human_eval_results(round_) -> dict:
@@ -408,7 +462,9 @@ def human_eval_results(round_) -> dict:
     the arm recorded on each response (``metadata["arm"]``: ``new`` or ``baseline``), whatever position it was shown in."""
     arms = dict(Response.objects.filter(item__round=round_).values_list("id", "metadata__arm"))
     wins = losses = ties = 0
-    for outcome, winner in Judgment.objects.filter(item__round=round_, is_current=True, item__purpose="normal").values_list("outcome", "winner_id"):
+    for outcome, winner in Judgment.objects.filter(
+        item__round=round_, is_current=True, item__purpose="normal"
+    ).values_list("outcome", "winner_id"):
         if outcome == "win" and winner in arms:
             if arms[winner] == "new":
                 wins += 1

@@ -91,8 +91,14 @@ def child_command(spec_path: Path) -> list[str]:
 def child_environment() -> dict:
     env = dict(os.environ)
     # Models come from local folders only (MODEL_ROOTS, the registry): no library may reach for a hub.
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1",
-               TOKENIZERS_PARALLELISM="false", HF_HUB_DISABLE_PROGRESS_BARS="1")  # fmt: skip
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+    )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BASE_DIR), env.get("PYTHONPATH")]))
     return env
 
@@ -116,10 +122,19 @@ class ProcessSource:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            child_command(self.spec_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=BASE_DIR, env=child_environment(), start_new_session=True, preexec_fn=_die_with_parent,
-            text=True, encoding="utf-8", errors="replace", bufsize=1,
-        )  # fmt: skip
+            child_command(self.spec_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=BASE_DIR,
+            env=child_environment(),
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+        )
         self.reader = threading.Thread(target=self._read, name="runner-output", daemon=True)
         self.reader.start()
 
@@ -198,7 +213,9 @@ class ThreadSource:
         try:
             runner = kinds.get(self.spec["kind"]).load_runner()
             config = runner.CONFIG_CLASS.from_dict(self.spec["config"])
-            self.metrics = runner.run(config, self.spec["datasets"], self.spec["output_dir"], self._emit, self.spec["checkpoint_dir"])
+            self.metrics = runner.run(
+                config, self.spec["datasets"], self.spec["output_dir"], self._emit, self.spec["checkpoint_dir"]
+            )
         except BaseException as exc:  # noqa: BLE001 - reported by outcome()
             self.error = exc
             self.items.put(("event", {"event": "error", "message": f"{type(exc).__name__}: {exc}"}))
@@ -250,7 +267,9 @@ class Monitor:
         self.run = run
         self.echo = echo
         self.log = open(log_path, "a", encoding="utf-8")
-        self.tail = collections.deque((run.log_tail or "").splitlines()[-lifecycle.LOG_TAIL_LINES :], maxlen=lifecycle.LOG_TAIL_LINES)
+        self.tail = collections.deque(
+            (run.log_tail or "").splitlines()[-lifecycle.LOG_TAIL_LINES :], maxlen=lifecycle.LOG_TAIL_LINES
+        )
         self.step, self.total = None, run.progress_total or None
         self.metrics = dict(run.metrics or {})
         self.points: list[tuple[int, dict]] = []
@@ -282,7 +301,11 @@ class Monitor:
             self.points.append((int(payload.get("step", 0)), values))
             self.metrics.update(values)
             self.step, self.total = payload.get("step", self.step), payload.get("total") or self.total
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k in ("loss", "accuracy", "eval_accuracy", "train_loss", "lm_loss"))
+            shown = ", ".join(
+                f"{k} {v:.4g}"
+                for k, v in values.items()
+                if k in ("loss", "accuracy", "eval_accuracy", "train_loss", "lm_loss")
+            )
             self.line(f"[step {self.step}/{self.total}] {shown}" if shown else f"[step {self.step}/{self.total}]")
         elif event == "checkpoint":
             path = Path(payload.get("path", ""))
@@ -303,9 +326,14 @@ class Monitor:
 
     def flush(self) -> tuple[bool, bool]:
         mine, cancel = lifecycle.record_progress(
-            self.run, step=self.step, total=self.total, metrics=self.metrics, points=self.points,
-            log_tail=self.tail_text(), checkpoint=self.checkpoint,
-        )  # fmt: skip
+            self.run,
+            step=self.step,
+            total=self.total,
+            metrics=self.metrics,
+            points=self.points,
+            log_tail=self.tail_text(),
+            checkpoint=self.checkpoint,
+        )
         self.points, self.dirty, self.urgent = [], False, False
         self.log.flush()
         return mine, cancel
@@ -322,7 +350,11 @@ class Monitor:
                 if finished:
                     break
                 now = time.monotonic()
-                if self.urgent or (self.dirty and now - last_flush >= 1.0) or now - last_flush >= settings.TRAINING_HEARTBEAT_SECONDS:
+                if (
+                    self.urgent
+                    or (self.dirty and now - last_flush >= 1.0)
+                    or now - last_flush >= settings.TRAINING_HEARTBEAT_SECONDS
+                ):
                     last_flush = now
                     mine, cancel = self.flush()
                     if not mine:
@@ -387,11 +419,22 @@ def execute(run_id: int, attempt: int, *, in_process: bool = False, echo=None, o
         return TrainingRun.objects.filter(pk=run_id).first()
     status, error = RunStatus.FAILED, ""
     try:
-        monitor.line(f"[arbiter] attempt {attempt} on {run.worker}" + (f", resuming from {run.checkpoint}" if run.checkpoint else ""))
+        monitor.line(
+            f"[arbiter] attempt {attempt} on {run.worker}"
+            + (f", resuming from {run.checkpoint}" if run.checkpoint else "")
+        )
         datasets, dataset_hash = run_datasets(run)
         # "runner": the registry's module for the kind (training.kinds), for the child to import.
-        spec = {"kind": run.kind, "runner": kinds.get(run.kind).runner, "config": run.config, "datasets": datasets,
-                "output_dir": str(output_dir), "checkpoint_dir": str(work / "checkpoints"), "run": run.pk, "attempt": attempt}  # fmt: skip
+        spec = {
+            "kind": run.kind,
+            "runner": kinds.get(run.kind).runner,
+            "config": run.config,
+            "datasets": datasets,
+            "output_dir": str(output_dir),
+            "checkpoint_dir": str(work / "checkpoints"),
+            "run": run.pk,
+            "attempt": attempt,
+        }
         spec_path = work / f"spec-{attempt}.json"
         spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
         source = ThreadSource(spec) if in_process else ProcessSource(spec_path)

@@ -69,7 +69,9 @@ def schedule_watch(run_id: int, attempt: int) -> None:
 
 def _stale_filter(now):
     limit = now - timedelta(seconds=settings.TRAINING_STALE_SECONDS)
-    return Q(status=RunStatus.RUNNING) & (Q(heartbeat_at__lt=limit) | Q(heartbeat_at__isnull=True, started_at__lt=limit))
+    return Q(status=RunStatus.RUNNING) & (
+        Q(heartbeat_at__lt=limit) | Q(heartbeat_at__isnull=True, started_at__lt=limit)
+    )
 
 
 def reap_stale_runs(now=None) -> list[TrainingRun]:
@@ -91,7 +93,9 @@ def reap_stale_runs(now=None) -> list[TrainingRun]:
             old_task = run.task_id
             if settings.TRAINING_ON_STALE == "requeue" and run.attempt < settings.TRAINING_MAX_ATTEMPTS:
                 resume = f", resuming from {run.checkpoint}" if run.checkpoint else ""
-                run.log_tail = tail(run.log_tail + f"\n[arbiter] {lost}; re-queued as attempt {run.attempt + 1}{resume}.")
+                run.log_tail = tail(
+                    run.log_tail + f"\n[arbiter] {lost}; re-queued as attempt {run.attempt + 1}{resume}."
+                )
                 run.status, run.attempt, run.worker, run.heartbeat_at = RunStatus.QUEUED, run.attempt + 1, "", None
                 run.save(update_fields=["status", "attempt", "worker", "heartbeat_at", "log_tail"])
                 transaction.on_commit(partial(enqueue_run, run.pk))

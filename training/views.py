@@ -58,27 +58,46 @@ def run_new(request):
     _require_training(request.user)
     if not selectors.training_projects(request.user, Role.ADMIN).exists():
         raise PermissionDenied("Only project admins launch training.")
-    initial = {name: request.GET.get(name) for name in ("project", "kind", "base_model", "parent", "target_project", "baseline")}
+    initial = {
+        name: request.GET.get(name)
+        for name in ("project", "kind", "base_model", "parent", "target_project", "baseline")
+    }
     form = LaunchForm(request.POST or None, request.FILES or None, user=request.user, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         project, _ = require_role(request.user, data["project"], Role.ADMIN)
         if data["target_project"]:
             require_role(request.user, data["target_project"], Role.ADMIN)
-        prompts = launching.Prompts(source=data["prompts_from"], data=data["prompts_data"], max_prompts=data["max_prompts"],
-                                  file_name=data["prompts_file"].name if data["prompts_file"] else "")  # fmt: skip
+        prompts = launching.Prompts(
+            source=data["prompts_from"],
+            data=data["prompts_data"],
+            max_prompts=data["max_prompts"],
+            file_name=data["prompts_file"].name if data["prompts_file"] else "",
+        )
         try:
             run = launching.launch_run(
-                project=project, kind=data["kind"], base_model=data["base_model"], snapshot=data["snapshot"], values=data["values"],
-                launched_by=request.user, reward_models=data["reward_model_values"], target_project=data["target_project"] or None,
-                prompts=prompts, baseline=data["baseline"] or None, parent=data["parent"],
-            )  # fmt: skip
+                project=project,
+                kind=data["kind"],
+                base_model=data["base_model"],
+                snapshot=data["snapshot"],
+                values=data["values"],
+                launched_by=request.user,
+                reward_models=data["reward_model_values"],
+                target_project=data["target_project"] or None,
+                prompts=prompts,
+                baseline=data["baseline"] or None,
+                parent=data["parent"],
+            )
         except TrainingError as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Run {run.pk} is queued.")
             return redirect("training-run", run_id=run.pk)
-    context = {"form": form, "snapshot_kinds": kinds.names(reads=kinds.SNAPSHOT), "prompt_kinds": kinds.names(reads=kinds.PROMPTS)}
+    context = {
+        "form": form,
+        "snapshot_kinds": kinds.names(reads=kinds.SNAPSHOT),
+        "prompt_kinds": kinds.names(reads=kinds.PROMPTS),
+    }
     return render(request, "training/run_new.html", context, status=400 if form.errors else 200)
 
 
@@ -156,7 +175,7 @@ def _card_body(card: str) -> str:
 @login_required
 @require_POST
 def run_next_round(request, run_id: int):
-    """"Start the next round": a generate run with this run's policy, into the project as its next round."""
+    """ "Start the next round": a generate run with this run's policy, into the project as its next round."""
     run, _ = _run(request, run_id, Role.ADMIN)
     form = NextRoundForm(request.POST, user=request.user)
     if not form.is_valid():
@@ -167,13 +186,21 @@ def run_next_round(request, run_id: int):
         require_role(request.user, target, Role.ADMIN)
     try:
         child = launching.start_next_round(
-            run, launched_by=request.user, target_project=target, values=form.cleaned_data["values"],
-            prompts=launching.Prompts(source=form.cleaned_data["prompts_from"], max_prompts=form.cleaned_data["max_prompts"]),
-        )  # fmt: skip
+            run,
+            launched_by=request.user,
+            target_project=target,
+            values=form.cleaned_data["values"],
+            prompts=launching.Prompts(
+                source=form.cleaned_data["prompts_from"], max_prompts=form.cleaned_data["max_prompts"]
+            ),
+        )
     except TrainingError as exc:
         messages.error(request, str(exc))
         return redirect("training-run", run_id=run.pk)
-    messages.success(request, f"Run {child.pk} is queued: it writes the next round of {(child.target_project or child.project).slug}.")
+    messages.success(
+        request,
+        f"Run {child.pk} is queued: it writes the next round of {(child.target_project or child.project).slug}.",
+    )
     return redirect("training-run", run_id=child.pk)
 
 
@@ -217,11 +244,20 @@ def run_human_eval(request, run_id: int):
 def human_eval(request, run_id: int):
     """The human win rate of the new policy over the baseline, with its 95% confidence interval."""
     run, _ = _run(request, run_id)
-    link = RunRound.objects.filter(run=run, purpose=RoundPurpose.HUMAN_EVAL).select_related("round", "round__project").first()
+    link = (
+        RunRound.objects.filter(run=run, purpose=RoundPurpose.HUMAN_EVAL)
+        .select_related("round", "round__project")
+        .first()
+    )
     if link is None:
         raise Http404("This run has no human evaluation round.")
     require_role(request.user, link.round.project.slug, Role.RESEARCHER)
-    context = {"run": run, "round": link.round, "result": selectors.human_eval_results(link.round), "items": link.round.items.count()}
+    context = {
+        "run": run,
+        "round": link.round,
+        "result": selectors.human_eval_results(link.round),
+        "items": link.round.items.count(),
+    }
     return render(request, "training/human_eval.html", context)
 
 
@@ -231,5 +267,9 @@ def human_eval(request, run_id: int):
 def project_rounds(request, slug: str):
     """The project's rounds as a chain: round N → its snapshots → reward models → policies → round N + 1."""
     project, membership = require_role(request.user, slug, Role.RESEARCHER)
-    context = {"project": project, "steps": selectors.round_chain(project), "can_manage": membership.has_role(Role.ADMIN)}
+    context = {
+        "project": project,
+        "steps": selectors.round_chain(project),
+        "can_manage": membership.has_role(Role.ADMIN),
+    }
     return render(request, "training/rounds.html", context)

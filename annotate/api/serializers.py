@@ -12,11 +12,29 @@ class MessageSerializer(serializers.Serializer):
 
 
 PROJECT_FIELDS = [
-    "slug", "name", "kind", "instructions", "overlap", "criteria", "scale", "step_separator", "allow_ties",
-    "randomize_order", "lease_seconds", "gold_rate", "gold_feedback", "qualification_required",
-    "qualification_metric", "qualification_threshold", "review_action", "review_min_gold", "review_gold_accuracy",
-    "review_majority_agreement", "review_speed_ratio", "review_position_bias_p",
-]  # fmt: skip
+    "slug",
+    "name",
+    "kind",
+    "instructions",
+    "overlap",
+    "criteria",
+    "scale",
+    "step_separator",
+    "allow_ties",
+    "randomize_order",
+    "lease_seconds",
+    "gold_rate",
+    "gold_feedback",
+    "qualification_required",
+    "qualification_metric",
+    "qualification_threshold",
+    "review_action",
+    "review_min_gold",
+    "review_gold_accuracy",
+    "review_majority_agreement",
+    "review_speed_ratio",
+    "review_position_bias_p",
+]
 
 
 class ProjectSettingsSerializer(serializers.ModelSerializer):
@@ -88,15 +106,37 @@ class JudgmentInSerializer(serializers.Serializer):
     """
 
     idempotency_key = serializers.CharField(max_length=100, help_text="The same key again returns the first judgment.")
-    choice = serializers.ChoiceField(choices=CHOICES, required=False, help_text='pairwise: "A" is the first response as displayed.')
-    strength = serializers.IntegerField(min_value=0, max_value=3, required=False, allow_null=True, help_text="pairwise: 0 negligible/unsure … 3 significantly better.")
-    criteria = serializers.DictField(child=serializers.ChoiceField(choices=CHOICES), required=False, help_text="pairwise with criteria: a choice per criterion.")
+    choice = serializers.ChoiceField(
+        choices=CHOICES, required=False, help_text='pairwise: "A" is the first response as displayed.'
+    )
+    strength = serializers.IntegerField(
+        min_value=0,
+        max_value=3,
+        required=False,
+        allow_null=True,
+        help_text="pairwise: 0 negligible/unsure … 3 significantly better.",
+    )
+    criteria = serializers.DictField(
+        child=serializers.ChoiceField(choices=CHOICES),
+        required=False,
+        help_text="pairwise with criteria: a choice per criterion.",
+    )
     demonstration = serializers.CharField(required=False, help_text='pairwise: a better response, with "both_bad".')
-    ranking = serializers.ListField(child=serializers.JSONField(), required=False, help_text="ranking: response ids best first; a nested list is a group of ties.")
-    ratings = serializers.DictField(child=serializers.DictField(), required=False, help_text="rating: {response id: {criterion: score}}.")
-    steps = serializers.JSONField(required=False, help_text="steps: {response id: [positive|negative|neutral per step]}.")
+    ranking = serializers.ListField(
+        child=serializers.JSONField(),
+        required=False,
+        help_text="ranking: response ids best first; a nested list is a group of ties.",
+    )
+    ratings = serializers.DictField(
+        child=serializers.DictField(), required=False, help_text="rating: {response id: {criterion: score}}."
+    )
+    steps = serializers.JSONField(
+        required=False, help_text="steps: {response id: [positive|negative|neutral per step]}."
+    )
     text = serializers.CharField(required=False, help_text="demonstration: the ideal response.")
-    based_on = serializers.IntegerField(required=False, allow_null=True, help_text="demonstration: the response it was edited from.")
+    based_on = serializers.IntegerField(
+        required=False, allow_null=True, help_text="demonstration: the response it was edited from."
+    )
     rationale = serializers.CharField(required=False, allow_blank=True)
     duration_ms = serializers.IntegerField(min_value=0, required=False, allow_null=True)
 
@@ -122,9 +162,20 @@ class JudgmentSerializer(serializers.ModelSerializer):
     class Meta:
         model = Judgment
         fields = [
-            "id", "task", "outcome", "choice", "winner", "strength", "data", "text", "duration_ms",
-            "idempotency_key", "supersedes", "is_current", "created_at",
-        ]  # fmt: skip
+            "id",
+            "task",
+            "outcome",
+            "choice",
+            "winner",
+            "strength",
+            "data",
+            "text",
+            "duration_ms",
+            "idempotency_key",
+            "supersedes",
+            "is_current",
+            "created_at",
+        ]
 
     def get_choice(self, judgment: Judgment) -> str | None:
         """The answer in the annotator's own display terms (A is the response they saw first)."""
@@ -205,13 +256,18 @@ class MemberInSerializer(serializers.Serializer):
 class ExportOptionsSerializer(serializers.Serializer):
     """Documents the options; ``annotate.exports.ExportOptions`` validates them."""
 
-    format = serializers.ChoiceField(choices=["trl", "hh", "openai-dpo", "kto", "ranking", "ratings", "labels", "steps", "sft", "raw"], default="trl")
+    format = serializers.ChoiceField(
+        choices=["trl", "hh", "openai-dpo", "kto", "ranking", "ratings", "labels", "steps", "sft", "raw"], default="trl"
+    )
     aggregate = serializers.ChoiceField(
-        choices=["majority", "dawid-skene", "bradley-terry", "none"], required=False,
+        choices=["majority", "dawid-skene", "bradley-terry", "none"],
+        required=False,
         help_text="Default: the format's own. Each format takes only some (docs/exports.md); any other is refused with 400.",
-    )  # fmt: skip
+    )
     ties = serializers.ChoiceField(choices=["drop", "keep"], default="drop")
-    min_agreement = serializers.FloatField(default=0.0, help_text="Leave out preferences whose winner got a smaller share (or confidence).")
+    min_agreement = serializers.FloatField(
+        default=0.0, help_text="Leave out preferences whose winner got a smaller share (or confidence)."
+    )
     include_paused = serializers.BooleanField(default=False)
     include_gold = serializers.BooleanField(default=False)
     max_chars = serializers.IntegerField(required=False, allow_null=True)
@@ -230,7 +286,18 @@ class SnapshotSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Snapshot
-        fields = ["id", "project", "options", "content_hash", "counts", "agreement", "license", "last_judgment_id", "created_at", "files"]
+        fields = [
+            "id",
+            "project",
+            "options",
+            "content_hash",
+            "counts",
+            "agreement",
+            "license",
+            "last_judgment_id",
+            "created_at",
+            "files",
+        ]
 
     def get_files(self, snapshot: Snapshot) -> list[str]:
         """The splits that can be downloaded from ``/api/exports/{id}/files/{split}/``."""

@@ -10,7 +10,11 @@ urlpatterns = [
     path("projects/<slug:slug>/agreement/", views.project_agreement, name="api-agreement"),
     path("projects/<slug:slug>/members/", views.project_members, name="api-members"),
     path("projects/<slug:slug>/members/<str:username>/", views.project_member, name="api-member"),
-    path("projects/<slug:slug>/members/<str:username>/reinstate/", views.project_member_reinstate, name="api-member-reinstate"),
+    path(
+        "projects/<slug:slug>/members/<str:username>/reinstate/",
+        views.project_member_reinstate,
+        name="api-member-reinstate",
+    ),
     path("projects/<slug:slug>/exports/", views.project_exports, name="api-exports"),
     path("exports/<int:snapshot_id>/", views.export_detail, name="api-export"),
     path("exports/<int:snapshot_id>/files/<str:split>/", views.export_file, name="api-export-file"),

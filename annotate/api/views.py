@@ -23,12 +23,9 @@ from ..models import Judgment, Membership, Role, Snapshot, Task
 from ..permissions import can_create_projects, require_role, visible_projects
 from .auth import TokenAuthentication
 from .serializers import (
-    ProjectSettingsSerializer,
     ExportOptionsSerializer,
-    SnapshotSerializer,
     FlagInSerializer,
     FlagSerializer,
-    SkipInSerializer,
     ImportResultSerializer,
     ItemPageSerializer,
     ItemRowSerializer,
@@ -38,11 +35,13 @@ from .serializers import (
     MemberSerializer,
     ProjectCreateSerializer,
     ProjectSerializer,
+    ProjectSettingsSerializer,
+    SkipInSerializer,
+    SnapshotSerializer,
     TaskSerializer,
     judgment_payload,
     task_payload,
 )
-
 
 # The schema of the views with their own TokenAuthentication (api/auth.py): the same schemes as every other view.
 HOT_PATH_AUTH = [{"tokenAuth": []}, {"cookieAuth": []}]
@@ -136,8 +135,12 @@ def task_detail(request, task_id: int):
     request=JudgmentInSerializer,
     responses={
         201: JudgmentSerializer,
-        200: OpenApiResponse(JudgmentSerializer, description="The same idempotency_key with the same answer again: the first judgment."),
-        409: OpenApiResponse(description="The task can no longer be answered, or the idempotency_key was used for another task or a different answer."),
+        200: OpenApiResponse(
+            JudgmentSerializer, description="The same idempotency_key with the same answer again: the first judgment."
+        ),
+        409: OpenApiResponse(
+            description="The task can no longer be answered, or the idempotency_key was used for another task or a different answer."
+        ),
     },
     auth=HOT_PATH_AUTH,
 )
@@ -159,7 +162,9 @@ def task_judgments(request, task_id: int):
     return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
-@extend_schema(request=SkipInSerializer, responses={200: TaskSerializer, 409: OpenApiResponse(description="Already answered.")})
+@extend_schema(
+    request=SkipInSerializer, responses={200: TaskSerializer, 409: OpenApiResponse(description="Already answered.")}
+)
 @api_view(["POST"])
 @parser_classes([JSONParser])
 def task_skip(request, task_id: int):
@@ -187,14 +192,23 @@ def task_flags(request, task_id: int):
     request={"multipart/form-data": inline_serializer("ItemUpload", {"file": serializers.FileField()})},
     parameters=[
         OpenApiParameter("format", str, enum=["jsonl", "csv", "parquet"], description="Default: from the file name."),
-        OpenApiParameter("votes_as", str, description="Record each preference row's own label (TRL/HH \"chosen\") as a vote of this annotator."),
-        OpenApiParameter("skip_invalid", bool, description="Import the valid rows and list the invalid ones under \"skipped\"."),
+        OpenApiParameter(
+            "votes_as",
+            str,
+            description='Record each preference row\'s own label (TRL/HH "chosen") as a vote of this annotator.',
+        ),
+        OpenApiParameter(
+            "skip_invalid", bool, description='Import the valid rows and list the invalid ones under "skipped".'
+        ),
     ],
     responses={201: ImportResultSerializer, 400: OpenApiResponse(description="Refused whole, with line numbers.")},
 )
 @extend_schema(
     methods=["GET"],
-    parameters=[OpenApiParameter("page", int), OpenApiParameter("page_size", int, description=f"At most {selectors.ITEMS_PAGE_MAX}.")],
+    parameters=[
+        OpenApiParameter("page", int),
+        OpenApiParameter("page_size", int, description=f"At most {selectors.ITEMS_PAGE_MAX}."),
+    ],
     responses=ItemPageSerializer,
 )
 @api_view(["GET", "POST"])
@@ -207,7 +221,9 @@ def project_items(request, slug: str):
     if request.method == "GET":
         page, size = _positive(request, "page", 1), min(_positive(request, "page_size", 100), selectors.ITEMS_PAGE_MAX)
         items, count = selectors.item_page(project, page, size)
-        return Response({"count": count, "page": page, "page_size": size, "results": ItemRowSerializer(items, many=True).data})
+        return Response(
+            {"count": count, "page": page, "page_size": size, "results": ItemRowSerializer(items, many=True).data}
+        )
     upload = request.data.get("file")
     if upload is None or isinstance(upload, str):
         raise ParseError('Send the file as multipart field "file".')
@@ -217,9 +233,12 @@ def project_items(request, slug: str):
     skipped = [] if skip_invalid else None
     parsed = parse_items(data, fmt, project.kind, skipped)
     report = actions.import_items(
-        project, parsed, source={"file": upload.name, "by": request.user.username},
-        votes_as=request.query_params.get("votes_as"), skipped=skipped,
-    )  # fmt: skip
+        project,
+        parsed,
+        source={"file": upload.name, "by": request.user.username},
+        votes_as=request.query_params.get("votes_as"),
+        skipped=skipped,
+    )
     body = {
         "created": report.created,
         "duplicates": [{"line": line, "id": ext} for line, ext in report.duplicates],
@@ -288,7 +307,10 @@ def project_member(request, slug: str, username: str):
 @extend_schema(
     methods=["POST"],
     request=ExportOptionsSerializer,
-    responses={201: SnapshotSerializer, 200: OpenApiResponse(SnapshotSerializer, description="Same options, unchanged votes: the existing snapshot.")},
+    responses={
+        201: SnapshotSerializer,
+        200: OpenApiResponse(SnapshotSerializer, description="Same options, unchanged votes: the existing snapshot."),
+    },
 )
 @api_view(["GET", "POST"])
 @parser_classes([JSONParser])
@@ -304,7 +326,9 @@ def project_exports(request, slug: str):
     except TypeError as exc:
         raise ExportError(str(exc)) from None
     snapshot, created = actions.create_snapshot(project, options, created_by=request.user)
-    return Response(SnapshotSerializer(snapshot).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+    return Response(
+        SnapshotSerializer(snapshot).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    )
 
 
 def _snapshot_for(request, snapshot_id: int) -> Snapshot:
@@ -334,7 +358,9 @@ def export_file(request, snapshot_id: int, split: str):
         raise ParseError("An hf snapshot is a folder; read it with datasets.load_from_disk on the server.")
     path = files[split]
     # The file's own name: a criterion's split name ("test:<criterion>") may hold characters a file name cannot.
-    return FileResponse(open(path, "rb"), as_attachment=True, filename=f"{snapshot.project.slug}-{snapshot.pk}-{Path(path).name}")
+    return FileResponse(
+        open(path, "rb"), as_attachment=True, filename=f"{snapshot.project.slug}-{snapshot.pk}-{Path(path).name}"
+    )
 
 
 @extend_schema(responses={(200, "text/markdown"): OpenApiTypes.STR})

@@ -25,7 +25,20 @@ from .options import AGGREGATES, CONTAINERS, FORMAT_AGGREGATES, FORMATS, KIND_FO
 from .writing import ExportResult, build_splits, export_to, snapshot_files, write_export
 
 __all__ = [
-    "AGGREGATES", "CONTAINERS", "FORMATS", "FORMAT_AGGREGATES", "KIND_FORMATS", "ExportError", "ExportOptions",
-    "ExportResult", "build_rows", "build_splits", "canonical", "dataset_card", "export_to", "iter_rows",
-    "snapshot_files", "write_export",
-]  # fmt: skip
+    "AGGREGATES",
+    "CONTAINERS",
+    "FORMATS",
+    "FORMAT_AGGREGATES",
+    "KIND_FORMATS",
+    "ExportError",
+    "ExportOptions",
+    "ExportResult",
+    "build_rows",
+    "build_splits",
+    "canonical",
+    "dataset_card",
+    "export_to",
+    "iter_rows",
+    "snapshot_files",
+    "write_export",
+]

@@ -17,14 +17,15 @@ import pandas as pd
 from ..models import Judgment, Kind, Project
 from .options import CATEGORICAL_PREFERENCES, ExportError, ExportOptions
 
-
 PAIR_COLUMNS = ["item", "annotator", "a", "b", "winner", "strength", "first"]
 
 
 PREFERENCE_COLUMNS = ["item", "chosen", "rejected", "margin", "n_votes", "agreement", "tie"]
 
 
-def pair_votes(kind: str, votes: pd.DataFrame, responses: dict[int, list[tuple[int, str]]], criterion: str | None = None) -> pd.DataFrame:
+def pair_votes(
+    kind: str, votes: pd.DataFrame, responses: dict[int, list[tuple[int, str]]], criterion: str | None = None
+) -> pd.DataFrame:
     """Every kind's votes as pairwise votes: ``item``, ``annotator``, ``a``, ``b`` (a < b), ``winner`` (a, b or
     NA for a tie), ``strength``, and ``first`` (whichever of a and b was shown first, when ``votes`` has the
     display ``order``; for the Bradley-Terry aggregation)."""
@@ -152,7 +153,9 @@ def model_pairs(pairs: pd.DataFrame, model: pd.DataFrame, keep_ties: bool = Fals
     chosen = counts.merge(model, on=["item", "a", "b"], how="inner")
     if not keep_ties:
         chosen = chosen[chosen["label"] >= 0]
-    votes_for = pairs[pairs["winner"].notna()].assign(label=lambda f: f["winner"].astype(np.int64), strength=lambda f: f["strength"].astype(float).fillna(0.0))
+    votes_for = pairs[pairs["winner"].notna()].assign(
+        label=lambda f: f["winner"].astype(np.int64), strength=lambda f: f["strength"].astype(float).fillna(0.0)
+    )
     margins = votes_for.groupby(["item", "a", "b", "label"])["strength"].mean().rename("margin").reset_index()
     chosen = chosen.merge(margins, on=["item", "a", "b", "label"], how="left")
     tie = (chosen["label"] < 0).to_numpy()

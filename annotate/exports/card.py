@@ -38,7 +38,11 @@ def dataset_card(snapshot: Snapshot) -> str:
         # A hub split name cannot hold a ":": each criterion's test split is a config of its own.
         plain = [name for name in files if ":" not in name]
         front["configs"] = [{"config_name": "default", "data_files": data_files(plain)}]
-        front["configs"] += [{"config_name": name.replace(":", ": ", 1), "data_files": data_files([name])} for name in files if ":" in name]
+        front["configs"] += [
+            {"config_name": name.replace(":", ": ", 1), "data_files": data_files([name])}
+            for name in files
+            if ":" in name
+        ]
     title = " ".join(project.name.split())  # one line, whatever the name holds
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1000).rstrip("\n")]
     lines += ["---", "", f"# {title}: {options['format']} snapshot {snapshot.pk}", ""]

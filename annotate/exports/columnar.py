@@ -24,8 +24,8 @@ from django.db import connections
 from django.db.models import Case, Value, When
 from django.db.models.fields.json import KT
 
-from ..sql import NULL_INT
 from ..models import Kind, Project, Response
+from ..sql import NULL_INT
 from . import reading
 from .aggregation import majority_pairs
 from .formats import _chars
@@ -36,9 +36,12 @@ from .reading import BOTH_BAD_CODE, _conversational_prompt, _responses_of, curre
 def fits_columns(project: Project, options: "ExportOptions") -> bool:
     """Whether the columnar path can write this export (single-message prompts are checked on the items)."""
     return (
-        project.kind == Kind.PAIRWISE and options.format == "trl" and options.aggregate == "majority"
-        and options.ties == "drop" and not options.criterion
-    )  # fmt: skip
+        project.kind == Kind.PAIRWISE
+        and options.format == "trl"
+        and options.aggregate == "majority"
+        and options.ties == "drop"
+        and not options.criterion
+    )
 
 
 @dataclass
@@ -111,7 +114,15 @@ def majority_columns(votes: np.ndarray, pair_items: np.ndarray, a: np.ndarray, b
 
 def _majority_by_frame(item, a, b, winner, strength) -> dict[str, np.ndarray]:
     """The general :func:`majority_pairs`, for votes whose winner is neither response of the pair."""
-    frame = pd.DataFrame({"item": item, "a": a, "b": b, "winner": pd.array(winner, dtype="Int64"), "strength": pd.array(strength, dtype="Int64")})
+    frame = pd.DataFrame(
+        {
+            "item": item,
+            "a": a,
+            "b": b,
+            "winner": pd.array(winner, dtype="Int64"),
+            "strength": pd.array(strength, dtype="Int64"),
+        }
+    )
     frame.loc[winner == NULL_INT, "winner"] = pd.NA
     frame.loc[strength == NULL_INT, "strength"] = pd.NA
     preferences = majority_pairs(frame)
@@ -196,8 +207,10 @@ def iter_trl_batches(project: Project, options: "ExportOptions", with_hashes: bo
     items beforehand; whether a prompt is a conversation comes with each item."""
     flagged = items_in_scope(project, options.include_gold).annotate(
         conversational=Case(When(_conversational_prompt(), then=Value(1)), default=Value(0))
-    )  # fmt: skip
-    fields = ["id", KT("prompt__0__content"), "external_id", "conversational"] + (["prompt_hash"] if with_hashes else [])
+    )
+    fields = ["id", KT("prompt__0__content"), "external_id", "conversational"] + (
+        ["prompt_hash"] if with_hashes else []
+    )
     judgments = current_judgments(project, options.include_paused, options.include_gold).order_by()
     after = [0]  # the last item id read (ids are positive)
 
@@ -272,10 +285,19 @@ def _read_chunk(project: Project, judgments, item_rows: list[tuple], with_hashes
     # In no particular order (sorting them is numpy's job).
     response_ids, response_items, texts = _columns(_fetch(responses.order_by().values_list("id", "item_id", "text")), 3)
     return _Chunk(
-        item_ids, item_columns[1], item_columns[2], item_columns[4] if with_hashes else None, any(item_columns[3]),
-        np.array(response_ids, dtype=np.int64), np.array(response_items, dtype=np.int64), texts,
-        vote_table(judgments.filter(item_id__gte=first, item_id__lte=last), ["item_id", "outcome_code", "winner_id", "strength"]),
-    )  # fmt: skip
+        item_ids,
+        item_columns[1],
+        item_columns[2],
+        item_columns[4] if with_hashes else None,
+        any(item_columns[3]),
+        np.array(response_ids, dtype=np.int64),
+        np.array(response_items, dtype=np.int64),
+        texts,
+        vote_table(
+            judgments.filter(item_id__gte=first, item_id__lte=last),
+            ["item_id", "outcome_code", "winner_id", "strength"],
+        ),
+    )
 
 
 def _trl_batch(chunk: _Chunk, options: "ExportOptions") -> RowBatch | None:
@@ -304,15 +326,32 @@ def _trl_batch(chunk: _Chunk, options: "ExportOptions") -> RowBatch | None:
     if not len(at_item):
         return None
     id_array = pa.array(external_ids, type=pa.string())
-    table = pa.table({"prompt": prompt_column, "chosen": chosen, "rejected": rejected, "margin": pa.array(margin, type=pa.float64()), "id": id_array.take(at_item)})
+    table = pa.table(
+        {
+            "prompt": prompt_column,
+            "chosen": chosen,
+            "rejected": rejected,
+            "margin": pa.array(margin, type=pa.float64()),
+            "id": id_array.take(at_item),
+        }
+    )
 
     # Canonical JSON (sorted keys, orjson's spelling of each value), joined column by column.
     json_texts = _json_values(texts, text_array)
     json_margin = pa.array(orjson.dumps(margin.tolist())[1:-1].split(b","), type=pa.binary())
     nothing = pa.scalar(b"", type=pa.binary())
     head = (b'{"chosen":', json_texts.take(at_chosen))
-    tail = (b',"margin":', json_margin, b',"prompt":', _json_values(prompts, prompt_array).take(at_item), b',"rejected":', json_texts.take(at_rejected))
-    lines = pc.binary_join_element_wise(*head, b',"id":', _json_values(external_ids, id_array).take(at_item), *tail, b"}\n", nothing)
+    tail = (
+        b',"margin":',
+        json_margin,
+        b',"prompt":',
+        _json_values(prompts, prompt_array).take(at_item),
+        b',"rejected":',
+        json_texts.take(at_rejected),
+    )
+    lines = pc.binary_join_element_wise(
+        *head, b',"id":', _json_values(external_ids, id_array).take(at_item), *tail, b"}\n", nothing
+    )
     keys = pc.binary_join_element_wise(*head, *tail, b"}", nothing) if options.dedupe else None
     at_item_list = at_item.tolist()
     hashes = [chunk.prompt_hashes[i] for i in at_item_list] if chunk.prompt_hashes is not None else None

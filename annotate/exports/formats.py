@@ -99,7 +99,9 @@ def hh_rows(preferences: pd.DataFrame, tables: ItemTables) -> list[dict]:
         prompt = tables.prompts[pref.item]
         row = {
             "chosen": hh_transcript(prompt + [{"role": "assistant", "content": tables.text(pref.item, pref.chosen)}]),
-            "rejected": hh_transcript(prompt + [{"role": "assistant", "content": tables.text(pref.item, pref.rejected)}]),
+            "rejected": hh_transcript(
+                prompt + [{"role": "assistant", "content": tables.text(pref.item, pref.rejected)}]
+            ),
             "id": tables.external_ids[pref.item],
         }
         if pref.tie:
@@ -161,7 +163,9 @@ def ratings_kto_rows(votes: pd.DataFrame, tables: ItemTables, project: Project, 
         if mean == middle:
             continue
         prompt, completion = _prompt_and_completion(tables, item, tables.text(item, response), conversational)
-        rows.append({"prompt": prompt, "completion": completion, "label": mean > middle, "id": tables.external_ids[item]})
+        rows.append(
+            {"prompt": prompt, "completion": completion, "label": mean > middle, "id": tables.external_ids[item]}
+        )
     return rows
 
 
@@ -210,7 +214,9 @@ def ratings_rows(votes: pd.DataFrame, tables: ItemTables, names: dict[int, str])
     rows = []
     for item, group in votes.groupby("item"):
         item = int(item)
-        per_response = {rid: {"text": text, "scores": defaultdict(list), "annotators": []} for rid, text in tables.responses[item]}
+        per_response = {
+            rid: {"text": text, "scores": defaultdict(list), "annotators": []} for rid, text in tables.responses[item]
+        }
         for vote in group.itertuples(index=False):
             for rid, scores in vote.data["ratings"].items():
                 entry = per_response[int(rid)]
@@ -226,7 +232,14 @@ def ratings_rows(votes: pd.DataFrame, tables: ItemTables, names: dict[int, str])
     return rows
 
 
-def label_rows(labels: pd.DataFrame, tables: ItemTables, criteria: list[str], numeric: bool, model: pd.DataFrame | None = None, min_agreement: float = 0.0) -> list[dict]:
+def label_rows(
+    labels: pd.DataFrame,
+    tables: ItemTables,
+    criteria: list[str],
+    numeric: bool,
+    model: pd.DataFrame | None = None,
+    min_agreement: float = 0.0,
+) -> list[dict]:
     """The ``labels`` format: one row per item × response × criterion with votes, in item, response and
     criterion order: ``id``, ``response`` (its index in the item), ``criterion``, ``label``, ``confidence``
     (0–1) and ``votes`` (how many scores it had); on a numeric scale also ``mean`` and ``median``.
@@ -264,7 +277,9 @@ def label_rows(labels: pd.DataFrame, tables: ItemTables, criteria: list[str], nu
     return rows
 
 
-def steps_rows(project: Project, votes: pd.DataFrame, tables: ItemTables, aggregate: str, neutral: bool = True) -> list[dict]:
+def steps_rows(
+    project: Project, votes: pd.DataFrame, tables: ItemTables, aggregate: str, neutral: bool = True
+) -> list[dict]:
     """TRL stepwise supervision: ``prompt``, ``completions`` (the steps), ``labels`` (one bool per step).
 
     A negative step is False and a positive one True; ``neutral`` says what a neutral step counts as. With
@@ -273,14 +288,19 @@ def steps_rows(project: Project, votes: pd.DataFrame, tables: ItemTables, aggreg
     conversational = tables.conversational
     value = {"positive": True, "negative": False, "neutral": neutral}
     rows = []
-    grouped = [(vote.item, [vote]) for vote in votes.itertuples(index=False)] if aggregate == "none" else [
-        (item, list(group.itertuples(index=False))) for item, group in votes.groupby("item")
-    ]
+    grouped = (
+        [(vote.item, [vote]) for vote in votes.itertuples(index=False)]
+        if aggregate == "none"
+        else [(item, list(group.itertuples(index=False))) for item, group in votes.groupby("item")]
+    )
     for item, group in grouped:
         item = int(item)
         for rid, text in tables.responses[item]:
             steps = project.split_steps(text)
-            per_step = [[value[v.data["steps"][str(rid)][i]] for v in group if str(rid) in v.data["steps"]] for i in range(len(steps))]
+            per_step = [
+                [value[v.data["steps"][str(rid)][i]] for v in group if str(rid) in v.data["steps"]]
+                for i in range(len(steps))
+            ]
             if not per_step or not per_step[0]:
                 continue
             labels = [sum(labels) * 2 > len(labels) for labels in per_step]
@@ -293,7 +313,9 @@ def sft_rows(votes: pd.DataFrame, tables: ItemTables) -> list[dict]:
     """SFT ``messages``: the prompt then the demonstration (a demonstration answer, or a pairwise rewrite)."""
     rows = []
     for vote in votes.itertuples(index=False):
-        text = vote.text if vote.data is None or "demonstration" not in (vote.data or {}) else vote.data["demonstration"]
+        text = (
+            vote.text if vote.data is None or "demonstration" not in (vote.data or {}) else vote.data["demonstration"]
+        )
         if not text or not text.strip():
             continue
         messages = tables.prompts[vote.item] + [{"role": "assistant", "content": text}]

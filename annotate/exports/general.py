@@ -12,21 +12,46 @@ import pandas as pd
 
 from ..models import Judgment, Kind, Project
 from ..reliability import dawid_skene, noisy_bradley_terry
+from ..selectors import pseudonyms
 from .aggregation import (
-    LABEL_KEYS, PAIR_COLUMNS, all_pairs, label_criteria, majority_pairs, model_pairs, pair_votes, rating_labels,
+    LABEL_KEYS,
+    PAIR_COLUMNS,
+    all_pairs,
+    label_criteria,
+    majority_pairs,
+    model_pairs,
+    pair_votes,
+    rating_labels,
 )
 from .formats import (
-    ItemTables, _chars, hh_rows, kto_rows, label_rows, openai_dpo_rows, ranking_rows, ratings_kto_rows, ratings_rows,
-    sft_rows, steps_rows, trl_rows,
+    ItemTables,
+    _chars,
+    hh_rows,
+    kto_rows,
+    label_rows,
+    openai_dpo_rows,
+    ranking_rows,
+    ratings_kto_rows,
+    ratings_rows,
+    sft_rows,
+    steps_rows,
+    trl_rows,
 )
 from .options import MODEL_AGGREGATES, PREFERENCE_FORMATS, ExportOptions, check_options
 from .reading import (
-    current_judgments, is_conversational, item_ranges, item_tables, items_in_scope, raw_rows, vote_frame,
+    current_judgments,
+    is_conversational,
+    item_ranges,
+    item_tables,
+    items_in_scope,
+    raw_rows,
+    vote_frame,
 )
-from ..selectors import pseudonyms
 
 
-def iter_rows(project: Project, options: "ExportOptions", fit: dict | None = None) -> Iterator[tuple[list[dict], ItemTables]]:
+def iter_rows(
+    project: Project, options: "ExportOptions", fit: dict | None = None
+) -> Iterator[tuple[list[dict], ItemTables]]:
     """The export's rows, a chunk of items at a time, each with the tables it was built from.
 
     ``fit``, a dict, receives what a model aggregation found (``iterations``, ``converged``; see
@@ -53,7 +78,9 @@ def iter_rows(project: Project, options: "ExportOptions", fit: dict | None = Non
         if fmt == "raw":
             rows = raw_rows(project, item_range, tables)
         else:
-            votes = vote_frame(project, options.include_paused, include_gold, item_range, with_data, judgments=judgments)
+            votes = vote_frame(
+                project, options.include_paused, include_gold, item_range, with_data, judgments=judgments
+            )
             # Votes of former members stay, and keep the pseudonym they had (make_pseudonym recomputes it).
             names = pseudonyms(project, votes["annotator"].unique().tolist()) if fmt in ("ranking", "ratings") else {}
             rows = _rows(project, votes, tables, options, names, model)
@@ -62,7 +89,14 @@ def iter_rows(project: Project, options: "ExportOptions", fit: dict | None = Non
         yield rows, tables
 
 
-def _rows(project: Project, votes: pd.DataFrame, tables: ItemTables, options: "ExportOptions", names: dict[int, str], model=None) -> list[dict]:
+def _rows(
+    project: Project,
+    votes: pd.DataFrame,
+    tables: ItemTables,
+    options: "ExportOptions",
+    names: dict[int, str],
+    model=None,
+) -> list[dict]:
     fmt = options.format
     if fmt in PREFERENCE_FORMATS:
         if fmt == "kto" and project.kind == Kind.RATING:
@@ -93,7 +127,9 @@ def build_rows(project: Project, options: "ExportOptions | str" = "trl", **field
     return [row for rows, _ in iter_rows(project, options) for row in rows]
 
 
-def _preference_rows(project: Project, votes: pd.DataFrame, tables: ItemTables, options: "ExportOptions", model=None) -> list[dict]:
+def _preference_rows(
+    project: Project, votes: pd.DataFrame, tables: ItemTables, options: "ExportOptions", model=None
+) -> list[dict]:
     pairs = pair_votes(project.kind, votes, tables.responses, options.criterion or None)
     keep_ties = options.ties == "keep"
     if options.aggregate == "majority":
@@ -113,7 +149,9 @@ def _preference_rows(project: Project, votes: pd.DataFrame, tables: ItemTables, 
     return trl_rows(preferences, tables)
 
 
-def fit_preference_model(project: Project, options: "ExportOptions", ranges, conversational: bool, with_data: bool) -> tuple[pd.DataFrame, dict]:
+def fit_preference_model(
+    project: Project, options: "ExportOptions", ranges, conversational: bool, with_data: bool
+) -> tuple[pd.DataFrame, dict]:
     """Fit Dawid-Skene or Bradley-Terry on every pairwise vote of the project (a first pass over the votes,
     integers only); returns the aggregated outcome of each (item, a, b): ``label`` (a response id, or -1 for a
     tie) and ``confidence`` (the posterior of that label, or the model's probability of that outcome), and
@@ -122,12 +160,22 @@ def fit_preference_model(project: Project, options: "ExportOptions", ranges, con
     frames = []
     for item_range in ranges:
         tables = item_tables(project, item_range, conversational)
-        votes = vote_frame(project, options.include_paused, include_gold, item_range, with_data, with_order=options.aggregate == "bradley-terry")
+        votes = vote_frame(
+            project,
+            options.include_paused,
+            include_gold,
+            item_range,
+            with_data,
+            with_order=options.aggregate == "bradley-terry",
+        )
         frames.append(pair_votes(project.kind, votes, tables.responses, options.criterion or None))
     pairs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PAIR_COLUMNS)
     units = pairs[["item", "a", "b"]].drop_duplicates().reset_index(drop=True)
     if pairs.empty:
-        return units.assign(label=pd.Series(dtype=np.int64), confidence=pd.Series(dtype=float)), {"iterations": 0, "converged": True}
+        return units.assign(label=pd.Series(dtype=np.int64), confidence=pd.Series(dtype=float)), {
+            "iterations": 0,
+            "converged": True,
+        }
     if options.aggregate == "dawid-skene":
         # Classes shared by every pair, as Dawid-Skene needs: 0 the lower response id won, 1 the other, 2 a tie.
         unit = pairs["item"].astype(str) + ":" + pairs["a"].astype(str) + ":" + pairs["b"].astype(str)
@@ -143,7 +191,9 @@ def fit_preference_model(project: Project, options: "ExportOptions", ranges, con
     second = np.where(first == pairs["a"], pairs["b"], pairs["a"])
     winner = pairs["winner"]
     outcome = np.where(winner.isna(), "tie", np.where(winner.fillna(-1) == first, "first", "second"))
-    fitted = noisy_bradley_terry(pd.DataFrame({"annotator": pairs["annotator"], "first": first, "second": second, "outcome": outcome}))
+    fitted = noisy_bradley_terry(
+        pd.DataFrame({"annotator": pairs["annotator"], "first": first, "second": second, "outcome": outcome})
+    )
     d = fitted.scores.reindex(units["a"]).to_numpy() - fitted.scores.reindex(units["b"]).to_numpy()
     # Davidson's probabilities, position aside: a wins ∝ e^{d/2}, b ∝ e^{-d/2}, a tie ∝ ν.
     weights = np.stack([np.exp(d / 2), np.exp(-d / 2), np.full(len(d), fitted.tie)], axis=1)
@@ -160,13 +210,22 @@ def fit_label_model(project: Project, options: "ExportOptions", ranges) -> tuple
     ``confidence`` (posterior) of each (item, response, criterion), and the fits' ``iterations`` (the most
     any criterion took), ``converged`` (all of them) and ``by_criterion``."""
     criteria = label_criteria(project, options)
-    frames = [rating_labels(vote_frame(project, options.include_paused, options.include_gold, item_range), criteria) for item_range in ranges]
-    labels = pd.concat(frames, ignore_index=True) if frames else rating_labels(pd.DataFrame(columns=["item", "annotator", "data"]), criteria)
+    frames = [
+        rating_labels(vote_frame(project, options.include_paused, options.include_gold, item_range), criteria)
+        for item_range in ranges
+    ]
+    labels = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else rating_labels(pd.DataFrame(columns=["item", "annotator", "data"]), criteria)
+    )
     parts, fits = [], {}
     for criterion in criteria:
         part = labels[labels["criterion"] == criterion]
         # A response id names its item too, so it is the unit of a criterion's fit.
-        fitted = dawid_skene(pd.DataFrame({"item": part["response"], "annotator": part["annotator"], "label": part["label"]}))
+        fitted = dawid_skene(
+            pd.DataFrame({"item": part["response"], "annotator": part["annotator"], "label": part["label"]})
+        )
         fits[criterion] = fitted.convergence()
         units = part[LABEL_KEYS].drop_duplicates()
         parts.append(

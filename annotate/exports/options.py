@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass
 
 from ..models import Kind, Project
 
-
 FORMATS = ("trl", "hh", "openai-dpo", "kto", "ranking", "ratings", "labels", "steps", "sft", "raw")
 
 
@@ -133,7 +132,9 @@ class ExportOptions:
             raise ExportError("min_agreement must be a number from 0 to 1.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ExportError("seed must be an integer.")
-        if self.max_chars is not None and (isinstance(self.max_chars, bool) or not isinstance(self.max_chars, int) or self.max_chars < 1):
+        if self.max_chars is not None and (
+            isinstance(self.max_chars, bool) or not isinstance(self.max_chars, int) or self.max_chars < 1
+        ):
             raise ExportError("max_chars must be a positive integer.")
         for name in ("dedupe", "include_paused", "include_gold", "neutral_steps"):
             if not isinstance(getattr(self, name), bool):

@@ -11,11 +11,10 @@ import pandas as pd
 from django.db.models import Case, Q, Value, When
 from django.db.models.fields.json import KT
 
-from ..sql import NULL_INT, numeric_rows
 from ..models import Item, Judgment, Membership, Project, Response
 from ..selectors import pseudonyms
+from ..sql import NULL_INT, numeric_rows
 from .formats import ItemTables, canonical
-
 
 # Exports stream: items are taken in ranges of CHUNK_ITEMS ids, and each range's votes, prompts and texts are
 # read, turned into rows and written before the next, so memory does not grow with the project. Both paths
@@ -48,7 +47,9 @@ def is_conversational(items) -> bool:
     return items.filter(_conversational_prompt()).exists()
 
 
-def current_judgments(project: Project, include_paused: bool = False, include_gold: bool = False, items: tuple[int, int] | None = None):
+def current_judgments(
+    project: Project, include_paused: bool = False, include_gold: bool = False, items: tuple[int, int] | None = None
+):
     """The judgments an export reads: current ones, by default on normal items only and without paused or
     flagged annotators; ``items`` an inclusive range of item ids."""
     judgments = Judgment.objects.filter(project=project, is_current=True)
@@ -64,7 +65,15 @@ def current_judgments(project: Project, include_paused: bool = False, include_go
     return judgments
 
 
-def vote_frame(project: Project, include_paused: bool = False, include_gold: bool = False, items: tuple[int, int] | None = None, with_data: bool = True, with_order: bool = False, judgments=None) -> pd.DataFrame:
+def vote_frame(
+    project: Project,
+    include_paused: bool = False,
+    include_gold: bool = False,
+    items: tuple[int, int] | None = None,
+    with_data: bool = True,
+    with_order: bool = False,
+    judgments=None,
+) -> pd.DataFrame:
     """Current judgments of the project: by default on normal items only, without paused or flagged annotators.
 
     ``with_order`` adds ``order``, the response ids in the order the annotator saw them. A caller reading many
@@ -96,9 +105,7 @@ BOTH_BAD_CODE = 2  # the index of "both bad" in OUTCOMES
 def vote_table(judgments, fields: list[str]) -> np.ndarray:
     """Integer columns of ``judgments`` through ``sql.numeric_rows`` (binary COPY on PostgreSQL), NULL as
     ``sql.NULL_INT``; the field ``outcome_code`` is the outcome's index in ``OUTCOMES``."""
-    code = Case(
-        *(When(outcome=outcome, then=Value(i)) for i, outcome in enumerate(OUTCOMES[:3])), default=Value(3)
-    )
+    code = Case(*(When(outcome=outcome, then=Value(i)) for i, outcome in enumerate(OUTCOMES[:3])), default=Value(3))
     return numeric_rows(judgments.annotate(outcome_code=code).values_list(*fields), fields)
 
 
@@ -112,7 +119,13 @@ def _numeric_vote_frame(judgments) -> pd.DataFrame:
     strength = pd.array(table[:, 4], dtype="Int64")
     strength[table[:, 4] == NULL_INT] = pd.NA
     return pd.DataFrame(
-        {"item": table[:, 0], "annotator": table[:, 1], "outcome": OUTCOMES[table[:, 2]], "winner": winner, "strength": strength}
+        {
+            "item": table[:, 0],
+            "annotator": table[:, 1],
+            "outcome": OUTCOMES[table[:, 2]],
+            "winner": winner,
+            "strength": strength,
+        }
     ).assign(data=None, text="")
 
 
@@ -127,13 +140,19 @@ def item_tables(project: Project, items: tuple[int, int], conversational: bool) 
         prompt_values = [[{"role": "user", "content": text}] for text in prompt_values]
     responses: dict[int, list[tuple[int, str]]] = defaultdict(list)
     texts = {}
-    for item_id, rid, text in _responses_of(project, items).order_by("item", "index").values_list("item_id", "id", "text"):
+    for item_id, rid, text in (
+        _responses_of(project, items).order_by("item", "index").values_list("item_id", "id", "text")
+    ):
         responses[item_id].append((rid, text))
         texts[rid] = text
     return ItemTables(
-        dict(zip(ids, prompt_values)), dict(responses), dict(zip(ids, external_ids)), dict(zip(external_ids, hashes)),
-        conversational, texts,
-    )  # fmt: skip
+        dict(zip(ids, prompt_values)),
+        dict(responses),
+        dict(zip(ids, external_ids)),
+        dict(zip(external_ids, hashes)),
+        conversational,
+        texts,
+    )
 
 
 def _responses_of(project: Project, items: tuple[int, int]):
@@ -149,15 +168,49 @@ def raw_rows(project: Project, items: tuple[int, int], tables: ItemTables) -> li
     their index in the item."""
     statuses = dict(Membership.objects.filter(project=project).values_list("user_id", "status"))
     index = {rid: position for pairs in tables.responses.values() for position, (rid, _) in enumerate(pairs)}
-    judgments = Judgment.objects.filter(project=project, item_id__gte=items[0], item_id__lte=items[1]).order_by("item_id", "id").values_list(
-        "id", "item__external_id", "item__purpose", "annotator_id", "outcome", "winner_id", "strength", "data", "text",
-        "duration_ms", "source", "is_current", "supersedes_id", "created_at", "task__display_order", "task__leased_at",
-    )  # fmt: skip
+    judgments = (
+        Judgment.objects.filter(project=project, item_id__gte=items[0], item_id__lte=items[1])
+        .order_by("item_id", "id")
+        .values_list(
+            "id",
+            "item__external_id",
+            "item__purpose",
+            "annotator_id",
+            "outcome",
+            "winner_id",
+            "strength",
+            "data",
+            "text",
+            "duration_ms",
+            "source",
+            "is_current",
+            "supersedes_id",
+            "created_at",
+            "task__display_order",
+            "task__leased_at",
+        )
+    )
     judgments = list(judgments)
     names = pseudonyms(project, {vote[3] for vote in judgments})
     rows = []
-    for (pk, item, purpose, annotator, outcome, winner, strength, data, text, duration, source, current, supersedes,
-         created, order, leased) in judgments:  # fmt: skip
+    for (
+        pk,
+        item,
+        purpose,
+        annotator,
+        outcome,
+        winner,
+        strength,
+        data,
+        text,
+        duration,
+        source,
+        current,
+        supersedes,
+        created,
+        order,
+        leased,
+    ) in judgments:
         rows.append(
             {
                 "judgment": pk,

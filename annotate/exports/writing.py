@@ -54,7 +54,11 @@ def criterion_tests(project: Project, options: "ExportOptions") -> list[str]:
     these splits are written and hashed with the export, so what a run is scored on is as fixed as what it
     trains on. Preference formats of pairwise and rating projects with criteria, when there is a test split.
     """
-    if not options.test_size or options.format not in PREFERENCE_FORMATS or project.kind not in (Kind.PAIRWISE, Kind.RATING):
+    if (
+        not options.test_size
+        or options.format not in PREFERENCE_FORMATS
+        or project.kind not in (Kind.PAIRWISE, Kind.RATING)
+    ):
         return []
     return [criterion for criterion in project.criteria or [] if criterion != options.criterion]
 
@@ -72,7 +76,9 @@ def _dedupe_key(row: dict) -> bytes:
     return hashlib.blake2b(canonical({k: v for k, v in row.items() if k != "id"}), digest_size=16).digest()
 
 
-def _write_criterion_tests(project: Project, options: "ExportOptions", writers: dict[str, "_SplitWriter"], test_groups: set[str]) -> None:
+def _write_criterion_tests(
+    project: Project, options: "ExportOptions", writers: dict[str, "_SplitWriter"], test_groups: set[str]
+) -> None:
     """Each ``test:<criterion>`` split: the export's rows with that criterion, of the test prompts only (the
     same prompts as the ``test`` split, so nothing a model trained on is scored)."""
     for name, writer in writers.items():
@@ -181,7 +187,9 @@ class _SplitWriter:
                 if field_.type == wanted.type:
                     continue
                 if wanted.type != pa.null() or column.null_count != len(column):
-                    raise ExportError(f"Rows of this export change column types midway ({field_.name}: {wanted.type} then {field_.type}); use jsonl.")
+                    raise ExportError(
+                        f"Rows of this export change column types midway ({field_.name}: {wanted.type} then {field_.type}); use jsonl."
+                    )
                 table = table.set_column(i, wanted, pa.nulls(len(column)))
         self.writer.write_table(table)
 
@@ -235,7 +243,10 @@ def write_export(project: Project, options: "ExportOptions", folder: Path, colum
     test_groups = test_prompts(project, options)
     names = ["train", "test"] if options.test_size else ["train"]
     writers = {name: _SplitWriter(folder, name, options.container) for name in names}
-    criteria = {f"test:{c}": _SplitWriter(folder, criterion_file(c), options.container) for c in criterion_tests(project, options)}
+    criteria = {
+        f"test:{c}": _SplitWriter(folder, criterion_file(c), options.container)
+        for c in criterion_tests(project, options)
+    }
     seen: set[bytes] = set()
     fit: dict = {}  # what a model aggregation found, for the card
     # An export allocates millions of small acyclic dicts and lists; the cyclic garbage collector would scan
@@ -288,7 +299,9 @@ def write_export(project: Project, options: "ExportOptions", folder: Path, colum
         import datasets
 
         def dataset(name):
-            return datasets.Dataset.from_parquet(str(files[name])) if every[name].count else datasets.Dataset.from_list([])
+            return (
+                datasets.Dataset.from_parquet(str(files[name])) if every[name].count else datasets.Dataset.from_list([])
+            )
 
         datasets.DatasetDict({name: dataset(name) for name in writers}).save_to_disk(str(folder / "dataset"))
         # A DatasetDict split name cannot hold a ":", so each criterion split is a dataset of its own.
@@ -296,7 +309,9 @@ def write_export(project: Project, options: "ExportOptions", folder: Path, colum
             dataset(name).save_to_disk(str(folder / "dataset" / "criteria" / criteria[name].path.stem))
         for path in files.values():
             path.unlink()
-        files = {name: folder / "dataset" / name for name in writers} | {name: folder / "dataset" / "criteria" / w.path.stem for name, w in criteria.items()}
+        files = {name: folder / "dataset" / name for name in writers} | {
+            name: folder / "dataset" / "criteria" / w.path.stem for name, w in criteria.items()
+        }
     aggregation = {"method": options.aggregate, **fit}
     return ExportResult({name: w.count for name, w in every.items()}, digest.hexdigest(), files, aggregation)
 
@@ -307,7 +322,9 @@ _BLAKE2B_16 = functools.partial(hashlib.blake2b, digest_size=16)  # the deduplic
 _DIGEST = operator.methodcaller("digest")
 
 
-def _write_batch(batch: "RowBatch", writers: dict[str, _SplitWriter], seen: set[bytes], test_groups: set[str], dedupe: bool) -> None:
+def _write_batch(
+    batch: "RowBatch", writers: dict[str, _SplitWriter], seen: set[bytes], test_groups: set[str], dedupe: bool
+) -> None:
     """The columnar path's half of write_export's loop: deduplicate, split and write one batch of rows."""
     n = batch.table.num_rows
     if not n:
@@ -336,7 +353,9 @@ def build_splits(project: Project, options: "ExportOptions") -> dict[str, list[d
     """The export's rows by split, in memory (for small projects and tests)."""
     with tempfile.TemporaryDirectory() as tmp:
         result = write_export(project, ExportOptions.from_dict({**options.to_dict(), "container": "jsonl"}), Path(tmp))
-        return {name: [orjson.loads(line) for line in path.read_bytes().splitlines()] for name, path in result.files.items()}
+        return {
+            name: [orjson.loads(line) for line in path.read_bytes().splitlines()] for name, path in result.files.items()
+        }
 
 
 def export_to(project: Project, options: "ExportOptions", out: Path) -> ExportResult:

@@ -7,44 +7,67 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('annotate', '0009_membership_pick_mark'),
+        ("annotate", "0009_membership_pick_mark"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.RemoveConstraint(
-            model_name='item',
-            name='unique_item_content',
+            model_name="item",
+            name="unique_item_content",
         ),
         migrations.AlterField(
-            model_name='judgment',
-            name='annotator',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='judgments', to=settings.AUTH_USER_MODEL),
+            model_name="judgment",
+            name="annotator",
+            field=models.ForeignKey(
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="judgments",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AlterField(
-            model_name='judgment',
-            name='project',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='judgments', to='annotate.project'),
+            model_name="judgment",
+            name="project",
+            field=models.ForeignKey(
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="judgments",
+                to="annotate.project",
+            ),
         ),
         migrations.AlterField(
-            model_name='project',
-            name='overlap',
-            field=models.PositiveSmallIntegerField(default=1, help_text='How many distinct annotators judge each item (1 to 1000).', validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(1000)]),
+            model_name="project",
+            name="overlap",
+            field=models.PositiveSmallIntegerField(
+                default=1,
+                help_text="How many distinct annotators judge each item (1 to 1000).",
+                validators=[
+                    django.core.validators.MinValueValidator(1),
+                    django.core.validators.MaxValueValidator(1000),
+                ],
+            ),
         ),
         migrations.AlterField(
-            model_name='task',
-            name='annotator',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='tasks', to=settings.AUTH_USER_MODEL),
+            model_name="task",
+            name="annotator",
+            field=models.ForeignKey(
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="tasks",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AlterField(
-            model_name='task',
-            name='item',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='tasks', to='annotate.item'),
+            model_name="task",
+            name="item",
+            field=models.ForeignKey(
+                db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name="tasks", to="annotate.item"
+            ),
         ),
         migrations.AddIndex(
-            model_name='item',
-            index=models.Index(fields=['project', 'content_hash'], name='item_content_idx'),
+            model_name="item",
+            index=models.Index(fields=["project", "content_hash"], name="item_content_idx"),
         ),
     ]

@@ -93,7 +93,13 @@ def test_the_same_key_with_another_answer_is_refused_and_changes_nothing(make_pr
     with pytest.raises(Conflict, match="idempotency_key 'k1' was already used for a different answer"):
         actions.record_judgment(task, {**body, **changed}, "k1")
     stored = Judgment.objects.get()
-    assert (stored.pk, stored.outcome, stored.strength, stored.text, stored.is_current) == (first.pk, "win", 1, "clearer", True)
+    assert (stored.pk, stored.outcome, stored.strength, stored.text, stored.is_current) == (
+        first.pk,
+        "win",
+        1,
+        "clearer",
+        True,
+    )
     # After an edit (a new key), the first key still names the first answer.
     edit, _ = actions.record_judgment(task, {"choice": "B", "strength": 2}, "k2")
     assert actions.record_judgment(task, body, "k1") == (first, False)
@@ -301,7 +307,9 @@ def test_the_fast_judgment_payload_is_the_serializers(make_project, make_member)
     project = make_project(n_items=2, overlap=1)
     annotator = make_member(project, "ann")
     task = actions.assign_next_task(annotator, project)
-    first, _ = actions.record_judgment(task, {"choice": "B", "strength": 3, "rationale": "B is right.", "duration_ms": 1200}, "k1")
+    first, _ = actions.record_judgment(
+        task, {"choice": "B", "strength": 3, "rationale": "B is right.", "duration_ms": 1200}, "k1"
+    )
     edit, _ = actions.record_judgment(task, {"choice": "tie"}, "k2")
     for judgment in (first, edit, Judgment.objects.get(pk=edit.pk)):
         assert judgment_payload(judgment) == JudgmentSerializer(judgment).data
@@ -331,7 +339,9 @@ def test_the_pick_mark_follows_the_highest_normal_item_given(make_project, make_
     assert mark(third) == ids[0]
 
 
-def test_on_postgresql_the_loop_statements_are_prepared_and_the_orm_keeps_unlimited_parameters(make_project, make_member, api_client_for):
+def test_on_postgresql_the_loop_statements_are_prepared_and_the_orm_keeps_unlimited_parameters(
+    make_project, make_member, api_client_for
+):
     if connection.vendor != "postgresql":
         pytest.skip("prepared statements and server-side binding are PostgreSQL's")
     project = make_project(n_items=10, overlap=1)

@@ -65,7 +65,11 @@ def random_matrix(seed: int, coders=6, units=60, values=5, missing=0.35) -> np.n
 
 def test_percent_agreement_by_hand():
     labels = pd.DataFrame(
-        {"item": [1, 1, 1, 2, 2, 3], "annotator": ["a", "b", "c", "a", "b", "a"], "label": ["x", "x", "y", "x", "y", "x"]}
+        {
+            "item": [1, 1, 1, 2, 2, 3],
+            "annotator": ["a", "b", "c", "a", "b", "a"],
+            "label": ["x", "x", "y", "x", "y", "x"],
+        }
     )
     # item 1: 1 agreeing pair of 3; item 2: 0 of 1; item 3 has one label and does not count.
     assert percent_agreement(labels) == pytest.approx((1 / 3 + 0) / 2)
@@ -192,7 +196,11 @@ def test_cohen_pairs_with_many_annotators_and_few_shared_items():
 
 def test_cohen_pairs_skip_thin_pairs_and_give_none_when_undefined():
     labels = pd.DataFrame(
-        {"item": [1, 1, 2, 2, 3, 3], "annotator": ["a", "b", "a", "b", "a", "c"], "label": ["x", "x", "x", "x", "x", "y"]}
+        {
+            "item": [1, 1, 2, 2, 3, 3],
+            "annotator": ["a", "b", "a", "b", "a", "c"],
+            "label": ["x", "x", "x", "x", "x", "y"],
+        }
     )
     # a-b share two items and both always said x: κ is 0/0. a-c share one item: skipped.
     assert cohen_kappa_pairs(labels) == [{"a": "a", "b": "b", "kappa": None, "n": 2}]
@@ -220,7 +228,7 @@ def test_kendall_tau_pairs_match_scipy():
     result = {(r["a"], r["b"]): r for r in kendall_tau_pairs(rankings)}
     for a, b in combinations("xyz", 2):
         taus = []
-        for item, group in rankings.groupby("item"):
+        for _item, group in rankings.groupby("item"):
             wide = group.pivot(index="response", columns="annotator", values="rank")
             if a in wide and b in wide:
                 taus.append(kendalltau(wide[a], wide[b]).statistic)
@@ -322,10 +330,15 @@ def test_summary_equals_the_reference_libraries(make_project):
 
     annotators, nominal, signed = reference_frames(project)
     assert (result["n_items"], result["n_items_with_overlap"], result["n_judgments"], result["n_annotators"]) == (
-        N_ITEMS, N_ITEMS, 3 * N_ITEMS, 3,
-    )  # fmt: skip
+        N_ITEMS,
+        N_ITEMS,
+        3 * N_ITEMS,
+        3,
+    )
     assert result["level"] == "nominal"
-    assert round(result["krippendorff_alpha"], 3) == round(krippendorff.alpha(nominal, level_of_measurement="nominal"), 3)
+    assert round(result["krippendorff_alpha"], 3) == round(
+        krippendorff.alpha(nominal, level_of_measurement="nominal"), 3
+    )
     assert round(result["krippendorff_alpha_strength"], 3) == round(
         krippendorff.alpha(signed, level_of_measurement="ordinal"), 3
     )
@@ -339,7 +352,9 @@ def test_summary_equals_the_reference_libraries(make_project):
         for a, b in combinations(range(3), 2)
     }
     got_pairs = {tuple(sorted((p["a"], p["b"]))): p["kappa"] for p in result["cohen_kappa"]}
-    assert {tuple(sorted(k)): round(v, 3) for k, v in expected_pairs.items()} == {k: round(v, 3) for k, v in got_pairs.items()}
+    assert {tuple(sorted(k)): round(v, 3) for k, v in expected_pairs.items()} == {
+        k: round(v, 3) for k, v in got_pairs.items()
+    }
     assert all(p["n"] == N_ITEMS for p in result["cohen_kappa"])
 
     crowd = pd.DataFrame(
@@ -354,7 +369,9 @@ def test_summary_equals_the_reference_libraries(make_project):
     for user_id in annotators:
         row = by_name[names[user_id]]
         assert row["n"] == N_ITEMS
-        accuracy = sum(ds.priors_[c] * errors.loc[(user_id, c), c] for c in ds.priors_.index if (user_id, c) in errors.index)
+        accuracy = sum(
+            ds.priors_[c] * errors.loc[(user_id, c), c] for c in ds.priors_.index if (user_id, c) in errors.index
+        )
         assert round(row["reliability"], 3) == round(accuracy, 3)
         assert row["gold_accuracy"] is None
         assert row["position_bias"] is None  # imported votes: the order shown is unknown
@@ -398,7 +415,8 @@ def test_summary_measures_position_bias_and_gold_accuracy(make_project, make_mem
     assert first_row["n"] == second_row["n"] == 10
     # Their agreement is whatever the random display order made of "always A" against "always B".
     same = sum(
-        Judgment.objects.get(task=a).winner_id == Judgment.objects.get(task__item=a.item, task__annotator=second_picker).winner_id
+        Judgment.objects.get(task=a).winner_id
+        == Judgment.objects.get(task__item=a.item, task__annotator=second_picker).winner_id
         for a in chose[first_picker.pk]
     )
     assert result["percent_agreement"] == pytest.approx(same / 10)
@@ -420,13 +438,25 @@ def test_summary_by_criterion(make_project, make_member):
                 answers[criterion] = {"winner": winner, "outcome": "tie" if winner is None else "win"}
                 expected[criterion].append((item.pk, user.pk, pick))
             task = Task.objects.create(
-                project=project, item=item, annotator=user, display_order=[ref, other], status=Task.Status.DONE,
-                leased_at=item.created_at, lease_expires_at=item.created_at,
-            )  # fmt: skip
+                project=project,
+                item=item,
+                annotator=user,
+                display_order=[ref, other],
+                status=Task.Status.DONE,
+                leased_at=item.created_at,
+                lease_expires_at=item.created_at,
+            )
             Judgment.objects.create(
-                project=project, item=item, task=task, annotator=user, outcome="win", winner_id=ref, strength=1,
-                data={"criteria": answers}, idempotency_key=f"k{task.pk}",
-            )  # fmt: skip
+                project=project,
+                item=item,
+                task=task,
+                annotator=user,
+                outcome="win",
+                winner_id=ref,
+                strength=1,
+                data={"criteria": answers},
+                idempotency_key=f"k{task.pk}",
+            )
     result = agreement.summary(project)
     json.dumps(result, allow_nan=False)
     assert set(result["by_criterion"]) == {"helpfulness", "harmlessness"}
@@ -443,7 +473,11 @@ def test_summary_by_criterion(make_project, make_member):
 def project_with_votes(kind, n_responses, votes, **fields):
     project = actions.create_project(slug=kind, kind=kind, overlap=3, **fields)
     rows = [
-        {"id": f"q{i}", "prompt": f"Question {i}", "responses": [f"step one of {i}-{j}\nstep two" for j in range(n_responses)]}
+        {
+            "id": f"q{i}",
+            "prompt": f"Question {i}",
+            "responses": [f"step one of {i}-{j}\nstep two" for j in range(n_responses)],
+        }
         for i in range(N_ITEMS)
     ]
     actions.import_items(project, parse_items(jsonl(rows), "jsonl", kind))
@@ -460,14 +494,21 @@ def test_summary_of_a_rating_project_is_ordinal_on_a_numeric_scale():
     for i in range(N_ITEMS):
         for a, name in enumerate(ANNOTATORS):
             scores = np.clip(truth[i] + rng.integers(-1, 2, (2, 2)) * (rng.random((2, 2)) < 0.5), 1, 5)
-            votes.append({"item": f"q{i}", "annotator": name, "ratings": {
-                str(r): {c: int(scores[r, ci]) for ci, c in enumerate(criteria)} for r in range(2)}})  # fmt: skip
+            votes.append(
+                {
+                    "item": f"q{i}",
+                    "annotator": name,
+                    "ratings": {str(r): {c: int(scores[r, ci]) for ci, c in enumerate(criteria)} for r in range(2)},
+                }
+            )
             matrix[a, i * 4 : i * 4 + 4] = scores.ravel()
     project = project_with_votes(Kind.RATING, 2, votes, criteria=criteria, scale={"min": 1, "max": 5})
     result = agreement.summary(project)
     json.dumps(result, allow_nan=False)
     assert (result["level"], result["n_judgments"], result["n_items_with_overlap"]) == ("ordinal", 3 * N_ITEMS, N_ITEMS)
-    assert round(result["krippendorff_alpha"], 3) == round(krippendorff.alpha(matrix, level_of_measurement="ordinal"), 3)
+    assert round(result["krippendorff_alpha"], 3) == round(
+        krippendorff.alpha(matrix, level_of_measurement="ordinal"), 3
+    )
     assert round(result["fleiss_kappa"], 3) == round(statsmodels_fleiss(aggregate_raters(matrix.T.astype(int))[0]), 3)
     assert set(result["by_criterion"]) == set(criteria)
     helpfulness = matrix.reshape(3, N_ITEMS, 2, 2)[:, :, :, 0].reshape(3, -1)
@@ -498,7 +539,9 @@ def test_summary_of_a_ranking_project_has_kendall_tau_and_ordinal_alpha():
     taus = sorted(round(p["tau"], 3) for p in result["kendall_tau"])
     expected = []
     for a, b in combinations(range(3), 2):
-        per_item = [kendalltau(ranks[a, i * 4 : i * 4 + 4], ranks[b, i * 4 : i * 4 + 4]).statistic for i in range(N_ITEMS)]
+        per_item = [
+            kendalltau(ranks[a, i * 4 : i * 4 + 4], ranks[b, i * 4 : i * 4 + 4]).statistic for i in range(N_ITEMS)
+        ]
         expected.append(round(float(np.mean(per_item)), 3))
     assert taus == sorted(expected)
     assert all(p["n"] == N_ITEMS for p in result["kendall_tau"])
@@ -519,7 +562,9 @@ def test_summary_of_a_steps_project_is_nominal():
     result = agreement.summary(project)
     json.dumps(result, allow_nan=False)
     assert result["level"] == "nominal"
-    assert round(result["krippendorff_alpha"], 3) == round(krippendorff.alpha(matrix, level_of_measurement="nominal"), 3)
+    assert round(result["krippendorff_alpha"], 3) == round(
+        krippendorff.alpha(matrix, level_of_measurement="nominal"), 3
+    )
 
 
 @pytest.mark.django_db
@@ -537,4 +582,9 @@ def test_summary_of_other_kinds_without_judgments_has_none_metrics(make_project,
 def test_summary_of_an_empty_pairwise_project(make_project):
     result = agreement.summary(make_project(n_items=3))
     json.dumps(result, allow_nan=False)
-    assert (result["n_items"], result["n_judgments"], result["percent_agreement"], result["annotators"]) == (0, 0, None, [])
+    assert (result["n_items"], result["n_judgments"], result["percent_agreement"], result["annotators"]) == (
+        0,
+        0,
+        None,
+        [],
+    )

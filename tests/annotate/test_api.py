@@ -71,7 +71,12 @@ def test_a_reused_key_with_another_answer_is_409_and_the_same_answer_200(make_pr
     replay = client.post(url, {**body, "duration_ms": 1500}, format="json")
     assert replay.status_code == 200 and replay.json() == first.json()
     stored = Judgment.objects.get()
-    assert (stored.pk, stored.winner_id, stored.strength, stored.duration_ms) == (first.json()["id"], task["responses"][0]["id"], 2, 800)
+    assert (stored.pk, stored.winner_id, stored.strength, stored.duration_ms) == (
+        first.json()["id"],
+        task["responses"][0]["id"],
+        2,
+        800,
+    )
 
 
 @pytest.mark.parametrize(
@@ -138,7 +143,9 @@ def test_members_only_see_their_projects_and_tasks(make_project, make_member, ap
     # Another annotator's task does not exist for you.
     colleague = api_client_for(make_member(demo, "colleague"))
     assert colleague.get(f"/api/tasks/{task['id']}/").status_code == 404
-    answer = colleague.post(f"/api/tasks/{task['id']}/judgments/", {"choice": "A", "idempotency_key": "k"}, format="json")
+    answer = colleague.post(
+        f"/api/tasks/{task['id']}/judgments/", {"choice": "A", "idempotency_key": "k"}, format="json"
+    )
     assert answer.status_code == 404
     assert not Judgment.objects.exists()
 
@@ -156,7 +163,12 @@ def test_annotators_cannot_import_read_agreement_or_manage_members(make_project,
 
 def test_task_answers_never_show_model_names_gold_or_metadata(make_project, make_member, api_client_for):
     project = make_project(n_items=0)
-    row = {"prompt": "Q", "responses": [{"text": "a", "model": "secret-model"}, "b"], "gold": {"winner": 0}, "metadata": {"m": 1}}
+    row = {
+        "prompt": "Q",
+        "responses": [{"text": "a", "model": "secret-model"}, "b"],
+        "gold": {"winner": 0},
+        "metadata": {"m": 1},
+    }
     from annotate import actions
     from annotate.imports import parse_items
 
@@ -183,7 +195,9 @@ def test_researcher_imports_and_a_bad_file_changes_nothing(make_project, make_me
     rows[1]["responses"] = ["only one"]
     bad = client.post("/api/projects/demo/items/", {"file": _upload(rows)}, format="multipart")
     assert bad.status_code == 400
-    assert bad.json()["errors"] == [{"line": 2, "message": "pairwise projects need exactly 2 responses per item; this row has 1."}]
+    assert bad.json()["errors"] == [
+        {"line": 2, "message": "pairwise projects need exactly 2 responses per item; this row has 1."}
+    ]
     assert Item.objects.filter(project=project).count() == 4
     missing = client.post("/api/projects/demo/items/", {}, format="multipart")
     assert missing.status_code == 400
@@ -198,7 +212,11 @@ def test_researcher_reads_agreement(make_project, make_member, api_client_for):
             task = client.get("/api/projects/demo/next-task/").json()
             good = Item.objects.get(tasks__id=task["id"]).responses.get(index=0).pk
             pick = "A" if (task["responses"][0]["id"] == good) == (choice == "good") else "B"
-            client.post(f"/api/tasks/{task['id']}/judgments/", {"choice": pick, "strength": 1, "idempotency_key": str(task["id"])}, format="json")
+            client.post(
+                f"/api/tasks/{task['id']}/judgments/",
+                {"choice": pick, "strength": 1, "idempotency_key": str(task["id"])},
+                format="json",
+            )
     researcher = api_client_for(make_member(project, "res", Role.RESEARCHER))
     result = researcher.get("/api/projects/demo/agreement/").json()
     assert (result["n_items"], result["n_judgments"], result["percent_agreement"]) == (2, 4, 0.5)
@@ -208,10 +226,21 @@ def test_admin_manages_members_and_projects_are_created_by_researchers(make_proj
     project = make_project(n_items=0)
     admin = api_client_for(make_member(project, "boss", Role.ADMIN))
     make_member(project, "newbie")
-    assert admin.post("/api/projects/demo/members/", {"username": "newbie", "role": "researcher"}, format="json").status_code == 201
+    assert (
+        admin.post(
+            "/api/projects/demo/members/", {"username": "newbie", "role": "researcher"}, format="json"
+        ).status_code
+        == 201
+    )
     assert project.memberships.get(user__username="newbie").role == "researcher"
-    assert admin.post("/api/projects/demo/members/", {"username": "ghost", "role": "annotator"}, format="json").status_code == 404
-    assert admin.post("/api/projects/demo/members/", {"username": "newbie", "role": "king"}, format="json").status_code == 400
+    assert (
+        admin.post("/api/projects/demo/members/", {"username": "ghost", "role": "annotator"}, format="json").status_code
+        == 404
+    )
+    assert (
+        admin.post("/api/projects/demo/members/", {"username": "newbie", "role": "king"}, format="json").status_code
+        == 400
+    )
     listed = admin.get("/api/projects/demo/members/").json()
     assert {m["username"]: m["role"] for m in listed} == {"boss": "admin", "newbie": "researcher"}
     assert admin.delete("/api/projects/demo/members/newbie/").status_code == 204
@@ -241,3 +270,21 @@ def test_healthz_answers_503_when_the_database_does_not(client, db, monkeypatch)
     monkeypatch.setattr(connection, "cursor", broken)
     answer = client.get("/healthz")
     assert answer.status_code == 503 and answer.json()["status"] == "unavailable"
+
+
+@pytest.mark.django_db
+def test_a_lease_longer_than_a_week_is_refused_and_next_task_keeps_working(make_project, make_member, api_client_for):
+    """Found by the schema fuzzer: a huge lease_seconds was stored, and every next-task then failed with a 500 (the
+    lease's end overflowed)."""
+    from annotate.models import MAX_LEASE_SECONDS
+
+    project = make_project(n_items=2)
+    admin = api_client_for(make_member(project, "boss", role=Role.ADMIN))
+    for value in (MAX_LEASE_SECONDS + 1, 2**62, 0):
+        answer = admin.patch(f"/api/projects/{project.slug}/", {"lease_seconds": value}, format="json")
+        assert answer.status_code == 400 and "lease_seconds" in answer.json(), answer.content
+    assert (
+        admin.patch(f"/api/projects/{project.slug}/", {"lease_seconds": MAX_LEASE_SECONDS}, format="json").status_code
+        == 200
+    )
+    assert admin.get(f"/api/projects/{project.slug}/next-task/").status_code == 200

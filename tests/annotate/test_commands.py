@@ -18,7 +18,9 @@ def run(*args) -> str:
 
 
 def test_create_project_and_add_member_with_token():
-    assert "Created project demo" in run("create_project", "demo", "--kind", "pairwise", "--overlap", "3", "--criteria", "helpful,harmless")
+    assert "Created project demo" in run(
+        "create_project", "demo", "--kind", "pairwise", "--overlap", "3", "--criteria", "helpful,harmless"
+    )
     project = Project.objects.get(slug="demo")
     assert (project.overlap, project.criteria) == (3, ["helpful", "harmless"])
     run("create_project", "rated", "--kind", "rating", "--scale", "1-7")
@@ -56,14 +58,20 @@ def test_import_export_and_agreement_commands(tmp_path, make_project):
     votes = tmp_path / "votes.jsonl"
     votes.write_bytes(
         jsonl(
-            [{"item": f"item-{i}", "annotator": name, "winner": 0 if (name == "a" or i < 3) else 1, "strength": 1} for i in range(5) for name in ("a", "b")]
+            [
+                {"item": f"item-{i}", "annotator": name, "winner": 0 if (name == "a" or i < 3) else 1, "strength": 1}
+                for i in range(5)
+                for name in ("a", "b")
+            ]
         )
     )
     assert "Imported 10 judgments." in run("import_judgments", "demo", str(votes))
     result = json.loads(run("agreement", "demo", "--json"))
     assert (result["n_items"], result["n_judgments"], result["percent_agreement"]) == (5, 10, 0.6)
     out = tmp_path / "trl.parquet"
-    assert "Wrote 3 rows" in run("export_dataset", "demo", "--format", "trl", "--out", str(out), "--container", "parquet")
+    assert "Wrote 3 rows" in run(
+        "export_dataset", "demo", "--format", "trl", "--out", str(out), "--container", "parquet"
+    )
 
 
 def test_a_malformed_import_names_the_line_and_changes_nothing(tmp_path, make_project):
@@ -79,7 +87,9 @@ def test_a_malformed_import_names_the_line_and_changes_nothing(tmp_path, make_pr
     with pytest.raises(CommandError, match="No file"):
         run("import_items", "demo", str(tmp_path / "missing.jsonl"))
     votes = tmp_path / "votes.jsonl"
-    votes.write_bytes(jsonl([{"item": "item-0", "annotator": "a", "winner": 0}, {"item": "item-1", "annotator": "a", "winner": 7}]))
+    votes.write_bytes(
+        jsonl([{"item": "item-0", "annotator": "a", "winner": 0}, {"item": "item-1", "annotator": "a", "winner": 7}])
+    )
     with pytest.raises(CommandError, match="line 2: winner must be a response index"):
         run("import_judgments", "demo", str(votes))
     assert not Judgment.objects.exists()

@@ -93,7 +93,9 @@ def test_concurrent_submits_of_one_key_with_two_answers_keep_the_first_and_refus
     in_threads(6, work)
     judgment = Judgment.objects.get()
     winner = 0 if judgment.winner_id == task.display_order[0] else 1
-    assert sorted(r for r in results if r[0] == winner) == sorted([(winner, judgment.pk, True)] + [(winner, judgment.pk, False)] * 2)
+    assert sorted(r for r in results if r[0] == winner) == sorted(
+        [(winner, judgment.pk, True)] + [(winner, judgment.pk, False)] * 2
+    )
     refused = [r for r in results if r[0] != winner]
     assert len(refused) == 3 and all("'same-key' was already used for a different answer" in r[1] for r in refused)
 

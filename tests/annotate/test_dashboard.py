@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from annotate import actions, agreement, charts, dashboard, selectors
 from annotate.imports import parse_items, parse_votes
-from annotate.models import Item, Judgment, Kind, Membership, Role, Task
+from annotate.models import Judgment, Kind, Membership, Role
 from tests.conftest import jsonl, pairwise_rows
 
 pytestmark = pytest.mark.django_db
@@ -132,7 +132,10 @@ def test_an_annotator_who_always_picks_the_first_response_shows_position_rate_1_
 
 def test_length_bias_counts_wins_of_the_longer_response(make_project, make_member):
     project = make_project(n_items=0, overlap=1)
-    rows = [{"id": f"i{i}", "prompt": f"Q{i}", "responses": [f"Short {i}.", f"A much, much longer answer {i}."]} for i in range(10)]
+    rows = [
+        {"id": f"i{i}", "prompt": f"Q{i}", "responses": [f"Short {i}.", f"A much, much longer answer {i}."]}
+        for i in range(10)
+    ]
     actions.import_items(project, parse_items(jsonl(rows), "jsonl", Kind.PAIRWISE))
     import_votes(project, [{"item": f"i{i}", "annotator": "verbose", "winner": 1} for i in range(10)])
     data = dashboard.dashboard_data(project)
@@ -164,7 +167,9 @@ def test_gold_accuracy_is_rolling_over_the_last_20_gold_answers_with_the_thresho
     html = client_for(researcher).get("/p/demo/dashboard/").content.decode()
     assert svg_value(html, row["name"], "gold-chart") == 1.0
     gold_figure = re.search(r'<figure id="gold-chart">(.*?)</figure>', html, re.S).group(1)
-    assert 'class="reference"' in gold_figure and 'data-value="0.7"' in gold_figure and "review below 0.70" in gold_figure
+    assert (
+        'class="reference"' in gold_figure and 'data-value="0.7"' in gold_figure and "review below 0.70" in gold_figure
+    )
     # Review flagged them after ten gold answers (5 of 10 right); the table says why, by username.
     member = Membership.objects.get(user=user)
     assert member.status == "flagged"
@@ -192,7 +197,10 @@ def agreeing_then_disagreeing(project, n_items=40):
     for i in range(n_items):
         a = i % 2
         b = a if i < n_items // 2 else 1 - a
-        votes += [{"item": f"item-{i}", "annotator": "ana", "winner": a}, {"item": f"item-{i}", "annotator": "ben", "winner": b}]
+        votes += [
+            {"item": f"item-{i}", "annotator": "ana", "winner": a},
+            {"item": f"item-{i}", "annotator": "ben", "winner": b},
+        ]
     import_votes(project, votes)
 
 
@@ -241,7 +249,7 @@ def test_confusion_matrix_against_the_dawid_skene_labels(make_project, make_memb
     # The least reliable come first.
     assert confusion["matrices"][0]["name"] == contrarian
     html = client_for(make_member(project, "res", Role.RESEARCHER)).get("/p/demo/dashboard/").content.decode()
-    assert f'data-row="response 0" data-column="response 1" data-value="3"' in html
+    assert 'data-row="response 0" data-column="response 1" data-value="3"' in html
     assert "Dawid-Skene label" in html
 
 
@@ -267,19 +275,32 @@ def test_page_summary_keeps_the_lowest_kappas_among_pairs_with_enough_shared_ite
 
 def test_pure_numbers_from_hand_made_frames():
     labels = pd.DataFrame(
-        {"item": [1, 1, 2, 2, 3, 3], "unit": [1, 1, 2, 2, 3, 3], "annotator": [1, 2, 1, 2, 1, 2], "label": list("aaabbb")}
+        {
+            "item": [1, 1, 2, 2, 3, 3],
+            "unit": [1, 1, 2, 2, 3, 3],
+            "annotator": [1, 2, 1, 2, 1, 2],
+            "label": list("aaabbb"),
+        }
     )
     over = dashboard.agreement_over_time(labels, labels, pd.Series([0, 0, 1], index=[1, 2, 3]), "nominal")
     assert over["n_items"].tolist() == [2, 1] and over["percent_agreement"].tolist() == [0.5, 1.0]
     scores = pd.DataFrame({"judgment": range(30), "annotator": [7] * 30, "score": [0.0] * 10 + [1.0] * 20})
     assert dashboard.rolling_gold_accuracy(scores).loc[7].tolist() == [20, 1.0]
     frame = pd.DataFrame(
-        {"judgment": range(4), "annotator": [1, 1, 2, 2], "purpose": [0, 0, 0, 1], "duration_ms": [1000.0, 3000.0, None, 9000.0]}
+        {
+            "judgment": range(4),
+            "annotator": [1, 1, 2, 2],
+            "purpose": [0, 0, 0, 1],
+            "duration_ms": [1000.0, 3000.0, None, 9000.0],
+        }
     )
     per_annotator, project_median = dashboard.speed(frame)
     assert per_annotator.loc[1].tolist() == [2, 2000.0] and 2 not in per_annotator.index and project_median == 3000.0
     matrices = dashboard.confusion_matrices(
-        pd.DataFrame({"item": [1, 2, 3], "annotator": [5, 5, 5], "label": ["x", "y", "y"]}), pd.Series({1: "x", 2: "x", 3: "y"}), ["x", "y"], [5]
+        pd.DataFrame({"item": [1, 2, 3], "annotator": [5, 5, 5], "label": ["x", "y", "y"]}),
+        pd.Series({1: "x", 2: "x", 3: "y"}),
+        ["x", "y"],
+        [5],
     )
     assert matrices[5] == [[1, 1], [0, 1]]
 
@@ -287,7 +308,9 @@ def test_pure_numbers_from_hand_made_frames():
 # --- the cache --------------------------------------------------------------------------------------------------------
 
 
-def test_a_second_view_reads_the_cache_and_a_new_judgment_invalidates_it(make_project, make_member, django_assert_max_num_queries):
+def test_a_second_view_reads_the_cache_and_a_new_judgment_invalidates_it(
+    make_project, make_member, django_assert_max_num_queries
+):
     project = make_project(n_items=6, overlap=2)
     ana, ben = make_member(project, "ana"), make_member(project, "ben")
     work(project, ana, right)
@@ -370,11 +393,24 @@ def test_user_names_criteria_and_reasons_are_escaped_in_svg_and_tables(make_proj
     votes = []
     for i in range(4):
         for name, winner in (("ana", 0), ("ben", i % 2)):
-            votes.append({"item": f"item-{i}", "annotator": name, "winner": winner, "criteria": {evil: winner, 'x"><img src=x onerror=alert(1)>': 1}})
+            votes.append(
+                {
+                    "item": f"item-{i}",
+                    "annotator": name,
+                    "winner": winner,
+                    "criteria": {evil: winner, 'x"><img src=x onerror=alert(1)>': 1},
+                }
+            )
     import_votes(project, votes)
     bad = User.objects.create(username="<img src=y onerror=alert(2)>")
-    Membership.objects.create(project=project, user=bad, role=Role.ANNOTATOR, status=Membership.Status.FLAGGED,
-                              status_reason="<b>bold</b>", status_changed_at=timezone.now())  # fmt: skip
+    Membership.objects.create(
+        project=project,
+        user=bad,
+        role=Role.ANNOTATOR,
+        status=Membership.Status.FLAGGED,
+        status_reason="<b>bold</b>",
+        status_changed_at=timezone.now(),
+    )
     html = client_for(make_member(project, "res", Role.RESEARCHER)).get("/p/demo/dashboard/").content.decode()
     assert "<script>alert" not in html and "<img src=" not in html and "<b>bold" not in html
     assert "&lt;script&gt;alert(&quot;c&quot;)&lt;/script&gt;" in html  # the criterion, in the chart and the table
@@ -384,8 +420,10 @@ def test_user_names_criteria_and_reasons_are_escaped_in_svg_and_tables(make_proj
 
 
 def test_chart_helpers_escape_labels_and_describe_themselves():
-    label = '</title><script>alert(1)</script>'
-    svg = str(charts.bar_chart([charts.Bar(label, 0.5)], title=label, desc=label, references=[charts.Reference(0.2, label)]))
+    label = "</title><script>alert(1)</script>"
+    svg = str(
+        charts.bar_chart([charts.Bar(label, 0.5)], title=label, desc=label, references=[charts.Reference(0.2, label)])
+    )
     svg += str(charts.line_chart({label: [(1, 0.1), (2, 0.2)]}, title=label))
     svg += str(charts.heatmap([[1, 2], [3, 4]], row_labels=[label, "b"], column_labels=["a", label], title=label))
     svg += str(charts.scatter([charts.Point(1, 2, label)], title=label, x_references=[charts.Reference(1, label)]))
@@ -401,10 +439,25 @@ def test_chart_helpers_escape_labels_and_describe_themselves():
 @pytest.mark.parametrize(
     "kind, fields, row, vote",
     [
-        (Kind.RATING, {"scale": {"min": 1, "max": 5}}, {"responses": ["a", "b"]}, lambda i, who: {"ratings": {"0": {"overall": 1 + (i + who) % 5}, "1": {"overall": 3}}}),
-        (Kind.RATING, {"scale": {"labels": ["safe", "unsafe"]}}, {"responses": ["a"]}, lambda i, who: {"ratings": {"0": {"overall": ["safe", "unsafe"][(i * who) % 2]}}}),
+        (
+            Kind.RATING,
+            {"scale": {"min": 1, "max": 5}},
+            {"responses": ["a", "b"]},
+            lambda i, who: {"ratings": {"0": {"overall": 1 + (i + who) % 5}, "1": {"overall": 3}}},
+        ),
+        (
+            Kind.RATING,
+            {"scale": {"labels": ["safe", "unsafe"]}},
+            {"responses": ["a"]},
+            lambda i, who: {"ratings": {"0": {"overall": ["safe", "unsafe"][(i * who) % 2]}}},
+        ),
         (Kind.RANKING, {}, {"responses": ["a", "b", "c"]}, lambda i, who: {"ranking": [0, 1, 2] if who else [2, 1, 0]}),
-        (Kind.STEPS, {}, {"responses": ["one\ntwo"]}, lambda i, who: {"steps": ["positive", "negative" if who and i % 2 else "positive"]}),
+        (
+            Kind.STEPS,
+            {},
+            {"responses": ["one\ntwo"]},
+            lambda i, who: {"steps": ["positive", "negative" if who and i % 2 else "positive"]},
+        ),
         (Kind.DEMONSTRATION, {}, {"responses": ["a"]}, lambda i, who: {"text": f"better {i} {who}"}),
     ],
 )
@@ -412,7 +465,14 @@ def test_every_kind_renders(make_project, make_member, kind, fields, row, vote):
     project = make_project(kind=kind, n_items=0, overlap=2, **fields)
     rows = [{"id": f"i{i}", "prompt": f"Q{i}", **row} for i in range(6)]
     actions.import_items(project, parse_items(jsonl(rows), "jsonl", kind))
-    import_votes(project, [{"item": f"i{i}", "annotator": name, **vote(i, who)} for i in range(6) for who, name in enumerate(["ana", "ben"])])
+    import_votes(
+        project,
+        [
+            {"item": f"i{i}", "annotator": name, **vote(i, who)}
+            for i in range(6)
+            for who, name in enumerate(["ana", "ben"])
+        ],
+    )
     response = client_for(make_member(project, "res", Role.RESEARCHER)).get("/p/demo/dashboard/")
     assert response.status_code == 200
     data = dashboard.dashboard_data(project)
@@ -432,7 +492,9 @@ def test_a_reliability_nothing_can_estimate_is_null_with_the_reason(make_project
     import_votes(project, [{"item": f"item-{i}", "annotator": "solo", "winner": i % 2} for i in range(6)])
     summary = agreement.summary(project)
     (row,) = summary["annotators"]
-    assert row["reliability"] is None and row["reliability_note"] == "only one annotator: there is no one to compare with"
+    assert (
+        row["reliability"] is None and row["reliability_note"] == "only one annotator: there is no one to compare with"
+    )
     data = dashboard.dashboard_data(project)
     (entry,) = data["annotators"]
     assert entry["reliability"] is None and entry["reliability_note"] == row["reliability_note"]
@@ -440,22 +502,33 @@ def test_a_reliability_nothing_can_estimate_is_null_with_the_reason(make_project
     html = client_for(make_member(project, "res", Role.RESEARCHER)).get("/p/demo/dashboard/").content.decode()
     assert "<small>only one annotator: there is no one to compare with</small>" in html
 
-    votes = [{"item": f"item-{i}", "annotator": "pair", "winner": (i + 1) % 2} for i in range(3)]  # shares items 0–2 with solo
+    votes = [
+        {"item": f"item-{i}", "annotator": "pair", "winner": (i + 1) % 2} for i in range(3)
+    ]  # shares items 0–2 with solo
     votes += [{"item": "item-6", "annotator": "loner", "winner": 0}]
     import_votes(project, votes)
     cache.clear()
     rows = {r["name"]: r for r in agreement.summary(project)["annotators"]}
-    names = selectors.pseudonyms(project, list(User.objects.filter(username__in=["solo", "pair", "loner"]).values_list("pk", flat=True)))
+    names = selectors.pseudonyms(
+        project, list(User.objects.filter(username__in=["solo", "pair", "loner"]).values_list("pk", flat=True))
+    )
     by_user = {u.username: rows[names[u.pk]] for u in User.objects.filter(username__in=["solo", "pair", "loner"])}
-    assert by_user["loner"]["reliability"] is None and by_user["loner"]["reliability_note"] == "shares no item with another annotator"
+    assert (
+        by_user["loner"]["reliability"] is None
+        and by_user["loner"]["reliability_note"] == "shares no item with another annotator"
+    )
     assert 0 < by_user["pair"]["reliability"] < 1 and by_user["pair"]["reliability_note"] is None
 
 
 @pytest.mark.django_db
 def test_kinds_without_a_reliability_model_say_so():
     project = actions.create_project(slug="rated", kind=Kind.RATING, overlap=2)
-    actions.import_items(project, parse_items(jsonl([{"id": "q", "prompt": "Rate", "responses": ["x"]}]), "jsonl", Kind.RATING))
-    import_votes(project, [{"item": "q", "annotator": n, "ratings": {"0": {"overall": s}}} for n, s in (("a", 3), ("b", 4))])
+    actions.import_items(
+        project, parse_items(jsonl([{"id": "q", "prompt": "Rate", "responses": ["x"]}]), "jsonl", Kind.RATING)
+    )
+    import_votes(
+        project, [{"item": "q", "annotator": n, "ratings": {"0": {"overall": s}}} for n, s in (("a", 3), ("b", 4))]
+    )
     rows = agreement.summary(project)["annotators"]
     assert [r["reliability"] for r in rows] == [None, None]
     assert {r["reliability_note"] for r in rows} == {agreement.NO_RELIABILITY_MODEL}

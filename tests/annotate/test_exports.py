@@ -23,9 +23,14 @@ def pair_frame(*rows):
 
 def test_majority_picks_the_most_voted_response_and_averages_its_strength():
     frame = pair_frame(
-        (1, 10, 11, 10, 3), (1, 10, 11, 10, 1), (1, 10, 11, 11, 2),  # 10 wins 2-1, margin (3+1)/2
-        (2, 20, 21, 20, 2), (2, 20, 21, 21, 2),  # split: no majority
-        (3, 30, 31, None, None), (3, 30, 31, None, None), (3, 30, 31, 30, 1),  # tie wins: dropped
+        (1, 10, 11, 10, 3),
+        (1, 10, 11, 10, 1),
+        (1, 10, 11, 11, 2),  # 10 wins 2-1, margin (3+1)/2
+        (2, 20, 21, 20, 2),
+        (2, 20, 21, 21, 2),  # split: no majority
+        (3, 30, 31, None, None),
+        (3, 30, 31, None, None),
+        (3, 30, 31, 30, 1),  # tie wins: dropped
         (4, 40, 41, 41, None),  # single vote without strength: margin 0
     )
     result = majority_pairs(frame)
@@ -38,8 +43,17 @@ def test_majority_picks_the_most_voted_response_and_averages_its_strength():
 
 
 def test_a_ranking_of_k_becomes_k_choose_2_consistent_pairs():
-    votes = pd.DataFrame({"item": [1], "annotator": [7], "outcome": [""], "winner": [None], "strength": [None],
-                          "data": [{"ranking": [[13], [11, 12], [10]]}], "text": [""]})  # fmt: skip
+    votes = pd.DataFrame(
+        {
+            "item": [1],
+            "annotator": [7],
+            "outcome": [""],
+            "winner": [None],
+            "strength": [None],
+            "data": [{"ranking": [[13], [11, 12], [10]]}],
+            "text": [""],
+        }
+    )
     pairs = pair_votes(Kind.RANKING, votes, {1: [(10, "a"), (11, "b"), (12, "c"), (13, "d")]})
     assert len(pairs) == 6
     by_pair = {(row.a, row.b): (None if pd.isna(row.winner) else row.winner) for row in pairs.itertuples()}
@@ -49,15 +63,34 @@ def test_a_ranking_of_k_becomes_k_choose_2_consistent_pairs():
 
 
 def test_ratings_become_pairs_by_score():
-    votes = pd.DataFrame({"item": [1], "annotator": [7], "outcome": [""], "winner": [None], "strength": [None],
-                          "data": [{"ratings": {"10": {"overall": 6}, "11": {"overall": 2}, "12": {"overall": 6}}}], "text": [""]})  # fmt: skip
+    votes = pd.DataFrame(
+        {
+            "item": [1],
+            "annotator": [7],
+            "outcome": [""],
+            "winner": [None],
+            "strength": [None],
+            "data": [{"ratings": {"10": {"overall": 6}, "11": {"overall": 2}, "12": {"overall": 6}}}],
+            "text": [""],
+        }
+    )
     pairs = pair_votes(Kind.RATING, votes, {1: [(10, "a"), (11, "b"), (12, "c")]})
     result = majority_pairs(pairs)
     assert list(zip(result["chosen"], result["rejected"], result["margin"])) == [(10, 11, 4.0), (12, 11, 4.0)]
 
 
 def test_trl_rows_are_standard_for_single_turn_and_conversational_otherwise():
-    prefs = pd.DataFrame({"item": [1], "chosen": [11], "rejected": [10], "margin": [2.0], "n_votes": [2], "agreement": [1.0], "tie": [False]})
+    prefs = pd.DataFrame(
+        {
+            "item": [1],
+            "chosen": [11],
+            "rejected": [10],
+            "margin": [2.0],
+            "n_votes": [2],
+            "agreement": [1.0],
+            "tie": [False],
+        }
+    )
     responses = {1: [(10, "bad"), (11, "good")]}
     standard = trl_rows(prefs, ItemTables({1: [{"role": "user", "content": "Q"}]}, responses, {1: "x"}))
     assert standard == [{"prompt": "Q", "chosen": "good", "rejected": "bad", "margin": 2.0, "id": "x"}]
@@ -144,9 +177,15 @@ def test_trl_reward_trainer_accepts_the_export_unchanged(voted_project, tmp_path
     model = tiny_reward_model(tokenizer)
     before = [p.detach().clone() for p in model.parameters()]
     args = RewardConfig(
-        output_dir=str(tmp_path / "rm"), max_steps=2, per_device_train_batch_size=4, report_to=[],
-        logging_steps=1, save_strategy="no", learning_rate=1e-2, use_cpu=True,
-    )  # fmt: skip
+        output_dir=str(tmp_path / "rm"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        learning_rate=1e-2,
+        use_cpu=True,
+    )
     trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     assert {"chosen_ids", "rejected_ids", "margin"} <= set(trainer.train_dataset.column_names)
     trainer.train()
@@ -161,10 +200,19 @@ def test_trl_dpo_trainer_accepts_the_export_unchanged(voted_project, tmp_path):
     dataset = _trl_dataset(voted_project, tmp_path)
     texts = [m["content"] for row in dataset for m in row["prompt"] + row["chosen"] + row["rejected"]]
     tokenizer = tiny_tokenizer(texts)
-    args = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, per_device_train_batch_size=4, report_to=[], save_strategy="no", use_cpu=True)
+    args = DPOConfig(
+        output_dir=str(tmp_path / "dpo"),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+    )
     policy = tiny_causal_lm(tokenizer)
     reference = copy.deepcopy(policy)
-    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = DPOTrainer(
+        model=policy, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer
+    )
     columns = set(trainer.train_dataset.column_names)
     assert {"prompt_ids", "chosen_ids", "rejected_ids"} <= columns
     metrics = trainer.train().metrics
@@ -240,7 +288,12 @@ def test_steps_project_exports_trl_stepwise(tmp_path):
     votes = [{"item": "q", "annotator": "a", "steps": ["positive", "negative", "neutral"]}]
     project = _project(Kind.STEPS, rows, votes)
     (row,) = build_rows(project, "steps")
-    assert row == {"id": "q", "prompt": "Solve 2+2", "completions": ["2+2 is 4", "so the answer is 5", "Done."], "labels": [True, False, True]}
+    assert row == {
+        "id": "q",
+        "prompt": "Solve 2+2",
+        "completions": ["2+2 is 4", "so the answer is 5", "Done."],
+        "labels": [True, False, True],
+    }
     (strict,) = build_rows(project, "steps", neutral_steps=False)
     assert strict["labels"] == [True, False, False]
     loaded = _load([row], tmp_path)
@@ -249,14 +302,24 @@ def test_steps_project_exports_trl_stepwise(tmp_path):
 
 @pytest.mark.django_db
 def test_demonstrations_and_both_bad_rewrites_export_as_sft(tmp_path):
-    demo = _project(Kind.DEMONSTRATION, [{"id": "d", "prompt": "Write a haiku", "responses": []}], [{"item": "d", "annotator": "a", "text": "Old pond"}])
+    demo = _project(
+        Kind.DEMONSTRATION,
+        [{"id": "d", "prompt": "Write a haiku", "responses": []}],
+        [{"item": "d", "annotator": "a", "text": "Old pond"}],
+    )
     assert build_rows(demo, "sft") == [
-        {"id": "d", "messages": [{"role": "user", "content": "Write a haiku"}, {"role": "assistant", "content": "Old pond"}]}
+        {
+            "id": "d",
+            "messages": [{"role": "user", "content": "Write a haiku"}, {"role": "assistant", "content": "Old pond"}],
+        }
     ]
     pairwise = _project(
         Kind.PAIRWISE,
         [{"id": "p", "prompt": "Q", "responses": ["a", "b"]}, {"id": "p2", "prompt": "Q2", "responses": ["a", "b"]}],
-        [{"item": "p", "annotator": "a", "winner": "both_bad", "demonstration": "Better."}, {"item": "p2", "annotator": "a", "winner": 0}],
+        [
+            {"item": "p", "annotator": "a", "winner": "both_bad", "demonstration": "Better."},
+            {"item": "p2", "annotator": "a", "winner": 0},
+        ],
     )
     assert [r["messages"][-1]["content"] for r in build_rows(pairwise, "sft")] == ["Better."]
 
@@ -293,7 +356,10 @@ def test_ties_keep_where_a_format_has_no_ties_to_keep_is_refused(make_project):
 @pytest.fixture
 def split_votes(db):
     """Two items: q0 won 2-1 by response 0, q1 a 1-1 split plus a tie vote... and one paused annotator."""
-    rows = [{"id": "q0", "prompt": "Q0", "responses": ["good", "bad"]}, {"id": "q1", "prompt": "Q1", "responses": ["x", "y"]}]
+    rows = [
+        {"id": "q0", "prompt": "Q0", "responses": ["good", "bad"]},
+        {"id": "q1", "prompt": "Q1", "responses": ["x", "y"]},
+    ]
     votes = [
         {"item": "q0", "annotator": "a", "winner": 0, "strength": 3},
         {"item": "q0", "annotator": "b", "winner": 0, "strength": 1},
@@ -307,7 +373,11 @@ def split_votes(db):
 
 def test_hh_openai_and_kto_formats(split_votes):
     (hh,) = build_rows(split_votes, "hh")
-    assert hh == {"chosen": "\n\nHuman: Q0\n\nAssistant: good", "rejected": "\n\nHuman: Q0\n\nAssistant: bad", "id": "q0"}
+    assert hh == {
+        "chosen": "\n\nHuman: Q0\n\nAssistant: good",
+        "rejected": "\n\nHuman: Q0\n\nAssistant: bad",
+        "id": "q0",
+    }
     (openai,) = build_rows(split_votes, "openai-dpo")
     assert openai["input"]["messages"] == [{"role": "user", "content": "Q0"}]
     assert openai["preferred_output"] == [{"role": "assistant", "content": "good"}]
@@ -339,7 +409,7 @@ def test_raw_export_has_every_vote_with_pseudonyms_only(split_votes, tmp_path):
     assert len(rows) == 6
     assert all(r["annotator"].startswith("ann-") for r in rows)
     text = json.dumps(rows)
-    for name in ("\"a\"", "\"b\"", "\"c\""):
+    for name in ('"a"', '"b"', '"c"'):
         assert name not in text
     assert rows[0]["judgment"] == first.pk and rows[0]["winner"] == 0 and rows[0]["display_order"] == [0, 1]
     assert {r["superseded"] for r in rows} == {False} and {r["gold"] for r in rows} == {False}
@@ -354,14 +424,20 @@ def test_a_former_members_votes_keep_the_pseudonym_they_had():
     from annotate.models import Membership, make_pseudonym
 
     ranking = _project(
-        Kind.RANKING, [{"id": "q", "prompt": "Rank", "responses": ["x", "y", "z"]}],
-        [{"item": "q", "annotator": a, "ranking": order} for a, order in (("a", [0, 1, 2]), ("b", [1, 0, 2]))], overlap=2,
-    )  # fmt: skip
-    rating = _project(
-        Kind.RATING, [{"id": "q", "prompt": "Rate", "responses": ["x", "y"]}],
-        [{"item": "q", "annotator": a, "ratings": {"0": {"overall": s}, "1": {"overall": 3}}} for a, s in (("a", 6), ("b", 4))],
+        Kind.RANKING,
+        [{"id": "q", "prompt": "Rank", "responses": ["x", "y", "z"]}],
+        [{"item": "q", "annotator": a, "ranking": order} for a, order in (("a", [0, 1, 2]), ("b", [1, 0, 2]))],
         overlap=2,
-    )  # fmt: skip
+    )
+    rating = _project(
+        Kind.RATING,
+        [{"id": "q", "prompt": "Rate", "responses": ["x", "y"]}],
+        [
+            {"item": "q", "annotator": a, "ratings": {"0": {"overall": s}, "1": {"overall": 3}}}
+            for a, s in (("a", 6), ("b", 4))
+        ],
+        overlap=2,
+    )
 
     def exported_names(project):
         names = {row["annotator"] for row in build_rows(project, "raw")}
@@ -419,7 +495,9 @@ def test_dawid_skene_and_bradley_terry_aggregations_follow_the_reliable_annotato
             good = item.responses.get(index=0).pk
             wants_good = name in careful or (i > 0 and not (i >> careless.index(name)) & 1)
             picks_first = (task.display_order[0] == good) == wants_good
-            actions.record_judgment(task, {"choice": "A" if picks_first else "B", "strength": 2 if name in careful else 1}, f"{name}-{i}")
+            actions.record_judgment(
+                task, {"choice": "A" if picks_first else "B", "strength": 2 if name in careful else 1}, f"{name}-{i}"
+            )
     majority = {r["id"]: r["chosen"] for r in build_rows(project, "trl")}
     assert majority["q0"] == "bad 0"
     for aggregate in ("dawid-skene", "bradley-terry"):
@@ -447,11 +525,17 @@ def _tricky_project():
 
     rng = random.Random(5)
     items = [
-        {"id": f"i{i}", "prompt": f"{TRICKY[i % 5]} {i % 7}", "responses": [f"A{i} {TRICKY[(i + 1) % 5]}", f"B{i} {TRICKY[(i + 2) % 5]}"]}
+        {
+            "id": f"i{i}",
+            "prompt": f"{TRICKY[i % 5]} {i % 7}",
+            "responses": [f"A{i} {TRICKY[(i + 1) % 5]}", f"B{i} {TRICKY[(i + 2) % 5]}"],
+        }
         for i in range(22)
     ]
     items += [{**items[i], "id": f"dup{i}", "responses": items[i]["responses"][::-1]} for i in (0, 1)]
-    items += [{**items[i], "id": f"gold{i}", "prompt": f"gold {i}", "purpose": "gold", "gold": {"winner": 0}} for i in (2, 3)]
+    items += [
+        {**items[i], "id": f"gold{i}", "prompt": f"gold {i}", "purpose": "gold", "gold": {"winner": 0}} for i in (2, 3)
+    ]
     votes = []
     for item in items:
         for annotator in ("a", "b", "c", "d"):
@@ -547,7 +631,9 @@ def test_a_conversation_in_a_late_chunk_restarts_the_export_on_the_row_path(tmp_
 
     items = pairwise_rows(10)
     items[8]["prompt"] = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q8?"}]
-    votes = [{"item": f"item-{i}", "annotator": a, "winner": i % 2, "strength": 1} for i in range(10) for a in ("a", "b")]
+    votes = [
+        {"item": f"item-{i}", "annotator": a, "winner": i % 2, "strength": 1} for i in range(10) for a in ("a", "b")
+    ]
     project = _project(Kind.PAIRWISE, items, votes, overlap=2)
     monkeypatch.setattr(reading, "CHUNK_ITEMS", 3)  # two chunks of standard rows are written before item-8's
     monkeypatch.setattr(writing._SplitWriter, "PARQUET_BATCH", 2)
@@ -564,7 +650,9 @@ def test_a_conversation_in_a_late_chunk_restarts_the_export_on_the_row_path(tmp_
     assert restarted.files["train"].read_bytes() == rows.files["train"].read_bytes()
     import pyarrow.parquet as pq
 
-    assert pq.read_table(restarted.files["train"]).column("prompt")[0].as_py() == [{"role": "user", "content": items[0]["prompt"]}]
+    assert pq.read_table(restarted.files["train"]).column("prompt")[0].as_py() == [
+        {"role": "user", "content": items[0]["prompt"]}
+    ]
 
 
 def test_json_of_many_strings_at_once_is_orjson_of_each():
@@ -586,8 +674,8 @@ def test_json_of_many_strings_at_once_is_orjson_of_each():
 
 
 def test_columnar_majority_matches_the_frame_majority():
-    from annotate.sql import NULL_INT
     from annotate.exports.columnar import majority_columns
+    from annotate.sql import NULL_INT
 
     rng = np.random.default_rng(0)
     n_items = 300
@@ -603,7 +691,12 @@ def test_columnar_majority_matches_the_frame_majority():
 
     def by_frame(votes):
         kept = votes[(votes[:, 1] != 2) & np.isin(votes[:, 0], pair_items)]
-        frame = pair_frame(*[(i, i + 1, i + 2, None if w == NULL_INT else w, None if s == NULL_INT else s) for i, _, w, s in kept.tolist()])
+        frame = pair_frame(
+            *[
+                (i, i + 1, i + 2, None if w == NULL_INT else w, None if s == NULL_INT else s)
+                for i, _, w, s in kept.tolist()
+            ]
+        )
         return majority_pairs(frame)
 
     result, expected = majority_columns(votes, pair_items, a, b), by_frame(votes)

@@ -107,8 +107,8 @@ def test_every_bad_row_is_named_with_its_line():
     assert sorted(errors) == [2, 3, 4, 5, 6, 7, 8]
     assert "invalid JSON" in errors[2]
     assert "exactly 2 responses" in errors[3]
-    assert "\"prompt\" is missing or empty" in errors[4]
-    assert "\"prompt\" is missing or empty" in errors[5]
+    assert '"prompt" is missing or empty' in errors[4]
+    assert '"prompt" is missing or empty' in errors[5]
     assert "robot" in errors[6]
     assert "response 2 must be text" in errors[7]
     assert "line 2:" in caught.value.message
@@ -174,7 +174,13 @@ def test_duplicates_are_reported_not_imported_twice(make_project):
     assert [line for line, _ in report.duplicates] == [1, 2, 3, 6, 9]
     assert "1 repeat the texts of another item under a different id" in report.summary()
     assert set(Item.objects.filter(project=project).values_list("external_id", flat=True)) == {
-        "item-0", "item-1", "item-2", "item-3", "item-4", "copy-of-4", parse_items(jsonl([without_id]), "jsonl", project.kind)[0].content_hash
+        "item-0",
+        "item-1",
+        "item-2",
+        "item-3",
+        "item-4",
+        "copy-of-4",
+        parse_items(jsonl([without_id]), "jsonl", project.kind)[0].content_hash,
     }
     assert Response.objects.filter(item__project=project).count() == 14
     # Importing the file again adds nothing: every row names an item that is there.
@@ -208,6 +214,8 @@ def test_vote_rows():
 
 
 def test_a_jsonl_prompt_that_looks_like_json_stays_text():
-    (item,) = parse_items(jsonl([{"prompt": "[1, 2] + [3]: what is it in Python?", "responses": ["{a}", "[b]"]}]), "jsonl", Kind.PAIRWISE)
+    (item,) = parse_items(
+        jsonl([{"prompt": "[1, 2] + [3]: what is it in Python?", "responses": ["{a}", "[b]"]}]), "jsonl", Kind.PAIRWISE
+    )
     assert item.prompt == [{"role": "user", "content": "[1, 2] + [3]: what is it in Python?"}]
     assert [r["text"] for r in item.responses] == ["{a}", "[b]"]

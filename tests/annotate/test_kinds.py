@@ -17,7 +17,9 @@ def project_with(kind, rows, **fields):
 
 
 def ranking_rows(k=4, n=2):
-    return [{"id": f"r{i}", "prompt": f"Rank these {i}", "responses": [f"resp {i}-{j}" for j in range(k)]} for i in range(n)]
+    return [
+        {"id": f"r{i}", "prompt": f"Rank these {i}", "responses": [f"resp {i}-{j}" for j in range(k)]} for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -38,7 +40,9 @@ def test_pairwise_with_criteria(client_for):
     task = client.get("/api/projects/pairwise/next-task/").json()
     missing = post(client, task, {"choice": "A", "strength": 1, "criteria": {"helpful": "A"}})
     assert missing.status_code == 400 and "harmless" in missing.json()["detail"]
-    unknown = post(client, task, {"choice": "A", "strength": 1, "criteria": {"helpful": "A", "harmless": "B", "funny": "A"}})
+    unknown = post(
+        client, task, {"choice": "A", "strength": 1, "criteria": {"helpful": "A", "harmless": "B", "funny": "A"}}
+    )
     assert unknown.status_code == 400 and "funny" in unknown.json()["detail"]
     ok = post(client, task, {"choice": "A", "strength": 1, "criteria": {"helpful": "A", "harmless": "tie"}})
     assert ok.status_code == 201
@@ -130,7 +134,9 @@ def test_steps_answers(client_for):
 
 
 def test_demonstration_answers(client_for):
-    project = project_with(Kind.DEMONSTRATION, [{"prompt": "Write a haiku", "responses": []}, {"prompt": "Fix", "responses": ["draft"]}])
+    project = project_with(
+        Kind.DEMONSTRATION, [{"prompt": "Write a haiku", "responses": []}, {"prompt": "Fix", "responses": ["draft"]}]
+    )
     client = client_for(project)
     task = client.get("/api/projects/demonstration/next-task/").json()
     assert task["responses"] == []
@@ -151,7 +157,9 @@ def test_skip_and_flag(client_for):
     project = project_with(Kind.PAIRWISE, [{"prompt": f"Q{i}", "responses": ["a", "b"]} for i in range(2)], overlap=1)
     client = client_for(project)
     task = client.get("/api/projects/pairwise/next-task/").json()
-    flag = client.post(f"/api/tasks/{task['id']}/flags/", {"category": "personal_data", "note": "a phone number"}, format="json")
+    flag = client.post(
+        f"/api/tasks/{task['id']}/flags/", {"category": "personal_data", "note": "a phone number"}, format="json"
+    )
     assert flag.status_code == 201
     assert client.post(f"/api/tasks/{task['id']}/flags/", {"category": "boring"}, format="json").status_code == 400
     assert client.post(f"/api/tasks/{task['id']}/skip/", {"reason": ""}, format="json").status_code == 400
@@ -171,7 +179,10 @@ def test_skip_and_flag(client_for):
 
 def test_import_judgments_of_every_kind(make_project):
     ranking = project_with(Kind.RANKING, ranking_rows(k=3, n=1), allow_ties=True)
-    votes = [{"item": "r0", "annotator": "x", "ranking": [2, [0, 1]]}, {"item": "r0", "annotator": "y", "ranking": [0, 1]}]
+    votes = [
+        {"item": "r0", "annotator": "x", "ranking": [2, [0, 1]]},
+        {"item": "r0", "annotator": "y", "ranking": [0, 1]},
+    ]
     with pytest.raises(ImportFailed) as caught:
         actions.import_judgments(ranking, parse_votes(jsonl(votes), "jsonl"))
     assert caught.value.errors[0][0] == 2 and "exactly once" in caught.value.errors[0][1]
@@ -180,7 +191,12 @@ def test_import_judgments_of_every_kind(make_project):
     assert Judgment.objects.get(project=ranking).data == {"ranking": [[ids[2]], [ids[0], ids[1]]]}
 
     rating = project_with(Kind.RATING, [{"id": "t", "prompt": "Q", "responses": ["a", "b"]}])
-    actions.import_judgments(rating, parse_votes(jsonl([{"item": "t", "annotator": "x", "ratings": {"0": {"overall": 7}, "1": {"overall": 2}}}]), "jsonl"))
+    actions.import_judgments(
+        rating,
+        parse_votes(
+            jsonl([{"item": "t", "annotator": "x", "ratings": {"0": {"overall": 7}, "1": {"overall": 2}}}]), "jsonl"
+        ),
+    )
     a, b = Item.objects.get(project=rating).responses.order_by("index").values_list("id", flat=True)
     assert Judgment.objects.get(project=rating).data == {"ratings": {str(a): {"overall": 7}, str(b): {"overall": 2}}}
 
@@ -199,4 +215,11 @@ def test_response_count_limits_per_kind():
         parse_items(jsonl([{"prompt": "Q", "responses": ["a", "b"]}]), "jsonl", Kind.RANKING)
     with pytest.raises(ImportFailed, match="0 to 9 responses"):
         parse_items(jsonl([{"prompt": "Q", "responses": [str(i) for i in range(10)]}]), "jsonl", Kind.DEMONSTRATION)
-    assert len(parse_items(jsonl([{"prompt": "Q", "responses": [str(i) for i in range(9)]}]), "jsonl", Kind.RANKING)[0].responses) == 9
+    assert (
+        len(
+            parse_items(jsonl([{"prompt": "Q", "responses": [str(i) for i in range(9)]}]), "jsonl", Kind.RANKING)[
+                0
+            ].responses
+        )
+        == 9
+    )

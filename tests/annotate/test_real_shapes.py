@@ -84,7 +84,9 @@ def test_votes_name_items_that_share_texts_and_a_panel_of_150_raters(make_projec
     # The retest twin of q2 was not touched: votes name items by id, never by text.
     assert Item.objects.get(project=project, external_id="q2-retest").n_judgments == 0
     # The same file again adds nothing: each rater already judged each item.
-    assert "Imported 0 judgments. Skipped 300 votes" in run("import_judgments", "panel", str(DATA / "panel_votes.jsonl"))
+    assert "Imported 0 judgments. Skipped 300 votes" in run(
+        "import_judgments", "panel", str(DATA / "panel_votes.jsonl")
+    )
     assert Judgment.objects.filter(project=project).count() == 300
 
 
@@ -111,7 +113,7 @@ def test_non_text_responses_are_still_errors_with_line_numbers():
 
 
 def test_csv_empty_cells_are_empty_responses_and_trailing_ones_are_none():
-    data = b'prompt,response_1,response_2,response_3,response_4\nfirst,a,,c,\nsecond,a,b,c,d\nthird,a,b,,\n'
+    data = b"prompt,response_1,response_2,response_3,response_4\nfirst,a,,c,\nsecond,a,b,c,d\nthird,a,b,,\n"
     first, second, third = parse_items(data, "csv", Kind.RANKING)
     assert [r["text"] for r in first.responses] == ["a", "", "c"]
     assert [r["text"] for r in second.responses] == ["a", "b", "c", "d"]
@@ -135,7 +137,11 @@ def test_hh_rows_that_fork_before_the_last_turn(make_project):
     assert [r["text"] for r in human_last.responses] == ["Go to Lisbon.", "Go to Lisbon.\n\nHuman: Thanks!"]
     assert all(p.preferred == 0 for p in parsed)
     with pytest.raises(ImportFailed, match="same Human turn"):
-        parse_items(jsonl([{"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: c\n\nAssistant: d"}]), "jsonl", Kind.PAIRWISE)
+        parse_items(
+            jsonl([{"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: c\n\nAssistant: d"}]),
+            "jsonl",
+            Kind.PAIRWISE,
+        )
 
 
 def test_votes_as_records_the_files_own_labels(make_project):
@@ -160,7 +166,13 @@ def test_votes_as_records_the_files_own_labels(make_project):
 def test_skip_invalid_imports_the_rest_and_writes_the_report(make_project, tmp_path):
     project = make_project(slug="skip", n_items=0)
     good = pairwise_rows(3)
-    lines = [json.dumps(good[0]), "{broken", json.dumps(good[1]), json.dumps({"prompt": "x", "responses": ["a", 5]}), json.dumps(good[2])]
+    lines = [
+        json.dumps(good[0]),
+        "{broken",
+        json.dumps(good[1]),
+        json.dumps({"prompt": "x", "responses": ["a", 5]}),
+        json.dumps(good[2]),
+    ]
     source = tmp_path / "items.jsonl"
     source.write_text("\n".join(lines) + "\n")
     with pytest.raises(CommandError, match="line 2"):
@@ -169,7 +181,11 @@ def test_skip_invalid_imports_the_rest_and_writes_the_report(make_project, tmp_p
     report = tmp_path / "skipped.jsonl"
     output = run("import_items", "skip", str(source), "--skip-invalid", "--report", str(report))
     assert "Imported 3 items." in output and "Skipped 2 invalid rows (lines 2, 4)" in output
-    assert sorted(Item.objects.filter(project=project).values_list("external_id", flat=True)) == ["item-0", "item-1", "item-2"]
+    assert sorted(Item.objects.filter(project=project).values_list("external_id", flat=True)) == [
+        "item-0",
+        "item-1",
+        "item-2",
+    ]
     skipped = [json.loads(line) for line in report.read_text().splitlines()]
     assert [row["line"] for row in skipped] == [2, 4]
     assert "invalid JSON" in skipped[0]["reason"] and "must be text" in skipped[1]["reason"]
@@ -188,7 +204,9 @@ def test_items_without_ids_can_be_listed_with_their_ids(make_project, make_membe
     out = tmp_path / "items.jsonl"
     run("list_items", "listed", "--format", "jsonl", "--out", str(out))
     listed = [json.loads(line) for line in out.read_text().splitlines()]
-    assert {row["id"] for row in listed} == set(Item.objects.filter(project=project).values_list("external_id", flat=True))
+    assert {row["id"] for row in listed} == set(
+        Item.objects.filter(project=project).values_list("external_id", flat=True)
+    )
     assert "Imported 0 items" in run("import_items", "listed", str(out))
     votes = tmp_path / "votes.jsonl"
     votes.write_text(json.dumps({"item": prime.external_id, "annotator": "elsewhere", "winner": 0}) + "\n")
@@ -207,8 +225,17 @@ def test_items_without_ids_can_be_listed_with_their_ids(make_project, make_membe
 
 def test_vote_import_is_all_or_nothing_and_bulk(make_project):
     project = make_project(slug="bulk", n_items=50, overlap=3)
-    votes = [{"item": f"item-{i}", "annotator": f"r{j}", "winner": (i + j) % 2, "strength": j} for i in range(50) for j in range(3)]
-    bad = votes[:70] + [{"item": "item-1", "annotator": "r9", "winner": 2}] + votes[70:] + [{"item": "nope", "annotator": "r1", "winner": 0}]
+    votes = [
+        {"item": f"item-{i}", "annotator": f"r{j}", "winner": (i + j) % 2, "strength": j}
+        for i in range(50)
+        for j in range(3)
+    ]
+    bad = (
+        votes[:70]
+        + [{"item": "item-1", "annotator": "r9", "winner": 2}]
+        + votes[70:]
+        + [{"item": "nope", "annotator": "r1", "winner": 0}]
+    )
     with pytest.raises(ImportFailed) as caught:
         actions.import_judgments(project, parse_votes(jsonl(bad), "jsonl"))
     assert [line for line, _ in caught.value.errors] == [71, 152]
@@ -221,8 +248,14 @@ def test_vote_import_is_all_or_nothing_and_bulk(make_project):
         i, j = int(judgment.item.external_id.split("-")[1]), int(judgment.annotator.username[1:])
         assert judgment.winner.index == (i + j) % 2 and judgment.strength == j
         assert judgment.task.status == Task.Status.DONE and judgment.task.annotator_id == judgment.annotator_id
-        assert judgment.task.display_order == list(judgment.item.responses.order_by("index").values_list("id", flat=True))
-        assert (judgment.is_current, judgment.source, judgment.idempotency_key) == (True, "import", f"import:{judgment.item_id}")
+        assert judgment.task.display_order == list(
+            judgment.item.responses.order_by("index").values_list("id", flat=True)
+        )
+        assert (judgment.is_current, judgment.source, judgment.idempotency_key) == (
+            True,
+            "import",
+            f"import:{judgment.item_id}",
+        )
     assert set(Item.objects.filter(project=project).values_list("n_judgments", "open_slots")) == {(3, 0)}
     # --skip-invalid: the bad rows are left out and listed, the rest goes in.
     other = make_project(slug="bulk2", n_items=50, overlap=3)
@@ -253,11 +286,18 @@ def test_bulk_insert_reserves_ids_that_nothing_else_takes(make_project, make_mem
     now = timezone.now()
     with transaction.atomic():
         ids = sql.bulk_insert(
-            Task, ["item_id", "annotator_id", "display_order"],
+            Task,
+            ["item_id", "annotator_id", "display_order"],
             [(items[i].pk, users[i].pk, [i]) for i in range(3)],
-            constants={"project_id": project.pk, "status": "done", "leased_at": now, "lease_expires_at": now, "done_at": now},
+            constants={
+                "project_id": project.pk,
+                "status": "done",
+                "leased_at": now,
+                "lease_expires_at": now,
+                "done_at": now,
+            },
             ids=True,
-        )  # fmt: skip
+        )
     assert len(set(ids)) == 3 and task.pk not in ids
     stored = {t.pk: (t.item_id, t.annotator_id, t.display_order) for t in Task.objects.filter(pk__in=ids)}
     assert stored == {ids[i]: (items[i].pk, users[i].pk, [i]) for i in range(3)}
@@ -296,12 +336,20 @@ def test_the_import_page_skips_invalid_rows_and_records_votes(make_project, make
     upload = SimpleUploadedFile("pairs.jsonl", jsonl(rows))
     page = client.post("/p/page/import/", {"file": upload, "skip_invalid": "on", "votes_as": "labels"}, follow=True)
     text = page.content.decode()
-    assert "Imported 1 item." in text and "Skipped 1 invalid rows (lines 2)" in text and "line 2: response 1 must be text" in text
+    assert (
+        "Imported 1 item." in text
+        and "Skipped 1 invalid rows (lines 2)" in text
+        and "line 2: response 1 must be text" in text
+    )
     assert Judgment.objects.get(project=project).annotator.username == "labels"
     # Without the box, the same file is refused whole; a bad annotator name is named, not taken for a missing file.
     refused = client.post("/p/page/import/", {"file": SimpleUploadedFile("pairs.jsonl", jsonl(rows))}, follow=True)
     assert "Import refused" in refused.content.decode() and Item.objects.filter(project=project).count() == 1
-    bad_name = client.post("/p/page/import/", {"file": SimpleUploadedFile("p.jsonl", jsonl(rows[:1])), "votes_as": "no spaces"}, follow=True)
+    bad_name = client.post(
+        "/p/page/import/",
+        {"file": SimpleUploadedFile("p.jsonl", jsonl(rows[:1])), "votes_as": "no spaces"},
+        follow=True,
+    )
     assert "votes_as" in bad_name.content.decode()
 
 
@@ -349,14 +397,23 @@ def test_the_api_import_reports_every_count(make_project, make_member, api_clien
 
     project = make_project(slug="apiimp", n_items=0)
     client = api_client_for(make_member(project, "res", role="researcher"))
-    rows = [{"prompt": "Q1", "chosen": "good", "rejected": ""}, {"prompt": "Q2", "chosen": 3, "rejected": "x"},
-            {"prompt": "Q1", "chosen": "good", "rejected": ""}]  # fmt: skip
+    rows = [
+        {"prompt": "Q1", "chosen": "good", "rejected": ""},
+        {"prompt": "Q2", "chosen": 3, "rejected": "x"},
+        {"prompt": "Q1", "chosen": "good", "rejected": ""},
+    ]
     upload = SimpleUploadedFile("pairs.jsonl", jsonl(rows))
-    response = client.post("/api/projects/apiimp/items/?skip_invalid=1&votes_as=labels", {"file": upload}, format="multipart")
+    response = client.post(
+        "/api/projects/apiimp/items/?skip_invalid=1&votes_as=labels", {"file": upload}, format="multipart"
+    )
     assert response.status_code == 201, response.content
     body = response.json()
     assert (body["created"], body["empty_responses"], body["repeated_texts"], body["votes"]) == (1, 1, 0, 1)
-    assert body["skipped"] == [{"line": 2, "reason": "response 1 must be text or an object with \"text\"."}]
+    assert body["skipped"] == [{"line": 2, "reason": 'response 1 must be text or an object with "text".'}]
     assert body["duplicates"] == [{"line": 3, "id": Item.objects.get(project=project).external_id}]
-    refused = client.post("/api/projects/apiimp/items/?skip_invalid=maybe", {"file": SimpleUploadedFile("p.jsonl", jsonl(rows))}, format="multipart")
+    refused = client.post(
+        "/api/projects/apiimp/items/?skip_invalid=maybe",
+        {"file": SimpleUploadedFile("p.jsonl", jsonl(rows))},
+        format="multipart",
+    )
     assert refused.status_code == 400 and "skip_invalid" in refused.json()["detail"]

@@ -103,7 +103,9 @@ def crowd_kit_converged(labels: pd.DataFrame):
 
     from annotate.reliability import DS_MAX_ITER
 
-    return DawidSkene(n_iter=DS_MAX_ITER, tol=-np.inf).fit(labels.rename(columns={"item": "task", "annotator": "worker"}))
+    return DawidSkene(n_iter=DS_MAX_ITER, tol=-np.inf).fit(
+        labels.rename(columns={"item": "task", "annotator": "worker"})
+    )
 
 
 def assert_same_as_crowd_kit(ours, theirs, atol=1e-4):
@@ -191,9 +193,12 @@ def test_reliability_that_cannot_be_estimated_is_nan_with_the_reason():
 
     # c labels items nobody else labels: their accuracy would be measured against themselves.
     shared = pd.DataFrame(
-        {"item": [1, 1, 2, 2, 3, 3, 4, 5], "annotator": ["a", "b", "a", "b", "a", "b", "c", "c"],
-         "label": ["x", "x", "y", "y", "x", "y", "x", "y"]}
-    )  # fmt: skip
+        {
+            "item": [1, 1, 2, 2, 3, 3, 4, 5],
+            "annotator": ["a", "b", "a", "b", "a", "b", "c", "c"],
+            "label": ["x", "x", "y", "y", "x", "y", "x", "y"],
+        }
+    )
     result = dawid_skene(shared)
     assert result.unestimated == {"c": "shares no item with another annotator"}
     assert np.isnan(result.accuracy["c"])

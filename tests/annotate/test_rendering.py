@@ -14,6 +14,7 @@ def elements(html: str) -> list[tuple[str, dict]]:
     Collector().feed(html)
     return found
 
+
 PAYLOADS = [
     "<script>window.__pwned=1</script>",
     '<img src=x onerror="window.__pwned=2">',
@@ -40,7 +41,9 @@ def test_no_payload_survives_as_markup():
 
 
 def test_markdown_code_and_tables_render():
-    html = render_markdown("```python\nprint('<b>hi</b>')\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n[ok](https://example.com)")
+    html = render_markdown(
+        "```python\nprint('<b>hi</b>')\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n[ok](https://example.com)"
+    )
     assert '<pre><code class="language-python">' in html
     assert "&lt;b&gt;hi&lt;/b&gt;" in html
     assert "<table>" in html and "<td>1</td>" in html

@@ -33,7 +33,9 @@ def test_split_groups_by_prompt_and_is_deterministic(make_project):
     project = make_project(n_items=0, overlap=1)
     rows = [{"id": f"i{i}", "prompt": f"p{i % 10}", "responses": [f"good {i}", f"bad {i}"]} for i in range(40)]
     actions.import_items(project, parse_items(jsonl(rows), "jsonl", "pairwise"))
-    actions.import_judgments(project, parse_votes(jsonl([{"item": f"i{i}", "annotator": "a", "winner": 0} for i in range(40)]), "jsonl"))
+    actions.import_judgments(
+        project, parse_votes(jsonl([{"item": f"i{i}", "annotator": "a", "winner": 0} for i in range(40)]), "jsonl")
+    )
     first = build_splits(project, ExportOptions(test_size=0.3, seed=7))
     again = build_splits(project, ExportOptions(test_size=0.3, seed=7))
     other = build_splits(project, ExportOptions(test_size=0.3, seed=8))
@@ -72,14 +74,30 @@ def test_hash_does_not_depend_on_the_container(voted):
     import datasets
 
     assert datasets.load_from_disk(snapshot_files(hf_snapshot)["train"]).num_rows == 20
-    assert datasets.load_dataset("parquet", data_files=snapshot_files(parquet_snapshot)["train"], split="train").num_rows == 20
+    assert (
+        datasets.load_dataset("parquet", data_files=snapshot_files(parquet_snapshot)["train"], split="train").num_rows
+        == 20
+    )
 
 
 def test_hf_split_command_output_has_no_prompt_in_both_splits(voted, tmp_path):
     import datasets
 
     out = tmp_path / "hf"
-    call_command("export_dataset", "demo", "--format", "trl", "--out", str(out), "--container", "hf", "--test-size", "0.2", "--seed", "3")
+    call_command(
+        "export_dataset",
+        "demo",
+        "--format",
+        "trl",
+        "--out",
+        str(out),
+        "--container",
+        "hf",
+        "--test-size",
+        "0.2",
+        "--seed",
+        "3",
+    )
     loaded = datasets.load_from_disk(str(out))
     assert set(loaded) == {"train", "test"} and loaded["test"].num_rows == 4
     assert not set(loaded["train"]["prompt"]) & set(loaded["test"]["prompt"])
@@ -141,23 +159,38 @@ def test_the_dataset_card_front_matter_is_valid_yaml_whatever_the_names(voted, n
     meta, body = _front_matter((snapshot.folder / "README.md").read_text(encoding="utf-8"))
     assert meta["pretty_name"] == f"{name} (trl)" and meta["license"] == "license: #1"
     assert meta["tags"] == ["arbiter", "preference", "rlhf", "trl"]
-    assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "train.jsonl"}, {"split": "test", "path": "test.jsonl"}]}]
+    assert meta["configs"] == [
+        {
+            "config_name": "default",
+            "data_files": [{"split": "train", "path": "train.jsonl"}, {"split": "test", "path": "test.jsonl"}],
+        }
+    ]
     assert f"\n# {' '.join(name.split())}: trl snapshot {snapshot.pk}\n" in body and snapshot.content_hash in body
 
 
 def test_the_card_lists_each_criterion_test_split_as_a_config(make_project):
     project = make_project(slug="crit", n_items=0, overlap=1, criteria=["helpful", "safe: for kids"])
     actions.import_items(project, parse_items(jsonl(pairwise_rows(8)), "jsonl", "pairwise"))
-    votes = [{"item": f"item-{i}", "annotator": "a", "winner": 0, "criteria": {"helpful": 0, "safe: for kids": 1}} for i in range(8)]
+    votes = [
+        {"item": f"item-{i}", "annotator": "a", "winner": 0, "criteria": {"helpful": 0, "safe: for kids": 1}}
+        for i in range(8)
+    ]
     actions.import_judgments(project, parse_votes(jsonl(votes), "jsonl"))
-    snapshot, _ = create_snapshot(project, ExportOptions(format="trl", criterion="helpful", test_size=0.5, seed=1, container="parquet"))
+    snapshot, _ = create_snapshot(
+        project, ExportOptions(format="trl", criterion="helpful", test_size=0.5, seed=1, container="parquet")
+    )
     meta, _ = _front_matter((snapshot.folder / "README.md").read_text(encoding="utf-8"))
     path = snapshot_files(snapshot)["test:safe: for kids"]
     assert path.endswith(".parquet") and path.rsplit("/", 1)[1].startswith("test-safe-for-kids-")
-    assert meta["configs"][1] == {"config_name": "test: safe: for kids", "data_files": [{"split": "test", "path": path.rsplit("/", 1)[1]}]}
+    assert meta["configs"][1] == {
+        "config_name": "test: safe: for kids",
+        "data_files": [{"split": "test", "path": path.rsplit("/", 1)[1]}],
+    }
 
 
-def test_the_card_downloads_from_the_api_and_the_page_for_researchers_and_admins(voted, make_member, make_project, api_client_for, client):
+def test_the_card_downloads_from_the_api_and_the_page_for_researchers_and_admins(
+    voted, make_member, make_project, api_client_for, client
+):
     snapshot, _ = create_snapshot(voted, ExportOptions(test_size=0.25, seed=1))
     card = (snapshot.folder / "README.md").read_bytes()
     url = f"/api/exports/{snapshot.pk}/card/"

@@ -16,7 +16,9 @@ def test_every_field_of_the_models_is_known_to_the_hand_written_statements(model
     """A field added to one of these models fails here until annotate/sql.py's statements were checked for it
     (see ``RAW_FIELDS``): a column the pick or the one-statement submit must set, a default the bulk import needs."""
     fields = {f.attname for f in model._meta.concrete_fields}
-    assert fields == sql.RAW_FIELDS[model], f"check annotate/sql.py for {model.__name__}: {fields ^ sql.RAW_FIELDS[model]}"
+    assert fields == sql.RAW_FIELDS[model], (
+        f"check annotate/sql.py for {model.__name__}: {fields ^ sql.RAW_FIELDS[model]}"
+    )
 
 
 def test_the_tripwire_sees_a_new_field():
@@ -46,8 +48,14 @@ def test_statements_name_tables_and_columns_from_meta():
         sql.with_schema("SELECT {Task.nonsense} FROM {Task}")
     # The loop's statements hold no table literal: every table name in them is a quoted one from _meta.
     statements = [
-        sql.pick_statement(1, 2, mark=3, skip_locked=True)[0], sql.membership_mark(lock=True), sql.move_mark(),
-        sql.task_status(lock=True), sql._sql("held"), sql._sql("task"), sql._sql("responses"), sql._sql("member_project"),
-    ]  # fmt: skip
+        sql.pick_statement(1, 2, mark=3, skip_locked=True)[0],
+        sql.membership_mark(lock=True),
+        sql.move_mark(),
+        sql.task_status(lock=True),
+        sql._sql("held"),
+        sql._sql("task"),
+        sql._sql("responses"),
+        sql._sql("member_project"),
+    ]
     for statement in statements:
         assert not re.search(r'(?<!")\bannotate_\w+', statement), statement

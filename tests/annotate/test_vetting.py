@@ -29,7 +29,11 @@ def answer(client, project, pick):
     task = got.json()
     good = Item.objects.get(tasks__id=task["id"]).responses.get(index=0).pk
     choice = pick(task, good)
-    posted = client.post(f"/api/tasks/{task['id']}/judgments/", {"choice": choice, "strength": 1, "idempotency_key": f"k{task['id']}"}, format="json")
+    posted = client.post(
+        f"/api/tasks/{task['id']}/judgments/",
+        {"choice": choice, "strength": 1, "idempotency_key": f"k{task['id']}"},
+        format="json",
+    )
     assert posted.status_code == 201
     return got
 
@@ -62,7 +66,9 @@ def test_candidates_qualify_first_and_are_admitted_or_refused(make_project, make
     assert refused.status_code == 403 and "not admitted" in refused.json()["detail"]
 
 
-def test_a_random_annotator_is_flagged_within_20_gold_items_and_a_careful_one_is_not(make_project, make_member, api_client_for):
+def test_a_random_annotator_is_flagged_within_20_gold_items_and_a_careful_one_is_not(
+    make_project, make_member, api_client_for
+):
     project = make_project(n_items=60, overlap=2, gold_rate=0.5, review_min_gold=10, review_gold_accuracy=0.7)
     actions.import_items(project, parse_items(jsonl(rows_with("gold", 40)), "jsonl", Kind.PAIRWISE))
     careful_user, random_user = make_member(project, "careful"), make_member(project, "sloppy")
@@ -143,16 +149,39 @@ def test_scores_and_findings_are_pure_functions():
     a = ["y"] * 20 + ["y"] * 5 + ["n"] * 10 + ["n"] * 15
     b = ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15
     assert cohen_kappa(a, b) == pytest.approx(0.4)
-    result = qualify(Kind.PAIRWISE, "cohen_kappa", 0.3, [({"outcome": "win", "winner_id": x}, {"outcome": "win", "winner_id": y}) for x, y in zip(a, b)])
+    result = qualify(
+        Kind.PAIRWISE,
+        "cohen_kappa",
+        0.3,
+        [({"outcome": "win", "winner_id": x}, {"outcome": "win", "winner_id": y}) for x, y in zip(a, b)],
+    )
     assert result.admitted and result.metric == "cohen_kappa" and result.score == pytest.approx(0.4)
 
     class Settings:
         review_gold_accuracy, review_min_gold, review_majority_agreement = 0.7, 10, 0.6
         review_speed_ratio, review_position_bias_p = 0.2, 0.001
 
-    fine = AnnotatorStats(n_gold=12, gold_accuracy=0.9, n_shared=20, majority_agreement=0.8, median_ms=5000, project_median_ms=6000, n_wins=40, n_first=22)
+    fine = AnnotatorStats(
+        n_gold=12,
+        gold_accuracy=0.9,
+        n_shared=20,
+        majority_agreement=0.8,
+        median_ms=5000,
+        project_median_ms=6000,
+        n_wins=40,
+        n_first=22,
+    )
     assert review_findings(fine, Settings) == []
-    bad = AnnotatorStats(n_gold=12, gold_accuracy=0.5, n_shared=20, majority_agreement=0.4, median_ms=500, project_median_ms=6000, n_wins=40, n_first=38)
+    bad = AnnotatorStats(
+        n_gold=12,
+        gold_accuracy=0.5,
+        n_shared=20,
+        majority_agreement=0.4,
+        median_ms=500,
+        project_median_ms=6000,
+        n_wins=40,
+        n_first=38,
+    )
     assert len(review_findings(bad, Settings)) == 4
 
 
@@ -186,19 +215,31 @@ def test_gold_feedback_after_a_miss_and_settings_by_researchers(make_project, ma
     researcher = api_client_for(make_member(project, "res", Role.RESEARCHER))
     annotator = api_client_for(make_member(project, "ann"))
     assert annotator.patch("/api/projects/demo/", {"gold_feedback": True}, format="json").status_code == 403
-    changed = researcher.patch("/api/projects/demo/", {"gold_feedback": True, "review_gold_accuracy": 0.8}, format="json")
+    changed = researcher.patch(
+        "/api/projects/demo/", {"gold_feedback": True, "review_gold_accuracy": 0.8}, format="json"
+    )
     assert changed.status_code == 200 and changed.json()["gold_feedback"] is True
     assert researcher.patch("/api/projects/demo/", {"gold_rate": 3}, format="json").status_code == 400
-    assert researcher.patch("/api/projects/demo/", {"overlap": 9}, format="json").json()["overlap"] == 2  # not a setting
+    assert (
+        researcher.patch("/api/projects/demo/", {"overlap": 9}, format="json").json()["overlap"] == 2
+    )  # not a setting
     task = annotator.get("/api/projects/demo/next-task/").json()
     good = Item.objects.get(tasks__id=task["id"]).responses.get(index=0).pk
     bad_choice = "B" if task["responses"][0]["id"] == good else "A"
-    missed = annotator.post(f"/api/tasks/{task['id']}/judgments/", {"choice": bad_choice, "strength": 1, "idempotency_key": "x"}, format="json").json()
+    missed = annotator.post(
+        f"/api/tasks/{task['id']}/judgments/",
+        {"choice": bad_choice, "strength": 1, "idempotency_key": "x"},
+        format="json",
+    ).json()
     right_choice = "A" if bad_choice == "B" else "B"
     assert missed["feedback"] == f"This was a check item: the researchers judged response {right_choice} better."
     task = annotator.get("/api/projects/demo/next-task/").json()
     good = Item.objects.get(tasks__id=task["id"]).responses.get(index=0).pk
-    hit = annotator.post(f"/api/tasks/{task['id']}/judgments/", {"choice": "A" if task["responses"][0]["id"] == good else "B", "strength": 1, "idempotency_key": "y"}, format="json").json()
+    hit = annotator.post(
+        f"/api/tasks/{task['id']}/judgments/",
+        {"choice": "A" if task["responses"][0]["id"] == good else "B", "strength": 1, "idempotency_key": "y"},
+        format="json",
+    ).json()
     assert "feedback" not in hit
 
 

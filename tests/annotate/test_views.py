@@ -45,7 +45,12 @@ def test_plain_post_records_and_redirects(annotator_client):
     # The same form posted twice (a double click without JavaScript) is stored once.
     assert client.post(f"/p/demo/tasks/{task.pk}/judge/", data).status_code == 302
     judgment = Judgment.objects.get()
-    assert (judgment.winner_id, judgment.strength, judgment.text, judgment.source) == (task.display_order[0], 2, "clearer", "web")
+    assert (judgment.winner_id, judgment.strength, judgment.text, judgment.source) == (
+        task.display_order[0],
+        2,
+        "clearer",
+        "web",
+    )
     assert judgment.duration_ms is not None  # measured from the lease without JavaScript
 
 
@@ -89,7 +94,9 @@ def test_missing_strength_is_an_error_that_keeps_the_task(annotator_client):
     task = Task.objects.get(annotator=user)
     plain = client.post(f"/p/demo/tasks/{task.pk}/judge/", {"choice": "A", "idempotency_key": "k"})
     assert plain.status_code == 400 and "Say how much better" in plain.content.decode()
-    htmx = client.post(f"/p/demo/tasks/{task.pk}/judge/", {"choice": "A", "idempotency_key": "k"}, HTTP_HX_REQUEST="true")
+    htmx = client.post(
+        f"/p/demo/tasks/{task.pk}/judge/", {"choice": "A", "idempotency_key": "k"}, HTTP_HX_REQUEST="true"
+    )
     assert htmx.status_code == 200 and f'data-task="{task.pk}"' in htmx.content.decode()
     assert not Judgment.objects.exists()
 
@@ -130,10 +137,16 @@ def test_researcher_creates_imports_and_downloads(client, make_project, make_mem
     seed = make_project(slug="seed", n_items=0)
     researcher = make_member(seed, "res", Role.RESEARCHER)
     client.force_login(researcher)
-    answer = client.post("/projects/new/", {"slug": "fresh", "kind": "pairwise", "overlap": 2, "instructions": "Be careful."})
+    answer = client.post(
+        "/projects/new/", {"slug": "fresh", "kind": "pairwise", "overlap": 2, "instructions": "Be careful."}
+    )
     assert answer.status_code == 302
     project = Project.objects.get(slug="fresh")
-    assert (project.overlap, project.created_by, project.memberships.get(user=researcher).role) == (2, researcher, "admin")
+    assert (project.overlap, project.created_by, project.memberships.get(user=researcher).role) == (
+        2,
+        researcher,
+        "admin",
+    )
     upload = SimpleUploadedFile("items.jsonl", jsonl(pairwise_rows(4)))
     client.post("/p/fresh/import/", {"file": upload})
     assert Item.objects.filter(project=project).count() == 4
@@ -207,7 +220,9 @@ def kind_rows(n_items: int, n_responses: int, *, steps: bool = False) -> list[di
     rows = []
     for i in range(n_items):
         if steps:
-            responses = [f"Item {i} response {r} step one.\nStep two of {r}.\n\nStep three of {r}." for r in range(n_responses)]
+            responses = [
+                f"Item {i} response {r} step one.\nStep two of {r}.\n\nStep three of {r}." for r in range(n_responses)
+            ]
         else:
             responses = [f"Item {i}: response number {r}." for r in range(n_responses)]
         rows.append({"id": f"it-{i}", "prompt": f"Prompt {i}", "responses": responses})
@@ -221,7 +236,9 @@ def kind_client(client, db):
     def make(kind, n_responses=3, n_items=3, steps=False, **fields):
         project = actions.create_project(slug=f"{kind}-p", kind=kind, overlap=1, randomize_order=True, **fields)
         if n_items:
-            actions.import_items(project, parse_items(jsonl(kind_rows(n_items, n_responses, steps=steps)), "jsonl", kind))
+            actions.import_items(
+                project, parse_items(jsonl(kind_rows(n_items, n_responses, steps=steps)), "jsonl", kind)
+            )
         user = actions.add_member(project, "ann", Role.ANNOTATOR).user
         client.force_login(user)
         return client, project, user
@@ -232,14 +249,26 @@ def kind_client(client, db):
 def current_task(client, project, user) -> Task:
     page = client.get(f"/p/{project.slug}/annotate/")
     assert page.status_code == 200
-    return Task.objects.get(annotator=user, status="leased", pk=int(page.content.decode().split('data-task="')[1].split('"')[0]))
+    return Task.objects.get(
+        annotator=user, status="leased", pk=int(page.content.decode().split('data-task="')[1].split('"')[0])
+    )
 
 
 def test_payload_of_each_kind_form(kind_client, db):
     client, project, user = kind_client(Kind.RANKING, n_responses=4, allow_ties=True)
     task = current_task(client, project, user)
     a, b, c, d = task.display_order
-    form = judgment_form(task, {f"rank_{a}": "2", f"rank_{b}": "1", f"rank_{c}": "2", f"rank_{d}": "4", "idempotency_key": "k", "duration_ms": "5"})
+    form = judgment_form(
+        task,
+        {
+            f"rank_{a}": "2",
+            f"rank_{b}": "1",
+            f"rank_{c}": "2",
+            f"rank_{d}": "4",
+            "idempotency_key": "k",
+            "duration_ms": "5",
+        },
+    )
     assert form.is_valid(), form.errors
     assert form.payload() == {"ranking": [b, [a, c], d], "rationale": "", "duration_ms": 5}
 
@@ -252,10 +281,14 @@ def test_ranking_plain_post_and_htmx(kind_client):
     assert "<kbd>Backspace</kbd> undo" in page
     a, b, c, d = task.display_order
     ranks = {f"rank_{a}": "3", f"rank_{b}": "1", f"rank_{c}": "4", f"rank_{d}": "2"}
-    answer = client.post(f"/p/ranking-p/tasks/{task.pk}/judge/", {**ranks, "idempotency_key": "r1", "rationale": "b first"})
+    answer = client.post(
+        f"/p/ranking-p/tasks/{task.pk}/judge/", {**ranks, "idempotency_key": "r1", "rationale": "b first"}
+    )
     assert answer.status_code == 302 and answer["Location"] == "/p/ranking-p/annotate/"
     judgment = Judgment.objects.get(task=task)
-    assert judgment.data == {"ranking": [[b], [d], [a], [c]]} and judgment.text == "b first" and judgment.source == "web"
+    assert (
+        judgment.data == {"ranking": [[b], [d], [a], [c]]} and judgment.text == "b first" and judgment.source == "web"
+    )
 
     # Equal ranks without allow_ties: a 400 page that says so, nothing stored, the choices kept.
     task2 = current_task(client, project, user)
@@ -263,7 +296,7 @@ def test_ranking_plain_post_and_htmx(kind_client):
     tied = {f"rank_{a}": "1", f"rank_{b}": "1", f"rank_{c}": "2", f"rank_{d}": "3", "idempotency_key": "r2"}
     plain = client.post(f"/p/ranking-p/tasks/{task2.pk}/judge/", tied)
     assert plain.status_code == 400 and "does not allow ties" in plain.content.decode()
-    assert f'<option value="1" selected>1</option>' in plain.content.decode()
+    assert '<option value="1" selected>1</option>' in plain.content.decode()
     htmx = client.post(f"/p/ranking-p/tasks/{task2.pk}/judge/", tied, HTTP_HX_REQUEST="true")
     assert htmx.status_code == 200 and "<html" not in htmx.content.decode()
     assert '"arbiter:invalid"' in htmx["HX-Trigger"] and f'"task": {task2.pk}' in htmx["HX-Trigger"]
@@ -272,7 +305,14 @@ def test_ranking_plain_post_and_htmx(kind_client):
     # The htmx answer is the next task's fragment and an acknowledgement event.
     ok = client.post(
         f"/p/ranking-p/tasks/{task2.pk}/judge/",
-        {f"rank_{a}": "1", f"rank_{b}": "2", f"rank_{c}": "3", f"rank_{d}": "4", "idempotency_key": "r3", "duration_ms": "700"},
+        {
+            f"rank_{a}": "1",
+            f"rank_{b}": "2",
+            f"rank_{c}": "3",
+            f"rank_{d}": "4",
+            "idempotency_key": "r3",
+            "duration_ms": "700",
+        },
         HTTP_HX_REQUEST="true",
     )
     judgment = Judgment.objects.get(task=task2)
@@ -286,19 +326,32 @@ def test_ranking_with_ties(kind_client):
     client, project, user = kind_client(Kind.RANKING, n_responses=3, allow_ties=True)
     task = current_task(client, project, user)
     a, b, c = task.display_order
-    client.post(f"/p/ranking-p/tasks/{task.pk}/judge/", {f"rank_{a}": "2", f"rank_{b}": "1", f"rank_{c}": "2", "idempotency_key": "t"})
+    client.post(
+        f"/p/ranking-p/tasks/{task.pk}/judge/",
+        {f"rank_{a}": "2", f"rank_{b}": "1", f"rank_{c}": "2", "idempotency_key": "t"},
+    )
     assert Judgment.objects.get(task=task).data == {"ranking": [[b], [a, c]]}
 
 
 def test_rating_numeric_with_criteria(kind_client):
-    client, project, user = kind_client(Kind.RATING, n_responses=2, criteria=["helpful", "safe"], scale={"min": 1, "max": 5})
+    client, project, user = kind_client(
+        Kind.RATING, n_responses=2, criteria=["helpful", "safe"], scale={"min": 1, "max": 5}
+    )
     page = client.get("/p/rating-p/annotate/").content.decode()
     task = Task.objects.get(annotator=user)
     a, b = task.display_order
     assert page.count('type="radio" name="rating_') == 2 * 2 * 5
     assert "Highlight differences between 1 and 2" in page
-    data = {f"rating_{a}_0": "5", f"rating_{a}_1": "4", f"rating_{b}_0": "2", f"rating_{b}_1": "5", "idempotency_key": "x"}
-    missing = client.post(f"/p/rating-p/tasks/{task.pk}/judge/", {k: v for k, v in data.items() if k != f"rating_{b}_1"})
+    data = {
+        f"rating_{a}_0": "5",
+        f"rating_{a}_1": "4",
+        f"rating_{b}_0": "2",
+        f"rating_{b}_1": "5",
+        "idempotency_key": "x",
+    }
+    missing = client.post(
+        f"/p/rating-p/tasks/{task.pk}/judge/", {k: v for k, v in data.items() if k != f"rating_{b}_1"}
+    )
     assert missing.status_code == 400 and "Rate safe." in missing.content.decode()
     assert client.post(f"/p/rating-p/tasks/{task.pk}/judge/", data).status_code == 302
     judgment = Judgment.objects.get(task=task)
@@ -332,7 +385,9 @@ def test_steps_one_response_sends_a_plain_list(kind_client):
     client, project, user = kind_client(Kind.STEPS, n_responses=1, steps=True)
     task = current_task(client, project, user)
     (a,) = task.display_order
-    form = judgment_form(task, {f"step_{a}_0": "positive", f"step_{a}_1": "neutral", f"step_{a}_2": "negative", "idempotency_key": "k"})
+    form = judgment_form(
+        task, {f"step_{a}_0": "positive", f"step_{a}_1": "neutral", f"step_{a}_2": "negative", "idempotency_key": "k"}
+    )
     assert form.is_valid() and form.payload()["steps"] == ["positive", "neutral", "negative"]
     client.post(f"/p/steps-p/tasks/{task.pk}/judge/", {**form.data})
     assert Judgment.objects.get(task=task).data == {"steps": {str(a): ["positive", "neutral", "negative"]}}
@@ -349,14 +404,19 @@ def test_demonstration_start_from_and_submit(kind_client):
     assert f'data-raw="{text_b}"' in started
     empty = client.post(f"/p/demonstration-p/tasks/{task.pk}/judge/", {"text": "  ", "idempotency_key": "d0"})
     assert empty.status_code == 400 and "Write the response" in empty.content.decode()
-    client.post(f"/p/demonstration-p/tasks/{task.pk}/judge/", {"text": text_b + " Better.", "based_on": str(b), "idempotency_key": "d1"})
+    client.post(
+        f"/p/demonstration-p/tasks/{task.pk}/judge/",
+        {"text": text_b + " Better.", "based_on": str(b), "idempotency_key": "d1"},
+    )
     judgment = Judgment.objects.get(task=task)
     assert (judgment.text, judgment.data) == (text_b + " Better.", {"based_on": b})
 
 
 def test_demonstration_without_responses(client, db):
     project = actions.create_project(slug="demo0", kind=Kind.DEMONSTRATION, overlap=1)
-    actions.import_items(project, parse_items(jsonl([{"prompt": "Write a haiku.", "responses": []}]), "jsonl", Kind.DEMONSTRATION))
+    actions.import_items(
+        project, parse_items(jsonl([{"prompt": "Write a haiku.", "responses": []}]), "jsonl", Kind.DEMONSTRATION)
+    )
     user = actions.add_member(project, "ann", Role.ANNOTATOR).user
     client.force_login(user)
     task = current_task(client, project, user)
@@ -371,9 +431,17 @@ def test_pairwise_criteria_and_a_better_one(kind_client):
     page = client.get("/p/pairwise-p/annotate/").content.decode()
     task = Task.objects.get(annotator=user)
     assert 'name="criterion_0"' in page and 'name="criterion_1"' in page and "Helpfulness" in page
-    missing = client.post(f"/p/pairwise-p/tasks/{task.pk}/judge/", {"choice": "tie", "criterion_0": "A", "idempotency_key": "p0"})
+    missing = client.post(
+        f"/p/pairwise-p/tasks/{task.pk}/judge/", {"choice": "tie", "criterion_0": "A", "idempotency_key": "p0"}
+    )
     assert missing.status_code == 400 and "Choose for harmlessness too." in missing.content.decode()
-    data = {"choice": "both_bad", "criterion_0": "B", "criterion_1": "tie", "demonstration": "A far better answer.", "idempotency_key": "p1"}
+    data = {
+        "choice": "both_bad",
+        "criterion_0": "B",
+        "criterion_1": "tie",
+        "demonstration": "A far better answer.",
+        "idempotency_key": "p1",
+    }
     client.post(f"/p/pairwise-p/tasks/{task.pk}/judge/", data)
     judgment = Judgment.objects.get(task=task)
     assert (judgment.outcome, judgment.winner_id, judgment.strength) == ("both_bad", None, None)
@@ -386,7 +454,17 @@ def test_pairwise_criteria_and_a_better_one(kind_client):
     }
     # A "better one" typed before switching to another choice is not sent.
     task2 = current_task(client, project, user)
-    form = judgment_form(task2, {"choice": "A", "strength": "1", "criterion_0": "A", "criterion_1": "A", "demonstration": "x", "idempotency_key": "k"})
+    form = judgment_form(
+        task2,
+        {
+            "choice": "A",
+            "strength": "1",
+            "criterion_0": "A",
+            "criterion_1": "A",
+            "demonstration": "x",
+            "idempotency_key": "k",
+        },
+    )
     assert form.is_valid() and "demonstration" not in form.payload()
 
 
@@ -431,7 +509,11 @@ def test_skip_plain_and_htmx(kind_client):
     html = htmx.content.decode()
     assert "Skipped." in html and f'data-task="{second.pk}"' not in html
     # A skipped task cannot be answered any more: the page moves on with the reason.
-    late = client.post(f"/p/steps-p/tasks/{task.pk}/judge/", {"step_1_0": "positive", "idempotency_key": "late"}, HTTP_HX_REQUEST="true")
+    late = client.post(
+        f"/p/steps-p/tasks/{task.pk}/judge/",
+        {"step_1_0": "positive", "idempotency_key": "late"},
+        HTTP_HX_REQUEST="true",
+    )
     assert not Judgment.objects.filter(task=task).exists() and late.status_code == 200
 
 
@@ -442,7 +524,9 @@ def test_answer_to_a_skipped_task_is_a_conflict_that_moves_on(kind_client):
     plain = client.post(f"/p/demonstration-p/tasks/{task.pk}/judge/", {"text": "hi", "idempotency_key": "c"})
     assert plain.status_code == 302
     assert "This task was skipped." in client.get("/p/demonstration-p/annotate/").content.decode()
-    htmx = client.post(f"/p/demonstration-p/tasks/{task.pk}/judge/", {"text": "hi", "idempotency_key": "c2"}, HTTP_HX_REQUEST="true")
+    htmx = client.post(
+        f"/p/demonstration-p/tasks/{task.pk}/judge/", {"text": "hi", "idempotency_key": "c2"}, HTTP_HX_REQUEST="true"
+    )
     assert json.loads(htmx["HX-Trigger"])["arbiter:conflict"]["task"] == task.pk
     assert f'data-task="{task.pk}"' not in htmx.content.decode()
     assert not Judgment.objects.exists()
@@ -470,14 +554,31 @@ def test_researcher_creates_projects_of_every_kind(client, make_project, make_me
     client.force_login(make_member(seed, "res", Role.RESEARCHER))
     answer = client.post(
         "/projects/new/",
-        {"slug": "rate", "kind": "rating", "overlap": 1, "criteria_text": "helpful, safe", "scale_text": "safe,unsafe,unsure"},
+        {
+            "slug": "rate",
+            "kind": "rating",
+            "overlap": 1,
+            "criteria_text": "helpful, safe",
+            "scale_text": "safe,unsafe,unsure",
+        },
     )
     assert answer.status_code == 302
     project = Project.objects.get(slug="rate")
-    assert (project.kind, project.criteria, project.scale) == ("rating", ["helpful", "safe"], {"labels": ["safe", "unsafe", "unsure"]})
-    client.post("/projects/new/", {"slug": "rank", "kind": "ranking", "overlap": 1, "allow_ties": "on", "scale_text": "1-5"})
+    assert (project.kind, project.criteria, project.scale) == (
+        "rating",
+        ["helpful", "safe"],
+        {"labels": ["safe", "unsafe", "unsure"]},
+    )
+    client.post(
+        "/projects/new/", {"slug": "rank", "kind": "ranking", "overlap": 1, "allow_ties": "on", "scale_text": "1-5"}
+    )
     project = Project.objects.get(slug="rank")
-    assert (project.kind, project.allow_ties, project.scale, project.step_separator) == ("ranking", True, {"min": 1, "max": 5}, "\n")
+    assert (project.kind, project.allow_ties, project.scale, project.step_separator) == (
+        "ranking",
+        True,
+        {"min": 1, "max": 5},
+        "\n",
+    )
     bad = client.post("/projects/new/", {"slug": "bad", "kind": "rating", "overlap": 1, "scale_text": "7-1"})
     assert bad.status_code == 200 and "lower to a higher" in bad.content.decode()
 
@@ -491,7 +592,9 @@ def test_researcher_downloads_each_format_and_creates_a_snapshot(client, make_pr
 
     settings.ARTIFACT_ROOT = tmp_path
     project = make_project(n_items=4, overlap=1)
-    actions.import_judgments(project, parse_votes(jsonl([{"item": f"item-{i}", "annotator": "x", "winner": 0} for i in range(4)]), "jsonl"))
+    actions.import_judgments(
+        project, parse_votes(jsonl([{"item": f"item-{i}", "annotator": "x", "winner": 0} for i in range(4)]), "jsonl")
+    )
     client.force_login(make_member(project, "res", Role.RESEARCHER))
     page = client.get("/p/demo/").content.decode()
     assert '<option value="openai-dpo">' in page and '<option value="steps">' not in page

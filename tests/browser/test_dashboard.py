@@ -28,7 +28,12 @@ def rows(n: int, start: int = 0, gold: bool = False) -> list[dict]:
             right, wrong = f"Adding {i} to itself gives {2 * i}: twice {i}.", f"{2 * i + 1}."
         index = i % 2
         responses = [right, wrong] if index == 0 else [wrong, right]
-        row = {"id": f"{'gold' if gold else 'item'}-{i}", "prompt": f"What is {i} + {i}?", "responses": responses, "metadata": {"right": index}}
+        row = {
+            "id": f"{'gold' if gold else 'item'}-{i}",
+            "prompt": f"What is {i} + {i}?",
+            "responses": responses,
+            "metadata": {"right": index},
+        }
         if gold:
             row["purpose"], row["gold"] = "gold", {"winner": index}
         result.append(row)
@@ -45,9 +50,19 @@ def populate(project, make_member):
         "dana": lambda task, good, lengths: "A" if (task.display_order[0] == good) ^ (rng.random() < 0.15) else "B",
         "random-rita": lambda task, good, lengths: rng.choice("AB"),
         "first-fred": lambda task, good, lengths: "A",
-        "long-lena": lambda task, good, lengths: "A" if lengths[task.display_order[0]] > lengths[task.display_order[1]] else "B",
+        "long-lena": lambda task, good, lengths: (
+            "A" if lengths[task.display_order[0]] > lengths[task.display_order[1]] else "B"
+        ),
     }
-    pace = {"alice": 9000, "bruno": 7000, "chen": 11000, "dana": 8000, "random-rita": 900, "first-fred": 2500, "long-lena": 6000}
+    pace = {
+        "alice": 9000,
+        "bruno": 7000,
+        "chen": 11000,
+        "dana": 8000,
+        "random-rita": 900,
+        "first-fred": 2500,
+        "long-lena": 6000,
+    }
     users = {name: make_member(project, name, password=PASSWORD) for name in habits}
     active = set(habits)
     while active:
@@ -65,16 +80,25 @@ def populate(project, make_member):
             lengths = {pk: len(r.text) for pk, r in responses.items()}
             choice = habits[name](task, good, lengths)
             duration = int(pace[name] * rng.uniform(0.6, 1.6))
-            actions.record_judgment(task, {"choice": choice, "strength": rng.randint(0, 3), "duration_ms": duration}, f"{name}-{task.pk}")
+            actions.record_judgment(
+                task, {"choice": choice, "strength": rng.randint(0, 3), "duration_ms": duration}, f"{name}-{task.pk}"
+            )
     return users
 
 
 def test_dashboard_shows_who_to_review_and_reinstates(make_project, make_member, new_context):
     cache.clear()
     project = make_project(
-        slug="demo", kind=Kind.PAIRWISE, overlap=4, n_items=0, gold_rate=0.25, review_min_gold=8,
-        review_gold_accuracy=0.7, review_speed_ratio=0.2, name="Arithmetic preferences",
-    )  # fmt: skip
+        slug="demo",
+        kind=Kind.PAIRWISE,
+        overlap=4,
+        n_items=0,
+        gold_rate=0.25,
+        review_min_gold=8,
+        review_gold_accuracy=0.7,
+        review_speed_ratio=0.2,
+        name="Arithmetic preferences",
+    )
     import_rows(project, jsonl(rows(60)))
     import_rows(project, jsonl(rows(20, start=500, gold=True)))
     users = populate(project, make_member)
@@ -90,7 +114,9 @@ def test_dashboard_shows_who_to_review_and_reinstates(make_project, make_member,
     expect(page.locator("h1")).to_contain_text("Arithmetic preferences")
     assert page.locator("svg.chart").count() >= 6
     # Every chart fits the page: nothing wider than the main column.
-    widths = page.evaluate("Array.from(document.querySelectorAll('svg.chart')).map(s => s.getBoundingClientRect().right)")
+    widths = page.evaluate(
+        "Array.from(document.querySelectorAll('svg.chart')).map(s => s.getBoundingClientRect().right)"
+    )
     assert max(widths) <= page.evaluate("document.querySelector('main').getBoundingClientRect().right") + 1
     fred = Membership.objects.get(user=users["first-fred"]).pseudonym
     expect(page.locator(f'#position-chart rect[data-label="{fred}"]')).to_have_attribute("data-value", "1")
@@ -100,7 +126,7 @@ def test_dashboard_shows_who_to_review_and_reinstates(make_project, make_member,
         page.locator(f"#{section}").screenshot(path=str(SCREENSHOTS / f"dashboard-{section}.png"))
 
     # Reinstate with a plain form (JavaScript is off in this context).
-    page.locator(f'#review button[aria-label="Reinstate random-rita"]').click()
+    page.locator('#review button[aria-label="Reinstate random-rita"]').click()
     expect(page.locator(".message.success")).to_contain_text("random-rita is active again")
     flagged.refresh_from_db()
     assert flagged.status == "active" and flagged.status_reason == "Reinstated by rhea."

@@ -28,7 +28,10 @@ def rows_for(kind: str, n_items: int, n_responses: int) -> list[dict]:
     rows = []
     for i in range(n_items):
         if kind == Kind.STEPS:
-            responses = [f"Item {i}, answer {r}: first, read the question.\nThen add {i} and {r}.\nSo the sum is {i + r}." for r in range(n_responses)]
+            responses = [
+                f"Item {i}, answer {r}: first, read the question.\nThen add {i} and {r}.\nSo the sum is {i + r}."
+                for r in range(n_responses)
+            ]
         else:
             responses = [f"Item {i}, answer {r}: the **sum** of {i} and {r} is `{i + r}`." for r in range(n_responses)]
         rows.append({"id": f"{kind}-{i}", "prompt": f"Question {i}: add {i} and each r.", "responses": responses})
@@ -139,7 +142,9 @@ def test_ranking_ties_by_keyboard(page):
     assert rank_values(page) == {"2": "1", "3": "1", "1": "3"}
     page.keyboard.press("Enter")
     submitted(page, task)
-    assert Judgment.objects.get(task=task).data == {"ranking": [[by_label(task, 2), by_label(task, 3)], [by_label(task, 1)]]}
+    assert Judgment.objects.get(task=task).data == {
+        "ranking": [[by_label(task, 2), by_label(task, 3)], [by_label(task, 1)]]
+    }
 
 
 # --- rating -------------------------------------------------------------------------------------------
@@ -299,9 +304,12 @@ def test_demonstration_keyboard_mouse_and_draft(page):
 
 def test_pairwise_criteria_better_one_and_draft(page):
     project = make_kind_project(
-        "crit", Kind.PAIRWISE, rows_for(Kind.PAIRWISE, 3, 2), criteria=["helpfulness", "harmlessness"],
+        "crit",
+        Kind.PAIRWISE,
+        rows_for(Kind.PAIRWISE, 3, 2),
+        criteria=["helpfulness", "harmlessness"],
         instructions="Judge **helpfulness** first.",
-    )  # fmt: skip
+    )
     login(page, "alice")
     first = open_annotate(page, project)
     # Instructions one key away; differences on "d".
@@ -406,7 +414,9 @@ def test_every_kind_without_javascript(new_context, db):
     page.locator(f'#task label.score:has(input[name="rating_{a}_0"][value="unsafe"])').click()
     page.locator(f'#task label.score:has(input[name="rating_{b}_0"][value="unsure"])').click()
     post()
-    assert Judgment.objects.get(task=task).data == {"ratings": {str(a): {"overall": "unsafe"}, str(b): {"overall": "unsure"}}}
+    assert Judgment.objects.get(task=task).data == {
+        "ratings": {str(a): {"overall": "unsafe"}, str(b): {"overall": "unsure"}}
+    }
 
     # Steps of a single response.
     task = open_annotate(page, projects[Kind.STEPS])

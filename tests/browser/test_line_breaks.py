@@ -44,10 +44,12 @@ def assert_lines_kept(page, item: int) -> None:
     expect(responses).to_have_count(2)
     texts = responses.evaluate_all("els => els.map(el => el.innerText)")
     seen = sorted(tuple(line for line in text.split("\n") if line) for text in texts)
-    assert seen == sorted([
-        ("Roses are red,", "Violets are blue,", "Sugar is sweet."),
-        ("12 High Street", "London", "W1A 1AA", "x = 1", "y = 2", "first", "still first", "second"),
-    ])
+    assert seen == sorted(
+        [
+            ("Roses are red,", "Violets are blue,", "Sugar is sweet."),
+            ("12 High Street", "London", "W1A 1AA", "x = 1", "y = 2", "first", "still first", "second"),
+        ]
+    )
     # The code block keeps its own lines and gains no <br>; the list keeps its two items.
     code = page.locator("#task article.response pre > code")
     assert code.text_content() == "x = 1\ny = 2\n"

@@ -296,7 +296,7 @@ PAYLOADS = [
     '<svg onload="window.__pwned=4"></svg>',
     '<a href="javascript:window.__pwned=5">x</a>',
 ]
-CODE_BLOCK = "```html\n<script>window.__pwned=6</script>\n<img src=x onerror=\"window.__pwned=7\">\n```"
+CODE_BLOCK = '```html\n<script>window.__pwned=6</script>\n<img src=x onerror="window.__pwned=7">\n```'
 
 
 def test_hostile_markdown_is_inert(page, make_project, make_member):

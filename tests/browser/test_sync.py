@@ -207,7 +207,7 @@ PAYLOADS = [
     '<svg onload="window.__pwned=4"></svg>',
     '"><img src=x onerror=window.__pwned=5>',
     "</textarea><script>window.__pwned=6</script>",
-    "<iframe srcdoc=\"<script>parent.__pwned=7</script>\"></iframe>",
+    '<iframe srcdoc="<script>parent.__pwned=7</script>"></iframe>',
 ]
 CODE = "```html\n<script>window.__pwned=8</script>\n```"
 
@@ -246,7 +246,9 @@ def assert_inert(page, where: str) -> None:
     report = page.evaluate(INERT)
     assert report["pwned"] == "undefined", f"script ran on {where}"
     assert report["on"] == [], f"event handler attributes on {where}: {report['on']}"
-    assert all(s.startswith("/static/") for s in report["scripts"]), f"unexpected scripts on {where}: {report['scripts']}"
+    assert all(s.startswith("/static/") for s in report["scripts"]), (
+        f"unexpected scripts on {where}: {report['scripts']}"
+    )
     assert report["frames"] == 0 and report["badLinks"] == [], f"{where}: {report}"
 
 
@@ -289,7 +291,9 @@ def test_without_a_preload_htmx_posts_and_a_lost_answer_still_gets_saved(page):
     project = make_kind_project("nopre", Kind.RATING, rows_for(Kind.RATING, 3, 1))
     # No preload ever arrives, so submits go through htmx; the first one is lost on the network.
     preloads = []
-    page.route(re.compile(r"/annotate/\?after=\d+$"), lambda route: preloads.append(1) or route.abort("internetdisconnected"))
+    page.route(
+        re.compile(r"/annotate/\?after=\d+$"), lambda route: preloads.append(1) or route.abort("internetdisconnected")
+    )
     posts = []
 
     def flaky(route):

@@ -48,7 +48,7 @@ PAYLOADS = [
     "\"><script>alert('attr')</script> '><img src=x onerror=alert('quote')>",
     "<math><mi xlink:href=\"javascript:alert('math')\">m</mi></math><details open ontoggle=alert('toggle')>",
     "`<script>alert('code')</script>`\n\n```html\n<img src=x onerror=alert('fence')>\n```",
-    "<div style=\"background:url(javascript:alert('style'))\" hx-get=\"/admin/\" hx-trigger=\"load\">htmx</div>",
+    '<div style="background:url(javascript:alert(\'style\'))" hx-get="/admin/" hx-trigger="load">htmx</div>',
     "<!--<img src=x onerror=alert('comment')>--> {{ 7|add:7 }} {% now 'Y' %}",
 ]
 HOSTILE = "\n\n".join(PAYLOADS)
@@ -83,9 +83,18 @@ def hostile_rows(kind: str, n_responses: int, n_items: int = 2) -> list[dict]:
             {"role": "system", "content": f"System {kind} {i}: {HOSTILE}"},
             {"role": "user", "content": f"Question {kind} {i}: {HOSTILE}"},
         ]
-        responses = [{"text": f"Answer {kind} {i}.{r}\n{PAYLOADS[(i + r) % len(PAYLOADS)]}\n{HOSTILE}", "model": SHORT} for r in range(n_responses)]
-        rows.append({"id": f"{kind}-{i}-{SHORT}", "prompt": prompt, "responses": responses,
-                     "metadata": {"note": HOSTILE, SHORT: SHORT}})  # fmt: skip
+        responses = [
+            {"text": f"Answer {kind} {i}.{r}\n{PAYLOADS[(i + r) % len(PAYLOADS)]}\n{HOSTILE}", "model": SHORT}
+            for r in range(n_responses)
+        ]
+        rows.append(
+            {
+                "id": f"{kind}-{i}-{SHORT}",
+                "prompt": prompt,
+                "responses": responses,
+                "metadata": {"note": HOSTILE, SHORT: SHORT},
+            }
+        )
     return rows
 
 
@@ -99,10 +108,17 @@ def seed(tmp_path, settings) -> dict:
     settings.ARTIFACT_ROOT = tmp_path / "artifacts"
     projects = {}
     for kind, n in KINDS.items():
-        criteria = [f"help {SHORT}", "harm\"><script>alert('crit')</script>"] if kind in (Kind.PAIRWISE, Kind.RATING) else []
+        criteria = (
+            [f"help {SHORT}", "harm\"><script>alert('crit')</script>"] if kind in (Kind.PAIRWISE, Kind.RATING) else []
+        )
         project = actions.create_project(
-            slug=f"x-{kind}", kind=kind, overlap=2, name=f"{kind} {SHORT}", instructions=HOSTILE, criteria=criteria,
-        )  # fmt: skip
+            slug=f"x-{kind}",
+            kind=kind,
+            overlap=2,
+            name=f"{kind} {SHORT}",
+            instructions=HOSTILE,
+            criteria=criteria,
+        )
         import_rows(project, "".join(json.dumps(r) + "\n" for r in hostile_rows(kind, n)).encode())
         actions.add_member(project, "alice", Role.ANNOTATOR, PASSWORD)
         actions.add_member(project, "rita", Role.ADMIN, PASSWORD)
@@ -116,21 +132,37 @@ def seed(tmp_path, settings) -> dict:
 
     pairwise = projects[Kind.PAIRWISE]
     run = TrainingRun.objects.create(
-        project=pairwise, kind="reward", status="failed", config={"note": SHORT, "learning_rate": 0.001},
-        base_model=f"/models/{SHORT}", error=HOSTILE, log_tail=HOSTILE, metrics={SHORT: 0.5, "loss": 0.25},
-    )  # fmt: skip
-    MetricPoint.objects.bulk_create([MetricPoint(run=run, step=s, values={"loss": 1 / s, SHORT: s / 10}) for s in (1, 2, 3)])
+        project=pairwise,
+        kind="reward",
+        status="failed",
+        config={"note": SHORT, "learning_rate": 0.001},
+        base_model=f"/models/{SHORT}",
+        error=HOSTILE,
+        log_tail=HOSTILE,
+        metrics={SHORT: 0.5, "loss": 0.25},
+    )
+    MetricPoint.objects.bulk_create(
+        [MetricPoint(run=run, step=s, values={"loss": 1 / s, SHORT: s / 10}) for s in (1, 2, 3)]
+    )
     artifact = ModelArtifact.objects.create(
-        project=pairwise, run=run, name=f"model {SHORT}", kind="reward", path="models/hostile", base_model=SHORT,
-        criterion=SHORT, config={"k": SHORT}, metrics={SHORT: 0.9},
-    )  # fmt: skip
+        project=pairwise,
+        run=run,
+        name=f"model {SHORT}",
+        kind="reward",
+        path="models/hostile",
+        base_model=SHORT,
+        criterion=SHORT,
+        config={"k": SHORT},
+        metrics={SHORT: 0.9},
+    )
     artifact.folder.mkdir(parents=True)
     (artifact.folder / "README.md").write_text(f"---\nlicense: mit\n---\n# Card\n\n{HOSTILE}\n", encoding="utf-8")
     # Candidates a policy "generated": a new round of the ranking project, as create_candidate_round imports them.
     generated = actions.import_items(
-        projects[Kind.RANKING], [p for p in _parse(hostile_rows("gen", 3, 1), Kind.RANKING)],
+        projects[Kind.RANKING],
+        [p for p in _parse(hostile_rows("gen", 3, 1), Kind.RANKING)],
         source={"kind": "generated", "run": run.pk, "model": {"path": SHORT, "name": SHORT}},
-    )  # fmt: skip
+    )
     assert generated.created == 1
     return {"projects": projects, "run": run, "artifact": artifact}
 
@@ -218,22 +250,33 @@ def test_hostile_text_is_shown_never_run(new_context, live_server, tmp_path, set
     assert SHORT in page.inner_text("main")
     for kind, project in projects.items():
         # Every project page; the dashboard where criteria label the charts; settings and members once.
-        shown = ["project"] + (["dashboard"] if project.criteria else []) + (["project-settings", "members"] if kind == Kind.PAIRWISE else [])
+        shown = (
+            ["project"]
+            + (["dashboard"] if project.criteria else [])
+            + (["project-settings", "members"] if kind == Kind.PAIRWISE else [])
+        )
         for name in shown:
             page.goto(reverse(name, args=[project.slug]))
             admin.check(page, f"{name} {kind}", expect_text=name == "project")
     # An import whose rows are refused: the error message quotes the hostile id.
     page.goto(f"/p/{projects[Kind.PAIRWISE].slug}/")
-    bad = "".join(json.dumps({"id": SHORT, "prompt": HOSTILE, "responses": [f"a{i}", HOSTILE]}) + "\n" for i in range(2))
-    page.locator("input[type='file'][name='file']").set_input_files({"name": f"{SHORT}.jsonl", "mimeType": "application/json", "buffer": bad.encode()})
+    bad = "".join(
+        json.dumps({"id": SHORT, "prompt": HOSTILE, "responses": [f"a{i}", HOSTILE]}) + "\n" for i in range(2)
+    )
+    page.locator("input[type='file'][name='file']").set_input_files(
+        {"name": f"{SHORT}.jsonl", "mimeType": "application/json", "buffer": bad.encode()}
+    )
     with page.expect_navigation():
         page.locator("form[action$='/import/'] button[type='submit']").click()
     assert "already used on line 1" in page.inner_text("main")
     admin.check(page, "import refused", expect_text=False)
     pages = [
-        ("training runs", _url("training")), ("run", _url("training-run", run.pk)), ("models", _url("training-models")),
-        ("model card", _url("training-model", artifact.pk)), ("rounds", _url("training-rounds", projects[Kind.RANKING].slug)),
-    ]  # fmt: skip
+        ("training runs", _url("training")),
+        ("run", _url("training-run", run.pk)),
+        ("models", _url("training-models")),
+        ("model card", _url("training-model", artifact.pk)),
+        ("rounds", _url("training-rounds", projects[Kind.RANKING].slug)),
+    ]
     for where, url in pages:
         if url:
             page.goto(url)

@@ -18,9 +18,16 @@ def gunicorn_server(tmp_path):
 
     @contextmanager
     def serve(spec: str = "gthread:2x4"):
-        env = {**os.environ, "DATABASE_URL": served_database_url(), "DJANGO_SETTINGS_MODULE": "config.settings",
-               "ALLOWED_HOSTS": "127.0.0.1", "DEBUG": "0", "LOG_LEVEL": "ERROR", "PYTHONUNBUFFERED": "1",
-               "ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT)}  # fmt: skip
+        env = {
+            **os.environ,
+            "DATABASE_URL": served_database_url(),
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "DEBUG": "0",
+            "LOG_LEVEL": "ERROR",
+            "PYTHONUNBUFFERED": "1",
+            "ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
+        }
         env.pop("CONN_MAX_AGE", None)  # the default: persistent connections with health checks, as in production
         server = Gunicorn(gunicorn_specs(spec)[0], env, tmp_path / "gunicorn.log")
         server.start(timeout=60)

@@ -19,7 +19,16 @@ from django.db import connection, connections
 from django.test import Client
 
 from bench.serve import free_port
-from bench.soak import SoakConfig, can_control_pg, create_soak_project, ensure_pg_running, print_report, run_soak, summary, verify
+from bench.soak import (
+    SoakConfig,
+    can_control_pg,
+    create_soak_project,
+    ensure_pg_running,
+    print_report,
+    run_soak,
+    summary,
+    verify,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,8 +42,20 @@ def test_a_database_restart_answers_503_then_recovers_and_loses_nothing(gunicorn
         pytest.skip(f"cannot restart PostgreSQL here: {why}")
     project, annotators = create_soak_project("restart", 400, 20, lease_seconds=60)
     # No vanishing annotators (a long lease), so no drain is needed: the load stops 12 s in, after the restart.
-    config = SoakConfig(seconds=12.0, drain_seconds=0.0, lease_seconds=60, p_vanish=0.0, p_double=0.05, p_replay=0.03,
-                        p_drop=0.05, restart_at=2.0, down_seconds=2.0, recovery_grace=5.0, seed=11, top_up=False)  # fmt: skip
+    config = SoakConfig(
+        seconds=12.0,
+        drain_seconds=0.0,
+        lease_seconds=60,
+        p_vanish=0.0,
+        p_double=0.05,
+        p_replay=0.03,
+        p_drop=0.05,
+        restart_at=2.0,
+        down_seconds=2.0,
+        recovery_grace=5.0,
+        seed=11,
+        top_up=False,
+    )
     try:
         with gunicorn_server() as server:
             connections.close_all()  # this process's own connection is not to break mid-use
@@ -71,7 +92,9 @@ def test_an_unreachable_database_answers_503_with_a_reason_never_500():
     client = Client(raise_request_exception=False)
     try:
         api = client.get("/api/projects/", HTTP_AUTHORIZATION="Token 0123456789abcdef")
-        submit = client.post("/api/tasks/1/judgments/", {"choice": "A"}, content_type="application/json", HTTP_AUTHORIZATION="Token x")
+        submit = client.post(
+            "/api/tasks/1/judgments/", {"choice": "A"}, content_type="application/json", HTTP_AUTHORIZATION="Token x"
+        )
         login = client.post("/accounts/login/", {"username": "ann", "password": "whatever-it-is"})
         health = client.get("/healthz")
     finally:
@@ -96,7 +119,9 @@ def test_the_health_check_asks_the_socket_not_the_server_and_sees_a_terminated_c
 
     asked = []
     real_is_usable = django_postgresql.DatabaseWrapper.is_usable
-    monkeypatch.setattr(django_postgresql.DatabaseWrapper, "is_usable", lambda self: asked.append(1) or real_is_usable(self))
+    monkeypatch.setattr(
+        django_postgresql.DatabaseWrapper, "is_usable", lambda self: asked.append(1) or real_is_usable(self)
+    )
     connection.ensure_connection()
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")

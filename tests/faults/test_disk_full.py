@@ -28,8 +28,13 @@ def small_disk(tmp_path):
     mount = tmp_path / "small-disk"
     mount.mkdir()
     try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m", "tmpfs", str(mount)], check=True,
-                       capture_output=True, text=True, timeout=30)  # fmt: skip
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m", "tmpfs", str(mount)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         reason = getattr(exc, "stderr", "") or exc
         pytest.skip(f"cannot mount a {DISK_MB} MB tmpfs to fill (needs root or CAP_SYS_ADMIN): {reason}")
@@ -53,8 +58,14 @@ def fill(folder: Path) -> Path:
 
 
 @pytest.mark.django_db
-def test_a_full_disk_fails_the_run_clearly_registers_nothing_and_the_retry_resumes(preference_snapshot, tiny_base, models_root,  # noqa: F811
-                                                                                  small_disk, settings, monkeypatch):  # fmt: skip
+def test_a_full_disk_fails_the_run_clearly_registers_nothing_and_the_retry_resumes(
+    preference_snapshot,
+    tiny_base,
+    models_root,
+    small_disk,
+    settings,
+    monkeypatch,
+):
     settings.ARTIFACT_ROOT = small_disk
     settings.MODEL_ROOTS = [models_root]
     settings.TRAINING_HEARTBEAT_SECONDS = 1
@@ -64,8 +75,14 @@ def test_a_full_disk_fails_the_run_clearly_registers_nothing_and_the_retry_resum
     from annotate.exports import ExportOptions
 
     snapshot, _ = create_snapshot(project, ExportOptions(test_size=0.2, seed=2))
-    run = launching.launch_run(project=project, kind="reward", base_model=str(tiny_base), snapshot=snapshot,
-                             values={**FAST, "max_steps": 20, "save_steps": 5}, enqueue=False)  # fmt: skip
+    run = launching.launch_run(
+        project=project,
+        kind="reward",
+        base_model=str(tiny_base),
+        snapshot=snapshot,
+        values={**FAST, "max_steps": 20, "save_steps": 5},
+        enqueue=False,
+    )
     ballast = []
     real_emit = supervisor.ThreadSource._emit
 
@@ -79,7 +96,10 @@ def test_a_full_disk_fails_the_run_clearly_registers_nothing_and_the_retry_resum
 
     assert ballast, "the run never reached its first checkpoint"
     assert run.status == RunStatus.FAILED, (run.status, run.error, run.log_tail)
-    assert "No space left on device" in run.error and f"the disk under ARTIFACT_ROOT ({small_disk}) ran out of space" in run.error, run.error
+    assert (
+        "No space left on device" in run.error
+        and f"the disk under ARTIFACT_ROOT ({small_disk}) ran out of space" in run.error
+    ), run.error
     assert not ModelArtifact.objects.exists()
     models = small_disk / "models" / project.slug
     assert not models.exists() or list(models.iterdir()) == []  # no folder, not even a temporary one

@@ -34,9 +34,19 @@ def test_annotators_with_faults_lose_nothing_and_store_nothing_twice(gunicorn_se
     project, annotators = create_soak_project("soak", shape["items"], shape["annotators"], shape["lease"])
     # More faults than the bench's defaults, and the first annotators start with one each: the run is short, and
     # every kind must happen, whatever the machine's speed.
-    config = SoakConfig(seconds=shape["seconds"], drain_seconds=25.0, lease_seconds=shape["lease"], p_vanish=0.03,
-                        p_double=0.08, p_replay=0.05, p_drop=0.08, seed=7, forced_faults=True,
-                        top_up_below=1.0, top_up_until=0.75)  # fmt: skip
+    config = SoakConfig(
+        seconds=shape["seconds"],
+        drain_seconds=25.0,
+        lease_seconds=shape["lease"],
+        p_vanish=0.03,
+        p_double=0.08,
+        p_replay=0.05,
+        p_drop=0.08,
+        seed=7,
+        forced_faults=True,
+        top_up_below=1.0,
+        top_up_until=0.75,
+    )
     with gunicorn_server() as server:
         connections.close_all()
         rec = run_soak(server.base, project, annotators, config)
@@ -48,7 +58,9 @@ def test_annotators_with_faults_lose_nothing_and_store_nothing_twice(gunicorn_se
     assert check["failures"] == {}, (check["failures"], check["abandoned_unfinished_detail"], rec.errors, rec.timeline)
     assert check["acknowledged"] == check["acknowledged_found"] == check["judgments_in_project"] >= 100
     # The faults really happened, and the server saw the retries: replays and retried drops answered 200.
-    assert all(rec.faults[kind] >= 1 for kind in FAULTS) and rec.faults["late submit after the lease expired"] >= 1, rec.faults
+    assert all(rec.faults[kind] >= 1 for kind in FAULTS) and rec.faults["late submit after the lease expired"] >= 1, (
+        rec.faults
+    )
     assert sum(rec.faults.values()) >= 10, rec.faults
     assert rec.statuses["submit 200"] >= rec.faults["replay after the answer (same key)"]
     assert check["abandoned_items"] >= 1 and check["abandoned_items_unfinished"] == 0

@@ -57,10 +57,16 @@ class World:
 
 def _rows(n: int, prefix: str, text: str = "") -> list[dict]:
     return [
-        {"id": f"{prefix}-{i}", "prompt": f"{text} Question {i} of {prefix}?",
-         "responses": [{"text": f"{text} Answer {2 * i}.", "model": "m1"}, {"text": f"{text} Answer {2 * i + 1}.", "model": "m2"}]}
+        {
+            "id": f"{prefix}-{i}",
+            "prompt": f"{text} Question {i} of {prefix}?",
+            "responses": [
+                {"text": f"{text} Answer {2 * i}.", "model": "m1"},
+                {"text": f"{text} Answer {2 * i + 1}.", "model": "m2"},
+            ],
+        }
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def _jsonl(rows: list[dict]) -> bytes:
@@ -81,10 +87,15 @@ def world(db, settings, tmp_path, django_user_model) -> World:
     # Every first task is a gold item (gold_rate 1): gold answers are in play, and must never reach an annotator.
     main = actions.create_project(slug="main", name="Main project", kind=Kind.PAIRWISE, overlap=2, gold_rate=1.0)
     gold_rows = [
-        {"id": f"gold-{i}", "purpose": "gold", "gold": {"winner": 0, "rationale": GOLD_MARK}, "prompt": f"Gold question {i}?",
-         "responses": [f"Gold right {i}.", f"Gold wrong {i}."]}
+        {
+            "id": f"gold-{i}",
+            "purpose": "gold",
+            "gold": {"winner": 0, "rationale": GOLD_MARK},
+            "prompt": f"Gold question {i}?",
+            "responses": [f"Gold right {i}.", f"Gold wrong {i}."],
+        }
         for i in range(2)
-    ]  # fmt: skip
+    ]
     actions.import_items(main, parse_items(_jsonl(_rows(6, "main") + gold_rows), "jsonl", main.kind))
     other = actions.create_project(slug="otherproj", name=f"Other {OTHER_MARK}", kind=Kind.PAIRWISE, overlap=1)
     actions.import_items(other, parse_items(_jsonl(_rows(3, "other", OTHER_MARK)), "jsonl", other.kind))
@@ -110,25 +121,69 @@ def world(db, settings, tmp_path, django_user_model) -> World:
     task = actions.assign_next_task(users["annotator"], main)
     actions.flag_task(bob_task, "broken", "bob's flag note")
 
-    snapshot, _ = create_snapshot(main, ExportOptions(format="raw", aggregate="none", test_size=0.0), created_by=users["researcher"])
+    snapshot, _ = create_snapshot(
+        main, ExportOptions(format="raw", aggregate="none", test_size=0.0), created_by=users["researcher"]
+    )
     run = TrainingRun.objects.create(
-        project=main, kind="reward", status="succeeded", config={"learning_rate": 1e-3}, snapshot=snapshot,
-        snapshot_hash=snapshot.content_hash, base_model="tiny-llama", launched_by=users["admin"], metrics={"accuracy": 0.75},
+        project=main,
+        kind="reward",
+        status="succeeded",
+        config={"learning_rate": 1e-3},
+        snapshot=snapshot,
+        snapshot_hash=snapshot.content_hash,
+        base_model="tiny-llama",
+        launched_by=users["admin"],
+        metrics={"accuracy": 0.75},
         log_tail="step 30 loss 0.1",
-    )  # fmt: skip
+    )
     artifact = ModelArtifact.objects.create(
-        project=main, run=run, name="main-reward", kind="reward", path="models/main-reward", base_model="tiny-llama",
-        snapshot=snapshot, snapshot_hash=snapshot.content_hash, config={}, metrics={"accuracy": 0.75},
-    )  # fmt: skip
+        project=main,
+        run=run,
+        name="main-reward",
+        kind="reward",
+        path="models/main-reward",
+        base_model="tiny-llama",
+        snapshot=snapshot,
+        snapshot_hash=snapshot.content_hash,
+        config={},
+        metrics={"accuracy": 0.75},
+    )
     other_snapshot, _ = create_snapshot(other, ExportOptions(format="raw", aggregate="none", test_size=0.0))
     other_run = TrainingRun.objects.create(
-        project=other, kind="reward", status="failed", config={}, snapshot=other_snapshot,
-        snapshot_hash=other_snapshot.content_hash, base_model=f"{OTHER_MARK}-base", error=OTHER_MARK,
-    )  # fmt: skip
+        project=other,
+        kind="reward",
+        status="failed",
+        config={},
+        snapshot=other_snapshot,
+        snapshot_hash=other_snapshot.content_hash,
+        base_model=f"{OTHER_MARK}-base",
+        error=OTHER_MARK,
+    )
     other_artifact = ModelArtifact.objects.create(
-        project=other, run=other_run, name=f"{OTHER_MARK}-model", kind="reward", path="models/other-reward",
-        base_model=f"{OTHER_MARK}-base", snapshot=other_snapshot, config={}, metrics={},
-    )  # fmt: skip
+        project=other,
+        run=other_run,
+        name=f"{OTHER_MARK}-model",
+        kind="reward",
+        path="models/other-reward",
+        base_model=f"{OTHER_MARK}-base",
+        snapshot=other_snapshot,
+        config={},
+        metrics={},
+    )
     usernames = [*ROLE_USERS.values(), BOB, CARL]
-    return World(main, other, users, bob, carl_membership.user, carl_membership, task, bob_task, snapshot, run,
-                 artifact, other_run, other_artifact, usernames)  # fmt: skip
+    return World(
+        main,
+        other,
+        users,
+        bob,
+        carl_membership.user,
+        carl_membership,
+        task,
+        bob_task,
+        snapshot,
+        run,
+        artifact,
+        other_run,
+        other_artifact,
+        usernames,
+    )

@@ -30,14 +30,21 @@ def _python(*args: str, **env: str) -> subprocess.CompletedProcess:
     unset = ("DEBUG", "HTTPS", "SECRET_KEY", "ALLOWED_HOSTS", "DJANGO_ALLOW_ASYNC_UNSAFE")
     environment = {k: v for k, v in os.environ.items() if k not in unset}
     environment.update(env, DJANGO_SETTINGS_MODULE="config.settings")
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=environment, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=environment, capture_output=True, text=True, timeout=120
+    )
 
 
 def _manage(*args: str, **env: str) -> subprocess.CompletedProcess:
     return _python("manage.py", *args, **env)
 
 
-PRODUCTION = {"DEBUG": "0", "HTTPS": "1", "SECRET_KEY": secrets.token_urlsafe(50), "ALLOWED_HOSTS": "arbiter.example.org"}
+PRODUCTION = {
+    "DEBUG": "0",
+    "HTTPS": "1",
+    "SECRET_KEY": secrets.token_urlsafe(50),
+    "ALLOWED_HOSTS": "arbiter.example.org",
+}
 
 
 def test_check_deploy_is_clean_with_the_production_switches():
@@ -120,7 +127,9 @@ def test_cookie_authenticated_api_writes_need_the_csrf_token(world, api_client_f
     assert len(API_WRITES) >= 12
     missing = []
     for pattern, method in API_WRITES:
-        role = next(r for r, s in zip(ROLES, MATRIX[pattern][method]) if r != "anonymous" and s not in (401, 403, 404, 405))
+        role = next(
+            r for r, s in zip(ROLES, MATRIX[pattern][method]) if r != "anonymous" and s not in (401, 403, 404, 405)
+        )
         client = Client(enforce_csrf_checks=True)
         client.force_login(world.users[role])
         answer = client.generic(method, _url(pattern, world), "{}", content_type="application/json")
@@ -155,7 +164,11 @@ def test_login_locks_out_after_repeated_failures(world):
     for attempt in range(limit):
         answer = client.post("/accounts/login/", {"username": username, "password": f"wrong-{attempt}"})
         if attempt < limit - 1:
-            assert answer.status_code == 200 and b"didn&#x27;t match" in answer.content or b"didn't match" in answer.content
+            assert (
+                answer.status_code == 200
+                and b"didn&#x27;t match" in answer.content
+                or b"didn't match" in answer.content
+            )
     locked = client.post("/accounts/login/", {"username": username, "password": PASSWORD})
     assert locked.status_code == 429, locked.status_code
     assert "_auth_user_id" not in client.session

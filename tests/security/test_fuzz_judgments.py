@@ -14,7 +14,8 @@ import os
 
 import pytest
 from django.db import transaction
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from annotate import actions
 from annotate.imports import parse_items
@@ -25,9 +26,16 @@ pytestmark = pytest.mark.django_db
 EXAMPLES = int(os.environ.get("ARBITER_FUZZ_EXAMPLES", "3")) * 20
 RESPONSES = {Kind.PAIRWISE: 2, Kind.RANKING: 3, Kind.RATING: 2, Kind.STEPS: 2, Kind.DEMONSTRATION: 2}
 
-hostile = st.one_of(st.text(max_size=10), st.sampled_from(["", " ", "\x00", "A\x00", "\u2028", "<script>alert(1)</script>", "x" * 20_001]))
-leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.floats(allow_nan=False, allow_infinity=False), hostile)
-junk = st.recursive(leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(hostile, inner, max_size=2), max_leaves=5)
+hostile = st.one_of(
+    st.text(max_size=10),
+    st.sampled_from(["", " ", "\x00", "A\x00", "\u2028", "<script>alert(1)</script>", "x" * 20_001]),
+)
+leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.floats(allow_nan=False, allow_infinity=False), hostile
+)
+junk = st.recursive(
+    leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(hostile, inner, max_size=2), max_leaves=5
+)
 
 
 @st.composite
@@ -37,7 +45,12 @@ def valid_body(draw, task) -> dict:
     key = {"idempotency_key": draw(st.text(min_size=1, max_size=8).filter(lambda k: "\x00" not in k))}
     if project.kind == Kind.PAIRWISE:
         choices = st.sampled_from(["A", "B", "tie", "both_bad"])
-        return {"choice": draw(choices), "strength": draw(st.integers(0, 3)), "criteria": {c: draw(choices) for c in project.criteria}, **key}
+        return {
+            "choice": draw(choices),
+            "strength": draw(st.integers(0, 3)),
+            "criteria": {c: draw(choices) for c in project.criteria},
+            **key,
+        }
     if project.kind == Kind.RANKING:
         return {"ranking": draw(st.permutations(ids)), **key}
     if project.kind == Kind.RATING:
@@ -56,11 +69,32 @@ def body(draw, task):
     fields = {
         "choice": st.one_of(st.sampled_from(["A", "B", "tie", "both_bad", "C", "a"]), leaf),
         "strength": st.one_of(st.integers(-2, 5), leaf),
-        "criteria": st.one_of(st.dictionaries(st.sampled_from(["helpful", "harmless", "x"]), st.sampled_from(["A", "B", "tie"])), junk),
+        "criteria": st.one_of(
+            st.dictionaries(st.sampled_from(["helpful", "harmless", "x"]), st.sampled_from(["A", "B", "tie"])), junk
+        ),
         "demonstration": hostile,
-        "ranking": st.one_of(st.permutations(ids), st.lists(st.one_of(response_id, st.lists(response_id, max_size=2), junk), max_size=4), junk),
-        "ratings": st.one_of(st.fixed_dictionaries({str(i): st.fixed_dictionaries({"overall": st.one_of(st.integers(0, 8), junk)}) for i in ids}), junk),
-        "steps": st.one_of(st.fixed_dictionaries({str(i): st.lists(st.one_of(st.sampled_from(["positive", "negative", "neutral", "meh"]), junk), max_size=3) for i in ids}), junk),
+        "ranking": st.one_of(
+            st.permutations(ids),
+            st.lists(st.one_of(response_id, st.lists(response_id, max_size=2), junk), max_size=4),
+            junk,
+        ),
+        "ratings": st.one_of(
+            st.fixed_dictionaries(
+                {str(i): st.fixed_dictionaries({"overall": st.one_of(st.integers(0, 8), junk)}) for i in ids}
+            ),
+            junk,
+        ),
+        "steps": st.one_of(
+            st.fixed_dictionaries(
+                {
+                    str(i): st.lists(
+                        st.one_of(st.sampled_from(["positive", "negative", "neutral", "meh"]), junk), max_size=3
+                    )
+                    for i in ids
+                }
+            ),
+            junk,
+        ),
         "text": hostile,
         "based_on": response_id,
         "rationale": st.one_of(hostile, leaf),
@@ -76,8 +110,16 @@ def body(draw, task):
 
 
 def _open_task(kind: str, username: str):
-    project = actions.create_project(slug=f"fz-{kind}", kind=kind, overlap=1, criteria=["helpful", "harmless"] if kind == Kind.PAIRWISE else [])
-    rows = [{"id": "i", "prompt": "Add 2 and 2.", "responses": [f"It is {4 + r}.\nSo {4 + r}." for r in range(RESPONSES[kind])]}]
+    project = actions.create_project(
+        slug=f"fz-{kind}", kind=kind, overlap=1, criteria=["helpful", "harmless"] if kind == Kind.PAIRWISE else []
+    )
+    rows = [
+        {
+            "id": "i",
+            "prompt": "Add 2 and 2.",
+            "responses": [f"It is {4 + r}.\nSo {4 + r}." for r in range(RESPONSES[kind])],
+        }
+    ]
     actions.import_items(project, parse_items("".join(json.dumps(r) + "\n" for r in rows).encode(), "jsonl", kind))
     user = actions.add_member(project, username, "annotator").user
     return actions.assign_next_task(user, project), user
@@ -95,7 +137,9 @@ def open_tasks(api_client_for):
 def test_a_judgment_body_is_stored_whole_or_refused_with_a_reason(open_tasks):
     seen: dict[int, int] = {}
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     @given(data=st.data(), kind=st.sampled_from(sorted(RESPONSES)))
     def check(data, kind):
         task, client = open_tasks[kind]
@@ -124,7 +168,11 @@ def test_a_judgment_body_is_stored_whole_or_refused_with_a_reason(open_tasks):
 @pytest.mark.parametrize(
     "kind, field, value",
     [
-        (Kind.STEPS, "steps", "nested"),  # lists and objects as step labels (once a 500: unhashable in the alias lookup)
+        (
+            Kind.STEPS,
+            "steps",
+            "nested",
+        ),  # lists and objects as step labels (once a 500: unhashable in the alias lookup)
         (Kind.STEPS, "steps", {"[1]": ["+"]}),
         (Kind.RANKING, "ranking", [{"a": 1}]),
         (Kind.RANKING, "ranking", [[[1]]]),
@@ -147,5 +195,7 @@ def test_known_hostile_bodies_are_refused(open_tasks, kind, field, value):
 
 def test_a_nul_in_the_idempotency_key_is_refused(open_tasks):
     task, client = open_tasks[Kind.DEMONSTRATION]
-    answer = client.post(f"/api/tasks/{task.pk}/judgments/", {"idempotency_key": "a\x00b", "text": "Fine."}, format="json")
+    answer = client.post(
+        f"/api/tasks/{task.pk}/judgments/", {"idempotency_key": "a\x00b", "text": "Fine."}, format="json"
+    )
     assert answer.status_code == 400 and "idempotency_key" in answer.json()["detail"]

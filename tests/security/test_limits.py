@@ -32,7 +32,9 @@ def researcher_api(make_project, make_member, api_client_for):
 
 
 def _post(client, project, data: bytes, name: str = "rows.jsonl"):
-    return client.post(f"/api/projects/{project.slug}/items/", {"file": SimpleUploadedFile(name, data)}, format="multipart")
+    return client.post(
+        f"/api/projects/{project.slug}/items/", {"file": SimpleUploadedFile(name, data)}, format="multipart"
+    )
 
 
 def test_a_long_line_is_refused_before_parsing(settings, researcher_api):
@@ -42,7 +44,9 @@ def test_a_long_line_is_refused_before_parsing(settings, researcher_api):
     answer = _post(client, project, data)
     assert answer.status_code == 400
     length = len(data.splitlines()[1])
-    assert answer.json()["errors"] == [{"line": 2, "message": f"the line is {length} bytes long, more than the limit of 200 bytes."}]
+    assert answer.json()["errors"] == [
+        {"line": 2, "message": f"the line is {length} bytes long, more than the limit of 200 bytes."}
+    ]
     assert not Item.objects.filter(project=project).exists()
 
 
@@ -62,7 +66,7 @@ def test_deep_nesting_is_refused_before_parsing(settings, researcher_api):
 
 def test_json_depth_ignores_brackets_in_strings():
     assert json_depth(json.dumps({"a": "[[[[{{{{", "b": ["]]]"]})) == 2
-    assert json_depth(json.dumps(["\\\"[[[", [[1]]])) == 3
+    assert json_depth(json.dumps(['\\"[[[', [[1]]])) == 3
     assert json_depth("[" * 10 + '"' + "]" * 10) == 10  # an unterminated string: still counted, linear time
 
 
@@ -97,7 +101,9 @@ def test_the_import_page_shows_the_refusal(settings, make_project, make_member, 
     settings.ARBITER_IMPORT_MAX_BYTES = 100
     project = make_project(slug="limits", kind=Kind.PAIRWISE, n_items=0)
     client.force_login(make_member(project, "rita", "researcher"))
-    page = client.post("/p/limits/import/", {"file": SimpleUploadedFile("rows.jsonl", _lines(*[json.dumps(ROW)] * 5))}, follow=True)
+    page = client.post(
+        "/p/limits/import/", {"file": SimpleUploadedFile("rows.jsonl", _lines(*[json.dumps(ROW)] * 5))}, follow=True
+    )
     assert "The file is larger than the limit of 100 bytes." in page.content.decode()
     assert not Item.objects.filter(project=project).exists()
 
@@ -130,7 +136,9 @@ def test_csv_json_cells_and_vote_files_have_the_same_limits(settings):
     csv_data = f'prompt,responses\nHi?,"{json.dumps(["a", "b"]).replace(chr(34), chr(34) * 2)}"\nHi?,"{deep.replace(chr(34), chr(34) * 2)}"\n'
     with pytest.raises(ImportFailed) as refused:
         parse_items(csv_data.encode(), "csv", Kind.PAIRWISE)
-    assert refused.value.errors == [(3, "responses is not valid JSON (nested 6 levels deep, more than the limit of 4.)")]
+    assert refused.value.errors == [
+        (3, "responses is not valid JSON (nested 6 levels deep, more than the limit of 4.)")
+    ]
     votes = _lines(json.dumps({"item": "a", "annotator": "ann", "winner": 0}), "[" * 50)
     with pytest.raises(ImportFailed) as refused:
         parse_votes(votes, "jsonl")
@@ -139,14 +147,20 @@ def test_csv_json_cells_and_vote_files_have_the_same_limits(settings):
 
 def test_line_separators_inside_json_strings_do_not_split_rows():
     """U+2028 and U+0085 are legal unescaped in JSON strings; only "\\n" ends a JSONL row (once split rows)."""
-    data = "\n".join(json.dumps({"prompt": f"Hi\u2028there {i}\x85?", "responses": ["a", "b"]}, ensure_ascii=False) for i in range(2))
+    data = "\n".join(
+        json.dumps({"prompt": f"Hi\u2028there {i}\x85?", "responses": ["a", "b"]}, ensure_ascii=False) for i in range(2)
+    )
     items = parse_items(data.encode(), "jsonl", Kind.PAIRWISE)
     assert [item.prompt[0]["content"] for item in items] == ["Hi\u2028there 0\x85?", "Hi\u2028there 1\x85?"]
     assert [item.line for item in items] == [1, 2]
 
 
 def test_nul_characters_are_refused_with_the_line():
-    data = _lines(json.dumps(ROW), json.dumps({**ROW, "prompt": "Hi\x00?"}), json.dumps({"prompt": "x", "responses": ["a", "b\x00"]}))
+    data = _lines(
+        json.dumps(ROW),
+        json.dumps({**ROW, "prompt": "Hi\x00?"}),
+        json.dumps({"prompt": "x", "responses": ["a", "b\x00"]}),
+    )
     with pytest.raises(ImportFailed) as refused:
         parse_items(data, "jsonl", Kind.PAIRWISE)
     assert [line for line, _ in refused.value.errors] == [2, 3]

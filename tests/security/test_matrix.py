@@ -38,74 +38,119 @@ ROLES = ("anonymous", "other", "annotator", "researcher", "admin", "staff")
 # get 403, non-members 404 (a project's existence is not theirs to know), and another annotator's task is a 404.
 MATRIX: dict[str, dict[str, tuple[int, ...]]] = {
     # route pattern:                          {method: (anonymous, other, annotator, researcher, admin, staff)}
-    "healthz":                                  {"GET": (200, 200, 200, 200, 200, 200)},
-    "accounts/login/":                          {"GET": (200, 200, 200, 200, 200, 200), "POST": (200, 200, 200, 200, 200, 200)},
-    "accounts/logout/":                         {"GET": (405, 405, 405, 405, 405, 405), "POST": (302, 302, 302, 302, 302, 302)},
+    "healthz": {"GET": (200, 200, 200, 200, 200, 200)},
+    "accounts/login/": {"GET": (200, 200, 200, 200, 200, 200), "POST": (200, 200, 200, 200, 200, 200)},
+    "accounts/logout/": {"GET": (405, 405, 405, 405, 405, 405), "POST": (302, 302, 302, 302, 302, 302)},
     # The schema and its viewer are public (drf-spectacular's default): they describe, they hold no data.
-    "api/schema/":                              {"GET": (200, 200, 200, 200, 200, 200)},
-    "api/docs/":                                {"GET": (200, 200, 200, 200, 200, 200)},
+    "api/schema/": {"GET": (200, 200, 200, 200, 200, 200)},
+    "api/docs/": {"GET": (200, 200, 200, 200, 200, 200)},
     # --- pages ---
-    "":                                         {"GET": (302, 200, 200, 200, 200, 200), "POST": (302, 405, 405, 405, 405, 405)},
-    "projects/new/":                            {"GET": (302, 403, 403, 200, 200, 403), "POST": (302, 403, 403, 302, 302, 403)},
-    "p/<slug:slug>/":                           {"GET": (302, 404, 200, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
-    "p/<slug:slug>/annotate/":                  {"GET": (302, 404, 200, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
+    "": {"GET": (302, 200, 200, 200, 200, 200), "POST": (302, 405, 405, 405, 405, 405)},
+    "projects/new/": {"GET": (302, 403, 403, 200, 200, 403), "POST": (302, 403, 403, 302, 302, 403)},
+    "p/<slug:slug>/": {"GET": (302, 404, 200, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
+    "p/<slug:slug>/annotate/": {"GET": (302, 404, 200, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
     # The task is alice's (the annotator's): for everyone else it does not exist.
-    "p/<slug:slug>/tasks/<int:task_id>/judge/": {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 302, 404, 404, 404)},
-    "p/<slug:slug>/tasks/<int:task_id>/skip/":  {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 302, 404, 404, 404)},
-    "p/<slug:slug>/tasks/<int:task_id>/flag/":  {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 302, 404, 404, 404)},
-    "p/<slug:slug>/import/":                    {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 403, 302, 302, 404)},
-    "p/<slug:slug>/export/":                    {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 404, 403, 200, 200, 404)},
-    "p/<slug:slug>/snapshots/":                 {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 403, 302, 302, 404)},
-    "p/<slug:slug>/members/":                   {"GET": (302, 404, 403, 403, 200, 404), "POST": (302, 404, 403, 403, 302, 404)},
-    "p/<slug:slug>/settings/":                  {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 404, 403, 302, 302, 404)},
-    "p/<slug:slug>/dashboard/":                 {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
-    "p/<slug:slug>/dashboard/reinstate/":       {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 403, 302, 302, 404)},
+    "p/<slug:slug>/tasks/<int:task_id>/judge/": {
+        "GET": (302, 405, 405, 405, 405, 405),
+        "POST": (302, 404, 302, 404, 404, 404),
+    },
+    "p/<slug:slug>/tasks/<int:task_id>/skip/": {
+        "GET": (302, 405, 405, 405, 405, 405),
+        "POST": (302, 404, 302, 404, 404, 404),
+    },
+    "p/<slug:slug>/tasks/<int:task_id>/flag/": {
+        "GET": (302, 405, 405, 405, 405, 405),
+        "POST": (302, 404, 302, 404, 404, 404),
+    },
+    "p/<slug:slug>/import/": {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 403, 302, 302, 404)},
+    "p/<slug:slug>/export/": {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 404, 403, 200, 200, 404)},
+    "p/<slug:slug>/snapshots/": {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 403, 302, 302, 404)},
+    "p/<slug:slug>/members/": {"GET": (302, 404, 403, 403, 200, 404), "POST": (302, 404, 403, 403, 302, 404)},
+    "p/<slug:slug>/settings/": {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 404, 403, 302, 302, 404)},
+    "p/<slug:slug>/dashboard/": {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
+    "p/<slug:slug>/dashboard/reinstate/": {
+        "GET": (302, 405, 405, 405, 405, 405),
+        "POST": (302, 404, 403, 302, 302, 404),
+    },
     # Training pages: who researches no project sees no training at all (404); the launch form is for admins.
-    "training/":                                {"GET": (302, 404, 404, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
-    "training/new/":                            {"GET": (302, 404, 404, 403, 200, 404), "POST": (302, 404, 404, 403, 400, 404)},
-    "training/runs/<int:run_id>/":              {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
-    "training/runs/<int:run_id>/cancel/":       {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 403, 403, 302, 404)},
-    "training/runs/<int:run_id>/retry/":        {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 403, 403, 302, 404)},
+    "training/": {"GET": (302, 404, 404, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
+    "training/new/": {"GET": (302, 404, 404, 403, 200, 404), "POST": (302, 404, 404, 403, 400, 404)},
+    "training/runs/<int:run_id>/": {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
+    "training/runs/<int:run_id>/cancel/": {
+        "GET": (302, 405, 405, 405, 405, 405),
+        "POST": (302, 404, 403, 403, 302, 404),
+    },
+    "training/runs/<int:run_id>/retry/": {
+        "GET": (302, 405, 405, 405, 405, 405),
+        "POST": (302, 404, 403, 403, 302, 404),
+    },
     # The run is a reward run: "next round", "send kept" and a human evaluation are refused (400) past the role
     # check, and it has no human-evaluation results to show (404 for those who may read them).
-    "training/runs/<int:run_id>/next-round/":   {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 403, 403, 302, 404)},
-    "training/runs/<int:run_id>/send-kept/":    {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 403, 403, 302, 404)},
-    "training/runs/<int:run_id>/human-eval/":   {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 403, 403, 302, 404)},
-    "training/runs/<int:run_id>/human-eval/results/": {"GET": (302, 404, 403, 404, 404, 404), "POST": (302, 405, 405, 405, 405, 405)},
-    "training/projects/<slug:slug>/rounds/":    {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
-    "training/models/":                         {"GET": (302, 404, 404, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
-    "training/models/<int:artifact_id>/":       {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
+    "training/runs/<int:run_id>/next-round/": {
+        "GET": (302, 405, 405, 405, 405, 405),
+        "POST": (302, 404, 403, 403, 302, 404),
+    },
+    "training/runs/<int:run_id>/send-kept/": {
+        "GET": (302, 405, 405, 405, 405, 405),
+        "POST": (302, 404, 403, 403, 302, 404),
+    },
+    "training/runs/<int:run_id>/human-eval/": {
+        "GET": (302, 405, 405, 405, 405, 405),
+        "POST": (302, 404, 403, 403, 302, 404),
+    },
+    "training/runs/<int:run_id>/human-eval/results/": {
+        "GET": (302, 404, 403, 404, 404, 404),
+        "POST": (302, 405, 405, 405, 405, 405),
+    },
+    "training/projects/<slug:slug>/rounds/": {
+        "GET": (302, 404, 403, 200, 200, 404),
+        "POST": (302, 405, 405, 405, 405, 405),
+    },
+    "training/models/": {"GET": (302, 404, 404, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
+    "training/models/<int:artifact_id>/": {
+        "GET": (302, 404, 403, 200, 200, 404),
+        "POST": (302, 405, 405, 405, 405, 405),
+    },
     # --- API --- (list endpoints answer everyone logged in, with only their own projects' rows: see the leak tests)
-    "api/projects/":                            {"GET": (401, 200, 200, 200, 200, 200), "POST": (401, 403, 403, 201, 201, 403)},
-    "api/projects/<slug:slug>/":                {"GET": (401, 404, 200, 200, 200, 404), "PATCH": (401, 404, 403, 200, 200, 404)},
-    "api/projects/<slug:slug>/next-task/":      {"GET": (401, 404, 200, 200, 200, 404)},
-    "api/projects/<slug:slug>/items/":          {"GET": (401, 404, 403, 200, 200, 404), "POST": (401, 404, 403, 201, 201, 404)},
-    "api/projects/<slug:slug>/agreement/":      {"GET": (401, 404, 403, 200, 200, 404)},
-    "api/projects/<slug:slug>/members/":        {"GET": (401, 404, 403, 403, 200, 404), "POST": (401, 404, 403, 403, 201, 404)},
-    "api/projects/<slug:slug>/members/<str:username>/":           {"DELETE": (401, 404, 403, 403, 204, 404)},
+    "api/projects/": {"GET": (401, 200, 200, 200, 200, 200), "POST": (401, 403, 403, 201, 201, 403)},
+    "api/projects/<slug:slug>/": {"GET": (401, 404, 200, 200, 200, 404), "PATCH": (401, 404, 403, 200, 200, 404)},
+    "api/projects/<slug:slug>/next-task/": {"GET": (401, 404, 200, 200, 200, 404)},
+    "api/projects/<slug:slug>/items/": {"GET": (401, 404, 403, 200, 200, 404), "POST": (401, 404, 403, 201, 201, 404)},
+    "api/projects/<slug:slug>/agreement/": {"GET": (401, 404, 403, 200, 200, 404)},
+    "api/projects/<slug:slug>/members/": {
+        "GET": (401, 404, 403, 403, 200, 404),
+        "POST": (401, 404, 403, 403, 201, 404),
+    },
+    "api/projects/<slug:slug>/members/<str:username>/": {"DELETE": (401, 404, 403, 403, 204, 404)},
     "api/projects/<slug:slug>/members/<str:username>/reinstate/": {"POST": (401, 404, 403, 200, 200, 404)},
-    "api/projects/<slug:slug>/exports/":        {"GET": (401, 404, 403, 200, 200, 404), "POST": (401, 404, 403, 201, 201, 404)},
-    "api/exports/<int:snapshot_id>/":           {"GET": (401, 404, 403, 200, 200, 404)},
+    "api/projects/<slug:slug>/exports/": {
+        "GET": (401, 404, 403, 200, 200, 404),
+        "POST": (401, 404, 403, 201, 201, 404),
+    },
+    "api/exports/<int:snapshot_id>/": {"GET": (401, 404, 403, 200, 200, 404)},
     "api/exports/<int:snapshot_id>/files/<str:split>/": {"GET": (401, 404, 403, 200, 200, 404)},
-    "api/exports/<int:snapshot_id>/card/":      {"GET": (401, 404, 403, 200, 200, 404)},
-    "api/tasks/<int:task_id>/":                 {"GET": (401, 404, 200, 404, 404, 404)},
-    "api/tasks/<int:task_id>/judgments/":       {"POST": (401, 404, 201, 404, 404, 404)},
-    "api/tasks/<int:task_id>/skip/":            {"POST": (401, 404, 200, 404, 404, 404)},
-    "api/tasks/<int:task_id>/flags/":           {"POST": (401, 404, 201, 404, 404, 404)},
+    "api/exports/<int:snapshot_id>/card/": {"GET": (401, 404, 403, 200, 200, 404)},
+    "api/tasks/<int:task_id>/": {"GET": (401, 404, 200, 404, 404, 404)},
+    "api/tasks/<int:task_id>/judgments/": {"POST": (401, 404, 201, 404, 404, 404)},
+    "api/tasks/<int:task_id>/skip/": {"POST": (401, 404, 200, 404, 404, 404)},
+    "api/tasks/<int:task_id>/flags/": {"POST": (401, 404, 201, 404, 404, 404)},
     # Launching: admins only; the body names a base model that is not there, so the admin's answer is a 400.
-    "api/training-runs/":                       {"GET": (401, 200, 200, 200, 200, 200), "POST": (401, 404, 403, 403, 400, 404)},
-    "api/training-runs/<int:run_id>/":          {"GET": (401, 404, 403, 200, 200, 404)},
-    "api/training-runs/<int:run_id>/cancel/":   {"POST": (401, 404, 403, 403, 200, 404)},
+    "api/training-runs/": {"GET": (401, 200, 200, 200, 200, 200), "POST": (401, 404, 403, 403, 400, 404)},
+    "api/training-runs/<int:run_id>/": {"GET": (401, 404, 403, 200, 200, 404)},
+    "api/training-runs/<int:run_id>/cancel/": {"POST": (401, 404, 403, 403, 200, 404)},
     "api/training-runs/<int:run_id>/next-round/": {"POST": (401, 404, 403, 403, 400, 404)},
-    "api/training-runs/<int:run_id>/send-kept/":  {"POST": (401, 404, 403, 403, 400, 404)},
-    "api/training-runs/<int:run_id>/human-eval/": {"GET": (401, 404, 403, 404, 404, 404), "POST": (401, 404, 403, 403, 400, 404)},
-    "api/training-rounds/<slug:slug>/":         {"GET": (401, 404, 403, 200, 200, 404)},
-    "api/models/":                              {"GET": (401, 200, 200, 200, 200, 200)},
+    "api/training-runs/<int:run_id>/send-kept/": {"POST": (401, 404, 403, 403, 400, 404)},
+    "api/training-runs/<int:run_id>/human-eval/": {
+        "GET": (401, 404, 403, 404, 404, 404),
+        "POST": (401, 404, 403, 403, 400, 404),
+    },
+    "api/training-rounds/<slug:slug>/": {"GET": (401, 404, 403, 200, 200, 404)},
+    "api/models/": {"GET": (401, 200, 200, 200, 200, 200)},
     # Scoring: researchers; the artifact row has no weights on disk, so past the role check the answer is a 400.
-    "api/models/score/":                        {"POST": (401, 404, 403, 400, 400, 404)},
-    "api/models/<int:artifact_id>/":            {"GET": (401, 404, 403, 200, 200, 404)},
-    "api/models/<int:artifact_id>/score/":      {"POST": (401, 404, 403, 400, 400, 404)},
-}  # fmt: skip
+    "api/models/score/": {"POST": (401, 404, 403, 400, 400, 404)},
+    "api/models/<int:artifact_id>/": {"GET": (401, 404, 403, 200, 200, 404)},
+    "api/models/<int:artifact_id>/score/": {"POST": (401, 404, 403, 400, 400, 404)},
+}
 
 # How to fill each path parameter (by name); a pattern may override one (see PARAM_OVERRIDES).
 PARAMS = {
@@ -129,8 +174,14 @@ def _upload(name: str = "more.jsonl") -> SimpleUploadedFile:
 # A valid body for every write: (encoding, body). "form" and "multipart" go as form posts, "json" as JSON.
 BODIES = {
     ("accounts/login/", "POST"): lambda w: ("form", {"username": "nobody", "password": "wrong-password"}),
-    ("projects/new/", "POST"): lambda w: ("form", {"slug": "fresh", "name": "Fresh", "kind": "pairwise", "overlap": 1, "step_separator": "\n"}),
-    ("p/<slug:slug>/tasks/<int:task_id>/judge/", "POST"): lambda w: ("form", {"choice": "A", "strength": "2", "idempotency_key": "matrix-key"}),
+    ("projects/new/", "POST"): lambda w: (
+        "form",
+        {"slug": "fresh", "name": "Fresh", "kind": "pairwise", "overlap": 1, "step_separator": "\n"},
+    ),
+    ("p/<slug:slug>/tasks/<int:task_id>/judge/", "POST"): lambda w: (
+        "form",
+        {"choice": "A", "strength": "2", "idempotency_key": "matrix-key"},
+    ),
     ("p/<slug:slug>/tasks/<int:task_id>/skip/", "POST"): lambda w: ("form", {"reason": "I need more context"}),
     ("p/<slug:slug>/tasks/<int:task_id>/flag/", "POST"): lambda w: ("form", {"category": "broken", "note": "garbled"}),
     ("p/<slug:slug>/import/", "POST"): lambda w: ("multipart", {"file": _upload()}),
@@ -145,13 +196,25 @@ BODIES = {
     ("api/projects/<slug:slug>/items/", "POST"): lambda w: ("multipart", {"file": _upload()}),
     ("api/projects/<slug:slug>/members/", "POST"): lambda w: ("json", {"username": BOB, "role": "researcher"}),
     ("api/projects/<slug:slug>/exports/", "POST"): lambda w: ("json", {"format": "trl"}),
-    ("api/tasks/<int:task_id>/judgments/", "POST"): lambda w: ("json", {"choice": "A", "strength": 1, "idempotency_key": "matrix-key"}),
+    ("api/tasks/<int:task_id>/judgments/", "POST"): lambda w: (
+        "json",
+        {"choice": "A", "strength": 1, "idempotency_key": "matrix-key"},
+    ),
     ("api/tasks/<int:task_id>/skip/", "POST"): lambda w: ("json", {"reason": "I need more context"}),
     ("api/tasks/<int:task_id>/flags/", "POST"): lambda w: ("json", {"category": "broken", "note": "garbled"}),
-    ("api/training-runs/", "POST"): lambda w: ("json", {"project": "main", "kind": "reward", "base_model": "tiny-llama"}),
-    ("api/models/score/", "POST"): lambda w: ("json", {"models": [{"id": w.artifact.pk, "weight": 1.0}], "pairs": [{"prompt": "Hi?", "response": "Hello."}]}),
-    ("api/models/<int:artifact_id>/score/", "POST"): lambda w: ("json", {"pairs": [{"prompt": "Hi?", "response": "Hello."}]}),
-}  # fmt: skip
+    ("api/training-runs/", "POST"): lambda w: (
+        "json",
+        {"project": "main", "kind": "reward", "base_model": "tiny-llama"},
+    ),
+    ("api/models/score/", "POST"): lambda w: (
+        "json",
+        {"models": [{"id": w.artifact.pk, "weight": 1.0}], "pairs": [{"prompt": "Hi?", "response": "Hello."}]},
+    ),
+    ("api/models/<int:artifact_id>/score/", "POST"): lambda w: (
+        "json",
+        {"pairs": [{"prompt": "Hi?", "response": "Hello."}]},
+    ),
+}
 
 
 def _settings_form(w: World) -> dict:
@@ -336,11 +399,23 @@ def _json(client: Client, url: str):
 def test_lists_hold_only_the_callers_projects(world):
     clients = _clients(world)
     slugs = {role: sorted(p["slug"] for p in _json(clients[role], "/api/projects/")) for role in ROLES[1:]}
-    assert slugs == {"other": ["otherproj"], "annotator": ["main"], "researcher": ["main"], "admin": ["main"], "staff": []}
+    assert slugs == {
+        "other": ["otherproj"],
+        "annotator": ["main"],
+        "researcher": ["main"],
+        "admin": ["main"],
+        "staff": [],
+    }
     runs = {role: [r["id"] for r in _json(clients[role], "/api/training-runs/")] for role in ROLES[1:]}
     assert runs == {"other": [], "annotator": [], "researcher": [world.run.pk], "admin": [world.run.pk], "staff": []}
     models = {role: [m["id"] for m in _json(clients[role], "/api/models/")] for role in ROLES[1:]}
-    assert models == {"other": [], "annotator": [], "researcher": [world.artifact.pk], "admin": [world.artifact.pk], "staff": []}
+    assert models == {
+        "other": [],
+        "annotator": [],
+        "researcher": [world.artifact.pk],
+        "admin": [world.artifact.pk],
+        "staff": [],
+    }
     # Asking for the other project's runs by name is a 404, not an empty list that confirms it exists.
     assert clients["researcher"].get("/api/training-runs/", {"project": "otherproj"}).status_code == 404
     assert clients["researcher"].get("/api/models/", {"project": "otherproj"}).status_code == 404
@@ -394,5 +469,8 @@ def test_a_launch_cannot_use_another_projects_model(world, settings):
     admin = _clients(world)["admin"]
     body = {"project": "main", "kind": "reward", "base_model": f"artifact:{world.other_artifact.pk}"}
     answer = admin.post("/api/training-runs/", body, content_type="application/json")
-    assert answer.status_code == 400 and answer.json()["detail"] == f"No registered model artifact {world.other_artifact.pk}."
+    assert (
+        answer.status_code == 400
+        and answer.json()["detail"] == f"No registered model artifact {world.other_artifact.pk}."
+    )
     assert not world.main.training_runs.exclude(pk=world.run.pk).exists()

@@ -17,7 +17,8 @@ import pytest
 from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from annotate import actions
 
@@ -41,9 +42,14 @@ def in_process_app():
 
 def _real_parameters(world) -> dict:
     return {
-        "slug": world.main.slug, "task_id": world.task.pk, "snapshot_id": world.snapshot.pk, "split": "train",
-        "username": "bob_annotator", "run_id": world.run.pk, "artifact_id": world.artifact.pk,
-    }  # fmt: skip
+        "slug": world.main.slug,
+        "task_id": world.task.pk,
+        "snapshot_id": world.snapshot.pk,
+        "split": "train",
+        "username": "bob_annotator",
+        "run_id": world.run.pk,
+        "artifact_id": world.artifact.pk,
+    }
 
 
 def test_no_request_to_any_operation_gets_a_5xx(world, client):
@@ -52,13 +58,17 @@ def test_no_request_to_any_operation_gets_a_5xx(world, client):
     raw = client.get("/api/schema/", {"format": "json"}).json()
     schema = schemathesis.openapi.from_dict(raw)
     headers = {"anonymous": {}}
-    headers.update({role: {"Authorization": f"Token {actions.issue_token(user)}"} for role, user in world.users.items()})
+    headers.update(
+        {role: {"Authorization": f"Token {actions.issue_token(user)}"} for role, user in world.users.items()}
+    )
     real = _real_parameters(world)
     failures, silent, stats = [], [], {"operations": 0, "examples": 0, "requests": 0}
     with in_process_app() as app:
         _fuzz_every_operation(schema, app, headers, real, failures, silent, stats)
-    print(f"\nschemathesis: {stats['operations']} operations, {stats['examples']} examples, {stats['requests']} requests, "
-          f"{len(failures)} answers >= 500")  # fmt: skip
+    print(
+        f"\nschemathesis: {stats['operations']} operations, {stats['examples']} examples, {stats['requests']} requests, "
+        f"{len(failures)} answers >= 500"
+    )
     assert stats["operations"] >= 25
     assert not failures, f"{len(failures)} answers >= 500:\n" + "\n".join(failures[:20])
     assert not silent, "Refusals without a reason:\n" + "\n".join(silent[:20])
@@ -79,8 +89,14 @@ def _fuzz_every_operation(schema, app, headers, real, failures, silent, stats):
         )
 
         @given(case=strategy)
-        @settings(max_examples=EXAMPLES * 3, deadline=None, database=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
-                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @settings(
+            max_examples=EXAMPLES * 3,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         def fuzz(case):
             stats["examples"] += 1
             for role, auth in headers.items():
@@ -89,6 +105,8 @@ def _fuzz_every_operation(schema, app, headers, real, failures, silent, stats):
                 if response.status_code >= 500:
                     failures.append(f"{role}: {response.status_code} for {case.as_curl_command(headers=auth)}")
                 elif response.status_code >= 400 and not response.content:
-                    silent.append(f"{role}: {response.status_code} without a reason for {case.as_curl_command(headers=auth)}")
+                    silent.append(
+                        f"{role}: {response.status_code} without a reason for {case.as_curl_command(headers=auth)}"
+                    )
 
         fuzz()

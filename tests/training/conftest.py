@@ -52,9 +52,9 @@ def _vocabulary_texts() -> list[str]:
 @pytest.fixture(scope="session")
 def models_root(tmp_path_factory) -> Path:
     """MODEL_ROOTS for the tests: tiny-llama (a sequence classifier) and tiny-causal (a language model)."""
-    from tests.tiny import tiny_causal_lm, tiny_reward_model, tiny_tokenizer
-
     import torch
+
+    from tests.tiny import tiny_causal_lm, tiny_reward_model, tiny_tokenizer
 
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)  # the same random base model in every session: the tests' thresholds hold for it
@@ -86,7 +86,10 @@ def trained_reward(tmp_path_factory, models_root) -> Path:
 
     folder = tmp_path_factory.mktemp("trained")
     data = toy_rows(80)
-    paths = {"train": write_jsonl(data[:64], folder / "train.jsonl"), "test": write_jsonl(data[64:], folder / "test.jsonl")}
+    paths = {
+        "train": write_jsonl(data[:64], folder / "train.jsonl"),
+        "test": write_jsonl(data[64:], folder / "test.jsonl"),
+    }
     config = RewardRunConfig.from_dict({**FAST, "base_model": str(models_root / "tiny-llama")})
     metrics = run(config, paths, folder / "model", lambda event: None)
     assert metrics["eval_accuracy"] >= 0.9
@@ -103,9 +106,14 @@ def registered_reward(trained_reward, settings, make_project):
     shutil.copytree(trained_reward, Path(settings.ARTIFACT_ROOT) / relative)
     info = json.loads((trained_reward / "arbiter.json").read_text())
     return ModelArtifact.objects.create(
-        project=project, name="scored-rm", kind="reward", path=str(relative), base_model=info["base_model_path"],
-        config=info["config"], metrics=info["metrics"],
-    )  # fmt: skip
+        project=project,
+        name="scored-rm",
+        kind="reward",
+        path=str(relative),
+        base_model=info["base_model_path"],
+        config=info["config"],
+        metrics=info["metrics"],
+    )
 
 
 @pytest.fixture
@@ -120,7 +128,14 @@ def preference_project(make_project):
         good_first = rng.random() < 0.5
         items.append({"id": f"q{i}", "prompt": prompt, "responses": [good, bad] if good_first else [bad, good]})
         for annotator in ("ann-a", "ann-b"):
-            votes.append({"item": f"q{i}", "annotator": annotator, "winner": 0 if good_first else 1, "strength": rng.randint(1, 3)})
+            votes.append(
+                {
+                    "item": f"q{i}",
+                    "annotator": annotator,
+                    "winner": 0 if good_first else 1,
+                    "strength": rng.randint(1, 3),
+                }
+            )
     annotate_actions.import_items(project, parse_items(jsonl(items), "jsonl", "pairwise"))
     annotate_actions.import_judgments(project, parse_votes(jsonl(votes), "jsonl"))
     return project

@@ -1,6 +1,6 @@
 """A stand-in for ``python -m training.runners`` in supervisor tests: behaves as told, starts in milliseconds.
 
-    python fake_runner.py MODE SPEC.json      MODE: slow | crash | sigkill | succeed
+python fake_runner.py MODE SPEC.json      MODE: slow | crash | sigkill | succeed
 """
 
 import json

@@ -30,7 +30,9 @@ MESSAGES = [{"role": "system", "content": "Be kind."}, {"role": "user", "content
 
 
 def prompt_file(folder: Path, n: int = 4, messages: bool = True) -> str:
-    rows = [{"prompt": f"Question {i}: tell me about topic {i}.", "item": 100 + i, "external_id": f"q{i}"} for i in range(n)]
+    rows = [
+        {"prompt": f"Question {i}: tell me about topic {i}.", "item": 100 + i, "external_id": f"q{i}"} for i in range(n)
+    ]
     if messages:
         rows[-1] = {"prompt": MESSAGES, "item": None, "external_id": "chat"}
     return write_jsonl(rows, folder / "prompts.jsonl")
@@ -78,12 +80,18 @@ def test_wilson_interval_matches_statsmodels():
 
 def test_select_best_keeps_the_top_non_empty_sample_above_the_threshold():
     rows = [{"prompt": f"p{i}", "item": i, "external_id": f"e{i}"} for i in range(3)]
-    samples = [[Sample("a", "eos", 2), Sample("b", "eos", 2), Sample("c", "length", 6)],
-               [Sample("", "eos", 1), Sample("d", "eos", 2), Sample("e", "eos", 2)],
-               [Sample("f", "eos", 2), Sample("g", "eos", 2), Sample("h", "eos", 2)]]  # fmt: skip
+    samples = [
+        [Sample("a", "eos", 2), Sample("b", "eos", 2), Sample("c", "length", 6)],
+        [Sample("", "eos", 1), Sample("d", "eos", 2), Sample("e", "eos", 2)],
+        [Sample("f", "eos", 2), Sample("g", "eos", 2), Sample("h", "eos", 2)],
+    ]
     scores = [[0.1, 0.9, 0.3], [5.0, -1.0, -2.0], [-3.0, -4.0, -3.5]]
     kept = select_best(rows, samples, scores, None)
-    assert [(k["external_id"], k["response"], k["score"]) for k in kept] == [("e0", "b", 0.9), ("e1", "d", -1.0), ("e2", "f", -3.0)]
+    assert [(k["external_id"], k["response"], k["score"]) for k in kept] == [
+        ("e0", "b", 0.9),
+        ("e1", "d", -1.0),
+        ("e2", "f", -3.0),
+    ]
     assert kept[0]["mean_score"] == pytest.approx((0.1 + 0.9 + 0.3) / 3)
     assert [k["response"] for k in select_best(rows, samples, scores, 0.0)] == ["b"]
 
@@ -101,8 +109,15 @@ def test_prompts_use_the_chat_template_and_keep_their_end(models_root):
 
 
 def test_generate_writes_k_labelled_candidates_per_prompt(models_root, trained_reward, tmp_path):
-    config = GenerateRunConfig.from_dict({**SAMPLING, "base_model": str(models_root / "tiny-causal"), "num_samples": 3,
-                                          "reward_models": [str(trained_reward)], "seed": 3})  # fmt: skip
+    config = GenerateRunConfig.from_dict(
+        {
+            **SAMPLING,
+            "base_model": str(models_root / "tiny-causal"),
+            "num_samples": 3,
+            "reward_models": [str(trained_reward)],
+            "seed": 3,
+        }
+    )
     events = []
     metrics = run_generate(config, {"train": prompt_file(tmp_path)}, tmp_path / "out", lambda e: events.append(e))
 
@@ -123,14 +138,25 @@ def test_generate_writes_k_labelled_candidates_per_prompt(models_root, trained_r
     assert metrics["candidates_per_second"] > 0 and 0 <= metrics["eos_fraction"] <= 1
     assert metrics["mean_response_tokens"] == pytest.approx(sum(r["tokens"] for r in responses) / 12)
     info = json.loads((tmp_path / "out" / "arbiter.json").read_text())
-    assert (info["kind"], info["model"], info["config"]["num_samples"]) == ("generate", str(models_root / "tiny-causal"), 3)
+    assert (info["kind"], info["model"], info["config"]["num_samples"]) == (
+        "generate",
+        str(models_root / "tiny-causal"),
+        3,
+    )
     progress = [e for e in events if e["event"] in ("start", "progress")]
     assert progress[0] == {"event": "start", "step": 0, "total": 1, "phase": "sampling"} and progress[-1]["step"] == 1
 
 
 def test_temperature_zero_samples_the_same_response_k_times(models_root, tmp_path):
-    config = GenerateRunConfig.from_dict({**SAMPLING, "base_model": str(models_root / "tiny-causal"), "num_samples": 3,
-                                          "temperature": 0.0, "model_label": "policy-v1"})  # fmt: skip
+    config = GenerateRunConfig.from_dict(
+        {
+            **SAMPLING,
+            "base_model": str(models_root / "tiny-causal"),
+            "num_samples": 3,
+            "temperature": 0.0,
+            "model_label": "policy-v1",
+        }
+    )
     run_generate(config, {"train": prompt_file(tmp_path, n=3)}, tmp_path / "out", lambda e: None)
     rows = read_rows(tmp_path / "out" / "candidates.jsonl")
     assert len(rows) == 3
@@ -172,15 +198,32 @@ def test_the_vllm_backend_without_vllm_is_refused_before_any_work(models_root, t
 
 def test_rejection_sampling_keeps_the_best_and_fine_tunes_on_it(models_root, trained_reward, tmp_path):
     base = models_root / "tiny-causal"
-    config = RejectionSamplingRunConfig.from_dict({
-        **SAMPLING, "base_model": str(base), "reward_models": [str(trained_reward)], "num_samples": 3,
-        "max_steps": 2, "learning_rate": 1e-3, "per_device_train_batch_size": 4, "logging_steps": 1,
-    })  # fmt: skip
+    config = RejectionSamplingRunConfig.from_dict(
+        {
+            **SAMPLING,
+            "base_model": str(base),
+            "reward_models": [str(trained_reward)],
+            "num_samples": 3,
+            "max_steps": 2,
+            "learning_rate": 1e-3,
+            "per_device_train_batch_size": 4,
+            "logging_steps": 1,
+        }
+    )
     out = tmp_path / "out"
-    metrics = run_rejection_sampling(config, {"train": prompt_file(tmp_path, n=6)}, out, lambda e: None, tmp_path / "ckpt")
+    metrics = run_rejection_sampling(
+        config, {"train": prompt_file(tmp_path, n=6)}, out, lambda e: None, tmp_path / "ckpt"
+    )
 
     kept = read_rows(out / "kept.jsonl")
-    assert len(kept) == metrics["kept"] == 6 and {k["external_id"] for k in kept} == {"q0", "q1", "q2", "q3", "q4", "chat"}
+    assert len(kept) == metrics["kept"] == 6 and {k["external_id"] for k in kept} == {
+        "q0",
+        "q1",
+        "q2",
+        "q3",
+        "q4",
+        "chat",
+    }
     assert all(k["score"] >= k["mean_score"] for k in kept)
     assert metrics["kept_mean_score"] >= metrics["sample_mean_score"]
     assert metrics["train_steps"] == 2 and math.isfinite(metrics["train_loss"])
@@ -188,14 +231,22 @@ def test_rejection_sampling_keeps_the_best_and_fine_tunes_on_it(models_root, tra
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[name], after[name]) for name in before)
     info = json.loads((out / "arbiter.json").read_text())
-    assert (info["kind"], info["metrics"]["kept"], info["reward_models"]) == ("rejection_sampling", 6, [str(trained_reward)])
+    assert (info["kind"], info["metrics"]["kept"], info["reward_models"]) == (
+        "rejection_sampling",
+        6,
+        [str(trained_reward)],
+    )
     assert not list(out.glob("*.bin"))
     # The scored samples were kept for a resume: a resumed run trains on the same kept samples without sampling again.
     events = []
-    again = run_rejection_sampling(config, {"train": prompt_file(tmp_path, n=6)}, tmp_path / "again", events.append, tmp_path / "ckpt")
+    again = run_rejection_sampling(
+        config, {"train": prompt_file(tmp_path, n=6)}, tmp_path / "again", events.append, tmp_path / "ckpt"
+    )
     assert not [e for e in events if e.get("phase") == "sampling"]
     assert any(e["event"] == "log" and e["message"].startswith("Resuming: 6 kept samples") for e in events)
-    assert read_rows(tmp_path / "again" / "kept.jsonl") == kept and again["kept_mean_score"] == metrics["kept_mean_score"]
+    assert (
+        read_rows(tmp_path / "again" / "kept.jsonl") == kept and again["kept_mean_score"] == metrics["kept_mean_score"]
+    )
 
 
 def test_rejection_sampling_needs_a_reward_model(models_root, tmp_path):
@@ -213,20 +264,37 @@ def test_a_policy_against_itself_ties_everywhere(models_root, trained_reward, tm
     """The same seed, prompts and settings sample the same texts from the same model: every prompt is a tie, and
     the win rate is exactly 0.5 (an evaluation that reseeded differently for the baseline would not tie)."""
     policy = str(models_root / "tiny-causal")
-    config = EvaluateRunConfig.from_dict({**SAMPLING, "base_model": policy, "baseline_model": policy,
-                                          "reward_models": [str(trained_reward)], "seed": 5})  # fmt: skip
+    config = EvaluateRunConfig.from_dict(
+        {**SAMPLING, "base_model": policy, "baseline_model": policy, "reward_models": [str(trained_reward)], "seed": 5}
+    )
     metrics = run_evaluate(config, {"test": prompt_file(tmp_path, n=6)}, tmp_path / "out", lambda e: None)
     assert (metrics["win_rate"], metrics["ties"], metrics["prompts"]) == (0.5, 6, 6)
     assert metrics["win_rate_lo"] < 0.5 < metrics["win_rate_hi"]
     assert metrics["policy_mean_score"] == pytest.approx(metrics["baseline_mean_score"], abs=1e-5)
 
 
-def test_evaluate_against_another_policy_reports_a_win_rate_with_its_interval(models_root, other_policy, trained_reward, tmp_path):
-    config = EvaluateRunConfig.from_dict({**SAMPLING, "base_model": str(models_root / "tiny-causal"),
-                                          "baseline_model": str(other_policy), "reward_models": [str(trained_reward)]})  # fmt: skip
+def test_evaluate_against_another_policy_reports_a_win_rate_with_its_interval(
+    models_root, other_policy, trained_reward, tmp_path
+):
+    config = EvaluateRunConfig.from_dict(
+        {
+            **SAMPLING,
+            "base_model": str(models_root / "tiny-causal"),
+            "baseline_model": str(other_policy),
+            "reward_models": [str(trained_reward)],
+        }
+    )
     metrics = run_evaluate(config, {"test": prompt_file(tmp_path, n=8)}, tmp_path / "out", lambda e: None)
     rows = read_rows(tmp_path / "out" / "comparisons.jsonl")
-    assert len(rows) == 8 and set(rows[0]) >= {"prompt", "item", "external_id", "policy", "baseline", "policy_score", "baseline_score"}
+    assert len(rows) == 8 and set(rows[0]) >= {
+        "prompt",
+        "item",
+        "external_id",
+        "policy",
+        "baseline",
+        "policy_score",
+        "baseline_score",
+    }
     assert any(r["policy"] != r["baseline"] for r in rows)
     wins = sum(r["policy_score"] > r["baseline_score"] + 1e-6 for r in rows)
     ties = sum(r["winner"] == "tie" for r in rows)

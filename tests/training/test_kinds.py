@@ -23,7 +23,9 @@ from training.runners.config import RunConfig, option
 class EchoRunConfig(RunConfig):
     base_model: str = option("", "Folder of the base model.")
     criterion: str = option("", "Train on one criterion's preferences; empty: the overall judgment.")
-    echo_scale: float = option(2.0, "What the runner multiplies the number of training rows by (the metric it reports).")
+    echo_scale: float = option(
+        2.0, "What the runner multiplies the number of training rows by (the metric it reports)."
+    )
 
 
 CONFIG_CLASS = EchoRunConfig
@@ -37,13 +39,22 @@ def run(config: EchoRunConfig, dataset_paths: dict, output_dir, progress_callbac
     out = Path(output_dir)
     (out / "model.safetensors").write_bytes(b"not really weights")
     (out / "arbiter.json").write_text(json.dumps({"kind": "echo", "is_adapter": False}), encoding="utf-8")
-    return {"echoed": config.echo_scale * len(rows), "train_rows": float(len(rows)), "first_prompt_chars": float(len(rows[0]["prompt"]))}
+    return {
+        "echoed": config.echo_scale * len(rows),
+        "train_rows": float(len(rows)),
+        "first_prompt_chars": float(len(rows[0]["prompt"])),
+    }
 
 
 ECHO = kinds.TrainingKind(
-    name="echo", label="Echo (a test kind)", config=EchoRunConfig, runner=__name__, reads=kinds.SNAPSHOT,
-    publishes=kinds.MODEL, base_models=(kinds.CAUSAL_LM,),
-)  # fmt: skip
+    name="echo",
+    label="Echo (a test kind)",
+    config=EchoRunConfig,
+    runner=__name__,
+    reads=kinds.SNAPSHOT,
+    publishes=kinds.MODEL,
+    base_models=(kinds.CAUSAL_LM,),
+)
 
 
 @pytest.fixture
@@ -55,8 +66,14 @@ def echo_kind(monkeypatch):
 @pytest.mark.django_db
 def test_a_kind_added_through_the_registry_alone_launches_runs_and_publishes(echo_kind, preference_snapshot, tiny_base):
     project = preference_snapshot.project
-    run = launching.launch_run(project=project, kind="echo", base_model="tiny-llama", snapshot=preference_snapshot,
-                               values={"echo_scale": 3.0}, enqueue=False)  # fmt: skip
+    run = launching.launch_run(
+        project=project,
+        kind="echo",
+        base_model="tiny-llama",
+        snapshot=preference_snapshot,
+        values={"echo_scale": 3.0},
+        enqueue=False,
+    )
     assert run.config["echo_scale"] == 3.0 and run.config["base_model"] == str(tiny_base.resolve())
     assert run.get_kind_display() == "Echo (a test kind)" and run.makes_model
     paths, digest = datasets.run_datasets(run)
@@ -70,7 +87,9 @@ def test_a_kind_added_through_the_registry_alone_launches_runs_and_publishes(ech
     artifact = ModelArtifact.objects.get(run=run)
     assert artifact.kind == ArtifactKind.POLICY and artifact.name == f"prefs-run-{run.pk}-echo"
     assert (artifact.folder / "model.safetensors").read_bytes() == b"not really weights"
-    assert json.loads((artifact.folder / "arbiter.json").read_text())["dataset_hash"] == preference_snapshot.content_hash
+    assert (
+        json.loads((artifact.folder / "arbiter.json").read_text())["dataset_hash"] == preference_snapshot.content_hash
+    )
 
 
 @pytest.mark.django_db
@@ -86,13 +105,23 @@ def test_a_kind_added_through_the_registry_is_offered_by_the_form_the_command_an
         call_command("train", "--help")  # argparse prints the help to sys.stdout
     assert "echo                Echo (a test kind): reads a snapshot, makes a policy" in capsys.readouterr().out
     config_help = io.StringIO()
-    call_command("train", "echo", "--project", "prefs", "--base-model", "tiny-llama", "--help-config", stdout=config_help)
+    call_command(
+        "train", "echo", "--project", "prefs", "--base-model", "tiny-llama", "--help-config", stdout=config_help
+    )
     assert "echo_scale = 2.0  [float]" in config_help.getvalue()
 
     client.force_login(admin)
-    response = client.post("/api/training-runs/", {"project": "prefs", "kind": "echo", "base_model": "tiny-llama",
-                                                   "snapshot": preference_snapshot.pk, "config": {"echo_scale": 5}},
-                           content_type="application/json")  # fmt: skip
+    response = client.post(
+        "/api/training-runs/",
+        {
+            "project": "prefs",
+            "kind": "echo",
+            "base_model": "tiny-llama",
+            "snapshot": preference_snapshot.pk,
+            "config": {"echo_scale": 5},
+        },
+        content_type="application/json",
+    )
     assert response.status_code == 201, response.content
     run = TrainingRun.objects.get(pk=response.json()["id"])
     assert run.kind == "echo" and run.config["echo_scale"] == 5.0 and run.snapshot_id == preference_snapshot.pk
@@ -112,7 +141,13 @@ def test_the_registry_holds_each_fact_once_for_the_built_in_kinds():
     assert kinds.names(publishes=kinds.REWARD_MODEL) == ["reward"]
     assert kinds.names(publishes=kinds.CANDIDATES) == ["generate"] and kinds.NEXT_ROUND == "generate"
     assert kinds.names(publishes=kinds.COMPARISONS) == ["evaluate"]
-    assert sorted(kinds.names(reward_models=kinds.REWARD_MODEL_NEEDED)) == ["evaluate", "grpo", "ppo", "rejection_sampling", "rloo"]
+    assert sorted(kinds.names(reward_models=kinds.REWARD_MODEL_NEEDED)) == [
+        "evaluate",
+        "grpo",
+        "ppo",
+        "rejection_sampling",
+        "rloo",
+    ]
     assert [k for k in kinds.KINDS.values() if k.review_file] == [kinds.get("rejection_sampling")]
     reward, sft = kinds.get("reward"), kinds.get("sft")
     assert reward.snapshot_format(reward.config.from_dict({"objective": "regression"})) == "ratings"

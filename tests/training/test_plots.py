@@ -13,10 +13,15 @@ def _points(svg: str) -> dict[str, list[tuple[float, float]]]:
 
 
 def test_loss_and_accuracy_charts_carry_the_logged_values():
-    loss, accuracy = run_charts({
-        "loss": [(10, 0.41), (5, 0.69)], "eval_loss": [(10, 0.52)], "accuracy": [(5, 0.6), (10, 0.8)],
-        "eval_accuracy_helpful": [(10, 0.75)], "learning_rate": [(5, 1e-5)],
-    })  # fmt: skip
+    loss, accuracy = run_charts(
+        {
+            "loss": [(10, 0.41), (5, 0.69)],
+            "eval_loss": [(10, 0.52)],
+            "accuracy": [(5, 0.6), (10, 0.8)],
+            "eval_accuracy_helpful": [(10, 0.75)],
+            "learning_rate": [(5, 1e-5)],
+        }
+    )
     assert "<title" in loss and ">Loss</title>" in loss and ">step</text>" in loss
     assert _points(loss) == {"loss": [(5, 0.69), (10, 0.41)], "eval_loss": [(10, 0.52)]}
     assert ">Pairwise accuracy</title>" in accuracy

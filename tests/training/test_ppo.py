@@ -18,8 +18,17 @@ PROMPTS = [{"prompt": f"Question {i}: tell me about topic {i}.", "item": i, "ext
 # The toy task: the reward is the fraction of response tokens among the chosen ones (half of the tiny vocabulary,
 # ids below 150), so a uniform random policy scores about 0.5 and the best one 1.
 CHOSEN_BELOW = 150
-TOY = {"max_steps": 20, "batch_size": 16, "mini_batch_size": 8, "per_device_train_batch_size": 8, "ppo_epochs": 4,
-       "learning_rate": 1e-2, "lr_scheduler_type": "constant", "max_new_tokens": 8, "temperature": 1.0}  # fmt: skip
+TOY = {
+    "max_steps": 20,
+    "batch_size": 16,
+    "mini_batch_size": 8,
+    "per_device_train_batch_size": 8,
+    "ppo_epochs": 4,
+    "learning_rate": 1e-2,
+    "lr_scheduler_type": "constant",
+    "max_new_tokens": 8,
+    "temperature": 1.0,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -88,8 +97,15 @@ def test_runs_without_a_reward_model_or_with_qlora_on_the_cpu_fail_before_any_wo
     for kind in ("ppo", "grpo", "rloo"):
         runner = load_runner(kind)
         with pytest.raises(RunnerError, match="at least one reward model"):
-            runner.run(runner.CONFIG_CLASS.from_dict({"base_model": str(tiny_causal)}), {"train": prompts}, tmp_path / kind, lambda e: None)
-        config = runner.CONFIG_CLASS.from_dict({"base_model": str(tiny_causal), "reward_models": [str(tiny_causal)], "method": "qlora"})
+            runner.run(
+                runner.CONFIG_CLASS.from_dict({"base_model": str(tiny_causal)}),
+                {"train": prompts},
+                tmp_path / kind,
+                lambda e: None,
+            )
+        config = runner.CONFIG_CLASS.from_dict(
+            {"base_model": str(tiny_causal), "reward_models": [str(tiny_causal)], "method": "qlora"}
+        )
         with pytest.raises(RunnerError, match="QLoRA needs a CUDA GPU"):
             runner.run(config, {"train": prompts}, tmp_path / kind, lambda e: None)
         assert not (tmp_path / kind).exists()
@@ -124,18 +140,34 @@ def test_ppo_raises_a_known_reward_while_the_kl_penalty_bounds_the_drift(tmp_pat
 
 def test_ppo_with_a_reward_model_and_lora_resumes_from_its_checkpoint(tmp_path, tiny_causal, trained_reward):
     prompts = write_jsonl(PROMPTS, tmp_path / "prompts.jsonl")
-    config = PPORunConfig.from_dict({
-        "base_model": str(tiny_causal), "reward_models": [str(trained_reward)], "method": "lora", "lora_r": 4,
-        "max_steps": 3, "save_steps": 1, "batch_size": 4, "mini_batch_size": 4, "ppo_epochs": 1, "max_new_tokens": 6,
-        "learning_rate": 1e-2, "missing_eos_penalty": 1.0,
-    })  # fmt: skip
+    config = PPORunConfig.from_dict(
+        {
+            "base_model": str(tiny_causal),
+            "reward_models": [str(trained_reward)],
+            "method": "lora",
+            "lora_r": 4,
+            "max_steps": 3,
+            "save_steps": 1,
+            "batch_size": 4,
+            "mini_batch_size": 4,
+            "ppo_epochs": 1,
+            "max_new_tokens": 6,
+            "learning_rate": 1e-2,
+            "missing_eos_penalty": 1.0,
+        }
+    )
     checkpoints = tmp_path / "checkpoints"
     stop_at_two = lambda e: e["event"] == "progress" and e["step"] == 2  # noqa: E731
     with pytest.raises(RunCancelled):
         load_runner("ppo").run(config, {"train": prompts}, tmp_path / "out", stop_at_two, str(checkpoints))
     assert [p.name for p in checkpoints.iterdir()] == ["checkpoint-1"]
     saved = checkpoints / "checkpoint-1"
-    assert {p.name for p in saved.iterdir()} == {"model.safetensors", "value.safetensors", "optimizer.pt", "trainer_state.json"}
+    assert {p.name for p in saved.iterdir()} == {
+        "model.safetensors",
+        "value.safetensors",
+        "optimizer.pt",
+        "trainer_state.json",
+    }
     assert all("lora_" in name for name in load_file(saved / "model.safetensors"))  # only the adapter is trained
     assert not (tmp_path / "out").exists()
 
@@ -147,7 +179,9 @@ def test_ppo_with_a_reward_model_and_lora_resumes_from_its_checkpoint(tmp_path, 
     assert f"value model from {trained_reward}" in log and "Resuming from checkpoint-1" in log
     # Every tiny response runs to max_new_tokens without an eos token: the penalty takes 1 off each score.
     assert metrics["eos_fraction"] == 0.0 and metrics["reward"] == pytest.approx(metrics["score"] - 1.0)
-    assert (tmp_path / "out" / "model.safetensors").is_file() and not (tmp_path / "out" / "adapter_config.json").exists()
+    assert (tmp_path / "out" / "model.safetensors").is_file() and not (
+        tmp_path / "out" / "adapter_config.json"
+    ).exists()
     assert _changed(tiny_causal, tmp_path / "out")  # the merged adapter changed the weights
 
 
@@ -166,12 +200,22 @@ def test_the_reward_function_scores_texts_and_assistant_messages_alike(trained_r
 @pytest.mark.parametrize("kind", ["grpo", "rloo"])
 def test_grpo_and_rloo_train_against_the_reward_model(kind, tmp_path, tiny_causal, trained_reward):
     runner = load_runner(kind)
-    config = runner.CONFIG_CLASS.from_dict({
-        "base_model": str(tiny_causal), "reward_models": [str(trained_reward)], "max_steps": 2, "learning_rate": 1e-2,
-        "per_device_train_batch_size": 8, "num_generations": 4, "max_new_tokens": 6, "beta": 0.1,
-    })  # fmt: skip
+    config = runner.CONFIG_CLASS.from_dict(
+        {
+            "base_model": str(tiny_causal),
+            "reward_models": [str(trained_reward)],
+            "max_steps": 2,
+            "learning_rate": 1e-2,
+            "per_device_train_batch_size": 8,
+            "num_generations": 4,
+            "max_new_tokens": 6,
+            "beta": 0.1,
+        }
+    )
     events = []
-    metrics = runner.run(config, {"train": write_jsonl(PROMPTS, tmp_path / "prompts.jsonl")}, tmp_path / "out", events.append)
+    metrics = runner.run(
+        config, {"train": write_jsonl(PROMPTS, tmp_path / "prompts.jsonl")}, tmp_path / "out", events.append
+    )
     logged = [e["metrics"] for e in events if e["event"] == "metrics" and "reward" in e["metrics"]]
     assert [e["step"] for e in events if e["event"] == "progress"] == [1, 2] and len(logged) == 2
     assert all(m["reward_std"] > 0 and "kl" in m and "entropy" in m for m in logged)  # a group's responses differ

@@ -48,7 +48,9 @@ def test_whitening_uses_only_real_tokens():
 
 def _surrogate_gradient(ratio: float, advantage: float, cliprange: float = 0.2):
     log_ratio = torch.tensor([[math.log(ratio)]], requires_grad=True)
-    loss, clip_fraction = rl.clipped_policy_loss(log_ratio, torch.zeros(1, 1), torch.tensor([[advantage]]), torch.ones(1, 1), cliprange)
+    loss, clip_fraction = rl.clipped_policy_loss(
+        log_ratio, torch.zeros(1, 1), torch.tensor([[advantage]]), torch.ones(1, 1), cliprange
+    )
     loss.backward()
     return log_ratio.grad.item(), clip_fraction.item(), loss.item()
 
@@ -56,12 +58,14 @@ def _surrogate_gradient(ratio: float, advantage: float, cliprange: float = 0.2):
 @pytest.mark.parametrize(
     "ratio, advantage, clipped",
     [
-        (1.19, 1.0, False), (1.21, 1.0, True),    # a good token: pushed up until the ratio leaves 1 + ε ...
-        (0.70, 1.0, False),                       # ... and always when below 1 − ε (the step undoes a mistake)
-        (0.81, -1.0, False), (0.79, -1.0, True),  # a bad token: pushed down until the ratio leaves 1 − ε ...
-        (1.30, -1.0, False),                      # ... and always when above 1 + ε
+        (1.19, 1.0, False),
+        (1.21, 1.0, True),  # a good token: pushed up until the ratio leaves 1 + ε ...
+        (0.70, 1.0, False),  # ... and always when below 1 − ε (the step undoes a mistake)
+        (0.81, -1.0, False),
+        (0.79, -1.0, True),  # a bad token: pushed down until the ratio leaves 1 − ε ...
+        (1.30, -1.0, False),  # ... and always when above 1 + ε
     ],
-)  # fmt: skip
+)
 def test_clipped_surrogate_has_no_gradient_past_the_clip_in_the_advantages_direction(ratio, advantage, clipped):
     gradient, clip_fraction, loss = _surrogate_gradient(ratio, advantage)
     if clipped:
@@ -75,10 +79,10 @@ def test_clipped_surrogate_has_no_gradient_past_the_clip_in_the_advantages_direc
 def test_clipped_value_loss_stops_the_value_at_the_clip():
     returns, old = torch.tensor([[1.0]]), torch.tensor([[0.0]])
     for value, expected_loss, expected_gradient, clipped in [
-        (0.1, 0.5 * 0.81, -0.9, 0.0),   # inside the range: plain ½(V − R)²
-        (0.5, 0.5 * 0.64, 0.0, 1.0),    # moved 0.5 > 0.2 toward R: the clipped error 0.8² counts, no gradient
+        (0.1, 0.5 * 0.81, -0.9, 0.0),  # inside the range: plain ½(V − R)²
+        (0.5, 0.5 * 0.64, 0.0, 1.0),  # moved 0.5 > 0.2 toward R: the clipped error 0.8² counts, no gradient
         (-0.5, 0.5 * 2.25, -1.5, 0.0),  # moved away from R: the larger, unclipped error counts
-    ]:  # fmt: skip
+    ]:
         v = torch.tensor([[value]], requires_grad=True)
         loss, fraction = rl.clipped_value_loss(v, old, returns, torch.ones(1, 1), 0.2)
         loss.backward()

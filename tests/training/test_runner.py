@@ -18,7 +18,10 @@ from training.scoring import CombinedScorer, RewardScorer, encode
 
 def _splits(tmp_path, n=80, n_test=16):
     rows = toy_rows(n)
-    return {"train": write_jsonl(rows[:-n_test], tmp_path / "train.jsonl"), "test": write_jsonl(rows[-n_test:], tmp_path / "test.jsonl")}
+    return {
+        "train": write_jsonl(rows[:-n_test], tmp_path / "train.jsonl"),
+        "test": write_jsonl(rows[-n_test:], tmp_path / "test.jsonl"),
+    }
 
 
 def _config(base, **values):
@@ -43,11 +46,17 @@ def test_the_configs_import_without_torch():
         "runners = sorted(m for m in sys.modules if m.startswith('training.runners.') and m.removeprefix('training.runners.')"
         " in available_kinds())\n"
         "print(json.dumps({'classes': classes, 'heavy': heavy, 'runners': runners}))\n"
-    )  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=folder.parents[1])
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=folder.parents[1]
+    )
     loaded = json.loads(result.stdout)
     assert len(modules) == len(available_kinds()) + 1  # one per kind, and config.py with the shared bases
-    assert loaded == {"classes": {kind: config_class(kind).__name__ for kind in available_kinds()}, "heavy": [], "runners": []}
+    assert loaded == {
+        "classes": {kind: config_class(kind).__name__ for kind in available_kinds()},
+        "heavy": [],
+        "runners": [],
+    }
 
 
 def test_unknown_option_is_refused_with_a_suggestion():
@@ -72,7 +81,9 @@ def test_wrong_types_and_values_are_refused(values, message):
 
 
 def test_overrides_are_typed_by_the_field_and_defaults_are_resolved():
-    values = RewardRunConfig.parse_overrides(["learning_rate=1e-4", "max_steps=12", "use_margin=false", "max_length=none", "method=lora"])
+    values = RewardRunConfig.parse_overrides(
+        ["learning_rate=1e-4", "max_steps=12", "use_margin=false", "max_length=none", "method=lora"]
+    )
     assert values == {"learning_rate": 1e-4, "max_steps": 12, "use_margin": False, "max_length": None, "method": "lora"}
     config = RewardRunConfig.from_dict(values)
     assert config.to_dict()["lora_r"] == 16 and config.objective == "bradley_terry"
@@ -80,7 +91,11 @@ def test_overrides_are_typed_by_the_field_and_defaults_are_resolved():
         RewardRunConfig.parse_overrides(["max_steps=lots"])
     with pytest.raises(ConfigError, match="key=value"):
         RewardRunConfig.parse_overrides(["learning_rate"])
-    assert {row["name"] for row in RewardRunConfig.describe()} >= {"center_rewards_coefficient", "lm_loss_coefficient", "margin_scale"}
+    assert {row["name"] for row in RewardRunConfig.describe()} >= {
+        "center_rewards_coefficient",
+        "lm_loss_coefficient",
+        "margin_scale",
+    }
 
 
 def test_qlora_on_the_cpu_fails_before_any_work(tmp_path):
@@ -115,31 +130,47 @@ def test_reward_model_learns_the_toy_preference_and_reloads(tmp_path, trained_re
 
 
 def test_encode_matches_the_tokens_trl_trains_on(tiny_base, tmp_path):
+    from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
     from training.runners.base import load_model, load_tokenizer
-    from transformers import AutoModelForSequenceClassification
 
     tokenizer = load_tokenizer(tiny_base)
     model = load_model(AutoModelForSequenceClassification, tiny_base, num_labels=1)
     import datasets
 
-    conversation = {"prompt": [{"role": "user", "content": "Hi?"}], "chosen": [{"role": "assistant", "content": "Hello."}],
-                    "rejected": [{"role": "assistant", "content": "Go."}]}  # fmt: skip
+    conversation = {
+        "prompt": [{"role": "user", "content": "Hi?"}],
+        "chosen": [{"role": "assistant", "content": "Hello."}],
+        "rejected": [{"role": "assistant", "content": "Go."}],
+    }
     for row in (toy_rows(1)[0], conversation):
         args = RewardConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False)
-        trainer = RewardTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list([row]), processing_class=tokenizer)
+        trainer = RewardTrainer(
+            model=model, args=args, train_dataset=datasets.Dataset.from_list([row]), processing_class=tokenizer
+        )
         prepared = trainer.train_dataset[0]
         assert prepared["chosen_ids"] == encode(tokenizer, row["prompt"], row["chosen"])
         assert prepared["rejected_ids"] == encode(tokenizer, row["prompt"], row["rejected"])
 
 
 def test_lora_merges_into_plain_weights_and_prompt_tuning_saves_an_adapter(tmp_path, tiny_base):
-    lora = run(_config(tiny_base, method="lora", lora_r=8, learning_rate=1e-2), _splits(tmp_path), tmp_path / "lora", lambda e: None)
+    lora = run(
+        _config(tiny_base, method="lora", lora_r=8, learning_rate=1e-2),
+        _splits(tmp_path),
+        tmp_path / "lora",
+        lambda e: None,
+    )
     assert lora["eval_accuracy"] >= 0.9
-    assert (tmp_path / "lora" / "model.safetensors").is_file() and not (tmp_path / "lora" / "adapter_config.json").exists()
-    prompt = run(_config(tiny_base, method="prompt_tuning", num_virtual_tokens=4, max_steps=5), _splits(tmp_path),
-                 tmp_path / "prompt", lambda e: None)  # fmt: skip
+    assert (tmp_path / "lora" / "model.safetensors").is_file() and not (
+        tmp_path / "lora" / "adapter_config.json"
+    ).exists()
+    prompt = run(
+        _config(tiny_base, method="prompt_tuning", num_virtual_tokens=4, max_steps=5),
+        _splits(tmp_path),
+        tmp_path / "prompt",
+        lambda e: None,
+    )
     assert prompt["train_steps"] == 5
     info = json.loads((tmp_path / "prompt" / "arbiter.json").read_text())
     assert info["is_adapter"] and info["base_model_path"] == str(tiny_base)
@@ -149,8 +180,12 @@ def test_lora_merges_into_plain_weights_and_prompt_tuning_saves_an_adapter(tmp_p
 
 def test_lm_loss_regulariser_is_logged_and_needs_a_decoder(tmp_path, models_root, trained_reward):
     events = []
-    metrics = run(_config(models_root / "tiny-causal", lm_loss_coefficient=0.1, max_steps=10), _splits(tmp_path),
-                  tmp_path / "out", events.append)  # fmt: skip
+    metrics = run(
+        _config(models_root / "tiny-causal", lm_loss_coefficient=0.1, max_steps=10),
+        _splits(tmp_path),
+        tmp_path / "out",
+        events.append,
+    )
     logged = [e["metrics"] for e in events if e["event"] == "metrics" and "lm_loss" in e["metrics"]]
     assert logged and all(m["lm_loss"] > 0 for m in logged)
     assert metrics["train_steps"] == 10
@@ -172,10 +207,20 @@ def test_a_stopped_run_resumes_from_its_checkpoint(tmp_path, tiny_base):
 def test_regression_on_ratings(tmp_path, tiny_base):
     rows = []
     for i, (prompt, chosen, rejected) in enumerate((r["prompt"], r["chosen"], r["rejected"]) for r in toy_rows(40)):
-        rows.append({"id": str(i), "prompt": [{"role": "user", "content": prompt}], "responses": [
-            {"text": chosen, "scores": {"overall": [6, 7]}, "mean": {"overall": 6.5}, "annotators": []},
-            {"text": rejected, "scores": {"overall": [2, 1]}, "mean": {"overall": 1.5}, "annotators": []}]})  # fmt: skip
-    paths = {"train": write_jsonl(rows[:32], tmp_path / "train.jsonl"), "test": write_jsonl(rows[32:], tmp_path / "test.jsonl")}
+        rows.append(
+            {
+                "id": str(i),
+                "prompt": [{"role": "user", "content": prompt}],
+                "responses": [
+                    {"text": chosen, "scores": {"overall": [6, 7]}, "mean": {"overall": 6.5}, "annotators": []},
+                    {"text": rejected, "scores": {"overall": [2, 1]}, "mean": {"overall": 1.5}, "annotators": []},
+                ],
+            }
+        )
+    paths = {
+        "train": write_jsonl(rows[:32], tmp_path / "train.jsonl"),
+        "test": write_jsonl(rows[32:], tmp_path / "test.jsonl"),
+    }
     metrics = run(_config(tiny_base, objective="regression"), paths, tmp_path / "out", lambda e: None)
     assert metrics["eval_accuracy"] >= 0.9 and metrics["eval_rmse"] < 2.0 and metrics["criterion"] == "overall"
     info = json.loads((tmp_path / "out" / "arbiter.json").read_text())
@@ -189,14 +234,20 @@ def test_combined_scorer_standardises_and_weights(trained_reward):
     stats = scorer.reward_stats
     combined = CombinedScorer([(scorer, 0.25), (scorer, 0.75)]).score(prompts, responses)
     assert combined == pytest.approx([(r - stats["mean"]) / stats["std"] for r in raw], rel=1e-5)
-    assert CombinedScorer([(scorer, 2.0)], normalize=False).score(prompts, responses) == pytest.approx([2 * r for r in raw])
+    assert CombinedScorer([(scorer, 2.0)], normalize=False).score(prompts, responses) == pytest.approx(
+        [2 * r for r in raw]
+    )
 
 
 def test_a_checkpoint_cut_off_mid_save_is_skipped_and_removed(tmp_path):
     from training.runners.base import last_checkpoint
 
-    for step, files in [(5, ["model.safetensors", "trainer_state.json"]), (10, ["model.safetensors", "trainer_state.json"]),
-                        (15, ["model.safetensors"]), (20, [])]:  # fmt: skip
+    for step, files in [
+        (5, ["model.safetensors", "trainer_state.json"]),
+        (10, ["model.safetensors", "trainer_state.json"]),
+        (15, ["model.safetensors"]),
+        (20, []),
+    ]:
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         for name in files:
@@ -212,7 +263,9 @@ def test_a_checkpoint_cut_off_mid_save_is_skipped_and_removed(tmp_path):
 def _trl_args(kind, args_class, values, **overrides):
     from training.runners.base import training_arguments
 
-    return training_arguments(config_class(kind).from_dict(values), args_class, "/tmp/ckpt", "fp32", has_eval=True, **overrides)
+    return training_arguments(
+        config_class(kind).from_dict(values), args_class, "/tmp/ckpt", "fp32", has_eval=True, **overrides
+    )
 
 
 def test_our_options_reach_trl_by_name_with_the_renames_and_exclusions_explicit():
@@ -225,16 +278,57 @@ def test_our_options_reach_trl_by_name_with_the_renames_and_exclusions_explicit(
     from training.runners.base import NOT_TRL_FIELDS
 
     cases = [
-        ("reward", RewardConfig, {"max_length": 96, "center_rewards_coefficient": 0.01, "learning_rate": 2e-4, "eval_steps": 7}, {}),
-        ("sft", SFTConfig, {"loss_type": "dft", "completion_only_loss": False, "max_length": 64, "warmup_steps": 3.0}, {}),
-        ("dpo", DPOConfig, {"beta": 0.3, "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5], "ld_alpha": 0.5,
-                            "label_smoothing": 0.1, "f_divergence_type": "js_divergence", "max_length": 80}, {}),
-        ("grpo", GRPOConfig, {"num_generations": 2, "loss_type": "grpo", "scale_rewards": "batch", "beta": 0.1,
-                              "epsilon": 0.3, "temperature": 0.9, "top_p": 0.8, "max_new_tokens": 24,
-                              "generation_batch_size": 6, "reward_models": ["a", "b"], "reward_weights": [0.7, 0.3]},
-         {"renames": {"max_new_tokens": "max_completion_length"}}),
-        ("rloo", RLOOConfig, {"normalize_advantages": True, "beta": 0.2, "num_generations": 2}, {"renames": {"max_new_tokens": "max_completion_length"}}),
-    ]  # fmt: skip
+        (
+            "reward",
+            RewardConfig,
+            {"max_length": 96, "center_rewards_coefficient": 0.01, "learning_rate": 2e-4, "eval_steps": 7},
+            {},
+        ),
+        (
+            "sft",
+            SFTConfig,
+            {"loss_type": "dft", "completion_only_loss": False, "max_length": 64, "warmup_steps": 3.0},
+            {},
+        ),
+        (
+            "dpo",
+            DPOConfig,
+            {
+                "beta": 0.3,
+                "loss_type": ["sigmoid", "sft"],
+                "loss_weights": [1.0, 0.5],
+                "ld_alpha": 0.5,
+                "label_smoothing": 0.1,
+                "f_divergence_type": "js_divergence",
+                "max_length": 80,
+            },
+            {},
+        ),
+        (
+            "grpo",
+            GRPOConfig,
+            {
+                "num_generations": 2,
+                "loss_type": "grpo",
+                "scale_rewards": "batch",
+                "beta": 0.1,
+                "epsilon": 0.3,
+                "temperature": 0.9,
+                "top_p": 0.8,
+                "max_new_tokens": 24,
+                "generation_batch_size": 6,
+                "reward_models": ["a", "b"],
+                "reward_weights": [0.7, 0.3],
+            },
+            {"renames": {"max_new_tokens": "max_completion_length"}},
+        ),
+        (
+            "rloo",
+            RLOOConfig,
+            {"normalize_advantages": True, "beta": 0.2, "num_generations": 2},
+            {"renames": {"max_new_tokens": "max_completion_length"}},
+        ),
+    ]
     for kind, args_class, values, overrides in cases:
         config = config_class(kind).from_dict(values)
         args = _trl_args(kind, args_class, values, **overrides)
@@ -244,9 +338,19 @@ def test_our_options_reach_trl_by_name_with_the_renames_and_exclusions_explicit(
             assert getattr(args, name) == getattr(config, name), (kind, name)
         for ours, theirs in overrides.get("renames", {}).items():
             assert getattr(args, theirs) == getattr(config, ours), (kind, theirs)
-        assert (args.eval_steps, args.eval_strategy, args.save_steps, args.use_cpu) == (config.eval_steps or None, "steps" if config.eval_steps else "no", 10**9, True)
+        assert (args.eval_steps, args.eval_strategy, args.save_steps, args.use_cpu) == (
+            config.eval_steps or None,
+            "steps" if config.eval_steps else "no",
+            10**9,
+            True,
+        )
     grpo = _trl_args("grpo", GRPOConfig, cases[3][2], renames={"max_new_tokens": "max_completion_length"})
-    assert (grpo.generation_batch_size, grpo.reward_weights, grpo.max_completion_length, grpo.loss_type) == (8, None, 24, "grpo")
+    assert (grpo.generation_batch_size, grpo.reward_weights, grpo.max_completion_length, grpo.loss_type) == (
+        8,
+        None,
+        24,
+        "grpo",
+    )
     assert _trl_args("dpo", DPOConfig, {"beta": 0.2}, loss_weights=None).loss_weights is None
 
 
@@ -274,7 +378,9 @@ def test_train_to_end_resumes_collects_waits_and_honours_a_cancel(tmp_path):
         (checkpoint / name).write_text("x")
     calls = []
     reporter = type("Reporter", (), {"stopped": False})()
-    metrics = train_to_end(_FakeTrainer(calls), reporter, str(tmp_path), lambda: calls.append("collect") or {"eval_loss": 0.25})
+    metrics = train_to_end(
+        _FakeTrainer(calls), reporter, str(tmp_path), lambda: calls.append("collect") or {"eval_loss": 0.25}
+    )
     assert metrics == {"train_loss": 0.5, "train_steps": 12, "train_runtime": 3.25, "eval_loss": 0.25}
     assert calls == ["quiet", "quiet", ("train", str(checkpoint)), "collect", "wait"]
 

@@ -36,8 +36,14 @@ def _train(*args):
 
 
 def _launch(project, base, snapshot=None, **values):
-    return launching.launch_run(project=project, kind="reward", base_model=str(base), snapshot=snapshot,
-                              values={**FAST, **values}, enqueue=False)  # fmt: skip
+    return launching.launch_run(
+        project=project,
+        kind="reward",
+        base_model=str(base),
+        snapshot=snapshot,
+        values={**FAST, **values},
+        enqueue=False,
+    )
 
 
 def _fake(monkeypatch, mode):
@@ -58,7 +64,9 @@ def _alive(pid: int) -> bool:
 @pytest.mark.django_db
 def test_foreground_run_trains_registers_and_prints_json_last(preference_project, tiny_base, make_member):
     make_member(preference_project, "boss", "admin")
-    lines = _train("reward", "--project", "prefs", "--base-model", "tiny-llama", "--foreground", "--launched-by", "boss", *FAST_SET)
+    lines = _train(
+        "reward", "--project", "prefs", "--base-model", "tiny-llama", "--foreground", "--launched-by", "boss", *FAST_SET
+    )
     result = json.loads(lines[-1])
     assert result["status"] == "succeeded" and result["metrics"]["eval_accuracy"] >= 0.9
     assert any(line.startswith("[step 30/30]") for line in lines)  # progress was streamed
@@ -81,7 +89,12 @@ def test_foreground_run_trains_registers_and_prints_json_last(preference_project
     assert [p.name for p in artifact.folder.parent.iterdir()] == [artifact.folder.name]
     assert not (run.work_dir / "checkpoints").exists()
     scorer = RewardScorer.load(artifact.folder)
-    assert scorer.score(["Question 99: tell me about topic 99."] * 2, ["This answer is clear kind.", "This answer is rude false."])[0] > 0
+    assert (
+        scorer.score(
+            ["Question 99: tell me about topic 99."] * 2, ["This answer is clear kind.", "This answer is rude false."]
+        )[0]
+        > 0
+    )
 
 
 def _outside_model(tmp_path, tiny_base):
@@ -108,7 +121,9 @@ def _outside_model(tmp_path, tiny_base):
         (["--project", "nope"], "No project 'nope'"),
     ],
 )
-def test_bad_input_exits_with_a_clear_message_and_creates_no_run(args, message, preference_project, tiny_base, tmp_path, settings):
+def test_bad_input_exits_with_a_clear_message_and_creates_no_run(
+    args, message, preference_project, tiny_base, tmp_path, settings
+):
     outside = _outside_model(tmp_path, tiny_base)
     pickled = Path(settings.MODEL_ROOTS[0]) / "pickled"
     if not pickled.exists():
@@ -154,7 +169,9 @@ def test_qlora_on_the_cpu_fails_the_run_with_a_clear_message(preference_project,
         _train("reward", "--project", "prefs", "--base-model", "tiny-llama", "--foreground", "--set", "method=qlora")
     run = TrainingRun.objects.get()
     assert run.status == "failed" and "QLoRA needs a CUDA GPU" in run.error
-    assert not ModelArtifact.objects.exists() and not list((Path(run.work_dir).parent.parent / "models").rglob("*.safetensors"))
+    assert not ModelArtifact.objects.exists() and not list(
+        (Path(run.work_dir).parent.parent / "models").rglob("*.safetensors")
+    )
 
 
 # --- the queue ---------------------------------------------------------------------------------------
@@ -165,17 +182,36 @@ def _serve_queue():
     the test's transaction) or its signal handlers."""
     from django_tasks_db.management.commands.db_worker import Worker
 
-    worker = Worker(queue_names=["default"], interval=0, batch=True, backend_name="default", startup_delay=False,
-                    max_tasks=None, worker_id="test-worker", excluded_queue_names=[])  # fmt: skip
+    worker = Worker(
+        queue_names=["default"],
+        interval=0,
+        batch=True,
+        backend_name="default",
+        startup_delay=False,
+        max_tasks=None,
+        worker_id="test-worker",
+        excluded_queue_names=[],
+    )
     while (result := DBTaskResult.objects.ready().first()) is not None:
         result.claim(worker.worker_id)
         worker.run_task(result)
 
 
 @pytest.mark.django_db
-def test_a_queued_run_is_served_by_the_worker_in_a_subprocess(preference_snapshot, tiny_base, django_capture_on_commit_callbacks):
+def test_a_queued_run_is_served_by_the_worker_in_a_subprocess(
+    preference_snapshot, tiny_base, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
-        lines = _train("reward", "--project", "prefs", "--base-model", "tiny-llama", "--snapshot", str(preference_snapshot.pk), *FAST_SET)
+        lines = _train(
+            "reward",
+            "--project",
+            "prefs",
+            "--base-model",
+            "tiny-llama",
+            "--snapshot",
+            str(preference_snapshot.pk),
+            *FAST_SET,
+        )
     run = TrainingRun.objects.get(pk=int(lines[-1]))
     assert run.status == "queued" and DBTaskResult.objects.filter(pk=run.task_id, status="READY").exists()
     with django_capture_on_commit_callbacks(execute=True):
@@ -252,14 +288,17 @@ def test_a_queued_run_is_cancelled_at_once_and_its_task_does_nothing(preference_
 
 def _running(run, seconds_ago):
     stamp = timezone.now() - timedelta(seconds=seconds_ago)
-    TrainingRun.objects.filter(pk=run.pk).update(status="running", heartbeat_at=stamp, started_at=stamp, worker="gpu-1:42")
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status="running", heartbeat_at=stamp, started_at=stamp, worker="gpu-1:42"
+    )
     run.refresh_from_db()
     return run
 
 
 @pytest.mark.django_db
-def test_a_stale_heartbeat_requeues_the_run_then_fails_it_after_max_attempts(preference_snapshot, tiny_base, settings,
-                                                                            django_capture_on_commit_callbacks):  # fmt: skip
+def test_a_stale_heartbeat_requeues_the_run_then_fails_it_after_max_attempts(
+    preference_snapshot, tiny_base, settings, django_capture_on_commit_callbacks
+):
     settings.TRAINING_MAX_ATTEMPTS = 2
     run = _running(_launch(preference_snapshot.project, tiny_base, preference_snapshot), 5)
     assert tasks.reap_stale_runs() == []  # fresh enough
@@ -345,7 +384,13 @@ def test_a_criterion_reward_model_trains_on_its_criterion_and_reports_the_others
         votes.append({"item": f"c{i}", "annotator": "a", "winner": 0, "criteria": {"helpful": 0, "safe": 1}})
     annotate_actions.import_items(project, parse_items(jsonl(items), "jsonl", "pairwise"))
     annotate_actions.import_judgments(project, parse_votes(jsonl(votes), "jsonl"))
-    run = launching.launch_run(project=project, kind="reward", base_model=str(tiny_base), values={**FAST, "criterion": "helpful"}, enqueue=False)
+    run = launching.launch_run(
+        project=project,
+        kind="reward",
+        base_model=str(tiny_base),
+        values={**FAST, "criterion": "helpful"},
+        enqueue=False,
+    )
     assert run.snapshot.options["criterion"] == "helpful"
     run = supervisor.execute(run.pk, run.attempt, in_process=True)
     assert run.status == "succeeded", run.error
@@ -368,25 +413,54 @@ def _wait(predicate, seconds, what):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_sigkilled_worker_takes_its_training_process_along_and_the_run_resumes_elsewhere(preference_project, tiny_base, settings):
+def test_a_sigkilled_worker_takes_its_training_process_along_and_the_run_resumes_elsewhere(
+    preference_project, tiny_base, settings
+):
     import signal
     import subprocess
 
     snapshot, _ = create_snapshot(preference_project, ExportOptions(test_size=0.2, seed=1))
-    env = {**os.environ, "DATABASE_URL": served_database_url(), "ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
-           "MODEL_ROOTS": str(settings.MODEL_ROOTS[0]), "TRAINING_HEARTBEAT_SECONDS": "1", "DEBUG": "0"}  # fmt: skip
-    worker = subprocess.Popen([sys.executable, "manage.py", "db_worker", "--no-startup-delay", "--interval", "0.2", "--no-reload", "-v0"],
-                              cwd=settings.BASE_DIR, env=env, start_new_session=True)  # fmt: skip
+    env = {
+        **os.environ,
+        "DATABASE_URL": served_database_url(),
+        "ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
+        "MODEL_ROOTS": str(settings.MODEL_ROOTS[0]),
+        "TRAINING_HEARTBEAT_SECONDS": "1",
+        "DEBUG": "0",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "db_worker", "--no-startup-delay", "--interval", "0.2", "--no-reload", "-v0"],
+        cwd=settings.BASE_DIR,
+        env=env,
+        start_new_session=True,
+    )
     try:
-        run = launching.launch_run(project=preference_project, kind="reward", base_model=str(tiny_base), snapshot=snapshot,
-                                 values={**FAST, "max_steps": 5000, "save_steps": 5}, enqueue=True)  # fmt: skip
-        _wait(lambda: TrainingRun.objects.filter(pk=run.pk, checkpoint__contains="checkpoint-").exists(), 120, "a checkpoint")
+        run = launching.launch_run(
+            project=preference_project,
+            kind="reward",
+            base_model=str(tiny_base),
+            snapshot=snapshot,
+            values={**FAST, "max_steps": 5000, "save_steps": 5},
+            enqueue=True,
+        )
+        _wait(
+            lambda: TrainingRun.objects.filter(pk=run.pk, checkpoint__contains="checkpoint-").exists(),
+            120,
+            "a checkpoint",
+        )
         children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
         assert children, "the worker runs the training in a child process"
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=10)
-        _wait(lambda: not any(_alive(int(pid)) and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z" for pid in children),
-              10, "the orphaned training process to exit")  # fmt: skip
+        _wait(
+            lambda: (
+                not any(
+                    _alive(int(pid)) and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z" for pid in children
+                )
+            ),
+            10,
+            "the orphaned training process to exit",
+        )
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
@@ -398,8 +472,14 @@ def test_a_sigkilled_worker_takes_its_training_process_along_and_the_run_resumes
     thread = threading.Thread(target=lambda: (supervisor.execute(run.pk, 2, in_process=True), connections.close_all()))
     thread.start()
     try:
-        _wait(lambda: "[arbiter] resumed at step" in TrainingRun.objects.get(pk=run.pk).log_tail, 120,
-              lambda: "the resumed attempt; the run: %s" % TrainingRun.objects.filter(pk=run.pk).values("status", "error", "log_tail").first())
+        _wait(
+            lambda: "[arbiter] resumed at step" in TrainingRun.objects.get(pk=run.pk).log_tail,
+            120,
+            lambda: (
+                "the resumed attempt; the run: %s"
+                % TrainingRun.objects.filter(pk=run.pk).values("status", "error", "log_tail").first()
+            ),
+        )
     finally:
         launching.cancel_run(run)
         thread.join(timeout=60)

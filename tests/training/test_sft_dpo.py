@@ -37,13 +37,24 @@ def one_thread():
 
 
 def _demonstrations(rows):
-    return [{"id": str(i), "messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["chosen"]}]}
-            for i, r in enumerate(rows)]  # fmt: skip
+    return [
+        {
+            "id": str(i),
+            "messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["chosen"]}],
+        }
+        for i, r in enumerate(rows)
+    ]
 
 
 def _pairs(rows):
-    return [{"prompt": [{"role": "user", "content": r["prompt"]}], "chosen": [{"role": "assistant", "content": r["chosen"]}],
-             "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows]  # fmt: skip
+    return [
+        {
+            "prompt": [{"role": "user", "content": r["prompt"]}],
+            "chosen": [{"role": "assistant", "content": r["chosen"]}],
+            "rejected": [{"role": "assistant", "content": r["rejected"]}],
+        }
+        for r in rows
+    ]
 
 
 @torch.no_grad()
@@ -53,15 +64,21 @@ def completion_logps(folder, prompts, completions) -> tuple[torch.Tensor, torch.
     model, tokenizer = load_model(AutoModelForCausalLM, folder).eval(), load_tokenizer(folder)
     rows, starts = [], []
     for prompt, completion in zip(prompts, completions):
-        prompt_ids = tokenizer(tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-        ids = tokenizer(tokenizer.apply_chat_template(prompt + completion, tokenize=False), add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(
+            tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True), add_special_tokens=False
+        )["input_ids"]
+        ids = tokenizer(tokenizer.apply_chat_template(prompt + completion, tokenize=False), add_special_tokens=False)[
+            "input_ids"
+        ]
         assert ids[: len(prompt_ids)] == prompt_ids
         rows.append(ids)
         starts.append(len(prompt_ids))
     width = max(map(len, rows))
     ids = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in rows])
     mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
-    logps = torch.log_softmax(model(ids, attention_mask=mask).logits[:, :-1].float(), -1).gather(2, ids[:, 1:, None])[..., 0]
+    logps = torch.log_softmax(model(ids, attention_mask=mask).logits[:, :-1].float(), -1).gather(2, ids[:, 1:, None])[
+        ..., 0
+    ]
     position = torch.arange(1, width)[None, :]
     completion = (position >= torch.tensor(starts)[:, None]) & mask[:, 1:].bool()
     return (logps * completion).sum(1), completion.sum(1)
@@ -71,7 +88,10 @@ def implicit_margins(policy, reference, pairs, beta) -> torch.Tensor:
     """DPO's implicit reward margin β·[(log π − log π_ref)(chosen) − (log π − log π_ref)(rejected)] of each pair."""
     prompts, n = [p["prompt"] for p in pairs] * 2, len(pairs)
     completions = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-    policy_logps, reference_logps = completion_logps(policy, prompts, completions)[0], completion_logps(reference, prompts, completions)[0]
+    policy_logps, reference_logps = (
+        completion_logps(policy, prompts, completions)[0],
+        completion_logps(reference, prompts, completions)[0],
+    )
     ratios = policy_logps - reference_logps
     return beta * (ratios[:n] - ratios[n:])
 
@@ -91,7 +111,10 @@ def _published_files(folder) -> set[str]:
 
 def test_sft_learns_the_demonstrations_and_saves_a_safetensors_policy(tmp_path, tiny_causal):
     rows = _demonstrations(toy_rows(48))
-    paths = {"train": write_jsonl(rows[:40], tmp_path / "train.jsonl"), "test": write_jsonl(rows[40:], tmp_path / "test.jsonl")}
+    paths = {
+        "train": write_jsonl(rows[:40], tmp_path / "train.jsonl"),
+        "test": write_jsonl(rows[40:], tmp_path / "test.jsonl"),
+    }
     prompts, completions = [r["messages"][:1] for r in rows[:40]], [r["messages"][1:] for r in rows[:40]]
     sums, counts = completion_logps(tiny_causal, prompts, completions)
     nll_before = -(sums.sum() / counts.sum()).item()
@@ -118,8 +141,12 @@ def test_sft_learns_the_demonstrations_and_saves_a_safetensors_policy(tmp_path, 
 
 def test_lora_fine_tune_on_text_rows_merges_into_plain_weights(tmp_path, tiny_causal):
     rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in toy_rows(24)]
-    config = SFTRunConfig.from_dict({**FAST, "max_steps": 8, "learning_rate": 1e-2, "method": "lora", "base_model": str(tiny_causal)})
-    metrics = fine_tune(config, rows, None, tmp_path / "out", lambda e: None, info={"kind": "rejection_sampling", "kept": 24})
+    config = SFTRunConfig.from_dict(
+        {**FAST, "max_steps": 8, "learning_rate": 1e-2, "method": "lora", "base_model": str(tiny_causal)}
+    )
+    metrics = fine_tune(
+        config, rows, None, tmp_path / "out", lambda e: None, info={"kind": "rejection_sampling", "kept": 24}
+    )
     assert metrics["train_steps"] == 8 and "eval_loss" not in metrics
     assert _changed(tiny_causal, tmp_path / "out") > 1e-4
     assert "adapter_config.json" not in _published_files(tmp_path / "out")
@@ -152,7 +179,12 @@ def test_what_this_machine_or_the_base_cannot_do_is_refused_before_any_work(tmp_
     with pytest.raises(RunnerError, match="QLoRA needs a CUDA GPU"):
         fine_tune(qlora, rows, None, tmp_path / "out", lambda e: None)
     with pytest.raises(RunnerError, match="QLoRA needs a CUDA GPU"):
-        run_dpo(DPORunConfig.from_dict({"base_model": str(tiny_causal), "method": "qlora"}), {"train": "unread.jsonl"}, tmp_path / "out", lambda e: None)
+        run_dpo(
+            DPORunConfig.from_dict({"base_model": str(tiny_causal), "method": "qlora"}),
+            {"train": "unread.jsonl"},
+            tmp_path / "out",
+            lambda e: None,
+        )
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
@@ -160,7 +192,13 @@ def test_what_this_machine_or_the_base_cannot_do_is_refused_before_any_work(tmp_
     with pytest.raises(RunnerError, match=r"is itself an adapter \(or a GGUF file\); train over it with method=full"):
         fine_tune(over_adapter, rows, None, tmp_path / "out", lambda e: None)
     with pytest.raises(RunnerError, match="does not exist"):
-        fine_tune(SFTRunConfig.from_dict({"base_model": str(tmp_path / "nowhere")}), rows, None, tmp_path / "out", lambda e: None)
+        fine_tune(
+            SFTRunConfig.from_dict({"base_model": str(tmp_path / "nowhere")}),
+            rows,
+            None,
+            tmp_path / "out",
+            lambda e: None,
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -190,7 +228,10 @@ def test_bad_dpo_options_are_refused_with_the_reason(values, message):
 
 
 def test_dpo_loss_types_are_trls_own_list():
-    assert DPORunConfig.parse_overrides(["loss_type=sigmoid,sft", "loss_weights=1,0.5"]) == {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]}
+    assert DPORunConfig.parse_overrides(["loss_type=sigmoid,sft", "loss_weights=1,0.5"]) == {
+        "loss_type": ["sigmoid", "sft"],
+        "loss_weights": [1.0, 0.5],
+    }
     assert load_runner("dpo").CONFIG_CLASS is DPORunConfig and load_runner("sft").CONFIG_CLASS is SFTRunConfig
 
 
@@ -222,7 +263,9 @@ def test_dpo_raises_the_implicit_reward_margin_on_its_training_pairs(tmp_path, t
     assert info["kind"] == "dpo" and info["reference"] == "base" and info["config"]["beta"] == 0.1
 
 
-@pytest.mark.parametrize("values", [{"method": "lora", "precompute_ref_log_probs": True, "learning_rate": 1e-2}, {"reference": "none"}])
+@pytest.mark.parametrize(
+    "values", [{"method": "lora", "precompute_ref_log_probs": True, "learning_rate": 1e-2}, {"reference": "none"}]
+)
 def test_dpo_with_an_adapter_reference_or_none_learns_the_preferences(tmp_path, tiny_causal, values):
     train, paths = _dpo_paths(tmp_path, n=24, n_test=0)
     config = DPORunConfig.from_dict({**FAST, "max_steps": 10, "base_model": str(tiny_causal), **values})
@@ -238,7 +281,9 @@ def test_a_stopped_dpo_run_resumes_from_its_checkpoint(tmp_path, tiny_causal):
     checkpoints = tmp_path / "checkpoints"
     config = DPORunConfig.from_dict({**FAST, "max_steps": 8, "save_steps": 3, "base_model": str(tiny_causal)})
     with pytest.raises(RunCancelled):
-        run_dpo(config, paths, tmp_path / "out", lambda e: e["event"] == "progress" and e["step"] >= 4, str(checkpoints))
+        run_dpo(
+            config, paths, tmp_path / "out", lambda e: e["event"] == "progress" and e["step"] >= 4, str(checkpoints)
+        )
     assert [p.name for p in checkpoints.glob("checkpoint-*")] == ["checkpoint-3"]
     assert not list(checkpoints.rglob("training_args.bin"))
     events = []

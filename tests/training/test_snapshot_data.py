@@ -40,13 +40,21 @@ def test_votes_after_the_snapshot_change_neither_training_data_nor_per_criterion
     project = _criteria_project(make_project)
     options = ExportOptions(format="trl", criterion="helpful", test_size=0.5, seed=1)
     snapshot, _ = create_snapshot(project, options)
-    run = launching.launch_run(project=project, kind="reward", base_model=str(tiny_base), snapshot=snapshot,
-                             values={"criterion": "helpful", "max_steps": 1}, enqueue=False)  # fmt: skip
+    run = launching.launch_run(
+        project=project,
+        kind="reward",
+        base_model=str(tiny_base),
+        snapshot=snapshot,
+        values={"criterion": "helpful", "max_steps": 1},
+        enqueue=False,
+    )
     paths, digest = datasets.run_datasets(run)
     assert set(paths) == {"train", "test", "test:safe"} and digest == snapshot.content_hash
     # The per-criterion test set is the snapshot's own file, hashed with the others.
     assert Path(paths["test:safe"]).parent == snapshot.folder and paths == snapshot_files(snapshot)
-    split_digests = "".join(f"{name}:{hashlib.sha256(Path(paths[name]).read_bytes()).hexdigest()}\n" for name in sorted(paths))
+    split_digests = "".join(
+        f"{name}:{hashlib.sha256(Path(paths[name]).read_bytes()).hexdigest()}\n" for name in sorted(paths)
+    )
     assert hashlib.sha256(split_digests.encode()).hexdigest() == snapshot.content_hash
     test, safe = _rows(paths["test"]), _rows(paths["test:safe"])
     assert len(test) == len(safe) == snapshot.counts["test:safe"] == 10
@@ -72,10 +80,17 @@ def test_a_snapshot_of_another_format_or_without_a_test_split_has_no_per_criteri
     overall, _ = create_snapshot(project, ExportOptions(format="trl", test_size=0.5, seed=1))
     assert list(snapshot_files(overall)) == ["train", "test", "test:helpful", "test:safe"]
     parquet, _ = create_snapshot(project, ExportOptions(format="trl", test_size=0.5, seed=1, container="parquet"))
-    assert parquet.content_hash == overall.content_hash and snapshot_files(parquet)["test:safe"].endswith("test-safe.parquet")
+    assert parquet.content_hash == overall.content_hash and snapshot_files(parquet)["test:safe"].endswith(
+        "test-safe.parquet"
+    )
     hf, _ = create_snapshot(project, ExportOptions(format="trl", test_size=0.5, seed=1, container="hf"))
     import datasets as hf_datasets
 
-    assert hf.content_hash == overall.content_hash and set(hf_datasets.load_from_disk(str(hf.folder / "dataset"))) == {"train", "test"}
+    assert hf.content_hash == overall.content_hash and set(hf_datasets.load_from_disk(str(hf.folder / "dataset"))) == {
+        "train",
+        "test",
+    }
     safe = hf_datasets.load_from_disk(snapshot_files(hf)["test:safe"])
-    assert safe.num_rows == hf.counts["test:safe"] == 10 and safe["prompt"] == [r["prompt"] for r in _rows(snapshot_files(overall)["test:safe"])]
+    assert safe.num_rows == hf.counts["test:safe"] == 10 and safe["prompt"] == [
+        r["prompt"] for r in _rows(snapshot_files(overall)["test:safe"])
+    ]

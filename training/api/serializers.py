@@ -12,19 +12,33 @@ class RunCreateSerializer(serializers.Serializer):
 
     project = serializers.SlugField(help_text="Project slug; you must be its admin.")
     kind = serializers.ChoiceField(choices=kinds.choices())
-    base_model = serializers.CharField(help_text="A folder under MODEL_ROOTS (absolute or relative to a root) or artifact:ID.")
-    snapshot = serializers.IntegerField(required=False, allow_null=True, help_text="Default: a fresh snapshot with a test split.")
-    config = serializers.DictField(required=False, default=dict, help_text="Runner options (docs/training.md), JSON-typed.")
+    base_model = serializers.CharField(
+        help_text="A folder under MODEL_ROOTS (absolute or relative to a root) or artifact:ID."
+    )
+    snapshot = serializers.IntegerField(
+        required=False, allow_null=True, help_text="Default: a fresh snapshot with a test split."
+    )
+    config = serializers.DictField(
+        required=False, default=dict, help_text="Runner options (docs/training.md), JSON-typed."
+    )
     reward_models = serializers.ListField(
-        child=serializers.CharField(), required=False, default=list, max_length=8,
+        child=serializers.CharField(),
+        required=False,
+        default=list,
+        max_length=8,
         help_text=f"artifact:ID[:WEIGHT], a registered name or a folder under MODEL_ROOTS ({', '.join(kinds.names(reward_models=kinds.REWARD_MODEL_NEEDED))}).",
-    )  # fmt: skip
-    target_project = serializers.SlugField(required=False, allow_null=True, help_text="generate: the pairwise or ranking project that gets the candidates.")
+    )
+    target_project = serializers.SlugField(
+        required=False, allow_null=True, help_text="generate: the pairwise or ranking project that gets the candidates."
+    )
     prompts_from = serializers.ChoiceField(choices=PROMPT_SOURCES, required=False, allow_blank=True)
     prompts = serializers.ListField(
-        child=serializers.JSONField(), required=False, allow_null=True, max_length=100_000,
+        child=serializers.JSONField(),
+        required=False,
+        allow_null=True,
+        max_length=100_000,
         help_text='Prompt-driven kinds: the prompts themselves, [{"prompt": text or messages}, ...] (prompts_from=file).',
-    )  # fmt: skip
+    )
     max_prompts = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     baseline = serializers.CharField(required=False, allow_blank=True, help_text="evaluate: the policy compared with.")
     parent = serializers.IntegerField(required=False, allow_null=True, help_text="The run this one continues.")
@@ -40,7 +54,9 @@ class TargetSerializer(serializers.Serializer):
 
 class NextRoundSerializer(serializers.Serializer):
     target_project = serializers.SlugField(required=False, allow_null=True)
-    prompts_from = serializers.ChoiceField(choices=[s for s in PROMPT_SOURCES if s != "file"], required=False, allow_blank=True)
+    prompts_from = serializers.ChoiceField(
+        choices=[s for s in PROMPT_SOURCES if s != "file"], required=False, allow_blank=True
+    )
     max_prompts = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     config = serializers.DictField(required=False, default=dict)
 
@@ -54,19 +70,50 @@ class RunSerializer(serializers.ModelSerializer):
     class Meta:
         model = TrainingRun
         fields = [
-            "id", "project", "kind", "status", "attempt", "percent", "progress_step", "progress_total", "config",
-            "snapshot", "snapshot_hash", "dataset_hash", "base_model", "base_artifact", "parent", "metrics", "error",
-            "launched_by", "created_at", "started_at", "finished_at", "heartbeat_at", "cancel_requested", "artifact",
-            "reward_artifacts", "target_project", "inputs", "rounds",
-        ]  # fmt: skip
+            "id",
+            "project",
+            "kind",
+            "status",
+            "attempt",
+            "percent",
+            "progress_step",
+            "progress_total",
+            "config",
+            "snapshot",
+            "snapshot_hash",
+            "dataset_hash",
+            "base_model",
+            "base_artifact",
+            "parent",
+            "metrics",
+            "error",
+            "launched_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "heartbeat_at",
+            "cancel_requested",
+            "artifact",
+            "reward_artifacts",
+            "target_project",
+            "inputs",
+            "rounds",
+        ]
 
     target_project = serializers.CharField(source="target_project.slug", default=None)
     rounds = serializers.SerializerMethodField()
 
     def get_rounds(self, run) -> list[dict]:
         """Rounds this run's output became: ``{"project", "number", "id", "purpose"}``."""
-        return [{"project": link.round.project.slug, "number": link.round.number, "id": link.round_id, "purpose": link.purpose}
-                for link in run.made_rounds.select_related("round", "round__project")]  # fmt: skip
+        return [
+            {
+                "project": link.round.project.slug,
+                "number": link.round.number,
+                "id": link.round_id,
+                "purpose": link.purpose,
+            }
+            for link in run.made_rounds.select_related("round", "round__project")
+        ]
 
     def get_artifact(self, run) -> int | None:
         artifact = getattr(run, "artifact", None) if run.status == "succeeded" else None
@@ -90,9 +137,23 @@ class ArtifactSerializer(serializers.ModelSerializer):
     class Meta:
         model = ModelArtifact
         fields = [
-            "id", "name", "project", "kind", "criterion", "path", "base_model", "base_artifact", "snapshot", "snapshot_hash",
-            "is_adapter", "config", "metrics", "size_bytes", "run", "created_at",
-        ]  # fmt: skip
+            "id",
+            "name",
+            "project",
+            "kind",
+            "criterion",
+            "path",
+            "base_model",
+            "base_artifact",
+            "snapshot",
+            "snapshot_hash",
+            "is_adapter",
+            "config",
+            "metrics",
+            "size_bytes",
+            "run",
+            "created_at",
+        ]
 
 
 class ArtifactDetailSerializer(ArtifactSerializer):

@@ -56,10 +56,13 @@ def _artifact(request, artifact_id: int) -> ModelArtifact:
 
 
 @extend_schema(
-    methods=["GET"], responses=RunSerializer(many=True),
-    parameters=[OpenApiParameter("project", str, description="Only this project's runs."),
-                OpenApiParameter("status", str, description="queued, running, succeeded, failed or cancelled.")],
-)  # fmt: skip
+    methods=["GET"],
+    responses=RunSerializer(many=True),
+    parameters=[
+        OpenApiParameter("project", str, description="Only this project's runs."),
+        OpenApiParameter("status", str, description="queued, running, succeeded, failed or cancelled."),
+    ],
+)
 @extend_schema(methods=["POST"], request=RunCreateSerializer, responses={201: RunDetailSerializer})
 @api_view(["GET", "POST"])
 @parser_classes([JSONParser])
@@ -92,10 +95,18 @@ def runs(request):
         prompts.source, prompts.file_name = prompts.source or "file", "prompts"
     try:
         run = launching.launch_run(
-            project=project, kind=data["kind"], base_model=data["base_model"], snapshot=snapshot, values=data["config"],
-            launched_by=request.user, reward_models=data["reward_models"], target_project=data.get("target_project"),
-            prompts=prompts, baseline=data.get("baseline") or None, parent=data.get("parent"),
-        )  # fmt: skip
+            project=project,
+            kind=data["kind"],
+            base_model=data["base_model"],
+            snapshot=snapshot,
+            values=data["config"],
+            launched_by=request.user,
+            reward_models=data["reward_models"],
+            target_project=data.get("target_project"),
+            prompts=prompts,
+            baseline=data.get("baseline") or None,
+            parent=data.get("parent"),
+        )
     except TrainingError as exc:
         raise BadRequest(str(exc)) from None
     return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
@@ -174,7 +185,9 @@ def combined_score(request):
     body.is_valid(raise_exception=True)
     try:
         prompts, responses = _pairs(body)
-        parts = [(selectors.reward_scorer(_artifact(request, m["id"])), m["weight"]) for m in body.validated_data["models"]]
+        parts = [
+            (selectors.reward_scorer(_artifact(request, m["id"])), m["weight"]) for m in body.validated_data["models"]
+        ]
         scores = CombinedScorer(parts, normalize=body.validated_data["normalize"]).score(prompts, responses)
     except TrainingError as exc:
         raise BadRequest(str(exc)) from None
@@ -183,7 +196,10 @@ def combined_score(request):
 
 # --- the loop -------------------------------------------------------------------------------------------------
 
-ROUND = inline_serializer("Round", {"project": serializers.CharField(), "number": serializers.IntegerField(), "id": serializers.IntegerField()})
+ROUND = inline_serializer(
+    "Round",
+    {"project": serializers.CharField(), "number": serializers.IntegerField(), "id": serializers.IntegerField()},
+)
 
 
 def _round_data(round_) -> dict:
@@ -203,9 +219,14 @@ def run_next_round(request, run_id: int):
         require_role(request.user, target, Role.ADMIN)
     try:
         child = launching.start_next_round(
-            run, launched_by=request.user, target_project=target, values=body.validated_data["config"],
-            prompts=launching.Prompts(source=body.validated_data.get("prompts_from") or "", max_prompts=body.validated_data.get("max_prompts")),
-        )  # fmt: skip
+            run,
+            launched_by=request.user,
+            target_project=target,
+            values=body.validated_data["config"],
+            prompts=launching.Prompts(
+                source=body.validated_data.get("prompts_from") or "", max_prompts=body.validated_data.get("max_prompts")
+            ),
+        )
     except TrainingError as exc:
         raise BadRequest(str(exc)) from None
     return Response(RunDetailSerializer(child).data, status=status.HTTP_201_CREATED)
@@ -231,11 +252,19 @@ def run_send_kept(request, run_id: int):
     return _round_action(request, run_id, rounds.send_kept_for_review)
 
 
-HUMAN_EVAL = inline_serializer("HumanEval", {
-    "round": ROUND, "n": serializers.IntegerField(), "wins": serializers.IntegerField(), "losses": serializers.IntegerField(),
-    "ties": serializers.IntegerField(), "win_rate": serializers.FloatField(allow_null=True), "ci_low": serializers.FloatField(),
-    "ci_high": serializers.FloatField(),
-})  # fmt: skip
+HUMAN_EVAL = inline_serializer(
+    "HumanEval",
+    {
+        "round": ROUND,
+        "n": serializers.IntegerField(),
+        "wins": serializers.IntegerField(),
+        "losses": serializers.IntegerField(),
+        "ties": serializers.IntegerField(),
+        "win_rate": serializers.FloatField(allow_null=True),
+        "ci_low": serializers.FloatField(),
+        "ci_high": serializers.FloatField(),
+    },
+)
 
 
 @extend_schema(methods=["POST"], request=TargetSerializer, responses={201: ROUND})
@@ -254,7 +283,11 @@ def run_human_eval(request, run_id: int):
     return Response({"round": _round_data(link.round), **selectors.human_eval_results(link.round)})
 
 
-@extend_schema(responses=inline_serializer("RoundStep", {"round": ROUND, "made_by": serializers.IntegerField(allow_null=True)}, many=True))
+@extend_schema(
+    responses=inline_serializer(
+        "RoundStep", {"round": ROUND, "made_by": serializers.IntegerField(allow_null=True)}, many=True
+    )
+)
 @api_view(["GET"])
 def project_rounds(request, slug: str):
     """The project's rounds as a chain: each round, the run that made it, and the snapshots, reward-model runs,
@@ -262,11 +295,29 @@ def project_rounds(request, slug: str):
     project, _ = require_role(request.user, slug, Role.RESEARCHER)
 
     def runs(items):
-        return [{"run": r.pk, "kind": r.kind, "status": r.status, "artifact": r.made_artifact.pk if r.made_artifact else None} for r in items]
+        return [
+            {
+                "run": r.pk,
+                "kind": r.kind,
+                "status": r.status,
+                "artifact": r.made_artifact.pk if r.made_artifact else None,
+            }
+            for r in items
+        ]
 
-    return Response([
-        {"round": _round_data(step.round), "name": step.round.name, "source": step.round.source, "made_by": step.made_by.pk if step.made_by else None,
-         "purpose": step.purpose, "snapshots": [s.pk for s in step.snapshots], "reward_runs": runs(step.reward_runs),
-         "policy_runs": runs(step.policy_runs), "next_runs": runs(step.next_runs)}
-        for step in selectors.round_chain(project)
-    ])  # fmt: skip
+    return Response(
+        [
+            {
+                "round": _round_data(step.round),
+                "name": step.round.name,
+                "source": step.round.source,
+                "made_by": step.made_by.pk if step.made_by else None,
+                "purpose": step.purpose,
+                "snapshots": [s.pk for s in step.snapshots],
+                "reward_runs": runs(step.reward_runs),
+                "policy_runs": runs(step.policy_runs),
+                "next_runs": runs(step.next_runs),
+            }
+            for step in selectors.round_chain(project)
+        ]
+    )

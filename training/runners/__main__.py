@@ -57,7 +57,9 @@ def main(argv: list[str]) -> int:
         # package runs too.
         runner = importlib.import_module(spec["runner"])
         config = runner.CONFIG_CLASS.from_dict(spec["config"])
-        metrics = runner.run(config, spec["datasets"], spec["output_dir"], lambda event: emit(event), spec.get("checkpoint_dir"))
+        metrics = runner.run(
+            config, spec["datasets"], spec["output_dir"], lambda event: emit(event), spec.get("checkpoint_dir")
+        )
     except RunCancelled:
         emit({"event": "cancelled"})
         return 4

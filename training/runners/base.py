@@ -144,7 +144,9 @@ def load_model(model_class, folder: str | Path, **kwargs):
             return model.merge_and_unload()
         return model
     if not has_safetensors(folder):
-        raise RunnerError(f"{folder} has no .safetensors weights; Arbiter loads no other format (pickles can run code).")
+        raise RunnerError(
+            f"{folder} has no .safetensors weights; Arbiter loads no other format (pickles can run code)."
+        )
     return model_class.from_pretrained(str(folder), local_files_only=True, use_safetensors=True, **kwargs)
 
 
@@ -157,9 +159,12 @@ def peft_config(config: RunConfig, task_type: str):
     if config.method in ("lora", "qlora"):
         targets = config.lora_target_modules.strip()
         return LoraConfig(
-            task_type=task_type, r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            task_type=task_type,
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
             target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
-        )  # fmt: skip
+        )
     if config.method == "prompt_tuning":
         return PromptTuningConfig(task_type=task_type, num_virtual_tokens=config.num_virtual_tokens)
     return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=config.num_virtual_tokens)
@@ -171,9 +176,11 @@ def quantization_config(precision: str):
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
-    )  # fmt: skip
+    )
 
 
 # Our fields that share a name with a field of TRL's configs but mean something else, so are never passed through:
@@ -182,8 +189,15 @@ def quantization_config(precision: str):
 NOT_TRL_FIELDS = frozenset({"generation_batch_size", "reward_weights"})
 
 
-def training_arguments(config: RunConfig, args_class, checkpoint_dir: str, precision: str, has_eval: bool,
-                       renames: dict[str, str] | None = None, **overrides):  # fmt: skip
+def training_arguments(
+    config: RunConfig,
+    args_class,
+    checkpoint_dir: str,
+    precision: str,
+    has_eval: bool,
+    renames: dict[str, str] | None = None,
+    **overrides,
+):
     """``args_class`` (TRL's RewardConfig, DPOConfig..., transformers' TrainingArguments) from ``config``.
 
     Every field of ``config`` that ``args_class`` has by the same name is passed through as it is (except
@@ -193,7 +207,9 @@ def training_arguments(config: RunConfig, args_class, checkpoint_dir: str, preci
     here from our fields.
     """
     accepted = {f.name for f in dataclasses.fields(args_class)}
-    values = {name: value for name, value in config.to_dict().items() if name in accepted and name not in NOT_TRL_FIELDS}
+    values = {
+        name: value for name, value in config.to_dict().items() if name in accepted and name not in NOT_TRL_FIELDS
+    }
     values.update({theirs: getattr(config, ours) for ours, theirs in (renames or {}).items()})
     eval_steps = config.eval_steps if has_eval and config.eval_steps else None
     values.update(
@@ -227,8 +243,11 @@ def train_to_end(trainer, reporter, checkpoint_dir: str, collect: Callable[[], d
     result = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir))
     if reporter.stopped:
         raise RunCancelled()
-    metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
-               "train_runtime": float(result.metrics.get("train_runtime", 0.0))}  # fmt: skip
+    metrics = {
+        "train_loss": float(result.training_loss),
+        "train_steps": int(result.global_step),
+        "train_runtime": float(result.metrics.get("train_runtime", 0.0)),
+    }
     if collect is not None:
         metrics.update(collect())
     trainer.accelerator.wait_for_everyone()
@@ -299,9 +318,13 @@ def make_progress_callback(progress_callback: ProgressCallback, config: RunConfi
             return control
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            values = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            values = {
+                k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
             if values:
-                self._emit(state, {"event": "metrics", "step": state.global_step, "total": state.max_steps, "metrics": values})
+                self._emit(
+                    state, {"event": "metrics", "step": state.global_step, "total": state.max_steps, "metrics": values}
+                )
 
         def on_save(self, args, state, control, **kwargs):
             self.last_save = time.monotonic()

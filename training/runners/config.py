@@ -40,21 +40,29 @@ class RunConfig:
 
     seed: int = option(0, "Random seed for the head initialisation, data order and dropout.")
     method: str = option(
-        "full", "full: every weight; lora / qlora (4-bit base, CUDA only): low-rank adapters; prompt_tuning / "
-        "prefix_tuning: learned virtual tokens (peft, where the architecture allows).", METHODS,
-    )  # fmt: skip
+        "full",
+        "full: every weight; lora / qlora (4-bit base, CUDA only): low-rank adapters; prompt_tuning / "
+        "prefix_tuning: learned virtual tokens (peft, where the architecture allows).",
+        METHODS,
+    )
     learning_rate: float = option(1e-5, "Peak learning rate (AdamW).")
     num_train_epochs: float = option(1.0, "Passes over the training split (ignored when max_steps > 0).")
     max_steps: int = option(-1, "Stop after this many optimizer steps; -1 trains for num_train_epochs.")
     per_device_train_batch_size: int = option(8, "Examples (pairs) per device per forward pass.")
     per_device_eval_batch_size: int = option(16, "Examples per device when evaluating.")
-    gradient_accumulation_steps: int = option(1, "Forward passes per optimizer step (effective batch = batch × this × devices).")
-    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass: less memory, ~20% slower.")
+    gradient_accumulation_steps: int = option(
+        1, "Forward passes per optimizer step (effective batch = batch × this × devices)."
+    )
+    gradient_checkpointing: bool = option(
+        False, "Recompute activations in the backward pass: less memory, ~20% slower."
+    )
     max_length: int | None = option(512, "Longest sequence in tokens; longer examples are left out (none: no limit).")
     precision: str = option("auto", "auto: bf16 on GPUs that support it, fp32 otherwise.", PRECISIONS)
     warmup_steps: float = option(0.0, "Linear warm-up: steps, or a fraction of all steps when below 1.")
     weight_decay: float = option(0.0, "AdamW weight decay.")
-    lr_scheduler_type: str = option("linear", "Learning-rate schedule (transformers' names: linear, cosine, constant...).")
+    lr_scheduler_type: str = option(
+        "linear", "Learning-rate schedule (transformers' names: linear, cosine, constant...)."
+    )
     max_grad_norm: float = option(1.0, "Gradient clipping norm.")
     logging_steps: int = option(5, "Log loss and accuracy every this many steps (the plots' resolution).")
     eval_steps: int = option(0, "Evaluate on the test split every this many steps; 0 only at the end.")
@@ -123,9 +131,14 @@ class RunConfig:
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rows.append(
-                {"name": f.name, "type": _type_name(types_[f.name]), "default": default,
-                 "choices": f.metadata.get("choices"), "help": f.metadata.get("help", "")}
-            )  # fmt: skip
+                {
+                    "name": f.name,
+                    "type": _type_name(types_[f.name]),
+                    "default": default,
+                    "choices": f.metadata.get("choices"),
+                    "help": f.metadata.get("help", ""),
+                }
+            )
         return rows
 
     def validate(self) -> None:
@@ -133,9 +146,19 @@ class RunConfig:
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(f"{f.name} must be one of {', '.join(map(str, choices))}, not {getattr(self, f.name)!r}.")
-        positive = ["learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                    "logging_steps", "lora_r", "lora_alpha", "num_virtual_tokens"]  # fmt: skip
+                raise ConfigError(
+                    f"{f.name} must be one of {', '.join(map(str, choices))}, not {getattr(self, f.name)!r}."
+                )
+        positive = [
+            "learning_rate",
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+            "lora_r",
+            "lora_alpha",
+            "num_virtual_tokens",
+        ]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be above 0.")
@@ -229,22 +252,31 @@ def _parse_text(key: str, text: str, tp):
 class PolicyRunConfig(RunConfig):
     """Fields of every kind that trains or samples from a causal language model (the policy)."""
 
-    base_model: str = option("", "Folder of the policy to start from; Arbiter fills it in from --base-model (MODEL_ROOTS or the registry).")
-    reward_models: list[str] = option([], "Folders of the reward models that score samples (registered artifacts, resolved by Arbiter).")
-    reward_weights: list[float] = option([], "Weight of each reward model in the combined reward (standardised scores); empty: equal.")
+    base_model: str = option(
+        "", "Folder of the policy to start from; Arbiter fills it in from --base-model (MODEL_ROOTS or the registry)."
+    )
+    reward_models: list[str] = option(
+        [], "Folders of the reward models that score samples (registered artifacts, resolved by Arbiter)."
+    )
+    reward_weights: list[float] = option(
+        [], "Weight of each reward model in the combined reward (standardised scores); empty: equal."
+    )
     max_prompt_length: int = option(256, "Prompts longer than this many tokens keep their end (the latest turns).")
     max_new_tokens: int = option(128, "Longest response sampled, in tokens.")
     temperature: float = option(0.7, "Sampling temperature; 0 samples greedily.")
     top_p: float = option(1.0, "Nucleus sampling: keep the smallest set of tokens whose probability adds up to this.")
     learning_rate: float = option(1e-6, "Peak learning rate (AdamW).")
     generation_batch_size: int = option(
-        32, "Sequences sampled at once (prompts × samples per prompt); prompts are batched by length. Lower it when "
+        32,
+        "Sequences sampled at once (prompts × samples per prompt); prompts are batched by length. Lower it when "
         "memory runs out, raise it on a large GPU.",
-    )  # fmt: skip
+    )
     generation_backend: str = option(
-        "transformers", "transformers: batched model.generate (CPU or GPU); vllm: vLLM's engine, much faster on a GPU "
-        "host with the vllm package installed (sampling only; training stays on transformers).", GENERATION_BACKENDS,
-    )  # fmt: skip
+        "transformers",
+        "transformers: batched model.generate (CPU or GPU); vllm: vLLM's engine, much faster on a GPU "
+        "host with the vllm package installed (sampling only; training stays on transformers).",
+        GENERATION_BACKENDS,
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -270,24 +302,31 @@ class OnlineRunConfig(PolicyRunConfig):
     beta: float = option(0.04, "Weight of the KL penalty against the starting policy; 0 loads no reference model.")
     num_iterations: int = option(1, "Updates per batch of generations (μ); above 1 the clipping starts to matter.")
     epsilon: float = option(0.2, "Clipping ε of the ratio π/π_old.")
-    mask_truncated_completions: bool = option(False, "Leave responses cut off at max_new_tokens (no eos) out of the loss (DAPO).")
+    mask_truncated_completions: bool = option(
+        False, "Leave responses cut off at max_new_tokens (no eos) out of the loss (DAPO)."
+    )
     per_device_train_batch_size: int = option(
-        8, "Responses (not prompts) per device per forward pass; with gradient_accumulation_steps a multiple of num_generations.",
-    )  # fmt: skip
-    temperature: float = option(1.0, "Sampling temperature of the responses; above 0 (groups of identical greedy samples teach nothing).")
+        8,
+        "Responses (not prompts) per device per forward pass; with gradient_accumulation_steps a multiple of num_generations.",
+    )
+    temperature: float = option(
+        1.0, "Sampling temperature of the responses; above 0 (groups of identical greedy samples teach nothing)."
+    )
     max_new_tokens: int = option(64, "Longest response sampled (TRL's max_completion_length), in tokens.")
     logging_steps: int = option(1, "Report the metrics every this many optimizer steps.")
 
     def validate(self) -> None:
         super().validate()
         if self.num_generations < 2:
-            raise ConfigError("num_generations must be at least 2: the advantage compares responses to the same prompt.")
+            raise ConfigError(
+                "num_generations must be at least 2: the advantage compares responses to the same prompt."
+            )
         generated = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if generated % self.num_generations:
             raise ConfigError(
                 f"per_device_train_batch_size × gradient_accumulation_steps ({generated}) must be a multiple of "
                 f"num_generations ({self.num_generations}): each batch holds whole groups of responses."
-            )  # fmt: skip
+            )
         if self.temperature <= 0:
             raise ConfigError("temperature must be above 0: online training samples its responses.")
         if self.beta < 0 or self.epsilon <= 0 or self.num_iterations < 1:

@@ -61,7 +61,7 @@ def read_prompt_rows(path: str | Path) -> list[dict]:
                 raise RunnerError(f"{path}, line {number}: not JSON ({exc}).") from None
             prompt = row.get("prompt") if isinstance(row, dict) else None
             if not (isinstance(prompt, str) and prompt.strip()) and not (isinstance(prompt, list) and prompt):
-                raise RunnerError(f"{path}, line {number}: a row needs a non-empty \"prompt\" (text or messages).")
+                raise RunnerError(f'{path}, line {number}: a row needs a non-empty "prompt" (text or messages).')
             if isinstance(prompt, list):
                 _check_messages(prompt, path, number)
             rows.append({"prompt": prompt, "item": row.get("item"), "external_id": row.get("external_id", "")})
@@ -83,5 +83,9 @@ def write_jsonl(rows, path: str | Path) -> str:
 
 def _check_messages(messages: list, path, number: int) -> None:
     for message in messages:
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str) and isinstance(message.get("content"), str)):
-            raise RunnerError(f"{path}, line {number}: each prompt message needs a \"role\" and a \"content\" (text).")
+        if not (
+            isinstance(message, dict)
+            and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str)
+        ):
+            raise RunnerError(f'{path}, line {number}: each prompt message needs a "role" and a "content" (text).')

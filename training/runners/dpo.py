@@ -46,7 +46,15 @@ from .dpo_config import CONFIG_CLASS, DPORunConfig  # noqa: F401 - CONFIG_CLASS:
 from .policy import ensure_policy_chat_template, load_policy_model, save_policy
 from .sft import check_trainable_base
 
-REWARD_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
+REWARD_METRICS = (
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -61,8 +69,13 @@ def preference_rows(rows: list[dict], split: str = "train") -> list[dict]:
             raise RunnerError(f"The {split} split, row {number}: no {', '.join(missing)}; DPO reads a trl export.")
         if row.get("tie"):
             continue
-        pairs.append({"prompt": as_messages(row["prompt"], "user"), "chosen": as_messages(row["chosen"], "assistant"),
-                      "rejected": as_messages(row["rejected"], "assistant")})  # fmt: skip
+        pairs.append(
+            {
+                "prompt": as_messages(row["prompt"], "user"),
+                "chosen": as_messages(row["chosen"], "assistant"),
+                "rejected": as_messages(row["rejected"], "assistant"),
+            }
+        )
     return pairs
 
 
@@ -131,22 +144,38 @@ def run(config: DPORunConfig, dataset_paths: dict, output_dir, progress_callback
         # Our names are TRL's (beta, loss_type, label_smoothing, sync_ref_model...). An empty loss_weights is TRL's
         # None (1 each); reference-free DPO goes through TRL's precomputed-reference path (see _trainer_class).
         args = training_arguments(
-            config, DPOConfig, checkpoints, precision, has_eval=bool(tests), loss_weights=list(config.loss_weights) or None,
+            config,
+            DPOConfig,
+            checkpoints,
+            precision,
+            has_eval=bool(tests),
+            loss_weights=list(config.loss_weights) or None,
             precompute_ref_log_probs=config.precompute_ref_log_probs or reference_free,
-        )  # fmt: skip
+        )
         reporter = make_progress_callback(progress_callback, config)
         trainer = _trainer_class(reference_free)(
-            model=model, ref_model=reference, args=args, train_dataset=datasets.Dataset.from_list(train),
-            eval_dataset=datasets.Dataset.from_list(tests) if tests else None, processing_class=tokenizer,
-            peft_config=peft_config(config, "CAUSAL_LM"), callbacks=[reporter],
-        )  # fmt: skip
+            model=model,
+            ref_model=reference,
+            args=args,
+            train_dataset=datasets.Dataset.from_list(train),
+            eval_dataset=datasets.Dataset.from_list(tests) if tests else None,
+            processing_class=tokenizer,
+            peft_config=peft_config(config, "CAUSAL_LM"),
+            callbacks=[reporter],
+        )
         if not len(trainer.train_dataset):
             raise RunnerError(f"Every training prompt fills max_length={config.max_length} tokens; raise it.")
-        emit_log(progress_callback, f"{len(trainer.train_dataset)} preference pairs (of {len(train)}), reference "
-                                    f"{config.reference}, precision {precision}, method {config.method}")  # fmt: skip
+        emit_log(
+            progress_callback,
+            f"{len(trainer.train_dataset)} preference pairs (of {len(train)}), reference "
+            f"{config.reference}, precision {precision}, method {config.method}",
+        )
 
         def collect() -> dict:
-            metrics = {"n_train": len(trainer.train_dataset), **_last_logged(trainer, REWARD_METRICS[1:], prefix="train_")}
+            metrics = {
+                "n_train": len(trainer.train_dataset),
+                **_last_logged(trainer, REWARD_METRICS[1:], prefix="train_"),
+            }
             if tests:
                 results = trainer.evaluate()
                 metrics.update({k: float(v) for k, v in results.items() if k.removeprefix("eval_") in REWARD_METRICS})

@@ -66,9 +66,17 @@ def win_rate_metrics(winners: list[str], policy_scores: list[float], baseline_sc
     n = len(winners)
     wins, ties = winners.count("policy"), winners.count("tie")
     lo, hi = wilson_interval(wins + ties / 2, n)
-    return {"prompts": n, "wins": wins, "ties": ties, "losses": winners.count("baseline"), "win_rate": (wins + ties / 2) / n,
-            "win_rate_lo": lo, "win_rate_hi": hi, "policy_mean_score": sum(policy_scores) / n,
-            "baseline_mean_score": sum(baseline_scores) / n}  # fmt: skip
+    return {
+        "prompts": n,
+        "wins": wins,
+        "ties": ties,
+        "losses": winners.count("baseline"),
+        "win_rate": (wins + ties / 2) / n,
+        "win_rate_lo": lo,
+        "win_rate_hi": hi,
+        "policy_mean_score": sum(policy_scores) / n,
+        "baseline_mean_score": sum(baseline_scores) / n,
+    }
 
 
 def run(config: EvaluateRunConfig, dataset_paths: dict, output_dir, progress_callback, checkpoint_dir=None) -> dict:
@@ -85,7 +93,9 @@ def run(config: EvaluateRunConfig, dataset_paths: dict, output_dir, progress_cal
     prompts = [row["prompt"] for row in rows]
     policy, seconds = timed(sample_prompts, config, prompts, 1, progress_callback, seed=config.seed)
     free_memory()
-    baseline, baseline_seconds = timed(sample_prompts, config, prompts, 1, progress_callback, model_path=config.baseline_model, seed=config.seed)
+    baseline, baseline_seconds = timed(
+        sample_prompts, config, prompts, 1, progress_callback, model_path=config.baseline_model, seed=config.seed
+    )
     free_memory()
     policy_texts, baseline_texts = [s[0].text for s in policy], [s[0].text for s in baseline]
     emit_log(progress_callback, f"Scoring {2 * len(rows)} responses with {len(config.reward_models)} reward model(s)")
@@ -95,16 +105,37 @@ def run(config: EvaluateRunConfig, dataset_paths: dict, output_dir, progress_cal
     metrics = win_rate_metrics(winners, policy_scores, baseline_scores)
     metrics["sampling_seconds"] = seconds + baseline_seconds
     comparisons = [
-        {"prompt": row["prompt"], "item": row["item"], "external_id": row["external_id"], "policy": p, "baseline": b,
-         "policy_score": ps, "baseline_score": bs, "winner": w}
+        {
+            "prompt": row["prompt"],
+            "item": row["item"],
+            "external_id": row["external_id"],
+            "policy": p,
+            "baseline": b,
+            "policy_score": ps,
+            "baseline_score": bs,
+            "winner": w,
+        }
         for row, p, b, ps, bs, w in zip(rows, policy_texts, baseline_texts, policy_scores, baseline_scores, winners)
-    ]  # fmt: skip
+    ]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(comparisons, output_dir / "comparisons.jsonl")
-    write_info(output_dir, {"kind": "evaluate", "model": config.base_model, "baseline_model": config.baseline_model,
-                            "reward_models": config.reward_models, "config": config.to_dict(), "metrics": metrics,
-                            "interval": "wilson-95", "files": ["comparisons.jsonl"]})  # fmt: skip
-    emit_log(progress_callback, f"win rate {metrics['win_rate']:.3f} [{metrics['win_rate_lo']:.3f}, {metrics['win_rate_hi']:.3f}] "
-             f"over {len(rows)} prompts")  # fmt: skip
+    write_info(
+        output_dir,
+        {
+            "kind": "evaluate",
+            "model": config.base_model,
+            "baseline_model": config.baseline_model,
+            "reward_models": config.reward_models,
+            "config": config.to_dict(),
+            "metrics": metrics,
+            "interval": "wilson-95",
+            "files": ["comparisons.jsonl"],
+        },
+    )
+    emit_log(
+        progress_callback,
+        f"win rate {metrics['win_rate']:.3f} [{metrics['win_rate_lo']:.3f}, {metrics['win_rate_hi']:.3f}] "
+        f"over {len(rows)} prompts",
+    )
     return metrics

@@ -10,7 +10,9 @@ from .config import PolicyRunConfig, option
 
 @dataclass
 class EvaluateRunConfig(PolicyRunConfig):
-    baseline_model: str = option("", "Folder of the policy to compare with (usually the previous round's); Arbiter fills it in.")
+    baseline_model: str = option(
+        "", "Folder of the policy to compare with (usually the previous round's); Arbiter fills it in."
+    )
 
 
 CONFIG_CLASS = EvaluateRunConfig

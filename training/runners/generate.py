@@ -41,7 +41,10 @@ def run(config: GenerateRunConfig, dataset_paths: dict, output_dir, progress_cal
     scores = None
     scorer = load_scorer(config)
     if scorer is not None:
-        emit_log(progress_callback, f"Scoring {metrics['candidates']} candidates with {len(config.reward_models)} reward model(s)")
+        emit_log(
+            progress_callback,
+            f"Scoring {metrics['candidates']} candidates with {len(config.reward_models)} reward model(s)",
+        )
         scores = score_samples(scorer, prompts, samples, config.per_device_eval_batch_size)
         flat = [score for row in scores for score in row]
         metrics["mean_score"] = sum(flat) / len(flat)
@@ -50,8 +53,17 @@ def run(config: GenerateRunConfig, dataset_paths: dict, output_dir, progress_cal
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(candidate_rows(rows, samples, scores, label), output_dir / "candidates.jsonl")
-    write_info(output_dir, {"kind": "generate", "model": config.base_model, "model_label": label, "config": config.to_dict(),
-                            "metrics": metrics, "files": ["candidates.jsonl"]})  # fmt: skip
+    write_info(
+        output_dir,
+        {
+            "kind": "generate",
+            "model": config.base_model,
+            "model_label": label,
+            "config": config.to_dict(),
+            "metrics": metrics,
+            "files": ["candidates.jsonl"],
+        },
+    )
     emit_log(progress_callback, f"{metrics['candidates']} candidates, {metrics['candidates_per_second']:.2f}/s")
     return metrics
 
@@ -66,5 +78,7 @@ def candidate_rows(rows: list[dict], samples: list, scores: list | None, label: 
             if scores is not None:
                 response["score"] = scores[index][j]
             responses.append(response)
-        out.append({"prompt": row["prompt"], "item": row["item"], "external_id": row["external_id"], "responses": responses})
+        out.append(
+            {"prompt": row["prompt"], "item": row["item"], "external_id": row["external_id"], "responses": responses}
+        )
     return out

@@ -11,7 +11,9 @@ from .config import PolicyRunConfig, option
 @dataclass
 class GenerateRunConfig(PolicyRunConfig):
     num_samples: int = option(2, "Responses sampled per prompt (K): 2 for a pairwise round, 3–9 for a ranking round.")
-    model_label: str = option("", "Label written beside each response (the registered model's name); empty: the policy folder's name.")
+    model_label: str = option(
+        "", "Label written beside each response (the registered model's name); empty: the policy folder's name."
+    )
 
     def validate(self) -> None:
         super().validate()

@@ -27,7 +27,9 @@ def check_available(config) -> None:
             "CUDA GPU host (pip install vllm), or use generation_backend=transformers."
         )
     if not cuda_available():
-        raise RunnerError("generation_backend=vllm needs a CUDA GPU and this machine has none; use generation_backend=transformers.")
+        raise RunnerError(
+            "generation_backend=vllm needs a CUDA GPU and this machine has none; use generation_backend=transformers."
+        )
     if is_gguf(config.base_model) or is_adapter_folder(config.base_model):
         raise RunnerError(
             "generation_backend=vllm samples from a folder of full safetensors weights, not a GGUF file or an unmerged "
@@ -48,9 +50,13 @@ class VLLMSampler:
 
         dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")
         llm = LLM(
-            model=str(Path(path)), tokenizer=str(Path(path)), dtype=dtype, seed=config.seed,
-            max_model_len=config.max_prompt_length + config.max_new_tokens, enable_prefix_caching=True,
-        )  # fmt: skip
+            model=str(Path(path)),
+            tokenizer=str(Path(path)),
+            dtype=dtype,
+            seed=config.seed,
+            max_model_len=config.max_prompt_length + config.max_new_tokens,
+            enable_prefix_caching=True,
+        )
         return cls(llm, tokenizer)
 
     def generate(self, batch: list[list[int]], num_samples: int, config) -> list[list[Sample]]:
@@ -59,14 +65,20 @@ class VLLMSampler:
 
         greedy = config.temperature == 0
         params = SamplingParams(
-            n=1 if greedy else num_samples, temperature=config.temperature, top_p=1.0 if greedy else config.top_p,
-            top_k=-1, max_tokens=config.max_new_tokens, skip_special_tokens=True,
-        )  # fmt: skip
+            n=1 if greedy else num_samples,
+            temperature=config.temperature,
+            top_p=1.0 if greedy else config.top_p,
+            top_k=-1,
+            max_tokens=config.max_new_tokens,
+            skip_special_tokens=True,
+        )
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in batch], params, use_tqdm=False)
         rows = []
         for output in outputs:
             samples = [to_sample(completion) for completion in output.outputs]
-            rows.append(samples if len(samples) == num_samples else [Sample(**vars(samples[0])) for _ in range(num_samples)])
+            rows.append(
+                samples if len(samples) == num_samples else [Sample(**vars(samples[0])) for _ in range(num_samples)]
+            )
         return rows
 
     def close(self) -> None:

@@ -43,7 +43,9 @@ def run(config: GRPORunConfig, dataset_paths: dict, output_dir, progress_callbac
     """Train the policy with GRPO against ``config.reward_models``; write it to ``output_dir``; return metrics."""
     from trl import GRPOConfig, GRPOTrainer
 
-    return run_online(config, "grpo", GRPOTrainer, GRPOConfig, dataset_paths, output_dir, progress_callback, checkpoint_dir)
+    return run_online(
+        config, "grpo", GRPOTrainer, GRPOConfig, dataset_paths, output_dir, progress_callback, checkpoint_dir
+    )
 
 
 # --- shared with rloo.py --------------------------------------------------------------------------------
@@ -68,8 +70,16 @@ def prompt_dataset(rows: list[dict]):
     return datasets.Dataset.from_list([{"prompt": row["prompt"]} for row in rows])
 
 
-def run_online(config: OnlineRunConfig, kind: str, trainer_class, args_class, dataset_paths: dict,
-               output_dir, progress_callback, checkpoint_dir=None) -> dict:  # fmt: skip
+def run_online(
+    config: OnlineRunConfig,
+    kind: str,
+    trainer_class,
+    args_class,
+    dataset_paths: dict,
+    output_dir,
+    progress_callback,
+    checkpoint_dir=None,
+) -> dict:
     """The common run of TRL's online trainers: checks, prompts, policy, reward function, train, save."""
     rows = start_prompt_run(config, dataset_paths, kind)
     train = prompt_dataset(rows)
@@ -83,20 +93,37 @@ def run_online(config: OnlineRunConfig, kind: str, trainer_class, args_class, da
     with tempfile.TemporaryDirectory(prefix=f"arbiter-{kind}-") as scratch:
         checkpoints = str(checkpoint_dir or scratch)
         # Our names are TRL's (num_generations, beta, epsilon, loss_type, scale_rewards...) but for the response length.
-        args = training_arguments(config, args_class, checkpoints, precision, has_eval=False,
-                                  renames={"max_new_tokens": "max_completion_length"}, disable_dropout=True)  # fmt: skip
+        args = training_arguments(
+            config,
+            args_class,
+            checkpoints,
+            precision,
+            has_eval=False,
+            renames={"max_new_tokens": "max_completion_length"},
+            disable_dropout=True,
+        )
         reporter = make_progress_callback(progress_callback, config)
         trainer = trainer_class(
-            model=model, reward_funcs=[reward_function(scorer, config.per_device_eval_batch_size)], args=args,
-            train_dataset=train, processing_class=tokenizer, callbacks=[reporter], peft_config=peft_config(config, "CAUSAL_LM"),
-        )  # fmt: skip
-        emit_log(progress_callback, f"{len(rows)} prompts × {config.num_generations} responses, precision {precision}, method {config.method}")
+            model=model,
+            reward_funcs=[reward_function(scorer, config.per_device_eval_batch_size)],
+            args=args,
+            train_dataset=train,
+            processing_class=tokenizer,
+            callbacks=[reporter],
+            peft_config=peft_config(config, "CAUSAL_LM"),
+        )
+        emit_log(
+            progress_callback,
+            f"{len(rows)} prompts × {config.num_generations} responses, precision {precision}, method {config.method}",
+        )
 
         def collect() -> dict:
             logged = [entry for entry in trainer.state.log_history if "reward" in entry]
             metrics = {"n_prompts": len(rows)}
             if logged:
-                metrics.update({key: float(logged[-1][key]) for key in ("reward", "kl", "entropy") if key in logged[-1]})
+                metrics.update(
+                    {key: float(logged[-1][key]) for key in ("reward", "kl", "entropy") if key in logged[-1]}
+                )
                 metrics["reward_first"] = float(logged[0]["reward"])
             return metrics
 

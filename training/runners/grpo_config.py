@@ -14,11 +14,15 @@ SCALE_REWARDS = ("group", "batch", "none")
 @dataclass
 class GRPORunConfig(OnlineRunConfig):
     loss_type: str = option(
-        "dapo", "How token losses add up: dapo (tokens of the whole batch, no length bias), grpo (per response, then "
-        "mean; favours short good answers), dr_grpo (a constant), bnpo (tokens of the local batch).", LOSS_TYPES,
-    )  # fmt: skip
+        "dapo",
+        "How token losses add up: dapo (tokens of the whole batch, no length bias), grpo (per response, then "
+        "mean; favours short good answers), dr_grpo (a constant), bnpo (tokens of the local batch).",
+        LOSS_TYPES,
+    )
     scale_rewards: str = option(
-        "group", "Divide advantages by the reward spread of the group, of the batch, or not at all (Dr. GRPO).", SCALE_REWARDS
+        "group",
+        "Divide advantages by the reward spread of the group, of the batch, or not at all (Dr. GRPO).",
+        SCALE_REWARDS,
     )
 
 

@@ -151,7 +151,9 @@ def load_policy_model(path, config, precision: str, for_training: bool = True):
         kwargs["quantization_config"] = quantization_config(precision)
         kwargs["dtype"] = torch.bfloat16 if precision == "bf16" else torch.float16
     if is_gguf(path):
-        model = AutoModelForCausalLM.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name, local_files_only=True, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(Path(path).parent), gguf_file=Path(path).name, local_files_only=True, **kwargs
+        )
     else:
         model = load_model(AutoModelForCausalLM, path, **kwargs)
     if qlora:
@@ -169,7 +171,9 @@ def model_label(path: str) -> str:
 
 def write_info(output_dir, body: dict) -> None:
     """``arbiter.json``: what a tool needs to use the folder without Arbiter's database (the worker adds provenance)."""
-    Path(output_dir, "arbiter.json").write_text(json.dumps(body, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    Path(output_dir, "arbiter.json").write_text(
+        json.dumps(body, indent=2, sort_keys=True, default=str), encoding="utf-8"
+    )
 
 
 def save_policy(model, tokenizer, config, output_dir, metrics: dict, info: dict) -> dict:
@@ -183,7 +187,13 @@ def save_policy(model, tokenizer, config, output_dir, metrics: dict, info: dict)
     model.save_pretrained(str(output_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(output_dir))
     check_artifact_folder(output_dir)
-    body = {**info, "config": config.to_dict(), "metrics": metrics, "is_adapter": is_adapter, "base_model_path": config.base_model}
+    body = {
+        **info,
+        "config": config.to_dict(),
+        "metrics": metrics,
+        "is_adapter": is_adapter,
+        "base_model_path": config.base_model,
+    }
     write_info(output_dir, body)
     return body
 
@@ -217,7 +227,9 @@ def encode_prompt(tokenizer, prompt, max_prompt_length: int) -> list[int]:
     turn opened), text too when the tokenizer has a template, raw otherwise; long prompts keep their end."""
     if isinstance(prompt, list) or getattr(tokenizer, "chat_template", None):
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
     else:
         ids = tokenizer(prompt)["input_ids"]
     return list(ids)[-max_prompt_length:]
@@ -256,8 +268,13 @@ def generation_config(config, tokenizer, eos_ids: set[int], num_return_sequences
     from transformers import GenerationConfig
 
     greedy = config.temperature == 0
-    settings = {"max_new_tokens": config.max_new_tokens, "do_sample": not greedy, "num_return_sequences": num_return_sequences,
-                "pad_token_id": tokenizer.pad_token_id, "eos_token_id": sorted(eos_ids)}  # fmt: skip
+    settings = {
+        "max_new_tokens": config.max_new_tokens,
+        "do_sample": not greedy,
+        "num_return_sequences": num_return_sequences,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": sorted(eos_ids),
+    }
     if not greedy:
         settings.update(temperature=config.temperature, top_p=config.top_p, top_k=0)
     return GenerationConfig(**settings)
@@ -293,12 +310,16 @@ class TransformersSampler:
         device = next(self.model.parameters()).device
         settings = generation_config(config, self.tokenizer, self.eos_ids, per_prompt)
         with torch.inference_mode():
-            output = self.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=settings)
+            output = self.model.generate(
+                input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=settings
+            )
         new_tokens = output[:, width:].tolist()
         rows = []
         for prompt in range(len(batch)):
             samples = [self.decode(new_tokens[prompt * per_prompt + j]) for j in range(per_prompt)]
-            rows.append(samples if per_prompt == num_samples else [Sample(**vars(samples[0])) for _ in range(num_samples)])
+            rows.append(
+                samples if per_prompt == num_samples else [Sample(**vars(samples[0])) for _ in range(num_samples)]
+            )
         return rows
 
     def decode(self, ids: list[int]) -> Sample:
@@ -319,8 +340,9 @@ def open_sampler(config, path, tokenizer, precision: str):
     return TransformersSampler.load(path, config, tokenizer, precision)
 
 
-def sample_prompts(config, prompts: list, num_samples: int, progress_callback, model_path: str | None = None,
-                   seed: int | None = None) -> list[list[Sample]]:  # fmt: skip
+def sample_prompts(
+    config, prompts: list, num_samples: int, progress_callback, model_path: str | None = None, seed: int | None = None
+) -> list[list[Sample]]:
     """``num_samples`` responses to each prompt (text or messages) from the policy at ``model_path`` (default
     ``config.base_model``) with the config's sampling settings and backend, in batches of similar length.
 
@@ -338,16 +360,23 @@ def sample_prompts(config, prompts: list, num_samples: int, progress_callback, m
     per_prompt = 1 if config.temperature == 0 else num_samples
     batches = length_batches([len(i) for i in ids], max(1, config.generation_batch_size // per_prompt))
     sampler = open_sampler(config, path, tokenizer, precision)
-    set_seed(config.seed if seed is None else seed)  # after loading: the draws start from the seed, whatever loading did
-    emit_log(progress_callback, f"Sampling {num_samples} per prompt for {len(ids)} prompts from {model_label(path)} "
-             f"({config.generation_backend}, precision {precision}, {len(batches)} batches)")  # fmt: skip
+    set_seed(
+        config.seed if seed is None else seed
+    )  # after loading: the draws start from the seed, whatever loading did
+    emit_log(
+        progress_callback,
+        f"Sampling {num_samples} per prompt for {len(ids)} prompts from {model_label(path)} "
+        f"({config.generation_backend}, precision {precision}, {len(batches)} batches)",
+    )
     results: list = [None] * len(ids)
     try:
         _report(progress_callback, {"event": "start", "step": 0, "total": len(batches), "phase": "sampling"})
         for number, batch in enumerate(batches, 1):
             for index, samples in zip(batch, sampler.generate([ids[i] for i in batch], num_samples, config)):
                 results[index] = samples
-            _report(progress_callback, {"event": "progress", "step": number, "total": len(batches), "phase": "sampling"})
+            _report(
+                progress_callback, {"event": "progress", "step": number, "total": len(batches), "phase": "sampling"}
+            )
     finally:
         sampler.close()
     return results
@@ -361,10 +390,14 @@ def _report(progress_callback, event: dict) -> None:
 def sampling_metrics(samples: list[list[Sample]], seconds: float) -> dict:
     """Counts and rates of a sampling pass (``candidates_per_second`` over the sampling time, loading included)."""
     flat = [sample for row in samples for sample in row]
-    return {"prompts": len(samples), "candidates": len(flat), "sampling_seconds": seconds,
-            "candidates_per_second": len(flat) / seconds if seconds > 0 else 0.0,
-            "mean_response_tokens": sum(s.tokens for s in flat) / max(len(flat), 1),
-            "eos_fraction": sum(s.finish_reason == "eos" for s in flat) / max(len(flat), 1)}  # fmt: skip
+    return {
+        "prompts": len(samples),
+        "candidates": len(flat),
+        "sampling_seconds": seconds,
+        "candidates_per_second": len(flat) / seconds if seconds > 0 else 0.0,
+        "mean_response_tokens": sum(s.tokens for s in flat) / max(len(flat), 1),
+        "eos_fraction": sum(s.finish_reason == "eos" for s in flat) / max(len(flat), 1),
+    }
 
 
 # --- scoring ------------------------------------------------------------------------------------------
@@ -377,7 +410,9 @@ def load_scorer(config):
     from ..scoring import CombinedScorer, RewardScorer
 
     weights = config.reward_weights or [1.0 / len(config.reward_models)] * len(config.reward_models)
-    return CombinedScorer([(RewardScorer.load(folder), weight) for folder, weight in zip(config.reward_models, weights)])
+    return CombinedScorer(
+        [(RewardScorer.load(folder), weight) for folder, weight in zip(config.reward_models, weights)]
+    )
 
 
 def score_samples(scorer, prompts: list, samples: list[list[Sample]], batch_size: int) -> list[list[float]]:

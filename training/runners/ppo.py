@@ -77,8 +77,14 @@ def run(config: PPORunConfig, dataset_paths: dict, output_dir, progress_callback
     return train(config, rows, output_dir, progress_callback, checkpoint_dir)
 
 
-def train(config: PPORunConfig, rows: list[dict], output_dir, progress_callback, checkpoint_dir=None,
-          score_fn: ScoreFn | None = None) -> dict:  # fmt: skip
+def train(
+    config: PPORunConfig,
+    rows: list[dict],
+    output_dir,
+    progress_callback,
+    checkpoint_dir=None,
+    score_fn: ScoreFn | None = None,
+) -> dict:
     """The PPO loop over prompt ``rows`` (see :func:`training.runners.data.read_prompt_rows`). ``score_fn``
     replaces the reward models (a known reward for tests); by default they are loaded from ``config``."""
     import torch
@@ -88,11 +94,16 @@ def train(config: PPORunConfig, rows: list[dict], output_dir, progress_callback,
     check_environment(config)
     precision = resolve_precision(config)
     set_seed(config.seed)
-    accelerator = Accelerator(cpu=not cuda_available(), mixed_precision={"bf16": "bf16", "fp16": "fp16"}.get(precision, "no"))
+    accelerator = Accelerator(
+        cpu=not cuda_available(), mixed_precision={"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
+    )
     models = load_models(config, precision, accelerator, any(isinstance(row["prompt"], list) for row in rows))
     if score_fn is None:
         score_fn = reward_model_scorer(config, accelerator.device)
-    emit_log(progress_callback, f"{len(rows)} prompts, precision {precision}, method {config.method}, value model from {models.value_source}")
+    emit_log(
+        progress_callback,
+        f"{len(rows)} prompts, precision {precision}, method {config.method}, value model from {models.value_source}",
+    )
 
     total_steps = count_steps(config, len(rows), accelerator.num_processes)
     updates_per_step = config.ppo_epochs * (config.batch_size // config.mini_batch_size)
@@ -100,8 +111,11 @@ def train(config: PPORunConfig, rows: list[dict], output_dir, progress_callback,
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = make_scheduler(config, optimizer, total_steps * updates_per_step)
     policy, value, optimizer = accelerator.prepare(models.policy, models.value, optimizer)
-    kl_control = (rl.AdaptiveKLController(config.kl_coef, config.target_kl, config.horizon) if config.adaptive_kl
-                  else rl.FixedKLController(config.kl_coef))  # fmt: skip
+    kl_control = (
+        rl.AdaptiveKLController(config.kl_coef, config.target_kl, config.horizon)
+        if config.adaptive_kl
+        else rl.FixedKLController(config.kl_coef)
+    )
 
     with tempfile.TemporaryDirectory(prefix="arbiter-ppo-") as scratch:
         checkpoints = Path(checkpoint_dir or scratch)
@@ -119,7 +133,10 @@ def train(config: PPORunConfig, rows: list[dict], output_dir, progress_callback,
             stats = ppo_update(config, accelerator, policy, value, optimizer, scheduler, params, batch)
             metrics = {**batch.stats, **stats, "kl_coef": kl_control.value, "learning_rate": scheduler.get_last_lr()[0]}
             if accelerator.num_processes > 1:  # every process sampled its own prompts: report their mean
-                metrics = {k: float(accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean")) for k, v in metrics.items()}
+                metrics = {
+                    k: float(accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean"))
+                    for k, v in metrics.items()
+                }
             kl_control.update(metrics["kl"], config.batch_size * accelerator.num_processes)
             history.append(metrics)
             if progress_callback({"event": "progress", "step": step, "total": total_steps}):
@@ -128,7 +145,8 @@ def train(config: PPORunConfig, rows: list[dict], output_dir, progress_callback,
                 if progress_callback({"event": "metrics", "step": step, "total": total_steps, "metrics": metrics}):
                     raise RunCancelled()
             due = (config.save_steps and step % config.save_steps == 0) or (
-                config.save_minutes and time.monotonic() - last_save > 60 * config.save_minutes)  # fmt: skip
+                config.save_minutes and time.monotonic() - last_save > 60 * config.save_minutes
+            )
             if due and step < total_steps:
                 path = save_checkpoint(checkpoints, step, accelerator, policy, value, optimizer, scheduler, kl_control)
                 last_save = time.monotonic()
@@ -170,7 +188,9 @@ def _value_head_class():
         def forward(self, input_ids, attention_mask, position_ids):
             model = self.classifier.get_base_model() if hasattr(self.classifier, "get_base_model") else self.classifier
             backbone = getattr(model, model.base_model_prefix)
-            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
+            hidden = backbone(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
             return model.score(hidden).squeeze(-1).float()
 
     return PerTokenValueModel
@@ -187,17 +207,24 @@ def load_models(config: PPORunConfig, precision: str, accelerator, conversationa
     policy.config.pad_token_id = tokenizer.pad_token_id
     reference = None
     if config.method == "full":
-        reference = load_policy_model(config.base_model, config, precision, for_training=False).eval().requires_grad_(False)
+        reference = (
+            load_policy_model(config.base_model, config, precision, for_training=False).eval().requires_grad_(False)
+        )
         reference.to(accelerator.device)
 
     value_source = value_model_source(config, tokenizer)
     kwargs = {"dtype": torch.float32}
     if config.method == "qlora":
-        kwargs = {"dtype": torch.bfloat16 if precision == "bf16" else torch.float16, "quantization_config": quantization_config(precision)}
+        kwargs = {
+            "dtype": torch.bfloat16 if precision == "bf16" else torch.float16,
+            "quantization_config": quantization_config(precision),
+        }
     value = load_model(AutoModelForSequenceClassification, value_source, num_labels=1, **kwargs)
     value.config.pad_token_id = tokenizer.pad_token_id
     if not hasattr(value, "score"):
-        raise RunnerError(f"{value_source}: a {value.config.model_type} classifier has no per-token score head for values.")
+        raise RunnerError(
+            f"{value_source}: a {value.config.model_type} classifier has no per-token score head for values."
+        )
     if config.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
@@ -249,7 +276,9 @@ def reward_model_scorer(config: PPORunConfig, device) -> ScoreFn:
     from ..scoring import CombinedScorer, RewardScorer
 
     weights = config.reward_weights or [1.0 / len(config.reward_models)] * len(config.reward_models)
-    scorer = CombinedScorer([(RewardScorer.load(folder, device=device), w) for folder, w in zip(config.reward_models, weights)])
+    scorer = CombinedScorer(
+        [(RewardScorer.load(folder, device=device), w) for folder, w in zip(config.reward_models, weights)]
+    )
     return lambda prompts, texts, ids: scorer.score(prompts, texts, config.per_device_eval_batch_size)
 
 
@@ -268,7 +297,9 @@ def make_scheduler(config: PPORunConfig, optimizer, total_updates: int):
     from transformers import get_scheduler
 
     warmup = config.warmup_steps if config.warmup_steps >= 1 else config.warmup_steps * total_updates
-    return get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=int(warmup), num_training_steps=total_updates)
+    return get_scheduler(
+        config.lr_scheduler_type, optimizer, num_warmup_steps=int(warmup), num_training_steps=total_updates
+    )
 
 
 def batch_prompts(rows: list[dict], step: int, config: PPORunConfig, accelerator) -> list:
@@ -322,23 +353,33 @@ def position_ids(attention_mask):
 
 def response_logits(model, input_ids, attention_mask, prompt_width: int, temperature: float):
     """Logits of the distributions each response token was sampled from (divided by the temperature)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False).logits
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False
+    ).logits
     return logits[:, prompt_width - 1 : -1].float() / temperature
 
 
-def make_rollouts(config: PPORunConfig, accelerator, policy, value, models: Models, prompts: list, score_fn: ScoreFn,
-                  kl_coef: float) -> Rollouts:  # fmt: skip
+def make_rollouts(
+    config: PPORunConfig, accelerator, policy, value, models: Models, prompts: list, score_fn: ScoreFn, kl_coef: float
+) -> Rollouts:
     """Steps 1–4 of the module docstring for one batch of prompts, without gradients."""
     import torch
     from transformers import GenerationConfig
 
     tokenizer, device = models.tokenizer, accelerator.device
-    prompt_ids, prompt_mask = left_pad([encode_prompt(tokenizer, p, config.max_prompt_length) for p in prompts], tokenizer.pad_token_id)
+    prompt_ids, prompt_mask = left_pad(
+        [encode_prompt(tokenizer, p, config.max_prompt_length) for p in prompts], tokenizer.pad_token_id
+    )
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     generation = GenerationConfig(
-        do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0, max_new_tokens=config.max_new_tokens,
-        eos_token_id=models.eos_ids, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+        do_sample=True,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=0,
+        max_new_tokens=config.max_new_tokens,
+        eos_token_id=models.eos_ids,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     unwrapped = accelerator.unwrap_model(policy)
     unwrapped.eval()
     with torch.no_grad():
@@ -378,11 +419,15 @@ def make_rollouts(config: PPORunConfig, accelerator, policy, value, models: Mode
     advantages = rl.whiten(advantages, mask)
     sequence_kl = (rl.kl_estimate(logprobs, ref_logprobs, "k1") * mask).sum(1)
     stats = {
-        "reward": scores.mean().item(), "score": raw_scores.mean().item(), "kl": sequence_kl.mean().item(),
-        "non_score_reward": (-kl_coef * kl.sum(1)).mean().item(), "entropy": rl.masked_mean(entropy, mask).item(),
-        "response_length": mask.sum(1).float().mean().item(), "eos_fraction": has_eos.float().mean().item(),
+        "reward": scores.mean().item(),
+        "score": raw_scores.mean().item(),
+        "kl": sequence_kl.mean().item(),
+        "non_score_reward": (-kl_coef * kl.sum(1)).mean().item(),
+        "entropy": rl.masked_mean(entropy, mask).item(),
+        "response_length": mask.sum(1).float().mean().item(),
+        "eos_fraction": has_eos.float().mean().item(),
         "value_mean": rl.masked_mean(values, mask).item(),
-    }  # fmt: skip
+    }
     return Rollouts(input_ids, attention_mask, width, mask, logprobs, values, advantages, returns, stats)
 
 
@@ -407,13 +452,21 @@ def ppo_update(config: PPORunConfig, accelerator, policy, value, optimizer, sche
                 logits = response_logits(policy, ids, att, width, config.temperature)
                 logprobs = rl.token_logprobs(logits, ids[:, width:])
                 values = value(ids, att, position_ids(att))[:, width - 1 : -1]
-                policy_loss, clip_fraction = rl.clipped_policy_loss(logprobs, batch.logprobs[rows], batch.advantages[rows], mask, config.cliprange)
-                value_loss, value_clip_fraction = rl.clipped_value_loss(values, batch.values[rows], batch.returns[rows], mask, config.cliprange_value)
+                policy_loss, clip_fraction = rl.clipped_policy_loss(
+                    logprobs, batch.logprobs[rows], batch.advantages[rows], mask, config.cliprange
+                )
+                value_loss, value_clip_fraction = rl.clipped_value_loss(
+                    values, batch.values[rows], batch.returns[rows], mask, config.cliprange_value
+                )
                 accelerator.backward((policy_loss + config.vf_coef * value_loss) * share)
                 with torch.no_grad():
-                    step_stats = {"policy_loss": policy_loss, "value_loss": value_loss, "clip_fraction": clip_fraction,
-                                  "value_clip_fraction": value_clip_fraction,
-                                  "approx_kl": rl.approx_kl(logprobs, batch.logprobs[rows], mask)}  # fmt: skip
+                    step_stats = {
+                        "policy_loss": policy_loss,
+                        "value_loss": value_loss,
+                        "clip_fraction": clip_fraction,
+                        "value_clip_fraction": value_clip_fraction,
+                        "approx_kl": rl.approx_kl(logprobs, batch.logprobs[rows], mask),
+                    }
                 for name, tensor in step_stats.items():
                     totals[name] += tensor.item() * share
             if config.max_grad_norm:

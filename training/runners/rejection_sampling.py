@@ -39,7 +39,9 @@ from .rejection_sampling_config import CONFIG_CLASS, RejectionSamplingRunConfig 
 SAMPLES_FILE = "rejection_samples.json"
 
 
-def run(config: RejectionSamplingRunConfig, dataset_paths: dict, output_dir, progress_callback, checkpoint_dir=None) -> dict:
+def run(
+    config: RejectionSamplingRunConfig, dataset_paths: dict, output_dir, progress_callback, checkpoint_dir=None
+) -> dict:
     """Sample, score, keep the best, fine-tune; see the module docstring."""
     rows = start_prompt_run(config, dataset_paths, "rejection_sampling")
     saved = Path(checkpoint_dir) / SAMPLES_FILE if checkpoint_dir else None
@@ -54,18 +56,29 @@ def run(config: RejectionSamplingRunConfig, dataset_paths: dict, output_dir, pro
             tmp.write_text(json.dumps(state), encoding="utf-8")
             tmp.replace(saved)
     kept, metrics = state["kept"], state["metrics"]
-    emit_log(progress_callback, f"Kept {len(kept)} of {metrics['prompts']:.0f} prompts' best samples "
-             f"(mean score {metrics['kept_mean_score']:.3f} vs {metrics['sample_mean_score']:.3f} over all samples)")  # fmt: skip
+    emit_log(
+        progress_callback,
+        f"Kept {len(kept)} of {metrics['prompts']:.0f} prompts' best samples "
+        f"(mean score {metrics['kept_mean_score']:.3f} vs {metrics['sample_mean_score']:.3f} over all samples)",
+    )
 
     from .sft import fine_tune
 
     examples = [{"prompt": row["prompt"], "completion": row["response"]} for row in kept]
-    info = {"kind": "rejection_sampling", "reward_models": config.reward_models, "reward_weights": config.reward_weights}
+    info = {
+        "kind": "rejection_sampling",
+        "reward_models": config.reward_models,
+        "reward_weights": config.reward_weights,
+    }
     metrics.update(fine_tune(config, examples, None, output_dir, progress_callback, checkpoint_dir, info=info))
     output_dir = Path(output_dir)
     write_jsonl(kept, output_dir / "kept.jsonl")
     info_path = output_dir / "arbiter.json"
-    body = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {**info, "config": config.to_dict()}
+    body = (
+        json.loads(info_path.read_text(encoding="utf-8"))
+        if info_path.is_file()
+        else {**info, "config": config.to_dict()}
+    )
     write_info(output_dir, {**body, "metrics": metrics, "files": ["kept.jsonl"]})
     return metrics
 
@@ -77,20 +90,26 @@ def sample_and_select(config, rows: list[dict], progress_callback) -> dict:
     metrics = sampling_metrics(samples, seconds)
     free_memory()  # the policy's memory, before the reward models load
     scorer = load_scorer(config)
-    emit_log(progress_callback, f"Scoring {metrics['candidates']} samples with {len(config.reward_models)} reward model(s)")
+    emit_log(
+        progress_callback, f"Scoring {metrics['candidates']} samples with {len(config.reward_models)} reward model(s)"
+    )
     scores = score_samples(scorer, prompts, samples, config.per_device_eval_batch_size)
     del scorer
     free_memory()
     kept = select_best(rows, samples, scores, config.min_score)
     if not kept:
         best = max((s for row in scores for s in row), default=float("nan"))
-        raise RunnerError(f"No sample reached min_score={config.min_score} (the best scored {best:.3f}); lower it or sample more.")
+        raise RunnerError(
+            f"No sample reached min_score={config.min_score} (the best scored {best:.3f}); lower it or sample more."
+        )
     flat = [score for row in scores for score in row]
     metrics.update(
-        sample_mean_score=sum(flat) / len(flat), kept=len(kept), kept_fraction=len(kept) / len(rows),
+        sample_mean_score=sum(flat) / len(flat),
+        kept=len(kept),
+        kept_fraction=len(kept) / len(rows),
         kept_mean_score=sum(row["score"] for row in kept) / len(kept),
         kept_prompts_mean_score=sum(row["mean_score"] for row in kept) / len(kept),
-    )  # fmt: skip
+    )
     return {"kept": kept, "metrics": metrics}
 
 
@@ -110,7 +129,14 @@ def select_best(rows: list[dict], samples: list, scores: list, min_score: float 
         best_score, best = max(candidates, key=lambda pair: (pair[0], -pair[1]))
         if min_score is not None and best_score < min_score:
             continue
-        kept.append({"prompt": row["prompt"], "item": row["item"], "external_id": row["external_id"],
-                     "response": row_samples[best].text, "score": best_score,
-                     "mean_score": sum(row_scores) / len(row_scores)})  # fmt: skip
+        kept.append(
+            {
+                "prompt": row["prompt"],
+                "item": row["item"],
+                "external_id": row["external_id"],
+                "response": row_samples[best].text,
+                "score": best_score,
+                "mean_score": sum(row_scores) / len(row_scores),
+            }
+        )
     return kept

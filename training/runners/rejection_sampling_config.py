@@ -11,11 +11,14 @@ from .config import PolicyRunConfig, option
 
 @dataclass
 class RejectionSamplingRunConfig(PolicyRunConfig):
-    num_samples: int = option(4, "Responses sampled per prompt (K); the best of them is kept. Llama 2 used up to 10 or more.")
+    num_samples: int = option(
+        4, "Responses sampled per prompt (K); the best of them is kept. Llama 2 used up to 10 or more."
+    )
     min_score: float | None = option(
-        None, "Keep a prompt's best response only when its combined reward reaches this (rewards are standardised: 0 is "
+        None,
+        "Keep a prompt's best response only when its combined reward reaches this (rewards are standardised: 0 is "
         "a typical response); none: keep every prompt's best.",
-    )  # fmt: skip
+    )
     learning_rate: float = option(1e-5, "Peak learning rate (AdamW) of the fine-tuning on the kept samples.")
 
     def validate(self) -> None:

@@ -83,7 +83,6 @@ def rating_rows(dataset, criterion: str) -> tuple[list, list, list, list[int]]:
 
 
 def _reward_trainer_class():
-    import torch
     import torch.nn.functional as F
     from trl import RewardTrainer
 
@@ -110,14 +109,18 @@ def _reward_trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not self.lm_loss_coefficient:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
             half = inputs["input_ids"].shape[0] // 2
             hidden = self._hidden[:half, :-1]
             weight = self.lm_head.to(device=hidden.device, dtype=hidden.dtype)
             logits = hidden @ weight.T
             targets = inputs["input_ids"][:half, 1:]
             mask = inputs["attention_mask"][:half, 1:].float()
-            token_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
+            token_loss = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none"
+            )
             lm_loss = (token_loss * mask.reshape(-1)).sum() / mask.sum().clamp(min=1)
             mode = "train" if self.model.training else "eval"
             self._metrics[mode]["lm_loss"].append(lm_loss.detach().item())
@@ -135,9 +138,11 @@ def _backbone(model):
 
 def lm_head_weight(folder: str, model):
     """The base model's LM head (``lm_head.weight`` in its safetensors), or its input embeddings when tied."""
-    import torch
     from safetensors import safe_open
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
 
     model_type = model.config.model_type
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
@@ -200,7 +205,9 @@ def _run_bradley_terry(config, dataset_paths, output_dir, progress_callback, che
     for name, data in [("train", train), *evals.items()]:
         missing = {"chosen", "rejected"} - set(data.column_names)
         if missing:
-            raise RunnerError(f"The {name} split has no {', '.join(sorted(missing))} column: it is not a preference dataset.")
+            raise RunnerError(
+                f"The {name} split has no {', '.join(sorted(missing))} column: it is not a preference dataset."
+            )
     if not len(train):
         raise RunnerError("The train split is empty: there are no preferences to learn from.")
     if "margin" in train.column_names:
@@ -215,19 +222,40 @@ def _run_bradley_terry(config, dataset_paths, output_dir, progress_callback, che
     if is_conversational_rows(train):
         ensure_chat_template(tokenizer)
     lm_head = lm_head_weight(config.base_model, model) if config.lm_loss_coefficient else None
-    eval_dataset = evals.get("test").select_columns([c for c in ("prompt", "chosen", "rejected") if c in evals["test"].column_names]) if "test" in evals and config.eval_steps else None
+    eval_dataset = (
+        evals.get("test").select_columns(
+            [c for c in ("prompt", "chosen", "rejected") if c in evals["test"].column_names]
+        )
+        if "test" in evals and config.eval_steps
+        else None
+    )
     # center_rewards_coefficient: 0 and none both mean off; TRL's off is None.
-    args = training_arguments(config, RewardConfig, checkpoints, precision, has_eval=eval_dataset is not None,
-                              center_rewards_coefficient=config.center_rewards_coefficient or None)  # fmt: skip
+    args = training_arguments(
+        config,
+        RewardConfig,
+        checkpoints,
+        precision,
+        has_eval=eval_dataset is not None,
+        center_rewards_coefficient=config.center_rewards_coefficient or None,
+    )
     reporter = make_progress_callback(progress_callback, config)
     trainer = _reward_trainer_class()(
-        model=model, args=args, train_dataset=train, eval_dataset=eval_dataset, processing_class=tokenizer,
-        peft_config=peft_config(config, "SEQ_CLS"), callbacks=[reporter],
-        lm_head=lm_head, lm_loss_coefficient=config.lm_loss_coefficient,
-    )  # fmt: skip
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(config, "SEQ_CLS"),
+        callbacks=[reporter],
+        lm_head=lm_head,
+        lm_loss_coefficient=config.lm_loss_coefficient,
+    )
     if not len(trainer.train_dataset):
         raise RunnerError(f"Every training pair is longer than max_length={config.max_length} tokens; raise it.")
-    emit_log(progress_callback, f"{len(trainer.train_dataset)} training pairs (of {len(train)}), precision {precision}, method {config.method}")
+    emit_log(
+        progress_callback,
+        f"{len(trainer.train_dataset)} training pairs (of {len(train)}), precision {precision}, method {config.method}",
+    )
     metrics = train_to_end(trainer, reporter, checkpoints)
     metrics["n_train"] = len(trainer.train_dataset)
     if not trainer.accelerator.is_main_process:
@@ -255,8 +283,12 @@ def pairwise_metrics(scorer: RewardScorer, data, config) -> dict:
     chosen = scorer.score(prompts, list(data["chosen"]), config.per_device_eval_batch_size)
     rejected = scorer.score(prompts, list(data["rejected"]), config.per_device_eval_batch_size)
     gaps = [c - r for c, r in zip(chosen, rejected)]
-    return {"accuracy": sum(g > 0 for g in gaps) / len(gaps), "reward_gap": sum(gaps) / len(gaps), "pairs": len(gaps),
-            "rewards": chosen + rejected}  # fmt: skip
+    return {
+        "accuracy": sum(g > 0 for g in gaps) / len(gaps),
+        "reward_gap": sum(gaps) / len(gaps),
+        "pairs": len(gaps),
+        "rewards": chosen + rejected,
+    }
 
 
 def mean_and_spread(values: list[float]) -> dict:
@@ -280,8 +312,15 @@ def _save(trainer, tokenizer, config, output_dir: Path) -> dict:
 
 def _write_info(output_dir: Path, config, metrics: dict, info: dict, **extra) -> None:
     """``arbiter.json``: what a tool needs to use the folder without Arbiter's database (the worker adds provenance)."""
-    body = {"kind": "reward", "objective": config.objective, "criterion": config.criterion, "config": config.to_dict(),
-            "metrics": metrics, **info, **extra}  # fmt: skip
+    body = {
+        "kind": "reward",
+        "objective": config.objective,
+        "criterion": config.criterion,
+        "config": config.to_dict(),
+        "metrics": metrics,
+        **info,
+        **extra,
+    }
     (output_dir / "arbiter.json").write_text(json.dumps(body, indent=2, sort_keys=True), encoding="utf-8")
 
 
@@ -310,17 +349,29 @@ def _run_regression(config, dataset_paths, output_dir, progress_callback, checkp
         from peft import get_peft_model
 
         model = get_peft_model(model, peft_config(config, "SEQ_CLS"))
-    rows = [{"input_ids": encode(tokenizer, p, t), "labels": (y - mean) / std} for p, t, y in zip(prompts, texts, targets)]
+    rows = [
+        {"input_ids": encode(tokenizer, p, t), "labels": (y - mean) / std} for p, t, y in zip(prompts, texts, targets)
+    ]
     if config.max_length:
         rows = [row for row in rows if len(row["input_ids"]) <= config.max_length]
     if not rows:
         raise RunnerError(f"Every rated response is longer than max_length={config.max_length} tokens; raise it.")
     train = datasets.Dataset.from_list(rows)
-    args = training_arguments(config, TrainingArguments, checkpoints, precision, has_eval=False, remove_unused_columns=False)
+    args = training_arguments(
+        config, TrainingArguments, checkpoints, precision, has_eval=False, remove_unused_columns=False
+    )
     reporter = make_progress_callback(progress_callback, config)
-    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer),
-                      processing_class=tokenizer, callbacks=[reporter])  # fmt: skip
-    emit_log(progress_callback, f"{len(rows)} rated responses ({criterion}), precision {precision}, method {config.method}")
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        callbacks=[reporter],
+    )
+    emit_log(
+        progress_callback, f"{len(rows)} rated responses ({criterion}), precision {precision}, method {config.method}"
+    )
     metrics = train_to_end(trainer, reporter, checkpoints)
     metrics.update(n_train=len(rows), criterion=criterion)
     if not trainer.accelerator.is_main_process:
@@ -330,11 +381,23 @@ def _run_regression(config, dataset_paths, output_dir, progress_callback, checkp
         if name.startswith("test"):
             suffix = "" if name == "test" else "_" + name.split(":", 1)[1]
             test_criterion = criterion if name == "test" else name.split(":", 1)[1]
-            metrics.update({f"eval_{k}{suffix}": v for k, v in regression_metrics(scorer, load_split(path), test_criterion, mean, std, config).items()})
+            metrics.update(
+                {
+                    f"eval_{k}{suffix}": v
+                    for k, v in regression_metrics(scorer, load_split(path), test_criterion, mean, std, config).items()
+                }
+            )
     stats = {"mean": 0.0, "std": 1.0}  # the model predicts standardised scores already
     metrics.update(reward_mean=0.0, reward_std=1.0)
     info = _save(trainer, tokenizer, config, output_dir)
-    _write_info(output_dir, config, metrics, info, reward_stats=stats, score_stats={"mean": mean, "std": std, "criterion": criterion})
+    _write_info(
+        output_dir,
+        config,
+        metrics,
+        info,
+        reward_stats=stats,
+        score_stats={"mean": mean, "std": std, "criterion": criterion},
+    )
     return metrics
 
 

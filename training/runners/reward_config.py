@@ -12,21 +12,33 @@ OBJECTIVES = ("bradley_terry", "regression")
 
 @dataclass
 class RewardRunConfig(RunConfig):
-    base_model: str = option("", "Folder of the base model; Arbiter fills it in from --base-model (MODEL_ROOTS or the registry).")
+    base_model: str = option(
+        "", "Folder of the base model; Arbiter fills it in from --base-model (MODEL_ROOTS or the registry)."
+    )
     objective: str = option(
-        "bradley_terry", "bradley_terry: pairwise loss on preference pairs (pairwise, ranking projects); "
-        "regression: mean-squared error on rating scores (rating projects).", OBJECTIVES,
-    )  # fmt: skip
-    use_margin: bool = option(True, "Subtract each pair's margin (the annotators' mean strength, 0–3) in the loss, as Llama 2 does.")
-    margin_scale: float = option(1.0, "Multiply margins by this: 1 uses strengths 0–3 as Llama 2's large margins, 1/3 gives small ones.")
+        "bradley_terry",
+        "bradley_terry: pairwise loss on preference pairs (pairwise, ranking projects); "
+        "regression: mean-squared error on rating scores (rating projects).",
+        OBJECTIVES,
+    )
+    use_margin: bool = option(
+        True, "Subtract each pair's margin (the annotators' mean strength, 0–3) in the loss, as Llama 2 does."
+    )
+    margin_scale: float = option(
+        1.0, "Multiply margins by this: 1 uses strengths 0–3 as Llama 2's large margins, 1/3 gives small ones."
+    )
     center_rewards_coefficient: float | None = option(
-        None, "TRL's reward centering: adds coef × mean((r_chosen + r_rejected)²) so rewards stay near 0 (0.01 is typical); none: off."
+        None,
+        "TRL's reward centering: adds coef × mean((r_chosen + r_rejected)²) so rewards stay near 0 (0.01 is typical); none: off.",
     )
     lm_loss_coefficient: float = option(
-        0.0, "Adds coef × the language-model loss on the chosen text (decoder models, full or lora), keeping the backbone "
+        0.0,
+        "Adds coef × the language-model loss on the chosen text (decoder models, full or lora), keeping the backbone "
         "a language model; 0: off.",
-    )  # fmt: skip
-    criterion: str = option("", "Train on one criterion's preferences or scores (projects with criteria); empty: the overall judgment.")
+    )
+    criterion: str = option(
+        "", "Train on one criterion's preferences or scores (projects with criteria); empty: the overall judgment."
+    )
     learning_rate: float = option(1e-5, "Peak learning rate (AdamW).")
 
     def validate(self) -> None:

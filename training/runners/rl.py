@@ -19,7 +19,6 @@ import torch
 
 from .ppo_config import KL_ESTIMATORS
 
-
 # --- masked statistics --------------------------------------------------------------------------------
 
 
@@ -91,7 +90,9 @@ def exact_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
     return (logp.exp() * (logp - ref_logp)).sum(-1)
 
 
-def approx_kl(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor, estimator: str = "half_squared") -> torch.Tensor:
+def approx_kl(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor, estimator: str = "half_squared"
+) -> torch.Tensor:
     """How far an update moved the policy from the one that sampled: ½·mean((log π − log π_old)²), or k3."""
     if estimator == "half_squared":
         return 0.5 * masked_mean((logprobs - old_logprobs) ** 2, mask)
@@ -106,12 +107,16 @@ def response_mask(response_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch
     token of a response that has none (cut off at max_new_tokens). Padding after eos may be the eos id itself."""
     is_eos = torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device))
     has_eos = is_eos.any(dim=1)
-    last = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, response_ids.shape[1] - 1, dtype=torch.long))
+    last = torch.where(
+        has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, response_ids.shape[1] - 1, dtype=torch.long)
+    )
     positions = torch.arange(response_ids.shape[1], device=response_ids.device)
     return (positions[None, :] <= last[:, None]).long(), has_eos
 
 
-def penalize_missing_eos(scores: torch.Tensor, has_eos: torch.Tensor, penalty: float | None, mode: str = "subtract") -> torch.Tensor:
+def penalize_missing_eos(
+    scores: torch.Tensor, has_eos: torch.Tensor, penalty: float | None, mode: str = "subtract"
+) -> torch.Tensor:
     """The reward model's scores, with responses cut off at max_new_tokens (no eos) penalised: ``subtract`` takes
     ``penalty`` off their score, ``replace`` gives them ``penalty`` as their score. ``penalty=None`` changes nothing.
 
@@ -132,8 +137,14 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return (positions * mask.long()).max(dim=1).values
 
 
-def kl_penalty_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
-                       kl_coef: float, estimator: str = "k1") -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def kl_penalty_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    estimator: str = "k1",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """InstructGPT's per-token reward: −β·KL_t on every response token, plus the sequence's score on its last real
     token. Returns (rewards, per-token KL); both are 0 on padding."""
     kl = kl_estimate(logprobs, ref_logprobs, estimator) * mask
@@ -146,7 +157,9 @@ def kl_penalty_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprob
 # --- advantages -----------------------------------------------------------------------------------------
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016), one episode per row.
 
     δ_t = r_t + γ·V_{t+1} − V_t and A_t = δ_t + γλ·A_{t+1}, where V and A past the last real token are 0.
@@ -171,8 +184,9 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 # --- losses ---------------------------------------------------------------------------------------------
 
 
-def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                        cliprange: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def clipped_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate, −min(ρ·A, clip(ρ, 1−ε, 1+ε)·A) with ρ = π/π_old, averaged over real tokens.
 
     Once ρ has left [1−ε, 1+ε] in the direction the advantage pushes it, the clipped term is the smaller one and
@@ -186,8 +200,9 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
     return loss, clip_fraction
 
 
-def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                       cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """½·max((V − R)², (V_clipped − R)²) with V_clipped = V_old + clip(V − V_old, ±ε_v): the value function, too,
     moves at most ε_v from its rollout-time estimate per batch. Returns (loss, clip fraction)."""
     clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)

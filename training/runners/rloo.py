@@ -19,4 +19,6 @@ def run(config: RLOORunConfig, dataset_paths: dict, output_dir, progress_callbac
     """Train the policy with RLOO against ``config.reward_models``; write it to ``output_dir``; return metrics."""
     from trl import RLOOConfig, RLOOTrainer
 
-    return run_online(config, "rloo", RLOOTrainer, RLOOConfig, dataset_paths, output_dir, progress_callback, checkpoint_dir)
+    return run_online(
+        config, "rloo", RLOOTrainer, RLOOConfig, dataset_paths, output_dir, progress_callback, checkpoint_dir
+    )

@@ -10,7 +10,9 @@ from .config import OnlineRunConfig, option
 
 @dataclass
 class RLOORunConfig(OnlineRunConfig):
-    beta: float = option(0.05, "Weight of the KL to the starting policy, subtracted from each response's reward; 0 loads no reference.")
+    beta: float = option(
+        0.05, "Weight of the KL to the starting policy, subtracted from each response's reward; 0 loads no reference."
+    )
     normalize_advantages: bool = option(False, "Scale each batch's advantages to mean 0 and standard deviation 1.")
 
 

@@ -39,7 +39,6 @@ from .data import as_messages, read_split
 from .policy import check_policy_base, ensure_policy_chat_template, load_policy_model, save_policy
 from .sft_config import CONFIG_CLASS, SFTRunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 
-
 # --- data ---------------------------------------------------------------------------------------------
 
 
@@ -50,12 +49,16 @@ def demonstration_rows(rows: list[dict], split: str = "train") -> list[dict]:
         messages = row.get("messages")
         if not isinstance(messages, list):
             raise RunnerError(
-                f"The {split} split, row {number}: no \"messages\"; source=demonstrations reads an sft export "
+                f'The {split} split, row {number}: no "messages"; source=demonstrations reads an sft export '
                 "(use source=chosen for a trl export)."
             )
         if len(messages) < 2 or messages[-1].get("role") != "assistant":
-            raise RunnerError(f"The {split} split, row {number}: the messages must be a prompt then the assistant's answer.")
-        examples.append({"prompt": as_messages(messages[:-1], "user"), "completion": as_messages(messages[-1:], "assistant")})
+            raise RunnerError(
+                f"The {split} split, row {number}: the messages must be a prompt then the assistant's answer."
+            )
+        examples.append(
+            {"prompt": as_messages(messages[:-1], "user"), "completion": as_messages(messages[-1:], "assistant")}
+        )
     return examples
 
 
@@ -65,12 +68,14 @@ def chosen_rows(rows: list[dict], split: str = "train") -> list[dict]:
     for number, row in enumerate(rows, 1):
         if "prompt" not in row or "chosen" not in row:
             raise RunnerError(
-                f"The {split} split, row {number}: no \"prompt\" and \"chosen\"; source=chosen reads a trl export "
+                f'The {split} split, row {number}: no "prompt" and "chosen"; source=chosen reads a trl export '
                 "(use source=demonstrations for an sft export)."
             )
         if row.get("tie"):
             continue
-        examples.append({"prompt": as_messages(row["prompt"], "user"), "completion": as_messages(row["chosen"], "assistant")})
+        examples.append(
+            {"prompt": as_messages(row["prompt"], "user"), "completion": as_messages(row["chosen"], "assistant")}
+        )
     return examples
 
 
@@ -89,8 +94,15 @@ def check_trainable_base(config) -> None:
         )
 
 
-def fine_tune(config, train_rows: list[dict], eval_rows: list[dict] | None, output_dir, progress_callback,
-              checkpoint_dir=None, info: dict | None = None) -> dict:  # fmt: skip
+def fine_tune(
+    config,
+    train_rows: list[dict],
+    eval_rows: list[dict] | None,
+    output_dir,
+    progress_callback,
+    checkpoint_dir=None,
+    info: dict | None = None,
+) -> dict:
     """Fine-tune ``config.base_model`` on prompt/completion rows with TRL's SFTTrainer; save the policy; return metrics.
 
     ``train_rows`` and ``eval_rows`` are ``{"prompt": text or messages, "completion": text or messages}``; texts
@@ -122,12 +134,21 @@ def fine_tune(config, train_rows: list[dict], eval_rows: list[dict] | None, outp
         args = training_arguments(config, SFTConfig, checkpoints, precision, has_eval=evals is not None, packing=False)
         reporter = make_progress_callback(progress_callback, config)
         trainer = SFTTrainer(
-            model=model, args=args, train_dataset=train, eval_dataset=evals, processing_class=tokenizer,
-            peft_config=peft_config(config, "CAUSAL_LM"), callbacks=[reporter],
-        )  # fmt: skip
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=evals,
+            processing_class=tokenizer,
+            peft_config=peft_config(config, "CAUSAL_LM"),
+            callbacks=[reporter],
+        )
         if not len(trainer.train_dataset):
-            raise RunnerError(f"No example keeps a response token within max_length={config.max_length} tokens; raise it.")
-        emit_log(progress_callback, f"{len(trainer.train_dataset)} examples, precision {precision}, method {config.method}")
+            raise RunnerError(
+                f"No example keeps a response token within max_length={config.max_length} tokens; raise it."
+            )
+        emit_log(
+            progress_callback, f"{len(trainer.train_dataset)} examples, precision {precision}, method {config.method}"
+        )
 
         def collect() -> dict:
             metrics = {"n_train": len(trainer.train_dataset)}
@@ -136,7 +157,13 @@ def fine_tune(config, train_rows: list[dict], eval_rows: list[dict] | None, outp
                 metrics["train_mean_token_accuracy"] = accuracy
             if evals is not None:
                 results = trainer.evaluate()
-                metrics.update({k: float(v) for k, v in results.items() if k in ("eval_loss", "eval_mean_token_accuracy", "eval_entropy")})
+                metrics.update(
+                    {
+                        k: float(v)
+                        for k, v in results.items()
+                        if k in ("eval_loss", "eval_mean_token_accuracy", "eval_entropy")
+                    }
+                )
                 metrics["n_eval"] = len(trainer.eval_dataset)
             return metrics
 
@@ -168,5 +195,12 @@ def run(config: SFTRunConfig, dataset_paths: dict, output_dir, progress_callback
     if not train:
         raise RunnerError("The train split is empty: there are no demonstrations to learn from.")
     evals = convert(read_split(dataset_paths["test"]), "test") if "test" in dataset_paths else None
-    return fine_tune(config, train, evals, output_dir, progress_callback, checkpoint_dir,
-                     info={"kind": "sft", "source": config.source})  # fmt: skip
+    return fine_tune(
+        config,
+        train,
+        evals,
+        output_dir,
+        progress_callback,
+        checkpoint_dir,
+        info={"kind": "sft", "source": config.source},
+    )

@@ -8,7 +8,9 @@ from ._base import get_project, read_import_file, skipped_report_path, write_ski
 
 
 def limits() -> str:
-    kinds = ", ".join(f"{kind} {low}-{high}" if low != high else f"{kind} {low}" for kind, (low, high) in RESPONSES_PER_KIND.items())
+    kinds = ", ".join(
+        f"{kind} {low}-{high}" if low != high else f"{kind} {low}" for kind, (low, high) in RESPONSES_PER_KIND.items()
+    )
     return (
         f"Limits: {settings.ARBITER_IMPORT_MAX_BYTES} bytes, {settings.ARBITER_IMPORT_MAX_ROWS} rows, "
         f"{settings.ARBITER_IMPORT_MAX_LINE_BYTES} bytes a line, JSON nested {settings.ARBITER_IMPORT_MAX_DEPTH} deep; "
@@ -42,7 +44,11 @@ class Command(BaseCommand):
             help="Import the valid rows (in one transaction) and write the invalid ones, with line numbers and "
             "reasons, to --report.",
         )
-        parser.add_argument("--report", metavar="PATH", help="Where --skip-invalid writes the skipped rows (JSONL); default FILE.skipped.jsonl.")
+        parser.add_argument(
+            "--report",
+            metavar="PATH",
+            help="Where --skip-invalid writes the skipped rows (JSONL); default FILE.skipped.jsonl.",
+        )
 
     def handle(self, *args, **options):
         if options["report"] and not options["skip_invalid"]:
@@ -50,10 +56,14 @@ class Command(BaseCommand):
         project = get_project(options["slug"])
         path, data = read_import_file(options["file"])
         skipped = [] if options["skip_invalid"] else None
-        report_path = skipped_report_path(options["report"] or f"{path}.skipped.jsonl") if options["skip_invalid"] else None
+        report_path = (
+            skipped_report_path(options["report"] or f"{path}.skipped.jsonl") if options["skip_invalid"] else None
+        )
         try:
             parsed = parse_items(data, detect_format(path.name, options["format"]), project.kind, skipped)
-            report = import_items(project, parsed, source={"file": path.name}, votes_as=options["votes_as"], skipped=skipped)
+            report = import_items(
+                project, parsed, source={"file": path.name}, votes_as=options["votes_as"], skipped=skipped
+            )
         except ImportFailed as exc:
             if report_path is not None:
                 write_skipped_report(report_path, exc.errors)

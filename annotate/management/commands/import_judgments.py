@@ -30,7 +30,11 @@ class Command(BaseCommand):
             help="Import the valid votes (in one transaction) and write the invalid ones, with line numbers and "
             "reasons, to --report.",
         )
-        parser.add_argument("--report", metavar="PATH", help="Where --skip-invalid writes the skipped rows (JSONL); default FILE.skipped.jsonl.")
+        parser.add_argument(
+            "--report",
+            metavar="PATH",
+            help="Where --skip-invalid writes the skipped rows (JSONL); default FILE.skipped.jsonl.",
+        )
 
     def handle(self, *args, **options):
         if options["report"] and not options["skip_invalid"]:
@@ -38,7 +42,9 @@ class Command(BaseCommand):
         project = get_project(options["slug"])
         path, data = read_import_file(options["file"])
         skipped = [] if options["skip_invalid"] else None
-        report_path = skipped_report_path(options["report"] or f"{path}.skipped.jsonl") if options["skip_invalid"] else None
+        report_path = (
+            skipped_report_path(options["report"] or f"{path}.skipped.jsonl") if options["skip_invalid"] else None
+        )
         try:
             votes = parse_votes(data, detect_format(path.name, options["format"]), skipped)
             report = import_judgments(project, votes, skipped=skipped)

@@ -31,7 +31,9 @@ class Command(BaseCommand):
             else:
                 out.write(line)
 
-        items = Item.objects.filter(project=project).select_related("round").prefetch_related("responses").order_by("id")
+        items = (
+            Item.objects.filter(project=project).select_related("round").prefetch_related("responses").order_by("id")
+        )
         try:
             if options["format"] == "tsv":
                 emit("id\tround\tpurpose\tvotes\tprompt\n")

@@ -41,10 +41,16 @@ class Command(BaseCommand):
         project = Project.objects.filter(slug=options["slug"]).first()
         if project is None:
             project = create_project(
-                slug=options["slug"], kind=Kind.PAIRWISE, name="Demo: helpful and harmless", overlap=2,
-                instructions=INSTRUCTIONS, created_by=admin,
-            )  # fmt: skip
-            report = import_items(project, parse_items(DEMO_DATA.read_bytes(), "jsonl", project.kind), {"file": DEMO_DATA.name})
+                slug=options["slug"],
+                kind=Kind.PAIRWISE,
+                name="Demo: helpful and harmless",
+                overlap=2,
+                instructions=INSTRUCTIONS,
+                created_by=admin,
+            )
+            report = import_items(
+                project, parse_items(DEMO_DATA.read_bytes(), "jsonl", project.kind), {"file": DEMO_DATA.name}
+            )
             self.stdout.write(f"Demo project {project.slug}: {report.summary()}")
         else:
             self.stdout.write(f"Demo project {project.slug} exists.")

@@ -20,7 +20,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--name", default="tiny-demo-llama", help="Folder name under the first MODEL_ROOT.")
         parser.add_argument("--force", action="store_true", help="Replace the folders if they exist.")
-        parser.add_argument("--warmup-steps", type=int, default=300, help="Language-model steps of the policy on the site's texts.")
+        parser.add_argument(
+            "--warmup-steps", type=int, default=300, help="Language-model steps of the policy on the site's texts."
+        )
 
     def handle(self, *args, **options):
         if not settings.MODEL_ROOTS:
@@ -30,9 +32,13 @@ class Command(BaseCommand):
         if folder.exists() and policy.exists() and not options["force"]:
             self.stdout.write(f"{folder} and {policy} exist (--force replaces them).")
             return
-        texts = [m.get("content", "") for prompt in Item.objects.values_list("prompt", flat=True)[:5000] for m in prompt]
+        texts = [
+            m.get("content", "") for prompt in Item.objects.values_list("prompt", flat=True)[:5000] for m in prompt
+        ]
         texts += list(Response.objects.values_list("text", flat=True)[:10000])
         save_tiny_llama(folder, texts)
         save_tiny_llama(policy, texts, causal=True, warmup_steps=options["warmup_steps"])
-        self.stdout.write(f"Wrote a tiny Llama reward backbone to {folder} (--base-model {folder.name}) "
-                          f"and a tiny policy to {policy} (--base-model {policy.name}).")
+        self.stdout.write(
+            f"Wrote a tiny Llama reward backbone to {folder} (--base-model {folder.name}) "
+            f"and a tiny policy to {policy} (--base-model {policy.name})."
+        )

@@ -18,8 +18,12 @@ class HelpFormatter(DjangoHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Django's option order, and the table of kinds keeps its lines."""
 
 
-MAKES = {kinds.MODEL: "a policy", kinds.REWARD_MODEL: "a reward model", kinds.CANDIDATES: "a round of candidates",
-         kinds.COMPARISONS: "comparisons with a baseline"}  # fmt: skip
+MAKES = {
+    kinds.MODEL: "a policy",
+    kinds.REWARD_MODEL: "a reward model",
+    kinds.CANDIDATES: "a round of candidates",
+    kinds.COMPARISONS: "comparisons with a baseline",
+}
 
 
 def kinds_table() -> str:
@@ -27,17 +31,22 @@ def kinds_table() -> str:
     lines = ["kinds:"]
     for kind in kinds.KINDS.values():
         reads = "prompts" if kind.reads == kinds.PROMPTS else "a snapshot"
-        needs = {kinds.REWARD_MODEL_NEEDED: "; needs --reward-model", kinds.OPTIONAL_REWARD_MODEL: "; --reward-model optional"}
-        lines.append(f"  {kind.name:<19} {kind.label}: reads {reads}, makes {MAKES[kind.publishes]}"
-                     f"{needs.get(kind.reward_models, '')}; base model: {' or '.join(kind.base_models)}")
+        needs = {
+            kinds.REWARD_MODEL_NEEDED: "; needs --reward-model",
+            kinds.OPTIONAL_REWARD_MODEL: "; --reward-model optional",
+        }
+        lines.append(
+            f"  {kind.name:<19} {kind.label}: reads {reads}, makes {MAKES[kind.publishes]}"
+            f"{needs.get(kind.reward_models, '')}; base model: {' or '.join(kind.base_models)}"
+        )
     return "\n".join(lines)
 
 
 class Command(BaseCommand):
     help = (
         "Launch a training run: enqueue it for the worker (prints the run id), or with --foreground run it here, "
-        "streaming progress, and print as the last line {\"run\", \"status\", \"artifact_path\", \"metrics\"} "
-        "(generate adds \"round\")."
+        'streaming progress, and print as the last line {"run", "status", "artifact_path", "metrics"} '
+        '(generate adds "round").'
     )
 
     def create_parser(self, prog_name, subcommand, **kwargs):
@@ -49,21 +58,59 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("kind", choices=list(kinds.KINDS), help=f"Available now: {', '.join(kinds.available())}.")
         parser.add_argument("--project", required=True, help="Project slug.")
-        parser.add_argument("--base-model", required=True, help="A folder under MODEL_ROOTS, or artifact:ID from the registry.")
+        parser.add_argument(
+            "--base-model", required=True, help="A folder under MODEL_ROOTS, or artifact:ID from the registry."
+        )
         parser.add_argument("--snapshot", type=int, help="Snapshot id; default: a fresh snapshot with a test split.")
-        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                            help="A config option (repeatable); --help-config lists them.")  # fmt: skip
-        parser.add_argument("--reward-model", action="append", default=[], metavar="ARTIFACT[:WEIGHT]",
-                            help=f"Reward model to score with (repeatable; {', '.join(kinds.names(reward_models=kinds.REWARD_MODEL_NEEDED))} need one): "
-                                 "artifact:ID, a registered name or a folder under MODEL_ROOTS, optionally :WEIGHT.")  # fmt: skip
-        parser.add_argument("--target-project", metavar="SLUG", help="generate: the pairwise or ranking project whose new round gets the candidates (default --project).")
-        parser.add_argument("--prompts-from", choices=PROMPT_SOURCES,
-                            help="Prompt-driven kinds: the project's items (default), items annotators disagree on, items the reward "
-                                 "model(s) are least sure about, a snapshot's train or test prompts (default for evaluate), or --prompts-file.")  # fmt: skip
-        parser.add_argument("--prompts-file", metavar="PATH", help='A JSONL file of {"prompt": text or messages} rows (implies --prompts-from file).')
-        parser.add_argument("--max-prompts", type=int, metavar="N", help="At most this many prompts (low-confidence: the N least confident; default half).")
-        parser.add_argument("--baseline", metavar="PATH_OR_ARTIFACT", help="evaluate: the policy the new one (--base-model) is compared with.")
-        parser.add_argument("--parent", type=int, metavar="RUN", help="The run this one continues (lineage), e.g. the policy run of the previous round.")
+        parser.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="A config option (repeatable); --help-config lists them.",
+        )
+        parser.add_argument(
+            "--reward-model",
+            action="append",
+            default=[],
+            metavar="ARTIFACT[:WEIGHT]",
+            help=f"Reward model to score with (repeatable; {', '.join(kinds.names(reward_models=kinds.REWARD_MODEL_NEEDED))} need one): "
+            "artifact:ID, a registered name or a folder under MODEL_ROOTS, optionally :WEIGHT.",
+        )
+        parser.add_argument(
+            "--target-project",
+            metavar="SLUG",
+            help="generate: the pairwise or ranking project whose new round gets the candidates (default --project).",
+        )
+        parser.add_argument(
+            "--prompts-from",
+            choices=PROMPT_SOURCES,
+            help="Prompt-driven kinds: the project's items (default), items annotators disagree on, items the reward "
+            "model(s) are least sure about, a snapshot's train or test prompts (default for evaluate), or --prompts-file.",
+        )
+        parser.add_argument(
+            "--prompts-file",
+            metavar="PATH",
+            help='A JSONL file of {"prompt": text or messages} rows (implies --prompts-from file).',
+        )
+        parser.add_argument(
+            "--max-prompts",
+            type=int,
+            metavar="N",
+            help="At most this many prompts (low-confidence: the N least confident; default half).",
+        )
+        parser.add_argument(
+            "--baseline",
+            metavar="PATH_OR_ARTIFACT",
+            help="evaluate: the policy the new one (--base-model) is compared with.",
+        )
+        parser.add_argument(
+            "--parent",
+            type=int,
+            metavar="RUN",
+            help="The run this one continues (lineage), e.g. the policy run of the previous round.",
+        )
         parser.add_argument("--launched-by", help="Username recorded as the launcher.")
         parser.add_argument("--foreground", action="store_true", help="Run in this process instead of the queue.")
         parser.add_argument("--help-config", action="store_true", help="List the config options of KIND and exit.")
@@ -108,26 +155,52 @@ class Command(BaseCommand):
         try:
             values = training_kind.config.parse_overrides(options["overrides"])
             run = launching.launch_run(
-                project=project, kind=kind, base_model=options["base_model"], snapshot=snapshot, values=values,
-                launched_by=user, enqueue=not options["foreground"], reward_models=options["reward_model"],
-                target_project=options["target_project"], prompts=prompts, baseline=options["baseline"], parent=options["parent"],
-            )  # fmt: skip
+                project=project,
+                kind=kind,
+                base_model=options["base_model"],
+                snapshot=snapshot,
+                values=values,
+                launched_by=user,
+                enqueue=not options["foreground"],
+                reward_models=options["reward_model"],
+                target_project=options["target_project"],
+                prompts=prompts,
+                baseline=options["baseline"],
+                parent=options["parent"],
+            )
         except (TrainingError, ConfigError) as exc:
             raise CommandError(str(exc)) from None
         if not options["foreground"]:
-            data = f"snapshot {run.snapshot_id}" if not run.inputs.get("prompts") else f"{run.inputs['prompts']} prompts from {run.inputs['prompts_from']}"
+            data = (
+                f"snapshot {run.snapshot_id}"
+                if not run.inputs.get("prompts")
+                else f"{run.inputs['prompts']} prompts from {run.inputs['prompts_from']}"
+            )
             self.stdout.write(f"Queued run {run.pk} ({kind} on {data}); a worker (db_worker) runs it.")
             self.stdout.write(str(run.pk))
             return
-        data = f"snapshot {run.snapshot_id}" if not run.inputs.get("prompts") else f"{run.inputs['prompts']} prompts from {run.inputs['prompts_from']}"
+        data = (
+            f"snapshot {run.snapshot_id}"
+            if not run.inputs.get("prompts")
+            else f"{run.inputs['prompts']} prompts from {run.inputs['prompts_from']}"
+        )
         self.stdout.write(f"Run {run.pk}: {kind} on {data}, base {run.base_model}")
-        run = supervisor.execute(run.pk, run.attempt, in_process=True, echo=lambda line: self.stdout.write(line),
-                                 on_claimed=tasks.schedule_watch)
+        run = supervisor.execute(
+            run.pk,
+            run.attempt,
+            in_process=True,
+            echo=lambda line: self.stdout.write(line),
+            on_claimed=tasks.schedule_watch,
+        )
         artifact = getattr(run, "artifact", None) if run.status == RunStatus.SUCCEEDED else None
         if run.error:
             self.stderr.write(f"Run {run.pk} {run.status}: {run.error}")
-        result = {"run": run.pk, "status": run.status, "artifact_path": str(artifact.folder) if artifact else None,
-                  "metrics": run.metrics}  # fmt: skip
+        result = {
+            "run": run.pk,
+            "status": run.status,
+            "artifact_path": str(artifact.folder) if artifact else None,
+            "metrics": run.metrics,
+        }
         made = selectors.generated_round(run)
         if made is not None:  # generate: where the candidates went
             result["round"] = {"project": made.project.slug, "number": made.number, "id": made.pk}
