@@ -6,7 +6,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from annotate import actions
+from annotate import actions, sql
 from annotate.actions import Conflict
 from annotate.judgments import InvalidJudgment
 from annotate.models import Item, Judgment, Task
@@ -353,7 +353,8 @@ def test_on_postgresql_the_loop_statements_are_prepared_and_the_orm_keeps_unlimi
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [row[0] for row in cursor.fetchall()]
-    assert any("UPDATE annotate_item SET open_slots" in sql for sql in prepared)  # the pick
-    assert any("INSERT INTO" in sql and "annotate_judgment" in sql for sql in prepared)  # the submit
+    pick, submit = sql.with_schema("UPDATE {Item} SET {Item.open_slots}"), sql.with_schema("INSERT INTO {Judgment}")
+    assert any(pick in statement for statement in prepared)  # the pick
+    assert any(submit in statement for statement in prepared)  # the submit
     # A server-bound statement takes at most 65,535 parameters; the ORM binds on the client and has no such limit.
     assert Item.objects.filter(pk__in=range(1, 70_001)).count() == 10
