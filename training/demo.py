@@ -8,6 +8,7 @@ both under the first MODEL_ROOT.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 CHAT_TEMPLATE = (
@@ -22,7 +23,7 @@ def save_tiny_llama(
 ) -> Path:
     """A tiny Llama in ``folder``: a reward backbone, or with ``causal`` a language model trained ``warmup_steps``
     steps on ``texts`` (chat-formatted where a text is a conversation is not needed: plain text teaches the words)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         GenerationConfig,
         LlamaConfig,
@@ -34,6 +35,8 @@ def save_tiny_llama(
     corpus = [t for t in texts if t] or ["Arbiter collects human preferences and trains reward models on them."]
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # The decoder that undoes the byte-level mapping: without it, generated text reads "ĠWould Ġyou Ġlike".
+    tokenizer.decoder = decoders.ByteLevel()
     tokenizer.train_from_iterator(
         corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
     )
@@ -94,3 +97,10 @@ def _warm_up(model, tokenizer, texts: list[str], steps: int, batch_size: int = 1
         optimizer.step()
         optimizer.zero_grad()
     model.eval()
+
+
+def decodes_to_text(folder: Path) -> bool:
+    """Whether the tokenizer saved in ``folder`` turns tokens back into text (demo models written before its
+    byte-level decoder was set decode to "Ġ"-marked pieces)."""
+    path = Path(folder) / "tokenizer.json"
+    return path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("decoder") is not None

@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotate.models import Item, Response
 
-from ...demo import save_tiny_llama
+from ...demo import decodes_to_text, save_tiny_llama
 
 
 class Command(BaseCommand):
@@ -19,7 +19,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--name", default="tiny-demo-llama", help="Folder name under the first MODEL_ROOT.")
-        parser.add_argument("--force", action="store_true", help="Replace the folders if they exist.")
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="Replace the folders if they exist (a policy whose tokenizer does not decode to text is always replaced).",
+        )
         parser.add_argument(
             "--warmup-steps", type=int, default=300, help="Language-model steps of the policy on the site's texts."
         )
@@ -29,7 +33,7 @@ class Command(BaseCommand):
             raise CommandError("MODEL_ROOTS is empty: set it to the folder(s) base models may be loaded from.")
         folder = Path(settings.MODEL_ROOTS[0]) / options["name"]
         policy = folder.with_name(folder.name + "-policy")
-        if folder.exists() and policy.exists() and not options["force"]:
+        if folder.exists() and policy.exists() and not options["force"] and decodes_to_text(policy):
             self.stdout.write(f"{folder} and {policy} exist (--force replaces them).")
             return
         texts = [
