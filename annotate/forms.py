@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from django import forms
 
-from .exports import KIND_FORMATS, ExportOptions
+from .exports.options import KIND_FORMATS, ExportOptions, default_format
 from .judgments import CHOICES, STRENGTH_LABELS
 from .models import Flag, Kind, Project, Response, Role, Task
 
@@ -437,6 +437,7 @@ class ExportForm(forms.Form):
     def __init__(self, project: Project, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["format"].choices = [(f, f) for f in sorted(KIND_FORMATS[project.kind])]
+        self.fields["format"].initial = default_format(project.kind)
 
     def options(self, **overrides):
         data = {k: v for k, v in self.cleaned_data.items() if v not in (None, "")}

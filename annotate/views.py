@@ -20,7 +20,8 @@ from django_htmx.http import trigger_client_event
 
 from . import actions, dashboard, selectors
 from .actions import Conflict, create_snapshot
-from .exports import KIND_FORMATS, ExportError, canonical, iter_rows
+from .exports import ExportError, canonical, iter_rows
+from .exports.options import default_format
 from .forms import (
     ExportForm,
     FlagForm,
@@ -316,7 +317,7 @@ def export(request, slug):
     """
     project, _ = require_role(request.user, slug, Role.RESEARCHER)
     data = request.POST if request.method == "POST" else request.GET
-    form = ExportForm(project, data if "format" in data else {**data.dict(), "format": default_format(project)})
+    form = ExportForm(project, data if "format" in data else {**data.dict(), "format": default_format(project.kind)})
     if not form.is_valid():
         return HttpResponse(_form_errors(form), status=400, content_type="text/plain")
     try:
@@ -353,10 +354,6 @@ def snapshot(request, slug):
         what = "Created" if created else "Nothing changed since"
         messages.success(request, f"{what} snapshot {created_snapshot.pk} ({created_snapshot.content_hash[:12]}).")
     return redirect("project", slug=slug)
-
-
-def default_format(project) -> str:
-    return "trl" if "trl" in KIND_FORMATS[project.kind] else sorted(KIND_FORMATS[project.kind] - {"raw"})[0]
 
 
 def _form_errors(form) -> str:

@@ -56,6 +56,13 @@ KIND_FORMATS = {
 }
 
 
+def default_format(kind: str) -> str:
+    """The format a project of ``kind`` exports as unless told otherwise: TRL preferences where the kind has them
+    (what the training runs read), else its own format."""
+    formats = KIND_FORMATS[kind]
+    return "trl" if "trl" in formats else sorted(formats - {"raw"})[0]
+
+
 class ExportError(ValueError):
     pass
 

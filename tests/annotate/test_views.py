@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -612,3 +613,14 @@ def test_researcher_downloads_each_format_and_creates_a_snapshot(client, make_pr
     assert snapshot.content_hash[:12] in client.get("/p/demo/").content.decode()
     again = client.post("/p/demo/snapshots/", {"format": "trl", "test_size": "0.25", "seed": "1"}, follow=True)
     assert "Nothing changed since" in again.content.decode() and Snapshot.objects.count() == 1
+
+
+def test_the_export_form_starts_on_the_format_training_reads(client, make_project, make_member):
+    """It used to start on the alphabetically first format (hh)."""
+    from annotate.exports.options import default_format
+
+    project = make_project(slug="fmt", n_items=1)
+    client.force_login(make_member(project, "res", role=Role.RESEARCHER))
+    page = client.get("/p/fmt/").content.decode()
+    assert re.search(r'<option value="trl" selected>', page), page[page.find('name="format"') :][:400]
+    assert default_format(Kind.STEPS) == "steps" and default_format(Kind.RANKING) == "trl"

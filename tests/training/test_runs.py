@@ -73,6 +73,7 @@ def test_foreground_run_trains_registers_and_prints_json_last(preference_project
     run = TrainingRun.objects.get(pk=result["run"])
     artifact = ModelArtifact.objects.get(run=run)
     assert Path(result["artifact_path"]) == artifact.folder and artifact.folder.is_dir()
+    assert result["artifact"] == artifact.pk  # what --base-model artifact:N and the API take
     # A fresh snapshot with a held-out split was made, and the model is traceable to it.
     assert run.snapshot.options["test_size"] == 0.1 and run.snapshot.counts["test"] == 5
     assert artifact.snapshot_hash == run.snapshot.content_hash == run.dataset_hash
@@ -513,3 +514,14 @@ def test_the_demo_base_model_lands_under_the_first_root_and_can_be_chosen(prefer
         warmed_loss, fresh_loss = (m(input_ids=ids, labels=ids).loss.item() for m in (warmed, fresh))
     assert warmed_loss < fresh_loss - 1.0, (warmed_loss, fresh_loss)  # the warm-up taught it the site's words
     assert tokenizer.convert_tokens_to_ids("<|end|>") in warmed.generation_config.eos_token_id
+
+
+@pytest.mark.django_db
+def test_help_config_needs_no_project_and_a_run_needs_both():
+    out = io.StringIO()
+    call_command("train", "dpo", "--help-config", stdout=out)
+    assert "learning_rate = " in out.getvalue()
+    with pytest.raises(CommandError, match="--project and --base-model are required"):
+        call_command("train", "dpo")
+    with pytest.raises(CommandError, match="--base-model is required"):
+        call_command("train", "dpo", "--project", "prefs")

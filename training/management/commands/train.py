@@ -45,7 +45,7 @@ def kinds_table() -> str:
 class Command(BaseCommand):
     help = (
         "Launch a training run: enqueue it for the worker (prints the run id), or with --foreground run it here, "
-        'streaming progress, and print as the last line {"run", "status", "artifact_path", "metrics"} '
+        'streaming progress, and print as the last line {"run", "status", "artifact", "artifact_path", "metrics"} '
         '(generate adds "round").'
     )
 
@@ -57,9 +57,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("kind", choices=list(kinds.KINDS), help=f"Available now: {', '.join(kinds.available())}.")
-        parser.add_argument("--project", required=True, help="Project slug.")
+        # Required for a run, not for --help-config: checked in handle().
+        parser.add_argument("--project", help="Project slug (required, but for --help-config).")
         parser.add_argument(
-            "--base-model", required=True, help="A folder under MODEL_ROOTS, or artifact:ID from the registry."
+            "--base-model",
+            help="A folder under MODEL_ROOTS, or artifact:ID from the registry (required, but for --help-config).",
         )
         parser.add_argument("--snapshot", type=int, help="Snapshot id; default: a fresh snapshot with a test split.")
         parser.add_argument(
@@ -126,6 +128,9 @@ class Command(BaseCommand):
                 choices = f" ({' | '.join(row['choices'])})" if row["choices"] else ""
                 self.stdout.write(f"{row['name']} = {row['default']!r}  [{row['type']}]{choices}\n    {row['help']}")
             return
+        missing = [f"--{name.replace('_', '-')}" for name in ("project", "base_model") if not options[name]]
+        if missing:
+            raise CommandError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required.")
         if options["reward_model"] and training_kind.publishes == kinds.REWARD_MODEL:
             raise CommandError("--reward-model is for policy runs; a reward run trains a reward model.")
         if options["max_prompts"] is not None and options["max_prompts"] < 1:
@@ -198,6 +203,7 @@ class Command(BaseCommand):
         result = {
             "run": run.pk,
             "status": run.status,
+            "artifact": artifact.pk if artifact else None,  # what --base-model artifact:N and the API take
             "artifact_path": str(artifact.folder) if artifact else None,
             "metrics": run.metrics,
         }
