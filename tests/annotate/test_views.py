@@ -201,7 +201,7 @@ def test_every_asset_a_page_links_is_served_as_in_production(settings, tmp_path,
     for url in ("/", f"/p/{project.slug}/", f"/p/{project.slug}/annotate/", "/admin/"):
         page = client.get(url).content.decode()
         assets |= set(re.findall(r'(?:href|src)="(/static/[^"]+)"', page))
-    assert {"/static/arbiter/arbiter.css", "/static/arbiter/arbiter.js"} <= assets
+    assert {"/static/arbiter/arbiter.css", "/static/arbiter/arbiter.js", "/static/arbiter/favicon.svg"} <= assets
     for asset in sorted(assets):
         response = client.get(asset)
         assert response.status_code == 200, asset
