@@ -33,13 +33,15 @@ browser:
 
 run: install
 	$(PY) manage.py migrate --noinput -v0
-	$(PY) manage.py seed_demo
+	$(PY) manage.py seed_demo --no-accounts
 	$(PY) manage.py demo_base_model
 	$(PY) manage.py collectstatic --noinput -v0
+	@$(PY) manage.py seed_demo --accounts-only
 	@echo "Arbiter at http://127.0.0.1:$(PORT)  (Ctrl-C stops the web server and the worker)"
+	@# No access log: the accounts and the address above stay on screen (errors are still printed).
 	@trap 'kill 0' EXIT INT TERM; \
 	  $(PY) manage.py db_worker & \
-	  $(VENV)/bin/gunicorn config.wsgi --bind 127.0.0.1:$(PORT) --workers $(WORKERS) --threads $(THREADS) --access-logfile -
+	  $(VENV)/bin/gunicorn config.wsgi --bind 127.0.0.1:$(PORT) --workers $(WORKERS) --threads $(THREADS)
 
 # The whole suite on SQLite, then again on PostgreSQL when one answers at TEST_DATABASE_URL.
 test: install-dev browser

@@ -104,3 +104,12 @@ def test_seed_demo_is_repeatable():
     assert project.items.count() == 36
     assert sum(1 for item in project.items.all() if item.is_conversation) >= 10
     assert set(project.memberships.values_list("role", flat=True)) == {"admin", "researcher", "annotator"}
+
+
+def test_seed_demo_can_print_the_accounts_last():
+    """`make run` seeds without the accounts, trains the demo models, then prints them where they stay on screen."""
+    seeded = run("seed_demo", "--no-accounts")
+    assert "Imported 36 items" in seeded and "annotator3" not in seeded
+    accounts = run("seed_demo", "--accounts-only")
+    assert "annotator1  / arbiter-annotator1" in accounts and "Imported" not in accounts
+    assert Project.objects.count() == 1  # --accounts-only changed nothing

@@ -30,18 +30,36 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--slug", default="demo")
+        # `make run` seeds first and prints the accounts last, after the slow model step, where they stay on screen.
+        parser.add_argument("--no-accounts", action="store_true", help="Do not print the demo accounts.")
+        parser.add_argument(
+            "--accounts-only", action="store_true", help="Only print the demo accounts; change nothing."
+        )
+
+    def handle(self, *args, **options):
+        if options["accounts_only"]:
+            self._print_accounts()
+            return
+        self._seed(options["slug"])
+        if not options["no_accounts"]:
+            self._print_accounts()
+
+    def _print_accounts(self) -> None:
+        self.stdout.write("Demo accounts (username / password, role in the demo project):")
+        for username, password, role in ACCOUNTS:
+            self.stdout.write(f"  {username:<11} / {password:<19} {role}")
 
     @transaction.atomic
-    def handle(self, *args, **options):
+    def _seed(self, slug: str) -> None:
         User = get_user_model()
         admin, created = User.objects.get_or_create(username="admin", defaults={"is_staff": True, "is_superuser": True})
         if created:
             admin.set_password("arbiter-admin")
             admin.save()
-        project = Project.objects.filter(slug=options["slug"]).first()
+        project = Project.objects.filter(slug=slug).first()
         if project is None:
             project = create_project(
-                slug=options["slug"],
+                slug=slug,
                 kind=Kind.PAIRWISE,
                 name="Demo: helpful and harmless",
                 overlap=2,
@@ -60,6 +78,3 @@ class Command(BaseCommand):
                 add_member(project, username, role, password)
             else:
                 add_member(project, username, role)
-        self.stdout.write("Demo accounts (username / password, role in the demo project):")
-        for username, password, role in ACCOUNTS:
-            self.stdout.write(f"  {username:<11} / {password:<19} {role}")
