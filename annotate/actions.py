@@ -136,9 +136,12 @@ class ImportReport:
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, reason) of invalid rows (--skip-invalid)
     votes: VoteImportReport | None = None  # the file's own preferences, recorded as votes (--votes-as)
     left_out: str = ""  # OpenAssistant reply groups of a size the project's kind cannot hold
+    round: int | None = None  # the round the new items form (each import from a file is a round of its own)
 
     def summary(self) -> str:
         text = f"Imported {self.created} {'item' if self.created == 1 else 'items'}."
+        if self.created and self.round is not None:
+            text += f" They form round {self.round} (each imported file is a round of its own)."
         if self.repeated_texts:
             text += f" {self.repeated_texts} repeat the texts of another item under a different id (kept as separate items)."
         if self.empty_responses:
@@ -297,7 +300,9 @@ def _import_items(project, parsed, source, skipped) -> tuple[ImportReport, list[
         batch_size=2000,
     )
     _check_gold_answers(project, items, new, responses)
-    report = ImportReport(len(items), duplicates, repeated, sum(p.empty_responses for p in new), skipped=skipped_rows)
+    report = ImportReport(
+        len(items), duplicates, repeated, sum(p.empty_responses for p in new), skipped=skipped_rows, round=round_.number
+    )
     return report, _items_of(project, resolved, {id(p): item for p, item in zip(new, items)})
 
 

@@ -54,7 +54,7 @@ def test_messy_file_imports_whole_with_its_quirks_counted(make_project):
     assert stored["q1"][1] == "" and stored["q3"] == ["", ""]
     assert stored["q2"] == stored["q2-retest"] == ["Canberra.", "Sydney."]
     assert stored["17"] == ["Yes.", "No."]
-    assert "Imported 6 items." in output
+    assert "Imported 6 items. They form round 1 (each imported file is a round of its own)." in output
     assert "1 repeat the texts of another item under a different id" in output
     assert "3 responses are empty" in output
     assert "Skipped 1 duplicates (lines 6)" in output
@@ -65,6 +65,7 @@ def test_messy_file_imports_whole_with_its_quirks_counted(make_project):
 def test_votes_name_items_that_share_texts_and_a_panel_of_150_raters(make_project):
     project = make_project(slug="panel", n_items=0, overlap=150)
     run("import_items", "panel", str(DATA / "messy_items.jsonl"))
+    assert "They form round 2" in run("import_items", "panel", str(DATA / "hh_forks.jsonl"))  # the next file
     output = run("import_judgments", "panel", str(DATA / "panel_votes.jsonl"))
     assert "Imported 300 judgments." in output
     expected = Counter()
