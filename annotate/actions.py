@@ -266,7 +266,7 @@ def _import_items(project, parsed, source, skipped) -> tuple[ImportReport, list[
         resolved = [(p, item) for p, item in resolved if p.line not in bad]
     skipped_rows = sorted(skipped or [])
     if not new:
-        return ImportReport(0, duplicates, skipped=skipped_rows), _items_of(project, resolved, {})
+        return ImportReport(0, duplicates, skipped=skipped_rows), _items_of(resolved, {})
 
     round_ = project.rounds.order_by("-number").first()
     if source is not None or round_ is None:
@@ -303,10 +303,10 @@ def _import_items(project, parsed, source, skipped) -> tuple[ImportReport, list[
     report = ImportReport(
         len(items), duplicates, repeated, sum(p.empty_responses for p in new), skipped=skipped_rows, round=round_.number
     )
-    return report, _items_of(project, resolved, {id(p): item for p, item in zip(new, items)})
+    return report, _items_of(resolved, {id(p): item for p, item in zip(new, items)})
 
 
-def _items_of(project, resolved, created: dict) -> list[tuple[ParsedItem, Item]]:
+def _items_of(resolved, created: dict) -> list[tuple[ParsedItem, Item]]:
     """Each resolved row with its item: a new one, or one already in the project (a duplicate)."""
     out = []
     for p, target in resolved:
