@@ -147,14 +147,11 @@ class ImportReport:
         if self.empty_responses:
             text += f" {self.empty_responses} {'response is' if self.empty_responses == 1 else 'responses are'} empty."
         if self.duplicates:
-            numbers = sorted({line for line, _ in self.duplicates})  # a tree row can hold several items
-            lines = ", ".join(map(str, numbers[:20]))
-            more = "..." if len(numbers) > 20 else ""
-            text += f" Skipped {len(self.duplicates)} duplicates (lines {lines}{more})."
+            text += (
+                f" Skipped {len(self.duplicates)} duplicates (lines {_line_list(line for line, _ in self.duplicates)})."
+            )
         if self.skipped:
-            lines = ", ".join(str(line) for line, _ in self.skipped[:20])
-            more = "..." if len(self.skipped) > 20 else ""
-            text += f" Skipped {len(self.skipped)} invalid rows (lines {lines}{more})."
+            text += f" Skipped {len(self.skipped)} invalid rows (lines {_line_list(line for line, _ in self.skipped)})."
         if self.votes is not None:
             text += f" Recorded {self.votes.created} of the file's preferences as votes."
         if self.left_out:
@@ -346,12 +343,17 @@ class VoteImportReport:
     def summary(self) -> str:
         text = f"Imported {self.created} {'judgment' if self.created == 1 else 'judgments'}."
         if self.duplicates:
-            lines = ", ".join(map(str, self.duplicates[:20]))
+            lines = _line_list(self.duplicates)
             text += f" Skipped {len(self.duplicates)} votes of annotators who already judged the item (lines {lines})."
         if self.skipped:
-            lines = ", ".join(str(line) for line, _ in self.skipped[:20])
-            text += f" Skipped {len(self.skipped)} invalid rows (lines {lines})."
+            text += f" Skipped {len(self.skipped)} invalid rows (lines {_line_list(line for line, _ in self.skipped)})."
         return text
+
+
+def _line_list(lines, shown: int = 20) -> str:
+    """Line numbers for a summary, each once (a tree row can hold several items), the first ``shown`` of them."""
+    numbers = sorted(set(lines))
+    return ", ".join(map(str, numbers[:shown])) + ("..." if len(numbers) > shown else "")
 
 
 def import_judgments(

@@ -155,15 +155,11 @@ def measure(url: str, mode: str, votes: Path) -> dict:
     }
 
 
-def _floor_rows(project, votes: Path) -> dict:
-    """The task and judgment rows Arbiter writes for these votes, as COPY text with their ids taken from the
-    tables' sequences, built before the clock starts."""
-    from django.db import connection
-    from django.utils import timezone
-
+def _floor_inputs(project, votes: Path) -> tuple[dict, dict, list, dict]:
+    """What both floors start from: item ids by external id, response ids by item, the parsed votes, and the
+    annotators' user ids (created as Arbiter creates them)."""
     from annotate.actions import _annotators
-    from annotate.models import Item, Judgment, Response, Task
-    from annotate.sql import _copy_text
+    from annotate.models import Item, Response
 
     items = dict(Item.objects.filter(project=project).values_list("external_id", "id"))
     responses: dict[int, list[int]] = {}
@@ -173,6 +169,19 @@ def _floor_rows(project, votes: Path) -> dict:
         responses.setdefault(item_id, []).append(response_id)
     parsed = [json.loads(line) for line in votes.read_text().splitlines()]
     users = _annotators(project, {row["annotator"] for row in parsed})
+    return items, responses, parsed, users
+
+
+def _floor_rows(project, votes: Path) -> dict:
+    """The task and judgment rows Arbiter writes for these votes, as COPY text with their ids taken from the
+    tables' sequences, built before the clock starts."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from annotate.models import Judgment, Task
+    from annotate.sql import _copy_text
+
+    items, responses, parsed, users = _floor_inputs(project, votes)
     now = _copy_text(timezone.now())
     with connection.cursor() as cursor:
         cursor.execute(
@@ -250,17 +259,7 @@ def _sqlite_floor_rows(project, votes: Path) -> dict:
     """SQLite has no COPY: the floor is one executemany of the same rows, built before the clock."""
     from django.utils import timezone
 
-    from annotate.actions import _annotators
-    from annotate.models import Item, Response
-
-    items = dict(Item.objects.filter(project=project).values_list("external_id", "id"))
-    responses: dict[int, list[int]] = {}
-    for item_id, response_id in (
-        Response.objects.filter(item__project=project).order_by("item", "index").values_list("item_id", "id")
-    ):
-        responses.setdefault(item_id, []).append(response_id)
-    parsed = [json.loads(line) for line in votes.read_text().splitlines()]
-    users = _annotators(project, {row["annotator"] for row in parsed})
+    items, responses, parsed, users = _floor_inputs(project, votes)
     now = timezone.now().isoformat(sep=" ")
     tasks, judgments, counts = [], [], {}
     for task_id, row in enumerate(parsed, start=1):

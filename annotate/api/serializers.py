@@ -3,7 +3,7 @@
 from rest_framework import serializers
 
 from ..judgments import CHOICES
-from ..models import Flag, Judgment, Kind, Membership, Project, Role, Snapshot, Task
+from ..models import SETTINGS_FIELDS, Flag, Judgment, Kind, Membership, Project, Role, Snapshot, Task
 
 
 class MessageSerializer(serializers.Serializer):
@@ -11,29 +11,17 @@ class MessageSerializer(serializers.Serializer):
     content = serializers.CharField()
 
 
+# What a project is made of (fixed once items exist), then what may change later (models.SETTINGS_FIELDS).
 PROJECT_FIELDS = [
     "slug",
-    "name",
     "kind",
-    "instructions",
     "overlap",
     "criteria",
     "scale",
     "step_separator",
     "allow_ties",
     "randomize_order",
-    "lease_seconds",
-    "gold_rate",
-    "gold_feedback",
-    "qualification_required",
-    "qualification_metric",
-    "qualification_threshold",
-    "review_action",
-    "review_min_gold",
-    "review_gold_accuracy",
-    "review_majority_agreement",
-    "review_speed_ratio",
-    "review_position_bias_p",
+    *SETTINGS_FIELDS,
 ]
 
 

@@ -7,6 +7,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     initial = True
 
     dependencies = [
@@ -15,431 +16,176 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name="Project",
+            name='Project',
             fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
-                ("slug", models.SlugField(max_length=64, unique=True)),
-                ("name", models.CharField(max_length=200)),
-                (
-                    "kind",
-                    models.CharField(
-                        choices=[
-                            ("pairwise", "Pairwise comparison"),
-                            ("ranking", "Ranking"),
-                            ("rating", "Rating"),
-                            ("steps", "Step labels"),
-                            ("demonstration", "Demonstration"),
-                        ],
-                        default="pairwise",
-                        max_length=16,
-                    ),
-                ),
-                ("instructions", models.TextField(blank=True, help_text="Shown to annotators; markdown.")),
-                (
-                    "overlap",
-                    models.PositiveSmallIntegerField(
-                        default=1,
-                        help_text="How many distinct annotators judge each item.",
-                        validators=[
-                            django.core.validators.MinValueValidator(1),
-                            django.core.validators.MaxValueValidator(100),
-                        ],
-                    ),
-                ),
-                (
-                    "criteria",
-                    models.JSONField(
-                        blank=True,
-                        default=list,
-                        help_text='Criteria judged separately, e.g. ["helpfulness", "harmlessness"]; empty for one overall judgment.',
-                    ),
-                ),
-                (
-                    "scale",
-                    models.JSONField(
-                        blank=True,
-                        default=dict,
-                        help_text='Rating scale: {"min": 1, "max": 7} or {"labels": ["safe", "unsafe", "unsure"]}.',
-                    ),
-                ),
-                (
-                    "step_separator",
-                    models.CharField(
-                        blank=True,
-                        default="\n",
-                        help_text="How a response is split into steps (steps projects).",
-                        max_length=32,
-                    ),
-                ),
-                (
-                    "randomize_order",
-                    models.BooleanField(
-                        default=True,
-                        help_text="Shuffle the responses per annotator; the order shown is stored with each task.",
-                    ),
-                ),
-                (
-                    "lease_seconds",
-                    models.PositiveIntegerField(
-                        blank=True,
-                        help_text="How long a task stays reserved; empty uses ARBITER_LEASE_SECONDS.",
-                        null=True,
-                    ),
-                ),
-                (
-                    "gold_rate",
-                    models.FloatField(
-                        default=0.0,
-                        help_text="Share of tasks drawn from gold items.",
-                        validators=[
-                            django.core.validators.MinValueValidator(0.0),
-                            django.core.validators.MaxValueValidator(1.0),
-                        ],
-                    ),
-                ),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "created_by",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.SET_NULL,
-                        related_name="+",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('slug', models.SlugField(max_length=64, unique=True)),
+                ('name', models.CharField(max_length=200)),
+                ('kind', models.CharField(choices=[('pairwise', 'Pairwise comparison'), ('ranking', 'Ranking'), ('rating', 'Rating'), ('steps', 'Step labels'), ('demonstration', 'Demonstration')], default='pairwise', max_length=16)),
+                ('instructions', models.TextField(blank=True, help_text='Shown to annotators; markdown.')),
+                ('overlap', models.PositiveSmallIntegerField(default=1, help_text='How many distinct annotators judge each item.', validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(100)])),
+                ('criteria', models.JSONField(blank=True, default=list, help_text='Criteria judged separately, e.g. ["helpfulness", "harmlessness"]; empty for one overall judgment.')),
+                ('scale', models.JSONField(blank=True, default=dict, help_text='Rating scale: {"min": 1, "max": 7} or {"labels": ["safe", "unsafe", "unsure"]}.')),
+                ('step_separator', models.CharField(blank=True, default='\n', help_text='How a response is split into steps (steps projects).', max_length=32)),
+                ('randomize_order', models.BooleanField(default=True, help_text='Shuffle the responses per annotator; the order shown is stored with each task.')),
+                ('lease_seconds', models.PositiveIntegerField(blank=True, help_text='How long a task stays reserved; empty uses ARBITER_LEASE_SECONDS.', null=True)),
+                ('gold_rate', models.FloatField(default=0.0, help_text='Share of tasks drawn from gold items.', validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(1.0)])),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
             ],
             options={
-                "ordering": ["slug"],
+                'ordering': ['slug'],
             },
         ),
         migrations.CreateModel(
-            name="Item",
+            name='Item',
             fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
-                (
-                    "external_id",
-                    models.CharField(help_text="The id given at import, or the content hash.", max_length=200),
-                ),
-                ("prompt", models.JSONField(help_text='Chat messages: [{"role": "user", "content": "..."}, ...]')),
-                ("metadata", models.JSONField(blank=True, default=dict)),
-                ("content_hash", models.CharField(help_text="sha256 of the prompt and response texts.", max_length=64)),
-                (
-                    "purpose",
-                    models.CharField(
-                        choices=[
-                            ("normal", "Normal"),
-                            ("gold", "Gold (hidden check)"),
-                            ("qualification", "Qualification"),
-                        ],
-                        default="normal",
-                        max_length=16,
-                    ),
-                ),
-                (
-                    "gold",
-                    models.JSONField(
-                        blank=True, help_text="The researcher's answer, for gold and qualification.", null=True
-                    ),
-                ),
-                ("open_slots", models.PositiveSmallIntegerField(default=1)),
-                (
-                    "n_judgments",
-                    models.PositiveIntegerField(default=0, help_text="Tasks of this item that have a judgment."),
-                ),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "project",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE, related_name="items", to="annotate.project"
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('external_id', models.CharField(help_text='The id given at import, or the content hash.', max_length=200)),
+                ('prompt', models.JSONField(help_text='Chat messages: [{"role": "user", "content": "..."}, ...]')),
+                ('metadata', models.JSONField(blank=True, default=dict)),
+                ('content_hash', models.CharField(help_text='sha256 of the prompt and response texts.', max_length=64)),
+                ('purpose', models.CharField(choices=[('normal', 'Normal'), ('gold', 'Gold (hidden check)'), ('qualification', 'Qualification')], default='normal', max_length=16)),
+                ('gold', models.JSONField(blank=True, help_text="The researcher's answer, for gold and qualification.", null=True)),
+                ('open_slots', models.PositiveSmallIntegerField(default=1)),
+                ('n_judgments', models.PositiveIntegerField(default=0, help_text='Tasks of this item that have a judgment.')),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='items', to='annotate.project')),
             ],
             options={
-                "ordering": ["id"],
+                'ordering': ['id'],
             },
         ),
         migrations.CreateModel(
-            name="Response",
+            name='Response',
             fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
-                (
-                    "index",
-                    models.PositiveSmallIntegerField(
-                        help_text="Position in the imported row (0-based), not on screen."
-                    ),
-                ),
-                ("text", models.TextField()),
-                ("model_name", models.CharField(blank=True, max_length=200)),
-                ("metadata", models.JSONField(blank=True, default=dict)),
-                (
-                    "item",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE, related_name="responses", to="annotate.item"
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('index', models.PositiveSmallIntegerField(help_text='Position in the imported row (0-based), not on screen.')),
+                ('text', models.TextField()),
+                ('model_name', models.CharField(blank=True, max_length=200)),
+                ('metadata', models.JSONField(blank=True, default=dict)),
+                ('item', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='responses', to='annotate.item')),
             ],
             options={
-                "ordering": ["item", "index"],
+                'ordering': ['item', 'index'],
             },
         ),
         migrations.CreateModel(
-            name="Round",
+            name='Round',
             fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
-                ("number", models.PositiveIntegerField()),
-                ("name", models.CharField(blank=True, max_length=200)),
-                (
-                    "source",
-                    models.JSONField(
-                        blank=True,
-                        default=dict,
-                        help_text="Where the items came from: an import file, a model and its snapshot.",
-                    ),
-                ),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "project",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE, related_name="rounds", to="annotate.project"
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('number', models.PositiveIntegerField()),
+                ('name', models.CharField(blank=True, max_length=200)),
+                ('source', models.JSONField(blank=True, default=dict, help_text='Where the items came from: an import file, a model and its snapshot.')),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='rounds', to='annotate.project')),
             ],
             options={
-                "ordering": ["project", "number"],
+                'ordering': ['project', 'number'],
             },
         ),
         migrations.AddField(
-            model_name="item",
-            name="round",
-            field=models.ForeignKey(
-                blank=True,
-                null=True,
-                on_delete=django.db.models.deletion.SET_NULL,
-                related_name="items",
-                to="annotate.round",
-            ),
+            model_name='item',
+            name='round',
+            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='items', to='annotate.round'),
         ),
         migrations.CreateModel(
-            name="Task",
+            name='Task',
             fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
-                ("display_order", models.JSONField()),
-                (
-                    "status",
-                    models.CharField(
-                        choices=[
-                            ("leased", "In progress"),
-                            ("done", "Done"),
-                            ("expired", "Lease expired"),
-                            ("skipped", "Skipped"),
-                        ],
-                        default="leased",
-                        max_length=8,
-                    ),
-                ),
-                ("leased_at", models.DateTimeField()),
-                ("lease_expires_at", models.DateTimeField()),
-                ("done_at", models.DateTimeField(blank=True, null=True)),
-                ("skip_reason", models.CharField(blank=True, max_length=500)),
-                (
-                    "annotator",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE, related_name="tasks", to=settings.AUTH_USER_MODEL
-                    ),
-                ),
-                (
-                    "item",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE, related_name="tasks", to="annotate.item"
-                    ),
-                ),
-                (
-                    "project",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE, related_name="tasks", to="annotate.project"
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('display_order', models.JSONField()),
+                ('status', models.CharField(choices=[('leased', 'In progress'), ('done', 'Done'), ('expired', 'Lease expired'), ('skipped', 'Skipped')], default='leased', max_length=8)),
+                ('leased_at', models.DateTimeField()),
+                ('lease_expires_at', models.DateTimeField()),
+                ('done_at', models.DateTimeField(blank=True, null=True)),
+                ('skip_reason', models.CharField(blank=True, max_length=500)),
+                ('annotator', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='tasks', to=settings.AUTH_USER_MODEL)),
+                ('item', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='tasks', to='annotate.item')),
+                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='tasks', to='annotate.project')),
             ],
         ),
         migrations.CreateModel(
-            name="Judgment",
+            name='Judgment',
             fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
-                (
-                    "outcome",
-                    models.CharField(
-                        blank=True,
-                        choices=[("win", "One response is better"), ("tie", "Tie"), ("both_bad", "Both bad")],
-                        max_length=8,
-                    ),
-                ),
-                (
-                    "strength",
-                    models.PositiveSmallIntegerField(
-                        blank=True, null=True, validators=[django.core.validators.MaxValueValidator(3)]
-                    ),
-                ),
-                ("data", models.JSONField(blank=True, default=dict)),
-                ("text", models.TextField(blank=True, help_text="A demonstration, or the rationale of a comparison.")),
-                ("duration_ms", models.PositiveIntegerField(blank=True, help_text="Time on task.", null=True)),
-                ("idempotency_key", models.CharField(max_length=100)),
-                (
-                    "source",
-                    models.CharField(
-                        choices=[("web", "Browser"), ("api", "API"), ("import", "Imported")],
-                        default="api",
-                        max_length=8,
-                    ),
-                ),
-                ("is_current", models.BooleanField(default=True)),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "annotator",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="judgments",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
-                (
-                    "item",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE, related_name="judgments", to="annotate.item"
-                    ),
-                ),
-                (
-                    "supersedes",
-                    models.OneToOneField(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="superseded_by",
-                        to="annotate.judgment",
-                    ),
-                ),
-                (
-                    "project",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE, related_name="judgments", to="annotate.project"
-                    ),
-                ),
-                (
-                    "winner",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="wins",
-                        to="annotate.response",
-                    ),
-                ),
-                (
-                    "task",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE, related_name="judgments", to="annotate.task"
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('outcome', models.CharField(blank=True, choices=[('win', 'One response is better'), ('tie', 'Tie'), ('both_bad', 'Both bad')], max_length=8)),
+                ('strength', models.PositiveSmallIntegerField(blank=True, null=True, validators=[django.core.validators.MaxValueValidator(3)])),
+                ('data', models.JSONField(blank=True, default=dict)),
+                ('text', models.TextField(blank=True, help_text='A demonstration, or the rationale of a comparison.')),
+                ('duration_ms', models.PositiveIntegerField(blank=True, help_text='Time on task.', null=True)),
+                ('idempotency_key', models.CharField(max_length=100)),
+                ('source', models.CharField(choices=[('web', 'Browser'), ('api', 'API'), ('import', 'Imported')], default='api', max_length=8)),
+                ('is_current', models.BooleanField(default=True)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('annotator', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='judgments', to=settings.AUTH_USER_MODEL)),
+                ('item', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='judgments', to='annotate.item')),
+                ('supersedes', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='superseded_by', to='annotate.judgment')),
+                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='judgments', to='annotate.project')),
+                ('winner', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='wins', to='annotate.response')),
+                ('task', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='judgments', to='annotate.task')),
             ],
             options={
-                "ordering": ["id"],
+                'ordering': ['id'],
             },
         ),
         migrations.CreateModel(
-            name="Membership",
+            name='Membership',
             fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
-                (
-                    "role",
-                    models.CharField(
-                        choices=[("annotator", "Annotator"), ("researcher", "Researcher"), ("admin", "Admin")],
-                        default="annotator",
-                        max_length=16,
-                    ),
-                ),
-                (
-                    "status",
-                    models.CharField(
-                        choices=[("active", "Active"), ("candidate", "Candidate (qualifying)"), ("paused", "Paused")],
-                        default="active",
-                        max_length=16,
-                    ),
-                ),
-                ("pseudonym", models.CharField(editable=False, max_length=32)),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "user",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="memberships",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
-                (
-                    "project",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE, related_name="memberships", to="annotate.project"
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('role', models.CharField(choices=[('annotator', 'Annotator'), ('researcher', 'Researcher'), ('admin', 'Admin')], default='annotator', max_length=16)),
+                ('status', models.CharField(choices=[('active', 'Active'), ('candidate', 'Candidate (qualifying)'), ('paused', 'Paused')], default='active', max_length=16)),
+                ('pseudonym', models.CharField(editable=False, max_length=32)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to=settings.AUTH_USER_MODEL)),
+                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to='annotate.project')),
             ],
             options={
-                "ordering": ["project", "role", "user__username"],
-                "constraints": [
-                    models.UniqueConstraint(fields=("project", "user"), name="one_membership_per_user"),
-                    models.UniqueConstraint(fields=("project", "pseudonym"), name="unique_pseudonym"),
-                ],
+                'ordering': ['project', 'role', 'user__username'],
+                'constraints': [models.UniqueConstraint(fields=('project', 'user'), name='one_membership_per_user'), models.UniqueConstraint(fields=('project', 'pseudonym'), name='unique_pseudonym')],
             },
         ),
         migrations.AddConstraint(
-            model_name="response",
-            constraint=models.UniqueConstraint(fields=("item", "index"), name="unique_response_index"),
+            model_name='response',
+            constraint=models.UniqueConstraint(fields=('item', 'index'), name='unique_response_index'),
         ),
         migrations.AddConstraint(
-            model_name="round",
-            constraint=models.UniqueConstraint(fields=("project", "number"), name="unique_round_number"),
+            model_name='round',
+            constraint=models.UniqueConstraint(fields=('project', 'number'), name='unique_round_number'),
         ),
         migrations.AddIndex(
-            model_name="item",
-            index=models.Index(
-                condition=models.Q(("open_slots__gt", 0), ("purpose", "normal")),
-                fields=["project", "id"],
-                name="item_open_idx",
-            ),
+            model_name='item',
+            index=models.Index(condition=models.Q(('open_slots__gt', 0), ('purpose', 'normal')), fields=['project', 'id'], name='item_open_idx'),
         ),
         migrations.AddConstraint(
-            model_name="item",
-            constraint=models.UniqueConstraint(fields=("project", "external_id"), name="unique_external_id"),
+            model_name='item',
+            constraint=models.UniqueConstraint(fields=('project', 'external_id'), name='unique_external_id'),
         ),
         migrations.AddConstraint(
-            model_name="item",
-            constraint=models.UniqueConstraint(fields=("project", "content_hash"), name="unique_item_content"),
+            model_name='item',
+            constraint=models.UniqueConstraint(fields=('project', 'content_hash'), name='unique_item_content'),
         ),
         migrations.AddIndex(
-            model_name="task",
-            index=models.Index(fields=["annotator", "project", "status"], name="task_annotator_idx"),
+            model_name='task',
+            index=models.Index(fields=['annotator', 'project', 'status'], name='task_annotator_idx'),
         ),
         migrations.AddIndex(
-            model_name="task",
-            index=models.Index(
-                condition=models.Q(("status", "leased")), fields=["project", "lease_expires_at"], name="task_lease_idx"
-            ),
+            model_name='task',
+            index=models.Index(condition=models.Q(('status', 'leased')), fields=['project', 'lease_expires_at'], name='task_lease_idx'),
         ),
         migrations.AddConstraint(
-            model_name="task",
-            constraint=models.UniqueConstraint(fields=("item", "annotator"), name="one_task_per_item_and_annotator"),
+            model_name='task',
+            constraint=models.UniqueConstraint(fields=('item', 'annotator'), name='one_task_per_item_and_annotator'),
         ),
         migrations.AddIndex(
-            model_name="judgment",
-            index=models.Index(fields=["project", "id"], name="judgment_project_idx"),
+            model_name='judgment',
+            index=models.Index(fields=['project', 'id'], name='judgment_project_idx'),
         ),
         migrations.AddConstraint(
-            model_name="judgment",
-            constraint=models.UniqueConstraint(fields=("annotator", "idempotency_key"), name="unique_idempotency_key"),
+            model_name='judgment',
+            constraint=models.UniqueConstraint(fields=('annotator', 'idempotency_key'), name='unique_idempotency_key'),
         ),
         migrations.AddConstraint(
-            model_name="judgment",
-            constraint=models.UniqueConstraint(
-                condition=models.Q(("is_current", True)), fields=("task",), name="one_current_judgment"
-            ),
+            model_name='judgment',
+            constraint=models.UniqueConstraint(condition=models.Q(('is_current', True)), fields=('task',), name='one_current_judgment'),
         ),
     ]

@@ -6,62 +6,32 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("annotate", "0001_initial"),
+        ('annotate', '0001_initial'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="project",
-            name="allow_ties",
-            field=models.BooleanField(default=False, help_text="Ranking projects: responses may share a rank."),
+            model_name='project',
+            name='allow_ties',
+            field=models.BooleanField(default=False, help_text='Ranking projects: responses may share a rank.'),
         ),
         migrations.CreateModel(
-            name="Flag",
+            name='Flag',
             fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
-                (
-                    "category",
-                    models.CharField(
-                        choices=[
-                            ("unsafe", "Unsafe content"),
-                            ("broken", "Broken or unreadable"),
-                            ("personal_data", "Personal data"),
-                            ("other", "Other"),
-                        ],
-                        max_length=16,
-                    ),
-                ),
-                ("note", models.TextField(blank=True)),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "annotator",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE, related_name="flags", to=settings.AUTH_USER_MODEL
-                    ),
-                ),
-                (
-                    "item",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE, related_name="flags", to="annotate.item"
-                    ),
-                ),
-                (
-                    "project",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE, related_name="flags", to="annotate.project"
-                    ),
-                ),
-                (
-                    "task",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE, related_name="flags", to="annotate.task"
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('category', models.CharField(choices=[('unsafe', 'Unsafe content'), ('broken', 'Broken or unreadable'), ('personal_data', 'Personal data'), ('other', 'Other')], max_length=16)),
+                ('note', models.TextField(blank=True)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('annotator', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='flags', to=settings.AUTH_USER_MODEL)),
+                ('item', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='flags', to='annotate.item')),
+                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='flags', to='annotate.project')),
+                ('task', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='flags', to='annotate.task')),
             ],
             options={
-                "ordering": ["-created_at"],
+                'ordering': ['-created_at'],
             },
         ),
     ]

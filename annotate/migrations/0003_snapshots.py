@@ -6,52 +6,30 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("annotate", "0002_task_kinds"),
+        ('annotate', '0002_task_kinds'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name="Snapshot",
+            name='Snapshot',
             fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
-                (
-                    "options",
-                    models.JSONField(help_text="The export options used (format, aggregation, filters, split, seed)."),
-                ),
-                ("content_hash", models.CharField(max_length=64)),
-                ("path", models.CharField(help_text="Folder of the files, relative to ARTIFACT_ROOT.", max_length=500)),
-                (
-                    "counts",
-                    models.JSONField(default=dict, help_text="Rows per split, judgments, items and annotators used."),
-                ),
-                ("agreement", models.JSONField(blank=True, default=dict)),
-                ("license", models.CharField(blank=True, max_length=100)),
-                (
-                    "last_judgment_id",
-                    models.BigIntegerField(help_text="The newest judgment the snapshot could see.", null=True),
-                ),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "created_by",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.SET_NULL,
-                        related_name="+",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
-                (
-                    "project",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.PROTECT, related_name="snapshots", to="annotate.project"
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('options', models.JSONField(help_text='The export options used (format, aggregation, filters, split, seed).')),
+                ('content_hash', models.CharField(max_length=64)),
+                ('path', models.CharField(help_text='Folder of the files, relative to ARTIFACT_ROOT.', max_length=500)),
+                ('counts', models.JSONField(default=dict, help_text='Rows per split, judgments, items and annotators used.')),
+                ('agreement', models.JSONField(blank=True, default=dict)),
+                ('license', models.CharField(blank=True, max_length=100)),
+                ('last_judgment_id', models.BigIntegerField(help_text='The newest judgment the snapshot could see.', null=True)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ('project', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='snapshots', to='annotate.project')),
             ],
             options={
-                "ordering": ["-id"],
+                'ordering': ['-id'],
             },
         ),
     ]

@@ -4,24 +4,15 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("annotate", "0003_snapshots"),
+        ('annotate', '0003_snapshots'),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name="membership",
-            name="status",
-            field=models.CharField(
-                choices=[
-                    ("active", "Active"),
-                    ("candidate", "Candidate (qualifying)"),
-                    ("flagged", "Flagged for review"),
-                    ("paused", "Paused"),
-                    ("refused", "Not admitted"),
-                ],
-                default="active",
-                max_length=16,
-            ),
+            model_name='membership',
+            name='status',
+            field=models.CharField(choices=[('active', 'Active'), ('candidate', 'Candidate (qualifying)'), ('flagged', 'Flagged for review'), ('paused', 'Paused'), ('refused', 'Not admitted')], default='active', max_length=16),
         ),
     ]

@@ -13,15 +13,16 @@ def fill_prompt_hash(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("annotate", "0004_membership_statuses"),
+        ('annotate', '0004_membership_statuses'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="item",
-            name="prompt_hash",
-            field=models.CharField(default="", help_text="sha256 of the prompt alone.", max_length=64),
+            model_name='item',
+            name='prompt_hash',
+            field=models.CharField(default='', help_text='sha256 of the prompt alone.', max_length=64),
         ),
         migrations.RunPython(fill_prompt_hash, migrations.RunPython.noop),
     ]

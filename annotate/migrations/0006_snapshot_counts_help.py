@@ -4,17 +4,15 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("annotate", "0005_prompt_hash"),
+        ('annotate', '0005_prompt_hash'),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name="snapshot",
-            name="counts",
-            field=models.JSONField(
-                default=dict,
-                help_text="Rows per split (train, test) and n_judgments, n_items, n_annotators of the project.",
-            ),
+            model_name='snapshot',
+            name='counts',
+            field=models.JSONField(default=dict, help_text='Rows per split (train, test) and n_judgments, n_items, n_annotators of the project.'),
         ),
     ]

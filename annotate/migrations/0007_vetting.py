@@ -5,122 +5,70 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("annotate", "0006_snapshot_counts_help"),
+        ('annotate', '0006_snapshot_counts_help'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="membership",
-            name="status_changed_at",
+            model_name='membership',
+            name='status_changed_at',
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name="membership",
-            name="status_reason",
-            field=models.TextField(blank=True, help_text="Why the status last changed (qualification, review)."),
+            model_name='membership',
+            name='status_reason',
+            field=models.TextField(blank=True, help_text='Why the status last changed (qualification, review).'),
         ),
         migrations.AddField(
-            model_name="project",
-            name="gold_feedback",
-            field=models.BooleanField(
-                default=False, help_text="Tell an annotator the expected answer after a gold miss."
-            ),
+            model_name='project',
+            name='gold_feedback',
+            field=models.BooleanField(default=False, help_text='Tell an annotator the expected answer after a gold miss.'),
         ),
         migrations.AddField(
-            model_name="project",
-            name="qualification_metric",
-            field=models.CharField(
-                choices=[("accuracy", "Accuracy"), ("cohen_kappa", "Cohen's kappa")],
-                default="accuracy",
-                help_text="How agreement with the researcher's answers is measured.",
-                max_length=16,
-            ),
+            model_name='project',
+            name='qualification_metric',
+            field=models.CharField(choices=[('accuracy', 'Accuracy'), ('cohen_kappa', "Cohen's kappa")], default='accuracy', help_text="How agreement with the researcher's answers is measured.", max_length=16),
         ),
         migrations.AddField(
-            model_name="project",
-            name="qualification_required",
-            field=models.BooleanField(
-                default=False,
-                help_text="New annotators first label the qualification items and are admitted above the threshold.",
-            ),
+            model_name='project',
+            name='qualification_required',
+            field=models.BooleanField(default=False, help_text='New annotators first label the qualification items and are admitted above the threshold.'),
         ),
         migrations.AddField(
-            model_name="project",
-            name="qualification_threshold",
-            field=models.FloatField(
-                default=0.8,
-                validators=[
-                    django.core.validators.MinValueValidator(-1.0),
-                    django.core.validators.MaxValueValidator(1.0),
-                ],
-            ),
+            model_name='project',
+            name='qualification_threshold',
+            field=models.FloatField(default=0.8, validators=[django.core.validators.MinValueValidator(-1.0), django.core.validators.MaxValueValidator(1.0)]),
         ),
         migrations.AddField(
-            model_name="project",
-            name="review_action",
-            field=models.CharField(
-                choices=[
-                    ("flag", "Flag (keeps working; votes left out of exports)"),
-                    ("pause", "Pause (no more tasks)"),
-                ],
-                default="flag",
-                max_length=8,
-            ),
+            model_name='project',
+            name='review_action',
+            field=models.CharField(choices=[('flag', 'Flag (keeps working; votes left out of exports)'), ('pause', 'Pause (no more tasks)')], default='flag', max_length=8),
         ),
         migrations.AddField(
-            model_name="project",
-            name="review_gold_accuracy",
-            field=models.FloatField(
-                default=0.7,
-                help_text="Below it: review. 0 turns it off.",
-                validators=[
-                    django.core.validators.MinValueValidator(0.0),
-                    django.core.validators.MaxValueValidator(1.0),
-                ],
-            ),
+            model_name='project',
+            name='review_gold_accuracy',
+            field=models.FloatField(default=0.7, help_text='Below it: review. 0 turns it off.', validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(1.0)]),
         ),
         migrations.AddField(
-            model_name="project",
-            name="review_majority_agreement",
-            field=models.FloatField(
-                default=0.0,
-                help_text="Agreement with the other annotators' majority below which an annotator is reviewed; 0 turns it off.",
-                validators=[
-                    django.core.validators.MinValueValidator(0.0),
-                    django.core.validators.MaxValueValidator(1.0),
-                ],
-            ),
+            model_name='project',
+            name='review_majority_agreement',
+            field=models.FloatField(default=0.0, help_text="Agreement with the other annotators' majority below which an annotator is reviewed; 0 turns it off.", validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(1.0)]),
         ),
         migrations.AddField(
-            model_name="project",
-            name="review_min_gold",
-            field=models.PositiveIntegerField(
-                default=10, help_text="Gold answers needed before gold accuracy is judged."
-            ),
+            model_name='project',
+            name='review_min_gold',
+            field=models.PositiveIntegerField(default=10, help_text='Gold answers needed before gold accuracy is judged.'),
         ),
         migrations.AddField(
-            model_name="project",
-            name="review_position_bias_p",
-            field=models.FloatField(
-                default=0.001,
-                help_text="Binomial-test p-value of choosing the first-shown response below which an annotator is reviewed.",
-                validators=[
-                    django.core.validators.MinValueValidator(0.0),
-                    django.core.validators.MaxValueValidator(1.0),
-                ],
-            ),
+            model_name='project',
+            name='review_position_bias_p',
+            field=models.FloatField(default=0.001, help_text='Binomial-test p-value of choosing the first-shown response below which an annotator is reviewed.', validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(1.0)]),
         ),
         migrations.AddField(
-            model_name="project",
-            name="review_speed_ratio",
-            field=models.FloatField(
-                default=0.2,
-                help_text="Median time on task below this share of the project's median: review. 0 turns it off.",
-                validators=[
-                    django.core.validators.MinValueValidator(0.0),
-                    django.core.validators.MaxValueValidator(1.0),
-                ],
-            ),
+            model_name='project',
+            name='review_speed_ratio',
+            field=models.FloatField(default=0.2, help_text="Median time on task below this share of the project's median: review. 0 turns it off.", validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(1.0)]),
         ),
     ]

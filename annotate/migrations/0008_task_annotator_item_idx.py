@@ -5,14 +5,15 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("annotate", "0007_vetting"),
+        ('annotate', '0007_vetting'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name="task",
-            index=models.Index(fields=["annotator", "project", "item"], name="task_annotator_item_idx"),
+            model_name='task',
+            index=models.Index(fields=['annotator', 'project', 'item'], name='task_annotator_item_idx'),
         ),
     ]

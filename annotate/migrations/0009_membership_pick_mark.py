@@ -4,16 +4,17 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("annotate", "0008_task_annotator_item_idx"),
+        ('annotate', '0008_task_annotator_item_idx'),
     ]
 
     operations = [
         # The pick's mark was the annotator's highest task in this index; it is now kept on the membership.
-        migrations.RemoveIndex(model_name="task", name="task_annotator_item_idx"),
+        migrations.RemoveIndex(model_name='task', name='task_annotator_item_idx'),
         migrations.AddField(
-            model_name="membership",
-            name="pick_mark",
+            model_name='membership',
+            name='pick_mark',
             field=models.BigIntegerField(default=0, editable=False),
         ),
         # Existing members start from the highest normal item they were given (0 for none), as the pick's

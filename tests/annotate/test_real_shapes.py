@@ -418,3 +418,14 @@ def test_the_api_import_reports_every_count(make_project, make_member, api_clien
         format="multipart",
     )
     assert refused.status_code == 400 and "skip_invalid" in refused.json()["detail"]
+
+
+def test_an_empty_response_says_so_on_the_annotation_page(make_project, make_member, client):
+    project = make_project(slug="empty", n_items=0, overlap=1)
+    run("import_items", "empty", str(DATA / "messy_items.jsonl"))
+    annotator = make_member(project, "ann")
+    client.force_login(annotator)
+    page = client.get("/p/empty/annotate/").content.decode()  # the first item: the haiku against nothing
+    assert "Write a haiku about rain." in page
+    assert page.count("Empty: the model answered nothing.") == 1
+    assert "Soft rain on the roof<br>" in page  # the haiku keeps its lines
