@@ -145,6 +145,8 @@ class Project(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # The newest judgment whose item's winner_share is known to be up to date (see selectors.refresh_item_stats).
+    stats_mark = models.BigIntegerField(default=0, editable=False)
 
     class Meta:
         ordering = ["slug"]
@@ -285,6 +287,10 @@ class Item(models.Model):
     # How many more annotators may take this item: overlap minus tasks that are leased or done.
     open_slots = models.PositiveSmallIntegerField(default=1)
     n_judgments = models.PositiveIntegerField(default=0, help_text="Tasks of this item that have a judgment.")
+    # The data browser's agreement: the most common answer's share of the current votes (pairwise: the winner, a
+    # tie or both bad; ranking: the first place). Refreshed when the browser reads (selectors.refresh_item_stats),
+    # not on the annotation path; None before any vote and for kinds without one answer per vote.
+    winner_share = models.FloatField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -302,6 +308,8 @@ class Item(models.Model):
                 name="item_open_idx",
                 condition=Q(open_slots__gt=0, purpose="normal"),
             ),
+            # The data browser's "sort by disagreement" and its agreement filters.
+            models.Index(fields=["project", "winner_share", "id"], name="item_share_idx"),
         ]
         ordering = ["id"]
 
@@ -393,12 +401,25 @@ class Flag(models.Model):
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="flags")
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="flags")
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="flags")
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        RESOLVED = "resolved", "Resolved"
+        DISMISSED = "dismissed", "Dismissed"
+
     category = models.CharField(max_length=16, choices=Category.choices)
     note = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # A researcher's decision: resolved (acted on: the item was fixed, adjudicated or set aside) or dismissed.
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolution = models.TextField(blank=True, help_text="What the researcher did or why they dismissed it.")
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [models.Index(fields=["project", "status"], name="flag_status_idx")]
 
     def __str__(self) -> str:
         return f"{self.category} flag on {self.item}"
@@ -463,6 +484,53 @@ class Judgment(models.Model):
         if not self._state.adding and set(kwargs.get("update_fields") or ()) != {"is_current"}:
             raise ValueError("Judgments are immutable; record a new judgment that supersedes this one.")
         super().save(*args, **kwargs)
+
+
+class SkipReview(models.Model):
+    """A researcher's decision on a skipped task's reason (the queue shows flags and skip reasons alike)."""
+
+    task = models.OneToOneField(Task, on_delete=models.CASCADE, related_name="skip_review")
+    status = models.CharField(max_length=16, choices=Flag.Status.choices[1:])
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    resolved_at = models.DateTimeField()
+    resolution = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.status} skip of task {self.task_id}"
+
+
+class Adjudication(models.Model):
+    """A researcher's final label on an item: exports and snapshots take it instead of the annotators' aggregate.
+
+    Fields as a :class:`Judgment` of the project's kind (validated by the same code); ``reason`` says why. A new
+    adjudication supersedes the item's current one, which stays (who decided what, when)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="adjudications", db_index=False)
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="adjudications")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    outcome = models.CharField(max_length=8, choices=Judgment.Outcome.choices, blank=True)
+    winner = models.ForeignKey(Response, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    strength = models.PositiveSmallIntegerField(null=True, blank=True, validators=[MaxValueValidator(3)])
+    data = models.JSONField(default=dict, blank=True)
+    text = models.TextField(blank=True, help_text="A demonstration (demonstration projects).")
+    reason = models.TextField(blank=True)
+    supersedes = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="superseded_by"
+    )
+    is_current = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["item"], condition=Q(is_current=True), name="one_current_adjudication")
+        ]
+        indexes = [models.Index(fields=["project", "item"], name="adjudication_project_idx")]
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"adjudication {self.pk} of {self.item_id}"
 
 
 class Snapshot(models.Model):
