@@ -231,22 +231,49 @@ def training_arguments(
     return args_class(**values)
 
 
-def train_to_end(trainer, reporter, checkpoint_dir: str, collect: Callable[[], dict] | None = None) -> dict:
+def examples_seen(steps: int, per_step: float, n_train: int) -> int:
+    """How many of the ``n_train`` training examples a run saw: ``steps`` × the examples per optimizer step,
+    capped at the dataset (a run stopped by max_steps after 12 steps of 8 saw 96 of 540; one that made several
+    passes saw all 540).
+
+    >>> examples_seen(12, 8, 540), examples_seen(400, 8, 540)
+    (96, 540)
+    """
+    return min(int(steps * per_step), n_train)
+
+
+def train_to_end(
+    trainer,
+    reporter,
+    checkpoint_dir: str,
+    collect: Callable[[], dict] | None = None,
+    examples_per_sample: int = 1,
+) -> dict:
     """The block every Trainer-based runner shares, after building ``trainer`` with ``reporter`` (from
     :func:`make_progress_callback`) among its callbacks: train, resuming from the newest complete checkpoint in
     ``checkpoint_dir``; raise RunCancelled when the progress callback asked to stop; collect ``train_loss``,
-    ``train_steps``, ``train_runtime`` and what ``collect()`` adds (every process runs it: evaluation is
-    collective); then wait for every process of a multi-GPU launch. The caller saves where
-    ``trainer.accelerator.is_main_process``.
+    ``train_steps``, ``train_runtime``, what the run was trained on (``n_train``: the training examples after
+    filtering; ``n_train_examples_seen``: how many of them the steps covered; ``train_epochs``) and what
+    ``collect()`` adds (every process runs it: evaluation is collective); then wait for every process of a
+    multi-GPU launch. The caller saves where ``trainer.accelerator.is_main_process``.
+
+    ``examples_per_sample``: the batch rows one training example becomes (GRPO and RLOO: ``num_generations``
+    responses per prompt, each used ``num_iterations`` times).
     """
     quiet_trainer(trainer)
     result = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir))
     if reporter.stopped:
         raise RunCancelled()
+    args = trainer.args
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    n_train = len(trainer.train_dataset)
     metrics = {
         "train_loss": float(result.training_loss),
         "train_steps": int(result.global_step),
         "train_runtime": float(result.metrics.get("train_runtime", 0.0)),
+        "train_epochs": float(trainer.state.epoch or 0.0),
+        "n_train": n_train,
+        "n_train_examples_seen": examples_seen(result.global_step, per_step / examples_per_sample, n_train),
     }
     if collect is not None:
         metrics.update(collect())
@@ -312,6 +339,9 @@ def make_progress_callback(progress_callback: ProgressCallback, config: RunConfi
                 control.should_save = True
             if state.global_step >= state.max_steps:
                 control.should_save = False  # the finished model is saved as the artifact; a checkpoint is waste
+                # The last step is always logged, so a run whose logging_steps exceeds its steps (or does not
+                # divide them) still ends with a loss point: Trainer skips it when that step was logged already.
+                control.should_log = True
             if self.stopped:
                 control.should_training_stop = True
                 control.should_save = False

@@ -15,13 +15,19 @@ import difflib
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from .base import ConfigError
 
 METHODS = ("full", "lora", "qlora", "prompt_tuning", "prefix_tuning")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 GENERATION_BACKENDS = ("transformers", "vllm")
+
+# Adapters (LoRA, QLoRA, virtual tokens) train far fewer weights than full training and want a learning rate about
+# ten times higher: Schulman et al. 2025, "LoRA Without Regret" (TRL's guide of that name), and TRL's own examples
+# (trl/scripts/dpo.py: 5e-7 full, 5e-6 LoRA; trl/scripts/sft.py: 2e-5 full, 2e-4 LoRA). A kind's default for full
+# training is its FULL_LEARNING_RATE; an explicit learning_rate always wins.
+ADAPTER_LEARNING_RATE_FACTOR = 10
 
 
 def option(default, help: str, choices: tuple | None = None, **kwargs):
@@ -36,7 +42,18 @@ def option(default, help: str, choices: tuple | None = None, **kwargs):
 
 @dataclass
 class RunConfig:
-    """Fields every training kind has. Subclasses add their own; ``from_dict`` validates any of them."""
+    """Fields every training kind has. Subclasses add their own; ``from_dict`` validates any of them.
+
+    Class attributes (not options) say what the kind's runner reports, for the pages and the worker's log:
+    ``KEY_METRICS`` the logged training metrics that matter for the kind (the progress lines and the charts name
+    them and their held-out ``eval_`` twins), ``HEADLINE_METRICS`` the final metrics the run page leads with (a name
+    also covers its per-criterion ``<name>_<criterion>``), ``EXAMPLES`` what one training example is.
+    """
+
+    FULL_LEARNING_RATE: ClassVar[float] = 1e-5
+    KEY_METRICS: ClassVar[tuple[str, ...]] = ("loss",)
+    HEADLINE_METRICS: ClassVar[tuple[str, ...]] = ("eval_loss",)
+    EXAMPLES: ClassVar[str] = "examples"
 
     seed: int = option(0, "Random seed for the head initialisation, data order and dropout.")
     method: str = option(
@@ -45,7 +62,7 @@ class RunConfig:
         "prefix_tuning: learned virtual tokens (peft, where the architecture allows).",
         METHODS,
     )
-    learning_rate: float = option(1e-5, "Peak learning rate (AdamW).")
+    learning_rate: float | None = option(None, "Peak learning rate (AdamW); empty: the kind's default for the method.")
     num_train_epochs: float = option(1.0, "Passes over the training split (ignored when max_steps > 0).")
     max_steps: int = option(-1, "Stop after this many optimizer steps; -1 trains for num_train_epochs.")
     per_device_train_batch_size: int = option(8, "Examples (pairs) per device per forward pass.")
@@ -74,6 +91,17 @@ class RunConfig:
     lora_target_modules: str = option("all-linear", "Modules that get adapters: all-linear, or comma-separated names.")
     num_virtual_tokens: int = option(16, "prompt_tuning / prefix_tuning: number of virtual tokens.")
     merge_adapter: bool = option(True, "lora: merge the adapter into the weights of the saved model (not for qlora).")
+
+    def __post_init__(self):
+        if self.learning_rate is None:
+            self.learning_rate = self.default_learning_rate(self.method)
+
+    @classmethod
+    def default_learning_rate(cls, method: str) -> float:
+        """The kind's learning rate for ``method`` when none is given: ``FULL_LEARNING_RATE`` for full training,
+        :data:`ADAPTER_LEARNING_RATE_FACTOR` times more for the adapter methods."""
+        factor = 1 if method == "full" else ADAPTER_LEARNING_RATE_FACTOR
+        return float(f"{cls.FULL_LEARNING_RATE * factor:.12g}")  # 1e-05, not 9.999999999999999e-06
 
     # --- construction and validation ---------------------------------------------------------------
 
@@ -125,18 +153,25 @@ class RunConfig:
 
     @classmethod
     def describe(cls) -> list[dict]:
-        """Every field: name, type, default, choices and help (for forms and docs)."""
+        """Every field: name, type, default, choices and help (for forms and docs). The learning rate's default
+        depends on the method: its help names both values."""
         types_ = cls.field_types()
         rows = []
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            help_text = f.metadata.get("help", "")
+            if f.name == "learning_rate" and default is None:
+                help_text += (
+                    f" Default: {cls.default_learning_rate('full'):g} for method=full, "
+                    f"{cls.default_learning_rate('lora'):g} (ten times more) for the adapter methods."
+                )
             rows.append(
                 {
                     "name": f.name,
                     "type": _type_name(types_[f.name]),
                     "default": default,
                     "choices": f.metadata.get("choices"),
-                    "help": f.metadata.get("help", ""),
+                    "help": help_text,
                 }
             )
         return rows
@@ -252,6 +287,8 @@ def _parse_text(key: str, text: str, tp):
 class PolicyRunConfig(RunConfig):
     """Fields of every kind that trains or samples from a causal language model (the policy)."""
 
+    FULL_LEARNING_RATE: ClassVar[float] = 1e-6
+
     base_model: str = option(
         "", "Folder of the policy to start from; Arbiter fills it in from --base-model (MODEL_ROOTS or the registry)."
     )
@@ -265,7 +302,6 @@ class PolicyRunConfig(RunConfig):
     max_new_tokens: int = option(128, "Longest response sampled, in tokens.")
     temperature: float = option(0.7, "Sampling temperature; 0 samples greedily.")
     top_p: float = option(1.0, "Nucleus sampling: keep the smallest set of tokens whose probability adds up to this.")
-    learning_rate: float = option(1e-6, "Peak learning rate (AdamW).")
     generation_batch_size: int = option(
         32,
         "Sequences sampled at once (prompts × samples per prompt); prompts are batched by length. Lower it when "
@@ -297,6 +333,11 @@ class PolicyRunConfig(RunConfig):
 @dataclass
 class OnlineRunConfig(PolicyRunConfig):
     """What GRPO and RLOO share (TRL's names, so TRL's documentation applies)."""
+
+    # TRL logs the mean reward of the sampled responses and the KL to the reference (when beta > 0) every step.
+    KEY_METRICS: ClassVar[tuple[str, ...]] = ("reward", "kl", "loss")
+    HEADLINE_METRICS: ClassVar[tuple[str, ...]] = ("reward", "kl")
+    EXAMPLES: ClassVar[str] = "prompts"
 
     num_generations: int = option(4, "Responses sampled per prompt; each is judged against the others of its group.")
     beta: float = option(0.04, "Weight of the KL penalty against the starting policy; 0 loads no reference model.")

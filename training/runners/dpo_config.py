@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .base import ConfigError
 from .config import PolicyRunConfig, option
@@ -33,6 +34,11 @@ REFERENCES = ("base", "model", "none")
 
 @dataclass
 class DPORunConfig(PolicyRunConfig):
+    # TRL's implicit reward β·log(π/π_ref): how often the chosen response gets more of it, and by how much.
+    KEY_METRICS: ClassVar[tuple[str, ...]] = ("loss", "rewards/accuracies", "rewards/margins")
+    HEADLINE_METRICS: ClassVar[tuple[str, ...]] = ("eval_rewards/accuracies", "eval_rewards/margins", "eval_loss")
+    EXAMPLES: ClassVar[str] = "pairs"
+
     beta: float = option(
         0.1, "How far the policy may move from the reference: higher β keeps it closer (IPO: the regularisation τ)."
     )
@@ -76,7 +82,6 @@ class DPORunConfig(PolicyRunConfig):
     )
     ref_model_mixup_alpha: float = option(0.6, "TR-DPO: π_ref ← α·π + (1 − α)·π_ref at each sync.")
     ref_model_sync_steps: int = option(512, "TR-DPO: steps between syncs.")
-    learning_rate: float = option(1e-6, "Peak learning rate (AdamW).")
 
     def validate(self) -> None:
         super().validate()

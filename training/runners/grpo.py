@@ -127,7 +127,10 @@ def run_online(
                 metrics["reward_first"] = float(logged[0]["reward"])
             return metrics
 
-        metrics = train_to_end(trainer, reporter, checkpoints, collect)
+        # Each prompt becomes num_generations responses, used num_iterations times: n_train counts prompts.
+        metrics = train_to_end(
+            trainer, reporter, checkpoints, collect, examples_per_sample=config.num_generations * config.num_iterations
+        )
         if trainer.accelerator.is_main_process:
             info = {"kind": kind, "reward_models": list(config.reward_models)}
             save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, config, output_dir, metrics, info)

@@ -44,6 +44,7 @@ from .base import (
     check_environment,
     cuda_available,
     emit_log,
+    examples_seen,
     is_adapter_folder,
     last_checkpoint,
     load_model,
@@ -153,6 +154,11 @@ def train(
                 progress_callback({"event": "checkpoint", "step": step, "path": str(path)})
 
     result = summary(history, total_steps, time.monotonic() - started, len(rows))
+    # Each PPO step samples one response to each of batch_size prompts per process.
+    result.update(
+        n_train=len(rows),
+        n_train_examples_seen=examples_seen(total_steps, config.batch_size * accelerator.num_processes, len(rows)),
+    )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         info = {"kind": "ppo", "reward_models": list(config.reward_models), "value_model_source": models.value_source}

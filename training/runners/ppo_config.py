@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .base import ConfigError
 from .config import PolicyRunConfig, option
@@ -12,6 +13,11 @@ KL_ESTIMATORS = ("k1", "k3")
 
 @dataclass
 class PPORunConfig(PolicyRunConfig):
+    FULL_LEARNING_RATE: ClassVar[float] = 3e-6  # of the policy and the value model
+    KEY_METRICS: ClassVar[tuple[str, ...]] = ("reward", "kl", "policy_loss", "value_loss")
+    HEADLINE_METRICS: ClassVar[tuple[str, ...]] = ("reward", "reward_first", "kl")
+    EXAMPLES: ClassVar[str] = "prompts"
+
     batch_size: int = option(16, "Prompts per PPO step, one sampled response each (the rollouts of a step).")
     mini_batch_size: int = option(
         4, "Rollouts per optimizer update inside a PPO epoch; batch_size must be a multiple of it."
@@ -63,7 +69,6 @@ class PPORunConfig(PolicyRunConfig):
         0.7, "Sampling temperature of the rollouts; above 0, since PPO needs a stochastic policy."
     )
     max_new_tokens: int = option(64, "Longest response sampled, in tokens.")
-    learning_rate: float = option(3e-6, "Peak learning rate (AdamW) of the policy and the value model.")
     per_device_train_batch_size: int = option(
         4, "Rollouts per forward pass (memory); a minibatch accumulates gradients over such chunks."
     )

@@ -4,6 +4,7 @@ rejection_sampling.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .base import ConfigError
 from .config import PolicyRunConfig, option
@@ -11,6 +12,11 @@ from .config import PolicyRunConfig, option
 
 @dataclass
 class RejectionSamplingRunConfig(PolicyRunConfig):
+    FULL_LEARNING_RATE: ClassVar[float] = 1e-5  # of the fine-tuning on the kept samples
+    KEY_METRICS: ClassVar[tuple[str, ...]] = ("loss", "mean_token_accuracy")
+    HEADLINE_METRICS: ClassVar[tuple[str, ...]] = ("kept_mean_score", "sample_mean_score", "kept")
+    EXAMPLES: ClassVar[str] = "kept samples"
+
     num_samples: int = option(
         4, "Responses sampled per prompt (K); the best of them is kept. Llama 2 used up to 10 or more."
     )
@@ -19,7 +25,6 @@ class RejectionSamplingRunConfig(PolicyRunConfig):
         "Keep a prompt's best response only when its combined reward reaches this (rewards are standardised: 0 is "
         "a typical response); none: keep every prompt's best.",
     )
-    learning_rate: float = option(1e-5, "Peak learning rate (AdamW) of the fine-tuning on the kept samples.")
 
     def validate(self) -> None:
         super().validate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .base import ConfigError
 from .config import RunConfig, option
@@ -12,6 +13,11 @@ OBJECTIVES = ("bradley_terry", "regression")
 
 @dataclass
 class RewardRunConfig(RunConfig):
+    # TRL's RewardTrainer logs loss and accuracy (chosen scored above rejected) of the training batches; the runner
+    # measures eval_accuracy on the held-out pairs at the end (eval_rmse for regression).
+    KEY_METRICS: ClassVar[tuple[str, ...]] = ("loss", "accuracy", "lm_loss")
+    HEADLINE_METRICS: ClassVar[tuple[str, ...]] = ("eval_accuracy", "eval_rmse")
+
     base_model: str = option(
         "", "Folder of the base model; Arbiter fills it in from --base-model (MODEL_ROOTS or the registry)."
     )
@@ -39,7 +45,6 @@ class RewardRunConfig(RunConfig):
     criterion: str = option(
         "", "Train on one criterion's preferences or scores (projects with criteria); empty: the overall judgment."
     )
-    learning_rate: float = option(1e-5, "Peak learning rate (AdamW).")
 
     def validate(self) -> None:
         super().validate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .config import PolicyRunConfig, option
 
@@ -12,6 +13,10 @@ SFT_LOSSES = ("nll", "dft")
 
 @dataclass
 class SFTRunConfig(PolicyRunConfig):
+    FULL_LEARNING_RATE: ClassVar[float] = 2e-5  # TRL's SFTConfig default (and trl/scripts/sft.py's full run)
+    KEY_METRICS: ClassVar[tuple[str, ...]] = ("loss", "mean_token_accuracy")
+    HEADLINE_METRICS: ClassVar[tuple[str, ...]] = ("eval_loss", "eval_mean_token_accuracy")
+
     source: str = option(
         "demonstrations",
         "demonstrations: the sft export (a prompt's turns, then the demonstration); chosen: the "
@@ -26,7 +31,6 @@ class SFTRunConfig(PolicyRunConfig):
         "nll: the usual negative log-likelihood; dft: Dynamic Fine-Tuning (each token's loss weighted by its probability).",
         SFT_LOSSES,
     )
-    learning_rate: float = option(2e-5, "Peak learning rate (AdamW).")
 
 
 CONFIG_CLASS = SFTRunConfig
