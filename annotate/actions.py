@@ -32,7 +32,9 @@ from .exports.writing import write_export
 from .imports import ANNOTATOR_NAME, ANNOTATOR_NAME_RULE, ImportFailed, ParsedItem, ParsedItems, ParsedVote, RowError
 from .judgments import InvalidJudgment, judgment_fields, vote_fields
 from .models import (
+    MAX_OVERLAP,
     SETTINGS_FIELDS,
+    Adjudication,
     Flag,
     Item,
     Judgment,
@@ -42,6 +44,7 @@ from .models import (
     Response,
     Role,
     Round,
+    SkipReview,
     Snapshot,
     Task,
     make_pseudonym,
@@ -437,6 +440,8 @@ def _import_judgments(project, votes, skipped) -> VoteImportReport:
     )
     names = sorted({name for _, _, judgment in new for name in judgment})
     defaults = [_default(Judgment, name) for name in names]
+    last = Judgment.objects.filter(project=project).order_by("-id").values_list("id", flat=True).first() or 0
+    _stale_stats_from(project, last)
     sql.bulk_insert(
         Judgment,
         ["item_id", "task_id", "annotator_id", "idempotency_key", *names],
@@ -861,6 +866,36 @@ def review_annotator(project: Project, user_id: int) -> list[str]:
     return findings
 
 
+def review_project(project: Project, user_ids=None) -> dict[int, list[str]]:
+    """Automatic review of a whole project: the scheduled pass (``annotate.tasks.review_projects``) and the
+    dashboard's. Each annotator goes through :func:`review_annotator`, the review a submit runs, so the outcome
+    is the same wherever it runs; returns the findings of those it flagged or paused, by user id.
+
+    It reviews whom a submit would: active annotators who have judged in Arbiter (members made by
+    ``import_judgments`` alone never submit, and the shown order of their votes is unknown); ``user_ids``
+    narrows it. One transaction per annotator, their membership row locked as a submit locks it."""
+    from .vetting import review_enabled
+
+    if not review_enabled(project):
+        return {}
+    judged_here = Judgment.objects.filter(project=project, annotator_id=OuterRef("user_id")).exclude(
+        source=Judgment.Source.IMPORT
+    )
+    members = Membership.objects.filter(project=project, role=Role.ANNOTATOR, status=Membership.Status.ACTIVE).filter(
+        Exists(judged_here)
+    )
+    if user_ids is not None:
+        members = members.filter(user_id__in=list(user_ids))
+    flagged = {}
+    for user_id in members.order_by("user_id").values_list("user_id", flat=True):
+        with transaction.atomic():
+            list(Membership.objects.select_for_update().filter(project=project, user_id=user_id).values_list("pk"))
+            findings = review_annotator(project, user_id)
+        if findings:
+            flagged[user_id] = findings
+    return flagged
+
+
 @transaction.atomic
 def reinstate_annotator(membership: Membership, by) -> Membership:
     """A researcher lets a flagged, paused or refused annotator work again. Their past votes stay as they are."""
@@ -931,6 +966,7 @@ def create_snapshot(project: Project, options: "ExportOptions", created_by=None)
         summary = _json_safe({**agreement.summary(project), "aggregation": result.aggregation})
         counts = dict(result.counts)
         counts.update({key: summary.get(key, 0) for key in ("n_judgments", "n_items", "n_annotators")})
+        counts["n_adjudicated"] = Adjudication.objects.filter(project=project, is_current=True).count()
         relative = Path("snapshots") / project.slug / f"{result.content_hash[:16]}-{uuid.uuid4().hex[:8]}"
         with transaction.atomic():
             snapshot = Snapshot.objects.create(
@@ -953,3 +989,130 @@ def create_snapshot(project: Project, options: "ExportOptions", created_by=None)
 
 def _json_safe(value):
     return json.loads(json.dumps(value, default=str))
+
+
+# --- the data browser: item statistics, adjudication, flags and skips, more votes --------------------------
+
+# Judgments this recent may still have transactions with lower ids committing after them (an import holds its ids
+# until it commits), so the mark stays below them and their items are refreshed again on the next read.
+STATS_SETTLE = timedelta(seconds=60)
+
+
+def refresh_item_stats(project: Project) -> int:
+    """Bring ``Item.winner_share`` up to date for the items that got a vote since the project's ``stats_mark``; returns
+    how many items were refreshed. The browser calls it before each read: the annotation path pays nothing, and a
+    read pays for the votes since the last one (one statement over the items they touch)."""
+    statement = sql.refresh_shares(project.kind)
+    mark = Project.objects.filter(pk=project.pk).values_list("stats_mark", flat=True).first() or 0
+    settled = (
+        Judgment.objects.filter(project=project, id__gt=mark, created_at__lt=timezone.now() - STATS_SETTLE)
+        .order_by("-id")
+        .values_list("id", flat=True)
+        .first()
+    )
+    refreshed = sql.execute(statement, [project.pk, project.pk, mark]) if statement else 0
+    if settled is not None:
+        Project.objects.filter(pk=project.pk, stats_mark__lt=settled).update(stats_mark=settled)
+    return refreshed
+
+
+def _stale_stats_from(project: Project, last_id: int) -> None:
+    """Votes were just written with ids above ``last_id`` (in this transaction): their items' statistics are stale."""
+    Project.objects.filter(pk=project.pk, stats_mark__gt=last_id).update(stats_mark=last_id)
+
+
+MAX_REASON = 2000
+
+
+@transaction.atomic
+def adjudicate(item: Item, author, payload: dict) -> Adjudication:
+    """Record a researcher's final label on ``item``; it supersedes the item's current adjudication, if any.
+
+    ``payload`` is a judgment of the project's kind as the API takes it, with responses named as stored ("A" is the
+    item's first response), and ``reason``. Validated by the same code as an annotator's answer."""
+    if not isinstance(payload, dict):
+        raise InvalidJudgment("the body must be a JSON object.")
+    reason = payload.get("reason", "")
+    if reason is None:
+        reason = ""
+    if not isinstance(reason, str) or len(reason) > MAX_REASON or "\x00" in reason:
+        raise InvalidJudgment(f"reason must be text of at most {MAX_REASON} characters.")
+    project = item.project
+    response_ids = list(item.responses.order_by("index").values_list("id", flat=True))
+    as_stored = Task(project=project, item=item, display_order=response_ids)
+    fields = judgment_fields(as_stored, {k: v for k, v in payload.items() if k != "reason"})
+    fields.pop("duration_ms", None)
+    if project.kind != Kind.DEMONSTRATION:
+        # A comparison's rationale is the adjudication's reason.
+        rationale = fields.pop("text", "")
+        reason = reason or rationale
+    current = Adjudication.objects.select_for_update().filter(item=item, is_current=True).first()
+    if current is not None:
+        current.is_current = False
+        current.save(update_fields=["is_current"])
+    return Adjudication.objects.create(
+        project=project, item=item, author=author, reason=reason.strip(), supersedes=current, **fields
+    )
+
+
+@transaction.atomic
+def resolve_flag(flag: Flag, by, status: str, resolution: str = "") -> Flag:
+    """A researcher closes a flag: ``resolved`` (acted on) or ``dismissed`` (not a problem)."""
+    _check_resolution(status, resolution)
+    flag = Flag.objects.select_for_update().get(pk=flag.pk)
+    if flag.status != Flag.Status.OPEN:
+        raise Conflict(f"This flag was already {flag.status}.")
+    flag.status, flag.resolved_by, flag.resolved_at, flag.resolution = status, by, timezone.now(), resolution.strip()
+    flag.save(update_fields=["status", "resolved_by", "resolved_at", "resolution"])
+    return flag
+
+
+@transaction.atomic
+def review_skip(task: Task, by, status: str, resolution: str = "") -> SkipReview:
+    """A researcher closes a skipped task's reason in the queue: ``resolved`` or ``dismissed``."""
+    _check_resolution(status, resolution)
+    task = Task.objects.get(pk=task.pk)
+    if task.status != Task.Status.SKIPPED:
+        raise Conflict("This task was not skipped.")
+    review, created = SkipReview.objects.get_or_create(
+        task=task,
+        defaults={"status": status, "resolved_by": by, "resolved_at": timezone.now(), "resolution": resolution.strip()},
+    )
+    if not created:
+        raise Conflict(f"This skip was already {review.status}.")
+    return review
+
+
+def _check_resolution(status: str, resolution) -> None:
+    if status not in (Flag.Status.RESOLVED, Flag.Status.DISMISSED):
+        raise InvalidJudgment("status must be resolved or dismissed.")
+    if not isinstance(resolution, str) or len(resolution) > MAX_REASON or "\x00" in resolution:
+        raise InvalidJudgment(f"resolution must be text of at most {MAX_REASON} characters.")
+
+
+MAX_EXTRA_VOTES = 100
+
+
+@transaction.atomic
+def request_more_votes(project: Project, item_ids: list[int], extra: int) -> int:
+    """Send items back for ``extra`` more votes each (their open slots grow); returns how many items.
+
+    All or nothing: every id must be a normal item of ``project`` and stay within ``MAX_OVERLAP`` votes. Annotators'
+    pick marks move back below the first of them, so the next picks find them (in id order, as ever) instead of
+    after every newer item."""
+    if isinstance(extra, bool) or not isinstance(extra, int) or not 1 <= extra <= MAX_EXTRA_VOTES:
+        raise InvalidJudgment(f"extra votes must be a whole number from 1 to {MAX_EXTRA_VOTES}.")
+    ids = sorted(set(item_ids))
+    if not ids:
+        raise InvalidJudgment("choose at least one item.")
+    items = list(Item.objects.select_for_update().filter(project=project, id__in=ids).order_by("id"))
+    found = {item.pk: item for item in items}
+    if missing := [pk for pk in ids if pk not in found]:
+        raise InvalidJudgment(f"not items of this project: {_line_list(missing)}.")
+    if checks := [item.pk for item in items if item.purpose != Item.Purpose.NORMAL]:
+        raise InvalidJudgment(f"gold and qualification items take no overlap: {_line_list(checks)}.")
+    if full := [item.pk for item in items if item.n_judgments + item.open_slots + extra > MAX_OVERLAP]:
+        raise InvalidJudgment(f"more than {MAX_OVERLAP} votes on items {_line_list(full)}.")
+    Item.objects.filter(pk__in=ids).update(open_slots=F("open_slots") + extra)
+    Membership.objects.filter(project=project, pick_mark__gte=ids[0]).update(pick_mark=ids[0] - 1)
+    return len(ids)

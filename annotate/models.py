@@ -401,6 +401,7 @@ class Flag(models.Model):
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="flags")
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="flags")
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="flags")
+
     class Status(models.TextChoices):
         OPEN = "open", "Open"
         RESOLVED = "resolved", "Resolved"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, Prefetch, Q, Sum
+from django.contrib.auth import get_user_model
+from django.db.models import Case, Count, Exists, IntegerField, OuterRef, Prefetch, Q, Sum, Value, When
+from django.utils import timezone
 
 from .models import Item, Judgment, Membership, Project, Response, Task, make_pseudonym
 
@@ -193,3 +195,141 @@ def item_page(project: Project, page: int, size: int) -> tuple[list[Item], int]:
         .order_by("id")[start : start + size]
     )
     return items, Item.objects.filter(project=project).count()
+
+
+# --- the annotation page: going back, and how much is left ------------------------------------------
+
+
+def previous_task(project: Project, user, before: Task | None = None) -> Task | None:
+    """The annotator's answered task just before ``before`` (without it: their last answered one), or None.
+
+    "Before" is the order in which they first answered their tasks (``done_at``, then id): a revision leaves a task's
+    ``done_at`` as it was, so walking back after changing an answer goes on to the next older task instead of
+    coming back to the one just changed. Only their own tasks with an answer (status done): skipped and expired
+    tasks have none to change."""
+    tasks = Task.objects.filter(project=project, annotator=user, status=Task.Status.DONE)
+    if before is not None:
+        if before.done_at is None:  # not expected for a done task; the id alone still orders them
+            tasks = tasks.filter(id__lt=before.id)
+        else:
+            tasks = tasks.filter(Q(done_at__lt=before.done_at) | Q(done_at=before.done_at, id__lt=before.id))
+    return tasks.select_related("project", "item").order_by("-done_at", "-id").first()
+
+
+# "N left" is counted exactly up to this many items; past it the page says "more than" (the count stops there, so
+# its cost does not grow with the project).
+LEFT_COUNTED_UP_TO = 1000
+
+
+def annotator_workload(project: Project, user) -> dict:
+    """What the annotation page's progress line says: ``done`` (tasks answered), ``left`` and ``more``.
+
+    ``left`` is what this annotator can still be given: the tasks they hold now (leases not run out) plus the normal
+    items above their pick mark that still need annotators and that they never had (every pick comes from those,
+    ``actions._take_open_item``), counted up to :data:`LEFT_COUNTED_UP_TO`; ``more`` is True when there are more than
+    that. A candidate's are the qualification items they have not answered yet. Not counted: hidden gold items (their
+    number is not the annotator's to know) and items that came back to the pool below the mark (an expired lease, a
+    skip), which the pick serves last; so ``left`` can fall short by those, never overshoot the normal work.
+
+    Three indexed reads: the annotator's tasks (``task_annotator_idx``), their membership row, and at most
+    ``LEFT_COUNTED_UP_TO + 1`` entries of ``item_open_idx`` with a probe of ``one_task_per_item_and_annotator`` each.
+    """
+    counts = Task.objects.filter(project=project, annotator=user).aggregate(
+        done=Count("id", filter=Q(status=Task.Status.DONE)),
+        held=Count("id", filter=Q(status=Task.Status.LEASED, lease_expires_at__gt=timezone.now())),
+    )
+    membership = Membership.objects.filter(project=project, user=user).values_list("status", "pick_mark").first()
+    status, mark = membership or (Membership.Status.ACTIVE, 0)
+    mine = Task.objects.filter(item=OuterRef("pk"), annotator=user)
+    if status == Membership.Status.CANDIDATE:
+        purpose, above = Item.Purpose.QUALIFICATION, {}
+    else:
+        purpose, above = Item.Purpose.NORMAL, {"open_slots__gt": 0, "id__gt": mark}
+    unseen = Item.objects.filter(project=project, purpose=purpose, **above).filter(~Exists(mine))
+    found = unseen.values("id")[: LEFT_COUNTED_UP_TO + 1].count()
+    return {
+        "done": counts["done"],
+        "left": counts["held"] + min(found, LEFT_COUNTED_UP_TO),
+        "more": found > LEFT_COUNTED_UP_TO,
+    }
+
+
+# --- the members page ----------------------------------------------------------------------------------
+
+SUGGESTIONS_SHOWN = 10
+
+
+def matching_users(query: str, limit: int = SUGGESTIONS_SHOWN) -> list:
+    """Active users whose username or email contains ``query`` (any case), at most ``limit``: exact matches first,
+    then those starting with it, then the rest, each by username. For project admins adding members only (the
+    members page); the caller checks the role."""
+    query = query.strip()
+    if not query:
+        return []
+    users = (
+        get_user_model().objects.filter(is_active=True).filter(Q(username__icontains=query) | Q(email__icontains=query))
+    )
+    closeness = Case(
+        When(Q(username__iexact=query) | Q(email__iexact=query), then=Value(0)),
+        When(Q(username__istartswith=query) | Q(email__istartswith=query), then=Value(1)),
+        default=Value(2),
+        output_field=IntegerField(),
+    )
+    return list(users.annotate(closeness=closeness).order_by("closeness", "username")[:limit])
+
+
+QUEUE_MAX = 500  # entries of the flags-and-skips queue shown at once, newest first
+
+
+def report_queue(project: Project, status: str = "open") -> list[dict]:
+    """Flags and skip reasons, newest first (``status``: open, resolved, dismissed or all), annotators by pseudonym."""
+    from .models import Flag
+
+    flags = Flag.objects.filter(project=project).select_related("item", "resolved_by")
+    skips = (
+        Task.objects.filter(project=project, status=Task.Status.SKIPPED)
+        .exclude(skip_reason="")
+        .select_related("item", "skip_review", "skip_review__resolved_by")
+    )
+    if status == "open":
+        flags, skips = flags.filter(status=Flag.Status.OPEN), skips.filter(skip_review__isnull=True)
+    elif status != "all":
+        flags, skips = flags.filter(status=status), skips.filter(skip_review__status=status)
+    flags, skips = list(flags.order_by("-id")[:QUEUE_MAX]), list(skips.order_by("-done_at")[:QUEUE_MAX])
+    names = pseudonyms(project, {f.annotator_id for f in flags} | {t.annotator_id for t in skips})
+    entries = [
+        {
+            "type": "flag",
+            "id": f.pk,
+            "item": f.item_id,
+            "external_id": f.item.external_id,
+            "category": f.category,
+            "category_label": f.get_category_display(),
+            "note": f.note,
+            "annotator": names[f.annotator_id],
+            "status": f.status,
+            "resolution": f.resolution,
+            "resolved_by": f.resolved_by.username if f.resolved_by else None,
+            "created_at": f.created_at,
+        }
+        for f in flags
+    ]
+    for t in skips:
+        review = getattr(t, "skip_review", None)
+        entries.append(
+            {
+                "type": "skip",
+                "id": t.pk,
+                "item": t.item_id,
+                "external_id": t.item.external_id,
+                "category": "skip",
+                "category_label": "Skipped",
+                "note": t.skip_reason,
+                "annotator": names[t.annotator_id],
+                "status": review.status if review else "open",
+                "resolution": review.resolution if review else "",
+                "resolved_by": review.resolved_by.username if review and review.resolved_by else None,
+                "created_at": t.done_at,
+            }
+        )
+    return sorted(entries, key=lambda e: e["created_at"] or project.created_at, reverse=True)[:QUEUE_MAX]

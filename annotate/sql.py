@@ -81,6 +81,7 @@ RAW_FIELDS = {
         "gold",
         "open_slots",
         "n_judgments",
+        "winner_share",
         "created_at",
     },
     Response: {"id", "item_id", "index", "text", "model_name", "metadata"},
@@ -392,6 +393,30 @@ def move_mark() -> str:
     return with_schema(
         "UPDATE {Membership} SET {Membership.pick_mark} = %s "
         "WHERE {Membership.project} = %s AND {Membership.user} = %s AND {Membership.pick_mark} < %s"
+    )
+
+
+@cache
+def refresh_shares(kind: str) -> str | None:
+    """Set ``winner_share`` of the project's items that have a judgment above a mark: the most common answer's share
+    of the item's current votes (parameters: project, project, mark). Pairwise answers are the outcome and winner;
+    a ranking's is its first place. None for kinds without one answer per vote."""
+    if kind == "pairwise":
+        answer = "j.{Judgment.outcome}, j.{Judgment.winner}"
+    elif kind == "ranking":
+        answer = (
+            "j.{Judgment.data} -> 'ranking' -> 0"
+            if _db().vendor == "postgresql"
+            else ("json_extract(j.{Judgment.data}, '$.ranking[0]')")
+        )
+    else:
+        return None
+    return with_schema(
+        "UPDATE {Item} SET {Item.winner_share} = (SELECT MAX(c) * 1.0 / SUM(c) FROM (SELECT COUNT(*) AS c "
+        "FROM {Judgment} j WHERE j.{Judgment.item} = {Item}.{Item.id} AND j.{Judgment.is_current} "
+        f"GROUP BY {answer}) AS counts) "
+        "WHERE {Item.project} = %s AND {Item.id} IN "
+        "(SELECT {Judgment.item} FROM {Judgment} WHERE {Judgment.project} = %s AND {Judgment.id} > %s)"
     )
 
 

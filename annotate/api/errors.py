@@ -6,6 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from ..actions import Conflict, NotAdmitted
+from ..browsing import InvalidQuery
 from ..exports import ExportError
 from ..imports import ImportFailed
 from ..judgments import InvalidJudgment
@@ -15,7 +16,7 @@ def exception_handler(exc, context):
     if isinstance(exc, ImportFailed):
         errors = [{"line": line, "message": message} for line, message in exc.errors]
         return Response({"detail": exc.message, "errors": errors}, status=status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, (InvalidJudgment, ExportError)):
+    if isinstance(exc, (InvalidJudgment, ExportError, InvalidQuery)):
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, ValidationError):
         return Response({"detail": "; ".join(exc.messages), "errors": getattr(exc, "message_dict", None)}, status=400)

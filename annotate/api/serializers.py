@@ -217,12 +217,18 @@ class ItemRowSerializer(serializers.Serializer):
     round = serializers.IntegerField(source="round.number", allow_null=True)
     purpose = serializers.CharField()
     n_votes = serializers.IntegerField(source="n_judgments")
+    winner_share = serializers.FloatField(
+        allow_null=True, help_text="The most common answer's share of the current votes (pairwise and ranking)."
+    )
+    open_slots = serializers.IntegerField(help_text="How many more annotators may take it.")
+    flagged = serializers.BooleanField(source="open_flags", help_text="It has an open flag.")
+    adjudicated = serializers.BooleanField(help_text="A researcher gave it a final label.")
     prompt = serializers.JSONField()
     responses = ItemResponseSerializer(many=True, source="responses.all")
 
 
 class ItemPageSerializer(serializers.Serializer):
-    count = serializers.IntegerField()
+    count = serializers.IntegerField(help_text="Items that match the filters.")
     page = serializers.IntegerField()
     page_size = serializers.IntegerField()
     results = ItemRowSerializer(many=True)
@@ -290,3 +296,27 @@ class SnapshotSerializer(serializers.ModelSerializer):
     def get_files(self, snapshot: Snapshot) -> list[str]:
         """The splits that can be downloaded from ``/api/exports/{id}/files/{split}/``."""
         return list(snapshot.split_counts)
+
+
+class AdjudicationInSerializer(serializers.Serializer):
+    """Documents the body; ``actions.adjudicate`` validates it as a judgment of the project's kind."""
+
+    choice = serializers.ChoiceField(
+        choices=["A", "B", "tie", "both_bad"], required=False, help_text="Pairwise: A is the first response as stored."
+    )
+    strength = serializers.IntegerField(required=False, min_value=0, max_value=3)
+    ranking = serializers.JSONField(required=False, help_text="Ranking: response ids, best first (groups tie).")
+    ratings = serializers.JSONField(required=False, help_text="Rating: {response_id: {criterion: score}}.")
+    steps = serializers.JSONField(required=False, help_text="Steps: {response_id: [labels]}.")
+    text = serializers.CharField(required=False, help_text="Demonstration: the text.")
+    reason = serializers.CharField(required=False, allow_blank=True)
+
+
+class MoreVotesInSerializer(serializers.Serializer):
+    items = serializers.ListField(child=serializers.IntegerField(), max_length=10_000, help_text="Item ids.")
+    extra = serializers.IntegerField(help_text="More votes for each item.")
+
+
+class ResolutionInSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["resolved", "dismissed"])
+    resolution = serializers.CharField(required=False, allow_blank=True, max_length=2000)

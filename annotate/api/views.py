@@ -16,13 +16,14 @@ from rest_framework.exceptions import NotFound, ParseError, PermissionDenied
 from rest_framework.parsers import FileUploadParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
-from .. import actions, agreement, selectors, sql
+from .. import actions, agreement, browsing, selectors, sql
 from ..exports import ExportError, ExportOptions, snapshot_files
 from ..imports import detect_format, parse_items, read_upload
-from ..models import Judgment, Membership, Role, Snapshot, Task
+from ..models import Flag, Item, Judgment, Membership, Role, Snapshot, Task
 from ..permissions import can_create_projects, require_role, visible_projects
 from .auth import TokenAuthentication
 from .serializers import (
+    AdjudicationInSerializer,
     ExportOptionsSerializer,
     FlagInSerializer,
     FlagSerializer,
@@ -33,9 +34,11 @@ from .serializers import (
     JudgmentSerializer,
     MemberInSerializer,
     MemberSerializer,
+    MoreVotesInSerializer,
     ProjectCreateSerializer,
     ProjectSerializer,
     ProjectSettingsSerializer,
+    ResolutionInSerializer,
     SkipInSerializer,
     SnapshotSerializer,
     TaskSerializer,
@@ -208,6 +211,18 @@ def task_flags(request, task_id: int):
     parameters=[
         OpenApiParameter("page", int),
         OpenApiParameter("page_size", int, description=f"At most {selectors.ITEMS_PAGE_MAX}."),
+        OpenApiParameter("round", int, description="The round's number."),
+        OpenApiParameter("status", str, enum=list(browsing.STATUSES)),
+        OpenApiParameter("agreement", str, enum=list(browsing.AGREEMENTS), description="Pairwise and ranking."),
+        OpenApiParameter("min_share", float, description="The winner's share of the votes is at least this."),
+        OpenApiParameter("max_share", float, description="The winner's share of the votes is at most this."),
+        OpenApiParameter("flagged", bool, description="Has an open flag."),
+        OpenApiParameter("skipped", bool, description="Someone skipped it."),
+        OpenApiParameter("adjudicated", bool),
+        OpenApiParameter("purpose", str, enum=list(browsing.PURPOSES)),
+        OpenApiParameter("annotator", str, description="A pseudonym: the items they voted on."),
+        OpenApiParameter("q", str, description="Words to find in the prompt or a response (all of them)."),
+        OpenApiParameter("sort", str, enum=list(browsing.SORTS)),
     ],
     responses=ItemPageSerializer,
 )
@@ -219,10 +234,18 @@ def project_items(request, slug: str):
     nothing; duplicates are skipped and reported. Researchers and admins."""
     project, _ = require_role(request.user, slug, Role.RESEARCHER)
     if request.method == "GET":
-        page, size = _positive(request, "page", 1), min(_positive(request, "page_size", 100), selectors.ITEMS_PAGE_MAX)
-        items, count = selectors.item_page(project, page, size)
+        params = request.query_params.copy()
+        params.setdefault("page_size", "100")
+        query = browsing.ItemQuery.parse(params, project)
+        actions.refresh_item_stats(project)
+        page = browsing.item_page(project, query)
         return Response(
-            {"count": count, "page": page, "page_size": size, "results": ItemRowSerializer(items, many=True).data}
+            {
+                "count": page.count,
+                "page": query.page,
+                "page_size": query.page_size,
+                "results": ItemRowSerializer(page.items, many=True).data,
+            }
         )
     upload = request.data.get("file")
     if upload is None or isinstance(upload, str):
@@ -383,3 +406,125 @@ def project_member_reinstate(request, slug: str, username: str):
     project, _ = require_role(request.user, slug, Role.RESEARCHER)
     membership = get_object_or_404(Membership, project=project, user__username=username)
     return Response(MemberSerializer(actions.reinstate_annotator(membership, request.user)).data)
+
+
+# --- the data browser ---------------------------------------------------------------------------------------
+
+
+def _item_for(request, item_id: int, role: str = Role.RESEARCHER) -> Item:
+    """An item of a project where the user has ``role``; 404 for anyone who is not a member (as for projects)."""
+    item = Item.objects.select_related("project", "round").filter(pk=item_id).first()
+    if item is None:
+        raise NotFound("No such item.")
+    require_role(request.user, item.project.slug, role)
+    return item
+
+
+def item_payload(item: Item, models: bool = False) -> dict:
+    """An item as the browser shows it: responses by stored order (A first), every vote, the labels of each
+    aggregation, adjudications and flags."""
+    project = item.project
+    responses = list(item.responses.order_by("index"))
+    names = browsing.letters([r.id for r in responses])
+    history = browsing.adjudication_history(project, item, names)
+    flags = Flag.objects.filter(item=item).order_by("id")
+    people = selectors.pseudonyms(project, {f.annotator_id for f in flags})
+    return {
+        "id": item.pk,
+        "external_id": item.external_id,
+        "round": item.round.number if item.round else None,
+        "purpose": item.purpose,
+        "n_votes": item.n_judgments,
+        "open_slots": item.open_slots,
+        "winner_share": item.winner_share,
+        "prompt": item.prompt,
+        "metadata": item.metadata,
+        "gold": item.gold,
+        "responses": [
+            {"letter": names[r.id], "id": r.id, "index": r.index, "text": r.text, "model": r.model_name}
+            for r in responses
+        ],
+        "votes": browsing.item_votes(project, item, names),
+        "labels": browsing.item_labels(project, item, names, models=models),
+        "adjudication": next((a for a in history if a["current"]), None),
+        "adjudications": history,
+        "flags": [
+            {
+                "id": f.pk,
+                "category": f.category,
+                "note": f.note,
+                "annotator": people[f.annotator_id],
+                "status": f.status,
+                "resolution": f.resolution,
+                "created_at": f.created_at,
+            }
+            for f in flags
+        ],
+    }
+
+
+@extend_schema(
+    parameters=[OpenApiParameter("models", bool, description="Add the Dawid-Skene and Bradley-Terry labels.")],
+    responses=OpenApiTypes.OBJECT,
+)
+@api_view(["GET"])
+def item_detail(request, item_id: int):
+    """One item with every vote on it (pseudonym, display order, answer, strength, rationale, time, source,
+    superseded edits), its label under each aggregation and its adjudications. Researchers and admins."""
+    item = _item_for(request, item_id)
+    return Response(item_payload(item, models=_flag(request, "models")))
+
+
+@extend_schema(request=AdjudicationInSerializer, responses={201: OpenApiTypes.OBJECT})
+@api_view(["POST"])
+@parser_classes([JSONParser])
+def item_adjudication(request, item_id: int):
+    """A researcher's final label on the item, with a reason: exports and snapshots take it instead of the
+    annotators' aggregate. A new one supersedes the last. Researchers and admins."""
+    item = _item_for(request, item_id)
+    actions.adjudicate(item, request.user, request.data)
+    body = item_payload(item)["adjudication"]
+    return Response(body, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(request=MoreVotesInSerializer, responses={200: OpenApiTypes.OBJECT})
+@api_view(["POST"])
+@parser_classes([JSONParser])
+def project_more_votes(request, slug: str):
+    """Send items back for more votes: each gets ``extra`` more open slots. Researchers and admins."""
+    project, _ = require_role(request.user, slug, Role.RESEARCHER)
+    body = MoreVotesInSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    n = actions.request_more_votes(project, body.validated_data["items"], body.validated_data["extra"])
+    return Response({"items": n, "extra": body.validated_data["extra"]})
+
+
+@extend_schema(
+    parameters=[OpenApiParameter("status", str, enum=["open", "resolved", "dismissed", "all"])],
+    responses=OpenApiTypes.OBJECT,
+)
+@api_view(["GET"])
+def project_flags(request, slug: str):
+    """The queue: flags and skip reasons, open ones by default. Researchers and admins."""
+    project, _ = require_role(request.user, slug, Role.RESEARCHER)
+    wanted = request.query_params.get("status", "open")
+    if wanted not in ("open", "resolved", "dismissed", "all"):
+        raise ParseError("status must be open, resolved, dismissed or all.")
+    return Response({"results": selectors.report_queue(project, wanted)})
+
+
+@extend_schema(request=ResolutionInSerializer, responses={200: OpenApiTypes.OBJECT})
+@api_view(["POST"])
+@parser_classes([JSONParser])
+def flag_resolution(request, flag_id: int):
+    """Resolve or dismiss a flag, with a note. Researchers and admins of its project."""
+    flag = Flag.objects.select_related("project").filter(pk=flag_id).first()
+    if flag is None:
+        raise NotFound("No such flag.")
+    require_role(request.user, flag.project.slug, Role.RESEARCHER)
+    body = ResolutionInSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    flag = actions.resolve_flag(
+        flag, request.user, body.validated_data["status"], body.validated_data.get("resolution", "")
+    )
+    return Response({"id": flag.pk, "status": flag.status, "resolution": flag.resolution})

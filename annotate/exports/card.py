@@ -54,6 +54,8 @@ def dataset_card(snapshot: Snapshot) -> str:
         "- rows: " + ", ".join(f"{name} {n}" for name, n in snapshot.split_counts.items()),
         f"- judgments: {snapshot.counts.get('n_judgments')}, items: {snapshot.counts.get('n_items')}, "
         f"annotators: {snapshot.counts.get('n_annotators')} (pseudonymous)",
+        f"- adjudicated items (a researcher's final label, used instead of the annotators' aggregate): "
+        f"{snapshot.counts.get('n_adjudicated', 0)}",
         f"- percent agreement: {snapshot.agreement.get('percent_agreement')}",
         f"- aggregation: {_aggregation_text(snapshot.agreement.get('aggregation') or {'method': options['aggregate']})}",
         f"- newest judgment included: {snapshot.last_judgment_id}",

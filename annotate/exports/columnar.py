@@ -30,7 +30,15 @@ from . import reading
 from .aggregation import majority_pairs
 from .formats import _chars
 from .options import ExportOptions
-from .reading import BOTH_BAD_CODE, _conversational_prompt, _responses_of, current_judgments, items_in_scope, vote_table
+from .reading import (
+    BOTH_BAD_CODE,
+    _conversational_prompt,
+    _responses_of,
+    current_judgments,
+    has_adjudications,
+    items_in_scope,
+    vote_table,
+)
 
 
 def fits_columns(project: Project, options: "ExportOptions") -> bool:
@@ -41,6 +49,8 @@ def fits_columns(project: Project, options: "ExportOptions") -> bool:
         and options.aggregate == "majority"
         and options.ties == "drop"
         and not options.criterion
+        # Adjudicated items take their adjudication: the general path applies it.
+        and not has_adjudications(project)
     )
 
 

@@ -39,11 +39,14 @@ from .formats import (
 )
 from .options import MODEL_AGGREGATES, PREFERENCE_FORMATS, ExportOptions, check_options
 from .reading import (
+    ADJUDICATOR,
+    ADJUDICATOR_NAME,
     current_judgments,
     is_conversational,
     item_ranges,
     item_tables,
     items_in_scope,
+    prefer_adjudications,
     raw_rows,
     vote_frame,
 )
@@ -81,9 +84,11 @@ def iter_rows(
             votes = vote_frame(
                 project, options.include_paused, include_gold, item_range, with_data, judgments=judgments
             )
+            votes, decided = prefer_adjudications(project, votes, item_range)
             # Votes of former members stay, and keep the pseudonym they had (make_pseudonym recomputes it).
             names = pseudonyms(project, votes["annotator"].unique().tolist()) if fmt in ("ranking", "ratings") else {}
-            rows = _rows(project, votes, tables, options, names, model)
+            names[ADJUDICATOR] = ADJUDICATOR_NAME
+            rows = _rows(project, votes, tables, options, names, model, decided)
         if options.max_chars:
             rows = [row for row in rows if _chars(row) <= options.max_chars]
         yield rows, tables
@@ -96,12 +101,13 @@ def _rows(
     options: "ExportOptions",
     names: dict[int, str],
     model=None,
+    decided: set | frozenset = frozenset(),
 ) -> list[dict]:
     fmt = options.format
     if fmt in PREFERENCE_FORMATS:
         if fmt == "kto" and project.kind == Kind.RATING:
             return ratings_kto_rows(votes, tables, project, options.criterion)
-        return _preference_rows(project, votes, tables, options, model)
+        return _preference_rows(project, votes, tables, options, model, decided)
     if fmt == "ranking":
         return ranking_rows(votes, tables, options.aggregate, names)
     if fmt == "ratings":
@@ -109,6 +115,9 @@ def _rows(
     if fmt == "labels":
         criteria = label_criteria(project, options)
         labels = rating_labels(votes, criteria)
+        if model is not None and decided:
+            # An adjudicated item's labels are the adjudication's, whatever the model found.
+            model = pd.concat([model.drop(index=list(decided), level="item", errors="ignore"), _adjudicated(labels)])
         return label_rows(labels, tables, criteria, "labels" not in project.rating_scale, model, options.min_agreement)
     if fmt == "steps":
         return steps_rows(project, votes, tables, options.aggregate, options.neutral_steps)
@@ -127,8 +136,19 @@ def build_rows(project: Project, options: "ExportOptions | str" = "trl", **field
     return [row for rows, _ in iter_rows(project, options) for row in rows]
 
 
+def _adjudicated(labels: pd.DataFrame) -> pd.DataFrame:
+    """The adjudications' labels (one vote each, by ``ADJUDICATOR``) in a fitted label model's shape."""
+    own = labels[labels["annotator"] == ADJUDICATOR]
+    return own.set_index(LABEL_KEYS).assign(confidence=1.0)[["label", "confidence"]]
+
+
 def _preference_rows(
-    project: Project, votes: pd.DataFrame, tables: ItemTables, options: "ExportOptions", model=None
+    project: Project,
+    votes: pd.DataFrame,
+    tables: ItemTables,
+    options: "ExportOptions",
+    model=None,
+    decided: set | frozenset = frozenset(),
 ) -> list[dict]:
     pairs = pair_votes(project.kind, votes, tables.responses, options.criterion or None)
     keep_ties = options.ties == "keep"
@@ -136,7 +156,12 @@ def _preference_rows(
         preferences = majority_pairs(pairs, keep_ties)
         preferences = preferences[preferences["agreement"] >= options.min_agreement]
     elif options.aggregate in MODEL_AGGREGATES:
-        preferences = model_pairs(pairs, model, keep_ties)
+        # The model's outcome where annotators decide; an adjudicated item's one vote is its outcome.
+        adjudicated = pairs["item"].isin(decided)
+        preferences = pd.concat(
+            [model_pairs(pairs[~adjudicated], model, keep_ties), majority_pairs(pairs[adjudicated], keep_ties)],
+            ignore_index=True,
+        ).sort_values(["item", "chosen", "rejected"], ignore_index=True)
         preferences = preferences[preferences["agreement"] >= options.min_agreement]
     else:
         preferences = all_pairs(pairs, keep_ties)

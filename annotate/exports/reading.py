@@ -11,7 +11,7 @@ import pandas as pd
 from django.db.models import Case, Q, Value, When
 from django.db.models.fields.json import KT
 
-from ..models import Item, Judgment, Membership, Project, Response
+from ..models import Adjudication, Item, Judgment, Membership, Project, Response
 from ..selectors import pseudonyms
 from ..sql import NULL_INT, numeric_rows
 from .formats import ItemTables, canonical
@@ -94,6 +94,38 @@ def vote_frame(
     if not with_data:
         frame = frame.assign(data=None, text="")
     return frame
+
+
+# The annotator id adjudications carry in a vote frame (no user has it), and the name exports give it.
+ADJUDICATOR = 0
+ADJUDICATOR_NAME = "adjudication"
+
+
+def has_adjudications(project: Project) -> bool:
+    return Adjudication.objects.filter(project=project, is_current=True).exists()
+
+
+def prefer_adjudications(project: Project, votes: pd.DataFrame, items: tuple[int, int]) -> tuple[pd.DataFrame, set]:
+    """``votes`` with every adjudicated item's votes replaced by its adjudication (one vote by ``ADJUDICATOR``), and
+    the adjudicated item ids: exports take a researcher's final label over the annotators'."""
+    rows = list(
+        Adjudication.objects.filter(project=project, is_current=True, item_id__gte=items[0], item_id__lte=items[1])
+        .order_by("item_id")
+        .values_list("item_id", "outcome", "winner_id", "strength", "data", "text")
+    )
+    if not rows:
+        return votes, set()
+    decided = {row[0] for row in rows}
+    frame = pd.DataFrame(rows, columns=["item", "outcome", "winner", "strength", "data", "text"]).assign(
+        annotator=ADJUDICATOR
+    )
+    frame["winner"] = frame["winner"].astype("Int64")
+    frame["strength"] = frame["strength"].astype("Int64")
+    if "order" in votes.columns:
+        frame["order"] = None
+    kept = votes[~votes["item"].isin(decided)]
+    combined = pd.concat([kept, frame[votes.columns]], ignore_index=True) if len(kept) else frame[votes.columns]
+    return combined.sort_values("item", kind="stable", ignore_index=True), decided
 
 
 OUTCOMES = np.array([Judgment.Outcome.WIN, Judgment.Outcome.TIE, Judgment.Outcome.BOTH_BAD, ""], dtype=object)
