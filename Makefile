@@ -39,9 +39,15 @@ run: install
 	@$(PY) manage.py seed_demo --accounts-only
 	@echo "Arbiter at http://127.0.0.1:$(PORT)  (Ctrl-C stops the web server and the worker)"
 	@# No access log: the accounts and the address above stay on screen (errors are still printed).
-	@trap 'kill 0' EXIT INT TERM; \
-	  $(PY) manage.py db_worker & \
-	  $(VENV)/bin/gunicorn config.wsgi --bind 127.0.0.1:$(PORT) --workers $(WORKERS) --threads $(THREADS)
+	@# Ctrl-C signals the terminal's whole process group: gunicorn and the worker stop on it themselves; the trap
+	@# waits for them and ends the recipe with status 0, so make exits without a word. (The old trap, `kill 0` on
+	@# EXIT INT TERM, signalled its own shell, re-entered itself until bash overflowed its stack, and make
+	@# reported "Segmentation fault".) If either process ends on its own (the port is taken), the other is stopped
+	@# and its status is the recipe's.
+	@trap 'sleep 1; kill $$pids 2>/dev/null; wait; exit 0' INT TERM; \
+	  $(PY) manage.py db_worker & pids=$$!; \
+	  $(VENV)/bin/gunicorn config.wsgi --bind 127.0.0.1:$(PORT) --workers $(WORKERS) --threads $(THREADS) & \
+	  pids="$$pids $$!"; wait -n; status=$$?; trap - INT TERM; kill $$pids 2>/dev/null; wait; exit $$status
 
 # The whole suite on SQLite, then again on PostgreSQL when one answers at TEST_DATABASE_URL.
 test: install-dev browser
