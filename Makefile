@@ -36,6 +36,8 @@ run: install
 	$(PY) manage.py seed_demo --no-accounts
 	$(PY) manage.py demo_base_model
 	$(PY) manage.py collectstatic --noinput -v0
+	@# The periodic automatic review (docs/vetting.md): queued once, the worker runs it and puts it back.
+	$(PY) manage.py review --schedule
 	@$(PY) manage.py seed_demo --accounts-only
 	@echo "Arbiter at http://127.0.0.1:$(PORT)  (Ctrl-C stops the web server and the worker)"
 	@# No access log: the accounts and the address above stay on screen (errors are still printed).

@@ -13,21 +13,30 @@ exact value (tests and scripts read those instead of scraping pixels). Every lab
     scatter([Point(3.2, 0.9, "ann-1")], title="Speed and accuracy", x_label="s", y_label="accuracy")
 
 The functions share one look (fonts, colours, the plot frame); sizes are in SVG units and the page's CSS may
-scale the whole chart (``width: 100%; height: auto``) since each has a ``viewBox``.
+scale the whole chart (``width: 100%; height: auto``) since each has a ``viewBox``. A chart with nothing to draw
+says why in its middle (``empty="agreement needs overlap ≥ 2"``); "no data yet" when the caller gives no reason.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import NamedTuple
 
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 # Colour-blind-friendly series colours (Okabe-Ito), then tones for single marks.
 COLOURS = ["#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000"]
-TONES = {"default": "#0072b2", "bad": "#c0392b", "muted": "#98a2b3", "good": "#009e73", "overall": "#475467"}
+TONES = {
+    "default": "#0072b2",
+    "bad": "#c0392b",
+    "muted": "#98a2b3",
+    "good": "#009e73",
+    "overall": "#475467",
+    "warn": "#e69f00",
+}
 REFERENCE_COLOUR = "#b42318"
 INK, MUTED_INK, GRID = "#1d2330", "#5d6675", "#eef0f4"
 FONT = 'font-family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif"'
@@ -102,10 +111,13 @@ def _open(width: float, height: float, title: str, desc: str, css_class: str) ->
     ]
 
 
-def _empty(parts: list[str], width: float, height: float, message: str = "no data yet") -> SafeString:
+NO_DATA = "no data yet"
+
+
+def _empty(parts: list[str], width: float, height: float, message: str = NO_DATA) -> SafeString:
     parts.append(
-        f'<text x="{width / 2:g}" y="{height / 2:g}" text-anchor="middle" font-size="12" fill="{MUTED_INK}">'
-        f"{escape(message)}</text></svg>"
+        f'<text class="empty" x="{width / 2:g}" y="{height / 2:g}" text-anchor="middle" font-size="12" '
+        f'fill="{MUTED_INK}">{escape(message or NO_DATA)}</text></svg>'
     )
     return mark_safe("".join(parts))
 
@@ -146,19 +158,27 @@ def line_chart(
     y_range: tuple[float, float] | None = None,
     x_ticks: list[tuple[float, str]] | None = None,
     references: Sequence[Reference] = (),
+    partial: Collection[float] = (),
+    partial_label: str = "partial",
+    empty: str = NO_DATA,
     width: int = 560,
     height: int = 250,
     value_format: Callable[[float], str] = fmt,
 ) -> SafeString:
     """One polyline with dots per series (points sorted by x; a series of one point is a dot), y ticks, a
     legend with each series' last value, and horizontal reference lines. ``x_ticks`` names the x positions
-    (e.g. dates); by default round numbers are used."""
+    (e.g. dates); by default round numbers are used.
+
+    Points at the x values in ``partial`` rest on too little to be read like the others (a block still
+    filling): hollow dots, joined by a dashed line when they come last, and the legend quotes the last point that
+    is not partial (a series of partial points only is quoted with ``partial_label``)."""
     series = {
         name: sorted((x, y) for x, y in points if y is not None and math.isfinite(y)) for name, points in series.items()
     }
+    partial = set(partial)
     parts = _open(width, height, title, desc, "line-chart")
     if not any(series.values()):
-        return _empty(parts, width, height)
+        return _empty(parts, width, height, empty)
     left, right, top, bottom = 52, 14, 44, 38
     xs = [x for points in series.values() for x, _ in points]
     ys = [y for points in series.values() for _, y in points] + [r.value for r in references]
@@ -184,16 +204,31 @@ def line_chart(
     legend_x = left
     for i, (name, points) in enumerate(series.items()):
         colour = COLOURS[i % len(COLOURS)]
-        if len(points) > 1:
-            coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
-            parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>')
+        # The trailing partial points hang off the line by a dashed stretch from the last full point.
+        full = len(points)
+        while full and points[full - 1][0] in partial:
+            full -= 1
+        solid, dashed = points[:full], points[max(full - 1, 0) :] if full < len(points) else []
+        for stretch, dash in ((solid, ""), (dashed, ' stroke-dasharray="4 3"')):
+            if len(stretch) > 1:
+                coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in stretch)
+                parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="{coords}"/>')
         for x, y in points:
+            hollow = x in partial
+            fill = (
+                f'fill="#fff" stroke="{colour}" stroke-width="1.5" data-partial="true"'
+                if hollow
+                else f'fill="{colour}"'
+            )
+            note = f" ({partial_label})" if hollow else ""
             parts.append(
-                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}" data-series="{_attr(name)}" '
-                f'data-x="{x:g}" data-y="{y:.6g}"><title>{escape(name)} at {fmt(x)}: {escape(value_format(y))}</title></circle>'
+                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" {fill} data-series="{_attr(name)}" '
+                f'data-x="{x:g}" data-y="{y:.6g}">'
+                f"<title>{escape(name)} at {fmt(x)}: {escape(value_format(y))}{escape(note)}</title></circle>"
             )
         if points:
-            text = f"{name}: {value_format(points[-1][1])}"
+            quoted = solid[-1][1] if solid else points[-1][1]
+            text = f"{name}: {value_format(quoted)}" + ("" if solid else f" ({partial_label})")
             parts.append(f'<rect x="{legend_x}" y="{top - 14}" width="12" height="4" fill="{colour}"/>')
             parts.append(f'<text x="{legend_x + 16}" y="{top - 9}" font-size="11" fill="{INK}">{escape(text)}</text>')
             legend_x += 24 + 6.5 * len(text)
@@ -213,6 +248,7 @@ def bar_chart(
     bar_height: int = 18,
     label_width: int = 120,
     value_format: Callable[[float], str] = fmt,
+    empty: str = NO_DATA,
 ) -> SafeString:
     """Horizontal bars, one row per :class:`Bar` in the given order, the value (and note) printed after each
     bar, vertical reference lines labelled at the top. Horizontal, so long category names stay readable and
@@ -222,7 +258,7 @@ def bar_chart(
     height = top + row * max(len(bars), 1) + bottom
     parts = _open(width, height, title, desc, "bar-chart")
     if not bars:
-        return _empty(parts, width, height)
+        return _empty(parts, width, height, empty)
     values = [b.value for b in bars if b.value is not None] + [r.value for r in references]
     low, high = (
         x_range
@@ -373,6 +409,7 @@ def scatter(
     width: int = 560,
     height: int = 280,
     value_format: Callable[[float], str] = fmt,
+    empty: str = NO_DATA,
 ) -> SafeString:
     """Dots at (x, y), each with its label as a tooltip, vertical (``x_references``) and horizontal
     (``y_references``) reference lines. Dots whose tone is in ``labelled`` also print their label beside them
@@ -380,7 +417,7 @@ def scatter(
     parts = _open(width, height, title, desc, "scatter")
     points = [p for p in points if p.x is not None and p.y is not None and math.isfinite(p.x) and math.isfinite(p.y)]
     if not points:
-        return _empty(parts, width, height)
+        return _empty(parts, width, height, empty)
     left, right, top, bottom = 52, 14, 30, 40
     x0, x1 = _range([p.x for p in points] + [r.value for r in x_references], x_range)
     y0, y1 = _range([p.y for p in points] + [r.value for r in y_references], y_range)

@@ -9,7 +9,11 @@
   :func:`length_frame` (fed to ``reliability.position_bias`` / ``length_bias``), :func:`confusion_matrices`
   (against the Dawid-Skene labels of ``reliability.dawid_skene``), :func:`page_summary`.
 - **Charts**: :func:`dashboard_charts` turns the numbers and the project's review thresholds into SVG
-  (``annotate/charts.py``).
+  (``annotate/charts.py``); a chart with nothing to draw says why (:func:`empty_reasons`).
+- **Review**: red on the page means what automatic review means. The per-annotator figures are those review
+  judges (:func:`review_window`), the red/grey decision is ``vetting.review_checks`` (review's own rule), and
+  :func:`dashboard_data` runs ``actions.review_project`` on the active annotators it finds below a threshold,
+  so an annotator drawn red is always in the table of annotators under review.
 
 Caching. The page never recomputes on a plain reload: :func:`cached_summary` (``agreement.summary``, also used by
 the project page) and :func:`dashboard_data` are kept in Django's cache under a key made of the project, its newest
@@ -24,6 +28,7 @@ project at every view, so changing them shows at once.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from collections import Counter
 
@@ -34,16 +39,16 @@ from django.db.models import Case, IntegerField, Min, OuterRef, Subquery, Value,
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Length, TruncDate
 
-from . import agreement, charts, sql
+from . import actions, agreement, charts, sql, tasks
 from .charts import Bar, Point, Reference
 from .judgments import InvalidJudgment, vote_fields
-from .models import Item, Judgment, Kind, Membership, Project, Response
+from .models import Item, Judgment, Kind, Membership, Project, Response, Role
 from .reliability import dawid_skene, length_bias, position_bias
-from .selectors import GOLD_WINDOW, pseudonyms
-from .vetting import MIN_TIMED, gold_score
+from .selectors import GOLD_WINDOW, REVIEW_WINDOW, pseudonyms
+from .vetting import MIN_POSITION, MIN_TIMED, REVIEW_THRESHOLDS, AnnotatorStats, gold_score, review_checks
 
 CACHE_SECONDS = 24 * 3600
-CACHE_FORMAT = 1  # bump when the shape of a cached value changes, so a shared cache never serves the old shape
+CACHE_FORMAT = 2  # bump when the shape of a cached value changes, so a shared cache never serves the old shape
 KAPPA_SHOWN = 20  # the page lists this many of the lowest pairwise κ (or τ)...
 KAPPA_MIN_SHARED = 5  # ...among pairs sharing at least this many items
 MAX_BARS = 40  # per-annotator bar charts show the most worrying this many
@@ -57,6 +62,13 @@ OUTCOMES = {0: Judgment.Outcome.WIN, 1: Judgment.Outcome.TIE, 2: Judgment.Outcom
 # The order of classes in a confusion matrix: pairwise names, then step labels (rating scales keep their own order).
 CLASS_ORDER = ["response 0", "response 1", "tie", "both bad", "positive", "neutral", "negative"]
 REINSTATABLE = (Membership.Status.FLAGGED, Membership.Status.PAUSED, Membership.Status.REFUSED)
+# The statuses the table of annotators under review lists: an annotator drawn red always has one of them.
+UNDER_REVIEW = (
+    Membership.Status.CANDIDATE,
+    Membership.Status.FLAGGED,
+    Membership.Status.PAUSED,
+    Membership.Status.REFUSED,
+)
 
 # How often each cached value was computed in this process: tests read it to check that a view hit the cache.
 computations: Counter = Counter()
@@ -114,15 +126,71 @@ def cached_summary(project: Project) -> dict:
 
 def dashboard_data(project: Project, over: str = "block") -> dict:
     """Every number of the dashboard (see :func:`compute_dashboard`), cached by :func:`data_version`; its
-    ``summary`` is the same cached value :func:`cached_summary` returns. ``over``: "block" or "day"."""
+    ``summary`` is the same cached value :func:`cached_summary` returns. ``over``: "block" or "day".
+
+    Automatic review runs here too, so that the page never draws an active annotator red: the annotators whose
+    figures fall below a threshold of the project as it is now (:func:`review_candidates`) go through
+    ``actions.review_project`` — the review a submit runs — once per version of the data and of the thresholds.
+    Whoever it flags or pauses changes the version, and the numbers are read again with their new status.
+    It also keeps the periodic review on the queue (``tasks.keep_review_scheduled``)."""
     over = "day" if over == "day" else "block"
+    tasks.keep_review_scheduled()
+    version, data = _dashboard_data(project, over)
+    candidates = review_candidates(data, project)
+    if candidates:
+        who = hashlib.sha1(",".join(map(str, candidates)).encode()).hexdigest()  # cache keys allow no spaces
+        key = f"arbiter:dashboard:{CACHE_FORMAT}:reviewed:{version}:{review_settings(project)}:{who}"
+        if cache.get(key) is None:
+            flagged = actions.review_project(project, user_ids=candidates)
+            cache.set(key, sorted(flagged), CACHE_SECONDS)
+            if flagged:
+                version, data = _dashboard_data(project, over)
+    return data
+
+
+def _dashboard_data(project: Project, over: str) -> tuple[str, dict]:
     version = data_version(project)
 
     def compute() -> dict:
         summary = _cached(project, "summary", lambda: _summary(project), version)
         return compute_dashboard(project, summary, over)
 
-    return _cached(project, f"dashboard-{over}", compute, version)
+    return version, _cached(project, f"dashboard-{over}", compute, version)
+
+
+def review_settings(project: Project) -> str:
+    """The project's review thresholds as a key: the dashboard reviews again when one changes."""
+    return ",".join(f"{getattr(project, name):g}" for name in (*REVIEW_THRESHOLDS, "review_min_gold"))
+
+
+def review_stats(row: dict, project_median_s: float | None) -> AnnotatorStats:
+    """An annotator row of :func:`compute_dashboard` as the figures review checks (``vetting.review_checks``):
+    the same windows, so the same verdicts. Agreement with the majority is left out (no chart draws it)."""
+    position = row.get("position") or {}
+    timed = row["n_timed"] >= MIN_TIMED and row["median_s"] is not None
+    return AnnotatorStats(
+        n_gold=row["gold_n"],
+        gold_accuracy=row["gold_accuracy"],
+        median_ms=row["median_s"] * 1000 if timed else None,
+        project_median_ms=project_median_s * 1000 if project_median_s else None,
+        n_wins=position.get("n", 0),
+        n_first=position.get("k", 0),
+    )
+
+
+def row_checks(row: dict, data: dict, project: Project) -> dict[str, str]:
+    """The review thresholds an annotator row of :func:`dashboard_data` falls below, as things are now."""
+    return review_checks(review_stats(row, data["project_median_s"]), project)
+
+
+def review_candidates(data: dict, project: Project) -> list[int]:
+    """User ids of the active annotators that review acts on whose figures fall below a threshold: the ones the
+    dashboard would draw red if review flagged them. Pure: reads :func:`dashboard_data` and the project."""
+    return sorted(
+        row["user"]
+        for row in data["annotators"]
+        if row["status"] == Membership.Status.ACTIVE and row["reviewed"] and row_checks(row, data, project)
+    )
 
 
 def page_summary(summary: dict, shown: int = KAPPA_SHOWN, min_shared: int = KAPPA_MIN_SHARED) -> dict:
@@ -267,6 +335,25 @@ def day_starts(project: Project) -> list[tuple]:
     )
 
 
+def review_since(project: Project) -> dict[int, float]:
+    """``{annotator: first judgment id after their last status change}`` for active members whose status changed
+    (admitted, reinstated), from one query: review judges only that work (``selectors.annotator_stats``'s
+    ``since``), and so do the dashboard's per-annotator figures. Infinity when nothing came after."""
+    first_after = (
+        Judgment.objects.filter(
+            project=project, annotator_id=OuterRef("user_id"), created_at__gt=OuterRef("status_changed_at")
+        )
+        .order_by("id")
+        .values("id")[:1]
+    )
+    rows = (
+        Membership.objects.filter(project=project, status=Membership.Status.ACTIVE, status_changed_at__isnull=False)
+        .annotate(first_after=Subquery(first_after))
+        .values_list("user_id", "first_after")
+    )
+    return {user: float("inf") if first is None else float(first) for user, first in rows}
+
+
 def status_rows(project: Project) -> list[Membership]:
     """Members who are not active (candidates, flagged, paused, refused), with their user, for the status table."""
     return list(
@@ -297,6 +384,14 @@ def day_periods(judgments: np.ndarray, starts: list[tuple]) -> tuple[np.ndarray,
     first_ids = np.array([first for _, first in starts])
     period = np.maximum(np.searchsorted(first_ids, judgments, side="right") - 1, 0)
     return period, [(float(i), day.isoformat()) for i, (day, _) in enumerate(starts)]
+
+
+def review_window(frame: pd.DataFrame, since: dict[int, float], window: int) -> pd.DataFrame:
+    """Each annotator's newest ``window`` rows of ``frame`` from their ``since`` judgment id on (annotators
+    not in ``since``: all their rows): the work automatic review looks at. Newest first."""
+    if since:
+        frame = frame[frame["judgment"] >= frame["annotator"].map(since).fillna(0)]
+    return frame.sort_values("judgment", ascending=False, kind="stable").groupby("annotator").head(window)
 
 
 def item_periods(judgments: pd.DataFrame, period: np.ndarray) -> pd.Series:
@@ -364,15 +459,19 @@ def rolling_gold_accuracy(scores: pd.DataFrame, window: int = GOLD_WINDOW) -> pd
     return grouped
 
 
-def speed(frame: pd.DataFrame, recent: int = RECENT_TIMED) -> tuple[pd.DataFrame, float | None]:
-    """Median time on task per annotator (normal items, timed judgments) and the project's median.
+def speed(
+    frame: pd.DataFrame, recent: int = RECENT_TIMED, since: dict[int, float] | None = None, window: int = REVIEW_WINDOW
+) -> tuple[pd.DataFrame, float | None]:
+    """Median time on task per annotator and the project's median: the two numbers automatic review compares
+    (``vetting.review_checks``), as it computes them.
 
     ``frame`` is a :func:`judgment_frame`. Returns a frame indexed by annotator with ``n_timed`` and
-    ``median_ms``, and the project's median over its last ``recent`` timed judgments of any purpose — the two
-    numbers automatic review compares (``vetting.review_findings``).
+    ``median_ms`` over their newest ``window`` timed judgments on normal items (from their ``since`` judgment id
+    on, see :func:`review_window`), and the project's median over its last ``recent`` timed judgments of any
+    purpose and annotator.
     """
     timed = frame[frame["duration_ms"].notna()]
-    normal = timed[timed["purpose"] == NORMAL]
+    normal = review_window(timed[timed["purpose"] == NORMAL], since or {}, window)
     per_annotator = normal.groupby("annotator")["duration_ms"].agg(["count", "median"])
     per_annotator.columns = ["n_timed", "median_ms"]
     latest = timed.nlargest(recent, "judgment")
@@ -524,13 +623,20 @@ def kind_labels(project: Project, frame: pd.DataFrame, data: dict[int, dict], re
 def compute_dashboard(project: Project, summary: dict, over: str = "block") -> dict:
     """Every number the dashboard shows, JSON-safe, annotators named by pseudonym (see the module docstring).
 
-    Keys: ``summary`` (:func:`page_summary`), ``over_time`` (``by``, ``block_size``, ``level``, ``points``:
-    ``x``, ``label``, ``n_items``, ``percent_agreement``, ``alpha``), ``annotators`` (per annotator: ``name``,
-    ``status``, ``n``, ``gold_n``, ``gold_accuracy`` (rolling), ``n_timed``, ``median_s``, ``position`` and
-    ``length`` (``n``, ``k``, ``rate``, ``p_value``), ``agreement_with_majority``, ``reliability`` and
-    ``reliability_note``, the reason it is None), ``project_median_s``, ``position_overall``, ``length_overall``, ``confusion`` (``reference``, ``classes``,
-    ``matrices``: ``name``, ``accuracy``, ``accuracy_note``, ``counts``; ``n_annotators``, ``iterations``,
-    ``converged``).
+    Keys: ``summary`` (:func:`page_summary`), ``over_time`` (``by``, ``block_size``, ``partial_below``, ``level``,
+    ``points``: ``x``, ``label``, ``n_items``, ``n_judgments``, ``partial`` (fewer than ``partial_below``
+    judgments), ``percent_agreement``, ``alpha``), ``annotators`` (per annotator: ``user`` (id, for review on
+    view, never rendered), ``name``, ``status``, ``role``, ``reviewed`` (whether automatic review acts on them),
+    ``n``, ``gold_n``, ``gold_accuracy`` (rolling), ``n_timed``, ``median_s``, ``position`` and ``length`` (``n``,
+    ``k``, ``rate``, ``p_value``), ``agreement_with_majority``, ``reliability`` and ``reliability_note``, the
+    reason it is None), ``project_median_s``, ``position_overall``, ``length_overall``, ``confusion``
+    (``reference``, ``classes``, ``matrices``: ``name``, ``accuracy``, ``accuracy_note``, ``counts``;
+    ``n_annotators``, ``iterations``, ``converged``), ``counts`` (what :func:`empty_reasons` needs: ``normal``,
+    ``timed``, ``gold_items``, ``gold_answers``, ``wins``, ``wins_shown``, ``wins_different_lengths``).
+
+    The per-annotator gold accuracy, speed and biases are over the work automatic review judges
+    (:func:`review_window`): for an active annotator, what came after their last status change; the newest 20
+    gold answers and 1,000 normal answers. The "everyone" biases are over all the project's votes.
     """
     frame = judgment_frame(project)
     pairwise = project.kind == Kind.PAIRWISE
@@ -539,7 +645,14 @@ def compute_dashboard(project: Project, summary: dict, over: str = "block") -> d
     worked = frame[frame["purpose"] != QUALIFICATION]
     ids = sorted(set(worked["annotator"].tolist()))
     names = pseudonyms(project, ids)
-    statuses = dict(Membership.objects.filter(project=project).values_list("user_id", "status"))
+    members = {
+        user: (status, role)
+        for user, status, role in Membership.objects.filter(project=project).values_list("user_id", "status", "role")
+    }
+    # Review judges an active annotator's work since their last status change, and only annotators who judged
+    # here (actions.review_project): the per-annotator figures below are those, so red means what review means.
+    since = review_since(project)
+    judged_here = set(worked.loc[worked["imported"] == 0, "annotator"].tolist())
 
     # Agreement over time, on normal items, in the order judgments arrived.
     normal = frame[frame["purpose"] == NORMAL]
@@ -549,6 +662,8 @@ def compute_dashboard(project: Project, summary: dict, over: str = "block") -> d
         period, ticks = day_periods(normal["judgment"].to_numpy(), day_starts(project))
     else:
         period, ticks = block_periods(normal["judgment"].to_numpy(), block_size)
+    partial_below = MIN_BLOCK if over == "day" else block_size
+    per_period = np.bincount(period, minlength=len(ticks)) if len(normal) else np.zeros(len(ticks), dtype=np.int64)
     points = []
     if labels["level"] and len(normal):
         timeline = agreement_over_time(
@@ -556,11 +671,16 @@ def compute_dashboard(project: Project, summary: dict, over: str = "block") -> d
         )
         for p, row in timeline.iterrows():
             x, label = ticks[p]
+            n_judgments = int(per_period[p])
             points.append(
                 {
                     "x": x,
                     "label": label,
                     "n_items": int(row.n_items),
+                    "n_judgments": n_judgments,
+                    # Fewer judgments than a full block (the block still filling, or a quiet day): drawn hollow,
+                    # never quoted as the current value.
+                    "partial": n_judgments < partial_below,
                     "percent_agreement": _number(row.percent_agreement),
                     "alpha": _number(row.alpha),
                 }
@@ -568,9 +688,7 @@ def compute_dashboard(project: Project, summary: dict, over: str = "block") -> d
 
     # Rolling gold accuracy: the newest GOLD_WINDOW gold answers per annotator, scored as review scores them.
     expected = gold_expectations(project) if (frame["purpose"] == GOLD).any() else {}
-    gold_votes = (
-        frame[frame["purpose"] == GOLD].sort_values("judgment", ascending=False).groupby("annotator").head(GOLD_WINDOW)
-    )
+    gold_votes = review_window(frame[frame["purpose"] == GOLD], since, GOLD_WINDOW)
     scores = []
     for judgment, item, annotator, code, winner in zip(
         gold_votes["judgment"],
@@ -584,13 +702,24 @@ def compute_dashboard(project: Project, summary: dict, over: str = "block") -> d
         scores.append((judgment, annotator, np.nan if score is None else score))
     gold = rolling_gold_accuracy(pd.DataFrame(scores, columns=["judgment", "annotator", "score"]))
 
-    per_speed, project_median_ms = speed(frame)
+    per_speed, project_median_ms = speed(frame, since=since)
 
+    # Biases per annotator over the newest answers review looks at; "everyone" over all the project's votes.
     position = length = None
+    position_all = length_all = None
+    wins = {"all": 0, "shown": 0, "different_lengths": 0}
     if pairwise:
-        position = position_bias(position_frame(frame))
+        recent = review_window(normal, since, REVIEW_WINDOW)
         lengths = responses.set_index("response")["length"]
-        length = length_bias(length_frame(frame, lengths))
+        position = position_bias(position_frame(recent))
+        length = length_bias(length_frame(recent, lengths))
+        shown_order, by_length = position_frame(frame), length_frame(frame, lengths)
+        position_all, length_all = position_bias(shown_order), length_bias(by_length)
+        wins = {
+            "all": int((normal["outcome_code"] == 0).sum()),
+            "shown": len(shown_order),
+            "different_lengths": len(by_length),
+        }
 
     # Dawid-Skene on categorical labels: its accuracy per annotator and its posterior labels, the reference of
     # the confusion matrices.
@@ -629,9 +758,14 @@ def compute_dashboard(project: Project, summary: dict, over: str = "block") -> d
     for a in ids:
         name = names[a]
         row = from_summary.get(name, {})
+        status, role = members.get(a, ("", ""))
         entry = {
+            "user": int(a),  # for review on view; never rendered (the page names annotators by pseudonym)
             "name": name,
-            "status": statuses.get(a, ""),
+            "status": status,
+            "role": role,
+            # Whether automatic review acts on them (actions.review_project): annotators who judged here.
+            "reviewed": role == Role.ANNOTATOR and a in judged_here,
             "n": int((normal["annotator"] == a).sum()),
             "gold_n": int(gold["n"].get(a, 0)) if len(gold) else 0,
             "gold_accuracy": _number(gold["accuracy"].get(a)) if len(gold) else None,
@@ -647,12 +781,27 @@ def compute_dashboard(project: Project, summary: dict, over: str = "block") -> d
     annotators.sort(key=lambda r: r["name"])
     return {
         "summary": summary,
-        "over_time": {"by": over, "block_size": block_size, "level": labels["level"], "points": points},
+        "over_time": {
+            "by": over,
+            "block_size": block_size,
+            "partial_below": partial_below,
+            "level": labels["level"],
+            "points": points,
+        },
         "annotators": annotators,
         "project_median_s": None if project_median_ms is None else project_median_ms / 1000,
-        "position_overall": _bias_overall(position),
-        "length_overall": _bias_overall(length),
+        "position_overall": _bias_overall(position_all),
+        "length_overall": _bias_overall(length_all),
         "confusion": confusion,
+        "counts": {
+            "normal": int(len(normal)),
+            "timed": int(normal["duration_ms"].notna().sum()),
+            "gold_items": Item.objects.filter(project=project, purpose=Item.Purpose.GOLD).count(),
+            "gold_answers": int((frame["purpose"] == GOLD).sum()),
+            "wins": wins["all"],
+            "wins_shown": wins["shown"],
+            "wins_different_lengths": wins["different_lengths"],
+        },
     }
 
 
@@ -682,15 +831,108 @@ def _p(value: float | None) -> str:
     return f"{value:.2g}" if value >= 0.001 else f"{value:.1e}"
 
 
+def empty_reasons(data: dict, project: Project) -> dict[str, str]:
+    """Why each chart or table of :func:`dashboard_data` is empty when it is, in words a researcher can act on:
+    ``agreement`` (the headline, agreement over time, the lowest pairs), ``pairs``, ``gold``, ``speed``,
+    ``position``, ``length``, ``scatter`` and ``annotators``. Pure: reads the data and the project."""
+    counts = data["counts"]
+    no_work = "no judgments on normal items yet"
+    overlapping = data["summary"].get("n_items_with_overlap") or 0
+    if data["over_time"]["level"] is None:
+        agreement_reason = f"agreement is not measured for {project.get_kind_display().lower()} projects"
+    elif project.overlap < 2:
+        agreement_reason = f"agreement needs overlap ≥ 2 (this project's overlap is {project.overlap})"
+    elif not counts["normal"]:
+        agreement_reason = no_work
+    else:
+        agreement_reason = "no item has labels from 2 annotators yet"
+    if not counts["gold_items"]:
+        gold = 'no gold items (import items with "purpose": "gold" to measure accuracy)'
+    elif not counts["gold_answers"]:
+        gold = f"no gold answers yet ({counts['gold_items']} gold items)"
+    else:
+        gold = "no gold answer can be scored (the gold items' answers are not valid votes)"
+    if not counts["normal"]:
+        speed_reason = no_work
+    elif not counts["timed"]:
+        speed_reason = "no timed judgments (imported votes carry no time on task)"
+    else:
+        speed_reason = "no annotator has a timed judgment in the work review looks at"
+    no_wins = "no wins yet (ties and “both bad” have no winner)"
+    if not counts["normal"]:
+        position_reason = length_reason = no_work
+    elif not counts["wins"]:
+        position_reason = length_reason = no_wins
+    else:
+        position_reason = (
+            "only imported wins: the order they were shown in is unknown"
+            if not counts["wins_shown"]
+            else "no win in the work review looks at"
+        )
+        length_reason = (
+            "no win between responses of different lengths"
+            if not counts["wins_different_lengths"]
+            else "no win in the work review looks at"
+        )
+    _, y_name = _scatter_axis(data["annotators"])
+    return {
+        "agreement": agreement_reason,
+        "pairs": f"no two annotators share {KAPPA_MIN_SHARED} items yet" if overlapping else agreement_reason,
+        "gold": gold,
+        "speed": speed_reason,
+        "position": position_reason,
+        "length": length_reason,
+        "scatter": speed_reason if not counts["timed"] else f"no annotator has both a median time and {y_name}",
+        "annotators": "no judgments yet",
+    }
+
+
+def _scatter_axis(annotators: list[dict]) -> tuple[str, str]:
+    """The scatter's y: gold accuracy where anyone has one, else agreement with the majority."""
+    if any(a["gold_accuracy"] is not None for a in annotators):
+        return "gold_accuracy", "gold accuracy"
+    return "agreement_with_majority", "agreement with majority"
+
+
+def _not_reviewed(row: dict) -> str:
+    """Why an annotator below a threshold is not red: review does not act on them (or found nothing)."""
+    if not row["status"]:
+        return "former member, not reviewed"
+    if row["role"] != Role.ANNOTATOR:
+        return f"{row['role']}, not reviewed"
+    if not row["reviewed"]:
+        return "imported votes only, not reviewed"
+    return "not flagged by review"
+
+
+def _tone(row: dict, check: str, checks: dict, enough: bool) -> tuple[str, str]:
+    """A per-annotator mark's tone and the words added to its note.
+
+    Red only when review's own rule (``vetting.review_checks``) finds the annotator below this threshold *and*
+    the table of annotators under review lists them, so the page never draws red beside "Everyone is active".
+    Below a threshold without being listed (review does not act on them, see :func:`_not_reviewed`): grey, with
+    the reason. Grey too with fewer answers than review needs to judge."""
+    if not enough:
+        return "muted", ""
+    if check not in checks:
+        return "default", ""
+    if row["status"] in UNDER_REVIEW:
+        return "bad", ""
+    return "muted", f" · {_not_reviewed(row)}"
+
+
 def dashboard_charts(data: dict, project: Project) -> dict:
     """The dashboard's SVG charts from :func:`dashboard_data` and the project's current review thresholds.
 
     Per-annotator charts show at most :data:`MAX_BARS` annotators, the most worrying first (lowest gold
-    accuracy, fastest, smallest bias p-value); bars that would trigger automatic review are red, bars with too
-    few answers for review to judge are grey.
+    accuracy, fastest, smallest bias p-value); a bar is red where automatic review acts on it (:func:`_tone`),
+    grey with too few answers for review to judge or for an annotator review does not act on. An empty chart
+    says why (:func:`empty_reasons`).
     """
     result = {}
+    reasons = empty_reasons(data, project)
     annotators = data["annotators"]
+    checks = {a["name"]: row_checks(a, data, project) for a in annotators}
     over = data["over_time"]
     level = over["level"] or "nominal"
     series = {
@@ -702,9 +944,11 @@ def dashboard_charts(data: dict, project: Project) -> dict:
     lows = [y for points in series.values() for _, y in points]
     y0 = min([0.0] + lows)
     by_day = over["by"] == "day"
+    unit = "day" if by_day else "block"
     ticks = [(p["x"], p["label"]) for p in over["points"]]
     if len(ticks) > 8:
         ticks = ticks[:: -(-len(ticks) // 8)]
+    partial = [p for p in over["points"] if p.get("partial")]
     result["over_time"] = charts.line_chart(
         series,
         title="Percent agreement and Krippendorff's α "
@@ -715,6 +959,7 @@ def dashboard_charts(data: dict, project: Project) -> dict:
             + ": "
             + "; ".join(
                 f"{p['label']}: {charts.fmt(p['percent_agreement'])}, α {charts.fmt(p['alpha'])} over {p['n_items']} items"
+                + (f" (partial {unit}: {p['n_judgments']} judgments)" if p.get("partial") else "")
                 for p in over["points"]
             )
         ),
@@ -722,21 +967,19 @@ def dashboard_charts(data: dict, project: Project) -> dict:
         y_range=(y0, 1.0),
         x_ticks=ticks,
         references=[Reference(0.0, "chance (α = 0)", "#98a2b3")] if y0 < 0 else [],
+        partial=[p["x"] for p in partial],
+        partial_label=f"partial {unit}",
+        empty=reasons["agreement"],
     )
 
     # Gold accuracy, rolling: the lowest first.
     judged = [a for a in annotators if a["gold_accuracy"] is not None]
     judged.sort(key=lambda a: (a["gold_accuracy"], a["name"]))
     threshold, needed = project.review_gold_accuracy, project.review_min_gold
-    bars = [
-        Bar(
-            a["name"],
-            a["gold_accuracy"],
-            f"n={a['gold_n']}",
-            "muted" if a["gold_n"] < needed else "bad" if threshold and a["gold_accuracy"] < threshold else "default",
-        )
-        for a in judged[:MAX_BARS]
-    ]
+    bars = []
+    for a in judged[:MAX_BARS]:
+        tone, why = _tone(a, "gold", checks[a["name"]], a["gold_n"] >= needed)
+        bars.append(Bar(a["name"], a["gold_accuracy"], f"n={a['gold_n']}{why}", tone))
     result["gold"] = charts.bar_chart(
         bars,
         title=f"Gold accuracy (last {GOLD_WINDOW} gold answers)" + _shown(len(bars), len(judged), "lowest"),
@@ -744,6 +987,7 @@ def dashboard_charts(data: dict, project: Project) -> dict:
         x_range=(0.0, 1.0),
         references=[Reference(threshold, f"review below {threshold:.2f}")] if threshold else [],
         value_format=lambda v: f"{v:.2f}",
+        empty=reasons["gold"],
     )
 
     # Speed: the fastest first, against the project's median and the review threshold.
@@ -751,19 +995,10 @@ def dashboard_charts(data: dict, project: Project) -> dict:
     timed.sort(key=lambda a: (a["median_s"], a["name"]))
     median, ratio = data["project_median_s"], project.review_speed_ratio
     floor = ratio * median if (ratio and median) else None
-    bars = [
-        Bar(
-            a["name"],
-            a["median_s"],
-            f"n={a['n_timed']}",
-            "muted"
-            if a["n_timed"] < MIN_TIMED
-            else "bad"
-            if floor is not None and a["median_s"] < floor
-            else "default",
-        )
-        for a in timed[:MAX_BARS]
-    ]
+    bars = []
+    for a in timed[:MAX_BARS]:
+        tone, why = _tone(a, "speed", checks[a["name"]], a["n_timed"] >= MIN_TIMED)
+        bars.append(Bar(a["name"], a["median_s"], f"n={a['n_timed']}{why}", tone))
     references = []
     if median:
         references.append(Reference(median, f"project median {median:.1f} s", "#5d6675"))
@@ -776,6 +1011,7 @@ def dashboard_charts(data: dict, project: Project) -> dict:
         x_label="seconds",
         references=references,
         value_format=lambda v: f"{v:.1f} s" if v < 100 else f"{v:.0f} s",
+        empty=reasons["speed"],
     )
 
     if project.kind == Kind.PAIRWISE:
@@ -789,23 +1025,16 @@ def dashboard_charts(data: dict, project: Project) -> dict:
             overall = data[f"{key}_overall"]
             bars = []
             if overall:
-                bars.append(
-                    Bar(
-                        "everyone",
-                        overall["rate"],
-                        f"p={_p(overall['p_value'])} n={overall['n']}",
-                        "bad" if p_review and overall["p_value"] < p_review else "overall",
-                    )
-                )
-            bars += [
-                Bar(
-                    a["name"],
-                    a[key]["rate"],
-                    f"p={_p(a[key]['p_value'])} n={a[key]['n']}",
-                    "bad" if p_review and a[key]["p_value"] < p_review else "default",
-                )
-                for a in rows[:MAX_BARS]
-            ]
+                # The project as a whole: no one to review, so never red; the note says the p-value.
+                bars.append(Bar("everyone", overall["rate"], f"p={_p(overall['p_value'])} n={overall['n']}", "overall"))
+            for a in rows[:MAX_BARS]:
+                enough = a[key]["n"] >= MIN_POSITION
+                if key == "position":
+                    tone, why = _tone(a, "position", checks[a["name"]], enough)
+                else:  # review does not act on length: amber, never red
+                    low = bool(p_review) and a[key]["p_value"] is not None and a[key]["p_value"] < p_review
+                    tone, why = ("muted" if not enough else "warn" if low else "default"), ""
+                bars.append(Bar(a["name"], a[key]["rate"], f"p={_p(a[key]['p_value'])} n={a[key]['n']}{why}", tone))
             result[key] = charts.bar_chart(
                 bars,
                 title=title + _shown(len(rows[:MAX_BARS]), len(rows), "smallest p"),
@@ -814,11 +1043,11 @@ def dashboard_charts(data: dict, project: Project) -> dict:
                 x_range=(0.0, 1.0),
                 references=[Reference(0.5, "no bias (0.5)", "#5d6675")],
                 value_format=lambda v: f"{v:.2f}",
+                empty=reasons[key],
             )
 
     # Accuracy against speed: one dot per annotator, flagged and paused ones in red.
-    y_key = "gold_accuracy" if any(a["gold_accuracy"] is not None for a in annotators) else "agreement_with_majority"
-    y_name = "gold accuracy" if y_key == "gold_accuracy" else "agreement with majority"
+    y_key, y_name = _scatter_axis(annotators)
     dots = [
         Point(
             a["median_s"],
@@ -840,6 +1069,7 @@ def dashboard_charts(data: dict, project: Project) -> dict:
         y_references=[Reference(project.review_gold_accuracy, "review below")]
         if y_key == "gold_accuracy" and project.review_gold_accuracy
         else [],
+        empty=reasons["scatter"],
     )
 
     criteria = data["summary"].get("by_criterion") or {}
@@ -875,6 +1105,7 @@ def dashboard_charts(data: dict, project: Project) -> dict:
             )
             for m in confusion["matrices"]
         ]
+    result["empty"] = reasons
     return result
 
 

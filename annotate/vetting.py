@@ -106,28 +106,53 @@ MIN_TIMED = 10
 MIN_POSITION = 30
 
 
-def review_findings(stats: AnnotatorStats, project) -> list[str]:
-    """The thresholds an annotator falls below; an empty list means nothing to review."""
-    findings = []
+# The thresholds that switch a check on (0 turns each off); review_min_gold only sizes the gold check.
+REVIEW_THRESHOLDS = (
+    "review_gold_accuracy",
+    "review_majority_agreement",
+    "review_speed_ratio",
+    "review_position_bias_p",
+)
+
+
+def review_enabled(project) -> bool:
+    """Whether automatic review checks anything in ``project`` (at least one threshold is on)."""
+    return any(getattr(project, name) for name in REVIEW_THRESHOLDS)
+
+
+def review_checks(stats: AnnotatorStats, project) -> dict[str, str]:
+    """The thresholds an annotator falls below, by check: ``"gold"``, ``"agreement"``, ``"speed"`` and
+    ``"position"``, each with its finding. The one rule of automatic review: :func:`review_findings` (what
+    ``actions.review_annotator`` acts on) and the dashboard's red marks are both read from it.
+
+    A check needs enough answers to judge: ``review_min_gold`` scored gold answers, :data:`MIN_SHARED` items
+    with a unique majority of others, :data:`MIN_TIMED` timed answers (``median_ms`` is None with fewer),
+    :data:`MIN_POSITION` wins."""
+    checks = {}
     if project.review_gold_accuracy and stats.n_gold >= project.review_min_gold:
         if stats.gold_accuracy is not None and stats.gold_accuracy < project.review_gold_accuracy:
-            findings.append(
+            checks["gold"] = (
                 f"gold accuracy {stats.gold_accuracy:.2f} over the last {stats.n_gold} gold items is below {project.review_gold_accuracy:.2f}"
             )
     if project.review_majority_agreement and stats.n_shared >= MIN_SHARED and stats.majority_agreement is not None:
         if stats.majority_agreement < project.review_majority_agreement:
-            findings.append(
+            checks["agreement"] = (
                 f"agreement with the majority {stats.majority_agreement:.2f} over {stats.n_shared} items is below {project.review_majority_agreement:.2f}"
             )
     if project.review_speed_ratio and stats.median_ms and stats.project_median_ms:
         if stats.median_ms < project.review_speed_ratio * stats.project_median_ms:
-            findings.append(
+            checks["speed"] = (
                 f"median time on task {stats.median_ms / 1000:.1f} s is far below the project's {stats.project_median_ms / 1000:.1f} s"
             )
     if project.review_position_bias_p and stats.n_wins >= MIN_POSITION:
         p = stats.position_p_value
         if p is not None and p < project.review_position_bias_p:
-            findings.append(
+            checks["position"] = (
                 f"chose the first-shown response {stats.position_rate:.0%} of {stats.n_wins} times (binomial p = {p:.1e})"
             )
-    return findings
+    return checks
+
+
+def review_findings(stats: AnnotatorStats, project) -> list[str]:
+    """The thresholds an annotator falls below (:func:`review_checks`); an empty list means nothing to review."""
+    return list(review_checks(stats, project).values())

@@ -121,8 +121,10 @@ def test_an_annotator_who_always_picks_the_first_response_shows_position_rate_1_
 
     html = client_for(researcher).get("/p/demo/dashboard/").content.decode()
     assert svg_value(html, pseudonym(project, clicker), "position-chart") == 1.0
-    # The clicker's bar is red (p below the project's review p-value) and the chart says its p-value.
-    assert re.search(rf'class="bar bad" [^>]*data-label="{pseudonym(project, clicker)}"', html)
+    # p is below the project's review p-value, but review judges position only from 30 wins: the bar is grey, not
+    # red beside "Everyone is active" (it was red, and review never flagged them). The chart says its p-value.
+    assert re.search(rf'class="bar muted" [^>]*data-label="{pseudonym(project, clicker)}"', html)
+    assert 'class="bar bad"' not in html and "Everyone is active." in html
     assert "p=4.9e-04 n=12" in html
     assert svg_value(html, pseudonym(project, careful), "speed-chart") == 6.0
     assert svg_value(html, pseudonym(project, clicker), "speed-chart") == 2.0
