@@ -385,3 +385,46 @@ def item_labels(project: Project, item: Item, names: dict[int, str], models: boo
                 }
             )
     return rows
+
+
+def item_detail(item: Item, models: bool = False) -> dict:
+    """An item as the browser shows it: responses by stored order (A first), every vote, the labels of each
+    aggregation, adjudications and flags."""
+    project = item.project
+    responses = list(item.responses.order_by("index"))
+    names = letters([r.id for r in responses])
+    history = adjudication_history(project, item, names)
+    flags = Flag.objects.filter(item=item).order_by("id")
+    people = pseudonyms(project, {f.annotator_id for f in flags})
+    return {
+        "id": item.pk,
+        "external_id": item.external_id,
+        "round": item.round.number if item.round else None,
+        "purpose": item.purpose,
+        "n_votes": item.n_judgments,
+        "open_slots": item.open_slots,
+        "winner_share": item.winner_share,
+        "prompt": item.prompt,
+        "metadata": item.metadata,
+        "gold": item.gold,
+        "responses": [
+            {"letter": names[r.id], "id": r.id, "index": r.index, "text": r.text, "model": r.model_name}
+            for r in responses
+        ],
+        "votes": item_votes(project, item, names),
+        "labels": item_labels(project, item, names, models=models),
+        "adjudication": next((a for a in history if a["current"]), None),
+        "adjudications": history,
+        "flags": [
+            {
+                "id": f.pk,
+                "category": f.category,
+                "note": f.note,
+                "annotator": people[f.annotator_id],
+                "status": f.status,
+                "resolution": f.resolution,
+                "created_at": f.created_at,
+            }
+            for f in flags
+        ],
+    }

@@ -4,21 +4,24 @@ and every form also works as a plain POST that redirects, so the pages work with
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
+from urllib.parse import quote
 
 from django.contrib import messages
-from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db import connection
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from django_htmx.http import trigger_client_event
 
-from . import actions, dashboard, selectors
+from . import actions, browsing, dashboard, selectors
 from .actions import Conflict, create_snapshot
 from .exports import ExportError, canonical, iter_rows
 from .exports.options import default_format
@@ -35,7 +38,7 @@ from .forms import (
 )
 from .imports import MAX_ERRORS_REPORTED, ImportFailed, detect_format, parse_items, read_upload
 from .judgments import STRENGTH_LABELS, InvalidJudgment
-from .models import Judgment, Kind, Membership, Role, Task
+from .models import Flag, Item, Judgment, Kind, Membership, Role, Task
 from .permissions import can_create_projects, require_role, visible_projects
 from .rendering import word_diff
 
@@ -63,14 +66,21 @@ def home(request):
 @login_required
 @require_http_methods(["GET", "POST"])
 def project_new(request):
+    """The new-project form, with only the chosen kind's settings. ``?kind=`` picks the kind (the page's links
+    without JavaScript; with it, htmx asks for the kind's fields, ``#kind-fields``, when the kind changes), and the
+    other query parameters refill what was typed."""
     if not can_create_projects(request.user):
         raise PermissionDenied("Only researchers and admins create projects.")
-    form = ProjectForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        project = actions.create_project(created_by=request.user, **form.cleaned_data)
-        messages.success(request, f"Project {project.slug} created.")
-        return redirect("project", slug=project.slug)
-    return render(request, "annotate/project_new.html", {"form": form})
+    if request.method == "POST":
+        form = ProjectForm(request.POST)
+        if form.is_valid():
+            project = actions.create_project(created_by=request.user, **form.cleaned_data)
+            messages.success(request, f"Project {project.slug} created.")
+            return redirect("project", slug=project.slug)
+    else:
+        form = ProjectForm(initial=request.GET.dict(), kind=request.GET.get("kind"))
+    template = "annotate/project_new.html#kind-fields" if request.htmx else "annotate/project_new.html"
+    return render(request, template, {"form": form, "kinds": Kind.choices})
 
 
 @login_required
@@ -89,6 +99,7 @@ def project_detail(request, slug):
             import_form=ImportForm(),
             export_form=ExportForm(project),
             snapshots=project.snapshots.all()[:20],
+            open_reports=project.flags.filter(status=Flag.Status.OPEN).count(),
         )
     return render(request, "annotate/project.html", context)
 
@@ -110,11 +121,20 @@ SKIP_REASONS = [
 def _task_context(task: Task | None, form: JudgmentForm | None = None, initial: dict | None = None) -> dict:
     if task is None:
         return {"task": None}
-    # A new key per rendering of a task: resubmitting this very form (double click, retry) reuses it.
-    form = form or judgment_form(task, initial={"idempotency_key": uuid.uuid4().hex, **(initial or {})})
+    # A task already answered is on screen to change that answer (a revision, reached by "Previous"): its form
+    # starts from the current answer, and a submit records a judgment that supersedes it.
+    revising = task.status == Task.Status.DONE
+    answered = task.judgments.filter(is_current=True).first() if revising else None
+    if form is None:
+        # A new key per rendering of a task: resubmitting this very form (double click, retry) reuses it.
+        form = judgment_form(task, initial={"idempotency_key": uuid.uuid4().hex, **(initial or {})})
+        if answered is not None:
+            form.initial.update(form.answer_initial(answered))
     shown = form.shown
     context = {
         "task": task,
+        "revising": revising,
+        "answered": answered,
         "kind_template": f"annotate/kinds/{task.project.kind}.html",
         "prompt": task.item.prompt,
         "shown": shown,
@@ -133,9 +153,14 @@ def _task_context(task: Task | None, form: JudgmentForm | None = None, initial: 
 
 
 def _render_task(request, project, task, form=None, status=200, error=None, notice=None, initial=None):
+    # "Previous" goes to the last answer, and from a revision to the answer before that one.
+    previous_url = reverse("annotate-previous", args=[project.slug])
+    if task is not None and task.status == Task.Status.DONE:
+        previous_url += f"?before={task.pk}"
     context = {
         "project": project,
-        "mine": selectors.annotator_progress(project, request.user),
+        "mine": selectors.annotator_workload(project, request.user),
+        "previous_url": previous_url,
         "error": error,
         "notice": notice,
         **_task_context(task, form, initial),
@@ -183,15 +208,70 @@ def annotate(request, slug):
     return _render_task(request, project, task, initial=initial)
 
 
+# Who may not change their answers: their work is under review or was not admitted (actions.NotAdmitted's cases).
+NO_REVISIONS = {Membership.Status.PAUSED, Membership.Status.REFUSED}
+NO_REVISIONS_MESSAGE = "Your answers cannot be changed while your work in this project is paused or not admitted."
+
+
+@never_cache
+@login_required
+@require_safe  # GET and HEAD only: the revision posts to judge, like any answer
+def previous(request, slug):
+    """An answer given earlier, on screen to be changed: the annotator's last answered task, or with
+    ``?before=<task id>`` (one of theirs) the one answered before it, so "Previous" walks back step by step. The
+    form is filled with the current answer, the responses in the order the annotator saw them; it posts to
+    ``judge``, which records a judgment that supersedes the old one and then shows the current task again."""
+    project, membership = require_role(request.user, slug, Role.ANNOTATOR)
+    if membership.status in NO_REVISIONS:
+        return _render_task(request, project, None, error=NO_REVISIONS_MESSAGE, status=403)
+    anchor = None
+    before = _int_param(request, "before")
+    if before is not None or "before" in request.GET:
+        anchor = get_object_or_404(
+            Task.objects.select_related("project", "item"),
+            pk=before,
+            project=project,
+            annotator=request.user,
+            status=Task.Status.DONE,
+        )
+    task = selectors.previous_task(project, request.user, before=anchor)
+    if task is not None:
+        return _render_task(request, project, task)
+    if anchor is not None:
+        return _render_task(request, project, anchor, notice="This is the first item you answered in this project.")
+    current, refusal = _next_task(request, project)
+    return _render_task(
+        request, project, current, error=refusal, notice="You have not answered anything in this project yet."
+    )
+
+
+def _revision_duration(task: Task, posted: int | None) -> int | None:
+    """Time on task of a changed answer: the earlier answer's plus the time spent changing it (unknown without
+    JavaScript: then the earlier answer's). Review compares annotators' time on task, and a quick change must not
+    make careful work look rushed."""
+    earlier = task.judgments.filter(is_current=True).values_list("duration_ms", flat=True).first()
+    if earlier is None and posted is None:
+        return None
+    return min((earlier or 0) + (posted or 0), 2**31 - 1)
+
+
 @login_required
 @require_POST
 def judge(request, slug, task_id):
     project, task = _own_task(request, slug, task_id)
+    # An answer to a task answered before changes that answer (a revision: see ``previous``).
+    revising = task.status == Task.Status.DONE
+    if revising and Membership.objects.filter(project=project, user=request.user, status__in=NO_REVISIONS).exists():
+        # A form sent again (its key already stored) changes nothing and goes through as a replay.
+        if not task.judgments.filter(idempotency_key=request.POST.get("idempotency_key", "")).exists():
+            raise PermissionDenied(NO_REVISIONS_MESSAGE)
     form = judgment_form(task, request.POST)
     error = None
     if form.is_valid():
         payload = form.payload()
-        if payload.get("duration_ms") is None:
+        if revising:
+            payload["duration_ms"] = _revision_duration(task, payload.get("duration_ms"))
+        elif payload.get("duration_ms") is None:
             # Without JavaScript the page cannot time itself; the lease start is the next best clock.
             payload["duration_ms"] = int((timezone.now() - task.leased_at).total_seconds() * 1000)
         try:
@@ -210,7 +290,11 @@ def judge(request, slug, task_id):
             response = _render_task(request, project, following, error=refusal or str(exc))
             return trigger_client_event(response, "arbiter:conflict", {"task": task.pk, "message": str(exc)})
         else:
-            feedback = selectors.gold_feedback(task, judgment)
+            if judgment.supersedes_id is not None:
+                # No gold feedback on a changed answer: the first answer was the one checked (and told about).
+                feedback = "Your earlier answer is changed; here is your current item again."
+            else:
+                feedback = selectors.gold_feedback(task, judgment)
             if not request.htmx:
                 if feedback:
                     messages.info(request, feedback)
@@ -363,8 +447,10 @@ def _form_errors(form) -> str:
 @login_required
 @require_http_methods(["GET", "POST"])
 def members(request, slug):
+    """Members and their roles (project admins). The add form takes a username, an email or a part of either
+    (``MemberForm``), with suggestions from ``member_search`` as one types."""
     project, _ = require_role(request.user, slug, Role.ADMIN)
-    form = MemberForm(request.POST or None)
+    form = MemberForm(request.POST or None, search_url=reverse("member-search", args=[slug]))
     if request.method == "POST":
         if "remove" in request.POST:
             membership = get_object_or_404(Membership, project=project, pk=request.POST["remove"])
@@ -375,17 +461,33 @@ def members(request, slug):
                 messages.success(request, f"Removed {membership.user.username}.")
             return redirect("members", slug=slug)
         if form.is_valid():
-            if not get_user_model().objects.filter(username=form.cleaned_data["username"]).exists():
-                form.add_error("username", "No such user; ask a site admin to create the account.")
-            else:
-                membership = actions.add_member(project, form.cleaned_data["username"], form.cleaned_data["role"])
-                messages.success(request, f"{membership.user.username} is now {membership.role}.")
-                return redirect("members", slug=slug)
+            membership = actions.add_member(project, form.cleaned_data["username"], form.cleaned_data["role"])
+            found = f" (the only active user matching \u201c{form.partial}\u201d)" if form.partial else ""
+            messages.success(request, f"{membership.user.username}{found} is now {membership.role}.")
+            return redirect("members", slug=slug)
     return render(
         request,
         "annotate/members.html",
         {"project": project, "form": form, "rows": selectors.annotator_table(project), "roles": Role.choices},
+        status=400 if form.errors else 200,
     )
+
+
+# Suggestions start at this many characters: fewer would list users by a letter or two.
+MEMBER_SEARCH_MIN = 2
+
+
+@login_required
+@require_safe  # GET and HEAD only
+def member_search(request, slug):
+    """Suggestions for the add-member form, as ``<option>`` elements of its datalist (htmx): at most
+    ``SUGGESTIONS_SHOWN`` active users whose username or email contains ``?username=`` (or ``?q=``), by username
+    only (emails stay unseen). Project admins only: anyone else gets the 403/404 of every admin page, so the user
+    list does not leak."""
+    require_role(request.user, slug, Role.ADMIN)
+    query = (request.GET.get("username") or request.GET.get("q") or "").strip()
+    users = selectors.matching_users(query) if len(query) >= MEMBER_SEARCH_MIN else []
+    return render(request, "annotate/members.html#suggestions", {"suggestions": users})
 
 
 # --- the researcher dashboard --------------------------------------------------------------------------------
@@ -444,3 +546,154 @@ def project_settings(request, slug):
         messages.success(request, "Settings saved.")
         return redirect("project", slug=slug)
     return render(request, "annotate/project_settings.html", {"project": project, "form": form})
+
+
+# --- the data browser (researchers): items, one item, adjudication, more votes, the flags-and-skips queue -------
+
+
+@login_required
+@require_safe
+def items(request, slug):
+    """The items, filtered, searched and sorted; with htmx only the table is swapped in."""
+    project, membership = require_role(request.user, slug, Role.RESEARCHER)
+    context = {"project": project, "membership": membership, "rounds": browsing.rounds_of(project)}
+    try:
+        query = browsing.ItemQuery.parse(request.GET, project)
+    except browsing.InvalidQuery as error:
+        query, context["error"] = browsing.ItemQuery(), str(error)
+    context["query"] = query
+    context["share_kinds"] = project.kind in browsing.SHARE_KINDS
+    if "error" not in context:
+        actions.refresh_item_stats(project)
+        context["page"] = browsing.item_page(project, query)
+    template = (
+        "annotate/_items_table.html" if request.htmx and request.htmx.target == "items" else "annotate/items.html"
+    )
+    return render(request, template, context, status=400 if "error" in context else 200)
+
+
+def _project_item(project, item_id: int):
+    return get_object_or_404(Item.objects.select_related("project", "round"), project=project, pk=item_id)
+
+
+@login_required
+@require_safe
+def item_detail(request, slug, item_id):
+    """One item as annotators saw it, every vote on it, its labels, flags and adjudications."""
+    project, membership = require_role(request.user, slug, Role.RESEARCHER)
+    item = _project_item(project, item_id)
+    return render(request, "annotate/item.html", _item_context(project, membership, item, request))
+
+
+def _item_context(project, membership, item, request, **extra) -> dict:
+    return {
+        "project": project,
+        "membership": membership,
+        "item": item,
+        "detail": browsing.item_detail(item, models=request.GET.get("models") == "1"),
+        "models": request.GET.get("models") == "1",
+        "choices": [("A", "A is better"), ("B", "B is better"), ("tie", "Tie"), ("both_bad", "Both bad")],
+        "strengths": sorted(STRENGTH_LABELS.items()),
+        "back": _safe_next(request, ""),
+        **extra,
+    }
+
+
+def _safe_next(request, default: str) -> str:
+    """The page to return to (the browser list with its filters), if it is one of ours."""
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    return target if url_has_allowed_host_and_scheme(target, allowed_hosts=None) and target.startswith("/") else default
+
+
+@login_required
+@require_POST
+def adjudicate(request, slug, item_id):
+    """Record a researcher's final label (a plain form that redirects; 400 with the reason when it is invalid)."""
+    project, membership = require_role(request.user, slug, Role.RESEARCHER)
+    item = _project_item(project, item_id)
+    if project.kind == Kind.PAIRWISE:
+        payload = {
+            key: request.POST.get(key) for key in ("choice", "strength") if request.POST.get(key) not in (None, "")
+        }
+    else:
+        try:
+            payload = json.loads(request.POST.get("answer") or "{}")
+        except json.JSONDecodeError as error:
+            payload = None
+            problem = f"The answer is not JSON: {error}."
+    payload_reason = request.POST.get("reason", "")
+    try:
+        if payload is None:
+            raise InvalidJudgment(problem)
+        if not isinstance(payload, dict):
+            raise InvalidJudgment("The answer must be a JSON object.")
+        actions.adjudicate(item, request.user, {**payload, "reason": payload_reason})
+    except InvalidJudgment as error:
+        context = _item_context(project, membership, item, request, adjudication_error=str(error))
+        return render(request, "annotate/item.html", context, status=400)
+    messages.success(request, "Adjudicated: exports and snapshots now take this label for the item.")
+    return redirect(
+        reverse("item", args=[slug, item.pk])
+        + (f"?next={quote(request.POST['next'])}" if _safe_next(request, "") else "")
+    )
+
+
+@login_required
+@require_POST
+def more_votes(request, slug):
+    """Send the chosen items back for more votes (from the list's checkboxes or an item's page)."""
+    project, _ = require_role(request.user, slug, Role.RESEARCHER)
+    back = _safe_next(request, reverse("items", args=[slug]))
+    ids = request.POST.getlist("items")
+    extra = request.POST.get("extra", "1")
+    try:
+        if not all(value.isdigit() for value in ids) or not extra.isdigit():
+            raise InvalidJudgment("Item ids and the number of votes are whole numbers.")
+        n = actions.request_more_votes(project, [int(value) for value in ids], int(extra))
+    except InvalidJudgment as error:
+        messages.error(request, str(error))
+        return redirect(back)
+    messages.success(
+        request, f"{n} item{'s' if n != 1 else ''} will get {extra} more vote{'s' if extra != '1' else ''}."
+    )
+    return redirect(back)
+
+
+QUEUE_STATUSES = ("open", "resolved", "dismissed", "all")
+
+
+@login_required
+@require_safe
+def queue(request, slug):
+    """Flags and skip reasons, open ones first: resolve or dismiss each."""
+    project, membership = require_role(request.user, slug, Role.RESEARCHER)
+    wanted = request.GET.get("status", "open")
+    if wanted not in QUEUE_STATUSES:
+        wanted = "open"
+    entries = selectors.report_queue(project, wanted)
+    context = {"project": project, "membership": membership, "entries": entries, "status": wanted}
+    context["statuses"] = QUEUE_STATUSES
+    return render(request, "annotate/queue.html", context)
+
+
+@login_required
+@require_POST
+def resolve_report(request, slug, kind, report_id):
+    """Resolve or dismiss one entry of the queue (a flag, or a skipped task's reason)."""
+    project, _ = require_role(request.user, slug, Role.RESEARCHER)
+    if kind not in ("flag", "skip"):
+        raise Http404("The queue holds flags and skips.")
+    status, resolution = request.POST.get("status", ""), request.POST.get("resolution", "")
+    try:
+        if kind == "flag":
+            actions.resolve_flag(
+                get_object_or_404(Flag, project=project, pk=report_id), request.user, status, resolution
+            )
+        else:
+            task = get_object_or_404(Task, project=project, pk=report_id, status=Task.Status.SKIPPED)
+            actions.review_skip(task, request.user, status, resolution)
+    except (InvalidJudgment, Conflict) as error:
+        messages.error(request, str(error))
+        return redirect(_safe_next(request, reverse("queue", args=[slug])))
+    messages.success(request, f"The {'flag' if kind == 'flag' else 'skip'} is {status}.")
+    return redirect(_safe_next(request, reverse("queue", args=[slug])))

@@ -420,49 +420,6 @@ def _item_for(request, item_id: int, role: str = Role.RESEARCHER) -> Item:
     return item
 
 
-def item_payload(item: Item, models: bool = False) -> dict:
-    """An item as the browser shows it: responses by stored order (A first), every vote, the labels of each
-    aggregation, adjudications and flags."""
-    project = item.project
-    responses = list(item.responses.order_by("index"))
-    names = browsing.letters([r.id for r in responses])
-    history = browsing.adjudication_history(project, item, names)
-    flags = Flag.objects.filter(item=item).order_by("id")
-    people = selectors.pseudonyms(project, {f.annotator_id for f in flags})
-    return {
-        "id": item.pk,
-        "external_id": item.external_id,
-        "round": item.round.number if item.round else None,
-        "purpose": item.purpose,
-        "n_votes": item.n_judgments,
-        "open_slots": item.open_slots,
-        "winner_share": item.winner_share,
-        "prompt": item.prompt,
-        "metadata": item.metadata,
-        "gold": item.gold,
-        "responses": [
-            {"letter": names[r.id], "id": r.id, "index": r.index, "text": r.text, "model": r.model_name}
-            for r in responses
-        ],
-        "votes": browsing.item_votes(project, item, names),
-        "labels": browsing.item_labels(project, item, names, models=models),
-        "adjudication": next((a for a in history if a["current"]), None),
-        "adjudications": history,
-        "flags": [
-            {
-                "id": f.pk,
-                "category": f.category,
-                "note": f.note,
-                "annotator": people[f.annotator_id],
-                "status": f.status,
-                "resolution": f.resolution,
-                "created_at": f.created_at,
-            }
-            for f in flags
-        ],
-    }
-
-
 @extend_schema(
     parameters=[OpenApiParameter("models", bool, description="Add the Dawid-Skene and Bradley-Terry labels.")],
     responses=OpenApiTypes.OBJECT,
@@ -472,7 +429,7 @@ def item_detail(request, item_id: int):
     """One item with every vote on it (pseudonym, display order, answer, strength, rationale, time, source,
     superseded edits), its label under each aggregation and its adjudications. Researchers and admins."""
     item = _item_for(request, item_id)
-    return Response(item_payload(item, models=_flag(request, "models")))
+    return Response(browsing.item_detail(item, models=_flag(request, "models")))
 
 
 @extend_schema(request=AdjudicationInSerializer, responses={201: OpenApiTypes.OBJECT})
@@ -483,7 +440,7 @@ def item_adjudication(request, item_id: int):
     annotators' aggregate. A new one supersedes the last. Researchers and admins."""
     item = _item_for(request, item_id)
     actions.adjudicate(item, request.user, request.data)
-    body = item_payload(item)["adjudication"]
+    body = browsing.item_detail(item)["adjudication"]
     return Response(body, status=status.HTTP_201_CREATED)
 
 

@@ -233,3 +233,76 @@ def test_postgresql_plans_use_the_browser_indexes(split_project):
             queryset = browsing.filtered_items(split_project, ItemQuery.parse(params, split_project))[:50]
             plan = queryset.explain()
             assert index in plan, (params, plan)
+
+
+# --- the pages -------------------------------------------------------------------------------------------------
+
+
+def _client(user):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_pages_list_filter_open_adjudicate_and_resolve(split_project, make_member):
+    researcher = make_member(split_project, "rita", Role.RESEARCHER)
+    annotator = make_member(split_project, "ann")
+    client = _client(researcher)
+    page = client.get(reverse("items", args=[split_project.slug]), {"agreement": "split"})
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert '<strong id="item-count">3</strong>' in html and "item-0" in html and "item-5" not in html
+    bad = client.get(reverse("items", args=[split_project.slug]), {"agreement": "nope"})
+    assert bad.status_code == 400 and "agreement must be one of" in bad.content.decode()
+    # htmx swaps only the table.
+    partial = client.get(
+        reverse("items", args=[split_project.slug]), {"q": "zebra"}, HTTP_HX_REQUEST="true", HTTP_HX_TARGET="items"
+    )
+    assert "<html" not in partial.content.decode() and "item-4" in partial.content.decode()
+
+    item = Item.objects.get(project=split_project, external_id="item-0")
+    detail = client.get(reverse("item", args=[split_project.slug, item.pk])).content.decode()
+    assert detail.count("<tr class=") == 3 and "A better than B" in detail
+    refused = client.post(reverse("adjudicate", args=[split_project.slug, item.pk]), {"choice": "C"})
+    assert refused.status_code == 400 and not Adjudication.objects.exists()
+    done = client.post(reverse("adjudicate", args=[split_project.slug, item.pk]), {"choice": "B", "reason": "why not"})
+    assert done.status_code == 302
+    assert Adjudication.objects.get().winner == item.responses.get(index=1)
+    assert "Adjudicated: B better" in client.get(reverse("item", args=[split_project.slug, item.pk])).content.decode()
+
+    # An annotator flags an item; the researcher dismisses it from the queue.
+    task = actions.assign_next_task(annotator, split_project)
+    if task is None:  # every item is complete: ask for one more vote
+        actions.request_more_votes(split_project, [item.pk], 1)
+        task = actions.assign_next_task(annotator, split_project)
+    flag = actions.flag_task(task, "unsafe", "contains a slur")
+    queue = client.get(reverse("queue", args=[split_project.slug])).content.decode()
+    assert "contains a slur" in queue
+    answer = client.post(
+        reverse("resolve-report", args=[split_project.slug, "flag", flag.pk]),
+        {"status": "resolved", "resolution": "removed"},
+    )
+    assert answer.status_code == 302
+    flag.refresh_from_db()
+    assert (flag.status, flag.resolution, flag.resolved_by) == ("resolved", "removed", researcher)
+    assert "contains a slur" not in client.get(reverse("queue", args=[split_project.slug])).content.decode()
+    # Annotators see none of it.
+    other = _client(annotator)
+    assert other.get(reverse("items", args=[split_project.slug])).status_code == 403
+    assert other.get(reverse("item", args=[split_project.slug, item.pk])).status_code == 403
+
+
+def test_untrusted_text_is_escaped_in_the_list(make_project, make_member):
+    project = make_project(n_items=0, overlap=1)
+    rows = [
+        {"id": "x", "prompt": "<script>alert(1)</script> hello", "responses": ["<img src=x onerror=alert(2)>", "b"]}
+    ]
+    actions.import_items(project, parse_items(jsonl(rows), "jsonl", Kind.PAIRWISE))
+    client = _client(make_member(project, "rita", Role.RESEARCHER))
+    html = client.get(reverse("items", args=[project.slug])).content.decode()
+    assert "<script>alert(1)" not in html and "&lt;script&gt;" in html
+    item = Item.objects.get(project=project)
+    detail = client.get(reverse("item", args=[project.slug, item.pk])).content.decode()
+    assert "<img src=x" not in detail and "<script>alert(1)" not in detail

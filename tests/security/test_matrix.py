@@ -49,6 +49,11 @@ MATRIX: dict[str, dict[str, tuple[int, ...]]] = {
     "projects/new/": {"GET": (302, 403, 403, 200, 200, 403), "POST": (302, 403, 403, 302, 302, 403)},
     "p/<slug:slug>/": {"GET": (302, 404, 200, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
     "p/<slug:slug>/annotate/": {"GET": (302, 404, 200, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
+    # Going back to one's own last answer (alice's is a gold item: the leak check looks for its gold answer).
+    "p/<slug:slug>/annotate/previous/": {
+        "GET": (302, 404, 200, 200, 200, 404),
+        "POST": (302, 405, 405, 405, 405, 405),
+    },
     # The task is alice's (the annotator's): for everyone else it does not exist.
     "p/<slug:slug>/tasks/<int:task_id>/judge/": {
         "GET": (302, 405, 405, 405, 405, 405),
@@ -66,9 +71,33 @@ MATRIX: dict[str, dict[str, tuple[int, ...]]] = {
     "p/<slug:slug>/export/": {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 404, 403, 200, 200, 404)},
     "p/<slug:slug>/snapshots/": {"GET": (302, 405, 405, 405, 405, 405), "POST": (302, 404, 403, 302, 302, 404)},
     "p/<slug:slug>/members/": {"GET": (302, 404, 403, 403, 200, 404), "POST": (302, 404, 403, 403, 302, 404)},
+    # The add-member suggestions list users: project admins only.
+    "p/<slug:slug>/members/search/": {
+        "GET": (302, 404, 403, 403, 200, 404),
+        "POST": (302, 405, 405, 405, 405, 405),
+    },
     "p/<slug:slug>/settings/": {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 404, 403, 302, 302, 404)},
     "p/<slug:slug>/dashboard/": {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
     "p/<slug:slug>/dashboard/reinstate/": {
+        "GET": (302, 405, 405, 405, 405, 405),
+        "POST": (302, 404, 403, 302, 302, 404),
+    },
+    # The data browser and the queue: researchers and admins.
+    "p/<slug:slug>/items/": {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
+    "p/<slug:slug>/items/more-votes/": {
+        "GET": (302, 405, 405, 405, 405, 405),
+        "POST": (302, 404, 403, 302, 302, 404),
+    },
+    "p/<slug:slug>/items/<int:item_id>/": {
+        "GET": (302, 404, 403, 200, 200, 404),
+        "POST": (302, 405, 405, 405, 405, 405),
+    },
+    "p/<slug:slug>/items/<int:item_id>/adjudicate/": {
+        "GET": (302, 405, 405, 405, 405, 405),
+        "POST": (302, 404, 403, 302, 302, 404),
+    },
+    "p/<slug:slug>/queue/": {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
+    "p/<slug:slug>/queue/<str:kind>/<int:report_id>/": {
         "GET": (302, 405, 405, 405, 405, 405),
         "POST": (302, 404, 403, 302, 302, 404),
     },
@@ -130,6 +159,11 @@ MATRIX: dict[str, dict[str, tuple[int, ...]]] = {
     "api/exports/<int:snapshot_id>/": {"GET": (401, 404, 403, 200, 200, 404)},
     "api/exports/<int:snapshot_id>/files/<str:split>/": {"GET": (401, 404, 403, 200, 200, 404)},
     "api/exports/<int:snapshot_id>/card/": {"GET": (401, 404, 403, 200, 200, 404)},
+    "api/projects/<slug:slug>/items/more-votes/": {"POST": (401, 404, 403, 200, 200, 404)},
+    "api/projects/<slug:slug>/flags/": {"GET": (401, 404, 403, 200, 200, 404)},
+    "api/flags/<int:flag_id>/resolution/": {"POST": (401, 404, 403, 200, 200, 404)},
+    "api/items/<int:item_id>/": {"GET": (401, 404, 403, 200, 200, 404)},
+    "api/items/<int:item_id>/adjudication/": {"POST": (401, 404, 403, 201, 201, 404)},
     "api/tasks/<int:task_id>/": {"GET": (401, 404, 200, 404, 404, 404)},
     "api/tasks/<int:task_id>/judgments/": {"POST": (401, 404, 201, 404, 404, 404)},
     "api/tasks/<int:task_id>/skip/": {"POST": (401, 404, 200, 404, 404, 404)},
@@ -161,6 +195,10 @@ PARAMS = {
     "username": lambda w: BOB,
     "run_id": lambda w: w.run.pk,
     "artifact_id": lambda w: w.artifact.pk,
+    "item_id": lambda w: w.bob_task.item_id,  # a normal item of main with votes and bob's flag
+    "flag_id": lambda w: w.main.flags.get().pk,
+    "kind": lambda w: "flag",
+    "report_id": lambda w: w.main.flags.get().pk,
 }
 PARAM_OVERRIDES = {
     ("api/projects/<slug:slug>/members/<str:username>/reinstate/", "username"): lambda w: CARL,
@@ -190,6 +228,15 @@ BODIES = {
     ("p/<slug:slug>/members/", "POST"): lambda w: ("form", {"username": BOB, "role": "researcher"}),
     ("p/<slug:slug>/settings/", "POST"): lambda w: ("form", _settings_form(w)),
     ("p/<slug:slug>/dashboard/reinstate/", "POST"): lambda w: ("form", {"membership": w.carl_membership.pk}),
+    ("p/<slug:slug>/items/more-votes/", "POST"): lambda w: ("form", {"items": _normal_item(w), "extra": "1"}),
+    ("p/<slug:slug>/items/<int:item_id>/adjudicate/", "POST"): lambda w: ("form", {"choice": "B", "reason": "r"}),
+    ("p/<slug:slug>/queue/<str:kind>/<int:report_id>/", "POST"): lambda w: ("form", {"status": "dismissed"}),
+    ("api/projects/<slug:slug>/items/more-votes/", "POST"): lambda w: (
+        "json",
+        {"items": [_normal_item(w)], "extra": 1},
+    ),
+    ("api/flags/<int:flag_id>/resolution/", "POST"): lambda w: ("json", {"status": "resolved"}),
+    ("api/items/<int:item_id>/adjudication/", "POST"): lambda w: ("json", {"choice": "A", "reason": "r"}),
     ("training/new/", "POST"): lambda w: ("form", {"project": "main", "kind": "reward", "base_model": "tiny-llama"}),
     ("api/projects/", "POST"): lambda w: ("json", {"slug": "fresh-api", "kind": "pairwise"}),
     ("api/projects/<slug:slug>/", "PATCH"): lambda w: ("json", {"instructions": "Be kind."}),
@@ -215,6 +262,10 @@ BODIES = {
         {"pairs": [{"prompt": "Hi?", "response": "Hello."}]},
     ),
 }
+
+
+def _normal_item(w: World) -> int:
+    return w.main.items.filter(purpose="normal").order_by("id").first().pk
 
 
 def _settings_form(w: World) -> dict:
