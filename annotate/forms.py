@@ -11,10 +11,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from django import forms
+from django.contrib.auth import get_user_model
+from django.urls import reverse
 
 from .exports.options import KIND_FORMATS, ExportOptions, default_format
 from .judgments import CHOICES, STRENGTH_LABELS
-from .models import Flag, Kind, Project, Response, Role, Task
+from .models import Flag, Judgment, Kind, Project, Response, Role, Task
+from .selectors import SUGGESTIONS_SHOWN, matching_users
 
 MAX_TEXT = 20_000
 CHOICE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both bad"}
@@ -89,6 +92,17 @@ class JudgmentForm(forms.Form):
     def answer(self) -> dict:
         raise NotImplementedError
 
+    def answer_initial(self, judgment: Judgment) -> dict:
+        """The form's fields as ``judgment`` answered them: the inverse of :meth:`payload`, so a revision starts from
+        the answer given (``annotate/kinds/*.html`` show ``initial`` like a posted value)."""
+        initial = self.kind_initial(judgment)
+        if self.has_rationale:
+            initial["rationale"] = judgment.text
+        return initial
+
+    def kind_initial(self, judgment: Judgment) -> dict:
+        raise NotImplementedError
+
     def payload(self) -> dict:
         """The body ``record_judgment`` takes (docs/task-kinds.md), without the idempotency key."""
         data = self.cleaned_data
@@ -142,6 +156,24 @@ class PairwiseForm(JudgmentForm):
             answer["demonstration"] = data["demonstration"]
         return answer
 
+    def _choice(self, outcome: str, winner_id: int | None) -> str:
+        # "A" is whatever this annotator saw first (display_order[0]), as when they answered.
+        if outcome == Judgment.Outcome.WIN:
+            return "A" if winner_id == self.task.display_order[0] else "B"
+        return outcome  # "tie" and "both_bad" are choices by the same name
+
+    def kind_initial(self, judgment: Judgment) -> dict:
+        initial: dict = {"choice": self._choice(judgment.outcome, judgment.winner_id)}
+        if judgment.strength is not None:
+            initial["strength"] = judgment.strength
+        criteria = judgment.data.get("criteria") or {}
+        for i, criterion in enumerate(self.project.criteria):
+            if isinstance(criteria.get(criterion), dict):
+                initial[f"criterion_{i}"] = self._choice(criteria[criterion]["outcome"], criteria[criterion]["winner"])
+        if judgment.data.get("demonstration"):
+            initial["demonstration"] = judgment.data["demonstration"]
+        return initial
+
     def criteria_rows(self) -> list[Group]:
         options = [Option(c, CHOICE_LABELS[c], str(n), str(n)) for n, c in enumerate(CHOICES, start=1)]
         return [
@@ -181,6 +213,16 @@ class RankingForm(JudgmentForm):
         ranking = [ids[0] if len(ids) == 1 else ids for _, ids in sorted(groups.items())]
         return {"ranking": ranking}
 
+    def kind_initial(self, judgment: Judgment) -> dict:
+        # Tied responses share the better rank and the next group skips past them (1, 1, 3), as ranking.js numbers.
+        initial, rank = {}, 1
+        for group in judgment.data.get("ranking") or []:
+            ids = group if isinstance(group, list) else [group]
+            for response_id in ids:
+                initial[f"rank_{response_id}"] = rank
+            rank += len(ids)
+        return initial
+
     def rows(self) -> list[Shown]:
         return [Shown(label, response, rank=self[f"rank_{response.id}"]) for label, response in self.shown]
 
@@ -208,6 +250,15 @@ class RatingForm(JudgmentForm):
             for _, response in self.shown
         }
         return {"ratings": ratings}
+
+    def kind_initial(self, judgment: Judgment) -> dict:
+        ratings = judgment.data.get("ratings") or {}
+        return {
+            f"rating_{response.id}_{i}": str(ratings[str(response.id)][criterion])
+            for _, response in self.shown
+            for i, criterion in enumerate(self.project.rating_criteria)
+            if criterion in ratings.get(str(response.id), {})
+        }
 
     def scale_options(self) -> list[Option]:
         keys = SCALE_KEYS if len(self.values) <= len(SCALE_KEYS) else SCALE_KEYS[:9]
@@ -258,6 +309,14 @@ class StepsForm(JudgmentForm):
             return {"steps": next(iter(labels.values()))}
         return {"steps": labels}
 
+    def kind_initial(self, judgment: Judgment) -> dict:
+        steps = judgment.data.get("steps") or {}
+        return {
+            f"step_{response_id}_{j}": label
+            for response_id in self.steps
+            for j, label in enumerate(steps.get(str(response_id), [])[: len(self.steps[response_id])])
+        }
+
     def rows(self) -> list[Shown]:
         options = [
             Option(value, label, f"{n} {sign if sign != '−' else '-'}", f"{n}")
@@ -301,6 +360,9 @@ class DemonstrationForm(JudgmentForm):
             answer["based_on"] = self.cleaned_data["based_on"]
         return answer
 
+    def kind_initial(self, judgment: Judgment) -> dict:
+        return {"text": judgment.text, "based_on": judgment.data.get("based_on")}
+
     def rows(self) -> list[Shown]:
         return [Shown(label, response) for label, response in self.shown]
 
@@ -330,16 +392,32 @@ class FlagForm(forms.Form):
     note = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
 
 
+# The new-project settings that mean something for one kind only: the form has the chosen kind's and no others
+# (a scale on a ranking project would be stored and never used). Every other field is every kind's.
+KIND_SETTINGS: dict[str, tuple[str, ...]] = {
+    Kind.PAIRWISE: ("criteria_text",),
+    Kind.RANKING: ("allow_ties",),
+    Kind.RATING: ("criteria_text", "scale_text"),
+    Kind.STEPS: ("step_separator",),
+    Kind.DEMONSTRATION: (),
+}
+
+
 class ProjectForm(forms.ModelForm):
+    """A new project: the fields of every kind, and only the chosen kind's own settings (:data:`KIND_SETTINGS`).
+
+    The kind is the posted one, else ``kind=`` (the page's ``?kind=``), else pairwise; an unknown kind counts as
+    pairwise here and the kind field itself reports it."""
+
     criteria_text = forms.CharField(
         label="Criteria",
         required=False,
-        help_text="Comma-separated, e.g. helpfulness,harmlessness (pairwise and rating); empty for one overall judgment.",
+        help_text="Comma-separated, e.g. helpfulness,harmlessness; empty for one overall judgment.",
     )
     scale_text = forms.CharField(
         label="Scale",
         required=False,
-        help_text="Rating projects: a range like 1-7 (the default) or labels like safe,unsafe,unsure.",
+        help_text="A range like 1-7 (the default) or labels like safe,unsafe,unsure.",
     )
 
     class Meta:
@@ -347,10 +425,37 @@ class ProjectForm(forms.ModelForm):
         fields = ["slug", "name", "kind", "overlap", "instructions", "randomize_order", "allow_ties", "step_separator"]
         widgets = {"instructions": forms.Textarea(attrs={"rows": 4})}
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, kind: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.is_bound:
+            kind = self.data.get("kind")
+        # Not "kind": a template reads form.kind as the form's field of that name.
+        self.chosen_kind = kind if kind in KIND_SETTINGS else Kind.PAIRWISE
+        self.initial["kind"] = self.chosen_kind
+        own = KIND_SETTINGS[self.chosen_kind]
+        for name in {name for names in KIND_SETTINGS.values() for name in names} - set(own):
+            del self.fields[name]
         self.fields["name"].required = False
-        self.fields["step_separator"].strip = False
+        if "step_separator" in self.fields:
+            self.fields["step_separator"].strip = False
+        # With JavaScript, choosing a kind swaps in its settings (the page's #kind-fields); without it, the page's
+        # links reload it with ?kind=.
+        self.fields["kind"].widget.attrs.update(
+            {
+                "hx-get": reverse("project-new"),
+                "hx-target": "#kind-fields",
+                "hx-select": "#kind-fields",
+                "hx-swap": "outerHTML",
+                "hx-include": "#kind-fields",
+            }
+        )
+
+    def common_fields(self) -> list[forms.BoundField]:
+        own = KIND_SETTINGS[self.chosen_kind]
+        return [self[name] for name in self.fields if name not in own]
+
+    def kind_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in KIND_SETTINGS[self.chosen_kind]]
 
     def clean_criteria_text(self) -> list[str]:
         names = [c.strip() for c in self.cleaned_data["criteria_text"].split(",") if c.strip()]
@@ -377,7 +482,7 @@ class ProjectForm(forms.ModelForm):
         data = super().clean()
         data["criteria"] = data.pop("criteria_text", [])
         data["scale"] = data.pop("scale_text", {})
-        if not data.get("step_separator"):
+        if "step_separator" in self.fields and not data.get("step_separator"):
             data["step_separator"] = "\n"
         return data
 
@@ -396,8 +501,58 @@ class ImportForm(forms.Form):
 
 
 class MemberForm(forms.Form):
-    username = forms.RegexField(regex=r"^[\w.@+-]{1,150}$", max_length=150)
+    """Add a member (or change a member's role) by username, by email, or by a part of either.
+
+    ``clean_username`` gives the one user meant: the user of that exact username, else the one active user of that
+    email, else the one active user whose username or email contains the text. None or several are errors that say
+    so; several also leave ``matches`` (at most :data:`SUGGESTIONS_SHOWN`) for the page to offer."""
+
+    username = forms.CharField(
+        label="Username or email",
+        max_length=254,
+        help_text="A part of it is enough when it names one person.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "list": "member-suggestions"}),
+    )
     role = forms.ChoiceField(choices=Role.choices)
+
+    def __init__(self, *args, search_url: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.matches: list = []
+        self.partial = ""  # the text typed, when it named one user only in part
+        if search_url:
+            self.fields["username"].widget.attrs.update(
+                {
+                    "hx-get": search_url,
+                    "hx-trigger": "input changed delay:250ms",
+                    "hx-target": "#member-suggestions",
+                    "hx-swap": "innerHTML",
+                    "hx-sync": "this:replace",
+                }
+            )
+
+    def clean_username(self) -> str:
+        query = self.cleaned_data["username"].strip()
+        users = get_user_model().objects
+        exact = users.filter(username=query).first()
+        if exact is None:
+            by_email = list(users.filter(is_active=True, email__iexact=query)[:2])
+            exact = by_email[0] if len(by_email) == 1 else None
+        if exact is not None:
+            return exact.username
+        found = matching_users(query, limit=SUGGESTIONS_SHOWN + 1)
+        if not found:
+            raise forms.ValidationError(
+                f"No such user: no active user's username or email contains \u201c{query}\u201d. Ask a site admin to "
+                "create the account."
+            )
+        if len(found) > 1:
+            self.matches = found[:SUGGESTIONS_SHOWN]
+            many = f"more than {SUGGESTIONS_SHOWN}" if len(found) > SUGGESTIONS_SHOWN else str(len(found))
+            raise forms.ValidationError(
+                f"\u201c{query}\u201d matches {many} users; choose one below or type more of the name."
+            )
+        self.partial = query
+        return found[0].username
 
 
 class ExportForm(forms.Form):

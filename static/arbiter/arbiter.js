@@ -121,10 +121,25 @@
 
   // --- the keyboard ------------------------------------------------------------------------------------
 
+  // "p": the answer before (the "Previous" link; htmx swaps it in, or the browser follows it).
+  function goBack() {
+    const link = document.querySelector("#task a.previous");
+    if (!link) return false;
+    link.click();
+    return true;
+  }
+
   document.addEventListener("keydown", function (event) {
+    if (event.defaultPrevented || event.isComposing) return;
     const form = Arbiter.form();
-    if (!form || event.defaultPrevented || event.isComposing) return;
     const target = event.target;
+    if (!form) {
+      // "Nothing left" has no form, and going back is all there is to do there.
+      if (event.key === "p" && !event.ctrlKey && !event.metaKey && !event.altKey && !typing(target) && goBack()) {
+        event.preventDefault();
+      }
+      return;
+    }
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !inPanel(target)) {
       event.preventDefault();
       submit(form);
@@ -165,6 +180,9 @@
         break;
       case "f":
         togglePanel(document.querySelector("#task details.flag"), "input[name=category]");
+        break;
+      case "p":
+        handled = goBack();
         break;
       case "ArrowDown":
       case "j":

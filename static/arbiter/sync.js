@@ -186,9 +186,14 @@
     return { outcome: "failed", status: response.status };
   }
 
+  // "N done · M left": what is left goes down by what got done since the line was rendered (data-done, data-left).
   function setDone(done) {
     const count = document.getElementById("progress-count");
     if (count && Number.isInteger(done)) count.textContent = done + " done";
+    const left = document.getElementById("progress-left");
+    if (!left || !Number.isInteger(done) || left.dataset.more) return;
+    const remaining = Math.max(0, Number(left.dataset.left) - (done - Number(left.dataset.done)));
+    if (Number.isInteger(remaining)) left.textContent = "· " + remaining + " left";
   }
 
   async function flush() {
@@ -255,10 +260,12 @@
   let preloading = null;  // the task id a preload is under way for
 
   function preload() {
-    const id = taskId(A.taskEl());
+    const task = A.taskEl();
+    const id = taskId(task);
     // While an answer waits to be saved its task is still leased, and the server could hand it back as
-    // "the next one": preload only once the outbox is empty.
-    if (!id || outbox().length || preloading === id || (preloaded && preloaded.forTask === id)) return;
+    // "the next one": preload only once the outbox is empty. A changed earlier answer (a revision) is followed
+    // by the current task, which the server sends with the acknowledgement: nothing to fetch ahead.
+    if (!id || task.dataset.revision || outbox().length || preloading === id || (preloaded && preloaded.forTask === id)) return;
     preloading = id;
     fetch(annotateUrl + "?after=" + encodeURIComponent(id), { credentials: "same-origin", headers: { "HX-Request": "true" } })
       .then((response) => (response.ok && !response.redirected ? response.text() : null))
