@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from . import kinds
+from . import kinds, plots
 
 
 def _number(value) -> str:
@@ -52,21 +52,29 @@ def model_card(
             f" (the snapshot's `{criterion}` preferences)" if dataset_hash and dataset_hash != run.snapshot_hash else ""
         ),
         f"- weights: {'a PEFT adapter over the base model' if info.get('is_adapter') else 'full weights'}, safetensors only",
-        "",
     ]
+    config_class = kinds.get(kind).config
+    trained = plots.trained_on(metrics, config_class)
+    if trained:
+        # Both the dataset's size and what the steps covered: max_steps can stop a run long before one epoch.
+        lines.append(f"- trained on: {trained}")
+    lines.append("")
     lines += _lineage_lines(lineage or {})
     lines += [
         "## Metrics",
         "",
-        "| metric | value |",
-        "|---|---|",
+        "| metric | value | measured on |",
+        "|---|---|---|",
     ]
-    lines += [f"| {key} | {_number(value)} |" for key, value in sorted(metrics.items())]
+    lines += [f"| {key} | {_number(value)} | {_measured_on(key)} |" for key, value in sorted(metrics.items())]
+    lines += [""]
+    if reward_model:
+        lines += [
+            "Accuracy is the share of held-out pairs (prompts never seen in training) whose chosen response gets "
+            "the higher reward.",
+            "",
+        ]
     lines += [
-        "",
-        "Accuracy is the share of held-out pairs (prompts never seen in training) whose chosen response gets "
-        "the higher reward.",
-        "",
         "## Config",
         "",
         "```json",
@@ -91,6 +99,12 @@ def model_card(
             "",
         ]
     return "\n".join(lines)
+
+
+def _measured_on(key: str) -> str:
+    """The split a metric was measured on (held-out, training batches...), or "" where the name does not say."""
+    found = plots.describe(key)
+    return found[0].split if found else ""
 
 
 def _lineage_lines(lineage: dict) -> list[str]:

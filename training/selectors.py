@@ -182,26 +182,13 @@ def metric_series(run: TrainingRun) -> dict[str, list[tuple[int, float]]]:
 
 # --- the run page ---------------------------------------------------------------------------------
 
-# Metrics shown above the charts: those whose names start with one of these.
-HEADLINE = (
-    "eval_",
-    "loss",
-    "accuracy",
-    "train_loss",
-    "win_rate",
-    "candidate_items",
-    "kept_samples",
-    "reward",
-    "kl",
-    "comparisons",
-)
-
 
 def run_page(run: TrainingRun, user, can_manage: bool) -> dict:
     """Everything the run page shows: its kind's facts, charts, headline metrics, model, the rounds its output
     became, and — for an admin of a succeeded run — which of the next steps it offers (the next round from a
     policy, kept samples to send for review, comparisons for a human evaluation) and the projects they can go to."""
     kind = run.training_kind
+    config = kind.config if kind else None  # what the kind reports: its key and headline metrics
     artifact = ModelArtifact.objects.filter(run=run).first()
     made = {
         link.purpose: link.round for link in RunRound.objects.filter(run=run).select_related("round", "round__project")
@@ -212,9 +199,10 @@ def run_page(run: TrainingRun, user, can_manage: bool) -> dict:
         "kind": kind,
         "evaluates": bool(kind and kind.publishes == kinds.COMPARISONS),
         "can_manage": can_manage,
-        "charts": plots.run_charts(metric_series(run)),
+        "charts": plots.run_charts(metric_series(run), config, active=run.is_active),
         "artifact": artifact,
-        "headline": {k: v for k, v in (run.metrics or {}).items() if k.startswith(HEADLINE)},
+        "headline": plots.headline(run.metrics or {}, config),
+        "trained_on": plots.trained_on(run.metrics or {}, config),
         "candidates_round": made.get(RoundPurpose.CANDIDATES),
         "review_round": made.get(RoundPurpose.REVIEW),
         "human_eval_round": made.get(RoundPurpose.HUMAN_EVAL),

@@ -301,11 +301,7 @@ class Monitor:
             self.points.append((int(payload.get("step", 0)), values))
             self.metrics.update(values)
             self.step, self.total = payload.get("step", self.step), payload.get("total") or self.total
-            shown = ", ".join(
-                f"{k} {v:.4g}"
-                for k, v in values.items()
-                if k in ("loss", "accuracy", "eval_accuracy", "train_loss", "lm_loss")
-            )
+            shown = ", ".join(f"{k} {values[k]:.4g}" for k in self.shown_metrics(values))
             self.line(f"[step {self.step}/{self.total}] {shown}" if shown else f"[step {self.step}/{self.total}]")
         elif event == "checkpoint":
             path = Path(payload.get("path", ""))
@@ -320,6 +316,15 @@ class Monitor:
         elif event == "error":
             self.error_message = str(payload.get("message", ""))
             self.line(f"[arbiter] error: {self.error_message}")
+
+    def shown_metrics(self, values: dict) -> list[str]:
+        """The metrics a progress line shows: the kind's key metrics (its config's ``KEY_METRICS``: reward's
+        accuracy, DPO's reward margins and accuracies, the online kinds' reward and KL), each beside its held-out
+        ``eval_`` twin, and the run's mean loss when the trainer reports it at the end."""
+        kind = self.run.training_kind
+        keys = getattr(kind.config, "KEY_METRICS", ("loss",)) if kind else ("loss",)
+        wanted = [name for key in keys for name in (key, f"eval_{key}")] + ["train_loss"]
+        return [name for name in wanted if isinstance(values.get(name), (int, float))]
 
     def tail_text(self) -> str:
         return "\n".join(self.tail)

@@ -55,50 +55,66 @@ def runs(request):
 @login_required
 @require_http_methods(["GET", "POST"])
 def run_new(request):
+    """The launch form of one kind (``?kind=``; the first kind by default): only that kind's inputs and options.
+    Changing the kind with htmx swaps the kind's fields (the ``kind-fields`` partial); without JavaScript the kind
+    chooser reloads the page with ``?kind=``."""
     _require_training(request.user)
     if not selectors.training_projects(request.user, Role.ADMIN).exists():
         raise PermissionDenied("Only project admins launch training.")
     initial = {
         name: request.GET.get(name)
         for name in ("project", "kind", "base_model", "parent", "target_project", "baseline")
+        if request.GET.get(name)
     }
-    form = LaunchForm(request.POST or None, request.FILES or None, user=request.user, initial=initial)
+    form = LaunchForm(
+        request.POST or None, request.FILES or None, user=request.user, kind=request.GET.get("kind"), initial=initial
+    )
     if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data
-        project, _ = require_role(request.user, data["project"], Role.ADMIN)
-        if data["target_project"]:
-            require_role(request.user, data["target_project"], Role.ADMIN)
-        prompts = launching.Prompts(
-            source=data["prompts_from"],
-            data=data["prompts_data"],
-            max_prompts=data["max_prompts"],
-            file_name=data["prompts_file"].name if data["prompts_file"] else "",
-        )
-        try:
-            run = launching.launch_run(
-                project=project,
-                kind=data["kind"],
-                base_model=data["base_model"],
-                snapshot=data["snapshot"],
-                values=data["values"],
-                launched_by=request.user,
-                reward_models=data["reward_model_values"],
-                target_project=data["target_project"] or None,
-                prompts=prompts,
-                baseline=data["baseline"] or None,
-                parent=data["parent"],
-            )
-        except TrainingError as exc:
-            form.add_error(None, str(exc))
-        else:
-            messages.success(request, f"Run {run.pk} is queued.")
+        run = _launch(request, form)
+        if run is not None:
+            # No "queued" message: the run page shows the run's status as it changes.
             return redirect("training-run", run_id=run.pk)
     context = {
         "form": form,
+        "kind": form.kind,
+        "kinds": [kinds.get(name) for name in kinds.available()],
         "snapshot_kinds": kinds.names(reads=kinds.SNAPSHOT),
         "prompt_kinds": kinds.names(reads=kinds.PROMPTS),
     }
+    if request.htmx and request.method == "GET":
+        return render(request, "training/run_new.html#kind-fields", context)
     return render(request, "training/run_new.html", context, status=400 if form.errors else 200)
+
+
+def _launch(request, form: LaunchForm) -> TrainingRun | None:
+    """Launch what the valid form describes; a refusal is put on the form (at the option it names) and None returned."""
+    data = form.cleaned_data
+    try:
+        project, _ = require_role(request.user, data["project"], Role.ADMIN)
+        if data.get("target_project"):
+            require_role(request.user, data["target_project"], Role.ADMIN)
+        prompts = launching.Prompts(
+            source=data.get("prompts_from") or "",
+            data=data.get("prompts_data"),
+            max_prompts=data.get("max_prompts"),
+            file_name=data["prompts_file"].name if data.get("prompts_file") else "",
+        )
+        return launching.launch_run(
+            project=project,
+            kind=form.kind.name,
+            base_model=data["base_model"],
+            snapshot=data.get("snapshot"),
+            values=data["values"],
+            launched_by=request.user,
+            reward_models=data.get("reward_model_values") or [],
+            target_project=data.get("target_project") or None,
+            prompts=prompts,
+            baseline=data.get("baseline") or None,
+            parent=data.get("parent"),
+        )
+    except TrainingError as exc:
+        form.add_error(form.field_for_message(str(exc)), str(exc))
+        return None
 
 
 def _run_page(run: TrainingRun, membership, user) -> dict:
@@ -128,7 +144,7 @@ def run_cancel(request, run_id: int):
     run = launching.cancel_run(run)
     if request.htmx:
         return render(request, "training/run.html#status", _run_page(run, membership, request.user))
-    messages.info(request, f"Run {run.pk}: " + ("cancelled." if run.status == "cancelled" else "stopping…"))
+    messages.info(request, f"Cancel requested for run {run.pk}.")
     return redirect("training-run", run_id=run.pk)
 
 
@@ -140,8 +156,8 @@ def run_retry(request, run_id: int):
         run = launching.retry_run(run)
     except TrainingError as exc:
         messages.error(request, str(exc))
-    else:
-        messages.success(request, f"Run {run.pk} is queued again (attempt {run.attempt}).")
+    else:  # what happened, not the status: that changes under the message, and the page shows it live
+        messages.success(request, f"Retried as attempt {run.attempt}.")
     return redirect("training-run", run_id=run.pk)
 
 
@@ -198,8 +214,7 @@ def run_next_round(request, run_id: int):
         messages.error(request, str(exc))
         return redirect("training-run", run_id=run.pk)
     messages.success(
-        request,
-        f"Run {child.pk} is queued: it writes the next round of {(child.target_project or child.project).slug}.",
+        request, f"Run {child.pk} writes the next round of {(child.target_project or child.project).slug}."
     )
     return redirect("training-run", run_id=child.pk)
 

@@ -97,9 +97,13 @@ def test_a_kind_added_through_the_registry_is_offered_by_the_form_the_command_an
     echo_kind, preference_snapshot, tiny_base, make_member, client, capsys
 ):
     admin = make_member(preference_snapshot.project, "boss", Role.ADMIN)
-    form = LaunchForm(user=admin)
-    assert ("echo", "echo") in form.fields["kind"].choices
-    assert "opt_echo_scale" not in form.fields  # not a key option: it goes under "More options"
+    assert ("echo", "Echo (a test kind)") in LaunchForm(user=admin).fields["kind"].choices
+    assert "opt_echo_scale" not in LaunchForm(user=admin).fields  # the first kind's form: reward's options only
+    form = LaunchForm(user=admin, kind="echo")
+    assert form.kind is echo_kind and "opt_echo_scale" in form.fields  # the kind's own option, from its config
+    assert form.fields["opt_echo_scale"].label == "Echo scale" and form.fields["opt_echo_scale"].help_text.startswith(
+        "What the runner multiplies"
+    )
 
     with pytest.raises(SystemExit):
         call_command("train", "--help")  # argparse prints the help to sys.stdout

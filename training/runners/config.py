@@ -47,13 +47,16 @@ class RunConfig:
     Class attributes (not options) say what the kind's runner reports, for the pages and the worker's log:
     ``KEY_METRICS`` the logged training metrics that matter for the kind (the progress lines and the charts name
     them and their held-out ``eval_`` twins), ``HEADLINE_METRICS`` the final metrics the run page leads with (a name
-    also covers its per-criterion ``<name>_<criterion>``), ``EXAMPLES`` what one training example is.
+    also covers its per-criterion ``<name>_<criterion>``), ``EXAMPLES`` what one training example is,
+    ``IGNORED_OPTIONS`` inherited options the runner never reads.
     """
 
     FULL_LEARNING_RATE: ClassVar[float] = 1e-5
     KEY_METRICS: ClassVar[tuple[str, ...]] = ("loss",)
     HEADLINE_METRICS: ClassVar[tuple[str, ...]] = ("eval_loss",)
     EXAMPLES: ClassVar[str] = "examples"
+    # Options the kind inherits but its runner never reads (the launch form leaves them out).
+    IGNORED_OPTIONS: ClassVar[frozenset[str]] = frozenset()
 
     seed: int = option(0, "Random seed for the head initialisation, data order and dropout.")
     method: str = option(
@@ -338,6 +341,7 @@ class OnlineRunConfig(PolicyRunConfig):
     KEY_METRICS: ClassVar[tuple[str, ...]] = ("reward", "kl", "loss")
     HEADLINE_METRICS: ClassVar[tuple[str, ...]] = ("reward", "kl")
     EXAMPLES: ClassVar[str] = "prompts"
+    IGNORED_OPTIONS: ClassVar[frozenset[str]] = frozenset({"max_length"})  # lengths: max_prompt_length, max_new_tokens
 
     num_generations: int = option(4, "Responses sampled per prompt; each is judged against the others of its group.")
     beta: float = option(0.04, "Weight of the KL penalty against the starting policy; 0 loads no reference model.")

@@ -17,6 +17,7 @@ class PPORunConfig(PolicyRunConfig):
     KEY_METRICS: ClassVar[tuple[str, ...]] = ("reward", "kl", "policy_loss", "value_loss")
     HEADLINE_METRICS: ClassVar[tuple[str, ...]] = ("reward", "reward_first", "kl")
     EXAMPLES: ClassVar[str] = "prompts"
+    IGNORED_OPTIONS: ClassVar[frozenset[str]] = frozenset({"max_length", "eval_steps"})
 
     batch_size: int = option(16, "Prompts per PPO step, one sampled response each (the rollouts of a step).")
     mini_batch_size: int = option(
