@@ -11,8 +11,10 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
+from django_tasks.base import TaskResultStatus
+from django_tasks_db.models import DBTaskResult
 
-from annotate import actions, agreement, charts, dashboard, selectors
+from annotate import actions, agreement, charts, dashboard, selectors, tasks
 from annotate.imports import parse_items, parse_votes
 from annotate.models import Judgment, Kind, Membership, Role
 from tests.conftest import jsonl, pairwise_rows
@@ -352,6 +354,208 @@ def test_a_status_change_invalidates_the_cache(make_project, make_member):
     actions._set_status(member, Membership.Status.FLAGGED, "looked odd")
     assert dashboard.dashboard_data(project)["annotators"][0]["status"] == "flagged"
     assert dashboard.computations["dashboard-block"] == count + 1
+
+
+# --- review and the dashboard agree ---------------------------------------------------------------------------------
+
+
+def red_labels(html: str) -> set[str]:
+    """The annotators drawn red anywhere on the page (bars and dots)."""
+    bars = re.findall(r'class="bar bad" [^>]*data-label="([^"]+)"', html)
+    dots = re.findall(r'<circle [^>]*fill="#c0392b"[^>]*data-label="([^"]+)"', html)
+    return set(bars) | set(dots)
+
+
+def review_table(html: str) -> str:
+    return re.search(r'<section class="card" id="review">(.*?)</section>', html, re.S).group(1)
+
+
+def hasty_and_steady(make_project, make_member, overlap=2, **fields):
+    """Two annotators of twelve items each, 2 s and 6 s per judgment: the project's median pace is 4 s, and at
+    the default review_speed_ratio (0.2) nobody is below it."""
+    project = make_project(n_items=12, overlap=overlap, review_position_bias_p=0, **fields)
+    hasty, steady = make_member(project, "hasty"), make_member(project, "steady")
+    work(project, hasty, right, durations=(2000,))
+    work(project, steady, right, durations=(6000,))
+    assert set(Membership.objects.filter(project=project).values_list("status", flat=True)) == {"active"}
+    return project, hasty, steady
+
+
+SPEED_REASON = "Automatic review: median time on task 2.0 s is far below the project's 4.0 s."
+
+
+def test_an_annotator_below_a_tightened_speed_threshold_is_flagged_on_the_next_dashboard_view(
+    make_project, make_member
+):
+    """The issue: hasty drawn red below the speed line while the page said "Everyone is active", since review
+    ran only when hasty submitted again."""
+    project, hasty, steady = hasty_and_steady(make_project, make_member)
+    client = client_for(make_member(project, "res", Role.RESEARCHER))
+    html = client.get("/p/demo/dashboard/").content.decode()
+    assert "Everyone is active." in review_table(html) and red_labels(html) == set()
+
+    actions.update_project_settings(project, review_speed_ratio=0.6)  # the line moves to 2.4 s; hasty does nothing
+    html = client.get("/p/demo/dashboard/").content.decode()
+    member = Membership.objects.get(project=project, user=hasty)
+    assert (member.status, member.status_reason) == ("flagged", SPEED_REASON)
+    assert Membership.objects.get(project=project, user=steady).status == "active"
+    table = review_table(html)
+    assert "Everyone is active." not in table and "hasty" in table and "steady" not in table
+    assert red_labels(html) == {pseudonym(project, hasty)}
+    assert svg_value(html, pseudonym(project, hasty), "speed-chart") == 2.0
+
+
+def test_the_scheduled_review_flags_the_same_way_and_puts_itself_back(make_project, make_member):
+    project, hasty, steady = hasty_and_steady(make_project, make_member, review_action="pause")
+    actions.update_project_settings(project, review_speed_ratio=0.6)
+    DBTaskResult.objects.all().delete()
+
+    before = timezone.now()
+    assert tasks.review_projects.call() == {"flagged": {"demo": [hasty.pk]}}
+    member = Membership.objects.get(project=project, user=hasty)
+    assert (member.status, member.status_reason) == ("paused", SPEED_REASON)  # the dashboard's words exactly
+    (waiting,) = DBTaskResult.objects.filter(task_path=tasks.review_projects.module_path)
+    assert waiting.status == TaskResultStatus.READY
+    assert (waiting.run_after - before).total_seconds() == pytest.approx(tasks.REVIEW_SECONDS, abs=30)
+    # Never two passes waiting: the page's check and a second pass leave the one there is.
+    assert tasks.schedule_review() is False
+    assert tasks.review_projects.call() == {"flagged": {}}
+    assert DBTaskResult.objects.filter(task_path=tasks.review_projects.module_path).count() == 1
+
+    html = client_for(make_member(project, "res", Role.RESEARCHER)).get("/p/demo/dashboard/").content.decode()
+    assert red_labels(html) == {pseudonym(project, hasty)} and "hasty" in review_table(html)
+
+
+def test_a_dashboard_view_queues_the_periodic_review_once(make_project, make_member, monkeypatch):
+    project = make_project(n_items=2)
+    client = client_for(make_member(project, "res", Role.RESEARCHER))
+    DBTaskResult.objects.all().delete()
+    monkeypatch.setattr(tasks, "_checked_at", -1e9)
+    assert client.get("/p/demo/dashboard/").status_code == 200
+    monkeypatch.setattr(tasks, "_checked_at", -1e9)
+    assert client.get("/p/demo/dashboard/").status_code == 200
+    (waiting,) = DBTaskResult.objects.filter(task_path=tasks.review_projects.module_path)
+    assert waiting.status == TaskResultStatus.READY and waiting.run_after > timezone.now()
+
+
+def test_nobody_is_red_whom_review_does_not_list(make_project, make_member):
+    """Below the speed line but never red: a researcher who annotates (review acts on annotators), and an
+    annotator reinstated since (review judges the work after it)."""
+    project, hasty, steady = hasty_and_steady(make_project, make_member, overlap=3, review_speed_ratio=0.6)
+    researcher = make_member(project, "res", Role.RESEARCHER)
+    client = client_for(researcher)
+    client.get("/p/demo/dashboard/")
+    member = Membership.objects.get(project=project, user=hasty)
+    assert member.status == "flagged"
+    actions.reinstate_annotator(member, researcher)
+    work(project, researcher, right, durations=(1000,))  # 1 s: the project's median is now 2 s, the line 1.2 s
+    html = client.get("/p/demo/dashboard/").content.decode()
+
+    assert Membership.objects.get(project=project, user=hasty).status == "active"  # not flagged again
+    assert "Everyone is active." in review_table(html) and red_labels(html) == set()
+    rows = {row["name"]: row for row in dashboard.dashboard_data(project)["annotators"]}
+    assert rows[pseudonym(project, hasty)]["median_s"] is None  # no work since the reinstatement
+    mine = rows[pseudonym(project, researcher)]
+    assert mine["median_s"] == 1.0 and not mine["reviewed"]
+    assert re.search(rf'class="bar muted" [^>]*data-label="{mine["name"]}"', html)
+    assert "n=12 · researcher, not reviewed" in html
+
+
+def test_the_dashboards_figures_are_the_figures_review_judges(make_project, make_member):
+    """Gold accuracy, speed and position per annotator: equal to selectors.annotator_stats (what review reads),
+    for a reinstated annotator too."""
+    project = make_project(
+        n_items=14, overlap=2, gold_rate=0.3, review_gold_accuracy=0, review_speed_ratio=0, review_position_bias_p=0
+    )
+    gold_rows = pairwise_rows(8, start=100)
+    for row in gold_rows:
+        row["purpose"], row["gold"] = "gold", {"winner": 0}
+    actions.import_items(project, parse_items(jsonl(gold_rows), "jsonl", Kind.PAIRWISE))
+    ana, ben = make_member(project, "ana"), make_member(project, "ben")
+    researcher = make_member(project, "res", Role.RESEARCHER)
+    work(project, ana, wrong, durations=(1500, 2500, 4000), limit=6)
+    member = Membership.objects.get(project=project, user=ana)
+    actions._set_status(member, "flagged", "by hand")
+    actions.reinstate_annotator(member, researcher)
+    work(project, ana, first, durations=(3000, 5000))
+    work(project, ben, right, durations=(7000, 8000, 12000))
+
+    data = dashboard.dashboard_data(project)
+    rows = {row["name"]: row for row in data["annotators"]}
+    for user in (ana, ben):
+        membership = Membership.objects.get(project=project, user=user)
+        since = membership.status_changed_at if membership.status == "active" else None
+        stats = selectors.annotator_stats(project, user, since=since)
+        row = rows[membership.pseudonym]
+        assert (row["gold_n"], row["gold_accuracy"]) == (stats.n_gold, stats.gold_accuracy)
+        assert (row["position"]["n"], row["position"]["k"]) == (stats.n_wins, stats.n_first)
+        if stats.median_ms is not None:
+            assert row["median_s"] * 1000 == stats.median_ms
+            assert data["project_median_s"] * 1000 == stats.project_median_ms
+    assert rows[pseudonym(project, ana)]["n"] > rows[pseudonym(project, ana)]["position"]["n"]  # the window
+
+
+def test_a_partial_last_block_is_drawn_hollow_and_never_quoted_as_the_current_value(make_project, make_member):
+    """Eighty votes agreeing, then one item that two annotators split: a block of 2 judgments at the end."""
+    project = make_project(n_items=41, overlap=2)
+    votes = []
+    for i in range(40):
+        votes += [{"item": f"item-{i}", "annotator": name, "winner": i % 2} for name in ("ana", "ben")]
+    votes += [
+        {"item": "item-40", "annotator": "ana", "winner": 0},
+        {"item": "item-40", "annotator": "ben", "winner": 1},
+    ]
+    import_votes(project, votes)
+    over = dashboard.dashboard_data(project)["over_time"]
+    assert over["block_size"] == 20 and over["partial_below"] == 20
+    points = over["points"]
+    assert [(p["x"], p["n_judgments"], p["partial"]) for p in points] == [
+        (20, 20, False),
+        (40, 20, False),
+        (60, 20, False),
+        (80, 20, False),
+        (82, 2, True),
+    ]
+    assert [p["percent_agreement"] for p in points] == [1.0, 1.0, 1.0, 1.0, 0.0]
+
+    html = client_for(make_member(project, "res", Role.RESEARCHER)).get("/p/demo/dashboard/").content.decode()
+    chart = re.search(r'<section class="card" id="over-time">(.*?)</section>', html, re.S).group(1)
+    assert ">percent agreement: 1</text>" in chart and ">percent agreement: 0</text>" not in chart
+    assert 'data-partial="true" data-series="percent agreement" data-x="82" data-y="0"' in chart
+    assert 'stroke-dasharray="4 3"' in chart and "(partial block: 2 judgments)" in chart
+
+
+def test_a_line_chart_of_partial_points_only_says_so_in_its_legend():
+    svg = str(charts.line_chart({"α": [(10, 0.4)]}, title="t", partial=[10], partial_label="partial block"))
+    assert "α: 0.4 (partial block)" in svg and 'data-partial="true"' in svg
+    svg = str(charts.line_chart({"α": [(20, 0.9), (40, 0.8), (42, -0.5)]}, title="t", partial=[42]))
+    assert "α: 0.8</text>" in svg and svg.count("<polyline") == 2
+
+
+def test_empty_charts_say_why(make_project, make_member):
+    # Overlap 1: no item can have two labels; imported votes carry no time and there are no gold items.
+    project = make_project(n_items=6, overlap=1)
+    import_votes(project, [{"item": f"item-{i}", "annotator": "solo", "winner": i % 2} for i in range(6)])
+    client = client_for(make_member(project, "res", Role.RESEARCHER))
+    html = client.get("/p/demo/dashboard/").content.decode()
+    overlap = "agreement needs overlap ≥ 2 (this project&#x27;s overlap is 1)"
+    over_time = re.search(r'<section class="card" id="over-time">(.*?)</section>', html, re.S).group(1)
+    assert 'class="empty"' in over_time and overlap in over_time and "no data yet" not in html
+    assert f"No agreement to show: {overlap}." in html and f"No pair to show: {overlap}." in html
+    gold = re.search(r'<figure id="gold-chart">(.*?)</figure>', html, re.S).group(1)
+    assert "no gold items (import items with &quot;purpose&quot;: &quot;gold&quot; to measure accuracy)" in gold
+    speed = re.search(r'<figure id="speed-chart">(.*?)</figure>', html, re.S).group(1)
+    assert "no timed judgments (imported votes carry no time on task)" in speed
+    position = re.search(r'<figure id="position-chart">(.*?)</figure>', html, re.S).group(1)
+    assert "only imported wins: the order they were shown in is unknown" in position
+
+    # Overlap 2 and nothing judged yet: the reason is that, not the overlap.
+    other = make_project(slug="fresh", n_items=4, overlap=2)
+    researcher = make_member(other, "res-fresh", Role.RESEARCHER)
+    reasons = dashboard.empty_reasons(dashboard.dashboard_data(other), other)
+    assert reasons["agreement"] == "no judgments on normal items yet" and reasons["speed"] == reasons["agreement"]
+    html = client_for(researcher).get("/p/fresh/dashboard/").content.decode()
+    assert "No judgments yet." in html and "no judgments on normal items yet" in html
 
 
 # --- reinstating ------------------------------------------------------------------------------------------------------
