@@ -3,12 +3,13 @@
 import random
 
 import pytest
+from django.utils import timezone
 
-from annotate import actions
+from annotate import actions, vetting
 from annotate.agreement import cohen_kappa
 from annotate.imports import ImportFailed, parse_items
 from annotate.models import Item, Judgment, Kind, Membership, Role
-from annotate.vetting import AnnotatorStats, gold_score, qualify, review_findings
+from annotate.vetting import AnnotatorStats, gold_score, qualify, review_checks, review_enabled, review_findings
 from tests.conftest import jsonl, pairwise_rows
 
 pytestmark = pytest.mark.django_db
@@ -183,6 +184,21 @@ def test_scores_and_findings_are_pure_functions():
         n_first=38,
     )
     assert len(review_findings(bad, Settings)) == 4
+    # One rule, by check: what review acts on and what the dashboard draws red.
+    checks = review_checks(bad, Settings)
+    assert list(checks) == ["gold", "agreement", "speed", "position"] and list(checks.values()) == review_findings(
+        bad, Settings
+    )
+    assert checks["speed"] == "median time on task 0.5 s is far below the project's 6.0 s"
+    # Too few answers to judge: nothing, however far below.
+    few = AnnotatorStats(n_gold=9, gold_accuracy=0.0, n_shared=9, majority_agreement=0.0, n_wins=29, n_first=29)
+    assert review_checks(few, Settings) == {}
+    assert review_enabled(Settings)
+
+    class Off(Settings):
+        review_gold_accuracy = review_majority_agreement = review_speed_ratio = review_position_bias_p = 0
+
+    assert not review_enabled(Off) and review_checks(bad, Off) == {}
 
 
 def test_qualification_kappa_is_the_agreement_kappa_with_its_edge_cases():
@@ -276,3 +292,82 @@ def test_review_looks_at_the_newest_answers_only(make_project, make_member, monk
     recent = selectors.annotator_stats(project, user)
     assert (recent.n_wins, recent.n_first) == (4, 0)
     assert recent.median_ms is None  # fewer timed answers in the window than review needs (MIN_TIMED)
+
+
+def test_review_project_reviews_whom_a_submit_would_through_the_same_review(make_project, make_member, monkeypatch):
+    """``actions.review_project`` (the scheduled pass, the dashboard's review): active annotators who judged here,
+    each through ``review_annotator``; not researchers, not members made by import_judgments, not the flagged."""
+    from annotate.imports import parse_votes
+
+    project = make_project(n_items=12, overlap=4, review_speed_ratio=0, review_position_bias_p=0.01)
+    clickers = {name: make_member(project, name) for name in ("clicker", "other")}
+    researcher = make_member(project, "res", Role.RESEARCHER)
+    for user in (*clickers.values(), researcher):
+        for i in range(12):
+            task = actions.assign_next_task(user, project)
+            actions.record_judgment(task, {"choice": "A", "strength": 1}, f"{user.pk}-{i}")
+    # Imported votes for response 0 every time: their shown order is unknown, so no position finding for them.
+    actions.import_judgments(
+        project,
+        parse_votes(jsonl([{"item": f"item-{i}", "annotator": "imported", "winner": 0} for i in range(12)]), "jsonl"),
+    )
+    Membership.objects.filter(project=project, user=clickers["other"]).update(status=Membership.Status.FLAGGED)
+    assert set(Membership.objects.filter(project=project).values_list("status", flat=True)) <= {"active", "flagged"}
+
+    # 12 wins: below MIN_POSITION (30), so nothing yet; with the threshold's minimum met, the clicker alone.
+    assert actions.review_project(project) == {}
+    monkeypatch.setattr(vetting, "MIN_POSITION", 10)
+    flagged = actions.review_project(project)
+    clicker = clickers["clicker"]
+    assert list(flagged) == [clicker.pk] and flagged[clicker.pk] == [
+        "chose the first-shown response 100% of 12 times (binomial p = 4.9e-04)"
+    ]
+    member = Membership.objects.get(project=project, user=clicker)
+    assert member.status == "flagged" and member.status_reason == (
+        "Automatic review: chose the first-shown response 100% of 12 times (binomial p = 4.9e-04)."
+    )
+    assert Membership.objects.get(project=project, user=researcher).status == "active"
+    assert Membership.objects.get(project=project, user__username="imported").status == "active"
+    # Review switched off: nothing to do, nothing read.
+    project.review_gold_accuracy = project.review_position_bias_p = 0
+    assert actions.review_project(project) == {}
+
+
+def test_the_review_command_reviews_now_or_queues_the_periodic_pass(make_project, make_member):
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+    from django_tasks_db.models import DBTaskResult
+
+    from annotate import tasks
+
+    project = make_project(n_items=0, gold_rate=1.0, review_min_gold=3, review_gold_accuracy=0.7)
+    actions.import_items(project, parse_items(jsonl(rows_with("gold", 4)), "jsonl", Kind.PAIRWISE))
+    user = make_member(project, "ann")
+    for i in range(3):  # three misses, but with review off they stay unnoticed
+        if i == 0:
+            actions.update_project_settings(project, review_gold_accuracy=0)
+        task = actions.assign_next_task(user, project)
+        good = Item.objects.get(pk=task.item_id).responses.get(index=0).pk
+        actions.record_judgment(task, {"choice": "B" if task.display_order[0] == good else "A", "strength": 1}, f"m{i}")
+    assert Membership.objects.get(user=user).status == "active"
+    out = StringIO()
+    call_command("review", "demo", stdout=out)
+    assert out.getvalue() == "Nobody below a threshold.\n"
+    actions.update_project_settings(project, review_gold_accuracy=0.7)
+    out = StringIO()
+    call_command("review", stdout=out)  # every project whose review is on
+    assert out.getvalue() == (
+        "demo: ann flagged: Automatic review: gold accuracy 0.00 over the last 3 gold items is below 0.70.\n"
+    )
+    with pytest.raises(CommandError, match="No project 'nope'"):
+        call_command("review", "nope")
+
+    DBTaskResult.objects.all().delete()
+    out = StringIO()
+    call_command("review", "--schedule", stdout=out)
+    call_command("review", "--schedule", stdout=out)
+    assert out.getvalue() == "Periodic review queued.\nPeriodic review already queued.\n"
+    (waiting,) = DBTaskResult.objects.filter(task_path=tasks.review_projects.module_path)
+    assert waiting.run_after <= timezone.now()  # the first pass runs as soon as a worker is free
