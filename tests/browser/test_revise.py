@@ -1,0 +1,124 @@
+"""Going back to change an answer in a real browser, on a phone-sized screen: "Previous" (key p) walks back through
+the annotator's answers with each one filled in, a changed answer supersedes the old one in the database, the page
+returns to the current task, and the progress line says what is done and what is left. Also without JavaScript."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+from annotate.models import Item, Judgment, Task
+
+from .conftest import current_task_id, login, screenshot, wait_saved
+
+pytestmark = pytest.mark.browser
+
+PHONE = {"width": 390, "height": 844}
+
+
+def fits_the_screen(page) -> None:
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"the page is {width}px wide on a {PHONE['width']}px screen"
+    # The progress line is whole (a class shared with the project page's bar once cut it to 10px).
+    assert page.locator("#task .progress-line").bounding_box()["height"] >= 16
+
+
+def press_answer(page, *keys: str) -> int:
+    """Answer the task on screen with ``keys`` and Enter; returns its id once the next task is shown and saved."""
+    task = current_task_id(page)
+    for key in keys:
+        page.keyboard.press(key)
+    page.keyboard.press("Enter")
+    expect(page.locator("#task")).not_to_have_attribute("data-task", str(task))
+    wait_saved(page)
+    return task
+
+
+def test_previous_walks_back_and_a_changed_answer_supersedes_the_old_one(new_context, pairwise_project):
+    project, alice = pairwise_project  # 5 items, overlap 2, alice the only annotator
+    page = new_context(viewport=PHONE).new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    login(page, "alice")
+    page.goto(f"/p/{project.slug}/annotate/")
+    expect(page.locator("#progress-count")).to_have_text("0 done")
+    expect(page.locator("#progress-left")).to_have_text("· 5 left")
+    expect(page.locator("#task a.previous")).to_have_count(0)  # nothing to go back to yet
+
+    first = press_answer(page, "1", "w")  # A, slightly better
+    second = press_answer(page, "3")  # tie
+    current = current_task_id(page)
+    expect(page.locator("#progress-count")).to_have_text("2 done")
+    expect(page.locator("#progress-left")).to_have_text("· 3 left")  # 2 of 5 done: the total is 5
+
+    # p: the last answer, filled in; p again: the one before it.
+    page.keyboard.press("p")
+    expect(page.locator("#task")).to_have_attribute("data-task", str(second))
+    expect(page.locator("#task")).to_have_attribute("data-revision", "1")
+    expect(page.locator("#task input[name=choice][value=tie]")).to_be_checked()
+    fits_the_screen(page)
+    page.keyboard.press("p")
+    expect(page.locator("#task")).to_have_attribute("data-task", str(first))
+    expect(page.locator("#task input[name=choice][value=A]")).to_be_checked()
+    expect(page.locator("#task input[name=strength][value='1']")).to_be_checked()
+    # The responses in the order alice saw them when she answered.
+    task = Task.objects.get(pk=first)
+    shown = [page.locator(f'#task article.response[data-position="{p}"] .md').inner_text().strip() for p in "AB"]
+    texts = dict(Item.objects.get(pk=task.item_id).responses.values_list("pk", "text"))
+    assert shown == [texts[task.display_order[0]], texts[task.display_order[1]]]
+    screenshot(page, "revise-390.png")
+    fits_the_screen(page)
+
+    # B, significantly better: back to the task she was on, and the answer is changed.
+    page.keyboard.press("2")
+    page.keyboard.press("r")
+    page.keyboard.press("Enter")
+    expect(page.locator("#task")).to_have_attribute("data-task", str(current))
+    expect(page.locator("#task")).not_to_have_attribute("data-revision", "1")
+    wait_saved(page)
+    expect(page.locator("#task")).to_contain_text("Your earlier answer is changed")
+    expect(page.locator("#progress-count")).to_have_text("2 done")
+    expect(page.locator("#progress-left")).to_have_text("· 3 left")
+
+    old, new = Judgment.objects.filter(task=first).order_by("id")
+    assert (old.is_current, old.winner_id, old.strength) == (False, task.display_order[0], 1)
+    assert (new.is_current, new.winner_id, new.strength, new.supersedes_id) == (True, task.display_order[1], 3, old.pk)
+    assert Judgment.objects.filter(task=second).count() == 1
+    assert Item.objects.get(pk=task.item_id).n_judgments == 1  # a change is not a second vote
+
+    # Work goes on from the current task as before.
+    assert press_answer(page, "4") == current
+    expect(page.locator("#progress-count")).to_have_text("3 done")
+    expect(page.locator("#progress-left")).to_have_text("· 2 left")
+    assert Judgment.objects.get(task=current).outcome == "both_bad"
+    assert not errors, errors
+
+
+def test_previous_without_javascript(new_context, pairwise_project):
+    project, alice = pairwise_project
+    page = new_context(java_script_enabled=False, viewport=PHONE).new_page()
+    login(page, "alice")
+    page.goto(f"/p/{project.slug}/annotate/")
+    first = current_task_id(page)
+    page.check("#task input[name=choice][value=tie]")
+    with page.expect_navigation():
+        page.locator("#task form.judge button[type=submit]").click()
+    current = current_task_id(page)
+
+    with page.expect_navigation():
+        page.locator("#task a.previous").click()
+    assert current_task_id(page) == first
+    expect(page.locator("#task input[name=choice][value=tie]")).to_be_checked()
+    fits_the_screen(page)
+    page.check("#task input[name=choice][value=B]")
+    page.check("#task input[name=strength][value='2']")
+    with page.expect_navigation():
+        page.locator("#task form.judge button[type=submit]").click()
+    assert page.url.endswith(f"/p/{project.slug}/annotate/") and current_task_id(page) == current
+    expect(page.locator("#messages")).to_contain_text("Your earlier answer is changed")
+    task = Task.objects.get(pk=first)
+    assert list(Judgment.objects.filter(task=first).order_by("id").values_list("outcome", "is_current")) == [
+        ("tie", False),
+        ("win", True),
+    ]
+    assert Judgment.objects.get(task=first, is_current=True).winner_id == task.display_order[1]
