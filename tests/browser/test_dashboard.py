@@ -130,3 +130,35 @@ def test_dashboard_shows_who_to_review_and_reinstates(make_project, make_member,
     expect(page.locator(".message.success")).to_contain_text("random-rita is active again")
     flagged.refresh_from_db()
     assert flagged.status == "active" and flagged.status_reason == "Reinstated by rhea."
+
+
+def test_the_annotators_drawn_red_are_the_ones_listed_under_review(make_project, make_member, new_context):
+    """Issue 14: an annotator drawn red below the speed line while the page said "Everyone is active". Here the
+    line moves (a researcher tightens review_speed_ratio) and hasty never submits again: the dashboard reviews
+    on view, and every red mark on the page names someone in the table of annotators under review."""
+    cache.clear()
+    project = make_project(slug="demo", kind=Kind.PAIRWISE, overlap=3, n_items=0, review_position_bias_p=0)
+    import_rows(project, jsonl(rows(12)))
+    pace = {"hasty": 2000, "steady": 6000, "calm": 7000}  # the project's median: 6 s
+    for name, ms in pace.items():
+        user = make_member(project, name, password=PASSWORD)
+        while (task := actions.assign_next_task(user, project)) is not None:
+            actions.record_judgment(task, {"choice": "A", "strength": 1, "duration_ms": ms}, f"{name}-{task.pk}")
+    assert not Membership.objects.filter(project=project).exclude(status=Membership.Status.ACTIVE).exists()
+    actions.update_project_settings(project, review_speed_ratio=0.5)  # the line: 3 s; hasty's median is 2 s
+    make_member(project, "rhea", Role.RESEARCHER, password=PASSWORD)
+    hasty = Membership.objects.get(project=project, user__username="hasty").pseudonym
+
+    page = new_context(java_script_enabled=False).new_page()
+    login(page, "rhea")
+    page.goto("/p/demo/dashboard/")
+    red = page.locator('svg rect.bar.bad, svg circle[fill="#c0392b"]').evaluate_all(
+        "marks => marks.map(m => m.dataset.label)"
+    )
+    listed = page.locator("#review tbody tr td:nth-child(2) code").all_inner_texts()
+    assert hasty in red and set(red) <= set(listed), (red, listed)
+    expect(page.locator("#review")).to_contain_text("hasty")
+    expect(page.locator("#review")).not_to_contain_text("Everyone is active")
+    expect(page.locator("#review")).to_contain_text("median time on task 2.0 s is far below the project's 6.0 s")
+    expect(page.locator(f'#speed-chart rect[data-label="{hasty}"]')).to_have_attribute("data-value", "2")
+    page.locator("#review").screenshot(path=str(SCREENSHOTS / "dashboard-review-agrees.png"))
