@@ -178,6 +178,7 @@ LABELS = {
     "lora_r": "LoRA rank",
     "lora_alpha": "LoRA alpha",
     "lora_target_modules": "LoRA target modules",
+    "num_virtual_tokens": "Virtual tokens",
     "top_p": "Top-p",
     "beta": "β",
     "kl_coef": "KL coefficient (β)",

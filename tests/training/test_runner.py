@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -360,6 +361,9 @@ class _FakeTrainer:
     def __init__(self, calls):
         self.calls = calls
         self.accelerator = type("Accelerator", (), {"wait_for_everyone": lambda _: calls.append("wait")})()
+        self.args = SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=2, world_size=1)
+        self.train_dataset = [{}] * 200
+        self.state = SimpleNamespace(epoch=0.48)
 
     def remove_callback(self, callback):
         self.calls.append("quiet")
@@ -381,7 +385,15 @@ def test_train_to_end_resumes_collects_waits_and_honours_a_cancel(tmp_path):
     metrics = train_to_end(
         _FakeTrainer(calls), reporter, str(tmp_path), lambda: calls.append("collect") or {"eval_loss": 0.25}
     )
-    assert metrics == {"train_loss": 0.5, "train_steps": 12, "train_runtime": 3.25, "eval_loss": 0.25}
+    assert metrics == {
+        "train_loss": 0.5,
+        "train_steps": 12,
+        "train_runtime": 3.25,
+        "train_epochs": 0.48,
+        "n_train": 200,
+        "n_train_examples_seen": 96,  # 12 steps × 4 per device × 2 accumulated: max_steps stopped before one pass
+        "eval_loss": 0.25,
+    }
     assert calls == ["quiet", "quiet", ("train", str(checkpoint)), "collect", "wait"]
 
     calls.clear()
