@@ -66,7 +66,14 @@ def test_a_run_stopped_by_max_steps_records_what_it_saw_and_logs_its_last_step(t
     events = []
     # logging_steps above max_steps: before the fix nothing but the run's mean loss was logged (an empty chart).
     config = RewardRunConfig.from_dict(
-        {**FAST, "base_model": str(tiny_base), "max_steps": 3, "logging_steps": 5, "eval_steps": 3}
+        {
+            **FAST,
+            "base_model": str(tiny_base),
+            "max_steps": 3,
+            "logging_steps": 5,
+            "eval_steps": 3,
+            "learning_rate": 1e-5,
+        }
     )
     metrics = run(config, paths, tmp_path / "out", events.append)
     assert metrics["n_train"] == 64 and metrics["n_train_examples_seen"] == 3 * 8
@@ -77,6 +84,7 @@ def test_a_run_stopped_by_max_steps_records_what_it_saw_and_logs_its_last_step(t
     # batch of 16: TRL's mean of batch means is the plain mean), not a value read from another key or log line.
     (trl_eval,) = [values["eval_accuracy"] for step, values in logged if "eval_accuracy" in values]
     assert metrics["eval_pairs"] == 16 and metrics["eval_accuracy"] == pytest.approx(trl_eval)
+    assert 0 < trl_eval < 1, trl_eval  # a barely trained model, so that the two could disagree
 
 
 def test_the_card_says_how_much_of_the_data_was_seen():
