@@ -128,6 +128,7 @@ def test_ppo_raises_a_known_reward_while_the_kl_penalty_bounds_the_drift(tmp_pat
         assert all(name in s and s[name] == s[name] for s in steps), name  # reported every step, never NaN
     assert 0 < steps[0]["clip_fraction"] < 1 and steps[-1]["kl_coef"] == pytest.approx(0.05)
     assert metrics["reward"] == steps[-1]["reward"] and metrics["train_steps"] == 20
+    assert metrics["n_train"] == 16 and metrics["n_train_examples_seen"] == 16  # 20 steps cover the 16 prompts
     assert _changed(tiny_causal, tmp_path / "weak")
     info = json.loads((tmp_path / "weak" / "arbiter.json").read_text())
     assert info["kind"] == "ppo" and info["value_model_source"] == str(tiny_causal) and not info["is_adapter"]
@@ -220,6 +221,8 @@ def test_grpo_and_rloo_train_against_the_reward_model(kind, tmp_path, tiny_causa
     assert [e["step"] for e in events if e["event"] == "progress"] == [1, 2] and len(logged) == 2
     assert all(m["reward_std"] > 0 and "kl" in m and "entropy" in m for m in logged)  # a group's responses differ
     assert metrics["train_steps"] == 2 and metrics["reward"] == logged[-1]["reward"]
+    # 2 steps of 8 responses, 4 per prompt: 4 of the 16 prompts were trained on (not 2 × 8 = 16).
+    assert metrics["n_train"] == 16 and metrics["n_train_examples_seen"] == 4
     assert logged[-1]["kl"] != 0.0  # after one update the policy differs from its reference
     assert _changed(tiny_causal, tmp_path / "out")
     info = json.loads((tmp_path / "out" / "arbiter.json").read_text())
