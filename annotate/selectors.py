@@ -216,9 +216,10 @@ def previous_task(project: Project, user, before: Task | None = None) -> Task | 
     return tasks.select_related("project", "item").order_by("-done_at", "-id").first()
 
 
-# "N left" is counted exactly up to this many items; past it the page says "more than" (the count stops there, so
-# its cost does not grow with the project).
-LEFT_COUNTED_UP_TO = 1000
+# "N left" is counted exactly up to this many items; past it the page says "N+" (the count stops there, so its cost
+# does not grow with the project). Small enough, too, that PostgreSQL walks item_open_idx in id order for it (at
+# 1,000 and a few thousand open items it may read the whole project through the project index and sort instead).
+LEFT_COUNTED_UP_TO = 500
 
 
 def annotator_workload(project: Project, user) -> dict:
@@ -238,7 +239,10 @@ def annotator_workload(project: Project, user) -> dict:
         done=Count("id", filter=Q(status=Task.Status.DONE)),
         held=Count("id", filter=Q(status=Task.Status.LEASED, lease_expires_at__gt=timezone.now())),
     )
-    membership = Membership.objects.filter(project=project, user=user).values_list("status", "pick_mark").first()
+    # order_by(): the model's ordering would join the project and the user for nothing.
+    membership = (
+        Membership.objects.filter(project=project, user=user).order_by().values_list("status", "pick_mark").first()
+    )
     status, mark = membership or (Membership.Status.ACTIVE, 0)
     mine = Task.objects.filter(item=OuterRef("pk"), annotator=user)
     if status == Membership.Status.CANDIDATE:
