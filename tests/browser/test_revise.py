@@ -1,13 +1,14 @@
 """Going back to change an answer in a real browser, on a phone-sized screen: "Previous" (key p) walks back through
 the annotator's answers with each one filled in, a changed answer supersedes the old one in the database, the page
-returns to the current task, and the progress line says what is done and what is left. Also without JavaScript."""
+returns to the current task, and the progress line says what is done and what is left. Also without JavaScript; and
+the other two htmx swaps of the same issue at that size: member suggestions, and the new-project form's kind fields."""
 
 from __future__ import annotations
 
 import pytest
 from playwright.sync_api import expect
 
-from annotate.models import Item, Judgment, Task
+from annotate.models import Item, Judgment, Project, Role, Task
 
 from .conftest import current_task_id, login, screenshot, wait_saved
 
@@ -122,3 +123,34 @@ def test_previous_without_javascript(new_context, pairwise_project):
         ("win", True),
     ]
     assert Judgment.objects.get(task=first, is_current=True).winner_id == task.display_order[1]
+
+
+def test_member_suggestions_and_the_kinds_fields_swap_in(new_context, make_project, make_member, django_user_model):
+    project = make_project(n_items=0)
+    make_member(project, "boss", Role.ADMIN)
+    for name in ("alice", "alicia", "malik"):
+        django_user_model.objects.create_user(name)
+    page = new_context(viewport=PHONE).new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    login(page, "boss")
+    page.goto(f"/p/{project.slug}/members/")
+    page.fill("#add-member input[name=username]", "ali")
+    page.keyboard.type("c")  # "alic": the datalist is refilled as one types
+    expect(page.locator("#member-suggestions option")).to_have_count(2)
+    assert [o.get_attribute("value") for o in page.locator("#member-suggestions option").all()] == ["alice", "alicia"]
+
+    page.goto("/projects/new/")
+    page.select_option("select[name=kind]", "rating")
+    expect(page.locator("#kind-fields input[name=scale_text]")).to_have_count(1)
+    page.select_option("select[name=kind]", "steps")
+    expect(page.locator("#kind-fields input[name=step_separator]")).to_have_count(1)
+    expect(page.locator("input[name=scale_text], input[name=criteria_text]")).to_have_count(0)
+    page.fill("input[name=slug]", "stepsy")
+    page.fill("#kind-fields input[name=step_separator]", "##")
+    fits_width = page.evaluate("document.documentElement.scrollWidth")
+    with page.expect_navigation():
+        page.click("button[type=submit].primary")
+    created = Project.objects.get(slug="stepsy")
+    assert (created.kind, created.step_separator, created.scale) == ("steps", "##", {})
+    assert fits_width <= PHONE["width"] and not errors, (fits_width, errors)
