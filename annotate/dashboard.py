@@ -175,6 +175,7 @@ def review_stats(row: dict, project_median_s: float | None) -> AnnotatorStats:
         project_median_ms=project_median_s * 1000 if project_median_s else None,
         n_wins=position.get("n", 0),
         n_first=position.get("k", 0),
+        first_p_value=position.get("p_value"),
     )
 
 

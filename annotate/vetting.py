@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import combinations
 
-from scipy.stats import binomtest
-
 from .agreement import cohen_kappa
 from .models import Kind
+from .reliability import binomial_p_values
 
 
 def gold_score(kind: str, expected: dict, answer: dict) -> float | None:
@@ -90,6 +89,8 @@ class AnnotatorStats:
     project_median_ms: float | None = None
     n_wins: int = 0
     n_first: int = 0
+    # The p-value below when it is already known: the dashboard computes all of them at once, by the same test.
+    first_p_value: float | None = None
 
     @property
     def position_rate(self) -> float | None:
@@ -97,8 +98,13 @@ class AnnotatorStats:
 
     @property
     def position_p_value(self) -> float | None:
-        """Exact two-sided binomial test of choosing the first-shown response against 1/2."""
-        return binomtest(self.n_first, self.n_wins, 0.5).pvalue if self.n_wins else None
+        """Exact two-sided binomial test of choosing the first-shown response against 1/2
+        (``reliability.binomial_p_values``, what the dashboard's position chart shows)."""
+        if not self.n_wins:
+            return None
+        if self.first_p_value is not None:
+            return self.first_p_value
+        return float(binomial_p_values(self.n_first, self.n_wins))
 
 
 MIN_SHARED = 10  # agreement with the majority is judged on at least this many shared items
