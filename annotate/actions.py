@@ -873,7 +873,7 @@ def review_project(project: Project, user_ids=None) -> dict[int, list[str]]:
 
     It reviews whom a submit would: active annotators who have judged in Arbiter (members made by
     ``import_judgments`` alone never submit, and the shown order of their votes is unknown); ``user_ids``
-    narrows it. One transaction per annotator, their membership row locked as a submit locks it."""
+    narrows it. One transaction per annotator, their membership row locked: two passes never review one at once."""
     from .vetting import review_enabled
 
     if not review_enabled(project):
