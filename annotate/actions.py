@@ -993,24 +993,26 @@ def _json_safe(value):
 
 # --- the data browser: item statistics, adjudication, flags and skips, more votes --------------------------
 
-# Judgments this recent may still have transactions with lower ids committing after them (an import holds its ids
-# until it commits), so the mark stays below them and their items are refreshed again on the next read.
-STATS_SETTLE = timedelta(seconds=60)
+# A submit's transaction is milliseconds long, but its judgment id is drawn before it commits: a read may see a
+# newer judgment before an older one commits. So the mark stays below the judgments of the last few seconds, whose
+# items are refreshed again on the next read. (A bulk import, whose transaction is long, lowers the mark itself:
+# _stale_stats_from, in the same transaction as its votes.)
+STATS_SETTLE = timedelta(seconds=5)
 
 
 def refresh_item_stats(project: Project) -> int:
     """Bring ``Item.winner_share`` up to date for the items that got a vote since the project's ``stats_mark``; returns
     how many items were refreshed. The browser calls it before each read: the annotation path pays nothing, and a
-    read pays for the votes since the last one (one statement over the items they touch)."""
+    read pays for the votes since the last one (one set-based statement over the items they touch)."""
     statement = sql.refresh_shares(project.kind)
     mark = Project.objects.filter(pk=project.pk).values_list("stats_mark", flat=True).first() or 0
+    newer = Judgment.objects.filter(project=project, id__gt=mark)
+    if statement is None or not newer.exists():
+        return 0
     settled = (
-        Judgment.objects.filter(project=project, id__gt=mark, created_at__lt=timezone.now() - STATS_SETTLE)
-        .order_by("-id")
-        .values_list("id", flat=True)
-        .first()
+        newer.filter(created_at__lt=timezone.now() - STATS_SETTLE).order_by("-id").values_list("id", flat=True).first()
     )
-    refreshed = sql.execute(statement, [project.pk, project.pk, mark]) if statement else 0
+    refreshed = sql.execute(statement, [project.pk, project.pk, mark])
     if settled is not None:
         Project.objects.filter(pk=project.pk, stats_mark__lt=settled).update(stats_mark=settled)
     return refreshed

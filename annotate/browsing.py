@@ -158,8 +158,8 @@ def _terms(text: str) -> list[str]:
     return re.findall(r"\w+", text.lower())[:MAX_TERMS]
 
 
-# PostgreSQL: the indexed expressions of migration 0013, repeated exactly so that the planner uses the indexes.
-ITEM_SEARCH = "to_tsvector('simple'::regconfig, left(regexp_replace(prompt::text, '\\\\[nrt]', ' ', 'g'), 100000))"
+# PostgreSQL: the indexed expression of migration 0013 over the responses, repeated exactly so that the planner uses
+# the index (the prompts' words are in annotate_item_search, kept by triggers).
 RESPONSE_SEARCH = "to_tsvector('simple'::regconfig, left(text, 100000))"
 
 
@@ -169,11 +169,8 @@ def search_condition(project: Project, text: str) -> Q:
     if connection.vendor == "postgresql":
         query = " & ".join(terms)  # words only (\w+): nothing to escape
         statement = (
-            # No project condition inside: the outer query has it, and here it would tempt the planner away from
-            # the text index.
-            f"SELECT id FROM annotate_item WHERE {ITEM_SEARCH} @@ to_tsquery('simple', %s) "
-            f"UNION SELECT r.item_id FROM annotate_response r WHERE {RESPONSE_SEARCH.replace('(text', '(r.text')} "
-            "@@ to_tsquery('simple', %s)"
+            "SELECT item_id FROM annotate_item_search WHERE document @@ to_tsquery('simple', %s) "
+            f"UNION SELECT item_id FROM annotate_response WHERE {RESPONSE_SEARCH} @@ to_tsquery('simple', %s)"
         )
         return Q(id__in=RawSQL(statement, [query, query]))
     match = " ".join(f'"{term}"' for term in terms)  # each word a quoted FTS5 string: no operator can slip in
@@ -237,15 +234,16 @@ class ItemPage:
         return max(1, -(-self.count // self.query.page_size))
 
 
-def item_page(project: Project, query: ItemQuery) -> ItemPage:
-    """One page of the items ``query`` selects, each with its responses (by stored index), ``open_flags`` and
-    ``adjudicated``, and how many items match."""
+def item_page(project: Project, query: ItemQuery, with_responses: bool = True) -> ItemPage:
+    """One page of the items ``query`` selects, each with ``open_flags`` and ``adjudicated`` and, ``with_responses``,
+    its responses (by stored index), and how many items match."""
     items = filtered_items(project, query)
     start = (query.page - 1) * query.page_size
+    selected = items.select_related("round")
+    if with_responses:
+        selected = selected.prefetch_related(Prefetch("responses", queryset=Response.objects.order_by("index")))
     page = list(
-        items.select_related("round")
-        .prefetch_related(Prefetch("responses", queryset=Response.objects.order_by("index")))
-        .annotate(
+        selected.annotate(
             open_flags=Exists(Flag.objects.filter(item=OuterRef("pk"), status=Flag.Status.OPEN)),
             adjudicated=Exists(Adjudication.objects.filter(item=OuterRef("pk"), is_current=True)),
         )[start : start + query.page_size]
@@ -356,9 +354,9 @@ def item_labels(project: Project, item: Item, names: dict[int, str], models: boo
         return []
     include_gold = item.purpose != Item.Purpose.NORMAL
     scope = items_in_scope(project, include_gold)
-    conversational = is_conversational(scope)
     with_data = project.kind != Kind.PAIRWISE
-    tables = item_tables(project, (item.pk, item.pk), conversational)
+    # Labels do not depend on how texts are shaped: this item's own shape, not a scan of the project's prompts.
+    tables = item_tables(project, (item.pk, item.pk), item.is_conversation)
     votes = vote_frame(project, False, include_gold, (item.pk, item.pk), with_data)
     try:
         pairs = pair_votes(project.kind, votes, tables.responses)
@@ -366,7 +364,7 @@ def item_labels(project: Project, item: Item, names: dict[int, str], models: boo
         return []
     found = [("majority", majority_pairs(pairs, keep_ties=True))]
     if models:
-        ranges = item_ranges(scope)
+        ranges, conversational = item_ranges(scope), is_conversational(scope)
         for aggregate in ("dawid-skene", "bradley-terry"):
             options = ExportOptions(format="trl", aggregate=aggregate, include_gold=include_gold)
             model, _ = fit_preference_model(project, options, ranges, conversational, with_data)

@@ -399,24 +399,25 @@ def move_mark() -> str:
 @cache
 def refresh_shares(kind: str) -> str | None:
     """Set ``winner_share`` of the project's items that have a judgment above a mark: the most common answer's share
-    of the item's current votes (parameters: project, project, mark). Pairwise answers are the outcome and winner;
-    a ranking's is its first place. None for kinds without one answer per vote."""
+    of the item's current votes (parameters: project, project, mark), in one set-based statement. Pairwise answers
+    are the outcome and winner; a ranking's is its first place. None for kinds without one answer per vote."""
     if kind == "pairwise":
         answer = "j.{Judgment.outcome}, j.{Judgment.winner}"
     elif kind == "ranking":
         answer = (
             "j.{Judgment.data} -> 'ranking' -> 0"
             if _db().vendor == "postgresql"
-            else ("json_extract(j.{Judgment.data}, '$.ranking[0]')")
+            else "json_extract(j.{Judgment.data}, '$.ranking[0]')"
         )
     else:
         return None
     return with_schema(
-        "UPDATE {Item} SET {Item.winner_share} = (SELECT MAX(c) * 1.0 / SUM(c) FROM (SELECT COUNT(*) AS c "
-        "FROM {Judgment} j WHERE j.{Judgment.item} = {Item}.{Item.id} AND j.{Judgment.is_current} "
-        f"GROUP BY {answer}) AS counts) "
-        "WHERE {Item.project} = %s AND {Item.id} IN "
-        "(SELECT {Judgment.item} FROM {Judgment} WHERE {Judgment.project} = %s AND {Judgment.id} > %s)"
+        "UPDATE {Item} SET {Item.winner_share} = s.share FROM (SELECT c.item, MAX(c.n) * 1.0 / SUM(c.n) AS share "
+        "FROM (SELECT j.{Judgment.item} AS item, COUNT(*) AS n FROM {Judgment} j "
+        "WHERE j.{Judgment.project} = %s AND j.{Judgment.is_current} AND j.{Judgment.item} IN "
+        "(SELECT {Judgment.item} FROM {Judgment} WHERE {Judgment.project} = %s AND {Judgment.id} > %s) "
+        f"GROUP BY j.{{Judgment.item}}, {answer}) c GROUP BY c.item) s "
+        "WHERE {Item}.{Item.id} = s.item"
     )
 
 

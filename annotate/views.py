@@ -565,7 +565,7 @@ def items(request, slug):
     context["share_kinds"] = project.kind in browsing.SHARE_KINDS
     if "error" not in context:
         actions.refresh_item_stats(project)
-        context["page"] = browsing.item_page(project, query)
+        context["page"] = browsing.item_page(project, query, with_responses=False)  # the table shows the prompt
     template = (
         "annotate/_items_table.html" if request.htmx and request.htmx.target == "items" else "annotate/items.html"
     )

@@ -2,11 +2,12 @@
 
 - SQLite: two FTS5 tables kept by triggers, ``annotate_item_fts`` (rowid = item id: the prompt's message texts)
   and ``annotate_response_fts`` (rowid = response id, with its item id).
-- PostgreSQL: GIN indexes on the expressions ``annotate.sql.ITEM_SEARCH`` and ``annotate.sql.RESPONSE_SEARCH``
-  (copied here as they were written: a query must repeat an index's expression exactly to use it; a test checks
-  that the search's plan does). The ``simple`` configuration, no stemming, as SQLite's unicode61 tokenizer: the
-  same search finds the same items on both, in any language. Texts are cut at 100,000 characters, under the 1 MB
-  a tsvector may hold, so an import never fails for the index.
+- PostgreSQL: ``annotate_item_search`` (the prompt's message texts as a tsvector, kept by triggers, with a GIN
+  index) and a GIN index on the expression ``annotate.browsing.RESPONSE_SEARCH`` over the responses (copied here
+  as written: a query must repeat an index's expression exactly to use it; a test checks that the search's plan
+  does). The ``simple`` configuration, no stemming, as SQLite's unicode61 tokenizer: the same search finds the same
+  items on both, in any language. Texts are cut at 100,000 characters, under the 1 MB a tsvector may hold, so an
+  import never fails for the index.
 """
 
 from django.db import migrations
@@ -55,12 +56,50 @@ SQLITE_REVERSE = [
     "DROP TABLE annotate_response_fts",
 ]
 POSTGRES = [
-    "CREATE INDEX item_prompt_fts ON annotate_item USING gin "
-    "(to_tsvector('simple'::regconfig, left(regexp_replace(prompt::text, '\\\\[nrt]', ' ', 'g'), 100000)))",
+    # The prompt's words live in a table of their own, filled by triggers, not in an index on annotate_item: the
+    # annotation loop updates an item on every pick and submit (open slots, vote counts), and an expression index
+    # there would recompute the prompt's tsvector each time. Responses are never updated: their index is direct.
+    "CREATE TABLE annotate_item_search (item_id bigint PRIMARY KEY, document tsvector NOT NULL)",
+    "CREATE INDEX item_search_fts ON annotate_item_search USING gin (document)",
+    """CREATE FUNCTION annotate_item_search_write() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'DELETE' THEN
+            DELETE FROM annotate_item_search WHERE item_id = OLD.id;
+        ELSE
+            INSERT INTO annotate_item_search (item_id, document)
+            VALUES (NEW.id, to_tsvector('simple'::regconfig, left(coalesce(
+                (SELECT string_agg(m ->> 'content', ' ') FROM jsonb_array_elements(NEW.prompt) AS m), ''), 100000)))
+            ON CONFLICT (item_id) DO UPDATE SET document = EXCLUDED.document;
+        END IF;
+        RETURN NULL;
+    END $$""",
+    """CREATE FUNCTION annotate_item_search_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        TRUNCATE annotate_item_search;
+        RETURN NULL;
+    END $$""",
+    "CREATE TRIGGER annotate_item_search_insert AFTER INSERT OR DELETE ON annotate_item "
+    "FOR EACH ROW EXECUTE FUNCTION annotate_item_search_write()",
+    "CREATE TRIGGER annotate_item_search_update AFTER UPDATE OF prompt ON annotate_item "
+    "FOR EACH ROW EXECUTE FUNCTION annotate_item_search_write()",
+    "CREATE TRIGGER annotate_item_search_truncate AFTER TRUNCATE ON annotate_item "
+    "FOR EACH STATEMENT EXECUTE FUNCTION annotate_item_search_truncate()",
+    """INSERT INTO annotate_item_search (item_id, document)
+        SELECT i.id, to_tsvector('simple'::regconfig, left(coalesce(
+            (SELECT string_agg(m ->> 'content', ' ') FROM jsonb_array_elements(i.prompt) AS m), ''), 100000))
+        FROM annotate_item i""",
     "CREATE INDEX response_text_fts ON annotate_response USING gin "
     "(to_tsvector('simple'::regconfig, left(text, 100000)))",
 ]
-POSTGRES_REVERSE = ["DROP INDEX item_prompt_fts", "DROP INDEX response_text_fts"]
+POSTGRES_REVERSE = [
+    "DROP TRIGGER annotate_item_search_insert ON annotate_item",
+    "DROP TRIGGER annotate_item_search_update ON annotate_item",
+    "DROP TRIGGER annotate_item_search_truncate ON annotate_item",
+    "DROP FUNCTION annotate_item_search_write()",
+    "DROP FUNCTION annotate_item_search_truncate()",
+    "DROP TABLE annotate_item_search",
+    "DROP INDEX response_text_fts",
+]
 
 
 def _run(statements_by_vendor):

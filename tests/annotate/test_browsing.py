@@ -218,21 +218,56 @@ def test_annotators_cannot_browse_or_adjudicate(split_project, make_member, api_
 # --- the plans: each filter answered by its index on PostgreSQL ----------------------------------------------
 
 
+# The tables a scan of would grow with the project (the trailing space: not annotate_item_search, small here).
+BIG_TABLES = ("annotate_item ", "annotate_response ", "annotate_judgment ")
+
+
 @pytest.mark.skipif("connection.vendor != 'postgresql'")
-def test_postgresql_plans_use_the_browser_indexes(split_project):
-    # A planner on ten rows prefers a sequential scan; forbidding it shows whether an index can answer.
-    actions.refresh_item_stats(split_project)
+def test_postgresql_plans_use_the_browser_indexes(make_project):
+    """On a table the planner takes seriously (3,000 items, analysed): no query of the browser scans a whole table,
+    and the search and the disagreement sort use their own indexes."""
+    project = make_project(n_items=0, overlap=3)
+    rows = pairwise_rows(3000)
+    rows[1234]["responses"][1]["text"] = "A zebra has stripes."
+    rows[2345]["prompt"] = "Tell me about the aardvark."
+    actions.import_items(project, parse_items(jsonl(rows), "jsonl", Kind.PAIRWISE))
+    votes = [
+        {"item": f"item-{i}", "annotator": f"a{(i + k) % 40}", "winner": int(k == 2 and i % 3 == 0)}
+        for i in range(3000)
+        for k in range(3)
+    ]
+    actions.import_judgments(project, parse_votes(jsonl(votes), "jsonl"))
+    actions.refresh_item_stats(project)
+    with connection.cursor() as cursor:
+        for table in (
+            "annotate_item",
+            "annotate_item_search",
+            "annotate_response",
+            "annotate_judgment",
+            "annotate_task",
+        ):
+            cursor.execute(f"ANALYZE {table}")
+    # (params, whether its count must avoid a whole-table scan too: a count of a third of the only project's items
+    # is rightly a sequential scan.)
+    for params, selective in (
+        ({"q": "zebra"}, True),
+        ({"sort": "disagreement"}, False),
+        ({"agreement": "split"}, False),
+        ({"flagged": "1"}, True),
+        ({}, False),
+    ):
+        queryset = browsing.filtered_items(project, ItemQuery.parse(params, project))
+        plans = [queryset[:50].explain()] + ([queryset.order_by().explain()] if selective else [])
+        for plan in plans:
+            assert not any(f"Seq Scan on {table}" in plan for table in BIG_TABLES), f"{params}\n{plan}"
+    assert "item_share_idx" in browsing.filtered_items(project, ItemQuery(sort="disagreement"))[:50].explain()
+    # The search's own indexes can answer it (the expressions match): on 3,000 short prompts a scan of the small
+    # annotate_item_search is cheaper, so it is forbidden here; bench/browse.py shows the plans at 100,000 items.
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")
-        for params, index in (
-            ({"q": "zebra"}, "response_text_fts"),
-            ({"q": "aardvark"}, "item_prompt_fts"),
-            ({"sort": "disagreement"}, "item_share_idx"),
-            ({"agreement": "split"}, "item_share_idx"),
-        ):
-            queryset = browsing.filtered_items(split_project, ItemQuery.parse(params, split_project))[:50]
-            plan = queryset.explain()
-            assert index in plan, (params, plan)
+        for params, index in (({"q": "zebra"}, "response_text_fts"), ({"q": "aardvark"}, "item_search_fts")):
+            plan = browsing.filtered_items(project, ItemQuery.parse(params, project))[:50].explain()
+            assert index in plan, f"{params}\n{plan}"
 
 
 # --- the pages -------------------------------------------------------------------------------------------------
