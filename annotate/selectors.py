@@ -125,9 +125,11 @@ def annotator_stats(project: Project, user, since=None):
         mine = mine.filter(created_at__gt=since)
     if project.kind == "pairwise":
         rows = list(
-            mine.order_by("-id").values_list("item_id", "outcome", "winner_id", "task__display_order")[:REVIEW_WINDOW]
+            mine.order_by("-id").values_list("item_id", "outcome", "winner_id", "task__display_order", "source")[
+                :REVIEW_WINDOW
+            ]
         )
-        labels = {item: (winner if outcome == "win" else outcome) for item, outcome, winner, _ in rows}
+        labels = {item: (winner if outcome == "win" else outcome) for item, outcome, winner, _, _ in rows}
         others: dict[int, list] = {}
         for item, outcome, winner in (
             Judgment.objects.filter(project=project, is_current=True, item_id__in=labels)
@@ -142,7 +144,12 @@ def annotator_stats(project: Project, user, since=None):
                 agree.append(str(labels[item]) == values[counts.argmax()])
         stats.n_shared = len(agree)
         stats.majority_agreement = float(np.mean(agree)) if agree else None
-        wins = [(winner, order) for _, outcome, winner, order in rows if outcome == "win"]
+        # An imported vote's display order is unknown (stored as the item's order): it says nothing of position.
+        wins = [
+            (winner, order)
+            for _, outcome, winner, order, source in rows
+            if outcome == "win" and source != Judgment.Source.IMPORT
+        ]
         stats.n_wins = len(wins)
         stats.n_first = sum(winner == order[0] for winner, order in wins)
 

@@ -371,3 +371,22 @@ def test_the_review_command_reviews_now_or_queues_the_periodic_pass(make_project
     assert out.getvalue() == "Periodic review queued.\nPeriodic review already queued.\n"
     (waiting,) = DBTaskResult.objects.filter(task_path=tasks.review_projects.module_path)
     assert waiting.run_after <= timezone.now()  # the first pass runs as soon as a worker is free
+
+
+def test_imported_wins_say_nothing_of_position(make_project, make_member):
+    """An annotator with imported votes (order unknown, stored as the item's) and a few browser votes: only the
+    browser votes count as wins for the position check."""
+    from annotate.imports import parse_votes
+    from annotate.selectors import annotator_stats
+
+    project = make_project(n_items=12, overlap=2, randomize_order=False)
+    user = make_member(project, "mixed")
+    actions.import_judgments(
+        project,
+        parse_votes(jsonl([{"item": f"item-{i}", "annotator": "mixed", "winner": 0} for i in range(8)]), "jsonl"),
+    )
+    for i in range(3):
+        task = actions.assign_next_task(user, project)
+        actions.record_judgment(task, {"choice": "B", "strength": 1}, f"web-{i}")
+    stats = annotator_stats(project, user)
+    assert (stats.n_wins, stats.n_first) == (3, 0)
