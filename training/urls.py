@@ -14,5 +14,6 @@ urlpatterns = [
     path("runs/<int:run_id>/human-eval/results/", views.human_eval, name="training-human-eval"),
     path("projects/<slug:slug>/rounds/", views.project_rounds, name="training-rounds"),
     path("models/", views.models, name="training-models"),
+    path("models/register/", views.model_register, name="training-model-register"),
     path("models/<int:artifact_id>/", views.model_detail, name="training-model"),
 ]

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 from annotate.models import Project, Role
 from annotate.permissions import require_role
 
-from . import kinds, launching, rounds, selectors, tasks
+from . import kinds, launching, registration, rounds, selectors, tasks
 from .forms import LaunchForm, NextRoundForm
 from .models import ModelArtifact, RoundPurpose, RunRound, TrainingRun
 from .selectors import TrainingError
@@ -288,3 +288,40 @@ def project_rounds(request, slug: str):
         "can_manage": membership.has_role(Role.ADMIN),
     }
     return render(request, "training/rounds.html", context)
+
+
+# --- bring your own base model ---------------------------------------------------------------------------
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def model_register(request):
+    """Register a base model from a folder or GGUF file under MODEL_ROOTS (training.registration): checked at
+    once, written by the worker (de-quantising a GGUF file outlasts a web request)."""
+    _require_training(request.user)
+    if not selectors.training_projects(request.user, Role.ADMIN).exists():
+        raise PermissionDenied("Only project admins register base models.")
+    values = {"name": "", "source": "", "kind": "causal-lm"}
+    error = ""
+    if request.method == "POST":
+        values = {key: request.POST.get(key, default).strip() for key, default in values.items()}
+        try:
+            src = registration.queue_registration(
+                values["name"], values["source"], values["kind"], requested_by=request.user.get_username()
+            )
+        except TrainingError as exc:
+            error = str(exc)
+        else:
+            messages.success(
+                request, f"{src.name} is queued: the worker writes it to {src.destination} (see its line below)."
+            )
+            return redirect("training-model-register")
+    context = {
+        "values": values,
+        "error": error,
+        "kinds": registration.MODEL_KINDS,
+        "roots": selectors.model_roots(),
+        "registrations": registration.recent_registrations(),
+    }
+    return render(request, "training/model_register.html", context, status=400 if error else 200)
