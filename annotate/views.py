@@ -223,7 +223,9 @@ def previous(request, slug):
     ``judge``, which records a judgment that supersedes the old one and then shows the current task again."""
     project, membership = require_role(request.user, slug, Role.ANNOTATOR)
     if membership.status in NO_REVISIONS:
-        return _render_task(request, project, None, error=NO_REVISIONS_MESSAGE, status=403)
+        # htmx swaps only 2xx answers: the "p" key's request gets the message with 200, a plain GET an honest 403.
+        status = 200 if request.htmx else 403
+        return _render_task(request, project, None, error=NO_REVISIONS_MESSAGE, status=status)
     anchor = None
     before = _int_param(request, "before")
     if before is not None or "before" in request.GET:

@@ -205,6 +205,8 @@ def test_paused_annotators_cannot_change_answers(three_answered):
     Membership.objects.filter(project=project, user=user).update(status=Membership.Status.PAUSED)
     page = client.get("/p/demo/annotate/previous/")
     assert page.status_code == 403 and "cannot be changed" in page.content.decode()
+    htmx = client.get("/p/demo/annotate/previous/", HTTP_HX_REQUEST="true")  # swapped in, so the message shows
+    assert htmx.status_code == 200 and "cannot be changed" in htmx.content.decode() and shown_task(htmx) is None
     assert answer(client, "demo", first, "B", "while-paused").status_code == 403
     assert Judgment.objects.filter(task=first).count() == 1
     # The same form sent again (its key already stored) is a replay, not a change: it goes through as before.
