@@ -35,7 +35,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 from django.core.cache import cache
-from django.db.models import Case, IntegerField, Min, OuterRef, Subquery, Value, When
+from django.db.models import Case, IntegerField, Min, OuterRef, Q, Subquery, Value, When
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Length, TruncDate
 
@@ -256,8 +256,12 @@ def judgment_frame(project: Project) -> pd.DataFrame:
         annotations["first_"] = Cast(KeyTextTransform("0", "task__display_order"), IntegerField())
         annotations["second_"] = Cast(KeyTextTransform("1", "task__display_order"), IntegerField())
         fields += ["outcome_code_", "winner_id", "first_", "second_"]
+    # Gold items count by the first answer, as review scores them (selectors.gold_results): a revision after gold
+    # feedback must not raise an annotator's accuracy.
+    gold = Q(item__purpose=Item.Purpose.GOLD)
     queryset = (
-        Judgment.objects.filter(project=project, is_current=True)
+        Judgment.objects.filter(project=project)
+        .filter((Q(is_current=True) & ~gold) | (gold & Q(supersedes__isnull=True)))
         .annotate(**annotations)
         .order_by()
         .values_list(*fields)

@@ -84,11 +84,14 @@ def answer_fields(judgment: Judgment) -> dict:
 def gold_results(
     project: Project, user, purpose: str = Item.Purpose.GOLD, limit: int | None = None, since=None
 ) -> list[tuple[Judgment, float | None]]:
-    """The annotator's current answers on gold (or qualification) items with their scores, newest first."""
+    """The annotator's first answers on gold (or qualification) items with their scores, newest first.
+
+    The first answer, not the current one: gold feedback tells an annotator the researchers' answer after they
+    answer, and a revision ("previous") after that must not raise their accuracy."""
     from .vetting import gold_score
 
     judgments = (
-        Judgment.objects.filter(project=project, annotator=user, is_current=True, item__purpose=purpose)
+        Judgment.objects.filter(project=project, annotator=user, supersedes__isnull=True, item__purpose=purpose)
         .select_related("item")
         .order_by("-id")
     )

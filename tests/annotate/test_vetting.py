@@ -390,3 +390,21 @@ def test_imported_wins_say_nothing_of_position(make_project, make_member):
         actions.record_judgment(task, {"choice": "B", "strength": 1}, f"web-{i}")
     stats = annotator_stats(project, user)
     assert (stats.n_wins, stats.n_first) == (3, 0)
+
+
+def test_a_revised_gold_answer_keeps_its_first_score(make_project, make_member):
+    """Gold feedback tells the annotator the researchers' answer; revising it afterwards must not raise their
+    accuracy, in review or on the dashboard."""
+    from annotate import dashboard
+    from annotate.imports import parse_items
+    from annotate.selectors import annotator_stats
+
+    project = make_project(n_items=0, overlap=1, gold_rate=1.0, gold_feedback=True, randomize_order=False)
+    rows = [{"id": "g", "purpose": "gold", "gold": {"winner": 0}, "prompt": "Q?", "responses": ["right", "wrong"]}]
+    actions.import_items(project, parse_items(jsonl(rows), "jsonl", "pairwise"))
+    user = make_member(project, "gina")
+    task = actions.assign_next_task(user, project)
+    first, _ = actions.record_judgment(task, {"choice": "B", "strength": 1}, "first")  # wrong
+    actions.record_judgment(task, {"choice": "A", "strength": 1}, "revised")  # right, after the feedback
+    assert annotator_stats(project, user).gold_accuracy == 0.0
+    assert dashboard.judgment_frame(project)["judgment"].tolist() == [first.pk]
