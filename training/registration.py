@@ -10,8 +10,9 @@ first MODEL_ROOT, where the launch form, ``train --base-model NAME`` and the API
   are hard-linked (copied across file systems); a GGUF file is read by transformers (``gguf_file=``, the ``gguf``
   package), de-quantised to float32 and saved as safetensors with its tokenizer and chat template. It refuses an
   architecture transformers does not know, or one that is not the ``kind`` asked for.
-- The page queues :func:`register_in_background` on the worker: de-quantising a GGUF file takes longer than a
-  web request may (gunicorn ends a request after 30 s); :func:`recent_registrations` reads back how they went.
+- The page queues :func:`register_in_background` on the worker (which runs the command in a subprocess):
+  de-quantising a GGUF file takes longer than a web request may (gunicorn ends a request after 30 s);
+  :func:`recent_registrations` reads back how they went.
 
 The folder is written inside a hidden staging folder of the root and renamed into place at the end, so a
 half-written model is never listed, and a refused or failed registration leaves nothing behind.
@@ -31,11 +32,14 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from django.conf import settings
 from django_tasks import task
 from django_tasks.base import TaskResultStatus
 from django_tasks_db.models import DBTaskResult
@@ -347,11 +351,27 @@ def _write_info(out: Path, src: Source, provenance: dict) -> None:
 
 @task()
 def register_in_background(name: str, source: str, kind: str, requested_by: str = "") -> dict:
-    """The page's registration (``requested_by`` is shown beside it). Refusals are its result, not a failure."""
-    try:
-        return register_base_model(name, source, kind, within=model_roots()).as_json()
-    except TrainingError as exc:
-        return {"error": str(exc)}
+    """The page's registration (``requested_by`` is shown beside it): ``register_model --only-model-roots`` in a
+    subprocess, since de-quantising loads torch and the whole model in float32, which the long-lived worker (torch-free
+    otherwise: runs train in subprocesses too) should not keep in its memory afterwards. A refusal is the task's
+    result, ``{"error": ...}``; anything else that ends the command (a crash, the out-of-memory killer) fails the task.
+    """
+    command = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "register_model", name, source]
+    env = {
+        **os.environ,
+        "MODEL_ROOTS": ",".join(str(root) for root in settings.MODEL_ROOTS),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
+    done = subprocess.run(
+        [*command, "--kind", kind, "--only-model-roots"], capture_output=True, text=True, env=env, check=False
+    )
+    last = _last_line(done.stderr)
+    if done.returncode == 0:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    if done.returncode == 1 and last.startswith("CommandError: "):
+        return {"error": last.removeprefix("CommandError: ")}
+    raise RuntimeError(f"register_model {name} ended with status {done.returncode}: {last or 'no message'}")
 
 
 def queue_registration(name: str, source: str, kind: str, *, requested_by: str) -> Source:

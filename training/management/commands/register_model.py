@@ -3,7 +3,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from ...registration import MODEL_KINDS, register_base_model
-from ...selectors import TrainingError
+from ...selectors import TrainingError, model_roots
 
 
 class Command(BaseCommand):
@@ -25,11 +25,20 @@ class Command(BaseCommand):
             "sequence-classifier: a reward model's backbone only (from a GGUF file it gets a new score head).",
         )
         parser.add_argument("--replace", action="store_true", help="Overwrite a model folder NAME that exists.")
+        parser.add_argument(
+            "--only-model-roots",
+            action="store_true",
+            help="Refuse a SOURCE outside MODEL_ROOTS (what the page allows; its worker runs this command with it).",
+        )
 
     def handle(self, *args, **options):
         try:
             registered = register_base_model(
-                options["name"], options["source"], options["kind"], replace=options["replace"]
+                options["name"],
+                options["source"],
+                options["kind"],
+                replace=options["replace"],
+                within=model_roots() if options["only_model_roots"] else None,
             )
         except TrainingError as exc:
             raise CommandError(str(exc)) from None
