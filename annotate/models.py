@@ -141,6 +141,31 @@ class Project(models.Model):
         validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="Binomial-test p-value of choosing the first-shown response below which an annotator is reviewed.",
     )
+    # AI feedback (docs/ai-feedback.md): whether judges' votes take human places, and routing people to the items
+    # judges are unsure about.
+    judges_take_places = models.BooleanField(
+        default=False, help_text="AI judges' votes count toward an item's overlap (by default only people's do)."
+    )
+    ai_routing = models.BooleanField(
+        default=False,
+        help_text="Judges label first; people get the items judges disagree on, are position-inconsistent on or "
+        "unsure about, and a spot-check share of the rest.",
+    )
+    routing_confidence = models.FloatField(
+        default=0.7,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Routing: a judge's vote below this confidence sends the item to people with full overlap.",
+    )
+    spot_check_rate = models.FloatField(
+        default=0.1,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Routing: the share of the items judges agree on that people still check (with full overlap).",
+    )
+    constitution = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Named principles (markdown): [{"name": "harmless", "text": "..."}, ...] (Constitutional AI).',
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -446,6 +471,7 @@ class Judgment(models.Model):
         WEB = "web", "Browser"
         API = "api", "API"
         IMPORT = "import", "Imported"
+        AI = "ai", "AI judge"  # a Judge's vote: its JudgeVote holds the provenance
 
     # Covered by judgment_project_idx (project) and unique_idempotency_key (annotator), which start with them.
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="judgments", db_index=False)
@@ -532,6 +558,88 @@ class Adjudication(models.Model):
 
     def __str__(self) -> str:
         return f"adjudication {self.pk} of {self.item_id}"
+
+
+class Judge(models.Model):
+    """An AI judge of a project: it votes like an annotator (its ``user``, who cannot log in, is the judgments'
+    annotator) through a backend: a registered reward model, a causal LM run by the worker, or an OpenAI-compatible
+    chat-completions endpoint. Secrets are never stored: ``api_key_env`` names the environment variable holding the
+    key."""
+
+    class Backend(models.TextChoices):
+        REWARD_MODEL = "reward-model", "Reward model"
+        LOCAL = "local", "Causal LM (transformers, on the worker)"
+        OPENAI = "openai", "OpenAI-compatible endpoint"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="judges")
+    name = models.SlugField(max_length=64)
+    backend = models.CharField(max_length=16, choices=Backend.choices)
+    model = models.CharField(
+        max_length=500, help_text="artifact:N[:weight],… (reward models), a folder under MODEL_ROOTS, or a model name."
+    )
+    base_url = models.CharField(
+        max_length=500, blank=True, help_text="OpenAI-compatible endpoints: the API's base URL."
+    )
+    api_key_env = models.CharField(
+        max_length=100, blank=True, help_text="The environment variable holding the API key (never the key itself)."
+    )
+    template = models.TextField(blank=True, help_text="The prompt template; empty: the default of the project's kind.")
+    principle = models.CharField(
+        max_length=100, blank=True, help_text="A constitution principle the template cites (RLAIF); empty: none."
+    )
+    options = models.JSONField(
+        default=dict, blank=True, help_text="temperature (0), max_tokens, concurrency, timeout, retries, batch_size."
+    )
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="judge")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="unique_judge_name")]
+        ordering = ["project", "name"]
+
+    def __str__(self) -> str:
+        return f"judge {self.name} of {self.project}"
+
+
+class JudgeVote(models.Model):
+    """What a judge answered on an item, kept whatever it was: the raw outputs (both orders for pairwise), the
+    parsed answer, position consistency, confidence, tokens, and the judgment it became (None when the output could
+    not be parsed: recorded as such, never guessed). One per judge and item, so a resumed run never judges a pair
+    twice."""
+
+    class Status(models.TextChoices):
+        OK = "ok", "Parsed"
+        UNPARSEABLE = "unparseable", "Could not be parsed"
+        ERROR = "error", "Backend error"
+
+    judge = models.ForeignKey(Judge, on_delete=models.CASCADE, related_name="votes")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="judge_votes")
+    judgment = models.OneToOneField(
+        Judgment, null=True, blank=True, on_delete=models.SET_NULL, related_name="judge_vote"
+    )
+    run = models.ForeignKey(
+        "training.TrainingRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="judge_votes"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices)
+    template_hash = models.CharField(max_length=64)
+    model = models.CharField(max_length=500, help_text="The model as the backend named it (path, name, artifacts).")
+    raw = models.JSONField(default=list, help_text="The raw outputs, one per order shown (pairwise: A-B, then B-A).")
+    parsed = models.JSONField(default=dict, blank=True, help_text="The parsed answer of each order.")
+    position_consistent = models.BooleanField(null=True, help_text="Pairwise: both orders gave the same answer.")
+    confidence = models.FloatField(null=True, blank=True)
+    tokens = models.JSONField(default=dict, blank=True, help_text="prompt and completion tokens, where reported.")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["judge", "item"], name="one_vote_per_judge_and_item")]
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.judge.name} on {self.item_id}: {self.status}"
 
 
 class Snapshot(models.Model):
