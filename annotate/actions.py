@@ -1118,3 +1118,79 @@ def request_more_votes(project: Project, item_ids: list[int], extra: int) -> int
     Item.objects.filter(pk__in=ids).update(open_slots=F("open_slots") + extra)
     Membership.objects.filter(project=project, pick_mark__gte=ids[0]).update(pick_mark=ids[0] - 1)
     return len(ids)
+
+
+# --- routing: people where the judges are unsure ----------------------------------------------------------------
+
+
+def routing_decisions(project: Project, item_ids) -> dict[int, str]:
+    """Where each item goes after the judges voted (``ai_routing``): ``people`` (judges disagree with each other, a
+    judge was position-inconsistent, unsure below ``routing_confidence``, or could not answer), ``spot-check`` (the
+    judges agree, and the item fell in the ``spot_check_rate`` sample) or ``judges`` (they agree: no person needed).
+
+    The sample is drawn from a hash of the project and the item, so it is the same whenever it is asked."""
+    from .models import JudgeVote
+
+    votes: dict[int, list] = {}
+    for item_id, status, consistent, confidence, outcome, winner, data in JudgeVote.objects.filter(
+        judge__project=project, item_id__in=list(item_ids)
+    ).values_list(
+        "item_id",
+        "status",
+        "position_consistent",
+        "confidence",
+        "judgment__outcome",
+        "judgment__winner_id",
+        "judgment__data",
+    ):
+        votes.setdefault(item_id, []).append((status, consistent, confidence, (outcome, winner, _answer_key(data))))
+    decisions = {}
+    for item_id in item_ids:
+        found = votes.get(item_id, [])
+        unsure = (
+            not found
+            or any(status != "ok" or consistent is False for status, consistent, _, _ in found)
+            or any(confidence is None or confidence < project.routing_confidence for _, _, confidence, _ in found)
+            or len({answer for _, _, _, answer in found}) > 1
+        )
+        if unsure:
+            decisions[item_id] = "people"
+        elif _sampled(project.pk, item_id, project.spot_check_rate):
+            decisions[item_id] = "spot-check"
+        else:
+            decisions[item_id] = "judges"
+    return decisions
+
+
+def _answer_key(data) -> str:
+    """A judgment's answer beyond outcome and winner (rankings, ratings, steps), comparable across judges."""
+    return json.dumps({k: v for k, v in (data or {}).items() if k in ("ranking", "ratings", "steps")}, sort_keys=True)
+
+
+def _sampled(project_id: int, item_id: int, rate: float) -> bool:
+    import hashlib
+
+    digest = hashlib.sha256(f"spot-check:{project_id}:{item_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rate
+
+
+def route_after_judging(project: Project, item_ids) -> int:
+    """With ``project.ai_routing``, take the items the judges agree on (and that are not spot-checked) out of the
+    people's queue: their open places go to 0. Returns how many items left the queue.
+
+    Only items no person has taken yet change (open places still equal to the overlap, no human vote): one
+    conditional UPDATE, so a pick that took a place first keeps it and the item stays with people. Nothing else
+    changes: the next-task pick is the same statement over the same partial index, which no longer holds them."""
+    if not project.ai_routing or not item_ids:
+        return 0
+    decisions = routing_decisions(project, item_ids)
+    settled = [item_id for item_id, decision in decisions.items() if decision == "judges"]
+    if not settled:
+        return 0
+    return Item.objects.filter(
+        project=project,
+        pk__in=settled,
+        purpose=Item.Purpose.NORMAL,
+        open_slots=project.overlap,
+        n_judgments=0,
+    ).update(open_slots=0)
