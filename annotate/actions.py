@@ -1178,8 +1178,8 @@ def route_after_judging(project: Project, item_ids) -> int:
     """With ``project.ai_routing``, take the items the judges agree on (and that are not spot-checked) out of the
     people's queue: their open places go to 0. Returns how many items left the queue.
 
-    Only items no person has taken yet change (open places still equal to the overlap, no human vote): one
-    conditional UPDATE, so a pick that took a place first keeps it and the item stays with people. Nothing else
+    Only items no person has taken yet change (no leased or answered task of a person): one conditional UPDATE, so a
+    pick that took a place first keeps it and the item stays with people. Nothing else
     changes: the next-task pick is the same statement over the same partial index, which no longer holds them."""
     if not project.ai_routing or not item_ids:
         return 0
@@ -1187,10 +1187,11 @@ def route_after_judging(project: Project, item_ids) -> int:
     settled = [item_id for item_id, decision in decisions.items() if decision == "judges"]
     if not settled:
         return 0
-    return Item.objects.filter(
-        project=project,
-        pk__in=settled,
-        purpose=Item.Purpose.NORMAL,
-        open_slots=project.overlap,
-        n_judgments=0,
-    ).update(open_slots=0)
+    people = Task.objects.filter(
+        item=OuterRef("pk"), status__in=[Task.Status.LEASED, Task.Status.DONE], annotator__judge__isnull=True
+    )
+    return (
+        Item.objects.filter(project=project, pk__in=settled, purpose=Item.Purpose.NORMAL, open_slots__gt=0)
+        .filter(~Exists(people))
+        .update(open_slots=0)
+    )
