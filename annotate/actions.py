@@ -1190,8 +1190,8 @@ def route_after_judging(project: Project, item_ids) -> int:
     people = Task.objects.filter(
         item=OuterRef("pk"), status__in=[Task.Status.LEASED, Task.Status.DONE], annotator__judge__isnull=True
     )
-    return (
-        Item.objects.filter(project=project, pk__in=settled, purpose=Item.Purpose.NORMAL, open_slots__gt=0)
-        .filter(~Exists(people))
-        .update(open_slots=0)
-    )
+    items = Item.objects.filter(project=project, pk__in=settled, purpose=Item.Purpose.NORMAL).filter(~Exists(people))
+    # Every open place intact: a pick that committed while this statement waited for the row has taken one, and
+    # PostgreSQL re-checks this condition (not the subquery) on the row as that pick left it.
+    untouched = {"open_slots__gt": 0} if project.judges_take_places else {"open_slots": project.overlap}
+    return items.filter(**untouched).update(open_slots=0)
