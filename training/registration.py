@@ -36,10 +36,11 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from django.conf import settings
+from django.utils import timezone as django_timezone
 from django_tasks import task
 from django_tasks.base import TaskResultStatus
 from django_tasks_db.models import DBTaskResult
@@ -54,6 +55,7 @@ MODEL_KINDS = {"causal-lm": kinds.CAUSAL_LM, "sequence-classifier": kinds.SEQUEN
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 GGUF_MAGIC = b"GGUF"
 STAGING_PREFIX = ".registering-"
+HOLD_NAME_FOR = timedelta(hours=6)  # a queued or running registration keeps others from taking its name this long
 
 
 @dataclass
@@ -377,9 +379,11 @@ def register_in_background(name: str, source: str, kind: str, requested_by: str 
 def queue_registration(name: str, source: str, kind: str, *, requested_by: str) -> Source:
     """Check now (the page shows a refusal at once), then leave the writing to the worker."""
     src = check_source(name, source, kind, within=model_roots())
+    # A worker stopped mid-task (Ctrl-C on make run) leaves its row RUNNING for ever: only recent rows hold a name.
     waiting = DBTaskResult.objects.filter(
         task_path=register_in_background.module_path,
         status__in=[TaskResultStatus.READY, TaskResultStatus.RUNNING],
+        enqueued_at__gte=django_timezone.now() - HOLD_NAME_FOR,
     )
     if any(row.args_kwargs.get("args", [None])[0] == src.name for row in waiting):
         raise TrainingError(f"{src.name} is being registered already: wait for it, or choose another name.")
