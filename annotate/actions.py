@@ -28,6 +28,7 @@ from rest_framework.authtoken.models import Token
 from . import agreement, sql
 from .exports.card import dataset_card
 from .exports.options import ExportOptions
+from .exports.reading import source_counts
 from .exports.writing import write_export
 from .imports import ANNOTATOR_NAME, ANNOTATOR_NAME_RULE, ImportFailed, ParsedItem, ParsedItems, ParsedVote, RowError
 from .judgments import InvalidJudgment, judgment_fields, vote_fields
@@ -963,9 +964,10 @@ def create_snapshot(project: Project, options: "ExportOptions", created_by=None)
         ).first()
         if existing is not None and existing.folder.is_dir():
             return existing, False
-        summary = _json_safe({**agreement.summary(project), "aggregation": result.aggregation})
+        summary = _json_safe({**agreement.summary(project, options.source), "aggregation": result.aggregation})
         counts = dict(result.counts)
         counts.update({key: summary.get(key, 0) for key in ("n_judgments", "n_items", "n_annotators")})
+        counts.update(source_counts(project, options))  # people's and judges' votes read, and the judges
         counts["n_adjudicated"] = Adjudication.objects.filter(project=project, is_current=True).count()
         relative = Path("snapshots") / project.slug / f"{result.content_hash[:16]}-{uuid.uuid4().hex[:8]}"
         with transaction.atomic():

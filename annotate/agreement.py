@@ -36,7 +36,7 @@ from django.db.models.lookups import Exact
 
 from . import sql
 from .models import Item, Judgment, Kind, Project, Response
-from .selectors import pseudonyms
+from .selectors import HUMAN, by_source, check_source, pseudonyms
 
 LEVELS = ("nominal", "ordinal", "interval")
 
@@ -516,8 +516,9 @@ def gold_accuracy(votes: pd.DataFrame, gold: pd.DataFrame | None) -> pd.Series:
 VOTE_COLUMNS = ["item", "annotator", "is_gold", "outcome_code", "winner", "strength", "first", "second", "imported"]
 
 
-def pairwise_vote_frame(project: Project, criteria=()) -> pd.DataFrame:
-    """One row per current judgment of ``project`` on its normal and gold items, from one query.
+def pairwise_vote_frame(project: Project, criteria=(), source: str = HUMAN, items=None) -> pd.DataFrame:
+    """One row per current judgment of ``project`` on its normal and gold items, from one query: people's votes
+    unless ``source`` says ``ai`` (AI judges') or ``all``; ``items``, a queryset of item ids, narrows it.
 
     Columns: ``item``, ``annotator``, ``is_gold`` (0/1), ``outcome_code`` (0 win, 1 tie, 2 both bad), ``winner``
     (response id, 0 when none), ``strength`` (NaN when none), ``first`` and ``second`` (the response ids in the
@@ -550,13 +551,10 @@ def pairwise_vote_frame(project: Project, criteria=()) -> pd.DataFrame:
         columns += [f"{name}:outcome_code", f"{name}:winner"]
     fields = ["item_id", "annotator_id", "is_gold_", "outcome_code_", "winner_id", "strength", "first_", "second_"]
     fields += ["imported_"] + [key for key in annotations if key.startswith("criterion")]
-    queryset = (
-        Judgment.objects.filter(project=project, is_current=True)
-        .exclude(item_id__in=other)
-        .annotate(**annotations)
-        .order_by()
-        .values_list(*fields)
-    )
+    judgments = by_source(Judgment.objects.filter(project=project, is_current=True), source)
+    if items is not None:
+        judgments = judgments.filter(item_id__in=items)
+    queryset = judgments.exclude(item_id__in=other).annotate(**annotations).order_by().values_list(*fields)
     table = sql.numeric_rows(queryset, fields)
     frame = {}
     for column, values in zip(columns, table.T):
@@ -604,9 +602,9 @@ def gold_answer_frame(project: Project) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["item", "outcome_code", "winner"])
 
 
-def pairwise_label_frame(project: Project) -> pd.DataFrame:
+def pairwise_label_frame(project: Project, source: str = HUMAN) -> pd.DataFrame:
     """The label frame of a pairwise project's normal items: item, annotator and ``"r<id>"``/tie/both_bad."""
-    votes = pairwise_vote_frame(project)
+    votes = pairwise_vote_frame(project, source=source)
     votes = votes[votes["is_gold"] == 0]
     return pd.DataFrame({"item": votes["item"], "annotator": votes["annotator"], "label": identity_labels(votes)})
 
@@ -614,13 +612,15 @@ def pairwise_label_frame(project: Project) -> pd.DataFrame:
 # --- other kinds: answers kept in Judgment.data ---------------------------------------------------------------
 
 
-def answer_rows(project: Project) -> list[tuple[int, int, dict]]:
-    """(item, annotator, data) of the current judgments on the project's normal items, from one query."""
-    return list(
-        Judgment.objects.filter(project=project, is_current=True, item__purpose=Item.Purpose.NORMAL)
-        .order_by()
-        .values_list("item_id", "annotator_id", "data")
+def answer_rows(project: Project, source: str = HUMAN, items=None) -> list[tuple[int, int, dict]]:
+    """(item, annotator, data) of the current judgments on the project's normal items, from one query: people's
+    unless ``source`` says ``ai`` or ``all``; ``items``, a queryset of item ids, narrows it."""
+    judgments = by_source(
+        Judgment.objects.filter(project=project, is_current=True, item__purpose=Item.Purpose.NORMAL), source
     )
+    if items is not None:
+        judgments = judgments.filter(item_id__in=items)
+    return list(judgments.order_by().values_list("item_id", "annotator_id", "data"))
 
 
 def rating_frame(rows) -> pd.DataFrame:
@@ -775,10 +775,14 @@ EMPTY_METRICS = {
 }
 
 
-def summary(project: Project) -> dict:
+def summary(project: Project, source: str = HUMAN) -> dict:
     """What ``agreement SLUG --json``, the API and the project page show; every value is JSON-safe.
 
-    Keys: ``project``, ``kind``, ``n_items`` (normal items with a judgment), ``n_items_with_overlap``,
+    ``source`` says whose votes: ``human`` (people's, the default: AI judges' votes never move these figures),
+    ``ai`` (the judges among themselves) or ``all``. The judges measured against people are
+    ``judge_agreement.judge_report`` (the command and the API add it as ``judges``).
+
+    Keys: ``project``, ``kind``, ``source``, ``n_items`` (normal items with a judgment), ``n_items_with_overlap``,
     ``n_judgments``, ``n_annotators``, ``percent_agreement``, ``cohen_kappa`` (``[{"a", "b", "kappa", "n"}]``),
     ``fleiss_kappa``, ``krippendorff_alpha`` at ``level``, ``krippendorff_alpha_strength`` (pairwise: ordinal α
     on the signed strength scale), ``kendall_tau`` (ranking: ``[{"a", "b", "tau", "n"}]``), ``by_criterion``
@@ -786,7 +790,7 @@ def summary(project: Project) -> dict:
     ``agreement_with_majority``, ``gold_accuracy``, ``reliability`` = Dawid-Skene accuracy (None where it
     cannot be estimated, with the reason in ``reliability_note``), ``position_bias`` =
     share of wins given to the response shown first). Annotators are named by their membership pseudonym,
-    never their username. Metrics that do not apply to the project's kind, or that the data leave undefined,
+    never their username; AI judges by ``judge:<name>``. Metrics that do not apply to the project's kind, or that the data leave undefined,
     are None (or empty).
 
     What each kind measures: pairwise — the winning response (nominal), the signed strength (ordinal), per
@@ -794,9 +798,11 @@ def summary(project: Project) -> dict:
     ranking — Kendall's τ between annotators and each response's rank (ordinal); steps — each step's label
     (nominal). Demonstrations have no agreement statistic.
     """
+    check_source(source)
     result = {
         "project": project.slug,
         "kind": project.kind,
+        "source": source,
         "n_items": 0,
         "n_items_with_overlap": 0,
         "n_judgments": 0,
@@ -805,11 +811,11 @@ def summary(project: Project) -> dict:
     }
     if project.kind == Kind.PAIRWISE:
         criteria = [c for c in (project.criteria or []) if isinstance(c, str)]
-        votes = pairwise_vote_frame(project, criteria)
+        votes = pairwise_vote_frame(project, criteria, source)
         gold = gold_answer_frame(project) if votes["is_gold"].any() else None
         result.update(pairwise_summary(votes, gold, criteria))
     elif project.kind in (Kind.RATING, Kind.RANKING, Kind.STEPS):
-        rows = answer_rows(project)
+        rows = answer_rows(project, source)
         if rows:
             result.update(judgment_counts(rows))
             if project.kind == Kind.RATING:

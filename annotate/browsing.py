@@ -14,18 +14,34 @@ import re
 from dataclasses import dataclass, fields
 
 from django.db import connection
-from django.db.models import Exists, F, OuterRef, Prefetch, Q
+from django.db.models import Case, CharField, Count, Exists, F, OuterRef, Prefetch, Q, Value, When
 from django.db.models.expressions import RawSQL
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, Coalesce, Concat
 from django.http import QueryDict
 
 from .judgments import STRENGTH_LABELS
-from .models import Adjudication, Flag, Item, Judgment, Kind, Membership, Project, Response, Round, Task
+from .models import (
+    Adjudication,
+    Flag,
+    Item,
+    Judge,
+    JudgeVote,
+    Judgment,
+    Kind,
+    Membership,
+    Project,
+    Response,
+    Round,
+    Task,
+)
 from .selectors import ITEMS_PAGE_MAX, pseudonyms
 
 # Kinds whose votes have one answer each (pairwise: the winner, a tie or both bad; ranking: the first place), so an
 # item has a winner share; the agreement filters and the disagreement sort apply to these.
 SHARE_KINDS = (Kind.PAIRWISE, Kind.RANKING)
 STATUSES = ("open", "complete")
+JUDGE_FILTERS = ("disagree",)
 AGREEMENTS = ("unanimous", "split")
 PURPOSES = tuple(Item.Purpose.values)
 SORTS = {
@@ -55,7 +71,9 @@ class ItemQuery:
     skipped: bool | None = None  # someone skipped it with a reason
     adjudicated: bool | None = None
     purpose: str = ""  # normal | gold | qualification
-    annotator: str = ""  # a pseudonym: items they voted on
+    annotator: str = ""  # a pseudonym (or judge:<name>): items they voted on
+    judge: str = ""  # an AI judge's name: items it voted on (parsed or not)
+    judges: str = ""  # disagree: two judges' current answers differ, or a judge was position-inconsistent
     q: str = ""  # full-text search over the prompt and the responses
     sort: str = "id"
     page: int = 1
@@ -81,6 +99,8 @@ class ItemQuery:
             "adjudicated": _boolean(get("adjudicated"), "adjudicated"),
             "purpose": _choice(get("purpose"), PURPOSES, "purpose"),
             "annotator": (get("annotator") or "").strip(),
+            "judge": (get("judge") or "").strip(),
+            "judges": _choice(get("judges"), JUDGE_FILTERS, "judges"),
             "q": (get("q") or "").strip(),
             "sort": _choice(get("sort"), tuple(SORTS), "sort") or "id",
             "page": _integer(get("page"), "page") or 1,
@@ -209,18 +229,72 @@ def filtered_items(project: Project, query: ItemQuery):
     if query.purpose:
         items = items.filter(purpose=query.purpose)
     if query.annotator:
-        user_id = (
-            Membership.objects.filter(project=project, pseudonym=query.annotator)
-            .values_list("user_id", flat=True)
-            .first()
-        )
+        if query.annotator.startswith("judge:"):  # how the item page and reports name a judge
+            user_id = _judge_of(project, query.annotator).user_id
+        else:
+            user_id = (
+                Membership.objects.filter(project=project, pseudonym=query.annotator)
+                .values_list("user_id", flat=True)
+                .first()
+            )
         if user_id is None:
             raise InvalidQuery(f"no annotator of this project is called {query.annotator!r} (give their pseudonym).")
         voted = Judgment.objects.filter(project=project, annotator_id=user_id, is_current=True).values("item_id")
         items = items.filter(id__in=voted)
+    if query.judge:
+        # Every answer it gave, parsed or not: through the (judge, item) index of its votes.
+        items = items.filter(id__in=JudgeVote.objects.filter(judge=_judge_of(project, query.judge)).values("item_id"))
+    if query.judges == "disagree":
+        items = items.filter(id__in=judges_disagree(project))
     if query.q:
         items = items.filter(search_condition(project, query.q))
     return items.order_by(*SORTS[query.sort])
+
+
+def _judge_of(project: Project, name: str) -> Judge:
+    """The project's judge called ``name`` (``judge:<name>`` too, as reports name it); InvalidQuery without one."""
+    bare = name.removeprefix("judge:")
+    judge = Judge.objects.filter(project=project, name=bare).first()
+    if judge is None:
+        known = list(Judge.objects.filter(project=project).order_by("name").values_list("name", flat=True)[:20])
+        raise InvalidQuery(
+            f"no judge of this project is called {bare!r}"
+            + (f"; its judges are {', '.join(known)}." if known else "; it has no judges.")
+        )
+    return judge
+
+
+def judges_disagree(project: Project):
+    """The ids of the items (a subquery) where two judges' current answers differ, or a judge's two readings
+    (A-B, B-A) did not agree. Read from the judges' votes alone (one row per judge and item, through the judges of
+    the project), never from the people's: its cost follows the number of judges' votes.
+
+    An answer is the outcome and winner (pairwise) and the ranking, ratings or steps (other kinds): what routing
+    compares (``actions.routing_decisions``). An unparseable vote has no answer and differs from nothing."""
+    answer = Concat(
+        Coalesce(F("judgment__outcome"), Value(""), output_field=CharField()),
+        Value("|"),
+        Coalesce(Cast("judgment__winner_id", CharField()), Value(""), output_field=CharField()),
+        Value("|"),
+        Coalesce(KeyTextTransform("ranking", "judgment__data"), Value(""), output_field=CharField()),
+        Value("|"),
+        Coalesce(KeyTextTransform("ratings", "judgment__data"), Value(""), output_field=CharField()),
+        Value("|"),
+        Coalesce(KeyTextTransform("steps", "judgment__data"), Value(""), output_field=CharField()),
+        output_field=CharField(),
+    )
+    answered = Q(judgment__isnull=False, judgment__is_current=True)
+    return (
+        JudgeVote.objects.filter(judge__project=project)
+        .order_by()
+        .values("item_id")
+        .annotate(
+            answers=Count(Case(When(answered, then=answer)), distinct=True),
+            inconsistent=Count("id", filter=Q(position_consistent=False)),
+        )
+        .filter(Q(answers__gt=1) | Q(inconsistent__gt=0))
+        .values("item_id")
+    )
 
 
 @dataclass

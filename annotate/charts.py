@@ -1,4 +1,4 @@
-"""Small server-rendered SVG charts: lines, horizontal bars, heatmaps and scatter plots. Pure: numbers in, markup out.
+"""Small server-rendered SVG charts: lines, horizontal bars (alone or grouped), heatmaps and scatter plots. Pure: numbers in, markup out.
 
 No JavaScript and no CDN: each chart is one ``<svg role="img">`` string the template drops into the page. Every
 chart carries a ``<title>`` and a ``<desc>`` (what a screen reader announces, and what the page's tables repeat),
@@ -9,6 +9,8 @@ exact value (tests and scripts read those instead of scraping pixels). Every lab
     line_chart({"α": [(50, 0.61), (100, 0.58)]}, title="Agreement", y_range=(0, 1))
     bar_chart([Bar("ann-1", 0.92), Bar("ann-2", 0.55, tone="bad")], title="Gold accuracy",
               references=[Reference(0.7, "review below 0.70")], x_range=(0, 1))
+    grouped_bar_chart([("judge:rm", [Bar("κ", 0.61), Bar("consistency", 0.9)])], series=["κ", "consistency"],
+                      title="Judges", x_range=(-1, 1))
     heatmap([[8, 1], [2, 9]], row_labels=["A", "B"], column_labels=["A", "B"], title="Confusion")
     scatter([Point(3.2, 0.9, "ann-1")], title="Speed and accuracy", x_label="s", y_label="accuracy")
 
@@ -315,6 +317,92 @@ def bar_chart(
             parts.append(
                 f'<text x="{x + (-4 if anchor == "end" else 4):.1f}" y="{top - 8 - 13 * (n % 2)}" font-size="10" text-anchor="{anchor}" '
                 f'fill="{reference.colour}" {HALO}>{escape(reference.label)}</text>'
+            )
+    parts.append("</svg>")
+    return mark_safe("".join(parts))
+
+
+def grouped_bar_chart(
+    groups: Sequence[tuple[str, Sequence[Bar]]],
+    *,
+    series: Sequence[str],
+    title: str,
+    desc: str = "",
+    x_range: tuple[float, float] | None = None,
+    references: Sequence[Reference] = (),
+    width: int = 560,
+    bar_height: int = 14,
+    label_width: int = 120,
+    value_format: Callable[[float], str] = fmt,
+    empty: str = NO_DATA,
+) -> SafeString:
+    """Horizontal bars in groups: one group per row label (e.g. a judge), one bar per name in ``series`` within it
+    (the i-th :class:`Bar` of a group is series i, coloured as the legend says; its ``label`` names the bar in
+    tooltips and ``data-label``). A bar whose value is None keeps its place and prints "—" and its note, so a
+    figure the data leave undefined reads as such. Reference lines as :func:`bar_chart`.
+
+        grouped_bar_chart([("judge:rm", [Bar("κ", 0.61), Bar("consistency", 0.9)])],
+                          series=["κ with the majority", "position consistency"], title="Judges")
+    """
+    top, bottom, right = 44 + (14 if references else 0), 30, 150
+    group_height = bar_height * max(len(series), 1) + 10
+    height = top + group_height * max(len(groups), 1) + bottom
+    parts = _open(width, height, title, desc, "grouped-bar-chart")
+    if not groups:
+        return _empty(parts, width, height, empty)
+    values = [b.value for _, bars in groups for b in bars if b.value is not None] + [r.value for r in references]
+    low, high = (
+        x_range
+        if x_range is not None
+        else (min(0.0, *values) if values else 0.0, max(values) * 1.05 if values else 1.0)
+    )
+    sx = _Scale(low, high, label_width, width - right)
+    plot_bottom = top + group_height * len(groups)
+    legend_x = label_width
+    for i, name in enumerate(series):
+        colour = COLOURS[i % len(COLOURS)]
+        parts.append(f'<rect x="{legend_x}" y="{top - 20}" width="12" height="8" fill="{colour}"/>')
+        parts.append(f'<text x="{legend_x + 16}" y="{top - 12}" font-size="11" fill="{INK}">{escape(name)}</text>')
+        legend_x += 28 + 6.5 * len(name)
+    parts.append(_frame(label_width, top, width - right, plot_bottom))
+    for x in nice_ticks(sx.low, sx.high):
+        parts.append(f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{top}" y2="{plot_bottom}" stroke="{GRID}"/>')
+        parts.append(
+            f'<text x="{sx(x):.1f}" y="{plot_bottom + 13}" font-size="10" text-anchor="middle" fill="{MUTED_INK}">'
+            f"{escape(value_format(x))}</text>"
+        )
+    zero = sx(max(sx.low, min(0.0, sx.high)))
+    for g, (label, bars) in enumerate(groups):
+        y0 = top + g * group_height + 5
+        middle = y0 + bar_height * len(series) / 2 + 4
+        parts.append(
+            f'<text x="{label_width - 6}" y="{middle:.1f}" font-size="11" text-anchor="end" fill="{INK}">'
+            f"{escape(_clip(label, label_width))}<title>{escape(label)}</title></text>"
+        )
+        for i, bar in enumerate(bars[: len(series)]):
+            y = y0 + i * bar_height
+            shown = fmt(None) if bar.value is None else value_format(bar.value)
+            note = f" {bar.note}" if bar.note else ""
+            end = zero
+            if bar.value is not None:
+                end = sx(min(max(bar.value, sx.low), sx.high))
+                x, w = min(zero, end), max(abs(end - zero), 1.0)
+                parts.append(
+                    f'<rect class="bar" x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bar_height - 2}" '
+                    f'fill="{COLOURS[i % len(COLOURS)]}" data-group="{_attr(label)}" data-series="{_attr(series[i])}" '
+                    f'data-label="{_attr(bar.label)}" data-value="{bar.value:.6g}">'
+                    f"<title>{escape(label)} · {escape(series[i])}: {escape(shown)}{escape(note)}</title></rect>"
+                )
+            parts.append(
+                f'<text x="{max(end, zero) + 5:.1f}" y="{y + bar_height - 4:.1f}" font-size="10" fill="{INK}" {HALO}>'
+                f'{escape(shown)}<tspan fill="{MUTED_INK}">{escape(note)}</tspan></text>'
+            )
+    for reference in references:
+        if sx.contains(reference.value):
+            x = sx(reference.value)
+            parts.append(
+                f'<line class="reference" x1="{x:.1f}" x2="{x:.1f}" y1="{top - 4}" y2="{plot_bottom}" stroke="{reference.colour}" '
+                f'stroke-width="1.5" stroke-dasharray="5 3" data-value="{reference.value:.6g}"><title>{escape(reference.label)}</title></line>'
             )
     parts.append("</svg>")
     return mark_safe("".join(parts))

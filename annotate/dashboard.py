@@ -35,20 +35,19 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 from django.core.cache import cache
-from django.db.models import Case, IntegerField, Min, OuterRef, Q, Subquery, Value, When
+from django.db.models import Case, IntegerField, Max, Min, OuterRef, Q, Subquery, Value, When
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Length, TruncDate
 
-from . import actions, agreement, charts, sql, tasks
+from . import actions, agreement, charts, judge_agreement, sql, tasks
 from .charts import Bar, Point, Reference
-from .judgments import InvalidJudgment, vote_fields
-from .models import Item, Judgment, Kind, Membership, Project, Response, Role
+from .models import Item, Judge, JudgeVote, Judgment, Kind, Membership, Project, Response, Role
 from .reliability import dawid_skene, length_bias, position_bias
-from .selectors import GOLD_WINDOW, REVIEW_WINDOW, pseudonyms
+from .selectors import GOLD_WINDOW, REVIEW_WINDOW, by_source, gold_expectations, pseudonyms
 from .vetting import MIN_POSITION, MIN_TIMED, REVIEW_THRESHOLDS, AnnotatorStats, gold_score, review_checks
 
 CACHE_SECONDS = 24 * 3600
-CACHE_FORMAT = 2  # bump when the shape of a cached value changes, so a shared cache never serves the old shape
+CACHE_FORMAT = 3  # bump when the shape of a cached value changes, so a shared cache never serves the old shape
 KAPPA_SHOWN = 20  # the page lists this many of the lowest pairwise κ (or τ)...
 KAPPA_MIN_SHARED = 5  # ...among pairs sharing at least this many items
 MAX_BARS = 40  # per-annotator bar charts show the most worrying this many
@@ -78,25 +77,41 @@ computations: Counter = Counter()
 
 
 def data_version(project: Project) -> str:
-    """What the cached numbers depend on, from one query: the newest judgment id and the newest status change.
+    """What the cached numbers depend on, from one query: the newest judgment id, the newest status change, and
+    the newest judge and judge's vote (an unparseable answer is a JudgeVote without a judgment).
 
     Judgments are immutable and an edit is a new row, so any change of the votes raises the newest id. The
     project's creation time is part of the key too, so a database reset that reuses ids never meets old entries.
     """
     newest = Judgment.objects.filter(project=OuterRef("pk")).order_by("-id").values("id")[:1]
+    newest_judge = Judge.objects.filter(project=OuterRef("pk")).order_by("-id").values("id")[:1]
+    # Through the project's judges (a handful) and the (judge, item) index: never a walk of every project's votes.
+    newest_vote = (
+        JudgeVote.objects.filter(judge__project=OuterRef("pk"))
+        .order_by()
+        .values("judge__project")
+        .annotate(newest=Max("id"))
+        .values("newest")
+    )
     changed = (
         Membership.objects.filter(project=OuterRef("pk"), status_changed_at__isnull=False)
         .order_by("-status_changed_at")
         .values("status_changed_at")[:1]
     )
-    last_judgment, last_change = (
+    last_judgment, last_change, last_judge, last_vote = (
         Project.objects.filter(pk=project.pk)
-        .annotate(last_judgment=Subquery(newest), last_change=Subquery(changed))
-        .values_list("last_judgment", "last_change")
+        .annotate(
+            last_judgment=Subquery(newest),
+            last_change=Subquery(changed),
+            last_judge=Subquery(newest_judge),
+            last_vote=Subquery(newest_vote),
+        )
+        .values_list("last_judgment", "last_change", "last_judge", "last_vote")
         .get()
     )
     stamp = last_change.timestamp() if last_change else 0
-    return f"{project.pk}.{project.created_at.timestamp():.6f}.{last_judgment or 0}.{stamp:.6f}"
+    judges = f".{last_judge}.{last_vote or 0}" if last_judge else ""  # the key of a project without judges is as before
+    return f"{project.pk}.{project.created_at.timestamp():.6f}.{last_judgment or 0}.{stamp:.6f}{judges}"
 
 
 def _cached(project: Project, name: str, compute, version: str | None = None):
@@ -259,8 +274,9 @@ def judgment_frame(project: Project) -> pd.DataFrame:
     # Gold items count by the first answer, as review scores them (selectors.gold_results): a revision after gold
     # feedback must not raise an annotator's accuracy.
     gold = Q(item__purpose=Item.Purpose.GOLD)
+    # People's votes only: the dashboard's figures are people's; the judges have their own section (judges_data).
     queryset = (
-        Judgment.objects.filter(project=project)
+        by_source(Judgment.objects.filter(project=project))
         .filter((Q(is_current=True) & ~gold) | (gold & Q(supersedes__isnull=True)))
         .annotate(**annotations)
         .order_by()
@@ -280,9 +296,9 @@ def judgment_frame(project: Project) -> pd.DataFrame:
 
 
 def answer_data(project: Project) -> dict[int, dict]:
-    """``{judgment id: data}`` of the current judgments on normal and gold items (rankings, ratings, steps)."""
+    """``{judgment id: data}`` of people's current judgments on normal and gold items (rankings, ratings, steps)."""
     return dict(
-        Judgment.objects.filter(project=project, is_current=True)
+        by_source(Judgment.objects.filter(project=project, is_current=True))
         .exclude(item__purpose=Item.Purpose.QUALIFICATION)
         .order_by()
         .values_list("id", "data")
@@ -301,29 +317,6 @@ def response_lengths(project: Project) -> pd.DataFrame:
     return pd.DataFrame(list(rows), columns=["response", "index", "length"])
 
 
-def gold_expectations(project: Project) -> dict[int, dict]:
-    """The researcher's answer of each gold item as judgment fields (``vote_fields`` of ``Item.gold``), from
-    two queries; gold items whose answer is not a valid vote are left out."""
-    items = dict(
-        Item.objects.filter(project=project, purpose=Item.Purpose.GOLD, gold__isnull=False).values_list("id", "gold")
-    )
-    responses: dict[int, list[tuple[int, str]]] = {}
-    for item, response, text in (
-        Response.objects.filter(item__project=project, item__purpose=Item.Purpose.GOLD)
-        .order_by("item_id", "index")
-        .values_list("item_id", "id", "text")
-    ):
-        responses.setdefault(item, []).append((response, text))
-    expected = {}
-    for item, gold in items.items():  # a handful of gold items, not the votes
-        ids = [r for r, _ in responses.get(item, [])]
-        try:
-            expected[item] = vote_fields(project, ids, gold, dict(responses.get(item, [])))
-        except InvalidJudgment:
-            continue
-    return expected
-
-
 def day_starts(project: Project) -> list[tuple]:
     """``[(day, first judgment id of that day)]`` in order, from one aggregate query.
 
@@ -331,7 +324,7 @@ def day_starts(project: Project) -> list[tuple]:
     judgments written in the same instant by concurrent requests may land on a neighbouring day: harmless here).
     """
     return list(
-        Judgment.objects.filter(project=project)
+        by_source(Judgment.objects.filter(project=project))
         .annotate(day=TruncDate("created_at"))
         .values("day")
         .annotate(first=Min("id"))
@@ -798,6 +791,8 @@ def compute_dashboard(project: Project, summary: dict, over: str = "block") -> d
         "position_overall": _bias_overall(position_all),
         "length_overall": _bias_overall(length_all),
         "confusion": confusion,
+        # The AI judges against people (judge_agreement): its own reads, never part of the people's figures above.
+        "judges": judge_agreement.judges_data(project),
         "counts": {
             "normal": int(len(normal)),
             "timed": int(normal["duration_ms"].notna().sum()),
@@ -889,6 +884,7 @@ def empty_reasons(data: dict, project: Project) -> dict[str, str]:
         "length": length_reason,
         "scatter": speed_reason if not counts["timed"] else f"no annotator has both a median time and {y_name}",
         "annotators": "no judgments yet",
+        "judges": (data.get("judges") or {}).get("judges_note") or "no judge shares an item with people",
     }
 
 
@@ -1110,9 +1106,48 @@ def dashboard_charts(data: dict, project: Project) -> dict:
             )
             for m in confusion["matrices"]
         ]
+    result["judges"] = judges_chart((data.get("judges") or {}).get("judges", []), reasons["judges"])
     result["empty"] = reasons
     return result
 
 
 def _shown(shown: int, total: int, which: str) -> str:
     return f" — the {which} {shown} of {total}" if total > shown else ""
+
+
+def judges_chart(judges: list[dict], empty: str):
+    """Per judge, κ with the people's majority and position consistency, side by side (``judge_agreement``); a
+    judge that shares no item with people is left out of the chart (the table says why)."""
+    shown = [j for j in judges if j["n_shared_items"] or j["position_consistency"] is not None]
+    groups = [
+        (
+            j["annotator"],
+            [
+                Bar("κ with the majority", j["kappa_with_majority"], f"n={j['n_majority']}"),
+                Bar(
+                    "position consistency",
+                    j["position_consistency"],
+                    f"{j['n_position_inconsistent']} of {j['n_position_checked']} inconsistent"
+                    if j["n_position_checked"]
+                    else "no two-order reading",
+                ),
+            ],
+        )
+        for j in shown
+    ]
+    return charts.grouped_bar_chart(
+        groups,
+        series=["κ with the people's majority", "position consistency"],
+        title="AI judges against people",
+        desc="Per judge: Cohen's κ with the people's majority label on the items both labelled, and the share of its "
+        "pairwise votes whose two readings (A-B and B-A) agreed: "
+        + "; ".join(
+            f"{label}: κ {charts.fmt(bars[0].value)} ({bars[0].note}), consistency {charts.fmt(bars[1].value)} "
+            f"({bars[1].note})"
+            for label, bars in groups
+        ),
+        x_range=(min([0.0] + [b.value for _, bars in groups for b in bars if b.value is not None]), 1.0),
+        references=[Reference(0.0, "chance (κ = 0)", "#98a2b3")],
+        value_format=lambda v: f"{v:.2f}",
+        empty=empty,
+    )

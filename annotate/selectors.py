@@ -6,13 +6,46 @@ from django.contrib.auth import get_user_model
 from django.db.models import Case, Count, Exists, IntegerField, OuterRef, Prefetch, Q, Sum, Value, When
 from django.utils import timezone
 
-from .models import Item, Judgment, Membership, Project, Response, Task, make_pseudonym
+from .judgments import InvalidJudgment, vote_fields
+from .models import Item, Judge, Judgment, Membership, Project, Response, Task, make_pseudonym
 
 ITEMS_PAGE_MAX = 1000
 
 
+# --- whose votes: people's, AI judges' or both -----------------------------------------------------------------
+
+# Which votes a statistic or an export reads: "human" (people's, whatever way they arrived: browser, API, import),
+# "ai" (AI judges') or "all". Every human figure reads "human" unless asked, so judges' votes never move it.
+SOURCES = ("human", "ai", "all")
+HUMAN = "human"
+
+
+def check_source(source: str) -> str:
+    """``source`` if it is one of :data:`SOURCES`; else ValueError with a message that lists them."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, not {source!r}.")
+    return source
+
+
+def by_source(judgments, source: str = HUMAN):
+    """``judgments`` (a Judgment queryset) narrowed to ``source``: people's votes (source other than ``ai``),
+    AI judges' (``ai``) or all of them. A condition on the judgment row itself: no join, so it costs nothing on the
+    million-vote reads."""
+    check_source(source)
+    if source == HUMAN:
+        return judgments.exclude(source=Judgment.Source.AI)
+    if source == "ai":
+        return judgments.filter(source=Judgment.Source.AI)
+    return judgments
+
+
+def judge_label(name: str) -> str:
+    """How reports and exports name a judge among annotators: ``judge:<name>`` (people get pseudonyms)."""
+    return f"judge:{name}"
+
+
 def project_progress(project: Project) -> dict:
-    """Counts a researcher watches: items, how many are fully judged, judgments, open leases."""
+    """Counts a researcher watches: items, how many are fully judged, judgments (people's), open leases."""
     items = Item.objects.filter(project=project, purpose=Item.Purpose.NORMAL).aggregate(
         n=Count("id"),
         complete=Count("id", filter=Q(n_judgments__gte=project.overlap)),
@@ -25,7 +58,7 @@ def project_progress(project: Project) -> dict:
     return {
         "items": n,
         "items_complete": items["complete"] or 0,
-        "judgments": Judgment.objects.filter(project=project, is_current=True).count(),
+        "judgments": by_source(Judgment.objects.filter(project=project, is_current=True)).count(),
         "leased": leased,
         "percent": round(100 * judged / needed, 1) if needed else 0.0,
     }
@@ -58,23 +91,45 @@ REVIEW_WINDOW = 1000
 def pseudonyms(project: Project, user_ids) -> dict[int, str]:
     """Membership pseudonyms of ``user_ids`` in ``project`` (never usernames): how exports, the agreement report
     and the dashboard name annotators. Former members get the same pseudonym they had, which
-    :func:`make_pseudonym` recomputes."""
-    names = dict(
-        Membership.objects.filter(project=project, user_id__in=list(user_ids)).values_list("user_id", "pseudonym")
-    )
-    return {int(u): names.get(int(u)) or make_pseudonym(project.id, int(u)) for u in user_ids}
+    :func:`make_pseudonym` recomputes. An AI judge's user is named ``judge:<name>`` (:func:`judge_label`): a judge
+    is no person to protect, and its votes must be told apart."""
+    ids = [int(u) for u in user_ids]
+    judges = dict(Judge.objects.filter(user_id__in=ids).values_list("user_id", "name"))
+    names = dict(Membership.objects.filter(project=project, user_id__in=ids).values_list("user_id", "pseudonym"))
+    return {u: judge_label(judges[u]) if u in judges else names.get(u) or make_pseudonym(project.id, u) for u in ids}
 
 
 def expected_fields(project: Project, item: Item, response_ids: list[int]) -> dict | None:
     """The researcher's answer of a gold or qualification item as judgment fields, or None without one."""
-    from .judgments import InvalidJudgment, vote_fields
-
     if item.gold is None:
         return None
     try:
         return vote_fields(project, response_ids, item.gold, dict(item.responses.values_list("id", "text")))
     except InvalidJudgment:
         return None
+
+
+def gold_expectations(project: Project) -> dict[int, dict]:
+    """The researcher's answer of each gold item as judgment fields (``vote_fields`` of ``Item.gold``), from
+    two queries; gold items whose answer is not a valid vote are left out."""
+    items = dict(
+        Item.objects.filter(project=project, purpose=Item.Purpose.GOLD, gold__isnull=False).values_list("id", "gold")
+    )
+    responses: dict[int, list[tuple[int, str]]] = {}
+    for item, response, text in (
+        Response.objects.filter(item__project=project, item__purpose=Item.Purpose.GOLD)
+        .order_by("item_id", "index")
+        .values_list("item_id", "id", "text")
+    ):
+        responses.setdefault(item, []).append((response, text))
+    expected = {}
+    for item, gold in items.items():  # a handful of gold items, not the votes
+        ids = [r for r, _ in responses.get(item, [])]
+        try:
+            expected[item] = vote_fields(project, ids, gold, dict(responses.get(item, [])))
+        except InvalidJudgment:
+            continue
+    return expected
 
 
 def answer_fields(judgment: Judgment) -> dict:
@@ -135,7 +190,7 @@ def annotator_stats(project: Project, user, since=None):
         labels = {item: (winner if outcome == "win" else outcome) for item, outcome, winner, _, _ in rows}
         others: dict[int, list] = {}
         for item, outcome, winner in (
-            Judgment.objects.filter(project=project, is_current=True, item_id__in=labels)
+            by_source(Judgment.objects.filter(project=project, is_current=True, item_id__in=labels))
             .exclude(annotator=user)
             .values_list("item_id", "outcome", "winner_id")
         ):
@@ -163,7 +218,7 @@ def annotator_stats(project: Project, user, since=None):
         stats.median_ms = float(np.median(durations))
         # The project's recent pace: the last 2,000 timed judgments, so review stays cheap on big projects.
         everyone = list(
-            Judgment.objects.filter(project=project, is_current=True)
+            by_source(Judgment.objects.filter(project=project, is_current=True))
             .exclude(duration_ms=None)
             .order_by("-id")
             .values_list("duration_ms", flat=True)[:2000]

@@ -399,8 +399,9 @@ def move_mark() -> str:
 @cache
 def refresh_shares(kind: str) -> str | None:
     """Set ``winner_share`` of the project's items that have a judgment above a mark: the most common answer's share
-    of the item's current votes (parameters: project, project, mark), in one set-based statement. Pairwise answers
-    are the outcome and winner; a ranking's is its first place. None for kinds without one answer per vote."""
+    of the item's current votes by people (parameters: project, project, mark), in one set-based statement: AI
+    judges' votes are left out, so the browser's agreement is the people's. Pairwise answers are the outcome and
+    winner; a ranking's is its first place. None for kinds without one answer per vote."""
     if kind == "pairwise":
         answer = "j.{Judgment.outcome}, j.{Judgment.winner}"
     elif kind == "ranking":
@@ -414,10 +415,12 @@ def refresh_shares(kind: str) -> str | None:
     return with_schema(
         "UPDATE {Item} SET {Item.winner_share} = s.share FROM (SELECT c.item, MAX(c.n) * 1.0 / SUM(c.n) AS share "
         "FROM (SELECT j.{Judgment.item} AS item, COUNT(*) AS n FROM {Judgment} j "
-        "WHERE j.{Judgment.project} = %s AND j.{Judgment.is_current} AND j.{Judgment.item} IN "
+        "WHERE j.{Judgment.project} = %s AND j.{Judgment.is_current} AND j.{Judgment.source} <> '{ai}' "
+        "AND j.{Judgment.item} IN "
         "(SELECT {Judgment.item} FROM {Judgment} WHERE {Judgment.project} = %s AND {Judgment.id} > %s) "
         f"GROUP BY j.{{Judgment.item}}, {answer}) c GROUP BY c.item) s "
-        "WHERE {Item}.{Item.id} = s.item"
+        "WHERE {Item}.{Item.id} = s.item",
+        ai=Judgment.Source.AI,
     )
 
 

@@ -16,7 +16,7 @@ from rest_framework.exceptions import NotFound, ParseError, PermissionDenied
 from rest_framework.parsers import FileUploadParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
-from .. import actions, agreement, browsing, selectors, sql
+from .. import actions, browsing, judge_agreement, selectors, sql
 from ..exports import ExportError, ExportOptions, snapshot_files
 from ..imports import detect_format, parse_items, read_upload
 from ..models import Flag, Item, Judgment, Membership, Role, Snapshot, Task
@@ -220,7 +220,14 @@ def task_flags(request, task_id: int):
         OpenApiParameter("skipped", bool, description="Someone skipped it."),
         OpenApiParameter("adjudicated", bool),
         OpenApiParameter("purpose", str, enum=list(browsing.PURPOSES)),
-        OpenApiParameter("annotator", str, description="A pseudonym: the items they voted on."),
+        OpenApiParameter("annotator", str, description="A pseudonym (or judge:<name>): the items they voted on."),
+        OpenApiParameter("judge", str, description="An AI judge's name: the items it voted on (parsed or not)."),
+        OpenApiParameter(
+            "judges",
+            str,
+            enum=list(browsing.JUDGE_FILTERS),
+            description="disagree: items where two judges' current answers differ or a judge was position-inconsistent.",
+        ),
         OpenApiParameter("q", str, description="Words to find in the prompt or a response (all of them)."),
         OpenApiParameter("sort", str, enum=list(browsing.SORTS)),
     ],
@@ -290,12 +297,28 @@ def _flag(request, name: str) -> bool:
     return value in ("1", "true")
 
 
-@extend_schema(responses=OpenApiTypes.OBJECT)
+@extend_schema(
+    parameters=[
+        OpenApiParameter(
+            "source",
+            str,
+            enum=list(selectors.SOURCES),
+            description="Whose votes the agreement figures read: people's (human, the default), AI judges' (ai) or "
+            "all. `judges` (each AI judge against people) is the same whatever it says.",
+        )
+    ],
+    responses=OpenApiTypes.OBJECT,
+)
 @api_view(["GET"])
 def project_agreement(request, slug: str):
-    """Agreement between annotators (researchers and admins)."""
+    """Agreement between annotators (researchers and admins), and each AI judge measured against people
+    (``judges``: agreement and Cohen's κ with every person and with the people's majority, gold accuracy, position
+    consistency, length bias)."""
     project, _ = require_role(request.user, slug, Role.RESEARCHER)
-    return Response(agreement.summary(project))
+    source = request.query_params.get("source", selectors.HUMAN)
+    if source not in selectors.SOURCES:
+        raise ParseError(f"source must be one of {', '.join(selectors.SOURCES)}.")
+    return Response(judge_agreement.judge_report(project, source))
 
 
 @extend_schema(methods=["GET"], responses=MemberSerializer(many=True))

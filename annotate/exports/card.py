@@ -18,6 +18,17 @@ def _aggregation_text(fit: dict) -> str:
     return f"{fit['method']}, {fit['iterations']} iterations, {'converged' if fit['converged'] else 'stopped at the cap before converging'}"
 
 
+SOURCE_TEXT = {
+    "human": "source human: people's votes only",
+    "ai": "source ai: AI judges' votes only",
+    "all": "source all: people's and AI judges' votes",
+}
+
+
+def _source_text(source: str) -> str:
+    return SOURCE_TEXT.get(source, f"source {source}")
+
+
 def dataset_card(snapshot: Snapshot) -> str:
     """A README.md whose YAML front matter the Hugging Face hub reads, with the snapshot's provenance.
 
@@ -53,7 +64,12 @@ def dataset_card(snapshot: Snapshot) -> str:
         f"- content hash (sha256 over the canonical rows, split by split): `{snapshot.content_hash}`",
         "- rows: " + ", ".join(f"{name} {n}" for name, n in snapshot.split_counts.items()),
         f"- judgments: {snapshot.counts.get('n_judgments')}, items: {snapshot.counts.get('n_items')}, "
-        f"annotators: {snapshot.counts.get('n_annotators')} (pseudonymous)",
+        f"annotators: {snapshot.counts.get('n_annotators')} "
+        + ("(people pseudonymous, AI judges by name)" if snapshot.counts.get("judges") else "(pseudonymous)"),
+        f"- votes read ({_source_text(options.get('source', 'human'))}): "
+        f"{snapshot.counts.get('n_human_votes', snapshot.counts.get('n_judgments'))} by people, "
+        f"{snapshot.counts.get('n_ai_votes', 0)} by AI judges"
+        + (f" ({', '.join(snapshot.counts['judges'])})" if snapshot.counts.get("judges") else ""),
         f"- adjudicated items (a researcher's final label, used instead of the annotators' aggregate): "
         f"{snapshot.counts.get('n_adjudicated', 0)}",
         f"- percent agreement: {snapshot.agreement.get('percent_agreement')}",

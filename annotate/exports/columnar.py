@@ -221,7 +221,9 @@ def iter_trl_batches(project: Project, options: "ExportOptions", with_hashes: bo
     fields = ["id", KT("prompt__0__content"), "external_id", "conversational"] + (
         ["prompt_hash"] if with_hashes else []
     )
-    judgments = current_judgments(project, options.include_paused, options.include_gold).order_by()
+    judgments = current_judgments(
+        project, options.include_paused, options.include_gold, source=options.source
+    ).order_by()
     after = [0]  # the last item id read (ids are positive)
 
     def read_next() -> _Chunk | None:

@@ -67,7 +67,7 @@ def iter_rows(
     conversational = is_conversational(items)
     with_data = project.kind != Kind.PAIRWISE or bool(criterion) or fmt == "sft"
     ranges = item_ranges(items)
-    judgments = current_judgments(project, options.include_paused, include_gold)
+    judgments = current_judgments(project, options.include_paused, include_gold, source=options.source)
     model = None
     if options.aggregate in MODEL_AGGREGATES:
         if fmt == "labels":
@@ -79,7 +79,7 @@ def iter_rows(
     for item_range in ranges:
         tables = item_tables(project, item_range, conversational)
         if fmt == "raw":
-            rows = raw_rows(project, item_range, tables)
+            rows = raw_rows(project, item_range, tables, options.source)
         else:
             votes = vote_frame(
                 project, options.include_paused, include_gold, item_range, with_data, judgments=judgments
@@ -192,6 +192,7 @@ def fit_preference_model(
             item_range,
             with_data,
             with_order=options.aggregate == "bradley-terry",
+            source=options.source,
         )
         frames.append(pair_votes(project.kind, votes, tables.responses, options.criterion or None))
     pairs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PAIR_COLUMNS)
@@ -236,7 +237,10 @@ def fit_label_model(project: Project, options: "ExportOptions", ranges) -> tuple
     any criterion took), ``converged`` (all of them) and ``by_criterion``."""
     criteria = label_criteria(project, options)
     frames = [
-        rating_labels(vote_frame(project, options.include_paused, options.include_gold, item_range), criteria)
+        rating_labels(
+            vote_frame(project, options.include_paused, options.include_gold, item_range, source=options.source),
+            criteria,
+        )
         for item_range in ranges
     ]
     labels = (

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..models import Kind, Project
+from ..selectors import SOURCES
 
 FORMATS = ("trl", "hh", "openai-dpo", "kto", "ranking", "ratings", "labels", "steps", "sft", "raw")
 
@@ -87,6 +88,8 @@ class ExportOptions:
       ``include_gold``: keep gold and qualification items (left out by default; ``raw`` always has them, marked).
     - ``max_chars``: leave out rows whose prompt and completions together are longer.
     - ``criterion``: the criterion preferences come from (pairwise with criteria, rating); empty = overall.
+    - ``source``: whose votes: ``human`` (people's, the default), ``ai`` (AI judges') or ``all``; an AI vote is
+      named ``judge:<name>`` where annotators are named, and raw rows of ``ai``/``all`` exports carry ``judge``.
     """
 
     format: str = "trl"
@@ -103,6 +106,7 @@ class ExportOptions:
     criterion: str = ""
     neutral_steps: bool = True
     license: str = ""
+    source: str = "human"
 
     def __post_init__(self):
         if self.aggregate == "" and self.format in FORMATS:
@@ -148,6 +152,8 @@ class ExportOptions:
                 raise ExportError(f"{name} must be true or false.")
         if not isinstance(self.criterion, str) or not isinstance(self.license, str):
             raise ExportError("criterion and license must be text.")
+        if self.source not in SOURCES:
+            raise ExportError(f"Unknown source {self.source!r}: use human (people's votes), ai (AI judges') or all.")
 
 
 # Formats that can keep a tie as a row ("tie": true); ranking and raw always have ties, the others none to keep

@@ -8,11 +8,11 @@ from collections import defaultdict
 
 import numpy as np
 import pandas as pd
-from django.db.models import Case, Q, Value, When
+from django.db.models import Case, Count, Q, Value, When
 from django.db.models.fields.json import KT
 
 from ..models import Adjudication, Item, Judgment, Membership, Project, Response
-from ..selectors import pseudonyms
+from ..selectors import HUMAN, by_source, judge_label, pseudonyms
 from ..sql import NULL_INT, numeric_rows
 from .formats import ItemTables, canonical
 
@@ -48,11 +48,15 @@ def is_conversational(items) -> bool:
 
 
 def current_judgments(
-    project: Project, include_paused: bool = False, include_gold: bool = False, items: tuple[int, int] | None = None
+    project: Project,
+    include_paused: bool = False,
+    include_gold: bool = False,
+    items: tuple[int, int] | None = None,
+    source: str = HUMAN,
 ):
-    """The judgments an export reads: current ones, by default on normal items only and without paused or
-    flagged annotators; ``items`` an inclusive range of item ids."""
-    judgments = Judgment.objects.filter(project=project, is_current=True)
+    """The judgments an export reads: current ones, by default people's only (``source``: human, ai or all), on
+    normal items only and without paused or flagged annotators; ``items`` an inclusive range of item ids."""
+    judgments = by_source(Judgment.objects.filter(project=project, is_current=True), source)
     if items is not None:
         judgments = judgments.filter(item_id__gte=items[0], item_id__lte=items[1])
     # Each filter costs a join or a subquery on the million-vote path: added only when it can exclude anything.
@@ -65,6 +69,23 @@ def current_judgments(
     return judgments
 
 
+def source_counts(project: Project, options) -> dict:
+    """What a snapshot's card says of whose votes it read: ``n_human_votes`` and ``n_ai_votes`` (current votes the
+    export's options take: its ``source``, gold and paused annotators as asked) and ``judges`` (the AI judges among
+    them, as ``judge:<name>``, sorted)."""
+    include_gold = options.include_gold or options.format == "raw"
+    judgments = current_judgments(project, options.include_paused, include_gold, source=options.source)
+    counts = judgments.aggregate(
+        n_ai_votes=Count("id", filter=Q(source=Judgment.Source.AI)),
+        n_human_votes=Count("id", filter=~Q(source=Judgment.Source.AI)),
+    )
+    judges = []
+    if counts["n_ai_votes"]:
+        names = judgments.filter(source=Judgment.Source.AI).values_list("annotator__judge__name", flat=True)
+        judges = sorted(judge_label(name) for name in set(names.order_by().distinct()) if name)
+    return {"n_human_votes": counts["n_human_votes"], "n_ai_votes": counts["n_ai_votes"], "judges": judges}
+
+
 def vote_frame(
     project: Project,
     include_paused: bool = False,
@@ -73,13 +94,15 @@ def vote_frame(
     with_data: bool = True,
     with_order: bool = False,
     judgments=None,
+    source: str = HUMAN,
 ) -> pd.DataFrame:
-    """Current judgments of the project: by default on normal items only, without paused or flagged annotators.
+    """Current judgments of the project: by default people's (``source``), on normal items only, without paused or
+    flagged annotators.
 
     ``with_order`` adds ``order``, the response ids in the order the annotator saw them. A caller reading many
     ranges passes ``judgments``, :func:`current_judgments` of the whole project, to build it once."""
     if judgments is None:
-        judgments = current_judgments(project, include_paused, include_gold)
+        judgments = current_judgments(project, include_paused, include_gold, source=source)
     if items is not None:
         judgments = judgments.filter(item_id__gte=items[0], item_id__lte=items[1])
     columns = ["item", "annotator", "outcome", "winner", "strength"]
@@ -194,35 +217,42 @@ def _responses_of(project: Project, items: tuple[int, int]):
     return Response.objects.filter(item__in=selected, item_id__gte=items[0], item_id__lte=items[1])
 
 
-def raw_rows(project: Project, items: tuple[int, int], tables: ItemTables) -> list[dict]:
-    """Every vote, one row each: superseded ones, gold and qualification items and paused annotators included
-    and marked, annotators by pseudonym only (a former member's too: the one they had). Responses are named by
-    their index in the item."""
+def raw_rows(project: Project, items: tuple[int, int], tables: ItemTables, source: str = HUMAN) -> list[dict]:
+    """Every vote of ``source``, one row each: superseded ones, gold and qualification items and paused annotators
+    included and marked, annotators by pseudonym only (a former member's too: the one they had), AI judges as
+    ``judge:<name>``. Responses are named by their index in the item.
+
+    Rows of an ``ai`` or ``all`` export also carry the judge's provenance: ``judge`` (its name), ``judge_model``
+    (the model as its backend named it) and ``template_hash`` (of the prompt template it was shown), empty
+    strings on people's votes (never null: a Parquet column must keep one type). A ``human`` export's rows are
+    as they always were."""
     statuses = dict(Membership.objects.filter(project=project).values_list("user_id", "status"))
     index = {rid: position for pairs in tables.responses.values() for position, (rid, _) in enumerate(pairs)}
-    judgments = (
-        Judgment.objects.filter(project=project, item_id__gte=items[0], item_id__lte=items[1])
-        .order_by("item_id", "id")
-        .values_list(
-            "id",
-            "item__external_id",
-            "item__purpose",
-            "annotator_id",
-            "outcome",
-            "winner_id",
-            "strength",
-            "data",
-            "text",
-            "duration_ms",
-            "source",
-            "is_current",
-            "supersedes_id",
-            "created_at",
-            "task__display_order",
-            "task__leased_at",
-        )
+    judgments = by_source(
+        Judgment.objects.filter(project=project, item_id__gte=items[0], item_id__lte=items[1]), source
     )
-    judgments = list(judgments)
+    fields = [
+        "id",
+        "item__external_id",
+        "item__purpose",
+        "annotator_id",
+        "outcome",
+        "winner_id",
+        "strength",
+        "data",
+        "text",
+        "duration_ms",
+        "source",
+        "is_current",
+        "supersedes_id",
+        "created_at",
+        "task__display_order",
+        "task__leased_at",
+    ]
+    with_judges = source != HUMAN
+    if with_judges:  # people's votes have no judge: these come back None for them
+        fields += ["annotator__judge__name", "judge_vote__model", "judge_vote__template_hash"]
+    judgments = list(judgments.order_by("item_id", "id").values_list(*fields))
     names = pseudonyms(project, {vote[3] for vote in judgments})
     rows = []
     for (
@@ -236,36 +266,38 @@ def raw_rows(project: Project, items: tuple[int, int], tables: ItemTables) -> li
         data,
         text,
         duration,
-        source,
+        vote_source,
         current,
         supersedes,
         created,
         order,
         leased,
+        *judge,
     ) in judgments:
-        rows.append(
-            {
-                "judgment": pk,
-                "id": item,
-                "annotator": names[annotator],
-                "annotator_status": statuses.get(annotator, ""),
-                "kind": project.kind,
-                "outcome": outcome or None,
-                "winner": index.get(winner),
-                "strength": strength,
-                "data": _indices(data, index),
-                "text": text,
-                "display_order": [index[rid] for rid in order],
-                "duration_ms": duration,
-                "source": source,
-                "gold": purpose == Item.Purpose.GOLD,
-                "qualification": purpose == Item.Purpose.QUALIFICATION,
-                "superseded": not current,
-                "supersedes": supersedes,
-                "shown_at": leased.isoformat(),
-                "created_at": created.isoformat(),
-            }
-        )
+        row = {
+            "judgment": pk,
+            "id": item,
+            "annotator": names[annotator],
+            "annotator_status": statuses.get(annotator, ""),
+            "kind": project.kind,
+            "outcome": outcome or None,
+            "winner": index.get(winner),
+            "strength": strength,
+            "data": _indices(data, index),
+            "text": text,
+            "display_order": [index[rid] for rid in order],
+            "duration_ms": duration,
+            "source": vote_source,
+            "gold": purpose == Item.Purpose.GOLD,
+            "qualification": purpose == Item.Purpose.QUALIFICATION,
+            "superseded": not current,
+            "supersedes": supersedes,
+            "shown_at": leased.isoformat(),
+            "created_at": created.isoformat(),
+        }
+        if with_judges:
+            row["judge"], row["judge_model"], row["template_hash"] = (value or "" for value in judge)
+        rows.append(row)
     return rows
 
 

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from django.db.models import Exists, OuterRef
 
-from ..models import Kind, Project, Snapshot, prompt_hash
+from ..models import Judgment, Kind, Project, Snapshot, prompt_hash
+from ..selectors import HUMAN, by_source
 from .columnar import RowBatch, _Conversational, fits_columns, iter_trl_batches
 from .formats import ItemTables, canonical
 from .general import iter_rows
@@ -38,7 +40,12 @@ def test_prompts(project: Project, options: "ExportOptions") -> set[str]:
     """
     if not options.test_size:
         return set()
-    items = items_in_scope(project, options.include_gold).filter(n_judgments__gt=0)
+    items = items_in_scope(project, options.include_gold)
+    if options.source == HUMAN and not project.judges_take_places:
+        items = items.filter(n_judgments__gt=0)  # n_judgments counts people's votes only
+    else:  # judges' votes are not in n_judgments, or people's are not all it counts
+        votes = by_source(Judgment.objects.filter(item=OuterRef("pk")), options.source)
+        items = items.filter(Exists(votes))
     groups = sorted(set(items.values_list("prompt_hash", flat=True)))
     n_test = int(round(options.test_size * len(groups)))
     if len(groups) >= 2:

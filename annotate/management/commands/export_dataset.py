@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from ...exports import AGGREGATES, CONTAINERS, FORMATS, ExportError, ExportOptions, export_to
+from ...selectors import SOURCES
 from ._base import get_project
 
 
@@ -37,6 +38,12 @@ class Command(BaseCommand):
         parser.add_argument("--max-chars", type=int, default=None, help="Leave out longer rows.")
         parser.add_argument("--criterion", default="", help="The criterion preferences come from.")
         parser.add_argument(
+            "--source",
+            default="human",
+            choices=SOURCES,
+            help="Whose votes: people's (human, the default), AI judges' (ai) or both (all).",
+        )
+        parser.add_argument(
             "--neutral-steps",
             default="positive",
             choices=["positive", "negative"],
@@ -60,6 +67,7 @@ class Command(BaseCommand):
                 include_gold=options["include_gold"],
                 max_chars=options["max_chars"],
                 criterion=options["criterion"],
+                source=options["source"],
             )
             export.validate()
             result = export_to(project, export, options["out"])
