@@ -7,13 +7,16 @@ also describe their own layout (``rows()``), so the templates need no logic beyo
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
 from django import forms
 from django.contrib.auth import get_user_model
 from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
+from .constitution import MAX_NAME_LENGTH, MAX_PRINCIPLES, MAX_TEXT_LENGTH, constitution_hash, validate_constitution
 from .exports.options import KIND_FORMATS, ExportOptions, default_format
 from .judgments import CHOICES, STRENGTH_LABELS
 from .models import Flag, Judgment, Kind, Project, Response, Role, Task
@@ -588,12 +591,6 @@ class ExportForm(forms.Form):
         required=False,
     )
     license = forms.CharField(max_length=100, required=False)
-    source = forms.ChoiceField(
-        choices=[("human", "People's votes"), ("ai", "AI judges' votes"), ("all", "Both")],
-        initial="human",
-        required=False,
-        help_text="Whose votes the export reads.",
-    )
 
     def __init__(self, project: Project, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -605,8 +602,98 @@ class ExportForm(forms.Form):
         return ExportOptions.from_dict({**data, **overrides})
 
 
+class ConstitutionWidget(forms.Widget):
+    """The constitution as rows of a name and a markdown text, plus one empty row to add a principle; a row whose
+    name and text are both cleared is removed. Plain form fields (``constitution-<n>-name``,
+    ``constitution-<n>-text``), so it works without JavaScript; a hidden ``constitution-rows`` says the rows were
+    on the page (without it the stored constitution is kept)."""
+
+    def value_from_datadict(self, data, files, name):
+        if f"{name}-rows" not in data:
+            return None
+        pattern = re.compile(rf"{re.escape(name)}-(\d{{1,4}})-(name|text)")
+        rows: dict[int, dict] = {}
+        for key in data:
+            match = pattern.fullmatch(key)
+            if match:
+                rows.setdefault(int(match.group(1)), {"name": "", "text": ""})[match.group(2)] = data.get(key, "")
+        return [row for _, row in sorted(rows.items()) if row["name"].strip() or row["text"].strip()]
+
+    def value_omitted_from_data(self, data, files, name):
+        return f"{name}-rows" not in data
+
+    def id_for_label(self, id_):
+        return f"{id_}-0-name" if id_ else None
+
+    def render(self, name, value, attrs=None, renderer=None):
+        rows = [row for row in (value or []) if isinstance(row, dict)]
+        base_id = (attrs or {}).get("id") or f"id_{name}"
+        fieldsets = format_html_join(
+            "\n",
+            '<fieldset class="principle"><legend>{}</legend>'
+            '<label for="{}-{}-name">Name</label> '
+            '<input type="text" name="{}-{}-name" id="{}-{}-name" value="{}" maxlength="{}" '
+            'autocomplete="off" spellcheck="false"> '
+            '<label for="{}-{}-text">Text (markdown)</label>'
+            '<textarea name="{}-{}-text" id="{}-{}-text" rows="3" maxlength="{}">{}</textarea></fieldset>',
+            (
+                (
+                    f"Principle {index + 1}" if index < len(rows) else "New principle",
+                    base_id,
+                    index,
+                    name,
+                    index,
+                    base_id,
+                    index,
+                    str(row.get("name", "")),
+                    MAX_NAME_LENGTH,
+                    base_id,
+                    index,
+                    name,
+                    index,
+                    base_id,
+                    index,
+                    MAX_TEXT_LENGTH,
+                    # A newline after <textarea> is dropped by HTML parsers: keep the text's own first line.
+                    "\n" + str(row.get("text", "")),
+                )
+                for index, row in enumerate([*rows, {"name": "", "text": ""}])
+            ),
+        )
+        return format_html(
+            '<div class="constitution" id="{}"><input type="hidden" name="{}-rows" value="{}">{}</div>',
+            base_id,
+            name,
+            len(rows) + 1,
+            fieldsets,
+        )
+
+
+class ConstitutionField(forms.Field):
+    """A list of ``{"name", "text"}`` principles, validated by :func:`annotate.constitution.validate_constitution`;
+    None when the rows were not on the page (the form then keeps the stored constitution)."""
+
+    widget = ConstitutionWidget
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        super().__init__(**kwargs)
+
+    def clean(self, value):
+        if value is None:
+            return None
+        return validate_constitution(value)
+
+
 class ProjectSettingsForm(forms.ModelForm):
-    """What a researcher may change on a running project: instructions, gold items, qualification, review."""
+    """What a researcher may change on a running project: instructions, gold items, qualification, review, and the
+    constitution (the principles a critique_revise run and constitution-citing judges read)."""
+
+    constitution = ConstitutionField(
+        help_text=f"Named principles (Constitutional AI), at most {MAX_PRINCIPLES}: a name of lowercase letters, "
+        "digits, '-' or '_', and a markdown text. Fill in the empty row to add one; clear a row's name and text to "
+        "remove it."
+    )
 
     class Meta:
         from .models import SETTINGS_FIELDS
@@ -614,3 +701,13 @@ class ProjectSettingsForm(forms.ModelForm):
         model = Project
         fields = SETTINGS_FIELDS
         widgets = {"instructions": forms.Textarea(attrs={"rows": 4})}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # As stored, before a posted form changes the instance in memory: what the page shows as saved.
+        self.saved_constitution = list(self.instance.constitution or [])
+        self.saved_constitution_hash = constitution_hash(self.saved_constitution)
+
+    def clean_constitution(self):
+        value = self.cleaned_data.get("constitution")
+        return self.saved_constitution if value is None else value

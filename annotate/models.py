@@ -223,6 +223,7 @@ SETTINGS_FIELDS = [
     "review_majority_agreement",
     "review_speed_ratio",
     "review_position_bias_p",
+    "constitution",
 ]
 
 

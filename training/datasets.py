@@ -52,6 +52,8 @@ def run_datasets(run) -> tuple[dict[str, str], str]:
     kind = kinds.get(run.kind)
     if kind.reads == kinds.PROMPTS:
         return prompt_datasets(run)
+    if run.inputs.get("from_run"):  # sft on another run's demonstrations (train sft --from-run N)
+        return demonstration_datasets(run)
     snapshot = run.snapshot
     paths = dict(snapshot_files(snapshot))
     if kind.publishes != kinds.REWARD_MODEL:  # a policy (sft, dpo) reads the train and test splits as they are
@@ -324,3 +326,28 @@ def prompt_datasets(run) -> tuple[dict[str, str], str]:
         paths["test"] = str(test)
     digest = (run.inputs or {}).get("prompts_hash") or hashlib.sha256(run.prompts_path.read_bytes()).hexdigest()
     return paths, digest
+
+
+# --- demonstrations written by another run (critique_revise's revisions) ---------------------------------
+
+
+def demonstrations_path(run):
+    return run.work_dir / "data" / "demonstrations.jsonl"
+
+
+def write_demonstrations(run, data: bytes) -> str:
+    """The demonstrations file of another run (rows of the ``sft`` export), copied into this run's folder at launch."""
+    path = demonstrations_path(run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return str(path)
+
+
+def demonstration_datasets(run) -> tuple[dict[str, str], str]:
+    """An sft run on another run's demonstrations: the copy made at launch, and its sha256 recorded then."""
+    path = demonstrations_path(run)
+    if not path.is_file():
+        raise PromptsError(f"The demonstrations of run {run.pk} are missing from {path}.")
+    return {"train": str(path)}, run.inputs["from_run"]["hash"]

@@ -22,7 +22,9 @@ from .selectors import allowed_base_models, training_projects
 # --- which options a kind's form shows, and where ----------------------------------------------------
 
 # Filled in by Arbiter from the form's own inputs (base model, reward models, baseline): never typed as options.
-FILLED_BY_ARBITER = frozenset({"base_model", "reward_models", "reward_weights", "baseline_model"})
+FILLED_BY_ARBITER = frozenset(
+    {"base_model", "reward_models", "reward_weights", "baseline_model", "principle_names", "principle_texts"}
+)
 # Read only by kinds that sample responses (their configs inherit them from PolicyRunConfig all the same).
 SAMPLING_OPTIONS = frozenset(
     {"max_prompt_length", "max_new_tokens", "temperature", "top_p", "generation_batch_size", "generation_backend"}

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from annotate.models import Kind
 
+from .runners.critique_revise_config import CritiqueReviseRunConfig
 from .runners.dpo_config import DPORunConfig
 from .runners.evaluate_config import EvaluateRunConfig
 from .runners.generate_config import GenerateRunConfig
@@ -91,6 +92,14 @@ class TrainingKind:
     default_prompts: str = "items"
     # A file of the run's output kept in its folder that can be sent to annotators for review.
     review_file: str = ""
+    # A file of the run's output kept in its folder, rows of the sft export (``messages``), that an sft run can
+    # learn from (``train sft --from-run N``).
+    demonstrations_file: str = ""
+    # CANDIDATES kinds: the project kinds its round can go to (empty: every kind of TARGET_RESPONSES).
+    target_kinds: tuple[str, ...] = ()
+    # The run draws principles from the project's constitution (filled into the config at launch; a project
+    # without one is refused).
+    constitution: bool = False
 
     @property
     def makes_model(self) -> bool:
@@ -240,5 +249,19 @@ register(
         publishes=MODEL,
         base_models=_POLICY,
         reward_models=REWARD_MODEL_NEEDED,
+    )
+)
+register(
+    TrainingKind(
+        "critique_revise",
+        "Critique and revise (Constitutional AI)",
+        CritiqueReviseRunConfig,
+        "training.runners.critique_revise",
+        reads=PROMPTS,
+        publishes=CANDIDATES,
+        base_models=_POLICY,
+        demonstrations_file="sft.jsonl",
+        target_kinds=(Kind.PAIRWISE,),
+        constitution=True,
     )
 )

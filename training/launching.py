@@ -9,15 +9,19 @@ and its reaper are training.tasks.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from dataclasses import dataclass
 from functools import partial
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from annotate.actions import create_snapshot
+from annotate.constitution import constitution_hash, validate_constitution
 from annotate.exports import ExportError, ExportOptions
 from annotate.models import Kind, Project, Snapshot
 
@@ -170,9 +174,10 @@ def _check_target(kind: kinds.TrainingKind, target: Project | None, config) -> N
                 f"--target-project is for {', '.join(kinds.names(publishes=kinds.CANDIDATES))} runs (they write candidates into it)."
             )
         return
-    if target.kind not in kinds.TARGET_RESPONSES:
+    if target.kind not in (kind.target_kinds or kinds.TARGET_RESPONSES):
+        fits = " or ".join(kind.target_kinds or ("pairwise", "ranking"))
         raise TrainingError(
-            f"Candidates go into a pairwise or ranking project; {target.slug} is a {target.kind} project."
+            f"A {kind.name} round goes into a {fits} project; {target.slug} is a {target.kind} project."
         )
     field = samples_field(kind)
     if field is None:
@@ -290,6 +295,87 @@ def _prompt_rows(
     return rows, snapshot if source.startswith("snapshot-") else None, inputs
 
 
+# Config options a constitution kind gets from the project, never from the launcher.
+CONSTITUTION_OPTIONS = ("principle_names", "principle_texts")
+
+
+def _constitution_values(kind: kinds.TrainingKind, project: Project, base, values: dict) -> tuple[dict, dict]:
+    """A kind that draws from the constitution (critique_revise): the project's principles into the config, and
+    ``run.inputs["constitution"]`` (its sha256 and names). Refused: a project without one, principles given as
+    options, and a policy that is a reward model (it would load with a random language-model head)."""
+    if not kind.constitution:
+        return values, {}
+    given = [name for name in CONSTITUTION_OPTIONS if name in values]
+    if given:
+        raise TrainingError(
+            f"{', '.join(given)} come from the project's constitution (its settings page, or PATCH "
+            f"/api/projects/{project.slug}/ with constitution), not from options."
+        )
+    try:
+        principles = validate_constitution(project.constitution)
+    except ValidationError as exc:
+        raise TrainingError(f"The constitution of {project.slug} is invalid: {' '.join(exc.messages)}") from None
+    if not principles:
+        raise TrainingError(
+            f"Project {project.slug} has no constitution: a {kind.name} run critiques answers against its principles. "
+            f"Add some on the project's settings page (or PATCH /api/projects/{project.slug}/ with constitution) first."
+        )
+    _check_causal_lm(kind, base)
+    values = {
+        **values,
+        "principle_names": [p["name"] for p in principles],
+        "principle_texts": [p["text"] for p in principles],
+    }
+    return values, {"hash": constitution_hash(principles), "principles": [p["name"] for p in principles]}
+
+
+def _check_causal_lm(kind: kinds.TrainingKind, base) -> None:
+    """A policy that is a reward model (a registered one, or a folder whose config names a sequence classifier)."""
+    if base.artifact is not None:
+        is_classifier = base.artifact.kind == ArtifactKind.REWARD
+    else:
+        try:
+            architectures = json.loads((base.path / "config.json").read_text(encoding="utf-8")).get("architectures")
+        except (OSError, ValueError, AttributeError):
+            architectures = None
+        is_classifier = any(str(a).endswith("ForSequenceClassification") for a in architectures or [])
+    if is_classifier:
+        raise TrainingError(
+            f"{base.label} is a reward model (a sequence classifier); a {kind.name} run needs a causal language model "
+            "as its policy: it answers, critiques and revises."
+        )
+
+
+def _from_run_source(kind: kinds.TrainingKind, project: Project, from_run, snapshot, prompts, values: dict):
+    """``train sft --from-run N``: the demonstrations file a finished run wrote (critique_revise's revisions),
+    copied at launch. Returns ``(values, source run, its file)``; (values, None, None) without ``from_run``."""
+    if from_run is None or from_run == "":
+        return values, None, None
+    if kind.reads != kinds.SNAPSHOT or "sft" not in kind.source_by_format:
+        learners = [k.name for k in kinds.KINDS.values() if "sft" in k.source_by_format]
+        raise TrainingError(f"--from-run is for {', '.join(learners)} runs: they learn from a run's demonstrations.")
+    if snapshot is not None or prompts.source or prompts.data is not None:
+        raise TrainingError("--from-run gives the run's data: leave out --snapshot and the prompts options.")
+    source_run = from_run if isinstance(from_run, TrainingRun) else TrainingRun.objects.filter(pk=int(from_run)).first()
+    if source_run is None:
+        raise TrainingError(f"No run {from_run} to learn from (--from-run).")
+    if source_run.project_id != project.pk:
+        raise TrainingError(f"Run {source_run.pk} belongs to project {source_run.project.slug}, not {project.slug}.")
+    made = source_run.training_kind
+    if made is None or not made.demonstrations_file:
+        writers = ", ".join(k.name for k in kinds.KINDS.values() if k.demonstrations_file)
+        raise TrainingError(f"Run {source_run.pk} is a {source_run.kind} run; --from-run takes a {writers} run.")
+    if source_run.status != RunStatus.SUCCEEDED:
+        raise TrainingError(f"Run {source_run.pk} is {source_run.status}: only a succeeded run has demonstrations.")
+    path = source_run.work_dir / made.demonstrations_file
+    if not path.is_file():
+        raise TrainingError(f"The demonstrations of run {source_run.pk} are missing from {path}.")
+    expected = kind.source_by_format["sft"]
+    if values.get("source", expected) != expected:
+        raise TrainingError(f"A run's demonstrations go with source={expected}, not {values['source']}.")
+    return {**values, "source": expected}, source_run, path
+
+
 def launch_run(
     *,
     project: Project,
@@ -304,6 +390,7 @@ def launch_run(
     target_project: Project | str | None = None,
     prompts: Prompts | None = None,
     baseline: str | None = None,
+    from_run: TrainingRun | int | None = None,
 ) -> TrainingRun:
     """Validate, snapshot or choose prompts as the kind needs, and queue a run. Bad input raises TrainingError and
     writes nothing (except a fresh snapshot, which is a valid export in its own right).
@@ -317,11 +404,20 @@ def launch_run(
     - ``reward_models`` (``artifact:ID[:WEIGHT]``, a registered name or a folder under MODEL_ROOTS) are resolved to
       folders in the config and recorded in ``run.reward_artifacts``; generate writes into ``target_project``
       (default: this project); evaluate compares with ``baseline``.
+    - critique_revise: the project's constitution goes into the config (a project without one is refused) and its
+      sha256 and the templates' into ``run.inputs["constitution"]``.
+    - sft with ``from_run``: the demonstrations a critique_revise run wrote (its ``sft.jsonl``), copied into this
+      run's folder, instead of a snapshot; ``from_run`` becomes the parent.
     """
+
     prompts = prompts or Prompts()
     values = dict(values or {})
     kind = training_kind(kind)
     base = resolve_base_model(base_model)
+    values, constitution = _constitution_values(kind, project, base, values)
+    values, source_run, demonstrations = _from_run_source(kind, project, from_run, snapshot, prompts, values)
+    if source_run is not None and parent is None:
+        parent = source_run
     parent = _parent(project, parent)
     target = _project(target_project)
     if kind.publishes == kinds.CANDIDATES and target is None:
@@ -349,6 +445,22 @@ def launch_run(
     rows, inputs = None, {}
     if kind.reads == kinds.PROMPTS:
         rows, snapshot, inputs = _prompt_rows(kind, project, snapshot, prompts, rewards, launched_by)
+    elif demonstrations is not None:
+        data = demonstrations.read_bytes()
+        lines = sum(1 for line in data.splitlines() if line.strip())
+        if not lines:
+            raise TrainingError(f"Run {source_run.pk} wrote no demonstrations (its {demonstrations.name} is empty).")
+        inputs = {
+            "from_run": {
+                "run": source_run.pk,
+                "kind": source_run.kind,
+                "file": demonstrations.name,
+                "rows": lines,
+                "hash": hashlib.sha256(data).hexdigest(),
+            }
+        }
+        if source_run.inputs.get("constitution"):
+            inputs["constitution"] = source_run.inputs["constitution"]
     else:
         if prompts.source or prompts.data is not None:
             prompt_kinds = ", ".join(kinds.names(reads=kinds.PROMPTS))
@@ -361,6 +473,8 @@ def launch_run(
             "path": str(reference.path),
             "artifact": reference.artifact.pk if reference.artifact else None,
         }
+    if constitution:
+        inputs["constitution"] = {**constitution, "templates": config.template_hashes()}
     if baseline_model is not None:
         inputs["baseline"] = {
             "path": str(baseline_model.path),
@@ -388,6 +502,12 @@ def launch_run(
             except OSError as exc:
                 shutil.rmtree(run.work_dir, ignore_errors=True)
                 raise TrainingError(f"Cannot write the prompts under ARTIFACT_ROOT: {exc}") from None
+        if demonstrations is not None:
+            try:  # copied, not referenced: a retry reads the same rows, whatever happens to the other run's folder
+                datasets.write_demonstrations(run, data)
+            except OSError as exc:
+                shutil.rmtree(run.work_dir, ignore_errors=True)
+                raise TrainingError(f"Cannot write the demonstrations under ARTIFACT_ROOT: {exc}") from None
         if enqueue:
             transaction.on_commit(partial(enqueue_run, run.pk))
     return run

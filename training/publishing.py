@@ -25,9 +25,12 @@ from .selectors import win_rate
 def publish_run(run: TrainingRun, output_dir: Path, metrics: dict, dataset_hash: str):
     """What a succeeded runner leaves becomes Arbiter's, per kind: a registered model (the model kinds;
     rejection_sampling's kept samples are kept in the run's folder), a new round of the target project
-    (generate), or the comparisons and the win rate (evaluate). All or nothing, like :func:`register_artifact`."""
+    (generate; critique_revise, which also keeps its SFT file in the run's folder), or the comparisons and the
+    win rate (evaluate). All or nothing, like :func:`register_artifact`."""
     output_dir = Path(output_dir)
     kind = kinds.get(run.kind)
+    if kind.demonstrations_file:  # critique_revise's revisions, kept for `train sft --from-run`
+        _keep_output(run, output_dir, kind.demonstrations_file)
     if kind.publishes == kinds.CANDIDATES:
         return create_candidate_round(run, _keep_output(run, output_dir, "candidates.jsonl"), metrics, dataset_hash)
     if kind.publishes == kinds.COMPARISONS:

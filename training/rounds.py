@@ -76,6 +76,8 @@ def candidate_items(run: TrainingRun, rows: list[dict], target: Project) -> tupl
             }
             if sample.get("score") is not None:
                 metadata["score"] = sample["score"]
+            if isinstance(sample.get("metadata"), dict):  # critique_revise: stage, principle, critique
+                metadata.update(sample["metadata"])
             responses.append({"text": text, "model": label, "metadata": metadata})
         if len(responses) < low:
             skipped += 1
@@ -103,7 +105,8 @@ def create_candidate_round(run: TrainingRun, path: Path, metrics: dict, dataset_
     target = run.target_project or run.project
     if target.kind not in kinds.TARGET_RESPONSES:
         raise PublishFailed(f"Candidates go into a pairwise or ranking project; {target.slug} is {target.kind}.")
-    parsed, skipped = candidate_items(run, read_output_rows(path), target)
+    rows = read_output_rows(path)
+    parsed, skipped = candidate_items(run, rows, target)
     if not parsed:
         raise PublishFailed(
             f"No prompt got enough distinct samples for a {target.kind} item ({skipped} skipped); nothing was added to {target.slug}."
@@ -125,12 +128,18 @@ def create_candidate_round(run: TrainingRun, path: Path, metrics: dict, dataset_
             if k
         },
     }
+    constitution = _constitution_lineage(run, rows)
+    if constitution:
+        source["constitution"] = constitution
     with transaction.atomic():
         locked = lock_running(run)
         Project.objects.select_for_update().filter(pk=target.pk).first()  # one new round at a time per project
         round_, report = _add_round(
             locked, target, parsed, source, RoundPurpose.CANDIDATES, f"Candidates of run {run.pk}", PublishFailed
         )
+        if constitution:
+            locked.inputs = {**locked.inputs, "constitution": constitution}
+            locked.save(update_fields=["inputs"])
         metrics = {
             **metrics,
             "candidate_items": float(report.created),
@@ -139,6 +148,21 @@ def create_candidate_round(run: TrainingRun, path: Path, metrics: dict, dataset_
         }
         succeed(locked, metrics, dataset_hash)
     return round_
+
+
+def _constitution_lineage(run: TrainingRun, rows: list[dict]) -> dict:
+    """critique_revise: the constitution recorded at launch (sha256, names, templates' hashes) and the principles
+    the run drew (every round of every prompt)."""
+    recorded = (run.inputs or {}).get("constitution")
+    if not recorded:
+        return {}
+    used = {
+        step.get("principle")
+        for row in rows
+        for step in row.get("rounds") or []
+        if isinstance(step, dict) and isinstance(step.get("principle"), str)
+    }
+    return {**recorded, "principles_used": sorted(used)}
 
 
 def comparison_outcome(row: dict) -> str | None:

@@ -1,7 +1,9 @@
 """Shapes of the API. Serializers parse and present; the writes happen in ``annotate.actions``."""
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
+from ..constitution import MAX_NAME_LENGTH, MAX_PRINCIPLES, MAX_TEXT_LENGTH, validate_constitution
 from ..judgments import CHOICES
 from ..models import SETTINGS_FIELDS, Flag, Judgment, Kind, Membership, Project, Role, Snapshot, Task
 
@@ -25,7 +27,33 @@ PROJECT_FIELDS = [
 ]
 
 
-class ProjectSettingsSerializer(serializers.ModelSerializer):
+class PrincipleSerializer(serializers.Serializer):
+    name = serializers.CharField(
+        max_length=MAX_NAME_LENGTH,
+        help_text="A slug (lowercase letters, digits, '-' or '_'), unique in the project: how runs and judges cite it.",
+    )
+    text = serializers.CharField(max_length=MAX_TEXT_LENGTH, help_text="The principle, in markdown.")
+
+
+class ConstitutionMixin(serializers.Serializer):
+    """``constitution``: a list of principles, checked by annotate.constitution.validate_constitution (the rules of
+    the settings page); a bad one is a 400 naming each principle at fault, and nothing is changed."""
+
+    constitution = PrincipleSerializer(
+        many=True,
+        required=False,
+        max_length=MAX_PRINCIPLES,
+        help_text="Named principles (Constitutional AI), at most 50; critique_revise runs draw from them.",
+    )
+
+    def validate_constitution(self, value):
+        try:
+            return validate_constitution([dict(principle) for principle in value])
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from None
+
+
+class ProjectSettingsSerializer(ConstitutionMixin, serializers.ModelSerializer):
     """The settings a researcher may change on a running project (``models.SETTINGS_FIELDS``)."""
 
     class Meta:
@@ -41,7 +69,7 @@ class ProjectSerializer(serializers.ModelSerializer):
         fields = PROJECT_FIELDS
 
 
-class ProjectCreateSerializer(serializers.ModelSerializer):
+class ProjectCreateSerializer(ConstitutionMixin, serializers.ModelSerializer):
     class Meta:
         model = Project
         fields = PROJECT_FIELDS
@@ -272,11 +300,6 @@ class ExportOptionsSerializer(serializers.Serializer):
     dedupe = serializers.BooleanField(default=True)
     neutral_steps = serializers.BooleanField(default=True, help_text="steps: a neutral step counts as positive.")
     license = serializers.CharField(default="", allow_blank=True)
-    source = serializers.ChoiceField(
-        choices=["human", "ai", "all"],
-        default="human",
-        help_text="Whose votes: people's (human), AI judges' (ai) or both (all).",
-    )
 
 
 class SnapshotSerializer(serializers.ModelSerializer):

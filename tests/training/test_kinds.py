@@ -135,7 +135,9 @@ def test_a_kind_added_through_the_registry_is_offered_by_the_form_the_command_an
 
 @pytest.mark.django_db
 def test_an_unregistered_kind_is_refused_with_the_registered_ones(preference_snapshot, tiny_base):
-    with pytest.raises(launching.TrainingError, match=r"Unknown kind 'echo': use one of reward, generate, .*, rloo\."):
+    with pytest.raises(
+        launching.TrainingError, match=r"Unknown kind 'echo': use one of reward, generate, .*, rloo, critique_revise\b"
+    ):
         launching.launch_run(project=preference_snapshot.project, kind="echo", base_model="tiny-llama", enqueue=False)
     assert not TrainingRun.objects.exists()
 
@@ -143,7 +145,7 @@ def test_an_unregistered_kind_is_refused_with_the_registered_ones(preference_sna
 def test_the_registry_holds_each_fact_once_for_the_built_in_kinds():
     assert kinds.names(reads=kinds.SNAPSHOT) == ["reward", "sft", "dpo"]
     assert kinds.names(publishes=kinds.REWARD_MODEL) == ["reward"]
-    assert kinds.names(publishes=kinds.CANDIDATES) == ["generate"] and kinds.NEXT_ROUND == "generate"
+    assert kinds.names(publishes=kinds.CANDIDATES) == ["generate", "critique_revise"] and kinds.NEXT_ROUND == "generate"
     assert kinds.names(publishes=kinds.COMPARISONS) == ["evaluate"]
     assert sorted(kinds.names(reward_models=kinds.REWARD_MODEL_NEEDED)) == [
         "evaluate",

@@ -42,6 +42,11 @@ class RunCreateSerializer(serializers.Serializer):
     max_prompts = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     baseline = serializers.CharField(required=False, allow_blank=True, help_text="evaluate: the policy compared with.")
     parent = serializers.IntegerField(required=False, allow_null=True, help_text="The run this one continues.")
+    from_run = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text="sft: learn from the demonstrations a finished critique_revise run wrote, instead of a snapshot.",
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -106,6 +106,7 @@ def runs(request):
             prompts=prompts,
             baseline=data.get("baseline") or None,
             parent=data.get("parent"),
+            from_run=data.get("from_run"),
         )
     except TrainingError as exc:
         raise BadRequest(str(exc)) from None

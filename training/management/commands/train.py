@@ -42,6 +42,16 @@ def kinds_table() -> str:
     return "\n".join(lines)
 
 
+def run_data(run) -> str:
+    """What a run reads, in words: its prompts, another run's demonstrations, or its snapshot."""
+    if run.inputs.get("prompts"):
+        return f"{run.inputs['prompts']} prompts from {run.inputs['prompts_from']}"
+    if run.inputs.get("from_run"):
+        source = run.inputs["from_run"]
+        return f"{source['rows']} demonstrations of run {source['run']}"
+    return f"snapshot {run.snapshot_id}"
+
+
 class Command(BaseCommand):
     help = (
         "Launch a training run: enqueue it for the worker (prints the run id), or with --foreground run it here, "
@@ -113,6 +123,13 @@ class Command(BaseCommand):
             metavar="RUN",
             help="The run this one continues (lineage), e.g. the policy run of the previous round.",
         )
+        parser.add_argument(
+            "--from-run",
+            type=int,
+            metavar="RUN",
+            help="sft: learn from the demonstrations a finished critique_revise run wrote (its revisions) instead "
+            "of a snapshot.",
+        )
         parser.add_argument("--launched-by", help="Username recorded as the launcher.")
         parser.add_argument("--foreground", action="store_true", help="Run in this process instead of the queue.")
         parser.add_argument("--help-config", action="store_true", help="List the config options of KIND and exit.")
@@ -172,23 +189,16 @@ class Command(BaseCommand):
                 prompts=prompts,
                 baseline=options["baseline"],
                 parent=options["parent"],
+                from_run=options["from_run"],
             )
         except (TrainingError, ConfigError) as exc:
             raise CommandError(str(exc)) from None
         if not options["foreground"]:
-            data = (
-                f"snapshot {run.snapshot_id}"
-                if not run.inputs.get("prompts")
-                else f"{run.inputs['prompts']} prompts from {run.inputs['prompts_from']}"
-            )
+            data = run_data(run)
             self.stdout.write(f"Queued run {run.pk} ({kind} on {data}); a worker (db_worker) runs it.")
             self.stdout.write(str(run.pk))
             return
-        data = (
-            f"snapshot {run.snapshot_id}"
-            if not run.inputs.get("prompts")
-            else f"{run.inputs['prompts']} prompts from {run.inputs['prompts_from']}"
-        )
+        data = run_data(run)
         self.stdout.write(f"Run {run.pk}: {kind} on {data}, base {run.base_model}")
         run = supervisor.execute(
             run.pk,
