@@ -8,6 +8,8 @@
   :func:`agreement_over_time`, :func:`rolling_gold_accuracy`, :func:`speed`, :func:`position_frame` and
   :func:`length_frame` (fed to ``reliability.position_bias`` / ``length_bias``), :func:`confusion_matrices`
   (against the Dawid-Skene labels of ``reliability.dawid_skene``), :func:`page_summary`.
+- **Judges**: the AI judges against people (``judge_agreement.judges_data``), a section of its own; every read
+  above is of people's votes only (``selectors.by_source``), so a judge's vote never moves a figure of theirs.
 - **Charts**: :func:`dashboard_charts` turns the numbers and the project's review thresholds into SVG
   (``annotate/charts.py``); a chart with nothing to draw says why (:func:`empty_reasons`).
 - **Review**: red on the page means what automatic review means. The per-annotator figures are those review
@@ -630,7 +632,8 @@ def compute_dashboard(project: Project, summary: dict, over: str = "block") -> d
     reason it is None), ``project_median_s``, ``position_overall``, ``length_overall``, ``confusion``
     (``reference``, ``classes``, ``matrices``: ``name``, ``accuracy``, ``accuracy_note``, ``counts``;
     ``n_annotators``, ``iterations``, ``converged``), ``counts`` (what :func:`empty_reasons` needs: ``normal``,
-    ``timed``, ``gold_items``, ``gold_answers``, ``wins``, ``wins_shown``, ``wins_different_lengths``).
+    ``timed``, ``gold_items``, ``gold_answers``, ``wins``, ``wins_shown``, ``wins_different_lengths``), ``judges``
+    (``judge_agreement.judges_data``: each AI judge against people, and ``judges_note``).
 
     The per-annotator gold accuracy, speed and biases are over the work automatic review judges
     (:func:`review_window`): for an active annotator, what came after their last status change; the newest 20
@@ -834,7 +837,7 @@ def _p(value: float | None) -> str:
 def empty_reasons(data: dict, project: Project) -> dict[str, str]:
     """Why each chart or table of :func:`dashboard_data` is empty when it is, in words a researcher can act on:
     ``agreement`` (the headline, agreement over time, the lowest pairs), ``pairs``, ``gold``, ``speed``,
-    ``position``, ``length``, ``scatter`` and ``annotators``. Pure: reads the data and the project."""
+    ``position``, ``length``, ``scatter``, ``annotators`` and ``judges``. Pure: reads the data and the project."""
     counts = data["counts"]
     no_work = "no judgments on normal items yet"
     overlapping = data["summary"].get("n_items_with_overlap") or 0
