@@ -176,9 +176,7 @@ def _check_target(kind: kinds.TrainingKind, target: Project | None, config) -> N
         return
     if target.kind not in (kind.target_kinds or kinds.TARGET_RESPONSES):
         fits = " or ".join(kind.target_kinds or ("pairwise", "ranking"))
-        raise TrainingError(
-            f"A {kind.name} round goes into a {fits} project; {target.slug} is a {target.kind} project."
-        )
+        raise TrainingError(f"Candidates go into a {fits} project; {target.slug} is a {target.kind} project.")
     field = samples_field(kind)
     if field is None:
         return

@@ -428,7 +428,7 @@ def test_refusals_at_launch_write_nothing(constitution_project, make_project, tr
         (dict(project=constitution_project, base_model=f"artifact:{registered.pk}"), "is a reward model"),
         (
             dict(project=constitution_project, base_model="tiny-causal", target_project=ranking),
-            "goes into a pairwise project",
+            "Candidates go into a pairwise project; rank is a ranking project",
         ),
         (
             dict(project=constitution_project, base_model="tiny-causal", values={"principle_names": ["x"]}),

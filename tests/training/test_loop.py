@@ -121,7 +121,7 @@ def _nothing_written(settings):
         ),
         (["evaluate", "--reward-model", "RM"], "give --baseline PATH_OR_ARTIFACT"),
         (["dpo", "--prompts-from", "items"], "learns from a snapshot's votes, not from prompts"),
-        (["dpo", "--target-project", "ranked"], "--target-project is for generate runs"),
+        (["dpo", "--target-project", "ranked"], "--target-project is for generate, critique_revise runs"),
         (["sft", "--reward-model", "RM"], "a sft run uses none"),
     ],
 )
