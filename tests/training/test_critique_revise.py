@@ -332,7 +332,9 @@ def _train(*args) -> list[str]:
 
 
 @pytest.mark.django_db
-def test_a_critique_run_makes_a_pairwise_round_and_an_sft_set_that_sft_learns_from(constitution_project, models_root):
+def test_a_critique_run_makes_a_pairwise_round_and_an_sft_set_that_sft_learns_from(
+    constitution_project, models_root, client, make_member
+):
     lines = _train(
         "critique_revise",
         "--project", "cai",
@@ -369,6 +371,9 @@ def test_a_critique_run_makes_a_pairwise_round_and_an_sft_set_that_sft_learns_fr
     assert round_.source["constitution"] == recorded and round_.source["model"]["path"] == critique.base_model
     assert critique.config["principle_texts"] == [p["text"] for p in CONSTITUTION]
     assert all(len(row["rounds"]) == 2 for row in candidates)
+    client.force_login(make_member(constitution_project, "res", Role.RESEARCHER))
+    page = client.get(reverse("training-run", args=[critique.pk])).content.decode()
+    assert f"{len(items)} items" in page and "round 2 of cai" in page  # the run page links its round
     sft_file = critique.work_dir / "sft.jsonl"
     assert len(_rows(sft_file)) == critique.metrics["sft_rows"] == 4
 
