@@ -1126,7 +1126,11 @@ def judges_chart(judges: list[dict], empty: str):
         (
             j["annotator"],
             [
-                Bar("κ with the majority", j["kappa_with_majority"], f"n={j['n_majority']}"),
+                Bar(
+                    "κ with the majority",
+                    j["kappa_with_majority"],
+                    f"n={j['n_majority']}" if j["n_majority"] else "no item with a people's majority",
+                ),
                 Bar(
                     "position consistency",
                     j["position_consistency"],
