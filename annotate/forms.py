@@ -591,6 +591,12 @@ class ExportForm(forms.Form):
         required=False,
     )
     license = forms.CharField(max_length=100, required=False)
+    source = forms.ChoiceField(
+        choices=[("human", "People's votes"), ("ai", "AI judges' votes"), ("all", "Both")],
+        initial="human",
+        required=False,
+        help_text="Whose votes the export reads.",
+    )
 
     def __init__(self, project: Project, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -300,6 +300,11 @@ class ExportOptionsSerializer(serializers.Serializer):
     dedupe = serializers.BooleanField(default=True)
     neutral_steps = serializers.BooleanField(default=True, help_text="steps: a neutral step counts as positive.")
     license = serializers.CharField(default="", allow_blank=True)
+    source = serializers.ChoiceField(
+        choices=["human", "ai", "all"],
+        default="human",
+        help_text="Whose votes: people's (human), AI judges' (ai) or both (all).",
+    )
 
 
 class SnapshotSerializer(serializers.ModelSerializer):
