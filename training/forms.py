@@ -402,7 +402,7 @@ class LaunchForm(forms.Form):
                 _labelled(v, label, family) for v, label, family in models if family == kinds.SEQUENCE_CLASSIFIER
             ]
         if kind.publishes == kinds.CANDIDATES:
-            targets = projects.filter(kind__in=list(kinds.TARGET_RESPONSES))
+            targets = projects.filter(kind__in=list(kind.target_kinds or kinds.TARGET_RESPONSES))
             self.fields["target_project"].choices = [("", "the run's project")] + [
                 (p.slug, f"{p.name} ({p.slug})") for p in targets
             ]

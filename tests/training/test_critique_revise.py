@@ -473,10 +473,15 @@ def test_sft_from_a_run_that_is_not_a_finished_critique_run_is_refused(constitut
 
 @pytest.mark.django_db
 def test_the_launch_form_offers_the_kinds_options_and_never_the_principles(
-    client, constitution_project, make_member, models_root
+    client, constitution_project, make_member, make_project, models_root
 ):
-    client.force_login(make_member(constitution_project, "boss", Role.ADMIN))
+    make_member(constitution_project, "boss", Role.ADMIN)
+    for slug, kind in (("pairs", Kind.PAIRWISE), ("ranks", Kind.RANKING)):
+        boss = make_member(make_project(slug=slug, kind=kind, n_items=0), "boss", Role.ADMIN)
+    client.force_login(boss)  # the last one: each make_member sets the password again
     page = client.get(reverse("training-new"), {"kind": "critique_revise"}).content.decode()
+    targets = re.search(r'<select name="target_project"[^>]*>(.*?)</select>', page, re.S).group(1)
+    assert 'value="pairs"' in targets and 'value="ranks"' not in targets  # its round is pairwise
     options = set(re.findall(r'name="opt_([a-z_]+)"', page))
     assert {"rounds", "critique_template", "revision_template", "temperature", "max_new_tokens"} <= options
     assert not options & {"principle_names", "principle_texts", "learning_rate", "num_samples"}
