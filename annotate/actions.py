@@ -9,6 +9,7 @@ import copy
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -17,6 +18,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -25,7 +27,10 @@ from django.db.models import Case, Exists, F, OuterRef, Value, When
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from . import agreement, sql
+from training.runners.base import read_arbiter_json
+from training.selectors import TrainingError, resolve_base_model, resolve_reward_models
+
+from . import agreement, judging, sql
 from .exports.card import dataset_card
 from .exports.options import ExportOptions
 from .exports.reading import source_counts
@@ -38,6 +43,8 @@ from .models import (
     Adjudication,
     Flag,
     Item,
+    Judge,
+    JudgeVote,
     Judgment,
     Kind,
     Membership,
@@ -1197,3 +1204,371 @@ def route_after_judging(project: Project, item_ids) -> int:
     # PostgreSQL re-checks this condition (not the subquery) on the row as that pick left it.
     untouched = {"open_slots__gt": 0} if project.judges_take_places else {"open_slots": project.overlap}
     return items.filter(**untouched).update(open_slots=0)
+
+
+# --- AI judges: adding one, recording its votes (docs/ai-feedback.md) -------------------------------------------
+
+
+class InvalidJudge(ValueError):
+    """A judge that cannot be added as described, or a judge run that cannot start; the message says why."""
+
+
+JUDGE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# An environment variable's name, never its value; Arbiter's own secrets are not a judge's to send anywhere.
+ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,99}")
+PROTECTED_ENV = {"SECRET_KEY", "DATABASE_URL", "TEST_DATABASE_URL", "PGPASSWORD"}
+# Options each backend reads (judging.OPTIONS); any other is refused rather than silently ignored.
+JUDGE_BACKEND_OPTIONS = {
+    Judge.Backend.LOCAL: ("temperature", "max_tokens", "max_prompt_tokens", "batch_size"),
+    Judge.Backend.OPENAI: ("temperature", "max_tokens", "concurrency", "timeout", "retries"),
+    Judge.Backend.REWARD_MODEL: ("batch_size",),
+}
+
+
+def judge_principle(project: Project, name: str) -> dict | None:
+    """The constitution's principle ``name`` (``{"name", "text"}``); None for no name; InvalidJudge if absent."""
+    try:
+        return judging.principle_in(project.constitution, name)
+    except ValueError as exc:
+        raise InvalidJudge(str(exc)) from None
+
+
+def check_judge_endpoint(base_url: str) -> str:
+    """An OpenAI-compatible base URL a judge may call: http(s), no credentials in it, its host allowed by
+    ARBITER_JUDGE_HOSTS (empty: none). Returns the URL without a trailing slash."""
+    url = (base_url or "").strip()
+    if not url:
+        raise InvalidJudge(
+            "An openai judge needs --base-url, the endpoint's base URL (e.g. http://vllm.internal:8000/v1)."
+        )
+    if len(url) > 500 or any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise InvalidJudge("The base URL must be one URL of at most 500 characters, without spaces.")
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise InvalidJudge(f"The base URL is not a valid URL: {exc}.") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise InvalidJudge("The base URL must be an http:// or https:// URL with a host.")
+    if parts.username or parts.password:
+        raise InvalidJudge("The base URL must not hold credentials: name the API key's environment variable instead.")
+    if parts.query or parts.fragment:
+        raise InvalidJudge("The base URL must not have a query or a fragment.")
+    allowed = settings.ARBITER_JUDGE_HOSTS
+    if host not in allowed:
+        raise InvalidJudge(
+            f"The host {host} is not allowed for judges: ARBITER_JUDGE_HOSTS is "
+            + (", ".join(allowed) if allowed else "empty (no judge may call out)")
+            + "; the site's operator sets it (docs/settings.md)."
+        )
+    return url.rstrip("/")
+
+
+def _reward_judge(project: Project, model: str) -> None:
+    """A reward-model judge's models: registered reward models or sequence classifiers under MODEL_ROOTS, weighted
+    as everywhere (``artifact:3:0.7,artifact:4:0.3``), that cover what the project's kind asks."""
+    values = [part.strip() for part in model.split(",")]
+    if not all(values):
+        raise InvalidJudge("Name the reward models as artifact:ID[:WEIGHT], separated by commas, without empty ones.")
+    try:
+        chosen = resolve_reward_models(values)
+    except TrainingError as exc:
+        raise InvalidJudge(str(exc)) from None
+    spec = judging.answer_spec(project, 2)
+    try:
+        judging.reward_plan(project.kind, spec.criteria, [read_arbiter_json(c.path) for c in chosen])
+    except ValueError as exc:
+        raise InvalidJudge(str(exc)) from None
+    if project.kind == Kind.RATING and not spec.numeric_scale:
+        raise InvalidJudge("A reward model predicts numbers: it cannot rate on a scale of labels.")
+
+
+def _local_judge(model: str) -> None:
+    """A local judge's model: a causal language model under MODEL_ROOTS or in the registry, safetensors only."""
+    try:
+        chosen = resolve_base_model(model)
+    except TrainingError as exc:
+        raise InvalidJudge(str(exc)) from None
+    if chosen.artifact is not None:
+        if chosen.artifact.kind != "policy":
+            raise InvalidJudge(
+                f"Artifact {chosen.artifact.pk} is a {chosen.artifact.kind}: a local judge is a causal LM."
+            )
+        return
+    try:
+        architectures = json.loads((chosen.path / "config.json").read_text(encoding="utf-8")).get("architectures")
+    except (OSError, ValueError):
+        architectures = None
+    if not architectures or not any(a.endswith("ForCausalLM") for a in architectures):
+        raise InvalidJudge(f"{chosen.path} is not a causal language model (architectures: {architectures or 'none'}).")
+
+
+@transaction.atomic
+def add_judge(
+    project: Project,
+    name: str,
+    backend: str,
+    model: str,
+    base_url: str = "",
+    api_key_env: str = "",
+    template: str = "",
+    principle: str = "",
+    options: dict | None = None,
+    created_by=None,
+) -> Judge:
+    """Add an AI judge to ``project``, with its own user (who cannot log in) as the annotator of its votes.
+
+    Everything is checked before anything is written (InvalidJudge says what is wrong): the backend; its model (a
+    reward model's ``artifact:ID[:WEIGHT],...`` resolved as for training runs, a causal LM under MODEL_ROOTS or in
+    the registry as safetensors, or an endpoint's model name); an openai endpoint's host against
+    ARBITER_JUDGE_HOSTS and its key as the *name* of an environment variable (never a key); the template's
+    placeholders; the constitution principle; the options. A template or option that looks like a credential is
+    refused. ``template`` "" uses the default of the project's kind."""
+    name = (name or "").strip()
+    model = (model or "").strip()
+    base_url, api_key_env = (base_url or "").strip(), (api_key_env or "").strip()
+    template, principle = template or "", (principle or "").strip()
+    if project.kind not in judging.JUDGED_KINDS:
+        raise InvalidJudge(
+            f"Judges vote on {', '.join(judging.JUDGED_KINDS)} projects; {project.slug} is a {project.kind} project."
+        )
+    if not JUDGE_NAME.fullmatch(name):
+        raise InvalidJudge(
+            "A judge's name is 1 to 64 lowercase letters, digits, '-' or '_' (it starts with a letter or digit)."
+        )
+    if Judge.objects.filter(project=project, name=name).exists():
+        raise InvalidJudge(f"Project {project.slug} already has a judge {name!r}.")
+    if backend not in Judge.Backend.values:
+        raise InvalidJudge(f"Unknown backend {backend!r}: use one of {', '.join(Judge.Backend.values)}.")
+    if not model or len(model) > 500:
+        raise InvalidJudge("Name the judge's model (at most 500 characters).")
+    for label, text in (("model", model), ("base URL", base_url), ("template", template)):
+        if what := judging.secret_in(text):
+            raise InvalidJudge(
+                f"The {label} looks like it holds {what}: keys are never stored; name the environment variable that "
+                "holds it (--api-key-env)."
+            )
+    if backend != Judge.Backend.OPENAI and (base_url or api_key_env):
+        raise InvalidJudge("--base-url and --api-key-env are for openai judges (an OpenAI-compatible endpoint).")
+    if backend == Judge.Backend.OPENAI:
+        base_url = check_judge_endpoint(base_url)
+        if any(ch.isspace() or ord(ch) < 32 for ch in model):
+            raise InvalidJudge("An endpoint's model name has no spaces or control characters.")
+        if api_key_env and (not ENV_NAME.fullmatch(api_key_env) or api_key_env in PROTECTED_ENV):
+            raise InvalidJudge(
+                "--api-key-env is the NAME of an environment variable (capital letters, digits and _, e.g. "
+                "OPENAI_API_KEY), not the key itself"
+                + (f"; {api_key_env} holds one of Arbiter's own secrets." if api_key_env in PROTECTED_ENV else ".")
+            )
+    elif backend == Judge.Backend.LOCAL:
+        _local_judge(model)
+    else:
+        if template or principle:
+            raise InvalidJudge(
+                "A reward-model judge reads no prompt template and cites no principle: it scores responses."
+            )
+        _reward_judge(project, model)
+    if backend != Judge.Backend.REWARD_MODEL:
+        try:
+            used = judging.check_template(project.kind, template or judging.default_template(project.kind))
+        except judging.TemplateError as exc:
+            raise InvalidJudge(f"Template: {exc}") from None
+        if principle and "principle" not in used:
+            raise InvalidJudge("The judge cites a principle but its template does not show {principle}.")
+    judge_principle(project, principle)
+    try:
+        options = judging.clean_options(options)
+    except ValueError as exc:
+        raise InvalidJudge(str(exc)) from None
+    if stray := [key for key in options if key not in JUDGE_BACKEND_OPTIONS[backend]]:
+        raise InvalidJudge(
+            f"{', '.join(stray)}: not an option of {backend} judges (theirs: {', '.join(JUDGE_BACKEND_OPTIONS[backend])})."
+        )
+    username = f"judge.{project.pk}.{name}"
+    if User.objects.filter(username=username).exists():
+        raise InvalidJudge(f"A user {username!r} exists already: choose another name.")
+    user = User(username=username, is_active=False)
+    user.set_unusable_password()
+    user.save()
+    judge = Judge(
+        project=project,
+        name=name,
+        backend=backend,
+        model=model,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        template="" if template == judging.DEFAULT_TEMPLATES.get(project.kind) else template,
+        principle=principle,
+        options=options,
+        user=user,
+        created_by=created_by,
+    )
+    judge.full_clean()
+    judge.save()
+    return judge
+
+
+@dataclass
+class AIVotesReport:
+    created: int  # judgments written
+    unparseable: int  # votes kept without a judgment: the output did not hold an answer
+    errors: int  # votes kept without a judgment: the backend failed, or the answer was refused by validation
+    skipped: int  # items the judge had voted on already (or that are gone): never judged twice
+    routed: int = 0  # items that left the people's queue (project.ai_routing)
+
+    @property
+    def votes(self) -> int:
+        return self.created + self.unparseable + self.errors
+
+
+def record_ai_votes(judge: Judge, rows: list[dict], run=None) -> AIVotesReport:
+    """Store a judge's votes, one transaction, in bulk: per item a Task (done) of the judge's user, a Judgment with
+    source "ai" validated by annotate.judgments exactly as an imported person's vote, and a JudgeVote with the
+    provenance (raw outputs, parsed answers, position consistency, confidence, tokens, template hash, model, run).
+    A row whose status is not ok, or whose answer validation refuses, becomes a JudgeVote without a judgment.
+
+    Each row: ``{"item", "status", "answer", "raw", "parsed", "position_consistent", "confidence", "tokens", "error",
+    "template_hash", "model"}`` (training/runners/judge.py writes them; ``answer`` names responses by index).
+    Items the judge already has a vote on are skipped (never judged twice). Judges do not take people's places:
+    ``open_slots`` and ``n_judgments`` change only when ``project.judges_take_places``. Then the project's routing
+    decides who else sees the items (:func:`route_after_judging`)."""
+    with transaction.atomic():
+        # The judge's row is the lock: two runs of one judge publishing at once write one after the other.
+        judge = Judge.objects.select_for_update().select_related("project", "user").get(pk=judge.pk)
+        project = judge.project
+        wanted = {}
+        for row in rows:
+            item_id = row.get("item") if isinstance(row, dict) else None
+            if isinstance(item_id, int) and not isinstance(item_id, bool) and item_id not in wanted:
+                wanted[item_id] = row
+        ids = set(wanted)
+        present = set(_among(Item.objects.filter(project=project), "id", ids).values_list("id", flat=True)) & ids
+        done = set(
+            _among(JudgeVote.objects.filter(judge=judge), "item_id", present).values_list("item_id", flat=True)
+        ) | set(_among(Task.objects.filter(annotator=judge.user), "item_id", present).values_list("item_id", flat=True))
+        todo = sorted(present - done)
+        skipped = len(rows) - len(todo)
+        if not todo:
+            return AIVotesReport(0, 0, 0, skipped)
+        response_ids: dict[int, list[int]] = {}
+        texts: dict[int, dict[int, str]] = {}
+        columns = ("item_id", "id", "text") if project.kind == Kind.STEPS else ("item_id", "id")
+        for row in (
+            _among(Response.objects.filter(item__project=project), "item_id", set(todo))
+            .order_by("item", "index")
+            .values_list(*columns)
+        ):
+            response_ids.setdefault(row[0], []).append(row[1])
+            if len(row) == 3:
+                texts.setdefault(row[0], {})[row[1]] = row[2]
+        votes, judged = [], []
+        for item_id in todo:
+            row = wanted[item_id]
+            status = row.get("status") if row.get("status") in JudgeVote.Status.values else JudgeVote.Status.ERROR
+            error = str(row.get("error") or "")[:4000]
+            fields = None
+            if status == JudgeVote.Status.OK:
+                try:
+                    answer = row.get("answer")
+                    if not isinstance(answer, dict):
+                        raise InvalidJudgment("the vote has no answer.")
+                    fields = vote_fields(project, response_ids.get(item_id, []), answer, texts.get(item_id))
+                except InvalidJudgment as exc:
+                    status, error = JudgeVote.Status.ERROR, f"The answer was refused: {exc}"
+            votes.append((item_id, row, status, error))
+            if fields is not None:
+                judged.append((item_id, fields))
+        now = timezone.now()
+        judgment_of: dict[int, int] = {}
+        if judged:
+            task_ids = sql.bulk_insert(
+                Task,
+                ["item_id", "display_order"],
+                [(item_id, response_ids.get(item_id, [])) for item_id, _ in judged],
+                constants={
+                    "project_id": project.pk,
+                    "annotator_id": judge.user_id,
+                    "status": Task.Status.DONE,
+                    "leased_at": now,
+                    "lease_expires_at": now,
+                    "done_at": now,
+                },
+                ids=True,
+            )
+            names = sorted({name for _, fields in judged for name in fields})
+            defaults = [_default(Judgment, name) for name in names]
+            last = Judgment.objects.filter(project=project).order_by("-id").values_list("id", flat=True).first() or 0
+            _stale_stats_from(project, last)
+            judgment_ids = sql.bulk_insert(
+                Judgment,
+                ["item_id", "task_id", "idempotency_key", *names],
+                [
+                    (
+                        item_id,
+                        task_id,
+                        f"judge:{judge.pk}:{item_id}",
+                        *[fields.get(name, default) for name, default in zip(names, defaults)],
+                    )
+                    for (item_id, fields), task_id in zip(judged, task_ids)
+                ],
+                constants={
+                    "project_id": project.pk,
+                    "annotator_id": judge.user_id,
+                    "source": Judgment.Source.AI,
+                    "created_at": now,
+                },
+                ids=True,
+            )
+            judgment_of = {item_id: jid for (item_id, _), jid in zip(judged, judgment_ids)}
+            if project.judges_take_places:
+                sql.add_judgment_counts({item_id: 1 for item_id, _ in judged})
+        default_hash = (
+            judging.template_hash(judging.judge_template(judge)) if judge.backend != Judge.Backend.REWARD_MODEL else ""
+        )
+        sql.bulk_insert(
+            JudgeVote,
+            [
+                "item_id",
+                "judgment_id",
+                "status",
+                "template_hash",
+                "model",
+                "raw",
+                "parsed",
+                "position_consistent",
+                "confidence",
+                "tokens",
+                "error",
+            ],
+            [
+                (
+                    item_id,
+                    judgment_of.get(item_id),
+                    status,
+                    str(row.get("template_hash") or default_hash)[:64],
+                    str(row.get("model") or judge.model)[:500],
+                    row.get("raw") if isinstance(row.get("raw"), list) else [],
+                    {"orders": row.get("parsed") or [], "answer": row.get("answer") if status == "ok" else None},
+                    row.get("position_consistent") if isinstance(row.get("position_consistent"), bool) else None,
+                    _confidence(row.get("confidence")),
+                    row.get("tokens") if isinstance(row.get("tokens"), dict) else {},
+                    error,
+                )
+                for item_id, row, status, error in votes
+            ],
+            constants={"judge_id": judge.pk, "run_id": getattr(run, "pk", run), "created_at": now},
+        )
+        counts = {status: sum(1 for _, _, s, _ in votes if s == status) for status in JudgeVote.Status.values}
+        report = AIVotesReport(
+            len(judged), counts[JudgeVote.Status.UNPARSEABLE], counts[JudgeVote.Status.ERROR], skipped
+        )
+        # Routing (the lead's hook): who else sees these items now that the judge voted.
+        report.routed = route_after_judging(project, todo) or 0
+    return report
+
+
+def _confidence(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        return None
+    return float(value)

@@ -16,10 +16,12 @@ from django.contrib.auth import get_user_model
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from . import judging
+from .actions import JUDGE_BACKEND_OPTIONS
 from .constitution import MAX_NAME_LENGTH, MAX_PRINCIPLES, MAX_TEXT_LENGTH, constitution_hash, validate_constitution
 from .exports.options import KIND_FORMATS, ExportOptions, default_format
 from .judgments import CHOICES, STRENGTH_LABELS
-from .models import Flag, Judgment, Kind, Project, Response, Role, Task
+from .models import Flag, Judge, Judgment, Kind, Project, Response, Role, Task
 from .selectors import SUGGESTIONS_SHOWN, matching_users
 
 MAX_TEXT = 20_000
@@ -717,3 +719,103 @@ class ProjectSettingsForm(forms.ModelForm):
     def clean_constitution(self):
         value = self.cleaned_data.get("constitution")
         return self.saved_constitution if value is None else value
+
+
+# --- AI judges (docs/ai-feedback.md) ----------------------------------------------------------------------------
+
+# The fields of the judge form each backend uses (besides name and backend).
+JUDGE_BACKEND_FIELDS = {
+    "reward-model": ("model", "options"),
+    "local": ("model", "template", "principle", "options"),
+    "openai": ("model", "base_url", "api_key_env", "template", "principle", "options"),
+}
+JUDGE_MODEL_HELP = {
+    "reward-model": "Registered reward models: artifact:ID, or several weighted: artifact:3:0.7,artifact:4:0.3.",
+    "local": "A causal LM: a folder under MODEL_ROOTS or artifact:ID (safetensors only).",
+    "openai": "The endpoint's model name, e.g. Qwen/Qwen2.5-7B-Instruct.",
+}
+
+
+class JudgeForm(forms.Form):
+    """A new AI judge: the fields of the chosen backend only (the posted one, else ``backend=``, else local).
+    ``actions.add_judge`` checks the values; this form parses them (options as ``key=value`` lines)."""
+
+    name = forms.CharField(max_length=64, help_text="Lowercase letters, digits, - and _; reports say judge:<name>.")
+    backend = forms.ChoiceField(choices=[])
+    model = forms.CharField(max_length=500)
+    base_url = forms.CharField(
+        max_length=500,
+        required=False,
+        label="Base URL",
+        help_text="The API's base URL, e.g. http://vllm.internal:8000/v1; its host must be in ARBITER_JUDGE_HOSTS.",
+    )
+    api_key_env = forms.CharField(
+        max_length=100,
+        required=False,
+        label="API key variable",
+        help_text="The NAME of the environment variable holding the key on the worker (e.g. OPENAI_API_KEY); "
+        "never the key itself. Empty: no key.",
+    )
+    template = forms.CharField(
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 14, "class": "mono"}),
+        help_text="Placeholders in braces ({{ and }} for literal braces); {format} asks for the answer lines the "
+        "parser reads.",
+    )
+    principle = forms.ChoiceField(required=False, help_text="A principle of the constitution the judge cites.")
+    options = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "batch_size=8\ntemperature=0"}),
+        help_text="One key=value per line.",
+    )
+
+    def __init__(self, *args, project: Project, backend: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        backends = list(JUDGE_BACKEND_FIELDS)
+        if self.is_bound:
+            backend = self.data.get("backend")
+        self.chosen_backend = backend if backend in backends else "local"
+        self.fields["backend"].choices = [(b, label) for b, label in Judge.Backend.choices]
+        self.initial["backend"] = self.chosen_backend
+        self.fields["backend"].widget.attrs.update(
+            {
+                "hx-get": reverse("judges", args=[project.slug]),
+                "hx-target": "#judge-fields",
+                "hx-select": "#judge-fields",
+                "hx-swap": "outerHTML",
+            }
+        )
+        self.fields["model"].help_text = JUDGE_MODEL_HELP[self.chosen_backend]
+        self.fields["principle"].choices = [("", "none")] + [(p["name"], p["name"]) for p in project.constitution or []]
+        try:
+            self.default_template = judging.default_template(project.kind)
+        except judging.TemplateError:
+            self.default_template = ""
+        self.initial.setdefault("template", self.default_template)
+        for name in ("model", "base_url", "api_key_env", "template", "principle", "options"):
+            if name not in JUDGE_BACKEND_FIELDS[self.chosen_backend]:
+                del self.fields[name]
+        if "options" in self.fields:
+            self.fields["options"].help_text = "One key=value per line: " + ", ".join(
+                JUDGE_BACKEND_OPTIONS[self.chosen_backend]
+            )
+
+    def backend_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.fields if name not in ("name", "backend")]
+
+    def clean_template(self) -> str:
+        # A textarea posts CRLF line ends; the default template unchanged is stored as "the default".
+        text = self.cleaned_data["template"].replace("\r\n", "\n")
+        return "" if text.strip() == self.default_template.strip() else text
+
+    def clean_options(self) -> dict:
+        values = {}
+        for number, line in enumerate(self.cleaned_data["options"].splitlines(), 1):
+            if not line.strip():
+                continue
+            key, sep, value = line.partition("=")
+            if not sep or not key.strip():
+                raise forms.ValidationError(f"Line {number}: write an option as key=value.")
+            values[key.strip()] = value.strip()
+        return values

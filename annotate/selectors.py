@@ -6,8 +6,9 @@ from django.contrib.auth import get_user_model
 from django.db.models import Case, Count, Exists, IntegerField, OuterRef, Prefetch, Q, Sum, Value, When
 from django.utils import timezone
 
+from . import judging
 from .judgments import InvalidJudgment, vote_fields
-from .models import Item, Judge, Judgment, Membership, Project, Response, Task, make_pseudonym
+from .models import Item, Judge, JudgeVote, Judgment, Membership, Project, Response, Task, make_pseudonym
 
 ITEMS_PAGE_MAX = 1000
 
@@ -402,3 +403,35 @@ def report_queue(project: Project, status: str = "open") -> list[dict]:
             }
         )
     return sorted(entries, key=lambda e: e["created_at"] or project.created_at, reverse=True)[:QUEUE_MAX]
+
+
+def judge_rows(project: Project) -> list[dict]:
+    """The project's AI judges with their votes counted (the judges page and ``GET /api/projects/{slug}/judges/``):
+    ``{"judge", "template_hash", "votes": {"ok", "unparseable", "error"}, "position_consistent", "position_checked"}``
+    (pairwise votes whose two orders were compared, and how many of them agreed)."""
+    counts: dict[int, dict] = {}
+    for judge_id, status, consistent, n in (
+        JudgeVote.objects.filter(judge__project=project)
+        .values_list("judge_id", "status", "position_consistent")
+        .annotate(n=Count("id"))
+        .order_by()
+    ):
+        row = counts.setdefault(judge_id, {"votes": {s: 0 for s in JudgeVote.Status.values}, "checked": 0, "same": 0})
+        row["votes"][status] += n
+        if consistent is not None:
+            row["checked"] += n
+            row["same"] += n if consistent else 0
+    rows = []
+    for judge in project.judges.select_related("user", "created_by").order_by("name"):
+        found = counts.get(judge.pk, {"votes": {s: 0 for s in JudgeVote.Status.values}, "checked": 0, "same": 0})
+        generative = judge.backend != Judge.Backend.REWARD_MODEL
+        rows.append(
+            {
+                "judge": judge,
+                "template_hash": judging.template_hash(judging.judge_template(judge)) if generative else "",
+                "votes": found["votes"],
+                "position_checked": found["checked"],
+                "position_consistent": found["same"],
+            }
+        )
+    return rows

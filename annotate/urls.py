@@ -25,4 +25,6 @@ urlpatterns = [
     path("p/<slug:slug>/items/<int:item_id>/adjudicate/", views.adjudicate, name="adjudicate"),
     path("p/<slug:slug>/queue/", views.queue, name="queue"),
     path("p/<slug:slug>/queue/<str:kind>/<int:report_id>/", views.resolve_report, name="resolve-report"),
+    path("p/<slug:slug>/judges/", views.judges, name="judges"),
+    path("p/<slug:slug>/judges/<slug:name>/run/", views.judge_run, name="judge-run"),
 ]

@@ -21,6 +21,10 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from django_htmx.http import trigger_client_event
 
+from training.launching import launch_judge_run
+from training.models import TrainingRun
+from training.selectors import TrainingError
+
 from . import actions, browsing, dashboard, selectors
 from .actions import Conflict, create_snapshot
 from .exports import ExportError, canonical, iter_rows
@@ -29,6 +33,7 @@ from .forms import (
     ExportForm,
     FlagForm,
     ImportForm,
+    JudgeForm,
     JudgmentForm,
     MemberForm,
     ProjectForm,
@@ -38,7 +43,7 @@ from .forms import (
 )
 from .imports import MAX_ERRORS_REPORTED, ImportFailed, detect_format, parse_items, read_upload
 from .judgments import STRENGTH_LABELS, InvalidJudgment
-from .models import Flag, Item, Judgment, Kind, Membership, Role, Task
+from .models import Flag, Item, Judge, Judgment, Kind, Membership, Role, Task
 from .permissions import can_create_projects, require_role, visible_projects
 from .rendering import word_diff
 
@@ -699,3 +704,67 @@ def resolve_report(request, slug, kind, report_id):
         return redirect(_safe_next(request, reverse("queue", args=[slug])))
     messages.success(request, f"The {'flag' if kind == 'flag' else 'skip'} is {status}.")
     return redirect(_safe_next(request, reverse("queue", args=[slug])))
+
+
+# --- AI judges (docs/ai-feedback.md) ----------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def judges(request, slug):
+    """The project's AI judges with their votes counted, the runs that cast them, and a form to add one with the
+    chosen backend's fields (``?backend=``; with htmx, choosing a backend swaps its fields in, ``#judge-fields``).
+    Researchers add judges; launching a judge run (``judge_run``) is for admins, as every run is."""
+    project, membership = require_role(request.user, slug, Role.RESEARCHER)
+    form = JudgeForm(request.POST or None, project=project, backend=request.GET.get("backend"))
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            judge = actions.add_judge(
+                project,
+                data["name"],
+                data["backend"],
+                data.get("model", ""),
+                base_url=data.get("base_url", ""),
+                api_key_env=data.get("api_key_env", ""),
+                template=data.get("template", ""),
+                principle=data.get("principle", ""),
+                options=data.get("options") or {},
+                created_by=request.user,
+            )
+        except actions.InvalidJudge as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Judge {judge.name} added: “Judge items” casts its votes.")
+            return redirect("judges", slug=slug)
+    context = {
+        "project": project,
+        "membership": membership,
+        "form": form,
+        "rows": selectors.judge_rows(project),
+        "runs": TrainingRun.objects.filter(project=project, kind="judge").select_related("launched_by")[:10],
+        "can_launch": membership.has_role(Role.ADMIN),
+        "backends": Judge.Backend.choices,
+    }
+    if request.htmx and request.method == "GET":
+        return render(request, "annotate/judges.html#judge-fields", context)
+    return render(request, "annotate/judges.html", context, status=400 if form.errors else 200)
+
+
+@login_required
+@require_POST
+def judge_run(request, slug, name):
+    """“Judge items”: a judge run over the items the judge has not voted on (``max_items`` of them at most), then
+    its page; a refusal is a message on the judges page. Admins only, like launching any run."""
+    project, _ = require_role(request.user, slug, Role.ADMIN)
+    judge = get_object_or_404(Judge, project=project, name=name)
+    text = (request.POST.get("max_items") or "").strip()
+    if text and (not text.isdigit() or len(text) > 9 or int(text) < 1):
+        messages.error(request, "At most how many items: a whole number of at least 1, or empty for all.")
+        return redirect("judges", slug=slug)
+    try:
+        run = launch_judge_run(judge, max_items=int(text) if text else None, launched_by=request.user)
+    except TrainingError as exc:
+        messages.error(request, f"Judge {judge.name}: {exc}")
+        return redirect("judges", slug=slug)
+    return redirect("training-run", run_id=run.pk)

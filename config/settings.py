@@ -208,6 +208,10 @@ ARBITER_IMPORT_MAX_VOTES = env_int("ARBITER_IMPORT_MAX_VOTES", 2_000_000)
 ARBITER_IMPORT_MAX_LINE_BYTES = env_int("ARBITER_IMPORT_MAX_LINE_BYTES", 4 * 1024 * 1024)
 ARBITER_IMPORT_MAX_DEPTH = env_int("ARBITER_IMPORT_MAX_DEPTH", 32)
 ARBITER_IMPORT_MAX_RESPONSES = 9
+# Hosts an AI judge's OpenAI-compatible endpoint may be on (docs/ai-feedback.md), comma-separated: "vllm.internal,
+# api.openai.com". Empty (the default): no judge calls out at all, so a researcher cannot point the worker at an
+# internal address (SSRF).
+ARBITER_JUDGE_HOSTS = [host.lower() for host in env_list("ARBITER_JUDGE_HOSTS")]
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 

@@ -25,11 +25,12 @@ from pathlib import Path
 import orjson
 import pandas as pd
 
+from annotate import judging
 from annotate.exports import ExportError, canonical, snapshot_files
 from annotate.exports.aggregation import pair_votes
 from annotate.exports.reading import vote_frame
 from annotate.imports import RowError, normalize_messages
-from annotate.models import Item, Kind, Response
+from annotate.models import Item, JudgeVote, Kind, Response, Task
 
 from . import kinds
 from .runners.data import load_split
@@ -52,6 +53,8 @@ def run_datasets(run) -> tuple[dict[str, str], str]:
     kind = kinds.get(run.kind)
     if kind.reads == kinds.PROMPTS:
         return prompt_datasets(run)
+    if kind.reads == kinds.ITEMS:
+        return judge_datasets(run)
     if run.inputs.get("from_run"):  # sft on another run's demonstrations (train sft --from-run N)
         return demonstration_datasets(run)
     snapshot = run.snapshot
@@ -351,3 +354,77 @@ def demonstration_datasets(run) -> tuple[dict[str, str], str]:
     if not path.is_file():
         raise PromptsError(f"The demonstrations of run {run.pk} are missing from {path}.")
     return {"train": str(path)}, run.inputs["from_run"]["hash"]
+
+
+# --- the items an AI judge votes on (the judge kind) --------------------------------------------------------
+
+
+def judge_items_path(run) -> Path:
+    return run.work_dir / "data" / "items.jsonl"
+
+
+def judge_votes_path(run) -> Path:
+    """Where a judge run's runner appends its votes as it goes (kept across attempts: a retry skips them)."""
+    return run.work_dir / "data" / "votes.jsonl"
+
+
+def judge_items(judge, *, max_items: int | None = None, principle: dict | None = None) -> list[dict]:
+    """The rows a judge run reads: the project's normal and gold items (gold: so that a judge's accuracy can be
+    measured) that ``judge`` has no vote on, in id order, at most ``max_items``. Each row holds the prompt, the
+    responses, the answer's spec and, for the generative backends, the conversations the judge is shown
+    (annotate.judging.conversations: pairwise items in both orders)."""
+    project = judge.project
+    voted = JudgeVote.objects.filter(judge=judge).values("item_id")
+    tasked = Task.objects.filter(annotator=judge.user).values("item_id")
+    items = (
+        Item.objects.filter(project=project, purpose__in=[Item.Purpose.NORMAL, Item.Purpose.GOLD])
+        .exclude(pk__in=voted)
+        .exclude(pk__in=tasked)
+        .order_by("id")
+        .values_list("id", "prompt")
+    )
+    items = list(items[:max_items] if max_items else items)
+    texts: dict[int, list[str]] = {}
+    for item_id, text in (
+        Response.objects.filter(item_id__in=[pk for pk, _ in items])
+        .order_by("item", "index")
+        .values_list("item_id", "text")
+        if len(items) <= 5000
+        else Response.objects.filter(item__project=project).order_by("item", "index").values_list("item_id", "text")
+    ):
+        texts.setdefault(item_id, []).append(text)
+    generative = judge.backend != "reward-model"
+    template = judging.judge_template(judge) if generative else ""
+    rows = []
+    for item_id, prompt in items:
+        responses = texts.get(item_id, [])
+        spec = judging.answer_spec(project, len(responses), responses)
+        row = {"item": item_id, "prompt": prompt, "responses": responses, "spec": spec.to_dict()}
+        if generative:
+            row["conversations"] = judging.conversations(
+                template,
+                spec,
+                prompt=prompt,
+                responses=responses,
+                instructions=project.instructions,
+                principle=principle,
+                steps=[project.split_steps(text) for text in responses] if project.kind == Kind.STEPS else None,
+            )
+        rows.append(row)
+    return rows
+
+
+def write_judge_items(run, rows: list[dict]) -> str:
+    """The items file, written whole or not at all, and an empty votes file beside it."""
+    path = _write_jsonl(rows, judge_items_path(run))
+    judge_votes_path(run).touch()
+    return path
+
+
+def judge_datasets(run) -> tuple[dict[str, str], str]:
+    """A judge run's files: the items written at launch (their hash recorded then) and the votes file it appends to."""
+    items = judge_items_path(run)
+    if not items.is_file():
+        raise PromptsError(f"The items file of run {run.pk} is missing from {items}.")
+    digest = (run.inputs or {}).get("items_hash") or hashlib.sha256(items.read_bytes()).hexdigest()
+    return {"items": str(items), "votes": str(judge_votes_path(run))}, digest

@@ -350,7 +350,7 @@ class LaunchForm(forms.Form):
 
     def __init__(self, *args, user, kind: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        available = kinds.available()
+        available = kinds.launchable()  # a judge run is launched from its judge
         # The kind whose inputs and options the form shows: the one posted, asked for (?kind=) or the first.
         wanted = (self.data.get("kind") if self.is_bound else None) or kind or self.initial.get("kind")
         self.kind = kinds.get(wanted if wanted in available else available[0])

@@ -25,6 +25,7 @@ from .runners.dpo_config import DPORunConfig
 from .runners.evaluate_config import EvaluateRunConfig
 from .runners.generate_config import GenerateRunConfig
 from .runners.grpo_config import GRPORunConfig
+from .runners.judge_config import JudgeRunConfig
 from .runners.ppo_config import PPORunConfig
 from .runners.rejection_sampling_config import RejectionSamplingRunConfig
 from .runners.reward_config import RewardRunConfig
@@ -35,12 +36,14 @@ from .runners.sft_config import SFTRunConfig
 # or a prompts file chosen at launch (training.datasets.select_prompts).
 SNAPSHOT = "snapshot"
 PROMPTS = "prompts"
+ITEMS = "items"  # the project's items an AI judge has not voted on yet (a judge run; written at launch)
 
 # What a succeeded run becomes (training.publishing).
 MODEL = "model"  # a policy in the model registry
 REWARD_MODEL = "reward_model"  # a reward model in the model registry
 CANDIDATES = "candidates"  # a new round of the target project (pairwise or ranking items)
 COMPARISONS = "comparisons"  # the policy's answers against a baseline's, and the reward-model win rate
+VOTES = "votes"  # an AI judge's votes on the project's items (annotate.actions.record_ai_votes)
 
 # Reward models a run scores samples with.
 NO_REWARD_MODEL = "none"
@@ -138,6 +141,12 @@ def names(**facts) -> list[str]:
 
 def available() -> list[str]:
     return [k.name for k in KINDS.values() if k.available]
+
+
+def launchable() -> list[str]:
+    """The available kinds the launch form offers: those that read a snapshot or prompts (a judge run is launched
+    from its judge: the judges page, ``train judge --judge NAME``, the judges API)."""
+    return [name for name in available() if KINDS[name].reads in (SNAPSHOT, PROMPTS)]
 
 
 def choices() -> list[tuple[str, str]]:
@@ -263,5 +272,16 @@ register(
         demonstrations_file="sft.jsonl",
         target_kinds=(Kind.PAIRWISE,),
         constitution=True,
+    )
+)
+register(
+    TrainingKind(
+        "judge",
+        "AI judge votes",
+        JudgeRunConfig,
+        "training.runners.judge",
+        reads=ITEMS,
+        publishes=VOTES,
+        base_models=(),  # the judge's own model: reward models, a causal LM or an endpoint (annotate.models.Judge)
     )
 )

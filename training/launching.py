@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from functools import partial
@@ -20,15 +21,17 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from annotate.actions import create_snapshot
+from annotate import judging
+from annotate.actions import InvalidJudge, check_judge_endpoint, create_snapshot, judge_principle
 from annotate.constitution import constitution_hash, validate_constitution
 from annotate.exports import ExportError, ExportOptions
-from annotate.models import Kind, Project, Snapshot
+from annotate.models import Judge, Kind, Project, Snapshot
 
 from . import datasets, kinds
-from .models import ArtifactKind, ModelArtifact, RunStatus, TrainingRun
+from .models import ACTIVE_STATUSES, ArtifactKind, ModelArtifact, RunStatus, TrainingRun
 from .rounds import model_label, samples_field
 from .runners.base import ConfigError
+from .runners.judge_config import JUDGE_FIELDS
 from .scoring import CombinedScorer
 from .selectors import TrainingError, check_launch_access, load_scorer, resolve_base_model, resolve_reward_models
 from .tasks import enqueue_run
@@ -407,10 +410,14 @@ def launch_run(
     - sft with ``from_run``: the demonstrations a critique_revise run wrote (its ``sft.jsonl``), copied into this
       run's folder, instead of a snapshot; ``from_run`` becomes the parent.
     """
-
     prompts = prompts or Prompts()
     values = dict(values or {})
     kind = training_kind(kind)
+    if kind.reads == kinds.ITEMS:
+        raise TrainingError(
+            f"A {kind.name} run is launched from its judge: train {kind.name} --project {project.slug} --judge NAME, the "
+            f"judges page (/p/{project.slug}/judges/) or POST /api/projects/{project.slug}/judges/NAME/runs/."
+        )
     base = resolve_base_model(base_model)
     values, constitution = _constitution_values(kind, project, base, values)
     values, source_run, demonstrations = _from_run_source(kind, project, from_run, snapshot, prompts, values)
@@ -506,6 +513,127 @@ def launch_run(
             except OSError as exc:
                 shutil.rmtree(run.work_dir, ignore_errors=True)
                 raise TrainingError(f"Cannot write the demonstrations under ARTIFACT_ROOT: {exc}") from None
+        if enqueue:
+            transaction.on_commit(partial(enqueue_run, run.pk))
+    return run
+
+
+# A judge's options (annotate.judging.OPTIONS) → the judge run's config fields.
+JUDGE_OPTION_FIELDS = {
+    "temperature": "temperature",
+    "max_tokens": "max_new_tokens",
+    "max_prompt_tokens": "max_prompt_length",
+    "batch_size": "batch_size",
+    "concurrency": "concurrency",
+    "timeout": "timeout",
+    "retries": "retries",
+}
+
+
+def launch_judge_run(
+    judge: Judge,
+    *,
+    max_items: int | None = None,
+    values: dict | None = None,
+    launched_by=None,
+    parent: TrainingRun | int | None = None,
+    enqueue: bool = True,
+) -> TrainingRun:
+    """Queue a judge run: ``judge`` votes on the items of its project it has no vote on yet (at most
+    ``max_items``, in id order; gold items included, so its accuracy can be measured). The items, with the
+    conversations the judge is shown, are written at launch; the runner appends its votes as it goes (a retry goes
+    on where the last attempt stopped) and publishing records them (annotate.actions.record_ai_votes).
+
+    The config comes from the judge: its backend and model (resolved as for any run: MODEL_ROOTS or the registry,
+    safetensors only), its options, its template's hash; ``values`` may override the runtime options (batch_size,
+    temperature...), not the judge's identity. Refused, with nothing written: no item left to judge, another run of
+    this judge queued or running, an openai judge whose host is no longer allowed or whose key's environment
+    variable is not set here, a principle no longer in the constitution."""
+    project = judge.project
+    kind = training_kind("judge")
+    if max_items is not None and (isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1):
+        raise TrainingError("max_items must be a whole number of at least 1.")
+    values = dict(values or {})
+    if fixed := sorted(set(values) & JUDGE_FIELDS):
+        raise TrainingError(
+            f"{', '.join(fixed)} come from the judge ({judge.name}); change the judge (or add another), not the run."
+        )
+    busy = TrainingRun.objects.filter(kind=kind.name, status__in=ACTIVE_STATUSES, inputs__judge_id=judge.pk).first()
+    if busy is not None:
+        raise TrainingError(f"Run {busy.pk} of judge {judge.name} is {busy.status}: wait for it, or cancel it first.")
+    options = judging.option_values(judge.options or {})
+    data = {JUDGE_OPTION_FIELDS[name]: value for name, value in options.items()}
+    data.update(backend=judge.backend, judge=judge.name, task_kind=project.kind)
+    base_path, base_artifact, rewards = "", None, []
+    if judge.backend == Judge.Backend.LOCAL:
+        base = resolve_base_model(judge.model)
+        base_path, base_artifact = str(base.path), base.artifact
+        data["model"] = base_path
+    elif judge.backend == Judge.Backend.REWARD_MODEL:
+        rewards = resolve_reward_models([part.strip() for part in judge.model.split(",")])
+        data["reward_models"] = [str(r.path) for r in rewards]
+        if rewards[0].weight is not None:
+            data["reward_weights"] = [r.weight for r in rewards]
+        data["model"] = judge.model
+    else:
+        try:
+            data["base_url"] = check_judge_endpoint(judge.base_url)
+        except InvalidJudge as exc:
+            raise TrainingError(str(exc)) from None
+        if judge.api_key_env and not os.environ.get(judge.api_key_env):
+            raise TrainingError(
+                f"The environment variable {judge.api_key_env}, which holds judge {judge.name}'s API key, is not set: "
+                "set it where the worker runs (and where runs are launched), then launch again."
+            )
+        base_path = judge.model
+        data.update(model=judge.model, api_key_env=judge.api_key_env, allowed_hosts=list(settings.ARBITER_JUDGE_HOSTS))
+    try:
+        principle = judge_principle(project, judge.principle)
+    except InvalidJudge as exc:
+        raise TrainingError(str(exc)) from None
+    template = judging.judge_template(judge) if judge.backend != Judge.Backend.REWARD_MODEL else ""
+    data["template_hash"] = judging.template_hash(template) if template else ""
+    try:
+        config = kind.config.from_dict({**data, **values})
+    except ConfigError as exc:
+        raise TrainingError(str(exc)) from None
+    check_launch_access(launched_by, project, [base_artifact, *(r.artifact for r in rewards)])
+    parent = _parent(project, parent)
+    rows = datasets.judge_items(judge, max_items=max_items, principle=principle)
+    if not rows:
+        raise TrainingError(f"Judge {judge.name} has voted on every item of {project.slug}: nothing left to judge.")
+    digest = datasets.prompts_hash(rows)
+    inputs = {
+        "judge": judge.name,
+        "judge_id": judge.pk,
+        "backend": judge.backend,
+        "model": judge.model,
+        "template_hash": data["template_hash"],
+        "principle": judge.principle,
+        "principle_hash": hashlib.sha256(principle["text"].encode()).hexdigest() if principle else "",
+        "constitution_hash": constitution_hash(project.constitution) if principle else "",
+        "items": len(rows),
+        "items_hash": digest,
+    }
+    if max_items:
+        inputs["max_items"] = max_items
+    with transaction.atomic():
+        run = TrainingRun.objects.create(
+            project=project,
+            kind=kind.name,
+            config=config.to_dict(),
+            base_model=base_path,
+            base_artifact=base_artifact,
+            parent=parent,
+            launched_by=launched_by,
+            inputs=inputs,
+        )
+        run.reward_artifacts.set([r.artifact for r in rewards if r.artifact is not None])
+        try:
+            datasets.write_judge_items(run, rows)
+        except OSError as exc:
+            shutil.rmtree(run.work_dir, ignore_errors=True)
+            raise TrainingError(f"Cannot write the items under ARTIFACT_ROOT: {exc}") from None
         if enqueue:
             transaction.on_commit(partial(enqueue_run, run.pk))
     return run

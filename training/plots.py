@@ -70,6 +70,12 @@ MEASURES: dict[str, Measure] = {
     "kept": Measure("Kept samples", OUTPUT),
     "kept_mean_score": Measure("Mean reward of the kept samples", OUTPUT),
     "sample_mean_score": Measure("Mean reward of all samples", OUTPUT),
+    # An AI judge's run (the judge kind): items judged as it goes, with the answers that could not be used.
+    "judged": Measure("Items judged", OUTPUT, chart="judged"),
+    "unparseable": Measure("Unparseable answers", OUTPUT, chart="judged"),
+    "errors": Measure("Backend errors", OUTPUT, chart="judged"),
+    "position_consistency": Measure("Position consistency (both orders agree)", OUTPUT, unit=True),
+    "items_per_second": Measure("Items judged per second", OUTPUT),
 }
 
 # Beside a held-out metric, how many examples it was measured on: eval_accuracy ← eval_pairs (per criterion

@@ -1,7 +1,7 @@
 """What a succeeded run becomes, per kind, all or nothing (on the worker, once its runner finished): a registered
 model (:func:`register_artifact` writes the card and provenance and renames the folder into place), a new round
 of candidates (generate: training.rounds.create_candidate_round), or the comparisons and the win rate
-(evaluate: :func:`complete_evaluation`).
+(evaluate: :func:`complete_evaluation`), or an AI judge's votes (judge: :func:`record_judge_votes`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,11 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
+from annotate.actions import record_ai_votes
+from annotate.models import Judge
+
 from . import cards, kinds
+from .datasets import judge_votes_path
 from .lifecycle import PublishFailed, lock_running, succeed
 from .models import ArtifactKind, ModelArtifact, TrainingRun
 from .rounds import comparison_outcome, create_candidate_round, read_output_rows
@@ -35,6 +39,8 @@ def publish_run(run: TrainingRun, output_dir: Path, metrics: dict, dataset_hash:
         return create_candidate_round(run, _keep_output(run, output_dir, "candidates.jsonl"), metrics, dataset_hash)
     if kind.publishes == kinds.COMPARISONS:
         return complete_evaluation(run, _keep_output(run, output_dir, "comparisons.jsonl"), metrics, dataset_hash)
+    if kind.publishes == kinds.VOTES:
+        return record_judge_votes(run, metrics, dataset_hash)
     if kind.review_file and (output_dir / kind.review_file).is_file():
         kept = _keep_output(run, output_dir, kind.review_file)
         metrics = {**metrics, "kept_samples": float(sum(1 for line in kept.read_bytes().splitlines() if line.strip()))}
@@ -160,5 +166,41 @@ def complete_evaluation(run: TrainingRun, path: Path, metrics: dict, dataset_has
     }
     with transaction.atomic():
         locked = lock_running(run)
+        succeed(locked, metrics, dataset_hash)
+    return locked
+
+
+def record_judge_votes(run: TrainingRun, metrics: dict, dataset_hash: str) -> TrainingRun:
+    """judge: the votes the runner appended to its votes file become the judge's votes
+    (annotate.actions.record_ai_votes: judgments with source "ai", JudgeVotes with the provenance and this run),
+    and the run succeeds, in one transaction. Items the judge voted on meanwhile (another run) are skipped, never
+    judged twice. The run's lineage (judge, backend, model, template hash, principle, constitution hash) was
+    recorded in ``run.inputs`` at launch; what was recorded goes into its metrics."""
+    judge = Judge.objects.filter(pk=(run.inputs or {}).get("judge_id")).first()
+    if judge is None:
+        raise PublishFailed(
+            f"The judge {run.inputs.get('judge')!r} of this run was deleted; its votes were not recorded."
+        )
+    path = judge_votes_path(run)
+    if not path.is_file():
+        raise PublishFailed(f"The judge runner finished without its votes file ({path}).")
+    rows = []
+    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise PublishFailed(f"{path}, line {number}: not JSON.") from None
+    with transaction.atomic():
+        locked = lock_running(run)
+        report = record_ai_votes(judge, rows, run=locked)
+        metrics = {
+            **metrics,
+            "recorded_votes": float(report.created),
+            "recorded_unparseable": float(report.unparseable),
+            "recorded_errors": float(report.errors),
+            "skipped_already_judged": float(report.skipped),
+            "routed_from_people": float(report.routed),
+        }
         succeed(locked, metrics, dataset_hash)
     return locked

@@ -77,7 +77,7 @@ def run_new(request):
     context = {
         "form": form,
         "kind": form.kind,
-        "kinds": [kinds.get(name) for name in kinds.available()],
+        "kinds": [kinds.get(name) for name in kinds.launchable()],
         "snapshot_kinds": kinds.names(reads=kinds.SNAPSHOT),
         "prompt_kinds": kinds.names(reads=kinds.PROMPTS),
     }

@@ -3,9 +3,10 @@
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
+from .. import judging
 from ..constitution import MAX_NAME_LENGTH, MAX_PRINCIPLES, MAX_TEXT_LENGTH, validate_constitution
 from ..judgments import CHOICES
-from ..models import SETTINGS_FIELDS, Flag, Judgment, Kind, Membership, Project, Role, Snapshot, Task
+from ..models import SETTINGS_FIELDS, Flag, Judge, Judgment, Kind, Membership, Project, Role, Snapshot, Task
 
 
 class MessageSerializer(serializers.Serializer):
@@ -353,3 +354,89 @@ class MoreVotesInSerializer(serializers.Serializer):
 class ResolutionInSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=["resolved", "dismissed"])
     resolution = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+
+
+# --- AI judges --------------------------------------------------------------------------------------------------
+
+
+class JudgeInSerializer(serializers.Serializer):
+    """A new judge; ``annotate.actions.add_judge`` checks every value (a refusal is a 400 with the reason)."""
+
+    name = serializers.CharField(max_length=64, help_text="Lowercase letters, digits, - and _.")
+    backend = serializers.ChoiceField(choices=Judge.Backend.choices)
+    model = serializers.CharField(
+        max_length=500,
+        help_text="reward-model: artifact:N[:WEIGHT],...; local: a folder or artifact:N; openai: a name.",
+    )
+    base_url = serializers.CharField(
+        required=False, allow_blank=True, default="", help_text="openai: the base URL (host in ARBITER_JUDGE_HOSTS)."
+    )
+    api_key_env = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="openai: the NAME of the environment variable that holds the key on the worker; never the key.",
+    )
+    template = serializers.CharField(
+        required=False, allow_blank=True, default="", trim_whitespace=False, help_text="Empty: the kind's default."
+    )
+    principle = serializers.CharField(required=False, allow_blank=True, default="")
+    options = serializers.DictField(required=False, default=dict, help_text="judging.OPTIONS of the backend.")
+
+
+class JudgeVotesSerializer(serializers.Serializer):
+    ok = serializers.IntegerField()
+    unparseable = serializers.IntegerField()
+    error = serializers.IntegerField()
+
+
+class JudgeSerializer(serializers.Serializer):
+    """A judge as the API shows it: never a key, only the name of the variable that holds it."""
+
+    name = serializers.CharField()
+    backend = serializers.CharField()
+    model = serializers.CharField()
+    base_url = serializers.CharField()
+    api_key_env = serializers.CharField()
+    template = serializers.CharField(help_text="The template its prompts are rendered from (the default if empty).")
+    template_is_default = serializers.BooleanField()
+    template_hash = serializers.CharField(help_text="sha256 of the template; empty for reward-model judges.")
+    principle = serializers.CharField()
+    options = serializers.DictField()
+    annotator = serializers.CharField(help_text="The judge's user: the annotator of its judgments (cannot log in).")
+    created_at = serializers.DateTimeField()
+    votes = JudgeVotesSerializer()
+    position_checked = serializers.IntegerField(help_text="Pairwise votes whose two orders were compared.")
+    position_consistent = serializers.IntegerField(help_text="Of those, the votes whose orders agreed.")
+
+
+def judge_payload(row: dict) -> dict:
+    """A :func:`annotate.selectors.judge_rows` row as :class:`JudgeSerializer` shows it."""
+    judge = row["judge"]
+    generative = judge.backend != Judge.Backend.REWARD_MODEL
+    return {
+        "name": judge.name,
+        "backend": judge.backend,
+        "model": judge.model,
+        "base_url": judge.base_url,
+        "api_key_env": judge.api_key_env,
+        "template": judging.judge_template(judge) if generative else "",
+        "template_is_default": not judge.template,
+        "template_hash": row["template_hash"],
+        "principle": judge.principle,
+        "options": judge.options,
+        "annotator": judge.user.username,
+        "created_at": judge.created_at,
+        "votes": row["votes"],
+        "position_checked": row["position_checked"],
+        "position_consistent": row["position_consistent"],
+    }
+
+
+class JudgeRunInSerializer(serializers.Serializer):
+    max_items = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, help_text="At most this many of the items it has not voted on."
+    )
+    config = serializers.DictField(
+        required=False, default=dict, help_text="Runtime options of the run (batch_size, temperature...): judge kind."
+    )

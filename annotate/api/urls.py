@@ -28,4 +28,6 @@ urlpatterns = [
     path("tasks/<int:task_id>/judgments/", views.task_judgments, name="api-judgments"),
     path("tasks/<int:task_id>/skip/", views.task_skip, name="api-skip"),
     path("tasks/<int:task_id>/flags/", views.task_flags, name="api-flags"),
+    path("projects/<slug:slug>/judges/", views.project_judges, name="api-judges"),
+    path("projects/<slug:slug>/judges/<slug:name>/runs/", views.project_judge_runs, name="api-judge-runs"),
 ]

@@ -16,10 +16,14 @@ from rest_framework.exceptions import NotFound, ParseError, PermissionDenied
 from rest_framework.parsers import FileUploadParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
+from training.api.serializers import RunDetailSerializer
+from training.launching import launch_judge_run
+from training.selectors import TrainingError
+
 from .. import actions, browsing, judge_agreement, selectors, sql
 from ..exports import ExportError, ExportOptions, snapshot_files
 from ..imports import detect_format, parse_items, read_upload
-from ..models import Flag, Item, Judgment, Membership, Role, Snapshot, Task
+from ..models import Flag, Item, Judge, Judgment, Membership, Role, Snapshot, Task
 from ..permissions import can_create_projects, require_role, visible_projects
 from .auth import TokenAuthentication
 from .serializers import (
@@ -30,6 +34,9 @@ from .serializers import (
     ImportResultSerializer,
     ItemPageSerializer,
     ItemRowSerializer,
+    JudgeInSerializer,
+    JudgeRunInSerializer,
+    JudgeSerializer,
     JudgmentInSerializer,
     JudgmentSerializer,
     MemberInSerializer,
@@ -42,6 +49,7 @@ from .serializers import (
     SkipInSerializer,
     SnapshotSerializer,
     TaskSerializer,
+    judge_payload,
     judgment_payload,
     task_payload,
 )
@@ -508,3 +516,48 @@ def flag_resolution(request, flag_id: int):
         flag, request.user, body.validated_data["status"], body.validated_data.get("resolution", "")
     )
     return Response({"id": flag.pk, "status": flag.status, "resolution": flag.resolution})
+
+
+# --- AI judges --------------------------------------------------------------------------------------------------
+
+
+@extend_schema(methods=["GET"], responses=JudgeSerializer(many=True))
+@extend_schema(methods=["POST"], request=JudgeInSerializer, responses={201: JudgeSerializer})
+@api_view(["GET", "POST"])
+@parser_classes([JSONParser])
+def project_judges(request, slug: str):
+    """The project's AI judges with their votes counted (researchers); POST adds one (every value is checked: a
+    refusal is a 400 that says why, and writes nothing). API keys are never accepted or shown: a judge names the
+    environment variable that holds its key."""
+    project, _ = require_role(request.user, slug, Role.RESEARCHER)
+    if request.method == "GET":
+        return Response([judge_payload(row) for row in selectors.judge_rows(project)])
+    body = JudgeInSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    try:
+        judge = actions.add_judge(project, created_by=request.user, **body.validated_data)
+    except actions.InvalidJudge as exc:
+        return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+    row = next(row for row in selectors.judge_rows(project) if row["judge"].pk == judge.pk)
+    return Response(judge_payload(row), status=status.HTTP_201_CREATED)
+
+
+@extend_schema(request=JudgeRunInSerializer, responses={201: RunDetailSerializer})
+@api_view(["POST"])
+@parser_classes([JSONParser])
+def project_judge_runs(request, slug: str, name: str):
+    """Launch a judge run (admins, as every run): the judge votes on the items it has not voted on yet."""
+    project, _ = require_role(request.user, slug, Role.ADMIN)
+    judge = get_object_or_404(Judge, project=project, name=name)
+    body = JudgeRunInSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    try:
+        run = launch_judge_run(
+            judge,
+            max_items=body.validated_data.get("max_items"),
+            values=body.validated_data["config"],
+            launched_by=request.user,
+        )
+    except TrainingError as exc:
+        return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+    return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)

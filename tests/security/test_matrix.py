@@ -101,6 +101,14 @@ MATRIX: dict[str, dict[str, tuple[int, ...]]] = {
         "GET": (302, 405, 405, 405, 405, 405),
         "POST": (302, 404, 403, 302, 302, 404),
     },
+    # AI judges: researchers list and add them; only admins launch a judge run (every run is an admin's). The body
+    # names an endpoint whose host ARBITER_JUDGE_HOSTS does not allow (it is empty by default: no judge calls out),
+    # so past the role check adding answers 400 and launching is refused with a message (302 back to the page).
+    "p/<slug:slug>/judges/": {"GET": (302, 404, 403, 200, 200, 404), "POST": (302, 404, 403, 400, 400, 404)},
+    "p/<slug:slug>/judges/<slug:name>/run/": {
+        "GET": (302, 405, 405, 405, 405, 405),
+        "POST": (302, 404, 403, 403, 302, 404),
+    },
     # Training pages: who researches no project sees no training at all (404); the launch form is for admins.
     "training/": {"GET": (302, 404, 404, 200, 200, 404), "POST": (302, 405, 405, 405, 405, 405)},
     "training/new/": {"GET": (302, 404, 404, 403, 200, 404), "POST": (302, 404, 404, 403, 400, 404)},
@@ -174,6 +182,11 @@ MATRIX: dict[str, dict[str, tuple[int, ...]]] = {
     "api/tasks/<int:task_id>/judgments/": {"POST": (401, 404, 201, 404, 404, 404)},
     "api/tasks/<int:task_id>/skip/": {"POST": (401, 404, 200, 404, 404, 404)},
     "api/tasks/<int:task_id>/flags/": {"POST": (401, 404, 201, 404, 404, 404)},
+    "api/projects/<slug:slug>/judges/": {
+        "GET": (401, 404, 403, 200, 200, 404),
+        "POST": (401, 404, 403, 400, 400, 404),
+    },
+    "api/projects/<slug:slug>/judges/<slug:name>/runs/": {"POST": (401, 404, 403, 403, 400, 404)},
     # Launching: admins only; the body names a base model that is not there, so the admin's answer is a 400.
     "api/training-runs/": {"GET": (401, 200, 200, 200, 200, 200), "POST": (401, 404, 403, 403, 400, 404)},
     "api/training-runs/<int:run_id>/": {"GET": (401, 404, 403, 200, 200, 404)},
@@ -205,6 +218,7 @@ PARAMS = {
     "flag_id": lambda w: w.main.flags.get().pk,
     "kind": lambda w: "flag",
     "report_id": lambda w: w.main.flags.get().pk,
+    "name": lambda w: _judge(w),
 }
 PARAM_OVERRIDES = {
     ("api/projects/<slug:slug>/members/<str:username>/reinstate/", "username"): lambda w: CARL,
@@ -248,6 +262,10 @@ BODIES = {
         "form",
         {"name": "byo", "source": "missing.gguf", "kind": "causal-lm"},
     ),
+    ("p/<slug:slug>/judges/", "POST"): lambda w: ("form", JUDGE_BODY),
+    ("p/<slug:slug>/judges/<slug:name>/run/", "POST"): lambda w: ("form", {"max_items": "2"}),
+    ("api/projects/<slug:slug>/judges/", "POST"): lambda w: ("json", JUDGE_BODY),
+    ("api/projects/<slug:slug>/judges/<slug:name>/runs/", "POST"): lambda w: ("json", {"max_items": 2}),
     ("api/projects/", "POST"): lambda w: ("json", {"slug": "fresh-api", "kind": "pairwise"}),
     ("api/projects/<slug:slug>/", "PATCH"): lambda w: ("json", {"instructions": "Be kind."}),
     ("api/projects/<slug:slug>/items/", "POST"): lambda w: ("multipart", {"file": _upload()}),
@@ -272,6 +290,23 @@ BODIES = {
         {"pairs": [{"prompt": "Hi?", "response": "Hello."}]},
     ),
 }
+
+
+JUDGE_BODY = {"name": "fresh-judge", "backend": "openai", "model": "m", "base_url": "http://judge.internal/v1"}
+
+
+def _judge(w: World) -> str:
+    """A judge of main (an openai one: its run is refused past the role check, its host not being allowed)."""
+    from django.contrib.auth import get_user_model
+
+    from annotate.models import Judge
+
+    if not Judge.objects.filter(project=w.main, name="matrix").exists():
+        user = get_user_model().objects.create(username=f"judge.{w.main.pk}.matrix", is_active=False)
+        Judge.objects.create(
+            project=w.main, name="matrix", backend="openai", model="m", base_url="http://judge.internal/v1", user=user
+        )
+    return "matrix"
 
 
 def _normal_item(w: World) -> int:

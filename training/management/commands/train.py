@@ -5,7 +5,7 @@ from pathlib import Path
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, DjangoHelpFormatter
 
-from annotate.models import Project, Snapshot
+from annotate.models import Judge, Project, Snapshot
 
 from ... import kinds, launching, selectors, supervisor, tasks
 from ...datasets import PROMPT_SOURCES
@@ -23,27 +23,44 @@ MAKES = {
     kinds.REWARD_MODEL: "a reward model",
     kinds.CANDIDATES: "a round of candidates",
     kinds.COMPARISONS: "comparisons with a baseline",
+    kinds.VOTES: "an AI judge's votes",
 }
+READS = {kinds.PROMPTS: "prompts", kinds.SNAPSHOT: "a snapshot", kinds.ITEMS: "the items its --judge has not voted on"}
+# Options of the training kinds that a judge run takes from its judge instead.
+NOT_FOR_JUDGES = (
+    "base_model",
+    "snapshot",
+    "reward_model",
+    "target_project",
+    "prompts_from",
+    "prompts_file",
+    "max_prompts",
+    "baseline",
+    "from_run",
+)
 
 
 def kinds_table() -> str:
     """What each kind reads, needs and makes, from the registry (training.kinds), for ``train --help``."""
     lines = ["kinds:"]
     for kind in kinds.KINDS.values():
-        reads = "prompts" if kind.reads == kinds.PROMPTS else "a snapshot"
+        reads = READS[kind.reads]
         needs = {
             kinds.REWARD_MODEL_NEEDED: "; needs --reward-model",
             kinds.OPTIONAL_REWARD_MODEL: "; --reward-model optional",
         }
         lines.append(
             f"  {kind.name:<19} {kind.label}: reads {reads}, makes {MAKES[kind.publishes]}"
-            f"{needs.get(kind.reward_models, '')}; base model: {' or '.join(kind.base_models)}"
+            f"{needs.get(kind.reward_models, '')}; "
+            + (f"base model: {' or '.join(kind.base_models)}" if kind.base_models else "model: the judge's")
         )
     return "\n".join(lines)
 
 
 def run_data(run) -> str:
-    """What a run reads, in words: its prompts, another run's demonstrations, or its snapshot."""
+    """What a run reads, in words: its prompts, another run's demonstrations, a judge's items, or its snapshot."""
+    if run.inputs.get("judge_id"):
+        return f"{run.inputs['items']} items, judge {run.inputs['judge']} ({run.inputs['backend']})"
     if run.inputs.get("prompts"):
         return f"{run.inputs['prompts']} prompts from {run.inputs['prompts_from']}"
     if run.inputs.get("from_run"):
@@ -130,6 +147,10 @@ class Command(BaseCommand):
             help="sft: learn from the demonstrations a finished critique_revise run wrote (its revisions) instead "
             "of a snapshot.",
         )
+        parser.add_argument("--judge", metavar="NAME", help="judge: the project's AI judge that votes (add_judge).")
+        parser.add_argument(
+            "--max-items", type=int, metavar="N", help="judge: at most this many of the items it has not voted on."
+        )
         parser.add_argument("--launched-by", help="Username recorded as the launcher.")
         parser.add_argument("--foreground", action="store_true", help="Run in this process instead of the queue.")
         parser.add_argument("--help-config", action="store_true", help="List the config options of KIND and exit.")
@@ -145,7 +166,15 @@ class Command(BaseCommand):
                 choices = f" ({' | '.join(row['choices'])})" if row["choices"] else ""
                 self.stdout.write(f"{row['name']} = {row['default']!r}  [{row['type']}]{choices}\n    {row['help']}")
             return
-        missing = [f"--{name.replace('_', '-')}" for name in ("project", "base_model") if not options[name]]
+        judging = training_kind.reads == kinds.ITEMS
+        needed = ("project", "judge") if judging else ("project", "base_model")
+        missing = [f"--{name.replace('_', '-')}" for name in needed if not options[name]]
+        if judging and (given := [f"--{n.replace('_', '-')}" for n in NOT_FOR_JUDGES if options[n] not in (None, [])]):
+            raise CommandError(f"{', '.join(given)}: a judge run takes its model and items from its judge (--judge).")
+        if not judging and (options["judge"] or options["max_items"] is not None):
+            raise CommandError(f"--judge and --max-items are for {' and '.join(kinds.names(reads=kinds.ITEMS))} runs.")
+        if options["max_items"] is not None and options["max_items"] < 1:
+            raise CommandError("--max-items must be at least 1.")
         if missing:
             raise CommandError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required.")
         if options["reward_model"] and training_kind.publishes == kinds.REWARD_MODEL:
@@ -176,21 +205,37 @@ class Command(BaseCommand):
                 raise CommandError(f"No user {options['launched_by']!r}.")
         try:
             values = training_kind.config.parse_overrides(options["overrides"])
-            run = launching.launch_run(
-                project=project,
-                kind=kind,
-                base_model=options["base_model"],
-                snapshot=snapshot,
-                values=values,
-                launched_by=user,
-                enqueue=not options["foreground"],
-                reward_models=options["reward_model"],
-                target_project=options["target_project"],
-                prompts=prompts,
-                baseline=options["baseline"],
-                parent=options["parent"],
-                from_run=options["from_run"],
-            )
+            if judging:
+                judge = Judge.objects.filter(project=project, name=options["judge"]).first()
+                if judge is None:
+                    names = ", ".join(project.judges.values_list("name", flat=True)) or "none yet (add_judge)"
+                    raise CommandError(
+                        f"Project {project.slug} has no judge {options['judge']!r} (its judges: {names})."
+                    )
+                run = launching.launch_judge_run(
+                    judge,
+                    max_items=options["max_items"],
+                    values=values,
+                    launched_by=user,
+                    parent=options["parent"],
+                    enqueue=not options["foreground"],
+                )
+            else:
+                run = launching.launch_run(
+                    project=project,
+                    kind=kind,
+                    base_model=options["base_model"],
+                    snapshot=snapshot,
+                    values=values,
+                    launched_by=user,
+                    enqueue=not options["foreground"],
+                    reward_models=options["reward_model"],
+                    target_project=options["target_project"],
+                    prompts=prompts,
+                    baseline=options["baseline"],
+                    parent=options["parent"],
+                    from_run=options["from_run"],
+                )
         except (TrainingError, ConfigError) as exc:
             raise CommandError(str(exc)) from None
         if not options["foreground"]:
