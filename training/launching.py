@@ -89,9 +89,11 @@ def snapshot_options(config, kind: kinds.TrainingKind) -> ExportOptions:
     TRAINING_DEFAULT_TEST_SIZE of the prompts held out."""
     test_size = settings.TRAINING_DEFAULT_TEST_SIZE
     fmt = kind.snapshot_format(config)
+    votes = getattr(config, "votes", "human")
     if fmt == "trl":
-        return ExportOptions(format="trl", criterion=getattr(config, "criterion", ""), test_size=test_size, seed=0)
-    return ExportOptions(format=fmt, test_size=test_size, seed=0)
+        criterion = getattr(config, "criterion", "")
+        return ExportOptions(format="trl", criterion=criterion, test_size=test_size, seed=0, source=votes)
+    return ExportOptions(format=fmt, test_size=test_size, seed=0, source=votes)
 
 
 def _snapshot_for(
@@ -113,6 +115,11 @@ def _snapshot_for(
         theirs = snapshot.options.get("criterion") or "overall"
         raise TrainingError(
             f"Snapshot {snapshot.pk} holds the {theirs} preferences; set criterion={snapshot.options.get('criterion', '')} or pick another."
+        )
+    if snapshot.options.get("source", "human") != wanted.source:
+        raise TrainingError(
+            f"Snapshot {snapshot.pk} was made from {snapshot.options.get('source', 'human')} votes; this run asks for "
+            f"votes={wanted.source}."
         )
     if not snapshot.folder.is_dir():
         raise TrainingError(f"The files of snapshot {snapshot.pk} are missing from {snapshot.folder}.")

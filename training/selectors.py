@@ -450,9 +450,12 @@ def human_eval_results(round_) -> dict:
     the arm recorded on each response (``metadata["arm"]``: ``new`` or ``baseline``), whatever position it was shown in."""
     arms = dict(Response.objects.filter(item__round=round_).values_list("id", "metadata__arm"))
     wins = losses = ties = 0
-    for outcome, winner in Judgment.objects.filter(
-        item__round=round_, is_current=True, item__purpose="normal"
-    ).values_list("outcome", "winner_id"):
+    # People's votes: a human evaluation is people's verdict, whatever judges said about the same pairs.
+    for outcome, winner in (
+        Judgment.objects.filter(item__round=round_, is_current=True, item__purpose="normal")
+        .exclude(source=Judgment.Source.AI)
+        .values_list("outcome", "winner_id")
+    ):
         if outcome == "win" and winner in arms:
             if arms[winner] == "new":
                 wins += 1

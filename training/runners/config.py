@@ -40,6 +40,11 @@ def option(default, help: str, choices: tuple | None = None, **kwargs):
     return field(default=default, metadata=metadata, **kwargs)
 
 
+# Whose votes a run's snapshot takes (annotate.exports ExportOptions.source): people's, AI judges' or both. The
+# constitution's RLAIF stage trains reward models on judges' votes with votes=ai.
+VOTE_SOURCES = ("human", "ai", "all")
+
+
 @dataclass
 class RunConfig:
     """Fields every training kind has. Subclasses add their own; ``from_dict`` validates any of them.

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .base import ConfigError
-from .config import PolicyRunConfig, option
+from .config import VOTE_SOURCES, PolicyRunConfig, option
 
 # TRL 1.16's DPOTrainer._compute_loss accepts exactly these (its "Unknown loss type" message lists them).
 DPO_LOSSES = (
@@ -39,6 +39,12 @@ class DPORunConfig(PolicyRunConfig):
     HEADLINE_METRICS: ClassVar[tuple[str, ...]] = ("eval_rewards/accuracies", "eval_rewards/margins", "eval_loss")
     EXAMPLES: ClassVar[str] = "pairs"
 
+    votes: str = option(
+        "human",
+        "Whose votes the snapshot takes: human (people's), ai (AI judges': RLAIF) or all. A snapshot given with "
+        "--snapshot must have been made from the same votes.",
+        VOTE_SOURCES,
+    )
     beta: float = option(
         0.1, "How far the policy may move from the reference: higher β keeps it closer (IPO: the regularisation τ)."
     )

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .base import ConfigError
-from .config import RunConfig, option
+from .config import VOTE_SOURCES, RunConfig, option
 
 OBJECTIVES = ("bradley_terry", "regression")
 
@@ -20,6 +20,12 @@ class RewardRunConfig(RunConfig):
 
     base_model: str = option(
         "", "Folder of the base model; Arbiter fills it in from --base-model (MODEL_ROOTS or the registry)."
+    )
+    votes: str = option(
+        "human",
+        "Whose votes the snapshot takes: human (people's), ai (AI judges': RLAIF) or all. A snapshot given with "
+        "--snapshot must have been made from the same votes.",
+        VOTE_SOURCES,
     )
     objective: str = option(
         "bradley_terry",
