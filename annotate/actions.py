@@ -1343,8 +1343,12 @@ def add_judge(
         raise InvalidJudge(f"Unknown backend {backend!r}: use one of {', '.join(Judge.Backend.values)}.")
     if not model or len(model) > 500:
         raise InvalidJudge("Name the judge's model (at most 500 characters).")
-    for label, text in (("model", model), ("base URL", base_url), ("template", template)):
-        if what := judging.secret_in(text):
+    for label, text, long_tokens in (
+        ("model", model, False),
+        ("base URL", base_url, False),
+        ("template", template, True),
+    ):
+        if what := judging.secret_in(text, long_tokens):
             raise InvalidJudge(
                 f"The {label} looks like it holds {what}: keys are never stored; name the environment variable that "
                 "holds it (--api-key-env)."

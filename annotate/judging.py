@@ -717,14 +717,17 @@ _SECRETS = [
 ]
 
 
-def secret_in(text: str) -> str:
+def secret_in(text: str, long_tokens: bool = True) -> str:
     """What looks like a credential in ``text`` ("" if nothing): templates and options must never hold one (keys
-    come from the environment variable a judge names)."""
+    come from the environment variable a judge names). ``long_tokens`` also flags any long run of letters mixed
+    with digits (off for model names and paths, which may hold a commit hash)."""
     if not isinstance(text, str):
         return ""
     for pattern, what in _SECRETS:
         if pattern.search(text):
             return what
+    if not long_tokens:
+        return ""
     # A long run of letters and digits mixed (a key, a token) is no word of a prompt.
     for run in re.findall(r"[A-Za-z0-9_\-]{40,}", text):
         if re.search(r"[A-Za-z]", run) and re.search(r"\d", run) and not re.fullmatch(r"[a-z_\-]+\d*", run):

@@ -258,6 +258,9 @@ def test_credentials_are_recognised():
     assert judging.secret_in("x" * 10 + "9f8e7d6c5b4a39281706f5e4d3c2b1a0f9e8d7c6") == "a long token"
     for kind in judging.JUDGED_KINDS:
         assert judging.secret_in(judging.default_template(kind)) == ""
+    # A model's folder may hold a commit hash: only the key patterns count there.
+    folder = "hub/snapshots/9f8e7d6c5b4a39281706f5e4d3c2b1a0f9e8d7c6"
+    assert judging.secret_in(folder) == "a long token" and judging.secret_in(folder, long_tokens=False) == ""
 
 
 # --- adding a judge ---------------------------------------------------------------------------------------------
