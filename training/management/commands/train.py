@@ -162,7 +162,10 @@ class Command(BaseCommand):
         except TrainingError as exc:
             raise CommandError(str(exc)) from None
         if options["help_config"]:
+            ignored = getattr(training_kind.config, "IGNORED_OPTIONS", frozenset())  # inherited, never read
             for row in training_kind.config.describe():
+                if row["name"] in ignored:
+                    continue
                 choices = f" ({' | '.join(row['choices'])})" if row["choices"] else ""
                 self.stdout.write(f"{row['name']} = {row['default']!r}  [{row['type']}]{choices}\n    {row['help']}")
             return
