@@ -34,6 +34,8 @@ from training.models import RunStatus, TrainingRun
 from training.runners import judge as runner
 from training.selectors import TrainingError
 
+from .test_judge_openai import KEY, Scripted, chat_reply
+
 pytestmark = pytest.mark.django_db
 
 # A local judge that answers in few tokens: the tests check what is recorded, not how well a random model judges.
@@ -206,6 +208,63 @@ def test_batched_and_one_by_one_generation_give_the_same_votes(preference_projec
     batched = list(JudgeVote.objects.filter(judge__name="batched").order_by("item").values_list("item", "raw"))
     single = list(JudgeVote.objects.filter(judge__name="single").order_by("item").values_list("item", "raw"))
     assert batched == single
+
+
+# --- the OpenAI-compatible backend -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def endpoint():
+    """A real HTTP server (test_judge_openai.Scripted) that judges like a person would: the response with the good
+    words wins, in whichever position it is shown; the item about topic 3 gets a 400."""
+    server = Scripted()
+
+    def respond(n, body):
+        text = body["messages"][0]["content"]
+        if "Question 3:" in text:
+            return 400, {}, {"error": {"message": "this request was refused"}}, 0.0
+        first = text.split("[Response A]")[1].split("[Response B]")[0]
+        verdict = "A" if any(word in first for word in GOOD) else "B"
+        return 200, {}, chat_reply(f"The {verdict} answer is right.\nVerdict: {verdict}\nStrength: 2", 50, 6), 0.0
+
+    server.respond = respond
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+def test_an_endpoint_judge_votes_through_a_real_http_server(preference_project, endpoint, settings, monkeypatch):
+    settings.ARBITER_JUDGE_HOSTS = ["127.0.0.1"]
+    monkeypatch.setenv("ARBITER_TEST_JUDGE_KEY", KEY)
+    judge = add_judge(
+        preference_project,
+        "api",
+        "openai",
+        "judge-model",
+        base_url=endpoint.url,
+        api_key_env="ARBITER_TEST_JUDGE_KEY",
+        options={"concurrency": 3, "retries": 0},
+    )
+    result, lines = _judge_run(preference_project, "api", "--max-items", "6")
+    assert result["status"] == "succeeded", lines[-5:]
+    assert len(endpoint.requests) == 12  # six items, both orders each
+    assert {r["headers"]["authorization"] for r in endpoint.requests} == {f"Bearer {KEY}"}
+    assert {r["body"]["model"] for r in endpoint.requests} == {"judge-model"}
+    assert {r["body"]["temperature"] for r in endpoint.requests} == {0.0}
+    votes = list(JudgeVote.objects.filter(judge=judge).select_related("item", "judgment"))
+    assert sorted(v.status for v in votes) == ["error"] + ["ok"] * 5
+    for vote in votes:
+        if vote.status == "error":
+            assert vote.item.external_id == "q3" and "400" in vote.error and vote.judgment is None
+            continue
+        assert vote.position_consistent is True and vote.confidence == 1.0
+        assert vote.judgment.winner.index == _good_index(vote.item) and vote.judgment.strength == 2
+        assert vote.tokens == {"prompt": 100, "completion": 12}
+        assert vote.model == f"judge-model @ {endpoint.url}"
+    run = TrainingRun.objects.get(pk=result["run"])
+    shown = json.dumps(run.config) + json.dumps(run.inputs) + run.log_tail + "\n".join(lines)
+    shown += json.dumps(list(JudgeVote.objects.values_list("raw", "error", "tokens", "model")))
+    assert KEY not in shown and "ARBITER_TEST_JUDGE_KEY" in json.dumps(run.config)
 
 
 # --- resume -----------------------------------------------------------------------------------------------------
