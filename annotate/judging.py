@@ -253,8 +253,8 @@ def format_instructions(spec: AnswerSpec) -> str:
             f"End your answer with exactly these {len(lines)} lines, and nothing after them:\n"
             + "\n".join(lines)
             + f"\nwhere X is the better response {which}: A, B or tie; and N is how much better it is: 3 significantly "
-            "better, 2 better, 1 slightly better, 0 negligibly better or unsure (always 0 for a tie). For example:\n"
-            + "\n".join(example)
+            "better, 2 better, 1 slightly better, 0 negligibly better or unsure (always 0 for a tie; the Strength line "
+            "may be left out when you cannot say). For example:\n" + "\n".join(example)
         )
     if spec.kind == RANKING:
         numbers = list(range(1, spec.n_responses + 1))
@@ -390,7 +390,10 @@ def _value(line: str, key: str) -> str:
 
 
 def parse_pairwise(text: str, spec: AnswerSpec) -> dict:
-    keys = (*spec.criteria, "Verdict", "Strength")
+    # The Strength line may be left out (small models often stop after the verdict): the strength is then unknown,
+    # never guessed; everything else stays strict.
+    last = text.strip().splitlines()[-1].strip() if isinstance(text, str) and text.strip() else ""
+    keys = (*spec.criteria, "Verdict") if last.startswith("Verdict:") else (*spec.criteria, "Verdict", "Strength")
     block, before = _answer_lines(text, len(keys))
     parsed: dict = {}
     criteria = {}
@@ -406,11 +409,13 @@ def parse_pairwise(text: str, spec: AnswerSpec) -> dict:
             parsed["verdict"] = value
         else:
             criteria[key] = value
+    if "strength" not in parsed:
+        parsed["strength"] = 0 if parsed["verdict"] == "tie" else None
     if parsed["verdict"] == "tie" and parsed["strength"] != 0:
         raise Unparseable(f"A tie has strength 0, not {parsed['strength']}.")
     if spec.criteria:
         parsed["criteria"] = criteria
-    _one_answer(before, tuple(f"{key}:" for key in keys))
+    _one_answer(before, tuple(f"{key}:" for key in (*spec.criteria, "Verdict", "Strength")))
     return parsed
 
 
@@ -546,7 +551,9 @@ def fold_pairwise(parsed: list, shown: list, spec: AnswerSpec, errors: list[str]
     consistent = len(set(winners)) == 1
     answer: dict = {"winner": winners[0] if consistent else None}
     if consistent and winners[0] is not None:
-        answer["strength"] = min(p["strength"] for p in parsed)
+        strengths = [p["strength"] for p in parsed if p["strength"] is not None]
+        if strengths:  # an order that left its Strength line out says nothing of it
+            answer["strength"] = min(strengths)
     if spec.criteria:
         answer["criteria"] = {}
         for criterion in spec.criteria:

@@ -45,7 +45,7 @@ def test_a_pairwise_answer_is_read_from_its_final_lines_after_any_reasoning():
     "text, why",
     [
         ("", "empty"),
-        ("Verdict: B", "needs 2 lines"),
+        ("Strength: 2", "needs 2 lines"),  # a strength without a verdict
         ("Verdict: B\nStrength: 2\nThat is all.", "Expected a line Verdict"),  # text after the answer
         ("Verdict: b\nStrength: 2", "must be A, B or tie"),  # wrong case: never folded
         ("Verdict: Response B\nStrength: 2", "must be A, B or tie"),
@@ -55,7 +55,7 @@ def test_a_pairwise_answer_is_read_from_its_final_lines_after_any_reasoning():
         ("Verdict: tie\nStrength: 2", "A tie has strength 0"),
         ("**Verdict:** B\nStrength: 2", "Expected a line Verdict"),  # markdown is not the format
         ("Verdict: A\nStrength: 1\nVerdict: B\nStrength: 2", "More than one answer"),
-        ("Strength: 2\nVerdict: B", "Expected a line Verdict"),  # the order is part of the format
+        ("Strength: 2\nVerdict: B", "More than one answer"),  # the order is part of the format
     ],
 )
 def test_a_malformed_pairwise_answer_is_unparseable_never_guessed(text, why):
@@ -632,3 +632,23 @@ def test_the_judges_api_never_shows_a_key(api_client_for, people, monkeypatch):
         f"/api/projects/{project.slug}/judges/keyed/runs/", {"max_items": 0}, format="json"
     )
     assert launched.status_code == 400  # max_items must be at least 1
+
+
+def test_a_verdict_without_its_strength_line_parses_with_the_strength_unknown():
+    """Small models stop after "Verdict: B": the verdict stands, the strength is unknown (None), never guessed."""
+    from annotate.judging import AnswerSpec, fold_pairwise, parse_pairwise
+
+    spec = AnswerSpec(kind="pairwise", n_responses=2)
+    assert parse_pairwise("Response B is clearer.\nVerdict: B", spec) == {"verdict": "B", "strength": None}
+    assert parse_pairwise("Verdict: tie", spec) == {"verdict": "tie", "strength": 0}
+    with pytest.raises(Unparseable):
+        parse_pairwise("Verdict: B\nStrength: 9", spec)
+    with pytest.raises(Unparseable):
+        parse_pairwise("Strength: 2", spec)
+    # Both orders agree (B shown second, then first): the winner stands and only a stated strength counts.
+    vote = fold_pairwise([{"verdict": "B", "strength": None}, {"verdict": "A", "strength": 2}], [(0, 1), (1, 0)], spec)
+    assert vote.answer == {"winner": 1, "strength": 2} and vote.position_consistent is True
+    vote = fold_pairwise(
+        [{"verdict": "B", "strength": None}, {"verdict": "A", "strength": None}], [(0, 1), (1, 0)], spec
+    )
+    assert vote.answer == {"winner": 1}
