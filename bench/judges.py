@@ -21,7 +21,7 @@ What it does (skips cleanly when ../shared/data/ is absent):
    label, human votes used, and the saving; the table marks the largest saving whose accuracy is at least the
    no-routing accuracy (averaged over SIM_SEEDS seeds of the simulated people).
 
-    .venv/bin/python bench/judges.py            # 1,000 reward pairs, 300 judged pairs, 60 for SmolLM2
+    .venv/bin/python bench/judges.py            # 1,000 reward pairs, 300 judged pairs, 30 for SmolLM2
     .venv/bin/python bench/judges.py --quick    # 300, 100, 12
 """
 
@@ -200,7 +200,7 @@ def main() -> int:
     if not HH.is_dir():
         log(f"skipped: {HH} is absent")
         return 0
-    n_train, n_judged, n_llm = (300, 100, 12) if args.quick else (1000, 300, 60)
+    n_train, n_judged, n_llm = (300, 100, 12) if args.quick else (1000, 300, 30)
     reward_bench = _module("reward")
     minilm = reward_bench.minilm_folder()
     work = Path(tempfile.mkdtemp(prefix="arbiter-judges-"))
@@ -242,7 +242,7 @@ def main() -> int:
                 f"smollm2-{label.replace('_', '-')}",
                 "local",
                 "smollm2-judge",
-                {"batch_size": batch, "max_new_tokens": 24},
+                {"batch_size": batch, "max_tokens": 24},
                 max_items=n_llm,
             )
             found = score(result["votes"], chosen)
