@@ -188,9 +188,11 @@ def search_condition(project: Project, text: str) -> Q:
     terms = _terms(text)
     if connection.vendor == "postgresql":
         query = " & ".join(terms)  # words only (\w+): nothing to escape
+        # The matches are gathered first (an array, computed once) and then looked up by primary key: the planner
+        # misjudges how many a word matches and would otherwise walk every item in id order to merge with them.
         statement = (
-            "SELECT item_id FROM annotate_item_search WHERE document @@ to_tsquery('simple', %s) "
-            f"UNION SELECT item_id FROM annotate_response WHERE {RESPONSE_SEARCH} @@ to_tsquery('simple', %s)"
+            "SELECT unnest(ARRAY(SELECT item_id FROM annotate_item_search WHERE document @@ to_tsquery('simple', %s) "
+            f"UNION SELECT item_id FROM annotate_response WHERE {RESPONSE_SEARCH} @@ to_tsquery('simple', %s)))"
         )
         return Q(id__in=RawSQL(statement, [query, query]))
     match = " ".join(f'"{term}"' for term in terms)  # each word a quoted FTS5 string: no operator can slip in
@@ -211,8 +213,10 @@ def filtered_items(project: Project, query: ItemQuery):
     elif query.status == "open":
         items = items.filter(Q(open_slots__gt=0) | Q(n_judgments__lt=project.overlap))
     if query.agreement:
-        items = items.filter(n_judgments__gte=2)
-        items = items.filter(winner_share=1.0) if query.agreement == "unanimous" else items.filter(winner_share__lt=1.0)
+        if query.agreement == "unanimous":
+            items = items.filter(winner_share=1.0, n_judgments__gte=2)
+        else:  # a share below 1 needs two different answers: no vote count to check (the count is index-only)
+            items = items.filter(winner_share__lt=1.0)
     if query.min_share is not None:
         items = items.filter(winner_share__gte=query.min_share)
     if query.max_share is not None:
@@ -431,7 +435,8 @@ def item_labels(project: Project, item: Item, names: dict[int, str], models: boo
     with_data = project.kind != Kind.PAIRWISE
     # Labels do not depend on how texts are shaped: this item's own shape, not a scan of the project's prompts.
     tables = item_tables(project, (item.pk, item.pk), item.is_conversation)
-    votes = vote_frame(project, False, include_gold, (item.pk, item.pk), with_data)
+    # include_gold=True: this one item's purpose is known, so no scan of the project for gold items.
+    votes = vote_frame(project, False, True, (item.pk, item.pk), with_data)
     try:
         pairs = pair_votes(project.kind, votes, tables.responses)
     except ExportError:
