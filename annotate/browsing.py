@@ -183,24 +183,25 @@ def _terms(text: str) -> list[str]:
 RESPONSE_SEARCH = "to_tsvector('simple'::regconfig, left(text, 100000))"
 
 
-def search_condition(project: Project, text: str) -> Q:
-    """Items whose prompt or one of whose responses holds every word of ``text``."""
+def search(items, text: str):
+    """``items`` narrowed to those whose prompt or one of whose responses holds every word of ``text``."""
     terms = _terms(text)
     if connection.vendor == "postgresql":
         query = " & ".join(terms)  # words only (\w+): nothing to escape
-        # The matches are gathered first (an array, computed once) and then looked up by primary key: the planner
-        # misjudges how many a word matches and would otherwise walk every item in id order to merge with them.
+        # The matches are gathered once (an array) and looked up by key: the planner misjudges how many items a word
+        # matches and, given IN (subquery), walks every item in id order to merge with them (54 ms for a rare word
+        # at 100,000 items; 2 ms this way).
         statement = (
-            "SELECT unnest(ARRAY(SELECT item_id FROM annotate_item_search WHERE document @@ to_tsquery('simple', %s) "
-            f"UNION SELECT item_id FROM annotate_response WHERE {RESPONSE_SEARCH} @@ to_tsquery('simple', %s)))"
+            "SELECT item_id FROM annotate_item_search WHERE document @@ to_tsquery('simple', %s) "
+            f"UNION SELECT item_id FROM annotate_response WHERE {RESPONSE_SEARCH} @@ to_tsquery('simple', %s)"
         )
-        return Q(id__in=RawSQL(statement, [query, query]))
+        return items.extra(where=[f"annotate_item.id = ANY(ARRAY({statement}))"], params=[query, query])
     match = " ".join(f'"{term}"' for term in terms)  # each word a quoted FTS5 string: no operator can slip in
     statement = (
         "SELECT rowid FROM annotate_item_fts WHERE annotate_item_fts MATCH %s "
         "UNION SELECT item_id FROM annotate_response_fts WHERE annotate_response_fts MATCH %s"
     )
-    return Q(id__in=RawSQL(statement, [match, match]))
+    return items.filter(id__in=RawSQL(statement, [match, match]))
 
 
 def filtered_items(project: Project, query: ItemQuery):
@@ -251,7 +252,7 @@ def filtered_items(project: Project, query: ItemQuery):
     if query.judges == "disagree":
         items = items.filter(id__in=judges_disagree(project))
     if query.q:
-        items = items.filter(search_condition(project, query.q))
+        items = search(items, query.q)
     return items.order_by(*SORTS[query.sort])
 
 
