@@ -185,3 +185,27 @@ def test_routing_under_concurrent_picks_keeps_overlap_and_uniqueness(make_projec
         human = Judgment.objects.filter(item=item, is_current=True).exclude(source="ai").count()
         assert item.n_judgments == human
         assert item.open_slots + people.filter(item=item).count() <= 2
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_after_routing_the_pick_is_still_one_statement_over_the_open_items_index(make_project, make_member):
+    """Routing only changes open places: the next-task pick is the same statement, answered by item_open_idx (the
+    partial index of the items that still need people), which the settled items have left."""
+    from annotate import sql
+
+    project = make_project(n_items=2000, overlap=2, ai_routing=True, spot_check_rate=0.0)
+    judge = _judge(project, "only")
+    items = list(Item.objects.filter(project=project).order_by("id")[:300])
+    for item in items:
+        _vote(judge, item, 0)
+    assert actions.route_after_judging(project, [item.pk for item in items]) == 300
+    user = make_member(project, "picker")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE annotate_item")
+        statement, params = sql.pick_statement(project.pk, user.pk, mark=0, skip_locked=True)
+        cursor.execute("EXPLAIN " + statement, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "item_open_idx" in plan, plan
+    assert (
+        actions.assign_next_task(user, project).item_id == Item.objects.filter(project=project).order_by("id")[300].pk
+    )
