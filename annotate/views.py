@@ -576,7 +576,8 @@ def items(request, slug):
     template = (
         "annotate/_items_table.html" if request.htmx and request.htmx.target == "items" else "annotate/items.html"
     )
-    return render(request, template, context, status=400 if "error" in context else 200)
+    # htmx swaps only 2xx answers: a refused filter's message comes with 200 there, with an honest 400 otherwise.
+    return render(request, template, context, status=400 if "error" in context and not request.htmx else 200)
 
 
 def _project_item(project, item_id: int):
