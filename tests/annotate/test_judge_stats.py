@@ -21,7 +21,6 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
 from django.urls import reverse
-from django.utils import timezone
 from scipy.stats import binomtest
 from sklearn.metrics import cohen_kappa_score
 
@@ -38,8 +37,9 @@ from annotate.judge_agreement import (
     judge_report,
     majority_labels,
 )
-from annotate.models import Item, Judge, JudgeVote, Judgment, Kind, Membership, Role, Task
+from annotate.models import Item, Kind, Membership, Role
 from tests.conftest import jsonl
+from tests.judges import make_judge, stored_vote
 
 pytestmark = pytest.mark.django_db
 
@@ -94,67 +94,18 @@ def import_people(project, plan=HUMAN_PLAN):
     actions.import_judgments(project, parse_votes(jsonl(votes), "jsonl"))
 
 
-def add_judge(project, name: str) -> Judge:
-    user = get_user_model().objects.create_user(f"judge.{project.pk}.{name}", is_active=False)
-    return Judge.objects.create(project=project, name=name, backend="openai", model=f"model-{name}", user=user)
-
-
-def judge_vote(judge: Judge, item: Item, answer, consistent=True, status="ok", data=None) -> JudgeVote:
-    """A judge's vote as record_ai_votes stores it: a done task of its user, an AI judgment, the JudgeVote."""
-    judgment = None
-    if status == "ok":
-        now = timezone.now()
-        responses = list(item.responses.order_by("index"))
-        task = Task.objects.create(
-            project=item.project,
-            item=item,
-            annotator=judge.user,
-            display_order=[r.pk for r in responses],
-            status=Task.Status.DONE,
-            leased_at=now,
-            lease_expires_at=now,
-            done_at=now,
-        )
-        if data is not None:
-            fields = {"data": data}
-        elif answer in ("tie", "both_bad"):
-            fields = {"outcome": answer}
-        else:
-            fields = {"outcome": "win", "winner": responses[answer], "strength": 2}
-        judgment = Judgment.objects.create(
-            project=item.project,
-            item=item,
-            task=task,
-            annotator=judge.user,
-            idempotency_key=f"judge:{judge.pk}:{item.pk}",
-            source=Judgment.Source.AI,
-            **fields,
-        )
-    return JudgeVote.objects.create(
-        judge=judge,
-        item=item,
-        judgment=judgment,
-        status=status,
-        template_hash=f"hash-{judge.name}",
-        model=judge.model,
-        raw=["A", "B"],
-        position_consistent=consistent if status == "ok" else None,
-        confidence=0.9,
-    )
-
-
 def vote_judges(project):
     items = list(Item.objects.filter(project=project).order_by("id"))
     normal = [i for i in items if i.purpose == Item.Purpose.NORMAL]
     gold = [i for i in items if i.purpose == Item.Purpose.GOLD]
-    alpha, beta, idle = add_judge(project, "alpha"), add_judge(project, "beta"), add_judge(project, "idle")
+    alpha, beta, idle = make_judge(project, "alpha"), make_judge(project, "beta"), make_judge(project, "idle")
     for i, answer in enumerate(ALPHA):
-        judge_vote(alpha, normal[i], answer, consistent=i not in ALPHA_INCONSISTENT)
-    judge_vote(alpha, gold[0], 0)  # right: the gold answer is response 0
-    judge_vote(alpha, gold[1], 1)  # wrong
-    judge_vote(alpha, normal[10], None, status="unparseable")
+        stored_vote(alpha, normal[i], answer, consistent=i not in ALPHA_INCONSISTENT)
+    stored_vote(alpha, gold[0], 0)  # right: the gold answer is response 0
+    stored_vote(alpha, gold[1], 1)  # wrong
+    stored_vote(alpha, normal[10], None, status="unparseable")
     for i, answer in enumerate(BETA):
-        judge_vote(beta, normal[i], answer)
+        stored_vote(beta, normal[i], answer)
     return alpha, beta, idle
 
 
@@ -290,9 +241,9 @@ def test_position_consistency_gold_accuracy_length_bias_and_unparseable_answers(
 
 def test_a_position_inconsistent_judge_reads_as_such(people_project):
     """A judge whose every reading flipped with the order: consistency 0, every vote counted inconsistent."""
-    flipper = add_judge(people_project, "flipper")
+    flipper = make_judge(people_project, "flipper")
     for item in Item.objects.filter(project=people_project, purpose=Item.Purpose.NORMAL).order_by("id")[:6]:
-        judge_vote(flipper, item, "tie", consistent=False)
+        stored_vote(flipper, item, "tie", consistent=False)
     (figures,) = judge_report(people_project)["judges"]
     assert (figures["position_consistency"], figures["n_position_inconsistent"], figures["n_position_checked"]) == (
         0.0,
@@ -303,15 +254,15 @@ def test_a_position_inconsistent_judge_reads_as_such(people_project):
 
 def test_empty_states_say_why(make_project, people_project):
     assert judge_report(people_project)["judges_note"] == NO_JUDGES
-    add_judge(people_project, "quiet")
+    make_judge(people_project, "quiet")
     assert judge_report(people_project)["judges_note"] == NO_VOTES
     # A judge that voted only where no person did.
     lonely = make_project(slug="lonely", overlap=2, n_items=0)
     actions.import_items(lonely, parse_items(jsonl(item_rows(4, 0)), "jsonl", Kind.PAIRWISE))
     import_people(lonely, {"h1": [0, 1]})
-    judge = add_judge(lonely, "solo")
+    judge = make_judge(lonely, "solo")
     for item in Item.objects.filter(project=lonely, external_id__in=["item-2", "item-3"]):
-        judge_vote(judge, item, 0)
+        stored_vote(judge, item, 0)
     report = judge_report(lonely)
     assert report["judges_note"] == NOTHING_SHARED
     assert report["judges"][0]["note"] == "it shares no item with people"
@@ -326,11 +277,11 @@ def test_rating_judges_are_compared_score_by_score(make_project):
         for i, (s0, s1) in enumerate(scores)
     ]
     actions.import_judgments(project, parse_votes(jsonl(votes), "jsonl"))
-    judge = add_judge(project, "rater")
+    judge = make_judge(project, "rater")
     judge_scores = [(5, 2), (4, 5), (1, 7)]
     for item, (s0, s1) in zip(Item.objects.filter(project=project).order_by("id"), judge_scores):
         r0, r1 = item.responses.order_by("index")
-        judge_vote(judge, item, None, data={"ratings": {str(r0.pk): {"overall": s0}, str(r1.pk): {"overall": s1}}})
+        stored_vote(judge, item, None, data={"ratings": {str(r0.pk): {"overall": s0}, str(r1.pk): {"overall": s1}}})
     (figures,) = judge_report(project)["judges"]
     h1 = next(
         p
@@ -389,11 +340,11 @@ def test_peoples_figures_and_default_exports_are_unchanged_by_judges_votes(peopl
     before = human_figures(people_project, tmp_path, "before")
     snapshot, _ = actions.create_snapshot(people_project, ExportOptions(format="trl", test_size=0.25))
     # Judges that disagree with everyone, on every item: any leak would move the figures above.
-    contrary = add_judge(people_project, "contrary")
-    second = add_judge(people_project, "second")
+    contrary = make_judge(people_project, "contrary")
+    second = make_judge(people_project, "second")
     for item in Item.objects.filter(project=people_project).order_by("id"):
-        judge_vote(contrary, item, "both_bad", consistent=False)
-        judge_vote(second, item, 1)
+        stored_vote(contrary, item, "both_bad", consistent=False)
+        stored_vote(second, item, 1)
     after = human_figures(people_project, tmp_path, "after")
     for key in before:
         assert after[key] == before[key], key
@@ -436,10 +387,10 @@ def test_the_ratings_format_names_judges_apart_from_people(make_project):
     actions.import_judgments(
         project, parse_votes(jsonl([{"item": "item-0", "annotator": "h1", "ratings": scores}]), "jsonl")
     )
-    judge = add_judge(project, "rater")
+    judge = make_judge(project, "rater")
     item = Item.objects.get(project=project)
     r0, r1 = item.responses.order_by("index")
-    judge_vote(judge, item, None, data={"ratings": {str(r0.pk): {"overall": 3}, str(r1.pk): {"overall": 5}}})
+    stored_vote(judge, item, None, data={"ratings": {str(r0.pk): {"overall": 3}, str(r1.pk): {"overall": 5}}})
     (row,) = build_rows(project, "ratings", source="all")
     names = row["responses"][0]["annotators"]
     assert names[1] == "judge:rater" and names[0].startswith("ann-")
@@ -534,7 +485,7 @@ def test_dashboard_says_why_there_is_no_judge_figure(people_project, researcher)
     client.force_login(researcher)
     page = client.get(reverse("dashboard", args=[people_project.slug])).content.decode()
     assert NO_JUDGES in page
-    add_judge(people_project, "quiet")  # a new judge changes the cache key
+    make_judge(people_project, "quiet")  # a new judge changes the cache key
     page = client.get(reverse("dashboard", args=[people_project.slug])).content.decode()
     assert NO_VOTES in page
 

@@ -7,61 +7,13 @@ from __future__ import annotations
 import threading
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.db import connection, connections  # noqa: F401 - the skipif condition reads connection
-from django.utils import timezone
 
 from annotate import actions
-from annotate.models import Item, Judge, JudgeVote, Judgment, Task
+from annotate.models import Item, Judgment, Task
+from tests.judges import make_judge, stored_vote
 
 pytestmark = pytest.mark.django_db
-
-
-def _judge(project, name):
-    user = get_user_model().objects.create_user(f"judge.{project.pk}.{name}", is_active=False)
-    return Judge.objects.create(project=project, name=name, backend="local", model="tiny", user=user)
-
-
-def _vote(judge, item, choice_index, confidence=0.9, consistent=True, status="ok"):
-    """A judge's stored vote, as record_ai_votes leaves it: a done task, an AI judgment and its JudgeVote."""
-    now = timezone.now()
-    responses = list(item.responses.order_by("index"))
-    judgment = None
-    if status == "ok":
-        task = Task.objects.create(
-            project=item.project,
-            item=item,
-            annotator=judge.user,
-            display_order=[r.pk for r in responses],
-            status=Task.Status.DONE,
-            leased_at=now,
-            lease_expires_at=now,
-            done_at=now,
-        )
-        fields = (
-            {"outcome": "tie", "winner": None}
-            if choice_index is None
-            else {"outcome": "win", "winner": responses[choice_index]}
-        )
-        judgment = Judgment.objects.create(
-            project=item.project,
-            item=item,
-            task=task,
-            annotator=judge.user,
-            idempotency_key=f"judge:{judge.pk}:{item.pk}",
-            source=Judgment.Source.AI,
-            **fields,
-        )
-    return JudgeVote.objects.create(
-        judge=judge,
-        item=item,
-        judgment=judgment,
-        status=status,
-        template_hash="t",
-        model="tiny",
-        position_consistent=consistent,
-        confidence=confidence,
-    )
 
 
 @pytest.fixture
@@ -69,20 +21,20 @@ def routed(make_project):
     """20 items, overlap 2, two judges: 0-3 they disagree, 4-5 one is position-inconsistent, 6-7 one is unsure,
     8 one could not answer, 9-19 they agree."""
     project = make_project(n_items=20, overlap=2, ai_routing=True, routing_confidence=0.7, spot_check_rate=0.25)
-    first, second = _judge(project, "first"), _judge(project, "second")
+    first, second = make_judge(project, "first"), make_judge(project, "second")
     items = list(Item.objects.filter(project=project).order_by("id"))
     for i, item in enumerate(items):
-        _vote(first, item, 0)
+        stored_vote(first, item, 0)
         if i < 4:
-            _vote(second, item, 1)
+            stored_vote(second, item, 1)
         elif i < 6:
-            _vote(second, item, None, confidence=0.5, consistent=False)
+            stored_vote(second, item, None, confidence=0.5, consistent=False)
         elif i < 8:
-            _vote(second, item, 0, confidence=0.55)
+            stored_vote(second, item, 0, confidence=0.55)
         elif i == 8:
-            _vote(second, item, None, status="unparseable", consistent=None, confidence=None)
+            stored_vote(second, item, None, status="unparseable", consistent=None, confidence=None)
         else:
-            _vote(second, item, 0)
+            stored_vote(second, item, 0)
     return project, items
 
 
@@ -138,11 +90,11 @@ def test_routing_under_concurrent_picks_keeps_overlap_and_uniqueness(make_projec
     """Annotators pick and answer while routing runs: no item gets more than its overlap of people, none twice by one
     person, and a settled item that a person took first stays theirs (its vote is kept)."""
     project = make_project(n_items=60, overlap=2, ai_routing=True, routing_confidence=0.7, spot_check_rate=0.0)
-    first, second = _judge(project, "first"), _judge(project, "second")
+    first, second = make_judge(project, "first"), make_judge(project, "second")
     items = list(Item.objects.filter(project=project).order_by("id"))
     for item in items:
-        _vote(first, item, 0)
-        _vote(second, item, 0)
+        stored_vote(first, item, 0)
+        stored_vote(second, item, 0)
     users = [make_member(project, f"c{i}") for i in range(6)]
     start = threading.Barrier(len(users) + 1)
     errors = []
@@ -194,10 +146,10 @@ def test_after_routing_the_pick_is_still_one_statement_over_the_open_items_index
     from annotate import sql
 
     project = make_project(n_items=2000, overlap=2, ai_routing=True, spot_check_rate=0.0)
-    judge = _judge(project, "only")
+    judge = make_judge(project, "only")
     items = list(Item.objects.filter(project=project).order_by("id")[:300])
     for item in items:
-        _vote(judge, item, 0)
+        stored_vote(judge, item, 0)
     assert actions.route_after_judging(project, [item.pk for item in items]) == 300
     user = make_member(project, "picker")
     with connection.cursor() as cursor:

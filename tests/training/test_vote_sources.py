@@ -4,14 +4,13 @@ run's snapshot from those votes, and a snapshot made from other votes is refused
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.utils import timezone
 
 from annotate import actions
 from annotate.exports import ExportOptions
 from annotate.imports import parse_votes
-from annotate.models import Item, Judge, Judgment, Task
+from annotate.models import Item
 from tests.conftest import jsonl
+from tests.judges import make_judge, stored_vote
 from training import launching
 from training.launching import TrainingError
 
@@ -24,31 +23,9 @@ def judged(make_project):
     project = make_project(slug="rlaif", n_items=8, overlap=1)
     votes = [{"item": f"item-{i}", "annotator": "person", "winner": 0} for i in range(8)]
     actions.import_judgments(project, parse_votes(jsonl(votes), "jsonl"))
-    user = get_user_model().objects.create_user("judge.rlaif.critic", is_active=False)
-    Judge.objects.create(project=project, name="critic", backend="local", model="tiny", user=user)
-    now = timezone.now()
+    critic = make_judge(project, "critic")
     for item in Item.objects.filter(project=project).order_by("id")[:6]:
-        responses = list(item.responses.order_by("index"))
-        task = Task.objects.create(
-            project=project,
-            item=item,
-            annotator=user,
-            display_order=[r.pk for r in responses],
-            status="done",
-            leased_at=now,
-            lease_expires_at=now,
-            done_at=now,
-        )
-        Judgment.objects.create(
-            project=project,
-            item=item,
-            task=task,
-            annotator=user,
-            outcome="win",
-            winner=responses[1],
-            idempotency_key=f"j{item.pk}",
-            source=Judgment.Source.AI,
-        )
+        stored_vote(critic, item, 1)
     return project
 
 

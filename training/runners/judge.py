@@ -38,6 +38,7 @@ from annotate import judging  # plain Python: no Django, no torch
 
 from ..scoring import RewardScorer
 from .base import RunCancelled, RunnerError, emit_log, offline_environment, read_arbiter_json, resolve_precision
+from .data import read_split
 from .judge_config import CONFIG_CLASS, JudgeRunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 from .policy import (
     TransformersSampler,
@@ -58,7 +59,7 @@ def run(config: JudgeRunConfig, dataset_paths: dict, output_dir, progress_callba
     """Judge every item of the items file that the votes file does not hold yet; return the run's metrics."""
     if "items" not in dataset_paths or "votes" not in dataset_paths:
         raise RunnerError("A judge run reads an items file and appends to a votes file (dataset_paths items, votes).")
-    items = read_rows(dataset_paths["items"])
+    items = read_split(dataset_paths["items"])
     votes_path = Path(dataset_paths["votes"])
     done = read_votes(votes_path)
     todo = [row for row in items if row["item"] not in done]
@@ -111,17 +112,6 @@ def _report(progress_callback, event: dict) -> None:
 def _chunks(rows: list, size: int):
     for start in range(0, len(rows), max(1, size)):
         yield rows[start : start + size]
-
-
-def read_rows(path) -> list[dict]:
-    rows = []
-    for number, line in enumerate(Path(path).read_bytes().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(orjson.loads(line))
-            except orjson.JSONDecodeError as exc:
-                raise RunnerError(f"{path}, line {number}: not JSON ({exc}).") from None
-    return rows
 
 
 def read_votes(path: Path) -> dict[int, dict]:
