@@ -47,6 +47,10 @@ def test_researcher_filters_adjudicates_resolves_and_exports(page, split_project
     page.goto(f"/p/{project.slug}/")
     page.get_by_role("link", name="Items", exact=True).click()
     expect(page.locator("#item-count")).to_have_text("12")
+    # htmx binds the filter form once the page has loaded: a change before that is a plain change (on a cold
+    # machine the test was quicker than the page).
+    page.wait_for_load_state("load")
+    page.wait_for_function("() => window.htmx !== undefined")
 
     # Filter to the split items: htmx swaps the table and the address keeps the filter.
     page.select_option('select[name="agreement"]', "split")
