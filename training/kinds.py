@@ -27,6 +27,7 @@ from .runners.generate_config import GenerateRunConfig
 from .runners.grpo_config import GRPORunConfig
 from .runners.judge_config import JudgeRunConfig
 from .runners.ppo_config import PPORunConfig
+from .runners.prm_config import PRMRunConfig
 from .runners.rejection_sampling_config import RejectionSamplingRunConfig
 from .runners.reward_config import RewardRunConfig
 from .runners.rloo_config import RLOORunConfig
@@ -166,6 +167,19 @@ register(
         publishes=REWARD_MODEL,
         base_models=(SEQUENCE_CLASSIFIER, CAUSAL_LM),
         snapshot_format=_reward_format,
+    )
+)
+register(
+    TrainingKind(
+        "prm",
+        "Process reward model",
+        PRMRunConfig,
+        "training.runners.prm",
+        reads=SNAPSHOT,
+        publishes=REWARD_MODEL,
+        # A token classifier: a fresh head over a language model's or an encoder's backbone (or a classifier's).
+        base_models=(SEQUENCE_CLASSIFIER, CAUSAL_LM),
+        snapshot_format=lambda config: "steps",
     )
 )
 register(

@@ -61,13 +61,22 @@ def resolve_config(kind: kinds.TrainingKind, project: Project, values: dict, bas
     if "base_model" in values:
         raise TrainingError("Give the base model as --base-model (or the base_model field), not as a config option.")
     data = {**values, "base_model": base_model_path}
-    if kind.publishes == kinds.REWARD_MODEL:
+    options = kind.config.__dataclass_fields__
+    if kind.publishes == kinds.REWARD_MODEL and "objective" in options:
         data.setdefault("objective", default_objective(project))
+    if "step_separator" in options and project.kind == Kind.STEPS:  # a PRM splits steps as the project does
+        data.setdefault("step_separator", project.step_separator or "\n")
     try:
         config = kind.config.from_dict(data)
     except ConfigError as exc:
         raise TrainingError(str(exc)) from None
-    if kind.publishes == kinds.REWARD_MODEL:
+    if kind.reads == kinds.SNAPSHOT and kind.snapshot_format(config) == "steps":
+        if project.kind != Kind.STEPS:
+            raise TrainingError(
+                f"A {kind.name} run learns from step labels: it needs a steps project, and {project.slug} is a "
+                f"{project.kind} project."
+            )
+    elif kind.publishes == kinds.REWARD_MODEL:
         _check_reward_project(project, config)
     return config
 

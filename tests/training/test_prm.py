@@ -1,0 +1,150 @@
+"""Process reward models: a tiny token-classifying Llama learns which steps are good on a separable toy set, serves
+as a reward model (min / prod of its steps) that rejection sampling ranks by, and is refused on a project without
+step labels."""
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from tests.training.conftest import BAD, GOOD, write_jsonl
+from training import launching
+from training.runners.base import ConfigError, RunnerError
+from training.runners.policy import Sample, load_scorer, score_samples
+from training.runners.prm import PRMRunConfig, first_error, step_metrics
+from training.runners.prm import run as run_prm
+from training.runners.rejection_sampling import select_best
+from training.runners.rejection_sampling_config import RejectionSamplingRunConfig
+from training.scoring import PRMScorer, RewardScorer, aggregate_steps, encode_steps
+from training.selectors import TrainingError
+
+FAST = {"learning_rate": 3e-3, "max_steps": 40, "per_device_train_batch_size": 8, "logging_steps": 5}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: a second intra-op thread only waits at OpenMP barriers, badly so on busy shared CI cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def step_text(words: list[str], rng: random.Random) -> str:
+    return "This step is " + " ".join(rng.sample(words, 2)) + "."
+
+
+def toy_steps(n: int, seed: int = 0) -> list[dict]:
+    """Three steps per response; half the responses go wrong at a random step, and stay wrong after it (as a
+    solution does once it has made a mistake). A step with good words is positive, one with bad words negative."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        wrong_from = rng.randrange(3) if rng.random() < 0.5 else 3
+        labels = [k < wrong_from for k in range(3)]
+        steps = [step_text(GOOD if good else BAD, rng) for good in labels]
+        rows.append({"prompt": f"Question {i}: tell me about topic {i}.", "completions": steps, "labels": labels})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def trained_prm(tmp_path_factory, models_root):
+    folder = tmp_path_factory.mktemp("prm")
+    rows = toy_steps(128)
+    paths = {
+        "train": write_jsonl(rows[:96], folder / "train.jsonl"),
+        "test": write_jsonl(rows[96:], folder / "test.jsonl"),
+    }
+    config = PRMRunConfig.from_dict({**FAST, "base_model": str(models_root / "tiny-causal")})
+    metrics = run_prm(config, paths, folder / "model", lambda event: None)
+    return folder / "model", metrics
+
+
+def test_the_prm_learns_which_steps_are_wrong(trained_prm):
+    folder, metrics = trained_prm
+    print(metrics)
+    # The toy set is two-thirds positive steps: the majority class is a real baseline, not 0.5.
+    assert metrics["eval_steps"] == 96
+    assert metrics["eval_step_accuracy"] > 0.8
+    assert metrics["eval_step_accuracy"] > metrics["eval_majority_step_accuracy"] + 0.1
+    assert metrics["eval_first_error_f1"] > 0.5
+    info = json.loads((folder / "arbiter.json").read_text())
+    assert info["kind"] == "prm" and info["label_names"] == ["negative", "positive"]
+    assert info["step_separator"] == "\n" and info["aggregate"] == "min"
+    assert not list(folder.glob("*.bin"))
+
+
+def test_first_error_f1_is_processbench_harmonic_mean():
+    # Responses 1-2 have a mistake (found exactly in 1; in 2 predicted a step too early); 3-5 are error-free and
+    # 3 and 5 are predicted so. Accuracy on erroneous 1/2, on correct 2/3, F1 = 2·(1/2)(2/3)/(1/2 + 2/3).
+    true = [[1, 0, 0], [1, 1, 0], [1, 1], [1, 1], [1]]
+    predicted = [[1, 0, 1], [0, 1, 0], [1, 1], [1, 0], [1]]
+    result = step_metrics(true, predicted, negative=0)
+    assert result["first_error_accuracy_erroneous"] == 0.5
+    assert result["first_error_accuracy_correct"] == pytest.approx(2 / 3)
+    assert result["first_error_f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    assert result["step_accuracy"] == pytest.approx(8 / 11)
+    assert first_error([1, 1, 0, 0], 0) == 2 and first_error([1, 1], 0) == -1
+    assert "first_error_f1" not in step_metrics([[1, 1]], [[1, 1]], negative=0)  # no erroneous response: undefined
+
+
+def test_the_scorer_aggregates_its_steps_by_min_or_prod(trained_prm):
+    folder, _ = trained_prm
+    scorer = RewardScorer.load(folder)  # the reward models' loader gives a PRM scorer for a PRM's folder
+    assert isinstance(scorer, PRMScorer)
+    prompt = "Question 7: tell me about topic 7."
+    response = "This step is clear kind.\nThis step is correct polite.\nThis step is rude vague."
+    (steps,) = scorer.right_probabilities([prompt], [scorer.split(response)])
+    assert len(steps) == 3 and steps[2] < 0.5 < min(steps[0], steps[1])
+    # Each step's probability is read at its own separator: the prefix ending there gives the same one.
+    ids, positions = encode_steps(scorer.tokenizer, prompt, scorer.split(response), "\n")
+    with torch.no_grad():
+        prefix = scorer.model(input_ids=torch.tensor([ids[: positions[1] + 1]])).logits[0, -1].softmax(-1)
+    assert 1 - float(prefix[0]) == pytest.approx(steps[1], abs=1e-5)
+    assert scorer.score([prompt], [response], aggregate="min") == [pytest.approx(min(steps))]
+    assert scorer.score([prompt], [response], aggregate="prod") == [pytest.approx(math.prod(steps))]
+    assert scorer.score([prompt], [response]) == scorer.score([prompt], [response], aggregate="min")  # the artifact's
+    assert aggregate_steps([0.9, 0.5, 0.8], "min") == 0.5
+    assert aggregate_steps([0.9, 0.5, 0.8], "prod") == pytest.approx(0.36)
+    assert aggregate_steps([], "prod") == 0.0
+
+
+def test_rejection_sampling_keeps_the_candidate_whose_steps_are_all_good(trained_prm, models_root):
+    folder, _ = trained_prm
+    config = RejectionSamplingRunConfig.from_dict(
+        {"base_model": str(models_root / "tiny-causal"), "reward_models": [str(folder)]}
+    )
+    rows = [{"prompt": f"Question {i}: tell me about topic {i}.", "item": i, "external_id": str(i)} for i in (3, 4)]
+    flawed = "This step is clear kind.\nThis step is wrong sloppy.\nThis step is accurate helpful."
+    clean = "This step is helpful clear.\nThis step is correct kind.\nThis step is polite accurate."
+    samples = [[Sample(flawed, "eos", 9), Sample(clean, "eos", 9)], [Sample(clean, "eos", 9), Sample(flawed, "eos", 9)]]
+    scores = score_samples(load_scorer(config), [row["prompt"] for row in rows], samples, 4)
+    kept = select_best(rows, samples, scores, None)
+    assert [row["response"] for row in kept] == [clean, clean]
+
+
+def test_bad_settings_and_inputs_are_refused(tmp_path, models_root):
+    with pytest.raises(ConfigError, match="virtual tokens"):
+        PRMRunConfig.from_dict({"method": "prompt_tuning"})
+    with pytest.raises(ConfigError, match="step_separator"):
+        PRMRunConfig.from_dict({"step_separator": ""})
+    with pytest.raises(ConfigError, match="aggregate"):
+        PRMRunConfig.from_dict({"aggregate": "mean"})
+    pairs = [{"prompt": "Q", "chosen": "good", "rejected": "bad"}]
+    config = PRMRunConfig.from_dict({**FAST, "base_model": str(models_root / "tiny-causal")})
+    with pytest.raises(RunnerError, match="not a steps snapshot"):
+        run_prm(config, {"train": write_jsonl(pairs, tmp_path / "train.jsonl")}, tmp_path / "out", lambda e: None)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.django_db
+def test_a_prm_on_a_pairwise_project_is_refused_at_launch_and_writes_nothing(preference_project, settings):
+    from annotate.models import Snapshot
+    from training.models import TrainingRun
+
+    with pytest.raises(TrainingError, match="needs a steps project"):
+        launching.launch_run(project=preference_project, kind="prm", base_model="tiny-causal", enqueue=False)
+    assert not Snapshot.objects.exists() and not TrainingRun.objects.exists()
+    assert not settings.ARTIFACT_ROOT.exists() or not any(settings.ARTIFACT_ROOT.rglob("*"))
