@@ -272,7 +272,11 @@
       .catch(() => null)
       .then((html) => {
         if (preloading === id) preloading = null;
-        if (!html || taskId(A.taskEl()) !== id) return;
+        // Kept only for the task still on screen and not being answered through htmx right now: a preload that
+        // comes back while its task's answer is posted belongs to a task that is about to be replaced, and used
+        // later (a revision of that task) it would show a stale fragment instead of the server's reply.
+        const shown = A.taskEl();
+        if (!html || taskId(shown) !== id || shown.querySelector("form.htmx-request")) return;
         const match = /<section id="task"[^>]*\sdata-task="(\d*)"/.exec(html);
         const next = match ? match[1] : null;
         if (next === null || next === id || waiting().has(next)) return;
@@ -299,7 +303,8 @@
       preloaded = null;
       delete document.documentElement.dataset.preloaded;
     }
-    if (preloaded && preloaded.forTask === id) {
+    // A revision is never followed by the preload: the server answers it with the task to go back to.
+    if (preloaded && preloaded.forTask === id && !task.dataset.revision) {
       stop();
       form.dataset.sent = "1";
       enqueue(form);
@@ -356,6 +361,11 @@
 
   A.onTaskShown(function (task) {
     const id = taskId(task);
+    if (preloaded && preloaded.forTask !== id && !task.dataset.revision) {
+      // Fetched for another task (a revision in between keeps it: the page comes back to that task).
+      preloaded = null;
+      delete document.documentElement.dataset.preloaded;
+    }
     restoreDraft(task);
     if (id && waiting().has(id)) showPending(task);
     if (outbox().length) flush();
