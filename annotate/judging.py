@@ -678,6 +678,31 @@ def is_regression(info: dict) -> bool:
     return bool(info.get("score_stats"))
 
 
+def is_process_reward_model(info: dict) -> bool:
+    """A process reward model (``train prm``: ``"kind": "prm"`` in arbiter.json), which labels each step."""
+    return info.get("kind") == "prm"
+
+
+def steps_from_probabilities(probabilities: list[list[dict[str, float]]]) -> Vote:
+    """Each response's steps' class probabilities (``{"negative": p, "positive": q[, "neutral": r]}``, from process
+    reward models) → a steps vote: every step takes its likeliest label; the confidence is the mean probability of
+    the labels given.
+
+    >>> steps_from_probabilities([[{"negative": 0.2, "positive": 0.8}, {"negative": 0.7, "positive": 0.3}]]).answer
+    {'steps': {'0': ['positive', 'negative']}}
+    """
+    steps, chosen = {}, []
+    for index, response in enumerate(probabilities):
+        labels = []
+        for step in response:
+            label = max(("positive", "negative", "neutral"), key=lambda name: step.get(name, 0.0))
+            labels.append(label)
+            chosen.append(step.get(label, 0.0))
+        steps[str(index)] = labels
+    confidence = sum(chosen) / len(chosen) if chosen else None
+    return Vote("ok", {"steps": steps}, confidence, None, [{"probabilities": probabilities}])
+
+
 def reward_plan(kind: str, criteria: tuple[str, ...], infos: list[dict]) -> dict:
     """Which reward models (by position among the judge's) score what, from their ``arbiter.json``:
     ``{"overall": [i, ...], "criteria": {criterion: [i, ...]}}``; ValueError when they do not cover the kind.
@@ -685,10 +710,22 @@ def reward_plan(kind: str, criteria: tuple[str, ...], infos: list[dict]) -> dict
     - pairwise and ranking: overall, the models trained on overall preferences (no criterion), else all of them;
       each criterion of a pairwise project, the models trained on that criterion (one is needed per criterion);
     - rating: each rated criterion, the regression models that predict it (one is needed per criterion);
-    - steps: no reward model labels steps.
+    - steps: process reward models (``train prm``), every one of them: they label each step; a plain reward model
+      scores whole responses, and a process reward model judges nothing but steps.
     """
+    process = [is_process_reward_model(info) for info in infos]
     if kind == STEPS:
-        raise ValueError("A reward model scores whole responses: it cannot label steps (use a local or openai judge).")
+        if not all(process):
+            raise ValueError(
+                "A reward model scores whole responses: it cannot label steps. A steps project's reward-model judge "
+                "needs process reward models (train prm), or use a local or openai judge."
+            )
+        return {"overall": list(range(len(infos))), "criteria": {}}
+    if any(process):
+        raise ValueError(
+            f"A process reward model labels steps: it judges steps projects only, not a {kind} project (use reward "
+            "models trained by reward runs)."
+        )
     of = [reward_model_criterion(info) for info in infos]
     if kind == RATING:
         if not all(is_regression(info) for info in infos):

@@ -5,12 +5,19 @@ step labels."""
 import json
 import math
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
+from annotate import actions as annotate_actions
+from annotate.actions import InvalidJudge, add_judge
+from annotate.imports import parse_items, parse_votes
+from annotate.models import JudgeVote, Kind
+from tests.conftest import jsonl
 from tests.training.conftest import BAD, GOOD, write_jsonl
-from training import launching
+from training import datasets, launching, supervisor
 from training.runners.base import ConfigError, RunnerError
 from training.runners.policy import Sample, load_scorer, score_samples
 from training.runners.prm import PRMRunConfig, first_error, step_metrics
@@ -64,7 +71,6 @@ def trained_prm(tmp_path_factory, models_root):
 
 def test_the_prm_learns_which_steps_are_wrong(trained_prm):
     folder, metrics = trained_prm
-    print(metrics)
     # The toy set is two-thirds positive steps: the majority class is a real baseline, not 0.5.
     assert metrics["eval_steps"] == 96
     assert metrics["eval_step_accuracy"] > 0.8
@@ -148,3 +154,91 @@ def test_a_prm_on_a_pairwise_project_is_refused_at_launch_and_writes_nothing(pre
         launching.launch_run(project=preference_project, kind="prm", base_model="tiny-causal", enqueue=False)
     assert not Snapshot.objects.exists() and not TrainingRun.objects.exists()
     assert not settings.ARTIFACT_ROOT.exists() or not any(settings.ARTIFACT_ROOT.rglob("*"))
+
+
+# --- on a steps project: launch, train, judge -------------------------------------------------------------------
+
+
+def steps_project(make_project, slug: str, separator: str, n: int, voted: int):
+    """A steps project of ``n`` one-response items (toy_steps joined by ``separator``); the first ``voted`` have an
+    annotator's step labels."""
+    project = make_project(slug=slug, kind=Kind.STEPS, n_items=0, overlap=1, step_separator=separator)
+    rows = toy_steps(n, seed=5)
+    items = [
+        {"id": f"s{i}", "prompt": r["prompt"], "responses": [separator.join(r["completions"])]}
+        for i, r in enumerate(rows)
+    ]
+    votes = [
+        {
+            "item": f"s{i}",
+            "annotator": "ann-a",
+            "steps": {"0": ["positive" if good else "negative" for good in r["labels"]]},
+        }
+        for i, r in enumerate(rows[:voted])
+    ]
+    annotate_actions.import_items(project, parse_items(jsonl(items), "jsonl", Kind.STEPS))
+    if votes:
+        annotate_actions.import_judgments(project, parse_votes(jsonl(votes), "jsonl"))
+    return project, rows
+
+
+@pytest.mark.django_db
+def test_a_prm_launched_on_a_steps_project_learns_its_step_labels(make_project):
+    project, rows = steps_project(make_project, "stepped", " || ", 100, 100)
+    run = launching.launch_run(project=project, kind="prm", base_model="tiny-causal", values=FAST, enqueue=False)
+    assert run.config["step_separator"] == " || "  # the project's, so the PRM splits responses as it does
+    assert run.snapshot.options["format"] == "steps"
+    paths, _ = datasets.run_datasets(run)
+    config = PRMRunConfig.from_dict(run.config)
+    metrics = run_prm(config, paths, run.work_dir / "model", lambda event: None)
+    assert metrics["eval_step_accuracy"] > 0.8 and metrics["eval_steps"] >= 30
+
+
+@pytest.fixture
+def registered_prm(trained_prm, settings, make_project):
+    from training.models import ModelArtifact
+
+    folder, _ = trained_prm
+    owner = make_project(slug="prm-owner", n_items=0)
+    relative = Path("models") / owner.slug / "prm"
+    shutil.copytree(folder, Path(settings.ARTIFACT_ROOT) / relative)
+    info = json.loads((folder / "arbiter.json").read_text())
+    return ModelArtifact.objects.create(
+        project=owner,
+        name="prm",
+        kind="reward",
+        path=str(relative),
+        base_model=info["base_model_path"],
+        config=info["config"],
+        metrics=info["metrics"],
+    )
+
+
+@pytest.mark.django_db
+def test_a_prm_judge_labels_each_step_of_a_steps_project(make_project, registered_prm):
+    project, rows = steps_project(make_project, "judged", "\n", 12, 0)
+    judge = add_judge(project, "prm", "reward-model", f"artifact:{registered_prm.pk}")
+    run = launching.launch_judge_run(judge, enqueue=False)
+    run = supervisor.execute(run.pk, run.attempt, in_process=True, echo=lambda line: None)
+    assert run.status == "succeeded", run.error
+    votes = {v.item.external_id: v for v in JudgeVote.objects.filter(judge=judge).select_related("item", "judgment")}
+    assert len(votes) == 12 and {v.status for v in votes.values()} == {"ok"}
+    for i, row in enumerate(rows):
+        expected = ["positive" if good else "negative" for good in row["labels"]]
+        vote = votes[f"s{i}"]
+        assert vote.judgment.data["steps"] == {str(vote.item.responses.get().pk): expected}
+        assert 0.5 < votes[f"s{i}"].confidence <= 1
+
+
+@pytest.mark.django_db
+def test_prm_and_reward_model_judges_are_refused_on_the_wrong_kind_of_project(
+    make_project, preference_project, registered_prm, registered_reward
+):
+    from annotate.models import Judge
+
+    with pytest.raises(InvalidJudge, match="judges steps projects only"):
+        add_judge(preference_project, "j", "reward-model", f"artifact:{registered_prm.pk}")
+    project, _ = steps_project(make_project, "steps-rm", "\n", 2, 0)
+    with pytest.raises(InvalidJudge, match="needs process reward models"):
+        add_judge(project, "j", "reward-model", f"artifact:{registered_reward.pk}")
+    assert not Judge.objects.exists()

@@ -337,6 +337,8 @@ class RewardBackend:
         emit_log(progress_callback, f"Reward-model judge: {len(self.scorers)} reward model(s), {spec.kind} votes")
 
     def judge(self, items: list[dict]) -> list[dict]:
+        if self.spec.kind == judging.STEPS:
+            return self._judge_steps(items)
         prompts = [_prompt_text(item["prompt"]) for item in items for _ in item["responses"]]
         texts = [text for item in items for text in item["responses"]]
         # Each model's scores of every response, standardised by its training statistics (as CombinedScorer does).
@@ -356,6 +358,41 @@ class RewardBackend:
             vote = self._vote(item, standard, predicted, span)
             raw = [{"scores": [[standard[m][i] for i in span] for m in range(len(self.scorers))]}]
             rows.append(vote_row(item, vote, raw, {}, self.model_label, ""))
+        return rows
+
+    def _judge_steps(self, items: list[dict]) -> list[dict]:
+        """Process reward models label each step: their class probabilities, weighted, pick the likeliest label."""
+        rows = []
+        for item in items:
+            n_steps = judging.AnswerSpec.from_dict(item["spec"]).n_steps
+            prompt = _prompt_text(item["prompt"])
+            combined = [[{} for _ in range(n)] for n in n_steps]
+            problem = ""
+            for scorer, weight in zip(self.scorers, self.weights):
+                steps = [scorer.split(text) for text in item["responses"]]
+                counts = [len(s) for s in steps]
+                if counts != list(n_steps):
+                    problem = (
+                        f"The process reward model splits the responses on {scorer.separator!r} into {counts} steps; "
+                        f"the project has {list(n_steps)}: train it with the project's step_separator."
+                    )
+                    break
+                found = scorer.step_probabilities([prompt] * len(steps), steps, self.config.batch_size)
+                if [len(f) for f in found] != counts:
+                    problem = f"A response is longer than the process reward model's max_length={scorer.max_length}."
+                    break
+                for response, probabilities in zip(combined, found):
+                    for step, classes in zip(response, probabilities):
+                        for name, p in zip(scorer.label_names, classes):
+                            step[name] = step.get(name, 0.0) + weight * p
+            if problem:
+                vote = judging.Vote("error", error=problem)
+            else:
+                total = sum(self.weights) or 1.0
+                vote = judging.steps_from_probabilities(
+                    [[{k: v / total for k, v in step.items()} for step in response] for response in combined]
+                )
+            rows.append(vote_row(item, vote, vote.parsed, {}, self.model_label, ""))
         return rows
 
     def _combined(self, scores: list[list[float]], models: list[int], span) -> list[float]:
