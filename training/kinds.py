@@ -26,6 +26,7 @@ from .runners.evaluate_config import EvaluateRunConfig
 from .runners.generate_config import GenerateRunConfig
 from .runners.grpo_config import GRPORunConfig
 from .runners.judge_config import JudgeRunConfig
+from .runners.kto_config import KTORunConfig
 from .runners.ppo_config import PPORunConfig
 from .runners.prm_config import PRMRunConfig
 from .runners.rejection_sampling_config import RejectionSamplingRunConfig
@@ -76,6 +77,10 @@ def _reward_format(config) -> str:
 
 def _sft_format(config) -> str:
     return "sft" if config.source == "demonstrations" else "trl"
+
+
+def _kto(config) -> str:
+    return "kto"
 
 
 @dataclass(frozen=True)
@@ -236,6 +241,18 @@ register(
 register(
     TrainingKind(
         "dpo", "DPO", DPORunConfig, "training.runners.dpo", reads=SNAPSHOT, publishes=MODEL, base_models=_POLICY
+    )
+)
+register(
+    TrainingKind(
+        "kto",
+        "KTO",
+        KTORunConfig,
+        "training.runners.kto",
+        reads=SNAPSHOT,
+        publishes=MODEL,
+        base_models=_POLICY,
+        snapshot_format=_kto,
     )
 )
 register(

@@ -24,7 +24,8 @@ from django.utils import timezone
 from annotate import judging
 from annotate.actions import InvalidJudge, check_judge_endpoint, create_snapshot, judge_principle
 from annotate.constitution import constitution_hash, validate_constitution
-from annotate.exports import ExportError, ExportOptions
+from annotate.exports import KIND_FORMATS, ExportError, ExportOptions
+from annotate.exports.options import check_options
 from annotate.models import Judge, Kind, Project, Snapshot
 
 from . import datasets, kinds
@@ -78,7 +79,35 @@ def resolve_config(kind: kinds.TrainingKind, project: Project, values: dict, bas
             )
     elif kind.publishes == kinds.REWARD_MODEL:
         _check_reward_project(project, config)
+    if kind.reads == kinds.SNAPSHOT:
+        _check_export(kind, project, config)
     return config
+
+
+# What a project of each kind collects (the refusal of a run that cannot learn from it says so).
+COLLECTS = {
+    Kind.PAIRWISE: "pairwise votes",
+    Kind.RANKING: "rankings",
+    Kind.RATING: "ratings",
+    Kind.STEPS: "step labels",
+    Kind.DEMONSTRATION: "demonstrations",
+}
+
+
+def _check_export(kind: kinds.TrainingKind, project: Project, config) -> None:
+    """Refuse, before anything is written, a run whose export the project's kind cannot make (KIND_FORMATS); a
+    kind's config may say what it learns from (``LEARNS_FROM``) for the message."""
+    fmt = kind.snapshot_format(config)
+    if fmt in KIND_FORMATS[project.kind]:
+        return
+    collects = COLLECTS.get(project.kind, f"{project.kind} votes")
+    learns = getattr(kind.config, "LEARNS_FROM", "")
+    if learns:
+        raise TrainingError(f"{kind.label} learns from {learns}; project {project.slug} collects {collects}.")
+    raise TrainingError(
+        f"A {kind.name} run learns from a {fmt} export; project {project.slug} collects {collects}, which make no "
+        f"{fmt} export."
+    )
 
 
 def _check_reward_project(project: Project, config) -> None:
@@ -102,7 +131,8 @@ def snapshot_options(config, kind: kinds.TrainingKind) -> ExportOptions:
     if fmt == "trl":
         criterion = getattr(config, "criterion", "")
         return ExportOptions(format="trl", criterion=criterion, test_size=test_size, seed=0, source=votes)
-    return ExportOptions(format=fmt, test_size=test_size, seed=0, source=votes)
+    threshold = getattr(config, "threshold", None) if fmt == "kto" else None  # kto: where ratings split
+    return ExportOptions(format=fmt, test_size=test_size, seed=0, source=votes, threshold=threshold)
 
 
 def _snapshot_for(
@@ -111,6 +141,7 @@ def _snapshot_for(
     wanted = snapshot_options(config, kind)
     if snapshot is None:
         try:
+            check_options(project, wanted)  # before create_snapshot makes any folder
             snapshot, _ = create_snapshot(project, wanted, created_by=created_by)
         except ExportError as exc:
             raise TrainingError(f"Could not snapshot {project.slug}: {exc}") from None
@@ -130,6 +161,12 @@ def _snapshot_for(
             f"Snapshot {snapshot.pk} was made from {snapshot.options.get('source', 'human')} votes; this run asks for "
             f"votes={wanted.source}."
         )
+    if snapshot.options.get("threshold") != wanted.threshold:
+        theirs, ours = (
+            "the scale's middle" if value is None else f"threshold={value}"
+            for value in (snapshot.options.get("threshold"), wanted.threshold)
+        )
+        raise TrainingError(f"Snapshot {snapshot.pk} splits the scores at {theirs}; this run asks for {ours}.")
     if not snapshot.folder.is_dir():
         raise TrainingError(f"The files of snapshot {snapshot.pk} are missing from {snapshot.folder}.")
     if not snapshot.counts.get("train"):

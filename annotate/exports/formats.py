@@ -145,8 +145,12 @@ def kto_rows(preferences: pd.DataFrame, tables: ItemTables) -> list[dict]:
     return rows
 
 
-def ratings_kto_rows(votes: pd.DataFrame, tables: ItemTables, project: Project, criterion: str) -> list[dict]:
-    """KTO rows from ratings: a mean score above the middle of the scale is desirable, below undesirable."""
+def ratings_kto_rows(
+    votes: pd.DataFrame, tables: ItemTables, project: Project, criterion: str, threshold: float | None = None
+) -> list[dict]:
+    """KTO rows from ratings: a mean score of at least ``threshold`` is desirable, below it undesirable; without
+    one, above the middle of the scale is desirable, below undesirable and on it left out. On a binary scale (two
+    values) a response is desirable when its votes lean to the top value (unanimously, with ``threshold`` = the top)."""
     scale = project.rating_scale
     if "labels" in scale:
         raise ExportError("A categorical rating scale has no middle to split desirable from undesirable.")
@@ -160,12 +164,11 @@ def ratings_kto_rows(votes: pd.DataFrame, tables: ItemTables, project: Project, 
     rows = []
     for (item, response), values in sorted(scores.items()):
         mean = float(np.mean(values))
-        if mean == middle:
+        if threshold is None and mean == middle:
             continue
+        label = mean > middle if threshold is None else mean >= threshold
         prompt, completion = _prompt_and_completion(tables, item, tables.text(item, response), conversational)
-        rows.append(
-            {"prompt": prompt, "completion": completion, "label": mean > middle, "id": tables.external_ids[item]}
-        )
+        rows.append({"prompt": prompt, "completion": completion, "label": label, "id": tables.external_ids[item]})
     return rows
 
 

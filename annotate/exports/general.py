@@ -106,7 +106,7 @@ def _rows(
     fmt = options.format
     if fmt in PREFERENCE_FORMATS:
         if fmt == "kto" and project.kind == Kind.RATING:
-            return ratings_kto_rows(votes, tables, project, options.criterion)
+            return ratings_kto_rows(votes, tables, project, options.criterion, options.threshold)
         return _preference_rows(project, votes, tables, options, model, decided)
     if fmt == "ranking":
         return ranking_rows(votes, tables, options.aggregate, names)

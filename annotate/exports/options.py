@@ -90,6 +90,8 @@ class ExportOptions:
     - ``criterion``: the criterion preferences come from (pairwise with criteria, rating); empty = overall.
     - ``source``: whose votes: ``human`` (people's, the default), ``ai`` (AI judges') or ``all``; an AI vote is
       named ``judge:<name>`` where annotators are named, and raw rows of ``ai``/``all`` exports carry ``judge``.
+    - ``threshold``: the kto export of a rating project: a response whose mean score is at least this is
+      desirable, one below it undesirable; unset, the scale's middle splits them (a response on it is left out).
     """
 
     format: str = "trl"
@@ -107,13 +109,17 @@ class ExportOptions:
     neutral_steps: bool = True
     license: str = ""
     source: str = "human"
+    threshold: float | None = None
 
     def __post_init__(self):
         if self.aggregate == "" and self.format in FORMATS:
             object.__setattr__(self, "aggregate", format_aggregates(self.format)[0])
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.threshold is None:  # unset, it is left out: the options (and hashes) of other exports stay as they were
+            del data["threshold"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "ExportOptions":
@@ -154,6 +160,8 @@ class ExportOptions:
             raise ExportError("criterion and license must be text.")
         if self.source not in SOURCES:
             raise ExportError(f"Unknown source {self.source!r}: use human (people's votes), ai (AI judges') or all.")
+        if self.threshold is not None and not number(self.threshold):
+            raise ExportError("threshold must be a number (a score of the rating scale).")
 
 
 # Formats that can keep a tie as a row ("tie": true); ranking and raw always have ties, the others none to keep
@@ -194,6 +202,28 @@ def check_options(project: Project, options: "ExportOptions") -> None:
             f"ties=keep does not apply to the {fmt} format: only {', '.join(sorted(KEEPS_TIES))} can keep ties as rows "
             "(ranking and raw always have them)."
         )
+    if options.threshold is not None:
+        check_threshold(project, options)
     criterion = options.criterion or None
     if criterion and criterion not in (project.criteria or project.rating_criteria):
         raise ExportError(f"Unknown criterion {criterion!r} in project {project.slug}.")
+
+
+def check_threshold(project: Project, options: "ExportOptions") -> None:
+    """A threshold splits the mean scores of a rating project's kto export, within its numeric scale."""
+    applies = "only the kto export of a rating project splits mean scores at a threshold"
+    if options.format != "kto":
+        raise ExportError(f"threshold cannot apply to the {options.format} format: {applies}.")
+    if project.kind != Kind.RATING:
+        raise ExportError(
+            f"threshold cannot apply to a {project.kind} project: its kto rows label winners and losers; {applies}."
+        )
+    scale, threshold = project.rating_scale, options.threshold
+    if "labels" in scale:
+        raise ExportError("threshold cannot apply to a categorical rating scale: its labels have no order.")
+    if threshold <= scale["min"] or threshold > scale["max"]:
+        reason = "every response would be desirable" if threshold <= scale["min"] else "no response could be desirable"
+        raise ExportError(
+            f"threshold {threshold} is outside the scale {scale['min']}–{scale['max']}: {reason}; choose a score "
+            f"above {scale['min']} and at most {scale['max']}."
+        )
