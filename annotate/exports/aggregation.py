@@ -4,7 +4,9 @@
   responses is C(K, 2) (a shared rank is a tie), a rating compares every two responses by score (equal is a tie);
 - :func:`majority_pairs` aggregates them into one preference per (item, pair), :func:`all_pairs` keeps each vote,
   :func:`model_pairs` takes a fitted model's outcome per pair (``general.fit_preference_model``);
-- :func:`rating_labels` and :func:`majority_labels` do the same for the labels format.
+- :func:`rating_labels` and :func:`majority_labels` do the same for the labels format;
+- :func:`annotator_reliability` and :func:`preference_weights`: the ``weights`` option, a weight per preference
+  from the reliability of the annotators who voted for it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..models import Judgment, Kind, Project
+from ..reliability import dawid_skene, noisy_bradley_terry
 from .options import CATEGORICAL_PREFERENCES, ExportError, ExportOptions
 
 PAIR_COLUMNS = ["item", "annotator", "a", "b", "winner", "strength", "first"]
@@ -171,6 +174,80 @@ def model_pairs(pairs: pd.DataFrame, model: pd.DataFrame, keep_ties: bool = Fals
             "tie": tie,
         }
     ).sort_values(["item", "chosen", "rejected"], ignore_index=True)
+
+
+def dawid_skene_labels(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Pairwise votes as Dawid-Skene's label frame: one unit per (item, a, b), classes shared by every pair as the
+    model needs (0 the lower response id won, 1 the other, 2 a tie)."""
+    unit = pairs["item"].astype(str) + ":" + pairs["a"].astype(str) + ":" + pairs["b"].astype(str)
+    winner = pairs["winner"].fillna(-1).astype(np.int64)
+    relative = np.where(winner == pairs["a"], 0, np.where(winner == pairs["b"], 1, 2))
+    return pd.DataFrame({"item": unit, "annotator": pairs["annotator"], "label": relative})
+
+
+def bradley_terry_comparisons(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Pairwise votes as :func:`noisy_bradley_terry`'s comparisons: the responses in the order shown (``first``;
+    a when the order is unknown) and the outcome ``first``, ``second`` or ``tie``."""
+    first = pairs["first"].fillna(pairs["a"]).astype(np.int64)
+    second = np.where(first == pairs["a"], pairs["b"], pairs["a"])
+    winner = pairs["winner"]
+    outcome = np.where(winner.isna(), "tie", np.where(winner.fillna(-1) == first, "first", "second"))
+    return pd.DataFrame({"annotator": pairs["annotator"], "first": first, "second": second, "outcome": outcome})
+
+
+def annotator_reliability(pairs: pd.DataFrame, method: str) -> pd.Series:
+    """Each annotator's reliability in (0, 1], indexed by annotator, from every pairwise vote of the project.
+
+    - ``dawid-skene``: the annotator's probability of giving the true outcome (lower id wins, the other wins, or
+      a tie), Σ_c prior_c · P(says c | truth c) — the diagonal of their confusion matrix weighted by the class
+      priors (:attr:`DawidSkeneResult.accuracy`). Someone answering at random between two outcomes gets about
+      1/2, someone always against the others near 0.
+    - ``bradley-terry``: the skill γ of the noisy Bradley-Terry model, the probability that a vote follows merit
+      rather than chance or position (:attr:`BradleyTerryResult.skill`).
+
+    An annotator the model cannot estimate (alone on their items, or every label the same; see
+    :func:`unestimable_annotators`) gets the mean of the others — no evidence either way — and all get 1 when
+    none can be estimated. Floored at 1e-6 so a weight is never exactly 0."""
+    if pairs.empty:
+        return pd.Series(dtype=float, name="reliability")
+    if method == "dawid-skene":
+        values = dawid_skene(dawid_skene_labels(pairs)).accuracy
+    elif method == "bradley-terry":
+        values = noisy_bradley_terry(bradley_terry_comparisons(pairs)).skill
+    else:
+        raise ExportError(f"Unknown reliability model {method!r}.")
+    known = values.dropna()
+    values = values.fillna(known.mean() if len(known) else 1.0)
+    return values.clip(lower=1e-6, upper=1.0).rename("reliability")
+
+
+def preference_weights(preferences: pd.DataFrame, pairs: pd.DataFrame, reliability: pd.Series) -> np.ndarray:
+    """The weight of each preference row: the mean reliability of the annotators who voted for its outcome
+    (``chosen`` over ``rejected``, or a tie) on its pair, the same whatever the aggregate (majority, a model,
+    or ``none``, where rows that differ only by their voter stay alike and deduplicate as before). A row whose
+    outcome no vote gave (a model may overrule every voter) gets the mean over the pair's voters, and a voter
+    ``reliability`` does not name counts 1 (the caller names a researcher's adjudication with 1). Rounded to 6
+    digits, so the bytes written (and the content hash) do not depend on the last bits of a fit."""
+    if preferences.empty:
+        return np.zeros(0)
+    known = reliability.reindex(pairs["annotator"]).to_numpy()
+    voters = pairs[["item", "a", "b"]].assign(
+        label=pairs["winner"].fillna(-1).astype(np.int64).to_numpy(), reliability=np.nan_to_num(known, nan=1.0)
+    )
+    by_outcome = voters.groupby(["item", "a", "b", "label"])["reliability"].mean()
+    by_pair = voters.groupby(["item", "a", "b"])["reliability"].mean()
+    chosen, rejected = preferences["chosen"].to_numpy(), preferences["rejected"].to_numpy()
+    keys = pd.DataFrame(
+        {
+            "item": preferences["item"].to_numpy(),
+            "a": np.minimum(chosen, rejected),
+            "b": np.maximum(chosen, rejected),
+            "label": np.where(preferences["tie"].to_numpy().astype(bool), -1, chosen),
+        }
+    )
+    outcome = by_outcome.reindex(pd.MultiIndex.from_frame(keys)).to_numpy()
+    pair = by_pair.reindex(pd.MultiIndex.from_frame(keys[["item", "a", "b"]])).to_numpy()
+    return np.round(np.where(np.isnan(outcome), np.where(np.isnan(pair), 1.0, pair), outcome), 6)
 
 
 LABEL_KEYS = ["item", "response", "criterion"]

@@ -49,6 +49,7 @@ def fits_columns(project: Project, options: "ExportOptions") -> bool:
         and options.aggregate == "majority"
         and options.ties == "drop"
         and not options.criterion
+        and options.weights == "none"  # a weight needs the fit of the annotators: the general path has it
         # Adjudicated items take their adjudication: the general path applies it.
         and not has_adjudications(project)
     )

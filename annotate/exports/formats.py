@@ -56,7 +56,8 @@ def _prompt_and_completion(tables: ItemTables, item: int, text: str, conversatio
 
 
 def trl_rows(preferences: pd.DataFrame, tables: ItemTables) -> list[dict]:
-    """TRL preference rows (``prompt``, ``chosen``, ``rejected``, ``margin``, ``id``; ``tie`` when ties are kept)."""
+    """TRL preference rows (``prompt``, ``chosen``, ``rejected``, ``margin``, ``id``; ``tie`` when ties are kept;
+    ``weight`` when the preferences have one, the ``weights`` option)."""
     items = preferences["item"].tolist()
     texts, external = tables.texts, tables.external_ids
     chosen = [texts[r] for r in preferences["chosen"].tolist()]
@@ -75,6 +76,9 @@ def trl_rows(preferences: pd.DataFrame, tables: ItemTables) -> list[dict]:
     if len(preferences) and preferences["tie"].any():
         for row, tie in zip(rows, preferences["tie"].tolist()):
             row["tie"] = bool(tie)
+    if "weight" in preferences.columns:  # the weights option: the reliability of the row's voters
+        for row, weight in zip(rows, preferences["weight"].astype(float).tolist()):
+            row["weight"] = weight
     return rows
 
 

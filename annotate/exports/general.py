@@ -17,10 +17,14 @@ from .aggregation import (
     LABEL_KEYS,
     PAIR_COLUMNS,
     all_pairs,
+    annotator_reliability,
+    bradley_terry_comparisons,
+    dawid_skene_labels,
     label_criteria,
     majority_pairs,
     model_pairs,
     pair_votes,
+    preference_weights,
     rating_labels,
 )
 from .formats import (
@@ -76,6 +80,9 @@ def iter_rows(
             model, found = fit_preference_model(project, options, ranges, conversational, with_data)
         if fit is not None:
             fit.update(found)
+    reliability = None
+    if options.weights != "none":
+        reliability = fit_reliability(project, options, ranges, conversational, with_data)
     for item_range in ranges:
         tables = item_tables(project, item_range, conversational)
         if fmt == "raw":
@@ -88,7 +95,7 @@ def iter_rows(
             # Votes of former members stay, and keep the pseudonym they had (make_pseudonym recomputes it).
             names = pseudonyms(project, votes["annotator"].unique().tolist()) if fmt in ("ranking", "ratings") else {}
             names[ADJUDICATOR] = ADJUDICATOR_NAME
-            rows = _rows(project, votes, tables, options, names, model, decided)
+            rows = _rows(project, votes, tables, options, names, model, decided, reliability)
         if options.max_chars:
             rows = [row for row in rows if _chars(row) <= options.max_chars]
         yield rows, tables
@@ -102,12 +109,13 @@ def _rows(
     names: dict[int, str],
     model=None,
     decided: set | frozenset = frozenset(),
+    reliability: pd.Series | None = None,
 ) -> list[dict]:
     fmt = options.format
     if fmt in PREFERENCE_FORMATS:
         if fmt == "kto" and project.kind == Kind.RATING:
             return ratings_kto_rows(votes, tables, project, options.criterion, options.threshold)
-        return _preference_rows(project, votes, tables, options, model, decided)
+        return _preference_rows(project, votes, tables, options, model, decided, reliability)
     if fmt == "ranking":
         return ranking_rows(votes, tables, options.aggregate, names)
     if fmt == "ratings":
@@ -149,6 +157,7 @@ def _preference_rows(
     options: "ExportOptions",
     model=None,
     decided: set | frozenset = frozenset(),
+    reliability: pd.Series | None = None,
 ) -> list[dict]:
     pairs = pair_votes(project.kind, votes, tables.responses, options.criterion or None)
     keep_ties = options.ties == "keep"
@@ -171,7 +180,30 @@ def _preference_rows(
         return openai_dpo_rows(preferences, tables)
     if options.format == "kto":
         return kto_rows(preferences, tables)
+    if reliability is not None:  # weights: trl rows only (ExportOptions.validate)
+        preferences = preferences.assign(weight=preference_weights(preferences, pairs, reliability))
     return trl_rows(preferences, tables)
+
+
+def project_pair_votes(
+    project: Project, options: "ExportOptions", ranges, conversational: bool, with_data: bool, with_order: bool
+) -> pd.DataFrame:
+    """Every pairwise vote of the project (:func:`pair_votes`), a first pass over the votes before rows are
+    written: what a model of the annotators is fitted on."""
+    frames = []
+    for item_range in ranges:
+        tables = item_tables(project, item_range, conversational)
+        votes = vote_frame(
+            project,
+            options.include_paused,
+            options.include_gold,
+            item_range,
+            with_data,
+            with_order=with_order,
+            source=options.source,
+        )
+        frames.append(pair_votes(project.kind, votes, tables.responses, options.criterion or None))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PAIR_COLUMNS)
 
 
 def fit_preference_model(
@@ -181,21 +213,9 @@ def fit_preference_model(
     integers only); returns the aggregated outcome of each (item, a, b): ``label`` (a response id, or -1 for a
     tie) and ``confidence`` (the posterior of that label, or the model's probability of that outcome), and
     the fit's ``{"iterations", "converged"}``."""
-    include_gold = options.include_gold
-    frames = []
-    for item_range in ranges:
-        tables = item_tables(project, item_range, conversational)
-        votes = vote_frame(
-            project,
-            options.include_paused,
-            include_gold,
-            item_range,
-            with_data,
-            with_order=options.aggregate == "bradley-terry",
-            source=options.source,
-        )
-        frames.append(pair_votes(project.kind, votes, tables.responses, options.criterion or None))
-    pairs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PAIR_COLUMNS)
+    pairs = project_pair_votes(
+        project, options, ranges, conversational, with_data, with_order=options.aggregate == "bradley-terry"
+    )
     units = pairs[["item", "a", "b"]].drop_duplicates().reset_index(drop=True)
     if pairs.empty:
         return units.assign(label=pd.Series(dtype=np.int64), confidence=pd.Series(dtype=float)), {
@@ -203,23 +223,13 @@ def fit_preference_model(
             "converged": True,
         }
     if options.aggregate == "dawid-skene":
-        # Classes shared by every pair, as Dawid-Skene needs: 0 the lower response id won, 1 the other, 2 a tie.
-        unit = pairs["item"].astype(str) + ":" + pairs["a"].astype(str) + ":" + pairs["b"].astype(str)
-        winner = pairs["winner"].fillna(-1).astype(np.int64)
-        relative = np.where(winner == pairs["a"], 0, np.where(winner == pairs["b"], 1, 2))
-        fitted = dawid_skene(pd.DataFrame({"item": unit, "annotator": pairs["annotator"], "label": relative}))
+        fitted = dawid_skene(dawid_skene_labels(pairs))
         keys = units["item"].astype(str) + ":" + units["a"].astype(str) + ":" + units["b"].astype(str)
         best = fitted.labels.reindex(keys).to_numpy().astype(np.int64)
         confidence = fitted.posteriors.max(axis=1).reindex(keys).to_numpy()
         label = np.where(best == 0, units["a"], np.where(best == 1, units["b"], -1))
         return units.assign(label=label.astype(np.int64), confidence=confidence.astype(float)), fitted.convergence()
-    first = pairs["first"].fillna(pairs["a"]).astype(np.int64)
-    second = np.where(first == pairs["a"], pairs["b"], pairs["a"])
-    winner = pairs["winner"]
-    outcome = np.where(winner.isna(), "tie", np.where(winner.fillna(-1) == first, "first", "second"))
-    fitted = noisy_bradley_terry(
-        pd.DataFrame({"annotator": pairs["annotator"], "first": first, "second": second, "outcome": outcome})
-    )
+    fitted = noisy_bradley_terry(bradley_terry_comparisons(pairs))
     d = fitted.scores.reindex(units["a"]).to_numpy() - fitted.scores.reindex(units["b"]).to_numpy()
     # Davidson's probabilities, position aside: a wins ∝ e^{d/2}, b ∝ e^{-d/2}, a tie ∝ ν.
     weights = np.stack([np.exp(d / 2), np.exp(-d / 2), np.full(len(d), fitted.tie)], axis=1)
@@ -228,6 +238,18 @@ def fit_preference_model(
     label = np.where(best == 0, units["a"], np.where(best == 1, units["b"], -1))
     found = {"iterations": fitted.n_iter, "converged": fitted.converged}
     return units.assign(label=label.astype(np.int64), confidence=probabilities.max(axis=1)), found
+
+
+def fit_reliability(
+    project: Project, options: "ExportOptions", ranges, conversational: bool, with_data: bool
+) -> pd.Series:
+    """The ``weights`` option's first pass: each annotator's reliability (:func:`annotator_reliability`) from
+    every pairwise vote of the project, and a researcher's adjudication as a voter of reliability 1."""
+    pairs = project_pair_votes(
+        project, options, ranges, conversational, with_data, with_order=options.weights == "bradley-terry"
+    )
+    reliability = annotator_reliability(pairs, options.weights)
+    return pd.concat([reliability, pd.Series({ADJUDICATOR: 1.0})])
 
 
 def fit_label_model(project: Project, options: "ExportOptions", ranges) -> tuple[pd.DataFrame, dict]:

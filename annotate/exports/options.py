@@ -25,6 +25,11 @@ AGGREGATES = ("majority", "dawid-skene", "bradley-terry", "none")
 MODEL_AGGREGATES = ("dawid-skene", "bradley-terry")
 
 
+# A weight per preference row from the reliability of the annotators who voted for it (``weights``): none, or
+# the annotator model it is estimated with. Only trl rows carry it (the format reward-model and DPO runs read).
+WEIGHTS = ("none", "dawid-skene", "bradley-terry")
+
+
 # The aggregations each format can use, its default first; a (format, kind) key overrides the format's entry
 # for projects of that kind. Anything else is refused, never ignored (docs/exports.md has this table).
 FORMAT_AGGREGATES = {
@@ -90,6 +95,10 @@ class ExportOptions:
     - ``criterion``: the criterion preferences come from (pairwise with criteria, rating); empty = overall.
     - ``source``: whose votes: ``human`` (people's, the default), ``ai`` (AI judges') or ``all``; an AI vote is
       named ``judge:<name>`` where annotators are named, and raw rows of ``ai``/``all`` exports carry ``judge``.
+    - ``weights``: ``none``, or ``dawid-skene`` / ``bradley-terry``: each trl row gets a ``weight``, the mean
+      reliability of the annotators who voted for its outcome on that pair (see
+      :func:`.aggregation.preference_weights`), with any aggregate; reward-model and DPO runs with
+      ``pair_weights`` weigh each pair's loss by it.
     - ``threshold``: the kto export of a rating project: a response whose mean score is at least this is
       desirable, one below it undesirable; unset, the scale's middle splits them (a response on it is left out).
     """
@@ -109,6 +118,7 @@ class ExportOptions:
     neutral_steps: bool = True
     license: str = ""
     source: str = "human"
+    weights: str = "none"
     threshold: float | None = None
 
     def __post_init__(self):
@@ -162,6 +172,13 @@ class ExportOptions:
             raise ExportError(f"Unknown source {self.source!r}: use human (people's votes), ai (AI judges') or all.")
         if self.threshold is not None and not number(self.threshold):
             raise ExportError("threshold must be a number (a score of the rating scale).")
+        if self.weights not in WEIGHTS:
+            raise ExportError(f"Unknown weights {self.weights!r}: use one of {', '.join(WEIGHTS)}.")
+        if self.weights != "none" and self.format != "trl":
+            raise ExportError(
+                f"weights={self.weights} applies to the trl format only (reward-model and DPO training read it), "
+                f"not to {self.format}."
+            )
 
 
 # Formats that can keep a tie as a row ("tie": true); ranking and raw always have ties, the others none to keep
