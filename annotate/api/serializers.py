@@ -306,6 +306,12 @@ class ExportOptionsSerializer(serializers.Serializer):
         default="human",
         help_text="Whose votes: people's (human), AI judges' (ai) or both (all).",
     )
+    weights = serializers.ChoiceField(
+        choices=["none", "dawid-skene", "bradley-terry"],
+        default="none",
+        help_text="trl: give each row a weight, the reliability of the annotators who voted for it, estimated by "
+        "this model (reward-model and DPO runs with pair_weights read it).",
+    )
 
 
 class SnapshotSerializer(serializers.ModelSerializer):

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from ...exports import AGGREGATES, CONTAINERS, FORMATS, ExportError, ExportOptions, export_to
+from ...exports.options import WEIGHTS
 from ...selectors import SOURCES
 from ._base import get_project
 
@@ -44,6 +45,12 @@ class Command(BaseCommand):
             help="Whose votes: people's (human, the default), AI judges' (ai) or both (all).",
         )
         parser.add_argument(
+            "--weights",
+            default="none",
+            choices=WEIGHTS,
+            help="trl: a weight per row, the reliability of the annotators who voted for it, by this model.",
+        )
+        parser.add_argument(
             "--neutral-steps",
             default="positive",
             choices=["positive", "negative"],
@@ -68,6 +75,7 @@ class Command(BaseCommand):
                 max_chars=options["max_chars"],
                 criterion=options["criterion"],
                 source=options["source"],
+                weights=options["weights"],
             )
             export.validate()
             result = export_to(project, export, options["out"])
