@@ -6,6 +6,37 @@ import json
 
 from . import kinds, plots
 
+METHOD_NAMES = {
+    "full": "full fine-tuning",
+    "lora": "LoRA",
+    "qlora": "QLoRA",
+    "adalora": "AdaLoRA",
+    "ia3": "(IA)³",
+    "prompt_tuning": "prompt tuning",
+    "prefix_tuning": "prefix tuning",
+}
+
+
+def training_method(config: dict, metrics: dict) -> str:
+    """How a run trained its weights, in words, for the model card and the run page: the method, and how many
+    weights it trained of the model's (recorded by the runner as ``n_trainable_params`` of ``n_params``);
+    "" for a config without a method.
+
+    >>> training_method({"method": "ia3"}, {"n_trainable_params": 1536, "n_params": 102400})
+    '(IA)³ (ia3): 1,536 of 102,400 weights trained (1.5%)'
+    """
+    method = (config or {}).get("method")
+    if not method:
+        return ""
+    text = f"{METHOD_NAMES.get(method, method)} ({method})"
+    rank = metrics.get("adalora_mean_rank")
+    if method == "adalora" and isinstance(rank, (int, float)):
+        text += f", ranks pruned from {config.get('adalora_init_r', '?')} to a mean of {rank:.3g}"
+    trained, total = metrics.get("n_trainable_params"), metrics.get("n_params")
+    if isinstance(trained, (int, float)) and isinstance(total, (int, float)) and total:
+        text += f": {int(trained):,} of {int(total):,} weights trained ({100 * trained / total:.3g}%)"
+    return text
+
 
 def _number(value) -> str:
     if isinstance(value, float):
@@ -53,6 +84,9 @@ def model_card(
         ),
         f"- weights: {'a PEFT adapter over the base model' if info.get('is_adapter') else 'full weights'}, safetensors only",
     ]
+    method = training_method(config, metrics)
+    if method:
+        lines.append(f"- method: {method}")
     config_class = kinds.get(kind).config
     trained = plots.trained_on(metrics, config_class)
     if trained:

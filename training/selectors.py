@@ -12,7 +12,7 @@ from django.conf import settings
 
 from annotate.models import ROLE_RANK, Judgment, Project, Response, Role, Round, Snapshot
 
-from . import kinds, plots
+from . import cards, kinds, plots
 from .models import ArtifactKind, MetricPoint, ModelArtifact, RoundPurpose, RunRound, RunStatus, TrainingRun
 from .runners.base import has_safetensors, is_adapter_folder
 from .runners.evaluate import wilson_interval  # the reward-model evaluation and the human one report the same interval
@@ -203,6 +203,10 @@ def run_page(run: TrainingRun, user, can_manage: bool) -> dict:
         "artifact": artifact,
         "headline": plots.headline(run.metrics or {}, config),
         "trained_on": plots.trained_on(run.metrics or {}, config),
+        # Only runs that trained weights record their count (a generate run's config has a method all the same).
+        "trained_weights": cards.training_method(run.config or {}, run.metrics or {})
+        if "n_trainable_params" in (run.metrics or {})
+        else "",
         "candidates_round": made.get(RoundPurpose.CANDIDATES),
         "review_round": made.get(RoundPurpose.REVIEW),
         "human_eval_round": made.get(RoundPurpose.HUMAN_EVAL),

@@ -128,7 +128,8 @@ def load_model(model_class, folder: str | Path, **kwargs):
     """``model_class.from_pretrained`` from a local folder, safetensors only, never a hub.
 
     A registered adapter (an Arbiter artifact with ``adapter_config.json``) is loaded over the base model named in
-    its ``arbiter.json``; LoRA adapters are merged so the caller gets plain weights.
+    its ``arbiter.json``; adapters of the weights (LoRA, QLoRA, AdaLoRA, IA3) are merged so the caller gets plain
+    weights.
     """
     folder = Path(folder)
     if is_adapter_folder(folder):
@@ -140,7 +141,7 @@ def load_model(model_class, folder: str | Path, **kwargs):
             raise RunnerError(f"{folder} is an adapter without the base model's folder in its arbiter.json.")
         model = model_class.from_pretrained(base, local_files_only=True, use_safetensors=True, **kwargs)
         model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
-        if info.get("config", {}).get("method") in ("lora", "qlora"):
+        if info.get("config", {}).get("method") in WEIGHT_ADAPTER_METHODS:
             return model.merge_and_unload()
         return model
     if not has_safetensors(folder):
@@ -150,24 +151,168 @@ def load_model(model_class, folder: str | Path, **kwargs):
     return model_class.from_pretrained(str(folder), local_files_only=True, use_safetensors=True, **kwargs)
 
 
-def peft_config(config: RunConfig, task_type: str):
-    """The peft config for ``config.method`` (None for full fine-tuning)."""
+# Adapters of the base model's weights (merged on load, and into the saved model with merge_adapter) as opposed to
+# virtual tokens; QLoRA's 4-bit base cannot take a merge at save time, but its adapter merges over the full base.
+WEIGHT_ADAPTER_METHODS = ("lora", "qlora", "adalora", "ia3")
+MERGEABLE_METHODS = ("lora", "adalora", "ia3")
+
+
+def saves_adapter(config: RunConfig) -> bool:
+    """Whether the saved model is an adapter over its base (else plain weights): every adapter method, unless
+    ``merge_adapter`` merges it (LoRA, AdaLoRA, IA3)."""
+    return config.method != "full" and not (config.method in MERGEABLE_METHODS and config.merge_adapter)
+
+
+def merged_for_saving(model, config: RunConfig):
+    """``model`` as it is saved: a mergeable adapter merged into plain weights when ``merge_adapter`` asks for it."""
+    if config.method in MERGEABLE_METHODS and config.merge_adapter and hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def model_type_of(folder) -> str | None:
+    """The ``model_type`` of a model folder (an adapter's base), or None where it cannot be read (a GGUF file)."""
+    from transformers import AutoConfig
+
+    folder = Path(folder)
+    if is_adapter_folder(folder):
+        folder = Path(read_arbiter_json(folder).get("base_model_path") or folder)
+    try:
+        return AutoConfig.from_pretrained(str(folder), local_files_only=True).model_type
+    except (OSError, ValueError):
+        return None
+
+
+def peft_config(config: RunConfig, task_type: str, model_type: str | None = None):
+    """The peft config for ``config.method`` (None for full fine-tuning).
+
+    AdaLoRA's schedule (``total_step``, ``tinit``, ``tfinal``) is set when training starts, from the run's steps
+    (:func:`schedule_adalora`). IA3 with ``lora_target_modules=all-linear`` takes peft's modules for the
+    architecture (``model_type``, by default read from ``config.base_model``): keys, values and the feed-forward
+    output for Llama; every linear layer of an architecture peft has no entry for.
+    """
     if config.method == "full":
         return None
-    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig
+    from peft import AdaLoraConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
 
+    targets = config.lora_target_modules.strip()
+    target_modules = targets if targets == "all-linear" else _names(targets)
     if config.method in ("lora", "qlora"):
-        targets = config.lora_target_modules.strip()
         return LoraConfig(
             task_type=task_type,
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
-            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+            target_modules=target_modules,
         )
+    if config.method == "adalora":
+        return AdaLoraConfig(
+            task_type=task_type,
+            init_r=config.adalora_init_r,
+            target_r=config.adalora_target_r,
+            deltaT=config.adalora_delta_t,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=target_modules,
+            total_step=ADALORA_UNSCHEDULED_STEPS,  # the run's steps, once known (schedule_adalora)
+        )
+    if config.method == "ia3":
+        return IA3Config(task_type=task_type, **_ia3_modules(config, model_type))
     if config.method == "prompt_tuning":
         return PromptTuningConfig(task_type=task_type, num_virtual_tokens=config.num_virtual_tokens)
     return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=config.num_virtual_tokens)
+
+
+# AdaLoraConfig wants a total step count when it is built; the Trainer knows the run's only when training starts.
+ADALORA_UNSCHEDULED_STEPS = 10**9
+
+
+def _ia3_modules(config: RunConfig, model_type: str | None) -> dict:
+    """IA3's ``target_modules`` and ``feedforward_modules`` (the targets whose input is scaled, not their output)."""
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD,
+    )
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS,
+    )
+
+    targets = config.lora_target_modules.strip()
+    feedforward = _names(config.ia3_feedforward_modules)
+    if targets != "all-linear":
+        return {"target_modules": _names(targets), "feedforward_modules": feedforward}
+    if feedforward:
+        return {"target_modules": "all-linear", "feedforward_modules": feedforward}
+    if model_type is None and getattr(config, "base_model", ""):
+        model_type = model_type_of(config.base_model)
+    if model_type in TARGETS and model_type in FEEDFORWARD:
+        return {"target_modules": list(TARGETS[model_type]), "feedforward_modules": list(FEEDFORWARD[model_type])}
+    return {"target_modules": "all-linear", "feedforward_modules": []}
+
+
+def adalora_model(model):
+    """The AdaLoRA tuner inside ``model`` (a PeftModel, possibly wrapped) that trains an adapter, or None."""
+    from peft.tuners.adalora import AdaLoraModel
+
+    for module in model.modules():
+        if isinstance(module, AdaLoraModel) and hasattr(module, "rankallocator"):
+            return module
+    return None
+
+
+def adalora_steps(value: float, total_steps: int) -> int:
+    """``adalora_tinit`` / ``adalora_tfinal`` in steps: a fraction of ``total_steps`` below 1, else steps.
+
+    >>> adalora_steps(0.1, 30), adalora_steps(5, 30), adalora_steps(0, 30)
+    (3, 5, 0)
+    """
+    return round(value * total_steps) if value < 1 else int(value)
+
+
+def schedule_adalora(model, config: RunConfig, total_steps: int):
+    """Set the AdaLoRA rank schedule of ``model`` from the run's ``total_steps`` (optimizer steps) and return its
+    tuner, whose ``update_and_allocate(step)`` must then run after every optimizer step, before the gradients are
+    zeroed; None for the other methods. Refuses a schedule that leaves no step to prune the ranks in."""
+    if config.method != "adalora":
+        return None
+    tuner = adalora_model(model)
+    if tuner is None:
+        raise RunnerError("method=adalora, but the model has no trainable AdaLoRA adapter.")
+    tinit, tfinal = adalora_steps(config.adalora_tinit, total_steps), adalora_steps(config.adalora_tfinal, total_steps)
+    if tinit >= total_steps - tfinal:
+        raise RunnerError(
+            f"AdaLoRA prunes its ranks between adalora_tinit ({tinit} steps) and the last adalora_tfinal "
+            f"({tfinal} steps) of the run's {total_steps} steps, which leaves none: lower them or train longer."
+        )
+    adapter = tuner.peft_config[tuner.trainable_adapter_name]
+    adapter.total_step, adapter.tinit, adapter.tfinal = total_steps, tinit, tfinal
+    return tuner
+
+
+def trained_parameters(model, config: RunConfig) -> dict:
+    """What a run trained, for its metrics, model card and run page: ``n_trainable_params`` of ``n_params`` (peft's
+    count for adapters: the base's weights and the adapter's, 4-bit weights counted unpacked) and, for AdaLoRA,
+    ``adalora_mean_rank``, the mean rank its matrices kept."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+    metrics = {"n_trainable_params": int(trainable), "n_params": int(total)}
+    tuner = adalora_model(model) if getattr(config, "method", None) == "adalora" else None
+    if tuner is not None:
+        adapter = tuner.trainable_adapter_name
+        ranks = [
+            int((layer.lora_E[adapter] != 0).sum())
+            for layer in tuner.model.modules()
+            if hasattr(layer, "lora_E") and adapter in getattr(layer, "lora_E", {})
+        ]
+        if ranks:
+            metrics["adalora_mean_rank"] = sum(ranks) / len(ranks)
+    return metrics
 
 
 def quantization_config(precision: str):
@@ -253,7 +398,8 @@ def train_to_end(
     :func:`make_progress_callback`) among its callbacks: train, resuming from the newest complete checkpoint in
     ``checkpoint_dir``; raise RunCancelled when the progress callback asked to stop; collect ``train_loss``,
     ``train_steps``, ``train_runtime``, what the run was trained on (``n_train``: the training examples after
-    filtering; ``n_train_examples_seen``: how many of them the steps covered; ``train_epochs``) and what
+    filtering; ``n_train_examples_seen``: how many of them the steps covered; ``train_epochs``), the weights it
+    trained (:func:`trained_parameters`: ``n_trainable_params`` of ``n_params``) and what
     ``collect()`` adds (every process runs it: evaluation is collective); then wait for every process of a
     multi-GPU launch. The caller saves where ``trainer.accelerator.is_main_process``.
 
@@ -275,6 +421,8 @@ def train_to_end(
         "n_train": n_train,
         "n_train_examples_seen": examples_seen(result.global_step, per_step / examples_per_sample, n_train),
     }
+    if getattr(trainer, "model", None) is not None:
+        metrics.update(trained_parameters(trainer.model, getattr(reporter, "config", None)))
     if collect is not None:
         metrics.update(collect())
     trainer.accelerator.wait_for_everyone()
@@ -320,9 +468,14 @@ def make_progress_callback(progress_callback: ProgressCallback, config: RunConfi
     from transformers import TrainerCallback
 
     class ProgressReporter(TrainerCallback):
+        """Also the one place every Trainer-based run steps AdaLoRA's rank allocation (method=adalora)."""
+
         def __init__(self):
             self.stopped = False
             self.last_save = time.monotonic()
+            self.config = config
+            self.adalora = None
+            self.adalora_updates = 0
 
         def _emit(self, state, event: dict) -> None:
             if not state.is_world_process_zero:
@@ -330,8 +483,16 @@ def make_progress_callback(progress_callback: ProgressCallback, config: RunConfi
             if progress_callback(event):
                 self.stopped = True
 
-        def on_train_begin(self, args, state, control, **kwargs):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.adalora = schedule_adalora(model, config, state.max_steps) if model is not None else None
             self._emit(state, {"event": "start", "step": state.global_step, "total": state.max_steps})
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            # After optimizer.step() and before the gradients are zeroed (transformers' Trainer), as AdaLoRA's
+            # sensitivity scores read them; global_step is still the 0-based index of this step.
+            if self.adalora is not None:
+                self.adalora.update_and_allocate(state.global_step)
+                self.adalora_updates += 1
 
         def on_step_end(self, args, state, control, **kwargs):
             self._emit(state, {"event": "progress", "step": state.global_step, "total": state.max_steps})

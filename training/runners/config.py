@@ -19,14 +19,14 @@ from typing import Any, ClassVar
 
 from .base import ConfigError
 
-METHODS = ("full", "lora", "qlora", "prompt_tuning", "prefix_tuning")
+METHODS = ("full", "lora", "qlora", "adalora", "ia3", "prompt_tuning", "prefix_tuning")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 GENERATION_BACKENDS = ("transformers", "vllm")
 
-# Adapters (LoRA, QLoRA, virtual tokens) train far fewer weights than full training and want a learning rate about
-# ten times higher: Schulman et al. 2025, "LoRA Without Regret" (TRL's guide of that name), and TRL's own examples
-# (trl/scripts/dpo.py: 5e-7 full, 5e-6 LoRA; trl/scripts/sft.py: 2e-5 full, 2e-4 LoRA). A kind's default for full
-# training is its FULL_LEARNING_RATE; an explicit learning_rate always wins.
+# Adapters (LoRA, QLoRA, AdaLoRA, IA3, virtual tokens) train far fewer weights than full training and want a
+# learning rate about ten times higher: Schulman et al. 2025, "LoRA Without Regret" (TRL's guide of that name), and
+# TRL's own examples (trl/scripts/dpo.py: 5e-7 full, 5e-6 LoRA; trl/scripts/sft.py: 2e-5 full, 2e-4 LoRA). A kind's
+# default for full training is its FULL_LEARNING_RATE; an explicit learning_rate always wins.
 ADAPTER_LEARNING_RATE_FACTOR = 10
 
 
@@ -66,8 +66,10 @@ class RunConfig:
     seed: int = option(0, "Random seed for the head initialisation, data order and dropout.")
     method: str = option(
         "full",
-        "full: every weight; lora / qlora (4-bit base, CUDA only): low-rank adapters; prompt_tuning / "
-        "prefix_tuning: learned virtual tokens (peft, where the architecture allows).",
+        "full: every weight; lora / qlora (4-bit base, CUDA only): low-rank adapters; adalora: low-rank adapters "
+        "whose ranks are pruned to a budget while training (adalora_* options); ia3: learned scaling vectors of "
+        "the keys, values and feed-forward layers, the fewest weights; prompt_tuning / prefix_tuning: learned "
+        "virtual tokens (peft, where the architecture allows).",
         METHODS,
     )
     learning_rate: float | None = option(None, "Peak learning rate (AdamW); empty: the kind's default for the method.")
@@ -96,9 +98,33 @@ class RunConfig:
     lora_r: int = option(16, "LoRA rank.")
     lora_alpha: int = option(32, "LoRA scaling (alpha).")
     lora_dropout: float = option(0.05, "LoRA dropout.")
-    lora_target_modules: str = option("all-linear", "Modules that get adapters: all-linear, or comma-separated names.")
+    lora_target_modules: str = option(
+        "all-linear",
+        "Modules that get adapters (lora, qlora, adalora, ia3): all-linear, or comma-separated names; for ia3 "
+        "all-linear means (IA)³'s own choice for the architecture (keys, values, feed-forward output).",
+    )
+    adalora_init_r: int = option(12, "adalora: the rank every adapted matrix starts with (lora_r is not used).")
+    adalora_target_r: int = option(
+        8, "adalora: the mean rank the budget is pruned to by the end of training (below adalora_init_r)."
+    )
+    adalora_tinit: float = option(
+        0.1, "adalora: steps before any rank is pruned: steps, or a fraction of all steps when below 1."
+    )
+    adalora_tfinal: float = option(
+        0.2, "adalora: last steps trained at the final ranks: steps, or a fraction of all steps when below 1."
+    )
+    adalora_delta_t: int = option(1, "adalora: reallocate the ranks every this many steps while pruning.")
+    ia3_feedforward_modules: str = option(
+        "",
+        "ia3: the targets whose input (not output) is scaled, comma-separated; empty: (IA)³'s choice for the "
+        "architecture with lora_target_modules=all-linear, none otherwise.",
+    )
     num_virtual_tokens: int = option(16, "prompt_tuning / prefix_tuning: number of virtual tokens.")
-    merge_adapter: bool = option(True, "lora: merge the adapter into the weights of the saved model (not for qlora).")
+    merge_adapter: bool = option(
+        True,
+        "lora, adalora, ia3: merge the adapter into the weights of the saved model (qlora and virtual tokens are "
+        "saved as adapters).",
+    )
 
     def __post_init__(self):
         if self.learning_rate is None:
@@ -216,6 +242,38 @@ class RunConfig:
             raise ConfigError("max_length must be at least 8 tokens (or none).")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError("lora_dropout must be at least 0 and below 1.")
+        self._validate_method_options()
+
+    def _validate_method_options(self) -> None:
+        """AdaLoRA's and IA3's own options: set for another method they are refused (they would silently do
+        nothing); for their method, a rank budget that can shrink and a schedule that leaves steps to shrink it."""
+        for f in dataclasses.fields(self):
+            owner = f.name.split("_", 1)[0]
+            if owner in ("adalora", "ia3") and self.method != owner and getattr(self, f.name) != f.default:
+                raise ConfigError(f"{f.name} cannot apply to method={self.method}: it is an option of method={owner}.")
+        if self.method == "adalora":
+            if self.adalora_target_r < 1 or self.adalora_delta_t < 1:
+                raise ConfigError("adalora_target_r and adalora_delta_t must be at least 1.")
+            if self.adalora_init_r <= self.adalora_target_r:
+                raise ConfigError(
+                    f"adalora_init_r ({self.adalora_init_r}) must be above adalora_target_r "
+                    f"({self.adalora_target_r}): AdaLoRA prunes ranks from the first to the second."
+                )
+            for name in ("adalora_tinit", "adalora_tfinal"):
+                value = getattr(self, name)
+                if value < 0 or (value >= 1 and not float(value).is_integer()):
+                    raise ConfigError(f"{name} must be a fraction below 1 or a whole number of steps.")
+            if self.adalora_tinit < 1 and self.adalora_tfinal < 1 and self.adalora_tinit + self.adalora_tfinal >= 1:
+                raise ConfigError(
+                    "adalora_tinit + adalora_tfinal must be below 1: the steps between them prune the ranks."
+                )
+        if self.method == "ia3" and self.ia3_feedforward_modules.strip():
+            targets = self.lora_target_modules.strip()
+            feedforward = {name.strip() for name in self.ia3_feedforward_modules.split(",") if name.strip()}
+            if targets != "all-linear" and not feedforward <= {t.strip() for t in targets.split(",")}:
+                raise ConfigError(
+                    "ia3_feedforward_modules must be among lora_target_modules (or lora_target_modules=all-linear)."
+                )
 
 
 def _type_name(tp) -> str:
@@ -382,6 +440,6 @@ class OnlineRunConfig(PolicyRunConfig):
         if self.beta < 0 or self.epsilon <= 0 or self.num_iterations < 1:
             raise ConfigError("beta must be 0 or more, epsilon above 0 and num_iterations at least 1.")
         if self.method in ("prompt_tuning", "prefix_tuning"):
-            raise ConfigError("Online training supports method full, lora or qlora.")
+            raise ConfigError("Online training supports method full, lora, qlora, adalora or ia3, not virtual tokens.")
         if self.generation_backend != "transformers":
             raise ConfigError("Online training samples with transformers (generation_backend=transformers).")

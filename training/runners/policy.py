@@ -48,9 +48,11 @@ from .base import (
     is_adapter_folder,
     load_model,
     load_tokenizer,
+    merged_for_saving,
     offline_environment,
     quantization_config,
     resolve_precision,
+    saves_adapter,
 )
 from .data import read_prompt_rows
 
@@ -177,13 +179,13 @@ def write_info(output_dir, body: dict) -> None:
 
 
 def save_policy(model, tokenizer, config, output_dir, metrics: dict, info: dict) -> dict:
-    """A fine-tuned policy as an artifact folder: safetensors (merged for LoRA with ``merge_adapter``, else the
-    adapter over its base), the tokenizer, and ``arbiter.json`` (``info`` plus config, metrics and the base)."""
+    """A fine-tuned policy as an artifact folder: safetensors (merged for LoRA, AdaLoRA and IA3 with
+    ``merge_adapter``, else the adapter over its base), the tokenizer, and ``arbiter.json`` (``info`` plus config,
+    metrics and the base)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    is_adapter = config.method != "full" and not (config.method == "lora" and config.merge_adapter)
-    if config.method == "lora" and config.merge_adapter and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    is_adapter = saves_adapter(config)
+    model = merged_for_saving(model, config)
     model.save_pretrained(str(output_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(output_dir))
     check_artifact_folder(output_dir)

@@ -39,6 +39,7 @@ from typing import Callable
 
 from . import rl
 from .base import (
+    WEIGHT_ADAPTER_METHODS,
     RunCancelled,
     RunnerError,
     check_environment,
@@ -53,6 +54,8 @@ from .base import (
     quantization_config,
     read_arbiter_json,
     resolve_precision,
+    schedule_adalora,
+    trained_parameters,
 )
 from .policy import (
     encode_prompt,
@@ -111,6 +114,9 @@ def train(
     params = [p for model in (models.policy, models.value) for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = make_scheduler(config, optimizer, total_steps * updates_per_step)
+    # AdaLoRA prunes ranks over the optimizer updates (several per PPO step), in ppo_update.
+    tuners = (schedule_adalora(m, config, total_steps * updates_per_step) for m in (models.policy, models.value))
+    adalora = [tuner for tuner in tuners if tuner is not None]
     policy, value, optimizer = accelerator.prepare(models.policy, models.value, optimizer)
     kl_control = (
         rl.AdaptiveKLController(config.kl_coef, config.target_kl, config.horizon)
@@ -131,7 +137,7 @@ def train(
         for step in range(start_step + 1, total_steps + 1):
             prompts = batch_prompts(rows, step, config, accelerator)
             batch = make_rollouts(config, accelerator, policy, value, models, prompts, score_fn, kl_control.value)
-            stats = ppo_update(config, accelerator, policy, value, optimizer, scheduler, params, batch)
+            stats = ppo_update(config, accelerator, policy, value, optimizer, scheduler, params, batch, adalora)
             metrics = {**batch.stats, **stats, "kl_coef": kl_control.value, "learning_rate": scheduler.get_last_lr()[0]}
             if accelerator.num_processes > 1:  # every process sampled its own prompts: report their mean
                 metrics = {
@@ -158,6 +164,7 @@ def train(
     result.update(
         n_train=len(rows),
         n_train_examples_seen=examples_seen(total_steps, config.batch_size * accelerator.num_processes, len(rows)),
+        **trained_parameters(accelerator.unwrap_model(policy), config),
     )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -238,8 +245,8 @@ def load_models(config: PPORunConfig, precision: str, accelerator, conversationa
     if config.method != "full":
         from peft import get_peft_model
 
-        policy = get_peft_model(policy, peft_config(config, "CAUSAL_LM"))
-        value = get_peft_model(value, peft_config(config, "SEQ_CLS"))
+        policy = get_peft_model(policy, peft_config(config, "CAUSAL_LM", policy.config.model_type))
+        value = get_peft_model(value, peft_config(config, "SEQ_CLS", value.config.model_type))
     if config.gradient_checkpointing:
         for model in (policy, value):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -258,7 +265,10 @@ def value_model_source(config: PPORunConfig, policy_tokenizer) -> str:
     if not config.reward_models:
         return config.base_model
     folder = config.reward_models[0]
-    if is_adapter_folder(folder) and read_arbiter_json(folder).get("config", {}).get("method") not in ("lora", "qlora"):
+    if (
+        is_adapter_folder(folder)
+        and read_arbiter_json(folder).get("config", {}).get("method") not in WEIGHT_ADAPTER_METHODS
+    ):
         return config.base_model  # virtual-token adapters do not give plain per-token hidden states
     model_folder = read_arbiter_json(folder).get("base_model_path") if is_adapter_folder(folder) else folder
     model_type = AutoConfig.from_pretrained(model_folder, local_files_only=True).model_type
@@ -440,8 +450,11 @@ def make_rollouts(
 # --- the update ---------------------------------------------------------------------------------------
 
 
-def ppo_update(config: PPORunConfig, accelerator, policy, value, optimizer, scheduler, params, batch: Rollouts) -> dict:
-    """``ppo_epochs`` passes of shuffled minibatches over one step's rollouts; the mean of each loss statistic."""
+def ppo_update(
+    config: PPORunConfig, accelerator, policy, value, optimizer, scheduler, params, batch: Rollouts, adalora=()
+) -> dict:
+    """``ppo_epochs`` passes of shuffled minibatches over one step's rollouts; the mean of each loss statistic.
+    ``adalora``: the AdaLoRA tuners (:func:`base.schedule_adalora`) whose ranks are reallocated after each update."""
     import torch
 
     policy.train()
@@ -478,6 +491,8 @@ def ppo_update(config: PPORunConfig, accelerator, policy, value, optimizer, sche
             if config.max_grad_norm:
                 accelerator.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
+            for tuner in adalora:  # after the step, before the next zero_grad; last_epoch: the updates made so far
+                tuner.update_and_allocate(scheduler.last_epoch)
             scheduler.step()
             count += 1
     return {name: total / max(count, 1) for name, total in totals.items()}

@@ -33,10 +33,12 @@ from .base import (
     load_model,
     load_tokenizer,
     make_progress_callback,
+    merged_for_saving,
     offline_environment,
     peft_config,
     quantization_config,
     resolve_precision,
+    saves_adapter,
     train_to_end,
     training_arguments,
 )
@@ -299,11 +301,11 @@ def mean_and_spread(values: list[float]) -> dict:
 
 
 def _save(trainer, tokenizer, config, output_dir: Path) -> dict:
-    """Full weights (merged for LoRA) or, for adapters that cannot merge, the adapter over its base model."""
+    """Full weights (merged for LoRA, AdaLoRA and IA3) or, for adapters that cannot merge, the adapter over its
+    base model."""
     model = trainer.accelerator.unwrap_model(trainer.model)
-    is_adapter = config.method != "full" and not (config.method == "lora" and config.merge_adapter)
-    if config.method == "lora" and config.merge_adapter:
-        model = model.merge_and_unload()
+    is_adapter = saves_adapter(config)
+    model = merged_for_saving(model, config)
     model.save_pretrained(str(output_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(output_dir))
     check_artifact_folder(output_dir)

@@ -32,6 +32,7 @@ from .base import (
     offline_environment,
     peft_config,
     resolve_precision,
+    saves_adapter,
     train_to_end,
     training_arguments,
 )
@@ -86,11 +87,12 @@ def check_trainable_base(config) -> None:
     """The starting policy can be loaded, and what training writes over it can be loaded again: an adapter
     saved over an adapter or a GGUF file would name a base that ``base.load_model`` cannot open."""
     check_policy_base(config)
-    saves_adapter = config.method != "full" and not (config.method == "lora" and config.merge_adapter)
-    if saves_adapter and (is_adapter_folder(config.base_model) or str(config.base_model).lower().endswith(".gguf")):
+    if saves_adapter(config) and (
+        is_adapter_folder(config.base_model) or str(config.base_model).lower().endswith(".gguf")
+    ):
         raise RunnerError(
             f"{config.base_model} is itself an adapter (or a GGUF file); train over it with method=full, or "
-            "method=lora with merge_adapter on, so that the result is a plain model."
+            "method lora, adalora or ia3 with merge_adapter on, so that the result is a plain model."
         )
 
 
