@@ -225,11 +225,16 @@ def option_applies(kind: kinds.TrainingKind, name: str) -> bool:
         return False
     if name in SAMPLING_OPTIONS and kind.reads != kinds.PROMPTS:
         return False
-    if name in TRAINING_OPTIONS and not kind.makes_model:
-        return False
+    if name in TRAINING_OPTIONS and not kind.makes_model and name not in _declared_options(kind.config):
+        return False  # an option the kind's own config declares is its own (synthesize_prompts' method)
     if name == "eval_steps" and kind.reads != kinds.SNAPSHOT:
         return False  # only the kinds that read a snapshot have a held-out split to evaluate on
     return True
+
+
+def _declared_options(config: type) -> set[str]:
+    """The options a config class declares itself (not those it inherits)."""
+    return set(vars(config).get("__annotations__", {}))
 
 
 # --- base models that fit a kind ----------------------------------------------------------------------

@@ -33,6 +33,7 @@ from .runners.rejection_sampling_config import RejectionSamplingRunConfig
 from .runners.reward_config import RewardRunConfig
 from .runners.rloo_config import RLOORunConfig
 from .runners.sft_config import SFTRunConfig
+from .runners.synthesize_prompts_config import SynthesizePromptsRunConfig
 
 # What a run reads: a snapshot of the votes (its format from the config: :attr:`TrainingKind.snapshot_format`),
 # or a prompts file chosen at launch (training.datasets.select_prompts).
@@ -46,6 +47,7 @@ REWARD_MODEL = "reward_model"  # a reward model in the model registry
 CANDIDATES = "candidates"  # a new round of the target project (pairwise or ranking items)
 COMPARISONS = "comparisons"  # the policy's answers against a baseline's, and the reward-model win rate
 VOTES = "votes"  # an AI judge's votes on the project's items (annotate.actions.record_ai_votes)
+NEW_PROMPTS = "new_prompts"  # a prompts file kept in the run's folder, for `train generate --from-run N`
 
 # Reward models a run scores samples with.
 NO_REWARD_MODEL = "none"
@@ -104,6 +106,9 @@ class TrainingKind:
     # A file of the run's output kept in its folder, rows of the sft export (``messages``), that an sft run can
     # learn from (``train sft --from-run N``).
     demonstrations_file: str = ""
+    # A file of the run's output kept in its folder, rows of a prompts file (``prompt``, ``external_id``), that a
+    # prompt-driven run can read instead of choosing prompts (``train generate --from-run N``).
+    prompts_file: str = ""
     # CANDIDATES kinds: the project kinds its round can go to (empty: every kind of TARGET_RESPONSES).
     target_kinds: tuple[str, ...] = ()
     # The run draws principles from the project's constitution (filled into the config at launch; a project
@@ -303,6 +308,18 @@ register(
         demonstrations_file="sft.jsonl",
         target_kinds=(Kind.PAIRWISE,),
         constitution=True,
+    )
+)
+register(
+    TrainingKind(
+        "synthesize_prompts",
+        "Synthesize prompts (Self-Instruct, Evol-Instruct)",
+        SynthesizePromptsRunConfig,
+        "training.runners.synthesize_prompts",
+        reads=PROMPTS,
+        publishes=NEW_PROMPTS,
+        base_models=_POLICY,
+        prompts_file="prompts.jsonl",
     )
 )
 register(

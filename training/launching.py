@@ -401,13 +401,19 @@ def _check_causal_lm(kind: kinds.TrainingKind, base) -> None:
 
 
 def _from_run_source(kind: kinds.TrainingKind, project: Project, from_run, snapshot, prompts, values: dict):
-    """``train sft --from-run N``: the demonstrations file a finished run wrote (critique_revise's revisions),
-    copied at launch. Returns ``(values, source run, its file)``; (values, None, None) without ``from_run``."""
+    """``train sft --from-run N``: the demonstrations file a finished run wrote (critique_revise's revisions);
+    ``train generate --from-run N`` (any prompt-driven kind): the prompts file a finished run wrote
+    (synthesize_prompts' new prompts). Copied at launch. Returns ``(values, source run, its file)``; (values, None,
+    None) without ``from_run``."""
     if from_run is None or from_run == "":
         return values, None, None
-    if kind.reads != kinds.SNAPSHOT or "sft" not in kind.source_by_format:
+    reads_prompts = kind.reads == kinds.PROMPTS
+    if not reads_prompts and (kind.reads != kinds.SNAPSHOT or "sft" not in kind.source_by_format):
         learners = [k.name for k in kinds.KINDS.values() if "sft" in k.source_by_format]
-        raise TrainingError(f"--from-run is for {', '.join(learners)} runs: they learn from a run's demonstrations.")
+        raise TrainingError(
+            f"--from-run is for {', '.join(learners)} runs (they learn from a run's demonstrations) and the "
+            f"prompt-driven kinds ({', '.join(kinds.names(reads=kinds.PROMPTS))}: they read a run's new prompts)."
+        )
     if snapshot is not None or prompts.source or prompts.data is not None:
         raise TrainingError("--from-run gives the run's data: leave out --snapshot and the prompts options.")
     source_run = from_run if isinstance(from_run, TrainingRun) else TrainingRun.objects.filter(pk=int(from_run)).first()
@@ -416,6 +422,8 @@ def _from_run_source(kind: kinds.TrainingKind, project: Project, from_run, snaps
     if source_run.project_id != project.pk:
         raise TrainingError(f"Run {source_run.pk} belongs to project {source_run.project.slug}, not {project.slug}.")
     made = source_run.training_kind
+    if reads_prompts:
+        return values, source_run, _prompts_file_of(source_run, made)
     if made is None or not made.demonstrations_file:
         writers = ", ".join(k.name for k in kinds.KINDS.values() if k.demonstrations_file)
         raise TrainingError(f"Run {source_run.pk} is a {source_run.kind} run; --from-run takes a {writers} run.")
@@ -428,6 +436,45 @@ def _from_run_source(kind: kinds.TrainingKind, project: Project, from_run, snaps
     if values.get("source", expected) != expected:
         raise TrainingError(f"A run's demonstrations go with source={expected}, not {values['source']}.")
     return {**values, "source": expected}, source_run, path
+
+
+def _prompts_file_of(source_run: TrainingRun, made: kinds.TrainingKind | None):
+    """The prompts file a succeeded run of a kind that writes one kept in its folder; TrainingError otherwise."""
+    if made is None or not made.prompts_file:
+        writers = ", ".join(k.name for k in kinds.KINDS.values() if k.prompts_file)
+        raise TrainingError(f"Run {source_run.pk} is a {source_run.kind} run; --from-run takes a {writers} run.")
+    if source_run.status != RunStatus.SUCCEEDED:
+        raise TrainingError(f"Run {source_run.pk} is {source_run.status}: only a succeeded run has prompts to give.")
+    path = source_run.work_dir / made.prompts_file
+    if not path.is_file():
+        raise TrainingError(f"The prompts of run {source_run.pk} are missing from {path}.")
+    return path
+
+
+def _run_prompt_rows(source_run: TrainingRun, path, prompts: Prompts) -> tuple[list[dict], dict]:
+    """``(rows, inputs)`` of a prompt-driven run on the prompts another run wrote (at most ``max_prompts``)."""
+    data = path.read_bytes()
+    try:
+        rows = datasets.parse_prompt_file(data, f"The prompts of run {source_run.pk}")
+    except datasets.PromptsError as exc:
+        raise TrainingError(str(exc)) from None
+    if prompts.max_prompts:
+        rows = rows[: prompts.max_prompts]
+    inputs = {
+        "prompts_from": f"run {source_run.pk}",
+        "prompts": len(rows),
+        "prompts_hash": datasets.prompts_hash(rows),
+        "from_run": {
+            "run": source_run.pk,
+            "kind": source_run.kind,
+            "file": path.name,
+            "rows": len(rows),
+            "hash": hashlib.sha256(data).hexdigest(),
+        },
+    }
+    if prompts.max_prompts:
+        inputs["max_prompts"] = prompts.max_prompts
+    return rows, inputs
 
 
 def launch_run(
@@ -462,6 +509,9 @@ def launch_run(
       sha256 and the templates' into ``run.inputs["constitution"]``.
     - sft with ``from_run``: the demonstrations a critique_revise run wrote (its ``sft.jsonl``), copied into this
       run's folder, instead of a snapshot; ``from_run`` becomes the parent.
+    - a prompt-driven kind with ``from_run``: the prompts a synthesize_prompts run wrote (its ``prompts.jsonl``)
+      become this run's prompts file; ``from_run`` becomes the parent. synthesize_prompts records its templates'
+      hashes in ``run.inputs["templates"]``.
     """
     prompts = prompts or Prompts()
     values = dict(values or {})
@@ -473,7 +523,8 @@ def launch_run(
         )
     base = resolve_base_model(base_model)
     values, constitution = _constitution_values(kind, project, base, values)
-    values, source_run, demonstrations = _from_run_source(kind, project, from_run, snapshot, prompts, values)
+    values, source_run, source_file = _from_run_source(kind, project, from_run, snapshot, prompts, values)
+    demonstrations = source_file if kind.reads == kinds.SNAPSHOT else None
     if source_run is not None and parent is None:
         parent = source_run
     parent = _parent(project, parent)
@@ -501,7 +552,9 @@ def launch_run(
     ]
     check_launch_access(launched_by, project, models_used, target)
     rows, inputs = None, {}
-    if kind.reads == kinds.PROMPTS:
+    if kind.reads == kinds.PROMPTS and source_file is not None:
+        rows, inputs = _run_prompt_rows(source_run, source_file, prompts)
+    elif kind.reads == kinds.PROMPTS:
         rows, snapshot, inputs = _prompt_rows(kind, project, snapshot, prompts, rewards, launched_by)
     elif demonstrations is not None:
         data = demonstrations.read_bytes()
@@ -533,6 +586,8 @@ def launch_run(
         }
     if constitution:
         inputs["constitution"] = {**constitution, "templates": config.template_hashes()}
+    elif kind.publishes == kinds.NEW_PROMPTS:
+        inputs["templates"] = config.template_hashes()
     if baseline_model is not None:
         inputs["baseline"] = {
             "path": str(baseline_model.path),

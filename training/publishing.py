@@ -35,6 +35,13 @@ def publish_run(run: TrainingRun, output_dir: Path, metrics: dict, dataset_hash:
     kind = kinds.get(run.kind)
     if kind.demonstrations_file:  # critique_revise's revisions, kept for `train sft --from-run`
         _keep_output(run, output_dir, kind.demonstrations_file)
+    if kind.prompts_file:  # synthesize_prompts' new prompts, kept for `train generate --from-run`
+        _keep_output(run, output_dir, kind.prompts_file)
+    if kind.publishes == kinds.NEW_PROMPTS:  # nothing else to publish: the counts are the run's metrics
+        with transaction.atomic():
+            locked = lock_running(run)
+            succeed(locked, metrics, dataset_hash)
+        return locked
     if kind.publishes == kinds.CANDIDATES:
         return create_candidate_round(run, _keep_output(run, output_dir, "candidates.jsonl"), metrics, dataset_hash)
     if kind.publishes == kinds.COMPARISONS:

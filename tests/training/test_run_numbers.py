@@ -31,7 +31,13 @@ def test_dpo_learning_rate_depends_on_the_method_and_an_explicit_value_wins():
     assert "Default: 1e-06 for method=full, 1e-05 (ten times more) for the adapter methods." in row["help"]
 
 
-@pytest.mark.parametrize("name", list(kinds.KINDS))
+# The kinds whose ``method`` is the PEFT method (synthesize_prompts' is its synthesis method).
+PEFT_KINDS = [
+    n for n, k in kinds.KINDS.items() if "lora" in {r["name"]: r["choices"] for r in k.config.describe()}["method"]
+]
+
+
+@pytest.mark.parametrize("name", PEFT_KINDS)
 def test_every_kind_defaults_to_ten_times_its_full_rate_for_adapters(name):
     config = kinds.get(name).config
     full = config.from_dict({}).learning_rate

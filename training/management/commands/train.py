@@ -24,6 +24,7 @@ MAKES = {
     kinds.CANDIDATES: "a round of candidates",
     kinds.COMPARISONS: "comparisons with a baseline",
     kinds.VOTES: "an AI judge's votes",
+    kinds.NEW_PROMPTS: "new prompts (for generate --from-run)",
 }
 READS = {kinds.PROMPTS: "prompts", kinds.SNAPSHOT: "a snapshot", kinds.ITEMS: "the items its --judge has not voted on"}
 # Options of the training kinds that a judge run takes from its judge instead.
@@ -145,7 +146,8 @@ class Command(BaseCommand):
             type=int,
             metavar="RUN",
             help="sft: learn from the demonstrations a finished critique_revise run wrote (its revisions) instead "
-            "of a snapshot.",
+            "of a snapshot; generate (and the other prompt-driven kinds): the new prompts a finished "
+            "synthesize_prompts run kept, instead of --prompts-from.",
         )
         parser.add_argument("--judge", metavar="NAME", help="judge: the project's AI judge that votes (add_judge).")
         parser.add_argument(
