@@ -130,7 +130,10 @@ def snapshot_options(config, kind: kinds.TrainingKind) -> ExportOptions:
     votes = getattr(config, "votes", "human")
     if fmt == "trl":
         criterion = getattr(config, "criterion", "")
-        return ExportOptions(format="trl", criterion=criterion, test_size=test_size, seed=0, source=votes)
+        weights = getattr(config, "pair_weights", "none")
+        return ExportOptions(
+            format="trl", criterion=criterion, test_size=test_size, seed=0, source=votes, weights=weights
+        )
     threshold = getattr(config, "threshold", None) if fmt == "kto" else None  # kto: where ratings split
     return ExportOptions(format=fmt, test_size=test_size, seed=0, source=votes, threshold=threshold)
 
@@ -160,6 +163,11 @@ def _snapshot_for(
         raise TrainingError(
             f"Snapshot {snapshot.pk} was made from {snapshot.options.get('source', 'human')} votes; this run asks for "
             f"votes={wanted.source}."
+        )
+    if wanted.weights != "none" and snapshot.options.get("weights", "none") != wanted.weights:
+        raise TrainingError(
+            f"Snapshot {snapshot.pk} was exported with weights={snapshot.options.get('weights', 'none')}; this run "
+            f"asks for pair_weights={wanted.weights}: export one with weights={wanted.weights} or leave it to the run."
         )
     if snapshot.options.get("threshold") != wanted.threshold:
         theirs, ours = (

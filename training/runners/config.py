@@ -44,6 +44,17 @@ def option(default, help: str, choices: tuple | None = None, **kwargs):
 # constitution's RLAIF stage trains reward models on judges' votes with votes=ai.
 VOTE_SOURCES = ("human", "ai", "all")
 
+# Weighting each training pair by the reliability of the annotators who voted for it (annotate.exports
+# ExportOptions.weights; the reward and DPO kinds' pair_weights): off, or the annotator model that estimates it.
+PAIR_WEIGHTS = ("none", "dawid-skene", "bradley-terry")
+
+PAIR_WEIGHTS_HELP = (
+    "Weigh each pair's loss by the reliability of the annotators who voted for it, estimated with dawid-skene "
+    "(each annotator's chance of giving the true outcome) or bradley-terry (each annotator's skill); the "
+    "weights are normalised to mean 1 over the training pairs. none: every pair counts the same (a weight column "
+    "in the snapshot is ignored). A snapshot given with --snapshot must have been exported with these weights."
+)
+
 
 @dataclass
 class RunConfig:

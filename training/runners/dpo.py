@@ -14,6 +14,10 @@ The reference model π_ref:
 - ``none``: reference-free DPO (the reward is ``β · log π(y|x)``). TRL 1.16 dropped its ``reference_free`` flag;
   Arbiter gets it by handing TRL reference log-probabilities of 0 through its precomputed-reference path.
 
+With ``pair_weights`` (off by default) each pair's loss is multiplied by its ``weight`` column, the reliability of
+the annotators who voted for it (the export's ``weights`` option), normalised to mean 1 over the training pairs
+(:class:`WeightedDPOTrainer`).
+
 ``precompute_ref_log_probs`` computes the reference's log-probabilities once before training, so the reference
 does not sit in memory during it. Each logged step carries TRL's ``rewards/chosen``, ``rewards/rejected``,
 ``rewards/margins`` and ``rewards/accuracies`` (the plots); the test split gives the same on held-out pairs.
@@ -60,8 +64,9 @@ REWARD_METRICS = (
 # --- data ---------------------------------------------------------------------------------------------
 
 
-def preference_rows(rows: list[dict], split: str = "train") -> list[dict]:
-    """``trl`` export rows → conversational ``prompt``/``chosen``/``rejected`` rows; ties (no preference) left out."""
+def preference_rows(rows: list[dict], split: str = "train", weighted: bool = False) -> list[dict]:
+    """``trl`` export rows → conversational ``prompt``/``chosen``/``rejected`` rows (and ``weight`` when
+    ``weighted``); ties (no preference) left out."""
     pairs = []
     for number, row in enumerate(rows, 1):
         missing = [key for key in ("prompt", "chosen", "rejected") if key not in row]
@@ -69,26 +74,34 @@ def preference_rows(rows: list[dict], split: str = "train") -> list[dict]:
             raise RunnerError(f"The {split} split, row {number}: no {', '.join(missing)}; DPO reads a trl export.")
         if row.get("tie"):
             continue
-        pairs.append(
-            {
-                "prompt": as_messages(row["prompt"], "user"),
-                "chosen": as_messages(row["chosen"], "assistant"),
-                "rejected": as_messages(row["rejected"], "assistant"),
-            }
-        )
+        pair = {
+            "prompt": as_messages(row["prompt"], "user"),
+            "chosen": as_messages(row["chosen"], "assistant"),
+            "rejected": as_messages(row["rejected"], "assistant"),
+        }
+        if weighted:
+            weight = row.get("weight")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+                raise RunnerError(
+                    f"The {split} split, row {number}: pair_weights needs a weight of at least 0 in every row "
+                    "(export the snapshot with weights=dawid-skene or bradley-terry)."
+                )
+            pair["weight"] = float(weight)
+        pairs.append(pair)
     return pairs
 
 
 # --- the trainer ----------------------------------------------------------------------------------------
 
 
-def _trainer_class(reference_free: bool):
+def _trainer_class(reference_free: bool, weighted: bool = False):
     from trl import DPOTrainer
 
+    base = _weighted_trainer_class(DPOTrainer) if weighted else DPOTrainer
     if not reference_free:
-        return DPOTrainer
+        return base
 
-    class ReferenceFreeDPOTrainer(DPOTrainer):
+    class ReferenceFreeDPOTrainer(base):
         """Reference-free DPO through TRL's own hook: the "precomputed" reference log-probabilities are all 0."""
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
@@ -96,6 +109,75 @@ def _trainer_class(reference_free: bool):
             return dataset.add_column("ref_chosen_logps", zeros).add_column("ref_rejected_logps", zeros)
 
     return ReferenceFreeDPOTrainer
+
+
+def _weighted_trainer_class(base):
+    class WeightedDPOTrainer(base):
+        """DPO with a weight per pair: the gradient of mean(w · loss) over the batch, w normalised to mean 1 over
+        the training pairs.
+
+        TRL computes each pair's loss from the policy's per-token log-probabilities of that pair's two sequences
+        and averages over the batch inside one method, with no per-pair hook. So the weight is applied where the
+        pair's sequences enter the loss: a gradient hook on the policy's ``log_probs`` multiplies the gradient of
+        each pair's two rows by its weight, which is exactly the gradient of the weighted mean (each pair's loss
+        depends on its own rows only; the aot losses, which sort the batch, are refused by the config). The
+        logged loss stays TRL's unweighted mean; WPO's ``use_weighting`` (computed without gradient) composes
+        with it. The reference model's forward passes carry no gradient and are untouched.
+        """
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.data_collator = _with_weights(self.data_collator)
+            self._pair_weight = None
+            self.accelerator.unwrap_model(self.model).register_forward_hook(self._weigh_log_probs)
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if "weight" not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, "weight"]
+
+        def _weigh_log_probs(self, module, args, output):
+            log_probs = getattr(output, "log_probs", None)
+            if self._pair_weight is None or log_probs is None or not log_probs.requires_grad:
+                return output
+            weight = self._pair_weight.to(device=log_probs.device, dtype=log_probs.dtype)
+            rows = weight.repeat(2).view(-1, *([1] * (log_probs.dim() - 1)))  # the batch is [chosen, rejected]
+            log_probs.register_hook(lambda grad: grad * rows)
+            return output
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            self._pair_weight = inputs.pop("weight", None)  # training batches only: held-out pairs have none
+            try:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            finally:
+                self._pair_weight = None
+
+        def compute_ref_log_probs(self, model, inputs):
+            return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k != "weight"})
+
+    return WeightedDPOTrainer
+
+
+def _with_weights(collator):
+    """``collator`` that also puts the examples' ``weight`` into the batch, when they have one."""
+    import torch
+
+    def collate(examples):
+        batch = collator(examples)
+        if "weight" in examples[0]:
+            batch["weight"] = torch.tensor([float(example["weight"]) for example in examples], dtype=torch.float)
+        return batch
+
+    return collate
+
+
+def normalise_weights(pairs: list[dict]) -> list[dict]:
+    """Each pair's ``weight`` divided by the mean over ``pairs``, so the mean weight is 1 (the loss keeps its
+    scale and learning rate; only the pairs' shares change)."""
+    mean = sum(pair["weight"] for pair in pairs) / len(pairs)
+    if mean <= 0:
+        raise RunnerError("Every training pair has weight 0: there is nothing to learn from.")
+    return [{**pair, "weight": pair["weight"] / mean} for pair in pairs]
 
 
 def _reference(config: DPORunConfig, model):
@@ -129,9 +211,12 @@ def run(config: DPORunConfig, dataset_paths: dict, output_dir, progress_callback
     if "train" not in dataset_paths:
         raise RunnerError("No train split to learn from.")
     precision = resolve_precision(config)
-    train = preference_rows(read_split(dataset_paths["train"]), "train")
+    weighted = config.pair_weights != "none"
+    train = preference_rows(read_split(dataset_paths["train"]), "train", weighted)
     if not train:
         raise RunnerError("The train split has no preference pairs (ties are left out).")
+    if weighted:
+        train = normalise_weights(train)
     tests = preference_rows(read_split(dataset_paths["test"]), "test") if "test" in dataset_paths else []
 
     tokenizer = load_tokenizer(config.base_model)
@@ -153,7 +238,7 @@ def run(config: DPORunConfig, dataset_paths: dict, output_dir, progress_callback
             precompute_ref_log_probs=config.precompute_ref_log_probs or reference_free,
         )
         reporter = make_progress_callback(progress_callback, config)
-        trainer = _trainer_class(reference_free)(
+        trainer = _trainer_class(reference_free, weighted)(
             model=model,
             ref_model=reference,
             args=args,

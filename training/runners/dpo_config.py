@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .base import ConfigError
-from .config import VOTE_SOURCES, PolicyRunConfig, option
+from .config import PAIR_WEIGHTS, PAIR_WEIGHTS_HELP, VOTE_SOURCES, PolicyRunConfig, option
 
 # TRL 1.16's DPOTrainer._compute_loss accepts exactly these (its "Unknown loss type" message lists them).
 DPO_LOSSES = (
@@ -69,6 +69,7 @@ class DPORunConfig(PolicyRunConfig):
     use_weighting: bool = option(
         False, "WPO: weight each pair by the policy's (length-normalised) probability of both responses."
     )
+    pair_weights: str = option("none", PAIR_WEIGHTS_HELP, PAIR_WEIGHTS)
     discopop_tau: float = option(0.05, "discopop: the temperature τ of its log-ratio modulation.")
     reference: str = option(
         "base",
@@ -118,6 +119,11 @@ class DPORunConfig(PolicyRunConfig):
             raise ConfigError("ld_alpha must be between 0 and 1 (or none).")
         if self.use_weighting and {"aot", "aot_unpaired"} & set(self.loss_type):
             raise ConfigError("use_weighting does not work with the aot losses (they sort the pairs).")
+        if self.pair_weights != "none" and {"aot", "aot_unpaired"} & set(self.loss_type):
+            raise ConfigError(
+                "pair_weights does not work with the aot losses: they sort the pairs of a batch, so a pair's loss "
+                "is not its own to weigh."
+            )
         if self.discopop_tau <= 0:
             raise ConfigError("discopop_tau must be above 0.")
         if self.reference == "model" and not self.ref_model:

@@ -10,6 +10,10 @@ Two objectives:
   one criterion, standardised; the model predicts a rating, and pairwise accuracy is measured on the test items'
   responses whose mean scores differ.
 
+With ``pair_weights`` (off by default) each training pair's Bradley-Terry loss is multiplied by its ``weight``
+column, the reliability of the annotators who voted for it (the export's ``weights`` option), normalised to mean 1
+over the training pairs (:func:`normalised_weights`).
+
 Both report held-out pairwise accuracy on every ``test*`` split (``test:<criterion>`` splits give per-criterion
 accuracy) and write a folder of safetensors, tokenizer and ``arbiter.json``.
 
@@ -89,31 +93,63 @@ def _reward_trainer_class():
     from trl import RewardTrainer
 
     class ArbiterRewardTrainer(RewardTrainer):
-        """TRL's RewardTrainer plus an optional language-model loss on the chosen half of each batch.
+        """TRL's RewardTrainer plus two optional terms of Arbiter's, both in the ``compute_loss`` hook:
 
-        The backbone's last hidden state (captured by a forward hook, so any decoder architecture works) goes
-        through the base model's LM head, frozen; ``lm_loss_coefficient`` × its next-token cross-entropy is added
-        to TRL's Bradley-Terry loss.
+        - a weight per pair (``weighted``: the train split's ``weight`` column reaches the batch): the loss is
+          mean(w · −log σ(r_c − r_r − margin)) over the batch, w normalised to mean 1 over the training pairs, so
+          a pair of weight 0 adds nothing to the gradient, and equal weights give TRL's loss; TRL's reward
+          centering is added as TRL adds it;
+        - a language-model loss on the chosen half of each batch: the backbone's last hidden state (captured by a
+          forward hook, so any decoder architecture works) goes through the base model's LM head, frozen;
+          ``lm_loss_coefficient`` × its next-token cross-entropy is added (unweighted: it regularises the
+          backbone, it is not a preference).
         """
 
-        def __init__(self, *args, lm_head=None, lm_loss_coefficient: float = 0.0, **kwargs):
+        def __init__(self, *args, lm_head=None, lm_loss_coefficient: float = 0.0, weighted: bool = False, **kwargs):
+            self.weighted = weighted
             super().__init__(*args, **kwargs)
             self.lm_head = lm_head
             self.lm_loss_coefficient = lm_loss_coefficient
             self._hidden = None
+            if weighted:
+                self.data_collator = with_weights(self.data_collator)
             if lm_loss_coefficient:
                 backbone = _backbone(self.accelerator.unwrap_model(self.model))
                 backbone.register_forward_hook(self._capture)
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if self.weighted and "weight" not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, "weight"]
 
         def _capture(self, module, args, output):
             self._hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if not self.lm_loss_coefficient:
+            weight = inputs.pop("weight", None)  # only training batches of a weighted run carry it
+            if not self.lm_loss_coefficient and weight is None:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss, outputs = super().compute_loss(
                 model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
             )
+            if weight is not None:
+                loss = self._weighted_loss(outputs, inputs, weight)
+            if self.lm_loss_coefficient:
+                loss = loss + self.lm_loss_coefficient * self._lm_loss(inputs)
+            return (loss, outputs) if return_outputs else loss
+
+        def _weighted_loss(self, outputs, inputs, weight):
+            """TRL's loss (kept for its metrics) recomputed with each pair's weight."""
+            chosen, rejected = outputs.logits.squeeze(-1).chunk(2)
+            gap = chosen - rejected
+            if "margin" in inputs:
+                gap = gap - inputs["margin"]
+            loss = (weight.to(gap.dtype) * -F.logsigmoid(gap)).mean()
+            if self.args.center_rewards_coefficient is not None:
+                loss = loss + self.args.center_rewards_coefficient * ((chosen + rejected) ** 2).mean()
+            return loss
+
+        def _lm_loss(self, inputs):
             half = inputs["input_ids"].shape[0] // 2
             hidden = self._hidden[:half, :-1]
             weight = self.lm_head.to(device=hidden.device, dtype=hidden.dtype)
@@ -126,10 +162,38 @@ def _reward_trainer_class():
             lm_loss = (token_loss * mask.reshape(-1)).sum() / mask.sum().clamp(min=1)
             mode = "train" if self.model.training else "eval"
             self._metrics[mode]["lm_loss"].append(lm_loss.detach().item())
-            loss = loss + self.lm_loss_coefficient * lm_loss
-            return (loss, outputs) if return_outputs else loss
+            return lm_loss
 
     return ArbiterRewardTrainer
+
+
+def with_weights(collator):
+    """``collator`` (TRL's preference collator) that also puts the examples' ``weight`` into the batch, when they
+    have one (the precomputing and evaluation batches of the held-out pairs have none)."""
+    import torch
+
+    def collate(examples):
+        batch = collator(examples)
+        if "weight" in examples[0]:
+            batch["weight"] = torch.tensor([float(example["weight"]) for example in examples], dtype=torch.float)
+        return batch
+
+    return collate
+
+
+def normalised_weights(dataset):
+    """The ``weight`` column divided by its mean, so that the training pairs' mean weight is 1: the weighted loss
+    keeps the unweighted loss's scale (and learning rate), and only the pairs' shares change. Weights must be
+    finite and at least 0, and not all 0."""
+    import math
+
+    weights = [float(w) if w is not None else math.nan for w in dataset["weight"]]
+    if any(not math.isfinite(w) or w < 0 for w in weights):
+        raise RunnerError("The train split's weight column must hold numbers of at least 0 in every row.")
+    mean = sum(weights) / len(weights)
+    if mean <= 0:
+        raise RunnerError("Every training pair has weight 0: there is nothing to learn from.")
+    return dataset.remove_columns("weight").add_column("weight", [w / mean for w in weights])
 
 
 def _backbone(model):
@@ -217,7 +281,16 @@ def _run_bradley_terry(config, dataset_paths, output_dir, progress_callback, che
             train = train.remove_columns("margin")
         elif config.margin_scale != 1.0:
             train = train.map(lambda row: {"margin": row["margin"] * config.margin_scale})
-    keep = [c for c in ("prompt", "chosen", "rejected", "margin") if c in train.column_names]
+    weighted = config.pair_weights != "none"
+    if weighted and "weight" not in train.column_names:
+        raise RunnerError(
+            f"pair_weights={config.pair_weights} needs a weight column in the train split: export the snapshot "
+            f"with weights={config.pair_weights}."
+        )
+    # Unweighted runs leave a weight column out, so that they are TRL's own path.
+    keep = [
+        c for c in ("prompt", "chosen", "rejected", "margin", "weight" if weighted else "") if c in train.column_names
+    ]
     train = train.select_columns(keep)
 
     model, tokenizer = _load_base(config, precision)
@@ -251,9 +324,12 @@ def _run_bradley_terry(config, dataset_paths, output_dir, progress_callback, che
         callbacks=[reporter],
         lm_head=lm_head,
         lm_loss_coefficient=config.lm_loss_coefficient,
+        weighted=weighted,
     )
     if not len(trainer.train_dataset):
         raise RunnerError(f"Every training pair is longer than max_length={config.max_length} tokens; raise it.")
+    if weighted:  # after TRL's max_length filter: the mean is over the pairs trained on
+        trainer.train_dataset = normalised_weights(trainer.train_dataset)
     emit_log(
         progress_callback,
         f"{len(trainer.train_dataset)} training pairs (of {len(train)}), precision {precision}, method {config.method}",

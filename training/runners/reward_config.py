@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .base import ConfigError
-from .config import VOTE_SOURCES, RunConfig, option
+from .config import PAIR_WEIGHTS, PAIR_WEIGHTS_HELP, VOTE_SOURCES, RunConfig, option
 
 OBJECTIVES = ("bradley_terry", "regression")
 
@@ -51,6 +51,7 @@ class RewardRunConfig(RunConfig):
     criterion: str = option(
         "", "Train on one criterion's preferences or scores (projects with criteria); empty: the overall judgment."
     )
+    pair_weights: str = option("none", PAIR_WEIGHTS_HELP, PAIR_WEIGHTS)
 
     def validate(self) -> None:
         super().validate()
@@ -64,6 +65,11 @@ class RewardRunConfig(RunConfig):
             raise ConfigError("lm_loss_coefficient works with method full, lora or qlora, not with virtual tokens.")
         if self.lm_loss_coefficient and self.objective != "bradley_terry":
             raise ConfigError("lm_loss_coefficient is a regulariser of the bradley_terry objective.")
+        if self.pair_weights != "none" and self.objective != "bradley_terry":
+            raise ConfigError(
+                f"pair_weights={self.pair_weights} weighs preference pairs: it needs objective=bradley_terry "
+                "(a regression reward model learns from rating scores, which have no pairs)."
+            )
 
 
 CONFIG_CLASS = RewardRunConfig
