@@ -71,7 +71,7 @@ def test_unknown_option_is_refused_with_a_suggestion():
         ({"max_steps": "ten"}, "max_steps must be int, not str 'ten'"),
         ({"use_margin": 1}, "use_margin must be bool, not int 1"),
         ({"learning_rate": True}, "learning_rate must be float"),
-        ({"method": "magic"}, "method must be one of full, lora, qlora, prompt_tuning, prefix_tuning"),
+        ({"method": "magic"}, "method must be one of full, lora, qlora, adalora, ia3, prompt_tuning, prefix_tuning"),
         ({"learning_rate": -1.0}, "learning_rate must be above 0"),
         ({"max_length": None, "lm_loss_coefficient": 0.1, "method": "prompt_tuning"}, "not with virtual tokens"),
     ],
