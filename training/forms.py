@@ -52,6 +52,12 @@ TRAINING_OPTIONS = frozenset(
         "lora_alpha",
         "lora_dropout",
         "lora_target_modules",
+        "adalora_init_r",
+        "adalora_target_r",
+        "adalora_tinit",
+        "adalora_tfinal",
+        "adalora_delta_t",
+        "ia3_feedforward_modules",
         "num_virtual_tokens",
         "merge_adapter",
     }
