@@ -375,6 +375,13 @@ def test_a_synthesis_run_feeds_a_generate_run_whose_round_has_the_new_prompts(
     # Lineage end to end: round → generate run → synthesis run → its base model and seed pool (the items).
     assert generate.parent.base_model == synth.base_model and synth.inputs["prompts_hash"]
 
+    # Another evolution epoch: a synthesis run whose pool is this one's prompts.
+    again = launching.launch_run(
+        project=project, kind="synthesize_prompts", base_model="tiny-causal", from_run=synth.pk, enqueue=False
+    )
+    assert again.parent == synth and again.inputs["prompts"] == len(kept)
+    assert [r["prompt"][0]["content"] for r in _rows(again.prompts_path)] == [r["prompt"] for r in kept]
+
 
 @pytest.mark.django_db
 def test_bad_input_is_refused_at_launch_and_writes_nothing(make_project, settings):
