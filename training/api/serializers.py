@@ -45,7 +45,8 @@ class RunCreateSerializer(serializers.Serializer):
     from_run = serializers.IntegerField(
         required=False,
         allow_null=True,
-        help_text="sft: learn from the demonstrations a finished critique_revise run wrote, instead of a snapshot.",
+        help_text="sft: learn from the demonstrations a finished critique_revise run wrote, instead of a snapshot; "
+        "generate and the other prompt-driven kinds: the prompts a finished synthesize_prompts run kept.",
     )
 
     def __init__(self, *args, **kwargs):

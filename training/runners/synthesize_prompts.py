@@ -264,7 +264,9 @@ def write_with_policy(config: SynthesizePromptsRunConfig, rows: list[dict], prog
     precision = resolve_precision(config)
     tokenizer = load_policy_tokenizer(config.base_model)
     ensure_policy_chat_template(tokenizer)
-    sampler = open_sampler(config, config.base_model, tokenizer, precision)
+    # One engine for both passes: vLLM sizes its context for the longer of the two.
+    longest = dataclasses.replace(config, max_new_tokens=max(config.max_new_tokens, config.answer_max_new_tokens))
+    sampler = open_sampler(longest, config.base_model, tokenizer, precision)
     set_seed(config.seed)  # after loading: the draws start from the seed, whatever loading did
     emit_log(
         progress_callback,
