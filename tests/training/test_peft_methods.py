@@ -15,6 +15,7 @@ from training import cards
 from training.models import TrainingRun
 from training.runners.base import ConfigError, RunnerError, load_model
 from training.runners.dpo_config import DPORunConfig
+from training.runners.ppo_config import PPORunConfig
 from training.runners.reward import RewardRunConfig
 from training.runners.reward import run as run_reward
 from training.runners.sft import SFTRunConfig
@@ -150,6 +151,20 @@ def test_only_the_adapter_trains_and_adalora_prunes_its_ranks(method, tiny_causa
         assert "adalora_mean_rank" not in metrics
 
 
+def test_ppo_prunes_the_adalora_ranks_of_its_policy_and_value_model_in_its_own_loop(tiny_causal, tmp_path):
+    from tests.training.test_ppo import PROMPTS, TOY, chosen_fraction
+    from training.runners.ppo import train as train_ppo
+
+    # 2 PPO steps × 2 minibatches: 4 optimizer updates, the last one the final allocation (adalora_tfinal: 1 of 4)
+    values = {**TOY, "max_steps": 2, "ppo_epochs": 1, "base_model": str(tiny_causal), "method": "adalora"}
+    config = PPORunConfig.from_dict(values)
+    metrics = train_ppo(config, PROMPTS, tmp_path / "out", lambda event: None, score_fn=chosen_fraction)
+    assert metrics["adalora_mean_rank"] == 8.0  # the policy's; 12 before the allocation
+    assert metrics["n_trainable_params"] == EXPECTED_TRAINABLE["adalora"]
+    saved = load_file(tmp_path / "out" / "model.safetensors")  # merged into plain weights
+    assert not any("lora_" in key for key in saved)
+
+
 # --- the runners: merged and adapter folders, the card ----------------------------------------------------------
 
 
@@ -182,6 +197,9 @@ def test_a_reward_model_merges_its_adapter_and_leaves_every_other_weight_as_it_w
     assert f"- method: {name}" in card and trained in card
 
 
+# peft reads AdaLoRA's rank_pattern as LoRA's per-module ranks too, warns that none match, and then resizes the
+# matrices by it as AdaLoRA's loader (the shapes below load only if it did).
+@pytest.mark.filterwarnings("ignore:The following rank_pattern keys did not match")
 def test_an_adalora_adapter_keeps_its_pruned_ranks_and_loads_over_its_base(tiny_causal, tmp_path):
     paths = {"train": write_jsonl(_sft_export(), tmp_path / "train.jsonl")}
     config = {**FAST, "base_model": str(tiny_causal), "method": "adalora", "merge_adapter": False}
@@ -236,7 +254,6 @@ def test_a_bad_combination_is_refused_with_its_reason(values, message):
 
 def test_the_adapters_take_ten_times_the_full_learning_rate_and_online_kinds_accept_them():
     from training.runners.grpo_config import GRPORunConfig
-    from training.runners.ppo_config import PPORunConfig
 
     for method in ("adalora", "ia3"):
         assert DPORunConfig.from_dict({"method": method}).learning_rate == 1e-5  # full: 1e-6
