@@ -8,6 +8,7 @@ from the trainer's log.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -311,3 +312,44 @@ def test_kto_with_lora_and_precomputed_reference_moves_the_reward_the_right_way(
     assert reward_margin(tmp_path / "out", tiny_causal, train) > 0.5
     assert (metrics["desirable_weight"], metrics["undesirable_weight"]) == (1.0, 1.0) and "eval_loss" not in metrics
     assert "adapter_config.json" not in {p.name for p in (tmp_path / "out").iterdir()}  # merged into plain weights
+
+
+@pytest.mark.django_db
+def test_the_launch_form_offers_kto_options_and_launches_a_kto_run(
+    client, preference_project, make_member, tiny_causal
+):
+    from django.urls import reverse
+
+    client.force_login(make_member(preference_project, "boss", "admin"))
+    fragment = client.get(reverse("training-new"), {"kind": "kto"}, HTTP_HX_REQUEST="true").content.decode()
+    options = set(re.findall(r'name="opt_([a-z_]+)"', fragment))
+    assert {"beta", "loss_type", "desirable_weight", "undesirable_weight", "threshold", "votes"} <= options
+    assert not options & {"temperature", "max_new_tokens", "reference", "objective"}
+    form = {"project": "prefs", "kind": "kto", "base_model": str(tiny_causal), "opt_max_steps": "3", "opt_beta": "0.2"}
+    response = client.post(reverse("training-new"), form)
+    run = TrainingRun.objects.get()
+    assert response.status_code == 302 and run.kind == "kto" and run.config["beta"] == 0.2
+    assert run.snapshot.options["format"] == "kto" and run.config["desirable_weight"] is None
+
+
+@pytest.mark.django_db
+def test_train_kto_in_the_foreground_publishes_a_policy(preference_project):
+    import io
+
+    from django.core.management import call_command
+
+    from training.models import ModelArtifact
+
+    out = io.StringIO()
+    sets = ["max_steps=6", "learning_rate=0.003", "logging_steps=2", "method=lora"]
+    args = ["kto", "--project", "prefs", "--base-model", "tiny-causal", "--foreground"]
+    call_command("train", *args, *[a for s in sets for a in ("--set", s)], stdout=out, stderr=io.StringIO())
+    result = json.loads(out.getvalue().splitlines()[-1])
+    assert result["status"] == "succeeded", result
+    run = TrainingRun.objects.get(pk=result["run"])
+    artifact = ModelArtifact.objects.get(run=run)
+    assert run.kind == "kto" and run.snapshot.options["format"] == "kto" and artifact.folder.is_dir()
+    metrics = result["metrics"]
+    assert metrics["n_desirable"] == metrics["n_undesirable"] and metrics["eval_rewards/margins"] > 0
+    info = json.loads((artifact.folder / "arbiter.json").read_text())
+    assert info["kind"] == "kto" and info["is_adapter"] is False

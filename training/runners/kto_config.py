@@ -95,6 +95,10 @@ class KTORunConfig(PolicyRunConfig):
     undesirable_weight: float | None = option(
         None, "Weight of the undesirable examples' loss; empty: balanced with desirable_weight (see there)."
     )
+    max_length: int | None = option(
+        512,
+        "Longest sequence (prompt and response) in tokens; longer ones are cut at the end, as TRL's KTO does (none: no limit).",
+    )
     precompute_ref_log_probs: bool = option(
         False,
         "Compute the reference's log-probabilities once before training, so that it needs no memory during training.",
