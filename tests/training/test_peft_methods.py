@@ -297,3 +297,23 @@ def test_train_takes_the_methods_and_their_options_for_dpo_and_reward(preference
     with pytest.raises(CommandError, match="adalora_init_r cannot apply to method=lora"):
         train("reward", "tiny-llama", "method=lora", "adalora_init_r=16")
     assert TrainingRun.objects.count() == count
+
+
+@pytest.mark.django_db
+def test_the_run_page_says_the_method_and_the_weights_it_trained(client, preference_project, make_member):
+    from django.urls import reverse
+
+    from annotate.models import Role
+
+    call_command(
+        "train", "reward", "--project", "prefs", "--base-model", "tiny-llama", "--set", "method=ia3",
+        stdout=io.StringIO(), stderr=io.StringIO(),
+    )  # fmt: skip
+    run = TrainingRun.objects.latest("pk")
+    client.force_login(make_member(preference_project, "boss", Role.ADMIN))
+    page = reverse("training-run", args=[run.pk])
+    assert "Method:" not in client.get(page).content.decode()  # nothing trained yet
+    metrics = {"n_train": 40, "train_steps": 20, "n_trainable_params": 160, "n_params": 20128}
+    TrainingRun.objects.filter(pk=run.pk).update(status="succeeded", metrics=metrics, progress_total=20)
+    html = client.get(page).content.decode()
+    assert "Method: (IA)³ (ia3): 160 of 20,128 weights trained (0.795%)" in html
