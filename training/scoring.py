@@ -140,12 +140,13 @@ class CombinedScorer:
 
 def encode_prompt(tokenizer, prompt) -> list[int]:
     """A PRM's prompt tokens: a conversation through the chat template (ready for the assistant's turn), a string
-    after the bos token (as TRL's PRMTrainer tokenised it)."""
+    after the bos token (as TRL's PRMTrainer tokenised it; [CLS] for an encoder without one)."""
     if isinstance(prompt, list):
         text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     ids = list(tokenizer(prompt or "", add_special_tokens=False)["input_ids"])
-    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id  # BERT: [CLS]
+    return ([start] if start is not None else []) + ids
 
 
 def encode_steps(
@@ -158,12 +159,16 @@ def encode_steps(
     max_completion_length: int | None = None,
 ) -> tuple[list[int], list[int]]:
     """``(token ids, positions)`` of a prompt and its steps, each step followed by ``separator``: ``positions[i]``
-    is the index of step i's last token, where its label is read (TRL's PRMTrainer). A long prompt keeps its end;
+    is the index of step i's last token, where its label is read (TRL's PRMTrainer); a separator the tokenizer
+    drops (a newline, for BERT-style tokenizers) becomes its [SEP] token. A long prompt keeps its end;
     steps that do not fit the limits are left out, so ``positions`` may be shorter than ``steps``."""
     prompt_ids = encode_prompt(tokenizer, prompt)
     if max_prompt_length and len(prompt_ids) > max_prompt_length:
         prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length :]
     separator_ids = list(tokenizer(separator, add_special_tokens=False)["input_ids"])
+    if not separator_ids:  # BERT-style tokenizers drop whitespace: mark a step's end with their [SEP] (or eos)
+        marker = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        separator_ids = [marker] if marker is not None else []
     room = min(
         max_completion_length or 10**9,
         (max_length - len(prompt_ids)) if max_length else 10**9,
