@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from annotate.models import Kind
 
 from .runners.critique_revise_config import CritiqueReviseRunConfig
+from .runners.distill_config import DistillRunConfig
 from .runners.dpo_config import DPORunConfig
 from .runners.evaluate_config import EvaluateRunConfig
 from .runners.generate_config import GenerateRunConfig
@@ -53,6 +54,12 @@ NEW_PROMPTS = "new_prompts"  # a prompts file kept in the run's folder, for `tra
 NO_REWARD_MODEL = "none"
 OPTIONAL_REWARD_MODEL = "optional"
 REWARD_MODEL_NEEDED = "needed"
+
+# A teacher the run learns from (--teacher: distill). Whether a run of an "optional" kind needs one is its config's
+# to say (distill: mode=on_policy does, mode=context does not).
+NO_TEACHER = "none"
+OPTIONAL_TEACHER = "optional"
+TEACHER_NEEDED = "needed"
 
 # Base models that fit (shown where a base model is chosen; the runner checks what it loads).
 CAUSAL_LM = "causal language model"
@@ -99,6 +106,7 @@ class TrainingKind:
     # SNAPSHOT kinds whose ``source`` option follows the snapshot given: export format → value of ``source``.
     source_by_format: dict[str, str] = field(default_factory=dict)
     reward_models: str = NO_REWARD_MODEL
+    teacher: str = NO_TEACHER
     # PROMPTS kinds: where the prompts come from when the launcher says nothing (datasets.PROMPT_SOURCES).
     default_prompts: str = "items"
     # A file of the run's output kept in its folder that can be sent to annotators for review.
@@ -294,6 +302,18 @@ register(
         publishes=MODEL,
         base_models=_POLICY,
         reward_models=REWARD_MODEL_NEEDED,
+    )
+)
+register(
+    TrainingKind(
+        "distill",
+        "Distillation (on-policy or context)",
+        DistillRunConfig,
+        "training.runners.distill",
+        reads=PROMPTS,
+        publishes=MODEL,
+        base_models=_POLICY,
+        teacher=OPTIONAL_TEACHER,
     )
 )
 register(

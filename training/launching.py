@@ -32,6 +32,7 @@ from . import datasets, kinds
 from .models import ACTIVE_STATUSES, ArtifactKind, ModelArtifact, RunStatus, TrainingRun
 from .rounds import model_label, samples_field
 from .runners.base import ConfigError
+from .runners.distill_config import CONSTITUTION_CONTEXT, constitution_context, tokenizer_difference
 from .runners.judge_config import JUDGE_FIELDS
 from .scoring import CombinedScorer
 from .selectors import TrainingError, check_launch_access, load_scorer, resolve_base_model, resolve_reward_models
@@ -391,6 +392,54 @@ def _constitution_values(kind: kinds.TrainingKind, project: Project, base, value
     return values, {"hash": constitution_hash(principles), "principles": [p["name"] for p in principles]}
 
 
+def _teacher_values(kind: kinds.TrainingKind, base, teacher, values: dict) -> tuple[dict, object]:
+    """A distilling kind's teacher (``--teacher``) into ``teacher_model``: only from MODEL_ROOTS or the registry, like
+    the base model, and with the student's tokenizer (their next-token distributions are compared token by token).
+    A kind without a teacher refuses one; whether a run needs one is its config's to say (distill: mode=on_policy)."""
+    if kind.teacher == kinds.NO_TEACHER:
+        if teacher:
+            takers = ", ".join(k.name for k in kinds.KINDS.values() if k.teacher != kinds.NO_TEACHER)
+            raise TrainingError(f"--teacher is for {takers}: a {kind.name} run learns from no teacher.")
+        return values, None
+    if "teacher_model" in values:
+        raise TrainingError("Give the teacher as --teacher (or the teacher field), not as a config option.")
+    if not teacher:
+        if kind.teacher == kinds.TEACHER_NEEDED:
+            raise TrainingError(f"A {kind.name} run learns from a teacher: give --teacher PATH_OR_ARTIFACT.")
+        return values, None
+    chosen = resolve_base_model(teacher)
+    why = tokenizer_difference(base.path, chosen.path)
+    if why:
+        raise TrainingError(
+            f"The teacher ({chosen.label}) and the student ({base.label}) do not share a tokenizer: {why}. "
+            "Distillation compares their next-token distributions token by token; choose a teacher of the "
+            "student's family."
+        )
+    return {**values, "teacher_model": str(chosen.path)}, chosen
+
+
+def _context_values(kind: kinds.TrainingKind, project: Project, values: dict) -> tuple[dict, dict]:
+    """``context=constitution`` (distill's context mode): the project's constitution, written out as the system
+    prompt, and ``run.inputs["constitution"]`` (its sha256 and names); a project without one is refused."""
+    if values.get("context") != CONSTITUTION_CONTEXT:
+        return values, {}
+    try:
+        principles = validate_constitution(project.constitution)
+    except ValidationError as exc:
+        raise TrainingError(f"The constitution of {project.slug} is invalid: {' '.join(exc.messages)}") from None
+    if not principles:
+        raise TrainingError(
+            f"Project {project.slug} has no constitution to take the context from (context=constitution): add "
+            f"principles on its settings page (or PATCH /api/projects/{project.slug}/ with constitution), or give "
+            "the context as text."
+        )
+    context = constitution_context(principles)
+    return {**values, "context": context}, {
+        "hash": constitution_hash(principles),
+        "principles": [p["name"] for p in principles],
+    }
+
+
 def _check_causal_lm(kind: kinds.TrainingKind, base) -> None:
     """A policy that is a reward model (a registered one, or a folder whose config names a sequence classifier)."""
     if base.artifact is not None:
@@ -500,6 +549,7 @@ def launch_run(
     prompts: Prompts | None = None,
     baseline: str | None = None,
     from_run: TrainingRun | int | None = None,
+    teacher: str | None = None,
 ) -> TrainingRun:
     """Validate, snapshot or choose prompts as the kind needs, and queue a run. Bad input raises TrainingError and
     writes nothing (except a fresh snapshot, which is a valid export in its own right).
@@ -520,6 +570,9 @@ def launch_run(
     - a prompt-driven kind with ``from_run``: the prompts a synthesize_prompts run wrote (its ``prompts.jsonl``)
       become this run's prompts file; ``from_run`` becomes the parent. synthesize_prompts records its templates'
       hashes in ``run.inputs["templates"]``.
+    - distill: ``teacher`` (MODEL_ROOTS or the registry, like the base model, and with the student's tokenizer) is
+      resolved into ``teacher_model`` and recorded in ``run.inputs["teacher"]``; ``context=constitution`` becomes
+      the project's constitution written out as a system prompt (its sha256 in ``run.inputs["constitution"]``).
     """
     prompts = prompts or Prompts()
     values = dict(values or {})
@@ -548,6 +601,8 @@ def launch_run(
     if values.get("ref_model"):  # dpo's reference policy: only from MODEL_ROOTS or the registry, like the base model
         reference = resolve_base_model(str(values["ref_model"]))
         values["ref_model"] = str(reference.path)
+    values, teacher_model = _teacher_values(kind, base, teacher, values)
+    values, context_constitution = _context_values(kind, project, values)
     if kind.publishes == kinds.CANDIDATES and not values.get("model_label"):
         values["model_label"] = model_label(str(base.path), base.artifact)
     config = resolve_config(kind, project, values, str(base.path))
@@ -557,6 +612,7 @@ def launch_run(
         *(r.artifact for r in rewards),
         baseline_model.artifact if baseline_model else None,
         reference.artifact if reference else None,
+        teacher_model.artifact if teacher_model else None,
     ]
     check_launch_access(launched_by, project, models_used, target)
     rows, inputs = None, {}
@@ -592,6 +648,14 @@ def launch_run(
             "path": str(reference.path),
             "artifact": reference.artifact.pk if reference.artifact else None,
         }
+    if teacher_model is not None:
+        inputs["teacher"] = {
+            "path": str(teacher_model.path),
+            "artifact": teacher_model.artifact.pk if teacher_model.artifact else None,
+            "label": teacher_model.label,
+        }
+    if context_constitution:
+        inputs["constitution"] = context_constitution
     if constitution:
         inputs["constitution"] = {**constitution, "templates": config.template_hashes()}
     elif kind.publishes == kinds.NEW_PROMPTS:

@@ -38,6 +38,7 @@ NOT_FOR_JUDGES = (
     "max_prompts",
     "baseline",
     "from_run",
+    "teacher",
 )
 
 
@@ -149,6 +150,12 @@ class Command(BaseCommand):
             "of a snapshot; generate (and the other prompt-driven kinds): the new prompts a finished "
             "synthesize_prompts run kept, instead of --prompts-from.",
         )
+        parser.add_argument(
+            "--teacher",
+            metavar="PATH_OR_ARTIFACT",
+            help=f"{', '.join(k.name for k in kinds.KINDS.values() if k.teacher != kinds.NO_TEACHER)}: the model the "
+            "student (--base-model) learns from, with the same tokenizer: a folder under MODEL_ROOTS or artifact:ID.",
+        )
         parser.add_argument("--judge", metavar="NAME", help="judge: the project's AI judge that votes (add_judge).")
         parser.add_argument(
             "--max-items", type=int, metavar="N", help="judge: at most this many of the items it has not voted on."
@@ -240,6 +247,7 @@ class Command(BaseCommand):
                     baseline=options["baseline"],
                     parent=options["parent"],
                     from_run=options["from_run"],
+                    teacher=options["teacher"],
                 )
         except (TrainingError, ConfigError) as exc:
             raise CommandError(str(exc)) from None
