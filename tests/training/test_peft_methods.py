@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from tests.training.conftest import toy_rows, write_jsonl
 from training import cards
 from training.models import TrainingRun
-from training.runners.base import ConfigError, RunnerError, load_model
+from training.runners.base import ConfigError, RunCancelled, RunnerError, load_model
 from training.runners.dpo_config import DPORunConfig
 from training.runners.ppo_config import PPORunConfig
 from training.runners.reward import RewardRunConfig
@@ -225,6 +225,22 @@ def test_an_adalora_adapter_keeps_its_pruned_ranks_and_loads_over_its_base(tiny_
     card = _card(info["config"], info["metrics"], info, "sft")
     assert "a PEFT adapter over the base model" in card
     assert "- method: AdaLoRA (adalora), ranks pruned from 12 to a mean of 8: " in card
+
+
+def test_a_stopped_adalora_run_resumes_in_its_final_phase_with_its_pruned_ranks(tiny_causal, tmp_path):
+    """Checkpoints keep the matrices at full rank (peft would cut them to the ranks kept, and the resumed model
+    could not load them); the resumed run reads the kept ranks back before its first step."""
+    paths = {"train": write_jsonl(_sft_export(), tmp_path / "train.jsonl")}
+    values = {**FAST, "base_model": str(tiny_causal), "method": "adalora", "save_steps": 17, "merge_adapter": False}
+    config, checkpoints = SFTRunConfig.from_dict(values), str(tmp_path / "checkpoints")
+    with pytest.raises(RunCancelled):  # stopped at step 18: the last checkpoint is 17, after the final allocation (16)
+        run_sft(config, paths, tmp_path / "out", lambda e: e["event"] == "progress" and e["step"] == 18, checkpoints)
+    events = []
+    metrics = run_sft(config, paths, tmp_path / "out", events.append, checkpoints)
+    assert [e["step"] for e in events if e["event"] == "progress"] == [18, 19, 20]
+    assert metrics["adalora_mean_rank"] == 8.0
+    adapter = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert sum(map(sum, adapter["rank_pattern"].values())) == 56
 
 
 # --- options ------------------------------------------------------------------------------------------------------

@@ -292,6 +292,15 @@ def schedule_adalora(model, config: RunConfig, total_steps: int):
     return tuner
 
 
+def restore_rank_pattern(tuner) -> None:
+    """After a resumed run loaded its checkpoint: AdaLoRA's rank pattern (which singular values are kept) read back
+    from the weights, since checkpoints are saved at full rank without it; the final phase applies it after every
+    step. Call it before the first optimizer step, which would move the pruned values off 0."""
+    name = f"lora_E.{tuner.trainable_adapter_name}"
+    pattern = {n: (p != 0).view(-1).tolist() for n, p in tuner.model.named_parameters() if name in n}
+    tuner.peft_config[tuner.trainable_adapter_name].rank_pattern = pattern
+
+
 def trained_parameters(model, config: RunConfig) -> dict:
     """What a run trained, for its metrics, model card and run page: ``n_trainable_params`` of ``n_params`` (peft's
     count for adapters: the base's weights and the adapter's, 4-bit weights counted unpacked) and, for AdaLoRA,
@@ -476,6 +485,7 @@ def make_progress_callback(progress_callback: ProgressCallback, config: RunConfi
             self.config = config
             self.adalora = None
             self.adalora_updates = 0
+            self.rank_pattern = None
 
         def _emit(self, state, event: dict) -> None:
             if not state.is_world_process_zero:
@@ -485,6 +495,8 @@ def make_progress_callback(progress_callback: ProgressCallback, config: RunConfi
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             self.adalora = schedule_adalora(model, config, state.max_steps) if model is not None else None
+            if self.adalora is not None and state.global_step > 0:  # resumed: the checkpoint is loaded by now
+                restore_rank_pattern(self.adalora)
             self._emit(state, {"event": "start", "step": state.global_step, "total": state.max_steps})
 
         def on_optimizer_step(self, args, state, control, **kwargs):
@@ -506,6 +518,11 @@ def make_progress_callback(progress_callback: ProgressCallback, config: RunConfi
             if self.stopped:
                 control.should_training_stop = True
                 control.should_save = False
+            if self.adalora is not None and control.should_save:
+                # A checkpoint keeps AdaLoRA's matrices at full rank (pruned values are 0), so that it loads back
+                # into the model it resumes; peft would cut them to the ranks kept. Restored in on_save.
+                self.rank_pattern = self.adalora.peft_config[self.adalora.trainable_adapter_name].rank_pattern
+                self.adalora.peft_config[self.adalora.trainable_adapter_name].rank_pattern = None
             return control
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -519,6 +536,8 @@ def make_progress_callback(progress_callback: ProgressCallback, config: RunConfi
 
         def on_save(self, args, state, control, **kwargs):
             self.last_save = time.monotonic()
+            if self.adalora is not None:
+                self.adalora.peft_config[self.adalora.trainable_adapter_name].rank_pattern = self.rank_pattern
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             remove_pickles(checkpoint)
             self._emit(state, {"event": "checkpoint", "step": state.global_step, "path": str(checkpoint)})

@@ -54,6 +54,7 @@ from .base import (
     quantization_config,
     read_arbiter_json,
     resolve_precision,
+    restore_rank_pattern,
     schedule_adalora,
     trained_parameters,
 )
@@ -130,6 +131,8 @@ def train(
         resume = last_checkpoint(str(checkpoints))
         if resume:
             start_step = load_checkpoint(Path(resume), accelerator, policy, value, optimizer, scheduler, kl_control)
+            for tuner in adalora:
+                restore_rank_pattern(tuner)
             emit_log(progress_callback, f"Resuming from {Path(resume).name}")
         if progress_callback({"event": "start", "step": start_step, "total": total_steps}):
             raise RunCancelled()
