@@ -23,7 +23,15 @@ from .selectors import allowed_base_models, training_projects
 
 # Filled in by Arbiter from the form's own inputs (base model, reward models, baseline): never typed as options.
 FILLED_BY_ARBITER = frozenset(
-    {"base_model", "reward_models", "reward_weights", "baseline_model", "principle_names", "principle_texts"}
+    {
+        "base_model",
+        "reward_models",
+        "reward_weights",
+        "baseline_model",
+        "principle_names",
+        "principle_texts",
+        "teacher_model",
+    }
 )
 # Read only by kinds that sample responses (their configs inherit them from PolicyRunConfig all the same).
 SAMPLING_OPTIONS = frozenset(
@@ -89,7 +97,11 @@ GROUPS = (
             "margin_scale",
         ),
     ),
-    Group("method", "Model and method", ("base_model", "reward_models", "reward_weights", "baseline", "method")),
+    Group(
+        "method",
+        "Model and method",
+        ("base_model", "teacher", "reward_models", "reward_weights", "baseline", "method"),
+    ),
     Group(
         "optimisation",
         "Optimisation",
@@ -152,6 +164,9 @@ KEY_FIELDS = frozenset(
         "reward_models",
         "reward_weights",
         "baseline",
+        "teacher",
+        "mode",
+        "context",
         "method",
         "objective",
         "lm_loss_coefficient",
@@ -306,6 +321,7 @@ INPUTS = (
     "reward_models",
     "reward_weights",
     "baseline",
+    "teacher",
 )
 
 
@@ -346,6 +362,11 @@ class LaunchForm(forms.Form):
         required=False, min_value=1, label="Max prompts", help_text="At most this many prompts; empty: all."
     )
     baseline = forms.ChoiceField(required=False, help_text="The policy the new one is compared with.")
+    teacher = forms.ChoiceField(
+        required=False,
+        help_text="The model the base model (the student) learns from, with the same tokenizer; context mode: empty "
+        "for the base model itself.",
+    )
     parent = forms.IntegerField(
         required=False,
         min_value=1,
@@ -426,6 +447,13 @@ class LaunchForm(forms.Form):
             ]
         else:
             del self.fields["baseline"]
+        if kind.teacher == kinds.NO_TEACHER:
+            del self.fields["teacher"]
+        else:
+            self.fields["teacher"].required = kind.teacher == kinds.TEACHER_NEEDED
+            self.fields["teacher"].choices = [("", "none")] + [
+                _labelled(v, label, family) for v, label, family in models if fits(family, (kinds.CAUSAL_LM,))
+            ]
 
     @staticmethod
     def _option_field(row: dict) -> forms.Field:

@@ -63,7 +63,7 @@ def run_new(request):
         raise PermissionDenied("Only project admins launch training.")
     initial = {
         name: request.GET.get(name)
-        for name in ("project", "kind", "base_model", "parent", "target_project", "baseline")
+        for name in ("project", "kind", "base_model", "parent", "target_project", "baseline", "teacher")
         if request.GET.get(name)
     }
     form = LaunchForm(
@@ -111,6 +111,7 @@ def _launch(request, form: LaunchForm) -> TrainingRun | None:
             prompts=prompts,
             baseline=data.get("baseline") or None,
             parent=data.get("parent"),
+            teacher=data.get("teacher") or None,
         )
     except TrainingError as exc:
         form.add_error(form.field_for_message(str(exc)), str(exc))

@@ -14,10 +14,12 @@ import pytest
 import torch
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.urls import reverse
 from safetensors.torch import load_file
 from tokenizers import decoders
 from transformers import LlamaForCausalLM
 
+from annotate.models import Role
 from tests.tiny import tiny_causal_lm, tiny_config, tiny_tokenizer
 from tests.training.conftest import toy_rows, write_jsonl
 from training.launching import launch_run
@@ -239,3 +241,39 @@ def test_train_distill_in_the_foreground_publishes_a_student_with_its_teacher_on
     assert {"eval_divergence_before", "eval_divergence_after"} <= set(run_.metrics)
     artifact = ModelArtifact.objects.get(run=run_)
     assert json.loads((artifact.folder / "arbiter.json").read_text())["teacher"] == str(teachers / "taught")
+
+
+@pytest.mark.django_db
+def test_the_form_and_the_api_take_the_teacher_and_context_constitution_takes_the_projects(
+    roots, make_project, make_member, client, api_client_for, teachers
+):
+    project = make_project(slug="distil", n_items=6)
+    boss = make_member(project, "boss", Role.ADMIN)
+    client.force_login(boss)
+    form = client.get(reverse("training-new"), {"kind": "distill"}).content.decode()
+    assert 'name="teacher"' in form and "taught" in form and 'name="opt_teacher_model"' not in form
+    assert 'name="teacher"' not in client.get(reverse("training-new"), {"kind": "dpo"}).content.decode()
+    fields = {"project": "distil", "kind": "distill", "base_model": str(teachers / "student")}
+    refused = client.post(reverse("training-new"), {**fields, "teacher": str(teachers / "other")})
+    assert refused.status_code == 400 and "do not share a tokenizer" in refused.content.decode()
+    assert not TrainingRun.objects.exists()
+    response = client.post(reverse("training-new"), {**fields, "teacher": str(teachers / "taught")})
+    run_ = TrainingRun.objects.get()
+    assert response.status_code == 302 and run_.inputs["teacher"]["path"] == str(teachers / "taught")
+
+    api = api_client_for(boss)
+    body = {"project": "distil", "kind": "distill", "base_model": "student", "teacher": "other"}
+    response = api.post(reverse("api-training-runs"), body, format="json")
+    assert response.status_code == 400 and "do not share a tokenizer" in response.json()["detail"]
+    response = api.post(reverse("api-training-runs"), {**body, "teacher": "taught"}, format="json")
+    assert response.status_code == 201 and response.json()["config"]["teacher_model"] == str(teachers / "taught")
+
+    # context=constitution: refused without one; with one, its principles become the system prompt, on record.
+    context = {"mode": "context", "context": "constitution"}
+    with pytest.raises(TrainingError, match="has no constitution"):
+        launch_run(project=project, kind="distill", base_model="student", values=context, enqueue=False)
+    project.constitution = [{"name": "kind", "text": "Answer kindly."}, {"name": "honest", "text": "Never deceive."}]
+    project.save(update_fields=["constitution"])
+    run_ = launch_run(project=project, kind="distill", base_model="student", values=context, enqueue=False)
+    assert "- kind: Answer kindly.\n- honest: Never deceive." in run_.config["context"]
+    assert run_.inputs["constitution"]["principles"] == ["kind", "honest"] and "teacher" not in run_.inputs

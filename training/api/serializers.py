@@ -41,6 +41,12 @@ class RunCreateSerializer(serializers.Serializer):
     )
     max_prompts = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     baseline = serializers.CharField(required=False, allow_blank=True, help_text="evaluate: the policy compared with.")
+    teacher = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        help_text="distill: the model the student (base_model) learns from, with its tokenizer (a folder under "
+        "MODEL_ROOTS or artifact:ID).",
+    )
     parent = serializers.IntegerField(required=False, allow_null=True, help_text="The run this one continues.")
     from_run = serializers.IntegerField(
         required=False,

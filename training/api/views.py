@@ -107,6 +107,7 @@ def runs(request):
             baseline=data.get("baseline") or None,
             parent=data.get("parent"),
             from_run=data.get("from_run"),
+            teacher=data.get("teacher") or None,
         )
     except TrainingError as exc:
         raise BadRequest(str(exc)) from None
