@@ -153,8 +153,10 @@ def test_context_distillation_answers_without_the_context_as_the_teacher_did_wit
     config = DistillRunConfig.from_dict(
         {**FAST, "base_model": str(base), "mode": "context", "context": CONTEXT, "learning_rate": 3e-3}
     )
-    metrics = run(config, {"train": prompts_file}, tmp_path / "out", lambda event: None)
+    metrics = run(config, {"train": prompts_file}, tmp_path / "out", lambda event: None, tmp_path / "checkpoints")
     pairs = [json.loads(line) for line in (tmp_path / "out" / PAIRS_FILE).read_text().splitlines()]
+    # kept with the checkpoints too: a retry fine-tunes on the same answers
+    assert (tmp_path / "checkpoints" / PAIRS_FILE).read_text() == (tmp_path / "out" / PAIRS_FILE).read_text()
     prompts = {json.loads(line)["prompt"] for line in open(prompts_file)}
     assert len(pairs) == metrics["context_pairs"] == metrics["n_train"] and 28 <= len(pairs) <= 32
     assert all(p["prompt"] in prompts and CONTEXT not in json.dumps(p["prompt"]) for p in pairs)

@@ -41,7 +41,7 @@ from .base import (
     train_to_end,
     training_arguments,
 )
-from .data import as_messages, read_prompt_rows, write_jsonl
+from .data import as_messages, read_prompt_rows, read_split, write_jsonl
 from .distill_config import CONFIG_CLASS, DistillRunConfig, tokenizer_difference  # noqa: F401 - the worker reads it
 from .policy import (
     check_model_path,
@@ -346,33 +346,46 @@ def context_pairs(config, rows: list[dict], progress_callback) -> list[dict]:
 def distill_context(config, train_rows, held_out, output_dir, progress_callback, checkpoint_dir) -> dict:
     precision = resolve_precision(config)
     teacher_path = config.teacher_model or config.base_model
-    pairs = context_pairs(config, train_rows, progress_callback)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # The pairs are kept with the checkpoints: a retry fine-tunes on the same answers instead of sampling anew.
+    saved = Path(checkpoint_dir) / PAIRS_FILE if checkpoint_dir else None
+    if saved is not None and saved.is_file():
+        pairs = read_split(saved)
+        emit_log(progress_callback, f"Resuming: {len(pairs)} context pairs from {saved}")
+    else:
+        pairs = context_pairs(config, train_rows, progress_callback)
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            write_jsonl(pairs, saved)
     if not pairs:
         raise RunnerError("The teacher wrote no answer with the context (every one was empty): nothing to learn.")
     tokenizer = load_policy_tokenizer(config.base_model)
     ensure_policy_chat_template(tokenizer)
     evals = eval_pairs(config, [r["prompt"] for r in held_out], teacher_path, tokenizer, progress_callback)
-    before = None
-    if evals:
-        teacher = load_policy_model(teacher_path, config, precision, for_training=False)
-        student = load_policy_model(config.base_model, config, precision, for_training=False)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        before = measure(student.to(device), teacher.to(device), evals, config, config.per_device_eval_batch_size)
+    batch = config.per_device_eval_batch_size
+
+    def divergence(student_path: str) -> dict:
+        # One model pair at a time, and none of them while the student trains.
+        teacher = load_policy_model(teacher_path, config, precision, for_training=False).to(device)
+        student = load_policy_model(student_path, config, precision, for_training=False).to(device)
+        try:
+            return measure(student, teacher, evals, config, batch)
+        finally:
+            del teacher, student
+            free_memory()
+
+    before = divergence(config.base_model) if evals else None
+    if before is not None:
         emit_log(progress_callback, f"Divergence to the teacher with its context, before: {before['divergence']:.4f}")
-        del student
-        free_memory()
     examples = [{"prompt": p["prompt"], "completion": p["completion"]} for p in pairs]
     metrics = fine_tune(config, examples, None, output_dir, progress_callback, checkpoint_dir, info=_info(config))
     output_dir = Path(output_dir)
     write_jsonl(pairs, output_dir / PAIRS_FILE)
     metrics["context_pairs"] = len(pairs)
-    if evals:
-        student = load_policy_model(str(output_dir), config, precision, for_training=False)
-        after = measure(student.to(device), teacher, evals, config, config.per_device_eval_batch_size)
+    if before is not None:
+        after = divergence(str(output_dir))
         metrics.update(_divergence_metrics(before, after, len(evals)))
         emit_log(progress_callback, f"Divergence to the teacher with its context, after: {after['divergence']:.4f}")
-        del student, teacher
-        free_memory()
     body = read_arbiter_json(output_dir) or {**_info(config), "config": config.to_dict()}
     write_info(output_dir, {**body, "metrics": metrics, "files": [PAIRS_FILE]})
     return metrics
