@@ -220,11 +220,20 @@ def test_weighting_learns_through_an_adversarys_flipped_pairs(make_project, tmp_
     assert accuracy["dawid-skene"] >= accuracy["none"] + 0.25
 
 
-def test_a_weighted_dpo_run_trains_and_saves(tmp_path, models_root):
+@pytest.mark.parametrize(
+    "values", [{}, {"method": "lora", "precompute_ref_log_probs": True, "learning_rate": 1e-2}, {"reference": "none"}]
+)
+def test_a_weighted_dpo_run_trains_and_saves(tmp_path, models_root, values):
     rows = [{**row, "weight": w} for row, w in zip(toy_rows(16), [1.0, 0.25] * 8)]
     paths = {"train": write_jsonl(rows, tmp_path / "train.jsonl")}
     config = DPORunConfig.from_dict(
-        {**FAST, "max_steps": 4, "base_model": str(models_root / "tiny-causal"), "pair_weights": "bradley-terry"}
+        {
+            **FAST,
+            "max_steps": 4,
+            "base_model": str(models_root / "tiny-causal"),
+            "pair_weights": "bradley-terry",
+            **values,
+        }
     )
     metrics = run_dpo(config, paths, tmp_path / "out", lambda event: None)
     assert metrics["n_train"] == 16 and metrics["train_rewards/margins"] > 0

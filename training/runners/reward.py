@@ -288,10 +288,8 @@ def _run_bradley_terry(config, dataset_paths, output_dir, progress_callback, che
             f"with weights={config.pair_weights}."
         )
     # Unweighted runs leave a weight column out, so that they are TRL's own path.
-    keep = [
-        c for c in ("prompt", "chosen", "rejected", "margin", "weight" if weighted else "") if c in train.column_names
-    ]
-    train = train.select_columns(keep)
+    columns = ("prompt", "chosen", "rejected", "margin") + (("weight",) if weighted else ())
+    train = train.select_columns([c for c in columns if c in train.column_names])
 
     model, tokenizer = _load_base(config, precision)
     if is_conversational_rows(train):
