@@ -53,7 +53,11 @@ def kinds_table() -> str:
         }
         lines.append(
             f"  {kind.name:<19} {kind.label}: reads {reads}, makes {MAKES[kind.publishes]}"
-            f"{needs.get(kind.reward_models, '')}; "
+            f"{needs.get(kind.reward_models, '')}"
+            + {kinds.TEACHER_NEEDED: "; needs --teacher", kinds.OPTIONAL_TEACHER: "; takes --teacher"}.get(
+                kind.teacher, ""
+            )
+            + "; "
             + (f"base model: {' or '.join(kind.base_models)}" if kind.base_models else "model: the judge's")
         )
     return "\n".join(lines)
