@@ -46,7 +46,7 @@ SEED = 0
 DELTAS = (-10, -2, -1, 1, 2, 10)
 SLIP_KINDS = ("result", "operand", "carry")
 SETTINGS = {
-    "learning_rate": 2e-4,
+    "learning_rate": 5e-5,
     "per_device_train_batch_size": 16,
     "per_device_eval_batch_size": 64,
     "max_length": 96,
