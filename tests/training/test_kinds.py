@@ -143,8 +143,8 @@ def test_an_unregistered_kind_is_refused_with_the_registered_ones(preference_sna
 
 
 def test_the_registry_holds_each_fact_once_for_the_built_in_kinds():
-    assert kinds.names(reads=kinds.SNAPSHOT) == ["reward", "sft", "dpo"]
-    assert kinds.names(publishes=kinds.REWARD_MODEL) == ["reward"]
+    assert kinds.names(reads=kinds.SNAPSHOT) == ["reward", "prm", "sft", "dpo"]
+    assert kinds.names(publishes=kinds.REWARD_MODEL) == ["reward", "prm"]
     assert kinds.names(publishes=kinds.CANDIDATES) == ["generate", "critique_revise"] and kinds.NEXT_ROUND == "generate"
     assert kinds.names(publishes=kinds.COMPARISONS) == ["evaluate"]
     assert sorted(kinds.names(reward_models=kinds.REWARD_MODEL_NEEDED)) == [
