@@ -132,7 +132,7 @@ def test_tokenizers_are_compared_by_vocabulary_and_special_tokens(models_root, t
 def test_on_policy_distillation_brings_the_student_closer_to_the_teacher(models_root, teachers, prompts_file, tmp_path):
     student = teachers / "student"
     config = DistillRunConfig.from_dict(
-        {**FAST, "base_model": str(student), "teacher_model": str(teachers / "taught"), "beta": 0.5}
+        {**FAST, "base_model": str(student), "teacher_model": str(teachers / "taught"), "beta": 0.5, "lmbda": 0.5}
     )
     events = []
     metrics = run(config, {"train": prompts_file}, tmp_path / "out", events.append)
@@ -141,6 +141,7 @@ def test_on_policy_distillation_brings_the_student_closer_to_the_teacher(models_
     assert after < 0.7 * before, (before, after)
     assert metrics["eval_answer_logp_after"] > metrics["eval_answer_logp_before"]
     assert metrics["train_steps"] == 20
+    assert 0.2 <= metrics["teacher_sampled_fraction"] <= 0.8  # lmbda=0.5: the teacher answered some batches
     assert _changed(student, tmp_path / "out")
     info = json.loads((tmp_path / "out" / "arbiter.json").read_text())
     assert info["kind"] == "distill" and info["mode"] == "on_policy"
@@ -241,6 +242,7 @@ def test_train_distill_in_the_foreground_publishes_a_student_with_its_teacher_on
     assert run_.inputs["teacher"] == {"path": str(teachers / "taught"), "artifact": None, "label": "taught"}
     assert run_.config["teacher_model"] == str(teachers / "taught") and run_.inputs["prompts"] == 10
     assert {"eval_divergence_before", "eval_divergence_after"} <= set(run_.metrics)
+    assert run_.metrics["teacher_sampled_fraction"] == 0  # lmbda=1 by default: fully on-policy
     artifact = ModelArtifact.objects.get(run=run_)
     assert json.loads((artifact.folder / "arbiter.json").read_text())["teacher"] == str(teachers / "taught")
 

@@ -240,9 +240,14 @@ def _mixed_trainer_class():
             super().__init__(*args, **kwargs)
             self.lmbda = lmbda
             self._draws = random.Random(self.args.seed)
+            self.sampled_batches = {"student": 0, "teacher": 0}  # training batches, by the model that answered
 
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
-            if self.lmbda >= 1 or not self.model.training or self._draws.random() < self.lmbda:
+            if not self.model.training:
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
+            by_student = self.lmbda >= 1 or self._draws.random() < self.lmbda
+            self.sampled_batches["student" if by_student else "teacher"] += 1
+            if by_student:
                 return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
             student, self.model_wrapped = self.model_wrapped, self.teacher_model
             try:
@@ -306,10 +311,13 @@ def distill_on_policy(config, train_rows, held_out, output_dir, progress_callbac
             emit_log(progress_callback, f"Divergence to the teacher before training: {before['divergence']:.4f}")
 
         def collect() -> dict:
-            after = measure(
-                trainer.accelerator.unwrap_model(trainer.model), trainer.teacher_model, pairs, config, batch
-            )
-            return _divergence_metrics(before, after if pairs else None, len(pairs))
+            counts = trainer.sampled_batches
+            metrics = {"teacher_sampled_fraction": counts["teacher"] / max(sum(counts.values()), 1)}
+            if pairs:
+                student = trainer.accelerator.unwrap_model(trainer.model)
+                after = measure(student, trainer.teacher_model, pairs, config, batch)
+                metrics.update(_divergence_metrics(before, after, len(pairs)))
+            return metrics
 
         metrics = train_to_end(trainer, reporter, checkpoints, collect)
         if "eval_divergence_after" in metrics:
