@@ -25,7 +25,7 @@ from tests.training.conftest import toy_rows, write_jsonl
 from training.launching import launch_run
 from training.models import ModelArtifact, TrainingRun
 from training.runners.base import ConfigError, load_tokenizer
-from training.runners.distill import PAIRS_FILE, generalized_jsd, run
+from training.runners.distill import PAIRS_FILE, generalized_jsd, run, with_context
 from training.runners.distill_config import DistillRunConfig, tokenizer_difference
 from training.selectors import TrainingError
 
@@ -118,6 +118,16 @@ def test_generalized_jsd_is_trls_forward_kl_jsd_and_reverse_kl():
     assert torch.allclose(generalized_jsd(s, s, 0.3), torch.zeros(5), atol=1e-6)
     # the temperature divides both logits before the softmax
     assert torch.allclose(generalized_jsd(s, t, 0.0, temperature=2.0), generalized_jsd(s / 2, t / 2, 0.0), atol=1e-6)
+
+
+def test_the_context_is_a_system_turn_or_leads_the_first_turn_where_a_template_takes_none():
+    assert with_context("Hi?", "Be kind.") == [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "Hi?"},
+    ]
+    own = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]
+    assert with_context(own, "Be kind.")[0] == {"role": "system", "content": "Be kind.\n\nBe brief."}
+    assert with_context("Hi?", "Be kind.", system_turn=False) == [{"role": "user", "content": "Be kind.\n\nHi?"}]
 
 
 def test_tokenizers_are_compared_by_vocabulary_and_special_tokens(models_root, teachers):

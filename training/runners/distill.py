@@ -131,19 +131,35 @@ def measure(student, teacher, pairs: list[dict], config, batch_size: int) -> dic
     return {"divergence": divergence / max(tokens, 1), "answer_logp": logp / max(tokens, 1)}
 
 
-def with_context(prompt, context: str) -> list[dict]:
-    """The prompt's turns after the context as a system turn (merged into the prompt's own system turn, if any)."""
+def with_context(prompt, context: str, system_turn: bool = True) -> list[dict]:
+    """The prompt's turns after the context as a system turn (merged into the prompt's own system turn, if any);
+    with ``system_turn`` off (a chat template that refuses system turns), before the first turn's text instead."""
     messages = as_messages(prompt, "user")
-    if messages and messages[0]["role"] == "system":
-        return [{"role": "system", "content": f"{context}\n\n{messages[0]['content']}"}, *messages[1:]]
+    role = "system" if system_turn else messages[0]["role"]
+    if messages and messages[0]["role"] == role:
+        return [{"role": role, "content": f"{context}\n\n{messages[0]['content']}"}, *messages[1:]]
     return [{"role": "system", "content": context}, *messages]
+
+
+def takes_system_turns(path: str) -> bool:
+    """Whether the chat template of the model at ``path`` accepts a system turn (Gemma's, say, raises on one)."""
+    tokenizer = load_policy_tokenizer(path)
+    ensure_policy_chat_template(tokenizer)
+    try:
+        tokenizer.apply_chat_template(
+            [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], tokenize=False
+        )
+    except Exception:  # noqa: BLE001 - jinja's TemplateError, or whatever the template's raise_exception raises
+        return False
+    return True
 
 
 def eval_pairs(config, prompts: list, teacher_path: str, tokenizer, progress_callback) -> list[dict]:
     """The teacher's answer to each held-out prompt (with the context in context mode), encoded after the
     teacher's prompt and after the student's."""
     context = config.context if config.mode == "context" else ""
-    teacher_prompts = [with_context(p, context) if context else as_messages(p, "user") for p in prompts]
+    system = bool(context) and takes_system_turns(teacher_path)
+    teacher_prompts = [with_context(p, context, system) if context else as_messages(p, "user") for p in prompts]
     samples = sample_prompts(
         config, teacher_prompts, 1, progress_callback, model_path=teacher_path, seed=config.seed + 1
     )
@@ -333,7 +349,8 @@ def distill_on_policy(config, train_rows, held_out, output_dir, progress_callbac
 def context_pairs(config, rows: list[dict], progress_callback) -> list[dict]:
     """``num_samples`` answers of the teacher to each prompt with the context; rows ``{"prompt": the prompt without
     the context, "completion", "item", "external_id"}``. Empty answers teach nothing and are left out."""
-    teacher_prompts = [with_context(row["prompt"], config.context) for row in rows]
+    system = takes_system_turns(config.teacher_model or config.base_model)
+    teacher_prompts = [with_context(row["prompt"], config.context, system) for row in rows]
     samples = sample_prompts(
         config, teacher_prompts, config.num_samples, progress_callback, model_path=config.teacher_model or None
     )
