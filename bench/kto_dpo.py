@@ -26,15 +26,22 @@ What it does:
    response from each model (temperature 0, so an unchanged policy ties everywhere), both scored by the judge;
    win rate = (wins + ties / 2) / prompts, with its 95% **Wilson score interval** (ties counted as half a
    success, as the evaluate kind computes it).
-6. Prints a table (method, pairs, steps, train minutes, win rate, 95% interval, wins/ties/losses, the judge's
-   held-out accuracy) and writes it as JSON under bench/results/.
+6. Prints a table (method, pairs, steps, train minutes of wall and of CPU time, win rate, 95% interval,
+   wins/ties/losses, the judge's held-out accuracy on B's test part) and writes it as JSON under bench/results/.
+   The two methods train one after the other, then are evaluated one after the other; on a shared machine the
+   CPU minutes compare them better than the wall minutes.
 
-On a 2-core CPU the default size (DEFAULT below: 128 pairs, 16 steps of 8 pairs) takes about 20–25 minutes, and
-that few pairs and steps move a 135M model too little for the judge to tell apart from the base: the interval
-covers 0.5, which is the expected, honest result there. On a GPU, ``--size full`` trains on every pair left
-after B and C for two epochs (the issue's "proof a CPU cannot give": an interval above 0.5).
+Sizes (SIZES): ``quick`` (8 pairs, 2 steps of 4, 12 prompts, a judge on 160 pairs) is a smoke run of the whole
+path: about 4 minutes of CPU time (measured: 8.7 minutes' wall with ``--threads 1`` at a load average of 5).
+``default`` (128 pairs, 16 steps
+of 8, 100 prompts, a judge on 1,200 pairs) is sized from quick's CPU time for about 20–25 minutes on a quiet
+2-core CPU (an estimate: not yet measured);
+that few pairs and steps move a 135M model too little for the judge to tell apart from the base, so the interval
+is expected to cover 0.5 there: the honest result on a CPU. ``full`` trains on every pair left after B (900) and
+C (300), about 980, for two epochs of 16: for a GPU (the issue's "proof a CPU cannot give", an interval above
+0.5), where the runners pick CUDA and bf16 themselves.
 
-    .venv/bin/python bench/kto_dpo.py                  # DEFAULT: about 20-25 minutes on a 2-core CPU
+    .venv/bin/python bench/kto_dpo.py                  # default: about 20-25 minutes on a 2-core CPU
     .venv/bin/python bench/kto_dpo.py --quick          # a smoke run of the whole path, a few minutes
     .venv/bin/python bench/kto_dpo.py --size full      # all helpful-base pairs: for a GPU
     .venv/bin/python bench/kto_dpo.py --methods dpo    # one method only
@@ -49,6 +56,7 @@ import json
 import os
 import random
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -65,8 +73,8 @@ DATA = (
     / "helpful-base.test.jsonl.gz"
 )
 BASE_FOLDER = ROOT / "models" / "smollm2"  # where `make demo-smollm2` registers it too
-PROMPT_CHARS = 240
-REPLY_CHARS = 160
+PROMPT_CHARS = 200
+REPLY_CHARS = 120
 SEED = 0
 JUDGE_TEST_SHARE = 0.15
 METHODS = ("dpo", "kto")
@@ -83,7 +91,7 @@ class Size:
 
 
 SIZES = {
-    "quick": Size(policy_pairs=16, judge_pairs=240, prompts=16, steps=2, batch=8),
+    "quick": Size(policy_pairs=8, judge_pairs=160, prompts=12, steps=2, batch=4),
     "default": Size(policy_pairs=128, judge_pairs=1200, prompts=100, steps=16, batch=8),
     "full": Size(policy_pairs=0, judge_pairs=900, prompts=300, steps=0, epochs=2.0, batch=16),
 }
@@ -94,7 +102,7 @@ POLICY_SETTINGS = {
     "lora_r": 16,
     "lora_alpha": 32,
     "beta": 0.1,
-    "max_length": 160,
+    "max_length": 128,
     "logging_steps": 1,
     "seed": SEED,
     "save_minutes": 0,
@@ -104,7 +112,7 @@ JUDGE_SETTINGS = {
     "num_train_epochs": 1.0,
     "per_device_train_batch_size": 16,
     "per_device_eval_batch_size": 32,
-    "max_length": 160,
+    "max_length": 128,
     "logging_steps": 10,
     "seed": SEED,
     "save_minutes": 0,
@@ -308,10 +316,18 @@ def manage(args: list[str], env: dict) -> str:
     return proc.stdout
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process's finished children (each ``manage.py`` and its runner): on a shared machine it
+    moves less than wall time when other work competes for the cores."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def train(kind: str, project: str, base_model: str, settings: dict, env: dict, extra: list[str] = ()) -> dict:
-    """``train KIND --foreground``; its final JSON line (run, status, artifact, metrics) and the wall seconds."""
+    """``train KIND --foreground``; its final JSON line (run, status, artifact, metrics), the wall seconds and the
+    CPU seconds."""
     overrides = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     out = manage(
         ["train", kind, "--project", project, "--base-model", base_model, *overrides, *extra, "--foreground"], env
     )
@@ -319,10 +335,10 @@ def train(kind: str, project: str, base_model: str, settings: dict, env: dict, e
     result = json.loads(out.strip().splitlines()[-1])
     if result["status"] != "succeeded":
         raise SystemExit(f"train {kind}: run {result['run']} {result['status']}\n{out[-3000:]}")
-    return {**result, "seconds": seconds}
+    return {**result, "seconds": seconds, "cpu": cpu_seconds() - cpu0}
 
 
-def policy_settings(method: str, size: Size, n_pairs: int) -> dict:
+def policy_settings(method: str, size: Size) -> dict:
     """The options of ``method``'s run: the shared ones, its batch, and the steps (or epochs) of ``size``."""
     rows_per_pair = 2 if method == "kto" else 1  # the kto export: one desirable and one undesirable row a pair
     settings = {**POLICY_SETTINGS, "per_device_train_batch_size": size.batch * rows_per_pair}
@@ -331,6 +347,101 @@ def policy_settings(method: str, size: Size, n_pairs: int) -> dict:
     else:
         settings["num_train_epochs"] = size.epochs
     return settings
+
+
+# --- the three stages ------------------------------------------------------------------------------------
+
+
+def train_judge(minilm: Path, env: dict) -> dict:
+    """The MiniLM reward model on B (JUDGE_TEST_SHARE of its prompts held out)."""
+    log(f"Judge: train reward on B with {minilm}")
+    judge = train(
+        "reward", "hh-judge", str(minilm), JUDGE_SETTINGS, {**env, "TRAINING_DEFAULT_TEST_SIZE": str(JUDGE_TEST_SHARE)}
+    )
+    log(
+        f"  artifact {judge['artifact']}: held-out accuracy {judge['metrics']['eval_accuracy']:.3f} on "
+        f"{judge['metrics']['eval_pairs']} pairs ({judge['seconds'] / 60:.1f} min, CPU {judge['cpu'] / 60:.1f} min)"
+    )
+    return judge
+
+
+def train_policies(methods: list[str], base: Path, size: Size, env: dict) -> dict:
+    """Each method on all of A (no held-out part: the evaluation is on C), one after the other."""
+    trained = {}
+    for method in methods:
+        settings = policy_settings(method, size)
+        log(f"{method.upper()}: train {method} on A, {settings}")
+        trained[method] = run = train(
+            method, "hh-policy", str(base), settings, {**env, "TRAINING_DEFAULT_TEST_SIZE": "0"}
+        )
+        log(
+            f"  artifact {run['artifact']}: {run['metrics']['train_steps']} steps on {run['metrics']['n_train']} "
+            f"examples in {run['seconds'] / 60:.1f} min (CPU {run['cpu'] / 60:.1f} min, TRL train_runtime "
+            f"{run['metrics']['train_runtime']:.0f} s)"
+        )
+    return trained
+
+
+def evaluate(method: str, policy: dict, base: Path, judge: dict, prompts_file: Path, env: dict) -> dict:
+    """``train evaluate``: the policy's greedy responses against the base's on C, judged; the evaluate kind's
+    metrics (win rate with its Wilson interval, wins, ties, losses, mean scores) and its times."""
+    log(f"{method.upper()} against the base on C: train evaluate")
+    extra = [
+        "--baseline",
+        str(base),
+        "--reward-model",
+        f"artifact:{judge['artifact']}",
+        "--prompts-file",
+        str(prompts_file),
+    ]
+    result = train("evaluate", "hh-policy", f"artifact:{policy['artifact']}", EVAL_SETTINGS, env, extra)
+    m = result["metrics"]
+    log(
+        f"  win rate {m['win_rate']:.3f} [{m['win_rate_lo']:.3f}, {m['win_rate_hi']:.3f}], "
+        f"{m['wins']}/{m['ties']}/{m['losses']} won/tied/lost ({result['seconds'] / 60:.1f} min)"
+    )
+    return result
+
+
+def row(method: str, policy: dict, evaluated: dict, n_pairs: int) -> dict:
+    t, m = policy["metrics"], evaluated["metrics"]
+    return {
+        "method": method,
+        "pairs": n_pairs,
+        "examples": t["n_train"],
+        "steps": t["train_steps"],
+        "train_minutes": policy["seconds"] / 60,
+        "train_cpu_minutes": policy["cpu"] / 60,
+        "train_runtime_seconds": t["train_runtime"],
+        **{key: m[key] for key in ("win_rate", "win_rate_lo", "win_rate_hi", "wins", "ties", "losses", "prompts")},
+        "policy_mean_score": m["policy_mean_score"],
+        "baseline_mean_score": m["baseline_mean_score"],
+        "evaluate_minutes": evaluated["seconds"] / 60,
+        "train_metrics": t,
+    }
+
+
+def report(rows: list[dict], judge: dict, splits: dict) -> None:
+    accuracy = judge["metrics"]["eval_accuracy"]
+    log("")
+    log(
+        f"{'method':<7} {'pairs':>6} {'steps':>6} {'train min':>9} {'CPU min':>8} {'win rate':>9} "
+        f"{'95% interval (Wilson)':>22} {'W/T/L':>11} {'judge acc (B test)':>18}"
+    )
+    for r in rows:
+        interval = f"[{r['win_rate_lo']:.3f}, {r['win_rate_hi']:.3f}]"
+        wtl = f"{r['wins']}/{r['ties']}/{r['losses']}"
+        log(
+            f"{r['method'].upper():<7} {r['pairs']:>6} {r['steps']:>6} {r['train_minutes']:>9.1f} "
+            f"{r['train_cpu_minutes']:>8.1f} {r['win_rate']:>9.3f} {interval:>22} {wtl:>11} {accuracy:>18.3f}"
+        )
+    log("")
+    log(
+        f"Win rate against the base SmolLM2-135M-Instruct on {splits['eval_prompts']} held-out prompts (C; greedy "
+        f"responses, ties count half), judged by a MiniLM reward model trained on {splits['judge_pairs']} other pairs "
+        f"(B; held-out accuracy {accuracy:.3f} on {judge['metrics']['eval_pairs']} of them). An interval that covers "
+        "0.5 is no measurable difference from the base."
+    )
 
 
 # --- main --------------------------------------------------------------------------------------------------
@@ -362,11 +473,12 @@ def main(size_name: str, methods: list[str], threads: int | None) -> int:
         tokenizers = [AutoTokenizer.from_pretrained(str(base)), AutoTokenizer.from_pretrained(str(minilm))]
         fits = token_filter(tokenizers, POLICY_SETTINGS["max_length"])
         policy_pairs, judge_pairs, eval_pairs = split_pairs(hh_dialogues(DATA, fits), size)
+        splits = {"policy_pairs": len(policy_pairs), "judge_pairs": len(judge_pairs), "eval_prompts": len(eval_pairs)}
         log(
-            f"HH-RLHF helpful-base: A {len(policy_pairs)} policy pairs, B {len(judge_pairs)} judge pairs "
-            f"({JUDGE_TEST_SHARE:.0%} held out), C {len(eval_pairs)} evaluation prompts (disjoint dialogues; "
-            f"prompt ≤ {PROMPT_CHARS} chars, replies ≤ {REPLY_CHARS}, ≤ {POLICY_SETTINGS['max_length']} tokens); "
-            f"size {size_name}, methods {', '.join(methods)}, load average {os.getloadavg()[0]:.1f}"
+            f"HH-RLHF helpful-base: A {len(policy_pairs)} policy pairs, B {len(judge_pairs)} judge pairs, "
+            f"C {len(eval_pairs)} evaluation prompts (disjoint dialogues; prompt ≤ {PROMPT_CHARS} chars, replies ≤ "
+            f"{REPLY_CHARS}, ≤ {POLICY_SETTINGS['max_length']} tokens); size {size_name}, methods {', '.join(methods)}, "
+            f"load average {os.getloadavg()[0]:.1f}"
         )
         load_project("hh-policy", "HH helpful-base: policy pairs (A)", policy_pairs)
         load_project("hh-judge", "HH helpful-base: judge pairs (B)", judge_pairs)
@@ -377,94 +489,21 @@ def main(size_name: str, methods: list[str], threads: int | None) -> int:
             ),
             encoding="utf-8",
         )
-
-        log(f"Judge: train reward on B with {minilm.name}")
-        judge = train(
-            "reward",
-            "hh-judge",
-            str(minilm),
-            JUDGE_SETTINGS,
-            {**env, "TRAINING_DEFAULT_TEST_SIZE": str(JUDGE_TEST_SHARE)},
-        )
-        judge_accuracy = judge["metrics"]["eval_accuracy"]
-        log(f"  judge artifact {judge['artifact']}: held-out accuracy {judge_accuracy:.3f} ({judge['seconds']:.0f} s)")
-
-        # All of A trains (no held-out part): the evaluation is on C.
-        policy_env = {**env, "TRAINING_DEFAULT_TEST_SIZE": "0"}
-        trained = {}
-        for method in methods:
-            settings = policy_settings(method, size, len(policy_pairs))
-            log(f"{method.upper()}: train {method} on A, {settings}")
-            trained[method] = train(method, "hh-policy", str(base), settings, policy_env)
-            metrics = trained[method]["metrics"]
-            log(
-                f"  artifact {trained[method]['artifact']}: {metrics.get('train_steps', '?')} steps in "
-                f"{trained[method]['seconds'] / 60:.1f} min (TRL train_runtime {metrics.get('train_runtime', 0):.0f} s)"
+        judge = train_judge(minilm, env)
+        trained = train_policies(methods, base, size, env)
+        rows = [
+            row(
+                method,
+                trained[method],
+                evaluate(method, trained[method], base, judge, prompts_file, env),
+                len(policy_pairs),
             )
-        rows = []
-        for method in methods:
-            log(f"{method.upper()} against the base on C: train evaluate")
-            evaluated = train(
-                "evaluate",
-                "hh-policy",
-                f"artifact:{trained[method]['artifact']}",
-                EVAL_SETTINGS,
-                env,
-                [
-                    "--baseline",
-                    str(base),
-                    "--reward-model",
-                    f"artifact:{judge['artifact']}",
-                    "--prompts-file",
-                    str(prompts_file),
-                ],
-            )
-            m, t = evaluated["metrics"], trained[method]["metrics"]
-            rows.append(
-                {
-                    "method": method,
-                    "pairs": len(policy_pairs),
-                    "examples": t.get("n_train"),
-                    "steps": t.get("train_steps") or t.get("global_step"),
-                    "train_minutes": trained[method]["seconds"] / 60,
-                    "train_runtime_seconds": t.get("train_runtime"),
-                    "win_rate": m["win_rate"],
-                    "win_rate_lo": m["win_rate_lo"],
-                    "win_rate_hi": m["win_rate_hi"],
-                    "wins": m["wins"],
-                    "ties": m["ties"],
-                    "losses": m["losses"],
-                    "prompts": m["prompts"],
-                    "policy_mean_score": m["policy_mean_score"],
-                    "baseline_mean_score": m["baseline_mean_score"],
-                    "evaluate_seconds": evaluated["seconds"],
-                    "train_metrics": t,
-                }
-            )
-            log(
-                f"  win rate {m['win_rate']:.3f} [{m['win_rate_lo']:.3f}, {m['win_rate_hi']:.3f}] ({evaluated['seconds']:.0f} s)"
-            )
+            for method in methods
+        ]
 
     total = time.perf_counter() - t_start
-    log("")
-    log(
-        f"{'method':<7} {'pairs':>6} {'steps':>6} {'train min':>9} {'win rate':>9} {'95% interval (Wilson)':>22} "
-        f"{'W/T/L':>11} {'judge acc (B test)':>18}"
-    )
-    for r in rows:
-        interval = f"[{r['win_rate_lo']:.3f}, {r['win_rate_hi']:.3f}]"
-        wtl = f"{r['wins']}/{r['ties']}/{r['losses']}"
-        log(
-            f"{r['method'].upper():<7} {r['pairs']:>6} {r['steps']!s:>6} {r['train_minutes']:>9.1f} {r['win_rate']:>9.3f} "
-            f"{interval:>22} {wtl:>11} {judge_accuracy:>18.3f}"
-        )
-    log("")
-    log(
-        f"Win rate against the base SmolLM2-135M-Instruct on {len(eval_pairs)} held-out prompts (greedy responses, "
-        f"ties count half), judged by a MiniLM reward model trained on {len(judge_pairs)} other pairs; an interval "
-        "that covers 0.5 means no measurable difference from the base."
-    )
-    log(f"wall time {total / 60:.1f} min (SmolLM2 registration {register_seconds:.0f} s of it)")
+    report(rows, judge, splits)
+    log(f"wall time {total / 60:.1f} min (of it registering SmolLM2: {register_seconds:.0f} s)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {
         "size": size_name,
@@ -473,8 +512,13 @@ def main(size_name: str, methods: list[str], threads: int | None) -> int:
         "judge_settings": JUDGE_SETTINGS,
         "eval_settings": EVAL_SETTINGS,
         "interval": "wilson-95, ties as half a success",
-        "splits": {"policy_pairs": len(policy_pairs), "judge_pairs": len(judge_pairs), "eval_prompts": len(eval_pairs)},
-        "judge": {"accuracy": judge_accuracy, "seconds": judge["seconds"], "metrics": judge["metrics"]},
+        "splits": splits,
+        "judge": {
+            "accuracy": judge["metrics"]["eval_accuracy"],
+            "minutes": judge["seconds"] / 60,
+            "cpu_minutes": judge["cpu"] / 60,
+            "metrics": judge["metrics"],
+        },
         "rows": rows,
         "wall_seconds": total,
         "threads": threads,
@@ -488,8 +532,10 @@ def main(size_name: str, methods: list[str], threads: int | None) -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="bench/kto_dpo.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 16 pairs, 2 steps, 16 prompts")
-    parser.add_argument("--size", choices=list(SIZES), default="default", help="quick, default (a CPU) or full (a GPU)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run (the size quick)")
+    parser.add_argument(
+        "--size", choices=list(SIZES), default="default", help="quick, default (a 2-core CPU) or full (a GPU)"
+    )
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated: dpo, kto (default both)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of every run (default: torch's own)")
     args, _unknown = parser.parse_known_args()
