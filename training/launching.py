@@ -606,6 +606,8 @@ def launch_run(
     if kind.publishes == kinds.CANDIDATES and not values.get("model_label"):
         values["model_label"] = model_label(str(base.path), base.artifact)
     config = resolve_config(kind, project, values, str(base.path))
+    if teacher_model is None and getattr(config, "needs_teacher", False):
+        raise TrainingError(config.NO_TEACHER_MESSAGE)
     _check_target(kind, target, config)
     models_used = [
         base.artifact,

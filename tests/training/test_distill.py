@@ -24,7 +24,7 @@ from tests.tiny import tiny_causal_lm, tiny_config, tiny_tokenizer
 from tests.training.conftest import toy_rows, write_jsonl
 from training.launching import launch_run
 from training.models import ModelArtifact, TrainingRun
-from training.runners.base import ConfigError, load_tokenizer
+from training.runners.base import ConfigError, RunnerError, load_tokenizer
 from training.runners.distill import PAIRS_FILE, generalized_jsd, run, with_context
 from training.runners.distill_config import DistillRunConfig, tokenizer_difference
 from training.selectors import TrainingError
@@ -182,9 +182,20 @@ def test_context_distillation_answers_without_the_context_as_the_teacher_did_wit
     assert info["mode"] == "context" and info["context"] == CONTEXT and info["files"] == [PAIRS_FILE]
 
 
-def test_bad_configs_are_refused():
-    with pytest.raises(ConfigError, match="mode=on_policy learns from a teacher"):
-        DistillRunConfig.from_dict({"base_model": "/m"})
+def test_bad_configs_are_refused(teachers, prompts_file, tmp_path):
+    with pytest.raises(RunnerError, match="mode=on_policy learns from a teacher"):
+        run(
+            DistillRunConfig.from_dict({"base_model": str(teachers / "student")}),
+            {"train": prompts_file},
+            tmp_path / "out",
+            print,
+        )
+    other = {"base_model": str(teachers / "student"), "teacher_model": str(teachers / "other")}
+    with pytest.raises(RunnerError, match="do not share a tokenizer: their vocabularies differ"):
+        run(DistillRunConfig.from_dict(other), {"train": prompts_file}, tmp_path / "out", print)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="mode=on_policy cannot train virtual tokens"):
+        DistillRunConfig.from_dict({"base_model": "/m", "teacher_model": "/t", "method": "prompt_tuning"})
     with pytest.raises(ConfigError, match="needs a context"):
         DistillRunConfig.from_dict({"base_model": "/m", "mode": "context"})
     with pytest.raises(ConfigError, match="beta and lmbda"):

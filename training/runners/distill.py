@@ -195,6 +195,8 @@ def split_prompts(rows: list[dict], dataset_paths: dict, config) -> tuple[list[d
 
 def check_teacher(config) -> None:
     if not config.teacher_model:
+        if config.needs_teacher:
+            raise RunnerError(config.NO_TEACHER_MESSAGE)
         return
     check_model_path(config.teacher_model, "teacher")
     if is_gguf(config.teacher_model) or is_gguf(config.base_model):

@@ -74,13 +74,18 @@ class DistillRunConfig(PolicyRunConfig):
     )
     logging_steps: int = option(1, "Report the metrics every this many optimizer steps.")
 
+    # Said by the launch (which fills teacher_model in from --teacher, after this config is made) and the runner.
+    NO_TEACHER_MESSAGE: ClassVar[str] = (
+        "mode=on_policy learns from a teacher: give --teacher PATH_OR_ARTIFACT (a causal LM with the student's "
+        "tokenizer), or use mode=context."
+    )
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.mode == "on_policy"
+
     def validate(self) -> None:
         super().validate()
-        if self.mode == "on_policy" and not self.teacher_model:
-            raise ConfigError(
-                "mode=on_policy learns from a teacher: give --teacher PATH_OR_ARTIFACT (a causal LM with the "
-                "student's tokenizer), or use mode=context."
-            )
         if self.mode == "context" and not self.context.strip():
             raise ConfigError("mode=context needs a context: a system prompt text, or context=constitution.")
         if not 0 <= self.beta <= 1 or not 0 <= self.lmbda <= 1:
@@ -92,8 +97,9 @@ class DistillRunConfig(PolicyRunConfig):
         if self.mode == "on_policy":
             if self.method in ("prompt_tuning", "prefix_tuning"):
                 raise ConfigError(
-                    "mode=on_policy supports method full, lora or qlora: TRL's distillation loss calls the backbone "
-                    "directly, so virtual tokens would never be seen."
+                    f"mode=on_policy cannot train virtual tokens (method={self.method}): TRL's distillation loss "
+                    "calls the backbone directly, so they would never be seen. Use full training or a weight "
+                    "adapter (lora, qlora, adalora, ia3)."
                 )
             if self.generation_backend != "transformers":
                 raise ConfigError("mode=on_policy samples with transformers inside the trainer (generation_backend).")
