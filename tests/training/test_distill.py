@@ -22,6 +22,7 @@ from transformers import LlamaForCausalLM
 from annotate.models import Role
 from tests.tiny import tiny_causal_lm, tiny_config, tiny_tokenizer
 from tests.training.conftest import toy_rows, write_jsonl
+from training import kinds
 from training.launching import launch_run
 from training.models import ModelArtifact, TrainingRun
 from training.runners.base import ConfigError, RunnerError, load_tokenizer
@@ -118,6 +119,13 @@ def test_generalized_jsd_is_trls_forward_kl_jsd_and_reverse_kl():
     assert torch.allclose(generalized_jsd(s, s, 0.3), torch.zeros(5), atol=1e-6)
     # the temperature divides both logits before the softmax
     assert torch.allclose(generalized_jsd(s, t, 0.0, temperature=2.0), generalized_jsd(s / 2, t / 2, 0.0), atol=1e-6)
+
+
+def test_distill_is_registered_as_the_kind_that_takes_a_teacher():
+    distill = kinds.get("distill")
+    assert (distill.reads, distill.publishes, distill.base_models) == (kinds.PROMPTS, kinds.MODEL, (kinds.CAUSAL_LM,))
+    assert kinds.names(teacher=kinds.OPTIONAL_TEACHER) == ["distill"] and not kinds.names(teacher=kinds.TEACHER_NEEDED)
+    assert distill.config is DistillRunConfig and distill.available
 
 
 def test_the_context_is_a_system_turn_or_leads_the_first_turn_where_a_template_takes_none():

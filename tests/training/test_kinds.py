@@ -136,7 +136,7 @@ def test_a_kind_added_through_the_registry_is_offered_by_the_form_the_command_an
 @pytest.mark.django_db
 def test_an_unregistered_kind_is_refused_with_the_registered_ones(preference_snapshot, tiny_base):
     with pytest.raises(
-        launching.TrainingError, match=r"Unknown kind 'echo': use one of reward, generate, .*, rloo, critique_revise\b"
+        launching.TrainingError, match=r"Unknown kind 'echo': use one of reward, .*, rloo, distill, critique_revise\b"
     ):
         launching.launch_run(project=preference_snapshot.project, kind="echo", base_model="tiny-llama", enqueue=False)
     assert not TrainingRun.objects.exists()
