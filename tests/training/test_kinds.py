@@ -143,7 +143,9 @@ def test_an_unregistered_kind_is_refused_with_the_registered_ones(preference_sna
 
 
 def test_the_registry_holds_each_fact_once_for_the_built_in_kinds():
-    assert kinds.names(reads=kinds.SNAPSHOT) == ["reward", "prm", "sft", "dpo"]
+    assert kinds.names(reads=kinds.SNAPSHOT) == ["reward", "prm", "sft", "dpo", "kto"]
+    assert kinds.names(publishes=kinds.NEW_PROMPTS) == ["synthesize_prompts"]
+    assert [k.name for k in kinds.KINDS.values() if k.teacher != kinds.NO_TEACHER] == ["distill"]
     assert kinds.names(publishes=kinds.REWARD_MODEL) == ["reward", "prm"]
     assert kinds.names(publishes=kinds.CANDIDATES) == ["generate", "critique_revise"] and kinds.NEXT_ROUND == "generate"
     assert kinds.names(publishes=kinds.COMPARISONS) == ["evaluate"]
@@ -160,4 +162,6 @@ def test_the_registry_holds_each_fact_once_for_the_built_in_kinds():
     assert reward.snapshot_format(reward.config.from_dict({})) == "trl"
     assert sft.snapshot_format(sft.config.from_dict({"source": "demonstrations"})) == "sft"
     assert kinds.get("dpo").snapshot_format(kinds.get("dpo").config.from_dict({})) == "trl"
+    assert kinds.get("kto").snapshot_format(kinds.get("kto").config.from_dict({})) == "kto"
+    assert kinds.get("prm").snapshot_format(kinds.get("prm").config.from_dict({})) == "steps"
     assert all(kind.available for kind in kinds.KINDS.values())
