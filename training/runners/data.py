@@ -8,6 +8,7 @@ or a ``save_to_disk`` folder), prompt files (the policy kinds' contract, see pol
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import orjson
@@ -89,3 +90,16 @@ def _check_messages(messages: list, path, number: int) -> None:
             and isinstance(message.get("content"), str)
         ):
             raise RunnerError(f'{path}, line {number}: each prompt message needs a "role" and a "content" (text).')
+
+
+def normalised_weights(dataset):
+    """A training split's ``weight`` column (``pair_weights``) divided by its mean, so that the training pairs' mean
+    weight is 1: the weighted loss keeps the unweighted loss's scale (and learning rate), and only the pairs'
+    shares change. Weights must be finite and at least 0, and not all 0."""
+    weights = [float(w) if w is not None else math.nan for w in dataset["weight"]]
+    if any(not math.isfinite(w) or w < 0 for w in weights):
+        raise RunnerError("The train split's weight column must hold numbers of at least 0 in every row.")
+    mean = sum(weights) / len(weights)
+    if mean <= 0:
+        raise RunnerError("Every training pair has weight 0: there is nothing to learn from.")
+    return dataset.remove_columns("weight").add_column("weight", [w / mean for w in weights])

@@ -45,7 +45,7 @@ from .base import (
     train_to_end,
     training_arguments,
 )
-from .data import as_messages, read_split
+from .data import as_messages, normalised_weights, read_split
 from .dpo_config import CONFIG_CLASS, DPORunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 from .policy import ensure_policy_chat_template, load_policy_model, save_policy
 from .sft import check_trainable_base
@@ -171,15 +171,6 @@ def _with_weights(collator):
     return collate
 
 
-def normalise_weights(pairs: list[dict]) -> list[dict]:
-    """Each pair's ``weight`` divided by the mean over ``pairs``, so the mean weight is 1 (the loss keeps its
-    scale and learning rate; only the pairs' shares change)."""
-    mean = sum(pair["weight"] for pair in pairs) / len(pairs)
-    if mean <= 0:
-        raise RunnerError("Every training pair has weight 0: there is nothing to learn from.")
-    return [{**pair, "weight": pair["weight"] / mean} for pair in pairs]
-
-
 def _reference(config: DPORunConfig, model):
     """The reference model to hand TRL, or None where TRL needs none (adapters, precomputed or no reference)."""
     if config.reference == "none":
@@ -215,8 +206,6 @@ def run(config: DPORunConfig, dataset_paths: dict, output_dir, progress_callback
     train = preference_rows(read_split(dataset_paths["train"]), "train", weighted)
     if not train:
         raise RunnerError("The train split has no preference pairs (ties are left out).")
-    if weighted:
-        train = normalise_weights(train)
     tests = preference_rows(read_split(dataset_paths["test"]), "test") if "test" in dataset_paths else []
 
     tokenizer = load_tokenizer(config.base_model)
@@ -250,6 +239,8 @@ def run(config: DPORunConfig, dataset_paths: dict, output_dir, progress_callback
         )
         if not len(trainer.train_dataset):
             raise RunnerError(f"Every training prompt fills max_length={config.max_length} tokens; raise it.")
+        if weighted:  # after TRL's max_length filter: the mean is over the pairs trained on
+            trainer.train_dataset = normalised_weights(trainer.train_dataset)
         emit_log(
             progress_callback,
             f"{len(trainer.train_dataset)} preference pairs (of {len(train)}), reference "

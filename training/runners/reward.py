@@ -12,7 +12,7 @@ Two objectives:
 
 With ``pair_weights`` (off by default) each training pair's Bradley-Terry loss is multiplied by its ``weight``
 column, the reliability of the annotators who voted for it (the export's ``weights`` option), normalised to mean 1
-over the training pairs (:func:`normalised_weights`).
+over the training pairs (:func:`.data.normalised_weights`).
 
 Both report held-out pairwise accuracy on every ``test*`` split (``test:<criterion>`` splits give per-criterion
 accuracy) and write a folder of safetensors, tokenizer and ``arbiter.json``.
@@ -46,7 +46,7 @@ from .base import (
     train_to_end,
     training_arguments,
 )
-from .data import load_split
+from .data import load_split, normalised_weights
 from .reward_config import CONFIG_CLASS, RewardRunConfig  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
 
 # A conversation needs a chat template; models without one (encoders like MiniLM) get this plain one, which is
@@ -179,21 +179,6 @@ def with_weights(collator):
         return batch
 
     return collate
-
-
-def normalised_weights(dataset):
-    """The ``weight`` column divided by its mean, so that the training pairs' mean weight is 1: the weighted loss
-    keeps the unweighted loss's scale (and learning rate), and only the pairs' shares change. Weights must be
-    finite and at least 0, and not all 0."""
-    import math
-
-    weights = [float(w) if w is not None else math.nan for w in dataset["weight"]]
-    if any(not math.isfinite(w) or w < 0 for w in weights):
-        raise RunnerError("The train split's weight column must hold numbers of at least 0 in every row.")
-    mean = sum(weights) / len(weights)
-    if mean <= 0:
-        raise RunnerError("Every training pair has weight 0: there is nothing to learn from.")
-    return dataset.remove_columns("weight").add_column("weight", [w / mean for w in weights])
 
 
 def _backbone(model):
