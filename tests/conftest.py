@@ -16,6 +16,32 @@ from annotate import actions  # noqa: E402
 from annotate.imports import parse_items  # noqa: E402
 from annotate.models import Kind, Role  # noqa: E402
 
+# Fixtures that give a test the database (directly or through other fixtures: pytest lists the whole closure).
+DATABASE_FIXTURES = {
+    "db",
+    "transactional_db",
+    "django_db_reset_sequences",
+    "django_db_serialized_rollback",
+    "live_server",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """``ARBITER_DATABASE_TESTS_ONLY=1`` (make test-postgres): run only the tests that touch the database. The others
+    (runners, statistics, parsers) cannot see which database is configured, and pytest-django refuses them any
+    access, so the SQLite pass has already run them as they would run here; running them twice cost CI minutes."""
+    if os.environ.get("ARBITER_DATABASE_TESTS_ONLY") != "1":
+        return
+    kept, left_out = [], []
+    for item in items:
+        needs_database = item.get_closest_marker("django_db") or DATABASE_FIXTURES & set(
+            getattr(item, "fixturenames", ())
+        )
+        (kept if needs_database else left_out).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
+
 
 def pairwise_rows(n: int, *, start: int = 0, conversation_every: int = 0) -> list[dict]:
     """``n`` pairwise item rows with distinct prompts; every ``conversation_every``-th prompt is multi-turn."""

@@ -127,8 +127,12 @@ class ExportOptions:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        if self.threshold is None:  # unset, it is left out: the options (and hashes) of other exports stay as they were
+        # Unset, these are left out: the stored options (and so the reuse of snapshots) of other exports stay as
+        # they were before the options existed.
+        if self.threshold is None:
             del data["threshold"]
+        if self.weights == "none":
+            del data["weights"]
         return data
 
     @classmethod
