@@ -312,6 +312,13 @@ class ExportOptionsSerializer(serializers.Serializer):
         help_text="trl: give each row a weight, the reliability of the annotators who voted for it, estimated by "
         "this model (reward-model and DPO runs with pair_weights read it).",
     )
+    threshold = serializers.FloatField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="kto of a rating project: a response whose mean score is at least this is desirable (default: "
+        "above the scale's middle).",
+    )
 
 
 class SnapshotSerializer(serializers.ModelSerializer):

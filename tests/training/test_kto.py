@@ -12,11 +12,13 @@ import re
 
 import pytest
 import torch
+from django.core.management import CommandError, call_command
+from rest_framework.test import APIClient
 
 from annotate import actions as annotate_actions
 from annotate.exports import ExportError, ExportOptions, build_rows
 from annotate.imports import parse_items, parse_votes
-from annotate.models import Kind, Snapshot
+from annotate.models import Kind, Role, Snapshot
 from tests.conftest import jsonl
 from tests.training.conftest import toy_rows, write_jsonl
 from tests.training.test_sft_dpo import _changed, completion_logps
@@ -353,3 +355,22 @@ def test_train_kto_in_the_foreground_publishes_a_policy(preference_project):
     assert metrics["n_desirable"] == metrics["n_undesirable"] and metrics["eval_rewards/margins"] > 0
     info = json.loads((artifact.folder / "arbiter.json").read_text())
     assert info["kind"] == "kto" and info["is_adapter"] is False
+
+
+@pytest.mark.django_db
+def test_the_threshold_reaches_export_dataset_and_the_api(tmp_path, make_member):
+    rated = _rating_project("rated-cli", {"min": 1, "max": 7}, {"a": [6, 6], "b": [4], "c": [3, 4], "d": [2]})
+    out = tmp_path / "kto.jsonl"
+    call_command("export_dataset", "rated-cli", "--format", "kto", "--threshold", "3.5", "--out", str(out))
+    labels = {row["id"]: row["label"] for row in map(json.loads, out.read_text().splitlines())}
+    assert labels == {"a": True, "b": True, "c": True, "d": False}
+    with pytest.raises(CommandError, match="threshold 7.5 is outside the scale"):
+        call_command("export_dataset", "rated-cli", "--format", "kto", "--threshold", "7.5", "--out", str(out))
+
+    client = APIClient()
+    client.force_authenticate(make_member(rated, "res", Role.RESEARCHER))
+    made = client.post(f"/api/projects/{rated.slug}/exports/", {"format": "kto", "threshold": 6}, format="json")
+    assert made.status_code == 201, made.content
+    assert made.json()["options"]["threshold"] == 6
+    refused = client.post(f"/api/projects/{rated.slug}/exports/", {"format": "kto", "threshold": 9}, format="json")
+    assert refused.status_code == 400 and "outside the scale" in refused.content.decode()

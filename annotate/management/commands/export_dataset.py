@@ -51,6 +51,13 @@ class Command(BaseCommand):
             help="trl: a weight per row, the reliability of the annotators who voted for it, by this model.",
         )
         parser.add_argument(
+            "--threshold",
+            type=float,
+            default=None,
+            help="kto of a rating project: a response whose mean score is at least this is desirable "
+            "(default: above the scale's middle).",
+        )
+        parser.add_argument(
             "--neutral-steps",
             default="positive",
             choices=["positive", "negative"],
@@ -76,6 +83,7 @@ class Command(BaseCommand):
                 criterion=options["criterion"],
                 source=options["source"],
                 weights=options["weights"],
+                threshold=options["threshold"],
             )
             export.validate()
             result = export_to(project, export, options["out"])
