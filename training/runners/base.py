@@ -557,5 +557,16 @@ def emit_log(progress_callback: ProgressCallback, message: str) -> None:
     progress_callback({"event": "log", "message": message})
 
 
+def last_logged(trainer, names, prefix: str = "") -> dict:
+    """The newest logged value of each of ``names``, as ``prefix + name`` (TRL averages a logged metric over the
+    steps since the previous log): the training side of a run's final metrics."""
+    found = {}
+    for entry in reversed(trainer.state.log_history):
+        for name in names:
+            if name in entry and prefix + name not in found:
+                found[prefix + name] = float(entry[name])
+    return found
+
+
 def folder_size(folder: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())

@@ -36,6 +36,7 @@ from .base import (
     RunnerError,
     check_environment,
     emit_log,
+    last_logged,
     load_model,
     load_tokenizer,
     make_progress_callback,
@@ -250,7 +251,7 @@ def run(config: DPORunConfig, dataset_paths: dict, output_dir, progress_callback
         def collect() -> dict:
             metrics = {
                 "n_train": len(trainer.train_dataset),
-                **_last_logged(trainer, REWARD_METRICS[1:], prefix="train_"),
+                **last_logged(trainer, REWARD_METRICS[1:], prefix="train_"),
             }
             if tests:
                 results = trainer.evaluate()
@@ -264,13 +265,3 @@ def run(config: DPORunConfig, dataset_paths: dict, output_dir, progress_callback
             info = {"kind": "dpo", "reference": config.reference, "ref_model_path": config.ref_model or None}
             save_policy(policy, tokenizer, config, output_dir, metrics, info)
     return metrics
-
-
-def _last_logged(trainer, names, prefix: str) -> dict:
-    """The newest logged value of each of ``names`` (TRL averages them over the steps since the previous log)."""
-    found = {}
-    for entry in reversed(trainer.state.log_history):
-        for name in names:
-            if name in entry and prefix + name not in found:
-                found[prefix + name] = float(entry[name])
-    return found

@@ -30,6 +30,7 @@ from .base import (
     RunnerError,
     check_environment,
     emit_log,
+    last_logged,
     load_tokenizer,
     make_progress_callback,
     offline_environment,
@@ -39,7 +40,6 @@ from .base import (
     training_arguments,
 )
 from .data import as_messages, read_split
-from .dpo import _last_logged
 from .kto_config import CONFIG_CLASS, KTORunConfig, balance_ratio  # noqa: F401 - the worker reads CONFIG_CLASS
 from .policy import ensure_policy_chat_template, load_policy_model, save_policy
 from .sft import check_trainable_base
@@ -173,7 +173,7 @@ def run(config: KTORunConfig, dataset_paths: dict, output_dir, progress_callback
                 "n_undesirable": n_undesirable,
                 "desirable_weight": desirable_weight,
                 "undesirable_weight": undesirable_weight,
-                **_last_logged(trainer, REWARD_METRICS[1:], prefix="train_"),
+                **last_logged(trainer, REWARD_METRICS[1:], prefix="train_"),
             }
             if tests:
                 results = trainer.evaluate()

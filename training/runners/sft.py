@@ -27,6 +27,7 @@ from .base import (
     check_environment,
     emit_log,
     is_adapter_folder,
+    last_logged,
     load_tokenizer,
     make_progress_callback,
     offline_environment,
@@ -154,9 +155,8 @@ def fine_tune(
 
         def collect() -> dict:
             metrics = {"n_train": len(trainer.train_dataset)}
-            accuracy = _last_logged(trainer, "mean_token_accuracy")
-            if accuracy is not None:
-                metrics["train_mean_token_accuracy"] = accuracy
+            # TRL logs token accuracy; not every setup does.
+            metrics.update(last_logged(trainer, ["mean_token_accuracy"], prefix="train_"))
             if evals is not None:
                 results = trainer.evaluate()
                 metrics.update(
@@ -178,14 +178,6 @@ def fine_tune(
 
 def _conversation(row: dict) -> dict:
     return {"prompt": as_messages(row["prompt"], "user"), "completion": as_messages(row["completion"], "assistant")}
-
-
-def _last_logged(trainer, name: str) -> float | None:
-    """The newest value of a training metric in the trainer's log (TRL logs token accuracy; not every setup does)."""
-    for entry in reversed(trainer.state.log_history):
-        if name in entry:
-            return float(entry[name])
-    return None
 
 
 def run(config: SFTRunConfig, dataset_paths: dict, output_dir, progress_callback, checkpoint_dir=None) -> dict:
