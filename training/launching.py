@@ -136,7 +136,11 @@ def snapshot_options(config, kind: kinds.TrainingKind) -> ExportOptions:
             format="trl", criterion=criterion, test_size=test_size, seed=0, source=votes, weights=weights
         )
     threshold = getattr(config, "threshold", None) if fmt == "kto" else None  # kto: where ratings split
-    return ExportOptions(format=fmt, test_size=test_size, seed=0, source=votes, threshold=threshold)
+    steps = {}
+    if fmt == "steps":  # prm: what a neutral step teaches
+        neutral = getattr(config, "neutral_steps", "positive")
+        steps = {"neutral_steps": neutral != "negative", "step_labels": "three" if neutral == "class" else "binary"}
+    return ExportOptions(format=fmt, test_size=test_size, seed=0, source=votes, threshold=threshold, **steps)
 
 
 def _snapshot_for(
@@ -176,6 +180,14 @@ def _snapshot_for(
             for value in (snapshot.options.get("threshold"), wanted.threshold)
         )
         raise TrainingError(f"Snapshot {snapshot.pk} splits the scores at {theirs}; this run asks for {ours}.")
+    if wanted.format == "steps":
+        given = (snapshot.options.get("neutral_steps", True), snapshot.options.get("step_labels", "binary"))
+        if given != (wanted.neutral_steps, wanted.step_labels):
+            labels = {(True, "binary"): "positive", (False, "binary"): "negative", (True, "three"): "class"}
+            raise TrainingError(
+                f"Snapshot {snapshot.pk} counts a neutral step as {labels.get(given, given)}; this run asks for "
+                f"neutral_steps={labels[(wanted.neutral_steps, wanted.step_labels)]}."
+            )
     if not snapshot.folder.is_dir():
         raise TrainingError(f"The files of snapshot {snapshot.pk} are missing from {snapshot.folder}.")
     if not snapshot.counts.get("train"):

@@ -300,6 +300,11 @@ class ExportOptionsSerializer(serializers.Serializer):
     seed = serializers.IntegerField(default=0)
     dedupe = serializers.BooleanField(default=True)
     neutral_steps = serializers.BooleanField(default=True, help_text="steps: a neutral step counts as positive.")
+    step_labels = serializers.ChoiceField(
+        choices=["binary", "three"],
+        default="binary",
+        help_text="steps: binary (TRL's booleans) or three (the names positive / neutral / negative).",
+    )
     license = serializers.CharField(default="", allow_blank=True)
     source = serializers.ChoiceField(
         choices=["human", "ai", "all"],

@@ -284,16 +284,32 @@ def label_rows(
     return rows
 
 
+STEP_NAMES = ("negative", "neutral", "positive")  # with step_labels=three a tie goes to the first of them here
+
+
 def steps_rows(
-    project: Project, votes: pd.DataFrame, tables: ItemTables, aggregate: str, neutral: bool = True
+    project: Project,
+    votes: pd.DataFrame,
+    tables: ItemTables,
+    aggregate: str,
+    neutral: bool = True,
+    three: bool = False,
 ) -> list[dict]:
     """TRL stepwise supervision: ``prompt``, ``completions`` (the steps), ``labels`` (one bool per step).
 
     A negative step is False and a positive one True; ``neutral`` says what a neutral step counts as. With
-    ``majority`` each step takes its most frequent label (a tie between labels counts as negative).
+    ``majority`` each step takes its most frequent label (a tie between labels counts as negative). ``three``: the
+    labels are the names ``positive`` / ``neutral`` / ``negative`` instead, for a process reward model with a
+    neutral class (a tie goes to the lower one: negative, then neutral).
     """
-    conversational = tables.conversational
     value = {"positive": True, "negative": False, "neutral": neutral}
+
+    def label(names: list[str]):
+        if three:
+            return max(STEP_NAMES, key=lambda name: (names.count(name), -STEP_NAMES.index(name)))
+        return sum(value[name] for name in names) * 2 > len(names)
+
+    conversational = tables.conversational
     rows = []
     grouped = (
         [(vote.item, [vote]) for vote in votes.itertuples(index=False)]
@@ -305,13 +321,12 @@ def steps_rows(
         for rid, text in tables.responses[item]:
             steps = project.split_steps(text)
             per_step = [
-                [value[v.data["steps"][str(rid)][i]] for v in group if str(rid) in v.data["steps"]]
-                for i in range(len(steps))
+                [v.data["steps"][str(rid)][i] for v in group if str(rid) in v.data["steps"]] for i in range(len(steps))
             ]
             if not per_step or not per_step[0]:
                 continue
-            labels = [sum(labels) * 2 > len(labels) for labels in per_step]
             prompt = tables.prompts[item] if conversational else tables.prompts[item][-1]["content"]
+            labels = [label(names) for names in per_step]
             rows.append({"id": tables.external_ids[item], "prompt": prompt, "completions": steps, "labels": labels})
     return rows
 

@@ -128,7 +128,9 @@ def _rows(
             model = pd.concat([model.drop(index=list(decided), level="item", errors="ignore"), _adjudicated(labels)])
         return label_rows(labels, tables, criteria, "labels" not in project.rating_scale, model, options.min_agreement)
     if fmt == "steps":
-        return steps_rows(project, votes, tables, options.aggregate, options.neutral_steps)
+        return steps_rows(
+            project, votes, tables, options.aggregate, options.neutral_steps, options.step_labels == "three"
+        )
     if project.kind == Kind.PAIRWISE:  # sft from pairwise: the rewrites of "both bad" answers
         votes = votes[votes["outcome"] == Judgment.Outcome.BOTH_BAD]
     return sft_rows(votes, tables)

@@ -25,6 +25,9 @@ AGGREGATES = ("majority", "dawid-skene", "bradley-terry", "none")
 MODEL_AGGREGATES = ("dawid-skene", "bradley-terry")
 
 
+# The labels of the steps export: TRL's booleans, or the three names (a neutral class for process reward models).
+STEP_LABELS = ("binary", "three")
+
 # A weight per preference row from the reliability of the annotators who voted for it (``weights``): none, or
 # the annotator model it is estimated with. Only trl rows carry it (the format reward-model and DPO runs read).
 WEIGHTS = ("none", "dawid-skene", "bradley-terry")
@@ -99,6 +102,9 @@ class ExportOptions:
       reliability of the annotators who voted for its outcome on that pair (see
       :func:`.aggregation.preference_weights`), with any aggregate; reward-model and DPO runs with
       ``pair_weights`` weigh each pair's loss by it.
+    - ``step_labels``: the steps export's labels: ``binary`` (TRL's stepwise booleans; ``neutral_steps`` says what a
+      neutral step counts as) or ``three`` (the names ``positive`` / ``neutral`` / ``negative``: a process reward
+      model with a neutral class).
     - ``threshold``: the kto export of a rating project: a response whose mean score is at least this is
       desirable, one below it undesirable; unset, the scale's middle splits them (a response on it is left out).
     """
@@ -116,6 +122,7 @@ class ExportOptions:
     max_chars: int | None = None
     criterion: str = ""
     neutral_steps: bool = True
+    step_labels: str = "binary"
     license: str = ""
     source: str = "human"
     weights: str = "none"
@@ -133,6 +140,8 @@ class ExportOptions:
             del data["threshold"]
         if self.weights == "none":
             del data["weights"]
+        if self.step_labels == "binary":
+            del data["step_labels"]
         return data
 
     @classmethod
@@ -176,6 +185,14 @@ class ExportOptions:
             raise ExportError(f"Unknown source {self.source!r}: use human (people's votes), ai (AI judges') or all.")
         if self.threshold is not None and not number(self.threshold):
             raise ExportError("threshold must be a number (a score of the rating scale).")
+        if self.step_labels not in STEP_LABELS:
+            raise ExportError(f"Unknown step_labels {self.step_labels!r}: use one of {', '.join(STEP_LABELS)}.")
+        if self.step_labels != "binary" and self.format != "steps":
+            raise ExportError(f"step_labels={self.step_labels} applies to the steps format only, not to {self.format}.")
+        if self.step_labels == "three" and not self.neutral_steps:
+            raise ExportError(
+                "neutral_steps=false cannot apply with step_labels=three: a neutral step keeps its own label there."
+            )
         if self.weights not in WEIGHTS:
             raise ExportError(f"Unknown weights {self.weights!r}: use one of {', '.join(WEIGHTS)}.")
         if self.weights != "none" and self.format != "trl":

@@ -13,11 +13,13 @@ import torch
 
 from annotate import actions as annotate_actions
 from annotate.actions import InvalidJudge, add_judge
+from annotate.exports import ExportError, build_rows
 from annotate.imports import parse_items, parse_votes
 from annotate.models import JudgeVote, Kind
 from tests.conftest import jsonl
 from tests.training.conftest import BAD, GOOD, write_jsonl
 from training import datasets, launching, supervisor
+from training.models import TrainingRun
 from training.runners.base import ConfigError, RunnerError
 from training.runners.policy import Sample, load_scorer, score_samples
 from training.runners.prm import PRMRunConfig, first_error, step_metrics
@@ -192,6 +194,62 @@ def test_a_prm_launched_on_a_steps_project_learns_its_step_labels(make_project):
     config = PRMRunConfig.from_dict(run.config)
     metrics = run_prm(config, paths, run.work_dir / "model", lambda event: None)
     assert metrics["eval_step_accuracy"] > 0.8 and metrics["eval_steps"] >= 30
+
+
+@pytest.mark.django_db
+def test_neutral_steps_class_keeps_a_third_class_from_the_export_to_the_model(make_project):
+    """neutral_steps=class: the snapshot keeps the label names (a tie goes to the lower label) and the PRM has three
+    classes; a snapshot of booleans given to such a run is refused with the reason."""
+    project, rows = steps_project(make_project, "neutral", "\n", 40, 0)
+    items = [f"s{i}" for i in range(3)]
+    votes = [
+        {"item": items[0], "annotator": "ann-a", "steps": {"0": ["positive", "neutral", "negative"]}},
+        {"item": items[0], "annotator": "ann-b", "steps": {"0": ["positive", "neutral", "neutral"]}},
+        {"item": items[1], "annotator": "ann-a", "steps": {"0": ["neutral", "positive", "negative"]}},
+        {"item": items[1], "annotator": "ann-b", "steps": {"0": ["positive", "neutral", "negative"]}},
+    ]
+    annotate_actions.import_judgments(project, parse_votes(jsonl(votes), "jsonl"))
+    labels = {row["id"]: row["labels"] for row in build_rows(project, "steps", step_labels="three")}
+    # Item 0, step 3: negative against neutral, a tie: the lower label. Item 1, steps 1 and 2: ties of neutral and
+    # positive: neutral.
+    assert labels == {"s0": ["positive", "neutral", "negative"], "s1": ["neutral", "neutral", "negative"]}
+    assert {row["id"]: row["labels"] for row in build_rows(project, "steps")} == {
+        "s0": [True, True, False],
+        "s1": [True, True, False],
+    }
+    with pytest.raises(ExportError, match="step_labels=three applies to the steps format only"):
+        build_rows(project, "trl", step_labels="three")
+
+    more = [
+        {
+            "item": f"s{i}",
+            "annotator": "ann-a",
+            "steps": {"0": ["positive" if good else "neutral" for good in r["labels"]]},
+        }
+        for i, r in enumerate(rows)
+        if i >= 2
+    ]
+    annotate_actions.import_judgments(project, parse_votes(jsonl(more), "jsonl"))
+    values = {**FAST, "neutral_steps": "class", "max_steps": 2}
+    run = launching.launch_run(project=project, kind="prm", base_model="tiny-causal", values=values, enqueue=False)
+    assert (run.snapshot.options["step_labels"], run.snapshot.options["neutral_steps"]) == ("three", True)
+    paths, _ = datasets.run_datasets(run)
+    run_prm(PRMRunConfig.from_dict(run.config), paths, run.work_dir / "model", lambda event: None)
+    saved = json.loads((run.work_dir / "model" / "config.json").read_text())
+    assert sorted(saved["id2label"].values()) == ["negative", "neutral", "positive"]
+
+    booleans = launching.launch_run(project=project, kind="prm", base_model="tiny-causal", values=FAST, enqueue=False)
+    runs = TrainingRun.objects.count()
+    with pytest.raises(TrainingError, match=f"Snapshot {booleans.snapshot.pk} counts a neutral step as positive"):
+        launching.launch_run(
+            project=project,
+            kind="prm",
+            base_model="tiny-causal",
+            values=values,
+            snapshot=booleans.snapshot,
+            enqueue=False,
+        )
+    assert TrainingRun.objects.count() == runs
 
 
 @pytest.fixture

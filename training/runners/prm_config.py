@@ -35,6 +35,12 @@ class PRMRunConfig(RunConfig):
         "Text put after every step; the model reads each step's label on its last token (TRL's PRMTrainer). "
         "Scoring splits a response into steps on it. At launch the default is the project's step separator.",
     )
+    neutral_steps: str = option(
+        "positive",
+        "What a step labelled neutral teaches: positive or negative (TRL's two classes, the steps export's booleans), "
+        "or class: a third class of its own (the export keeps the label names).",
+        ("positive", "negative", "class"),
+    )
     aggregate: str = option(
         "min",
         "How a response's score is made from its steps' probabilities of being right, where the PRM serves as a "

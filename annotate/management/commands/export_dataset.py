@@ -60,8 +60,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--neutral-steps",
             default="positive",
-            choices=["positive", "negative"],
-            help="steps format: what a neutral step counts as.",
+            choices=["positive", "negative", "class"],
+            help="steps format: what a neutral step counts as (class: labels are the names positive / neutral / "
+            "negative, a third class for process reward models).",
         )
 
     def handle(self, *args, **options):
@@ -74,7 +75,8 @@ class Command(BaseCommand):
                 test_size=options["test_size"],
                 seed=options["seed"],
                 dedupe=not options["no_dedupe"],
-                neutral_steps=options["neutral_steps"] == "positive",
+                neutral_steps=options["neutral_steps"] != "negative",
+                step_labels="three" if options["neutral_steps"] == "class" else "binary",
                 ties=options["ties"],
                 min_agreement=options["min_agreement"],
                 include_paused=options["include_paused"],
