@@ -144,6 +144,13 @@ def test_each_filter_drops_what_the_papers_drop_and_passes_the_rest():
     # Evol-Instruct: a rewrite with the same words as its prompt is a failed evolution (case and punctuation aside).
     assert filters.text_reason("list five fruits, that are RED", "List five fruits that are red.") == "unchanged"
     assert filters.text_reason("List five fruits that are red and sweet.", "List five fruits that are red.") == ""
+    # An in-depth rewrite must keep its prompt (30% of its words, in order, by default); in breadth need not. Seen
+    # with SmolLM2: "I'm ready to assist you with your request." as a "deepen" of a question about mattresses.
+    origin = "What is the difference between King and California King mattresses?"
+    assert filters.text_reason("I'm ready to assist you with your request.", origin, depth=True) == "off_prompt"
+    assert filters.text_reason("I'm ready to assist you with your request.", origin) == ""
+    deeper = "Compare King and California King mattresses by width and price."
+    assert filters.text_reason(deeper, origin, depth=True) == ""
     answers = {
         "": "no_answer",
         "... !!": "no_answer",
@@ -336,7 +343,15 @@ def test_a_synthesis_run_feeds_a_generate_run_whose_round_has_the_new_prompts(
     from training import supervisor
 
     project = make_project(slug="syn", n_items=6)
-    values = {**SAMPLING, "method": "evol_instruct", "num_candidates": 6, "generation_batch_size": 6, "seed": 1}
+    # The tiny model writes word salad, which never keeps its prompt: the off-prompt filter is off here.
+    values = {
+        **SAMPLING,
+        "method": "evol_instruct",
+        "num_candidates": 6,
+        "generation_batch_size": 6,
+        "seed": 1,
+        "min_kept_from_prompt": 0,
+    }
     synth = launching.launch_run(
         project=project, kind="synthesize_prompts", base_model="tiny-causal", values=values, enqueue=False
     )

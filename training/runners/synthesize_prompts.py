@@ -7,7 +7,8 @@ every filter, in this order (a dropped instruction is counted under the first fi
 
 1. its text: ``too_short`` / ``too_long`` (words), ``malformed`` (starts with punctuation or another non-word
    character, or copies a template phrase such as "#Rewritten Prompt#"), ``unchanged`` (evol_instruct: the same
-   words as the prompt it rewrote), ``keyword`` (a task a language model cannot do: image, draw, plot...);
+   words as the prompt it rewrote), ``off_prompt`` (evol_instruct in depth: the rewrite keeps less than
+   ``min_kept_from_prompt`` of its prompt's words, in order: it answered or replaced the prompt), ``keyword`` (a task a language model cannot do: image, draw, plot...);
 2. ``near_duplicate``: ROUGE-L F above ``rouge_threshold`` against a pool prompt or an instruction kept before;
 3. its answer (``check_answers``): the model answers it; ``no_answer`` (fewer than ``min_answer_words`` words) or
    ``refusal`` (a refusal phrase in fewer than ``refusal_max_words`` words).
@@ -48,7 +49,7 @@ from .policy import (
     timed,
     write_info,
 )
-from .rouge import RougeIndex, tokens
+from .rouge import RougeIndex, lcs_length, tokens
 from .synthesize_prompts_config import (  # noqa: F401 - CONFIG_CLASS: the worker reads runner.CONFIG_CLASS
     BREADTH,
     CONFIG_CLASS,
@@ -57,7 +58,17 @@ from .synthesize_prompts_config import (  # noqa: F401 - CONFIG_CLASS: the worke
 )
 
 # Why an instruction was dropped, in the order the filters run (the metrics are ``dropped_<reason>``).
-DROP_REASONS = ("too_short", "too_long", "malformed", "unchanged", "keyword", "near_duplicate", "no_answer", "refusal")
+DROP_REASONS = (
+    "too_short",
+    "too_long",
+    "malformed",
+    "unchanged",
+    "off_prompt",
+    "keyword",
+    "near_duplicate",
+    "no_answer",
+    "refusal",
+)
 _TASK_LABEL = re.compile(r"^\s*(?:task\s*\d*\s*[:.)-]\s*)", re.IGNORECASE)
 _NEXT_TASK = re.compile(r"\n\s*task\s*\d+\s*[:.)-]", re.IGNORECASE)
 
@@ -120,8 +131,9 @@ class Filters:
         self.refusals = _words_pattern(config.refusal_phrases)
         self.template_phrases = [p.lower() for p in config.template_phrases if p.strip()]
 
-    def text_reason(self, text: str, origin: str = "") -> str:
-        """Why an instruction fails on its text alone ("" when it passes)."""
+    def text_reason(self, text: str, origin: str = "", depth: bool = False) -> str:
+        """Why an instruction fails on its text alone ("" when it passes); ``origin``: the prompt an evolution
+        rewrote, ``depth``: an in-depth rewrite (which must keep its prompt)."""
         words = tokens(text)
         if len(words) < self.config.min_words:
             return "too_short"
@@ -132,6 +144,10 @@ class Filters:
             return "malformed"
         if origin and words == tokens(origin):
             return "unchanged"
+        if depth and origin:
+            kept = tokens(origin)
+            if kept and lcs_length(kept, words) < self.config.min_kept_from_prompt * len(kept):
+                return "off_prompt"
         if self.keywords is not None and self.keywords.search(lowered):
             return "keyword"
         return ""
@@ -208,7 +224,9 @@ def synthesize(config: SynthesizePromptsRunConfig, rows: list[dict], sample, pro
         for candidate, output in zip(batch, outputs):
             candidate.raw = output
             candidate.text = parse_instruction(output, config.method)
-            candidate.reason = filters.text_reason(candidate.text, candidate.origin)
+            candidate.reason = filters.text_reason(
+                candidate.text, candidate.origin, depth=bool(candidate.operation) and candidate.operation != BREADTH
+            )
             if not candidate.reason and (
                 pool_index.near_duplicate(candidate.text, threshold)
                 or kept_index.near_duplicate(candidate.text, threshold)

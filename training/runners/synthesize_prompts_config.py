@@ -124,6 +124,12 @@ class SynthesizePromptsRunConfig(PolicyRunConfig):
         "this (Self-Instruct: 0.7); 1 keeps near-duplicates.",
     )
     min_words: int = option(3, "Drop instructions of fewer words (Self-Instruct: 3).")
+    min_kept_from_prompt: float = option(
+        0.3,
+        "evol_instruct, in depth: drop a rewrite that keeps less than this share of its prompt's words, in order "
+        "(ROUGE-L recall): it answered or replaced the prompt instead of making it harder, a failed evolution "
+        "(in breadth writes a new prompt and is not checked); 0 off.",
+    )
     max_words: int = option(150, "Drop instructions of more words (Self-Instruct: 150).")
     unanswerable_keywords: list[str] = option(
         UNANSWERABLE_KEYWORDS,
@@ -165,6 +171,10 @@ class SynthesizePromptsRunConfig(PolicyRunConfig):
             raise ConfigError("num_candidates must be 0 (one per pool prompt) or more.")
         if self.num_examples < 1 or not 0 <= self.num_generated_examples <= self.num_examples:
             raise ConfigError("num_examples must be at least 1, and num_generated_examples from 0 to num_examples.")
+        if not 0 <= self.min_kept_from_prompt <= 1:
+            raise ConfigError(
+                f"min_kept_from_prompt must be from 0 to 1 (a share of words), not {self.min_kept_from_prompt}."
+            )
         if not 1 <= self.min_words <= self.max_words:
             raise ConfigError("min_words must be at least 1 and at most max_words.")
         unknown = [name for name in self.operations if name not in OPERATIONS]
