@@ -38,6 +38,9 @@ def publish_run(run: TrainingRun, output_dir: Path, metrics: dict, dataset_hash:
     if kind.prompts_file:  # synthesize_prompts' new prompts, kept for `train generate --from-run`
         _keep_output(run, output_dir, kind.prompts_file)
     if kind.publishes == kinds.NEW_PROMPTS:  # nothing else to publish: the counts are the run's metrics
+        # Every instruction written, with its answer and why it was dropped: what a researcher reads to tune the
+        # filters (the counts alone do not say which instructions they were).
+        _keep_output(run, output_dir, "synthesis.jsonl")
         with transaction.atomic():
             locked = lock_running(run)
             succeed(locked, metrics, dataset_hash)

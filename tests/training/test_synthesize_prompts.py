@@ -361,6 +361,8 @@ def test_a_synthesis_run_feeds_a_generate_run_whose_round_has_the_new_prompts(
     assert synth.status == RunStatus.SUCCEEDED, synth.error
     kept_file = synth.work_dir / "prompts.jsonl"
     kept = _rows(kept_file)
+    written = _rows(synth.work_dir / "synthesis.jsonl")  # every instruction, kept or dropped, with the reason
+    assert len(written) == synth.metrics["n_generated"] == 6 and sum(not w["reason"] for w in written) == len(kept)
     assert len(kept) == synth.metrics["n_kept"] >= 1 and not selectors.generated_round(synth)
     pool = [prompt_text(p) for p in project.items.values_list("prompt", flat=True)]
     config = SynthesizePromptsRunConfig.from_dict(synth.config)
