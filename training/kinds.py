@@ -88,10 +88,6 @@ def _sft_format(config) -> str:
     return "sft" if config.source == "demonstrations" else "trl"
 
 
-def _kto(config) -> str:
-    return "kto"
-
-
 @dataclass(frozen=True)
 class TrainingKind:
     name: str
@@ -265,7 +261,7 @@ register(
         reads=SNAPSHOT,
         publishes=MODEL,
         base_models=_POLICY,
-        snapshot_format=_kto,
+        snapshot_format=lambda config: "kto",
     )
 )
 register(
