@@ -386,15 +386,11 @@ def _constitution_values(kind: kinds.TrainingKind, project: Project, base, value
             f"{', '.join(given)} come from the project's constitution (its settings page, or PATCH "
             f"/api/projects/{project.slug}/ with constitution), not from options."
         )
-    try:
-        principles = validate_constitution(project.constitution)
-    except ValidationError as exc:
-        raise TrainingError(f"The constitution of {project.slug} is invalid: {' '.join(exc.messages)}") from None
-    if not principles:
-        raise TrainingError(
-            f"Project {project.slug} has no constitution: a {kind.name} run critiques answers against its principles. "
-            f"Add some on the project's settings page (or PATCH /api/projects/{project.slug}/ with constitution) first."
-        )
+    principles = _project_principles(
+        project,
+        f"Project {project.slug} has no constitution: a {kind.name} run critiques answers against its principles. "
+        f"Add some on the project's settings page (or PATCH /api/projects/{project.slug}/ with constitution) first.",
+    )
     _check_causal_lm(kind, base)
     values = {
         **values,
@@ -402,6 +398,17 @@ def _constitution_values(kind: kinds.TrainingKind, project: Project, base, value
         "principle_texts": [p["text"] for p in principles],
     }
     return values, {"hash": constitution_hash(principles), "principles": [p["name"] for p in principles]}
+
+
+def _project_principles(project: Project, missing: str) -> list[dict]:
+    """The project's constitution, validated; TrainingError with ``missing`` when it has none."""
+    try:
+        principles = validate_constitution(project.constitution)
+    except ValidationError as exc:
+        raise TrainingError(f"The constitution of {project.slug} is invalid: {' '.join(exc.messages)}") from None
+    if not principles:
+        raise TrainingError(missing)
+    return principles
 
 
 def _teacher_values(kind: kinds.TrainingKind, base, teacher, values: dict) -> tuple[dict, object]:
@@ -435,16 +442,12 @@ def _context_values(kind: kinds.TrainingKind, project: Project, values: dict) ->
     prompt, and ``run.inputs["constitution"]`` (its sha256 and names); a project without one is refused."""
     if values.get("context") != CONSTITUTION_CONTEXT:
         return values, {}
-    try:
-        principles = validate_constitution(project.constitution)
-    except ValidationError as exc:
-        raise TrainingError(f"The constitution of {project.slug} is invalid: {' '.join(exc.messages)}") from None
-    if not principles:
-        raise TrainingError(
-            f"Project {project.slug} has no constitution to take the context from (context=constitution): add "
-            f"principles on its settings page (or PATCH /api/projects/{project.slug}/ with constitution), or give "
-            "the context as text."
-        )
+    principles = _project_principles(
+        project,
+        f"Project {project.slug} has no constitution to take the context from (context=constitution): add "
+        f"principles on its settings page (or PATCH /api/projects/{project.slug}/ with constitution), or give "
+        "the context as text.",
+    )
     context = constitution_context(principles)
     return {**values, "context": context}, {
         "hash": constitution_hash(principles),
